@@ -1,0 +1,247 @@
+"""The ``rankmixer`` command line. Thin: every command calls a library function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve ranking models.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table and write JSON.")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+# Errors a user can fix get one clear line, not a traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def _fail(e: Exception) -> None:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _metrics_table(title: str, rows: dict[str, dict], keys=("auc", "gauc", "logloss", "ne", "calibration")) -> Table:
+    table = Table(title=title)
+    table.add_column("split")
+    present = [k for k in keys if any(k in r for r in rows.values())]
+    for k in present:
+        table.add_column(k, justify="right")
+    for name, r in rows.items():
+        table.add_row(name, *(f"{r[k]:.4f}" if k in r and r[k] == r[k] else "-" for k in present))
+    return table
+
+
+@app.command()
+def quickstart(
+    rows: int = typer.Option(300_000, help="Training rows of the synthetic set."),
+    model: str = typer.Option("dcnv2", help="Model to train (see `rankmixer models`)."),
+    run_dir: Path = typer.Option(Path("runs/quickstart"), help="Run directory."),
+    epochs: int = typer.Option(2, help="Training epochs."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: all cores)."),
+) -> None:
+    """Generate the built-in synthetic set, train a small model, evaluate, print metrics."""
+    from rankmixer import experiment
+    from rankmixer.config import load_config
+
+    overrides = [
+        "data.dataset=synthetic",
+        f"data.preset_options={{rows_train: {rows}, rows_valid: {max(rows // 10, 1000)}, rows_test: {max(rows // 10, 1000)}}}",
+        f"data.prepared_dir=data_cache/synthetic-{rows}",
+        f"model.name={model}",
+        f"run_dir={run_dir}",
+        f"train.epochs={epochs}",
+        "train.batch_size=2048",
+        "train.dense_optimizer={name: adamw, lr: 0.001}",
+        "train.sparse_optimizer={name: adagrad, lr: 0.05}",
+        "train.checkpoint_every_steps=200",
+    ] + ([f"train.threads={threads}"] if threads else [])
+    try:
+        cfg = load_config(None, overrides)
+        result = experiment.train(cfg, log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+    bayes = result.get("bayes") or {}
+    table = _metrics_table(f"{model} on synthetic ({rows:,} train rows)", {"valid": result["valid"], "test": result["test"]})
+    console.print(table)
+    if bayes:
+        t = Table(title="model vs Bayes-optimal (the planted model's own probabilities)")
+        for c in ("split", "model AUC", "Bayes AUC", "model logloss", "Bayes logloss"):
+            t.add_column(c, justify="right")
+        for split in ("valid", "test"):
+            b = bayes.get(split, {})
+            m = result[split]
+            t.add_row(split, f"{m['auc']:.4f}", f"{b.get('auc', float('nan')):.4f}",
+                      f"{m['logloss']:.4f}", f"{b.get('logloss', float('nan')):.4f}")
+        console.print(t)
+    console.print(f"run directory: {run_dir}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: Optional[str] = typer.Option(None, help="Preset name (see `rankmixer data presets`)."),
+    schema: Optional[Path] = typer.Option(None, help="Schema YAML for your own data."),
+    raw: Optional[Path] = typer.Option(None, help="Raw file or directory."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default data_cache/<name>)."),
+    on_bad_row: str = typer.Option("fail", help="fail: stop at the first bad row; skip: skip and count."),
+    option: List[str] = typer.Option([], "--option", "-o", help="Preset option key=value (repeatable)."),
+    force: bool = typer.Option(False, help="Prepare again even if the output is up to date."),
+) -> None:
+    """Raw CSV/TSV/Parquet -> Parquet shards + feature map."""
+    import yaml
+
+    from rankmixer.config import DataConfig
+    from rankmixer.experiment import prepare_data
+
+    try:
+        opts = {}
+        for item in option:
+            if "=" not in item:
+                raise ValueError(f"--option {item!r} must look like key=value")
+            k, v = item.split("=", 1)
+            opts[k] = yaml.safe_load(v)
+        data = DataConfig(dataset=None if schema else (dataset or "synthetic"), schema_file=str(schema) if schema else None,
+                          raw=str(raw) if raw else None, prepared_dir=str(out) if out else None,
+                          on_bad_row=on_bad_row, preset_options=opts)
+        fm = prepare_data(data, log=console.print, force=force)
+    except _USER_ERRORS as e:
+        _fail(e)
+    table = Table(title=f"prepared {fm.dataset} in {fm.root}")
+    for c in ("split", "rows", "label means"):
+        table.add_column(c)
+    for name, s in fm.splits.items():
+        table.add_row(name, f"{s.rows:,}", ", ".join(f"{m:.4f}" for m in s.label_means))
+    console.print(table)
+    bad = fm.report.get("bad_rows", {})
+    if bad.get("rows_skipped"):
+        console.print(f"skipped {bad['rows_skipped']:,} of {bad['rows_read']:,} rows: {bad['by_reason']}")
+    console.print(f"features: {len(fm.features)} ({len(fm.sparse)} sparse, {len(fm.dense)} dense, "
+                  f"{len(fm.bags)} bags, {len(fm.sequences)} sequences)")
+
+
+@data_app.command("presets")
+def data_presets() -> None:
+    """List dataset presets."""
+    from rankmixer.data.datasets.base import available_presets, get_preset
+
+    table = Table(title="dataset presets")
+    table.add_column("name")
+    table.add_column("description")
+    for name in available_presets():
+        table.add_row(name, get_preset(name).description)
+    console.print(table)
+
+
+@data_app.command("download")
+def data_download(dataset: str, dest: Path = typer.Option(Path("data_raw"), help="Where to put the files.")) -> None:
+    """Download a preset's official files (where a public URL exists) and verify checksums."""
+    from rankmixer.data.datasets.base import get_preset
+
+    try:
+        path = get_preset(dataset).download(dest / dataset)
+    except (RuntimeError, *_USER_ERRORS) as e:
+        _fail(e)
+    console.print(f"downloaded to {path}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML."),
+    overrides: List[str] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=3"),
+    resume: bool = typer.Option(False, help="Continue from the run directory's last checkpoint."),
+    on_bad_row: Optional[str] = typer.Option(None, help="Override data.on_bad_row (fail|skip)."),
+) -> None:
+    """Train a model from a config file."""
+    from rankmixer import experiment
+    from rankmixer.config import load_config
+
+    try:
+        extra = [f"data.on_bad_row={on_bad_row}"] if on_bad_row else []
+        cfg = load_config(config, list(overrides or []) + extra)
+        result = experiment.train(cfg, resume=resume, log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+    console.print(_metrics_table(f"{cfg.model_name} (best step {result['best_step']})",
+                                 {"valid": result["valid"], "test": result["test"]}))
+
+
+@app.command()
+def evaluate(run: Path = typer.Option(..., "--run", help="Run directory."),
+             split: List[str] = typer.Option(["valid", "test"], help="Splits to evaluate.")) -> None:
+    """Evaluate a run's best model."""
+    from rankmixer import experiment
+
+    try:
+        res = experiment.evaluate(run, tuple(split), log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+    console.print(_metrics_table(f"evaluation of {run}", res))
+    print(json.dumps(res))
+
+
+@app.command()
+def predict(
+    run: Path = typer.Option(..., "--run"),
+    input: Path = typer.Option(..., "--input", help="Prepared-format Parquet file to score."),
+    output: Path = typer.Option(..., "--output", help="Output .parquet or .csv"),
+    batch_size: int = typer.Option(8192),
+) -> None:
+    """Batch scoring to Parquet or CSV."""
+    from rankmixer import experiment
+
+    try:
+        n = experiment.predict(run, input, output, batch_size)
+    except _USER_ERRORS as e:
+        _fail(e)
+    console.print(f"scored {n:,} rows -> {output}")
+
+
+@app.command()
+def models() -> None:
+    """List registered models."""
+    from rankmixer.models import registry
+
+    table = Table(title="models")
+    table.add_column("name")
+    table.add_column("summary")
+    table.add_column("config fields")
+    for name, entry in registry.available().items():
+        table.add_row(name, entry.summary, ", ".join(entry.config_cls.model_fields))
+    console.print(table)
+
+
+@bench_app.command("loader")
+def bench_loader(
+    dataset: str = typer.Option("synthetic"),
+    prepared: Optional[Path] = typer.Option(None, help="Prepared directory (default: prepare the preset)."),
+    batch_size: int = typer.Option(4096),
+    workers: List[int] = typer.Option([0, 1, 2]),
+    max_batches: int = typer.Option(200),
+    json_out: Path = typer.Option(Path("bench_loader.json")),
+) -> None:
+    """Samples/s of the streaming loader alone (no model)."""
+    from rankmixer.bench.loader import run_loader_bench
+
+    try:
+        rows = run_loader_bench(dataset, prepared, batch_size, workers, max_batches, log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+    table = Table(title=f"loader throughput, batch {batch_size}")
+    for c in ("workers", "batches", "samples/s"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(str(r["workers"]), str(r["batches"]), f"{r['samples_per_s']:,.0f}")
+    console.print(table)
+    json_out.write_text(json.dumps(rows, indent=2))
+    console.print(f"wrote {json_out}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,196 @@
+"""Criteo display-advertising logs (Kaggle Display Advertising Challenge / Criteo 1TB).
+
+Raw layout: tab-separated, no header, 40 fields per line::
+
+    label  I1 .. I13  C1 .. C26
+
+``label`` is 1 for a click; I1..I13 are integer counts (may be empty, a few may be negative);
+C1..C26 are 32-bit hashes written as 8 hex characters (may be empty). The Kaggle ``train.txt``
+(45M lines, 7 days) and each Criteo 1TB ``day_0`` .. ``day_23`` file (same 40 columns) both fit.
+The Kaggle ``test.txt`` has no label column and cannot be used.
+
+Encoding follows FuxiCTR / BARS ``Criteo_x1``: each I-feature is bucketized with the log rule
+(v > 2 -> floor(ln(v)^2), else int(v); missing -> OOV), each C-feature is a categorical with a
+vocabulary of values seen at least ``min_count`` times in the training split (default 10, the
+usual setting for the full data; use 1 for small samples) or, with ``hash_buckets``, hashed.
+
+Canonical frame (rows in file order; ``__file``/``__row`` kept):
+
+* ``label``: Int64 0/1
+* ``I1`` .. ``I13``: Float64, null = missing
+* ``C1`` .. ``C26``: String, null = missing (an empty field)
+
+Splits: a single file (``train.txt``, one ``day_*`` file, or a folder with just one of them)
+is split by ratio 0.8/0.1/0.1 (the schema's split). A folder holding ``train`` + ``valid`` (or
+``dev``/``val``) + ``test`` files (``.txt``/``.tsv``/``.csv``, e.g. the shared sample's
+train.tsv/dev.tsv/test.tsv) comes back as a pre-split ``RawFiles.by_split``; a folder of
+``day_N`` files comes back as ``all`` in day order.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+
+from rankmixer.data.datasets.base import (
+    FILE_COL,
+    ROW_COL,
+    DatasetPreset,
+    RawFiles,
+    TransformContext,
+    register_preset,
+)
+from rankmixer.data.schema import (
+    Bucketize,
+    CategoricalFeature,
+    LabelSpec,
+    NumericalFeature,
+    RawColumn,
+    Schema,
+    SourceSpec,
+    SplitSpec,
+)
+
+DENSE = [f"I{i}" for i in range(1, 14)]
+SPARSE = [f"C{i}" for i in range(1, 27)]
+
+SOURCE = SourceSpec(
+    format="tsv",
+    has_header=False,
+    columns=[RawColumn(name="label", type="int", required=True)]
+    + [RawColumn(name=c, type="int") for c in DENSE]
+    + [RawColumn(name=c, type="str") for c in SPARSE],
+)
+
+_SPLIT_NAMES = {
+    "train": ("train",),
+    "valid": ("valid", "dev", "val", "validation"),
+    "test": ("test",),
+}
+_EXTS = (".txt", ".tsv", ".csv", "")
+_DAY_RE = re.compile(r"^day_(\d+)$")
+
+
+def find_split_files(path: Path, exts: tuple[str, ...]) -> dict[str, Path]:
+    """``{"train": ..., "valid": ..., "test": ...}`` for whichever of them exist in ``path``."""
+    found: dict[str, Path] = {}
+    for split, stems in _SPLIT_NAMES.items():
+        for stem in stems:
+            hits = [path / f"{stem}{e}" for e in exts if (path / f"{stem}{e}").is_file()]
+            if hits:
+                found[split] = hits[0]
+                break
+    return found
+
+
+def split_layout(path: Path, what: str, exts: tuple[str, ...]) -> RawFiles | None:
+    """Pre-split folder -> by_split; only a train file -> all; nothing -> None. A folder with
+    a train file and only one of valid/test is an error (ambiguous)."""
+    found = find_split_files(path, exts)
+    if {"train", "valid", "test"} <= found.keys():
+        return RawFiles(by_split={k: [found[k]] for k in ("train", "valid", "test")})
+    if "train" in found and len(found) > 1:
+        missing = sorted({"valid", "test"} - found.keys())
+        raise FileNotFoundError(
+            f"{path} holds {', '.join(p.name for p in found.values())} but no {missing[0]} "
+            f"file: give a complete train/valid(dev)/test set of {what} files, or only the "
+            "train file (it is then split by ratio)"
+        )
+    if "train" in found:
+        return RawFiles(all=[found["train"]])
+    return None
+
+
+@register_preset
+class CriteoPreset(DatasetPreset):
+    """Options: ``min_count`` (vocabulary threshold for C1..C26 and for the log buckets of
+    I1..I13; default 10), ``hash_buckets`` (hash C1..C26 into this many buckets instead of a
+    vocabulary; default None), ``ratios`` (for a single-file input, default 0.8/0.1/0.1),
+    ``seed`` (of the ratio split)."""
+
+    name = "criteo"
+    description = (
+        "Criteo display advertising click logs (Kaggle challenge / 1TB): 13 log-bucketized "
+        "counts and 26 hashed categoricals, label = click."
+    )
+    downloads = ()
+    manual_instructions = (
+        "The Kaggle Display Advertising Challenge data needs a Kaggle login: download it from "
+        "https://www.kaggle.com/c/criteo-display-ad-challenge (or the mirror "
+        "https://go.criteo.net/criteo-research-kaggle-display-advertising-challenge-dataset.tar.gz"
+        " after accepting the Criteo terms), unpack it and point at train.txt or its folder. "
+        "The Criteo 1TB Click Logs (Criteo AI Lab; day_0.gz .. day_23.gz, 24 days) have the "
+        "same 40 tab-separated columns: gunzip them and point at one day_N file or at the "
+        "folder of them."
+    )
+
+    def __init__(
+        self,
+        *,
+        min_count: int = 10,
+        hash_buckets: int | None = None,
+        ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        seed: int = 2024,
+    ) -> None:
+        self.min_count = min_count
+        self.hash_buckets = hash_buckets
+        self.ratios = tuple(ratios)
+        self.seed = seed
+
+    def schema(self) -> Schema:
+        dense = [
+            NumericalFeature(
+                name=c, bucketize=Bucketize(method="log", min_count=self.min_count)
+            )
+            for c in DENSE
+        ]
+        sparse = [
+            CategoricalFeature(name=c, min_count=self.min_count, hash_buckets=self.hash_buckets)
+            for c in SPARSE
+        ]
+        return Schema(
+            name=self.name,
+            source=SOURCE,
+            labels=[LabelSpec(name="label")],
+            features=dense + sparse,
+            feature_groups={"dense": list(DENSE), "categorical": list(SPARSE)},
+            split=SplitSpec(method="ratio", ratios=self.ratios, seed=self.seed),
+        )
+
+    def raw_files(self, path: Path) -> RawFiles:
+        path = Path(path)
+        if path.is_file():
+            return RawFiles(all=[path])
+        if not path.exists():
+            raise FileNotFoundError(f"Criteo path {path} does not exist")
+        layout = split_layout(path, "Criteo", _EXTS)
+        if layout is not None:
+            return layout
+        days = sorted(
+            (int(m.group(1)), p)
+            for p in path.iterdir()
+            if p.is_file() and (m := _DAY_RE.match(p.name))
+        )
+        if days:
+            return RawFiles(all=[p for _, p in days])
+        if any(path.glob("day_*.gz")):
+            raise FileNotFoundError(
+                f"{path} holds only gzipped day_N.gz files: gunzip them first (the reader "
+                "takes plain text)"
+            )
+        raise FileNotFoundError(
+            f"no Criteo data in {path}: expected train.txt (Kaggle), train/valid(dev)/test "
+            f".txt/.tsv files, or day_N files (Criteo 1TB). {self.manual_instructions}"
+        )
+
+    def transform(self, lf: pl.LazyFrame, ctx: TransformContext) -> pl.LazyFrame:
+        cat = [pl.col(c).cast(pl.String).str.strip_chars() for c in SPARSE]
+        return lf.select(
+            FILE_COL,
+            ROW_COL,
+            pl.col("label").cast(pl.Int64),
+            *[pl.col(c).cast(pl.Float64) for c in DENSE],
+            *[pl.when(e == "").then(None).otherwise(e).alias(c) for e, c in zip(cat, SPARSE)],
+        )

@@ -1,0 +1,347 @@
+"""MovieLens "latest" (GroupLens): rating-based CTR-style task with user histories.
+
+Raw layout (``ml-latest-small.zip`` / ``ml-latest.zip``, unpacked)::
+
+    ratings.csv   userId,movieId,rating,timestamp   (header; timestamp = unix seconds, UTC)
+    movies.csv    movieId,title,genres               (header; quoted titles may hold commas)
+
+Task: ``like`` = 1 when ``rating >= 4`` (0.5 .. 5 stars). This is *not* the BARS / FuxiCTR
+``MovielensLatest_x1`` task (that one is built from the tag file, with user-tag interactions as
+positives and sampled negatives); ours is a plain, sample-free rating threshold, so numbers are
+not comparable with that benchmark.
+
+Canonical frame (one row per rating; rows keep the file order; ``__file``/``__row`` kept):
+
+=============  ============  ==================================================================
+column         dtype         meaning
+=============  ============  ==================================================================
+like           Int64         rating >= 4
+user_id        Int64         userId (also the group key for gAUC)
+movie_id       Int64         movieId
+genres         List[str]     movies.csv genres split on "|"; "(no genres listed)" -> []
+release_year   Int64         year in the title, "(1995)" (a series "(2007-)" gives its first
+                             year); null when the title has none
+hour           Int64         hour of day of the rating, UTC (0..23)
+weekday        Int64         weekday of the rating, UTC (1 = Monday .. 7 = Sunday)
+hist_movies    List[Int64]   the user's previous movies, oldest first, at most ``max_len``
+hist_genres    List[str]     the first genre of each movie in ``hist_movies`` (same length,
+                             same order: position i describes hist_movies[i])
+timestamp      Int64         unix seconds (the time column)
+=============  ============  ==================================================================
+
+History and leakage: a rating's history holds only the user's ratings with a *strictly earlier*
+timestamp. Ratings that share a second (common: about 22% of the small set's ratings share
+their (user, second) with another rating, from bulk entry on the rating pages) see none of each
+other, since their true order is unknown; they all get the same history. Within the history,
+events are ordered by (timestamp, movieId), so the order is deterministic.
+
+``hist_genres`` uses the *first listed* genre of each previous movie (GroupLens lists genres
+alphabetically, so this is the alphabetically first one), giving one token per history event
+aligned with ``hist_movies``; a movie without genres (or missing from movies.csv) contributes
+the token "(no genres listed)". The full genre bag of the target movie is in ``genres``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import polars as pl
+
+from rankmixer.data.datasets.base import (
+    FILE_COL,
+    ROW_COL,
+    DatasetPreset,
+    Download,
+    RawFiles,
+    TransformContext,
+    register_preset,
+)
+from rankmixer.data.schema import (
+    CategoricalFeature,
+    LabelSpec,
+    MultiCategoricalFeature,
+    RawColumn,
+    Schema,
+    SequenceFeature,
+    SourceSpec,
+    SplitSpec,
+)
+
+NO_GENRES = "(no genres listed)"
+
+RATINGS_SOURCE = SourceSpec(
+    format="csv",
+    has_header=True,
+    columns=[
+        RawColumn(name="userId", type="int", required=True),
+        RawColumn(name="movieId", type="int", required=True),
+        RawColumn(name="rating", type="float", required=True),
+        RawColumn(name="timestamp", type="int", required=True),
+    ],
+)
+
+MOVIES_SOURCE = SourceSpec(
+    format="csv",
+    has_header=True,
+    columns=[
+        RawColumn(name="movieId", type="int", required=True),
+        RawColumn(name="title", type="str"),
+        RawColumn(name="genres", type="str"),
+    ],
+)
+
+# "Toy Story (1995)", "Fawlty Towers (1975-1979)", "Big Bang Theory, The (2007-)", maybe with
+# trailing blanks; the year must close the title.
+_YEAR_RE = r"\((\d{4})(?:\s*[-\u2013]\s*\d{0,4})?\)\s*$"
+
+_ZIP_DIRS = {"small": "ml-latest-small", "full": "ml-latest"}
+
+
+def user_history(
+    lf: pl.LazyFrame,
+    *,
+    user: str,
+    time: str,
+    columns: dict[str, str],
+    max_len: int,
+    tiebreak: tuple[str, ...] = (),
+) -> pl.LazyFrame:
+    """Add, for every row, list columns with the same user's values from rows with a strictly
+    smaller ``time`` (oldest first, the most recent ``max_len``): ``columns`` maps the output
+    list column to the source column. Rows that share (user, time) get identical histories.
+
+    Lazy and vectorised: the frame is sorted by (user, time, *tiebreak); for each row the start
+    of its user's block and of its (user, time) block are found, and history slot k is a gather
+    at ``block_start - k``. Returns the frame in that sorted order (callers re-sort if needed).
+    Source values may be null; the lists keep them (so parallel histories stay aligned).
+    """
+    g, start, first = "__hist_g", "__hist_user_start", "__hist_time_start"
+    lf = (
+        lf.sort([user, time, *tiebreak])
+        .with_row_index(g)
+        .with_columns(pl.col(g).cast(pl.Int64))
+        .with_columns(
+            pl.col(g).min().over(user).alias(start),
+            pl.col(g).min().over([user, time]).alias(first),
+        )
+    )
+    n_prev = pl.min_horizontal(pl.col(first) - pl.col(start), pl.lit(max_len, pl.Int64))
+    # Slot k (k = max_len .. 1, oldest first) is the row k places before the (user, time)
+    # block; null when that is before the user's first row. Valid slots are the last n_prev.
+    idx = [
+        pl.when(pl.col(first) - k >= pl.col(start)).then(pl.col(first) - k)
+        for k in range(max_len, 0, -1)
+    ]
+    lf = lf.with_columns(
+        pl.concat_list([pl.col(src).gather(i) for i in idx]).list.tail(n_prev).alias(out)
+        for out, src in columns.items()
+    )
+    return lf.drop(g, start, first)
+
+
+@register_preset
+class MovieLensLatestPreset(DatasetPreset):
+    """MovieLens latest (ml-latest-small by default; ``variant="full"`` for ml-latest).
+
+    Options: ``max_len`` (history length, default 20), ``min_count`` (for user/movie ids,
+    default 1), ``like_threshold`` (default 4.0), ``variant`` ("small" | "full": which zip
+    ``download`` fetches and which unpacked folder ``raw_files`` prefers).
+    """
+
+    name = "movielens-latest"
+    description = (
+        "MovieLens latest (GroupLens) ratings with movie genres and release year; label "
+        "like = rating >= 4; user histories of strictly earlier ratings; time split."
+    )
+    manual_instructions = (
+        "Download https://files.grouplens.org/datasets/movielens/ml-latest-small.zip (or "
+        "ml-latest.zip for the full set), unzip it, and point at the unpacked "
+        "'ml-latest-small' folder (the one holding ratings.csv and movies.csv) or its parent. "
+        "GroupLens publishes an .md5 file next to each zip. The shared test copy is the 2016 "
+        "snapshot of ml-latest-small (100,004 ratings); the zip served today is a newer "
+        "snapshot with the same columns."
+    )
+
+    def __init__(
+        self,
+        *,
+        max_len: int = 20,
+        min_count: int = 1,
+        like_threshold: float = 4.0,
+        variant: str = "small",
+    ) -> None:
+        if variant not in _ZIP_DIRS:
+            raise ValueError(f"variant must be one of {sorted(_ZIP_DIRS)}, got {variant!r}")
+        self.max_len = max_len
+        self.min_count = min_count
+        self.like_threshold = like_threshold
+        self.variant = variant
+        stem = _ZIP_DIRS[variant]
+        # No checksum: GroupLens' .md5 could not be read from here, and a guessed one would be
+        # worse than none. ``download`` also unpacks the zip (see below).
+        self.downloads = (
+            Download(
+                url=f"https://files.grouplens.org/datasets/movielens/{stem}.zip",
+                filename=f"{stem}.zip",
+                sha256=None,
+                md5=None,
+            ),
+        )
+
+    # ---- schema --------------------------------------------------------------------------
+    def schema(self) -> Schema:
+        m = self.max_len
+        return Schema(
+            name=self.name,
+            source=RATINGS_SOURCE,
+            labels=[LabelSpec(name="like")],
+            features=[
+                CategoricalFeature(name="user_id", min_count=self.min_count),
+                CategoricalFeature(name="movie_id", min_count=self.min_count),
+                MultiCategoricalFeature(name="genres", max_len=10),
+                CategoricalFeature(name="release_year"),
+                CategoricalFeature(name="hour"),
+                CategoricalFeature(name="weekday"),
+                SequenceFeature(name="hist_movies", max_len=m, share_with="movie_id"),
+                SequenceFeature(name="hist_genres", max_len=m),
+            ],
+            group_key="user_id",
+            time_column="timestamp",
+            feature_groups={
+                "user": ["user_id", "hist_movies", "hist_genres"],
+                "item": ["movie_id", "genres", "release_year"],
+                "context": ["hour", "weekday"],
+            },
+            split=SplitSpec(method="time", ratios=(0.8, 0.1, 0.1)),
+        )
+
+    # ---- files ---------------------------------------------------------------------------
+    def _data_dir(self, path: Path) -> Path:
+        path = Path(path)
+        if path.is_file():
+            if path.suffix == ".zip":
+                raise FileNotFoundError(
+                    f"{path} is the MovieLens zip; unpack it (or use `download`, which does) "
+                    "and point at the unpacked folder or its parent"
+                )
+            if path.name != "ratings.csv":
+                raise FileNotFoundError(
+                    f"{path}: expected a MovieLens folder holding ratings.csv and movies.csv"
+                )
+            path = path.parent
+        if not path.exists():
+            raise FileNotFoundError(f"MovieLens path {path} does not exist")
+        if (path / "ratings.csv").is_file():
+            d = path
+        else:
+            order = [_ZIP_DIRS[self.variant]] + [
+                v for k, v in _ZIP_DIRS.items() if k != self.variant
+            ]
+            found = [path / s for s in order if (path / s / "ratings.csv").is_file()]
+            if not found:
+                raise FileNotFoundError(
+                    f"no MovieLens ratings.csv in {path} nor in {path}/ml-latest-small or "
+                    f"{path}/ml-latest. {self.manual_instructions}"
+                )
+            d = found[0]
+        if not (d / "movies.csv").is_file():
+            raise FileNotFoundError(
+                f"{d / 'movies.csv'} is missing: the movielens-latest preset needs movies.csv "
+                "(genres, titles) next to ratings.csv"
+            )
+        return d
+
+    def raw_files(self, path: Path) -> RawFiles:
+        return RawFiles(all=[self._data_dir(path) / "ratings.csv"])
+
+    def movies_path(self, path: Path) -> Path:
+        return self._data_dir(path) / "movies.csv"
+
+    def download(self, dest: Path) -> Path:
+        """Fetch the zip and unpack it into ``dest`` (giving ``dest/ml-latest-small/...``)."""
+        dest = Path(dest)
+        super().download(dest)
+        for d in self.downloads:
+            target = dest / Path(d.filename).stem
+            if (target / "ratings.csv").is_file():
+                continue
+            with zipfile.ZipFile(dest / d.filename) as zf:
+                root = dest.resolve()
+                for member in zf.namelist():  # refuse paths that escape dest
+                    if not (dest / member).resolve().is_relative_to(root):
+                        raise ValueError(f"{d.filename}: unsafe path in zip: {member}")
+                zf.extractall(dest)
+        return dest
+
+    # ---- transform -----------------------------------------------------------------------
+    @staticmethod
+    def movie_table(movies: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+        """movies.csv (typed) -> movie_id, genres (list), release_year, first_genre."""
+        genres = pl.col("genres").fill_null(NO_GENRES).str.strip_chars()
+        return movies.lazy().select(
+            pl.col("movieId").cast(pl.Int64).alias("movie_id"),
+            pl.when(genres == NO_GENRES)
+            .then(pl.lit([], dtype=pl.List(pl.String)))
+            .otherwise(genres.str.split("|"))
+            .alias("genres"),
+            pl.col("title").str.extract(_YEAR_RE, 1).cast(pl.Int64).alias("release_year"),
+            pl.when(genres == NO_GENRES)
+            .then(pl.lit(NO_GENRES))
+            .otherwise(genres.str.split("|").list.first())
+            .alias("__first_genre"),
+        )
+
+    def transform(self, lf: pl.LazyFrame, ctx: TransformContext) -> pl.LazyFrame:
+        movies = ctx.read_side_table(self.movies_path(ctx.raw_path), MOVIES_SOURCE)
+        return self.transform_with_movies(lf, movies)
+
+    def transform_with_movies(
+        self, lf: pl.LazyFrame, movies: pl.DataFrame | pl.LazyFrame
+    ) -> pl.LazyFrame:
+        """The transform proper, given the typed movies table (also used by the tests)."""
+        ts = pl.col("timestamp").cast(pl.Int64)
+        when = pl.from_epoch(ts, time_unit="s")  # naive = UTC
+        lf = lf.select(
+            pl.col(FILE_COL),
+            pl.col(ROW_COL),
+            (pl.col("rating") >= self.like_threshold).cast(pl.Int64).alias("like"),
+            pl.col("userId").cast(pl.Int64).alias("user_id"),
+            pl.col("movieId").cast(pl.Int64).alias("movie_id"),
+            ts.alias("timestamp"),
+            when.dt.hour().cast(pl.Int64).alias("hour"),
+            when.dt.weekday().cast(pl.Int64).alias("weekday"),
+        )
+        lf = lf.join(self.movie_table(movies), on="movie_id", how="left").with_columns(
+            pl.col("genres").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+            pl.col("__first_genre").fill_null(NO_GENRES),
+        )
+        lf = user_history(
+            lf,
+            user="user_id",
+            time="timestamp",
+            tiebreak=("movie_id",),
+            columns={"hist_movies": "movie_id", "hist_genres": "__first_genre"},
+            max_len=self.max_len,
+        )
+        return lf.sort([FILE_COL, ROW_COL]).select(
+            FILE_COL,
+            ROW_COL,
+            "like",
+            "user_id",
+            "movie_id",
+            "genres",
+            "release_year",
+            "hour",
+            "weekday",
+            "hist_movies",
+            "hist_genres",
+            "timestamp",
+        )
+
+    def extras(self, path: Path) -> dict:
+        return {
+            "task": f"like = rating >= {self.like_threshold}",
+            "history": "strictly earlier timestamps only; same-second ratings excluded",
+            "hist_genres": "first listed genre of each history movie",
+        }

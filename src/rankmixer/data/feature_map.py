@@ -1,0 +1,136 @@
+"""The feature map: what preparation learned, and all a model needs to know about its inputs.
+
+Written by ``data prepare`` as ``feature_map.json`` next to the Parquet shards. Models are built
+from it (vocabulary sizes, which features share a table, the feature groups); the loader uses it
+to know which Parquet columns go where in a :class:`~rankmixer.data.batch.Batch`.
+
+Prepared Parquet layout (one row per example):
+
+* ``sparse`` features (categorical and bucketized numerical): int32 id column
+* ``dense`` features (normalised numerical): float32 column
+* ``bag`` (multi-valued categorical) and ``sequence`` features: list<int32> column, at most
+  ``max_len`` ids, sequences oldest first; ``<name>__ts``: list<int64> timestamps if given
+* labels: float32 columns named after the label
+* ``__group``: int64 group id for gAUC (if the schema has a group key)
+* ``__ts``: int64 timestamp (if the schema has a time column)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Kind = Literal["sparse", "dense", "bag", "sequence"]
+
+GROUP_COLUMN = "__group"
+TIME_COLUMN = "__ts"
+
+
+@dataclass
+class FeatureInfo:
+    name: str
+    kind: Kind
+    # Rows of the embedding table (padding and OOV included); 0 for dense features.
+    vocab_size: int = 0
+    # bag / sequence: the padded length.
+    max_len: int = 0
+    # bag / sequence: name of the sparse feature whose table (and vocabulary) this one uses.
+    share_with: str | None = None
+    # Fitted statistics, for reporting and for scoring raw values at serving time.
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def table(self) -> str:
+        """Name of the embedding table this feature looks up."""
+        return self.share_with or self.name
+
+
+@dataclass
+class SplitInfo:
+    files: list[str]  # relative to the feature map's directory
+    rows: int
+    label_means: list[float]
+
+
+@dataclass
+class FeatureMap:
+    dataset: str
+    schema_hash: str
+    labels: list[str]
+    features: list[FeatureInfo]
+    feature_groups: dict[str, list[str]] = field(default_factory=dict)
+    has_group: bool = False
+    has_time: bool = False
+    splits: dict[str, SplitInfo] = field(default_factory=dict)
+    # Counts of rows skipped or values mapped to OOV during preparation, by reason.
+    report: dict = field(default_factory=dict)
+    # Anything a dataset preset wants carried along (e.g. the synthetic set's Bayes metrics).
+    extras: dict = field(default_factory=dict)
+    root: Path | None = None  # directory the map was loaded from (not serialised)
+
+    # ---- views ---------------------------------------------------------------------------
+    def of_kind(self, kind: Kind) -> list[FeatureInfo]:
+        return [f for f in self.features if f.kind == kind]
+
+    @property
+    def sparse(self) -> list[FeatureInfo]:
+        return self.of_kind("sparse")
+
+    @property
+    def dense(self) -> list[FeatureInfo]:
+        return self.of_kind("dense")
+
+    @property
+    def bags(self) -> list[FeatureInfo]:
+        return self.of_kind("bag")
+
+    @property
+    def sequences(self) -> list[FeatureInfo]:
+        return self.of_kind("sequence")
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.labels)
+
+    def feature(self, name: str) -> FeatureInfo:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"unknown feature {name!r}; known: {[f.name for f in self.features]}")
+
+    def tables(self) -> dict[str, int]:
+        """Embedding tables to create: table name -> rows. Shared features add no table."""
+        return {f.name: f.vocab_size for f in self.features if f.kind != "dense" and not f.share_with}
+
+    def split_files(self, split: str) -> list[Path]:
+        if split not in self.splits:
+            raise KeyError(f"split {split!r} not prepared; have {sorted(self.splits)}")
+        base = self.root or Path(".")
+        return [base / p for p in self.splits[split].files]
+
+    # ---- persistence ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("root")
+        return d
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, d: dict, root: Path | None = None) -> "FeatureMap":
+        d = dict(d)
+        d["features"] = [FeatureInfo(**f) for f in d["features"]]
+        d["splits"] = {k: SplitInfo(**v) for k, v in d.get("splits", {}).items()}
+        return cls(**d, root=root)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureMap":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "feature_map.json"
+        if not path.exists():
+            raise FileNotFoundError(f"feature map not found: {path} (run `rankmixer data prepare`)")
+        return cls.from_dict(json.loads(path.read_text()), root=path.parent)

@@ -1,0 +1,221 @@
+"""Streaming batches from prepared Parquet shards.
+
+Order of work, chosen so that memory is bounded and every step is vectorised:
+
+1. The unit of reading is a Parquet row group (preparation writes small ones). The list of
+   (file, row group) units is shuffled per epoch with a seeded generator, then dealt out to
+   distributed ranks and to DataLoader workers round-robin, so no two readers read the same rows.
+2. Each reader fills a window of ``shuffle_buffer`` rows, permutes it and emits full batches;
+   the remainder (less than one batch) rolls into the next window. Columns stay numpy arrays
+   the whole time: a permutation is one fancy-index per column, not a Python loop over rows.
+3. Bags and sequences are padded to their ``max_len`` once, when the row group is read.
+
+Exact resume: for a given (seed, epoch, rank, world size, worker count) the batch stream is a
+pure function of the data, so a resumed run re-reads the epoch and drops the batches it had
+already consumed (in the consumer, so it stays exact whatever order workers finish in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from rankmixer.data.batch import Batch
+from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, FeatureMap
+
+
+def pad_lists(col: pa.Array | pa.ChunkedArray, max_len: int) -> np.ndarray:
+    """list<int> column -> [n, max_len] int64, left-aligned, zero padded (0 is the pad id)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    n = len(col)
+    out = np.zeros((n, max_len), dtype=np.int64)
+    if n == 0:
+        return out
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=False)
+    lens = np.minimum(np.diff(offsets), max_len)
+    rows = np.repeat(np.arange(n), lens)
+    pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    out[rows, pos] = values[np.repeat(offsets[:-1], lens) + pos]
+    return out
+
+
+@dataclass
+class _Columns:
+    """Which Parquet columns go into which Batch field."""
+
+    sparse: list[str]
+    dense: list[str]
+    bags: dict[str, int]  # name -> max_len
+    sequences: dict[str, int]
+    labels: list[str]
+    group: bool
+    time: bool
+
+    @classmethod
+    def from_feature_map(cls, fm: FeatureMap) -> "_Columns":
+        return cls(
+            sparse=[f.name for f in fm.sparse],
+            dense=[f.name for f in fm.dense],
+            bags={f.name: f.max_len for f in fm.bags},
+            sequences={f.name: f.max_len for f in fm.sequences},
+            labels=list(fm.labels),
+            group=fm.has_group,
+            time=fm.has_time,
+        )
+
+    def names(self) -> list[str]:
+        cols = self.sparse + self.dense + list(self.bags) + list(self.sequences) + self.labels
+        return cols + ([GROUP_COLUMN] if self.group else []) + ([TIME_COLUMN] if self.time else [])
+
+
+def _stack(table: pa.Table, names: list[str], dtype) -> np.ndarray:
+    if not names:
+        return np.zeros((table.num_rows, 0), dtype=dtype)
+    return np.stack([table.column(n).to_numpy().astype(dtype, copy=False) for n in names], axis=1)
+
+
+def _table_to_arrays(table: pa.Table, cols: _Columns) -> dict[str, np.ndarray]:
+    arrays = {
+        "sparse": _stack(table, cols.sparse, np.int64),
+        "dense": _stack(table, cols.dense, np.float32),
+        "labels": _stack(table, cols.labels, np.float32),
+    }
+    for name, max_len in cols.bags.items():
+        arrays["bag:" + name] = pad_lists(table.column(name), max_len)
+    for name, max_len in cols.sequences.items():
+        arrays["seq:" + name] = pad_lists(table.column(name), max_len)
+    if cols.group:
+        arrays["group"] = table.column(GROUP_COLUMN).to_numpy().astype(np.int64, copy=False)
+    if cols.time:
+        arrays["timestamp"] = table.column(TIME_COLUMN).to_numpy().astype(np.int64, copy=False)
+    return arrays
+
+
+def _arrays_to_batch(a: dict[str, np.ndarray]) -> Batch:
+    t = torch.from_numpy
+    return Batch(
+        dense=t(a["dense"]),
+        sparse=t(a["sparse"]),
+        labels=t(a["labels"]),
+        bags={k[4:]: t(v) for k, v in a.items() if k.startswith("bag:")},
+        sequences={k[4:]: t(v) for k, v in a.items() if k.startswith("seq:")},
+        group=t(a["group"]) if "group" in a else None,
+        timestamp=t(a["timestamp"]) if "timestamp" in a else None,
+    )
+
+
+class ParquetBatches(IterableDataset):
+    """An iterable of :class:`Batch` over one split. Use with ``DataLoader(batch_size=None)``
+    (see :func:`make_loader`); batching happens here, in numpy."""
+
+    def __init__(
+        self,
+        feature_map: FeatureMap,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 65_536,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.files = [Path(p) for p in feature_map.split_files(split)]
+        self.cols = _Columns.from_feature_map(feature_map)
+        self.rows = feature_map.splits[split].rows
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer = max(shuffle_buffer, batch_size)
+        self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self._units = [(i, g) for i, f in enumerate(self.files) for g in range(pq.ParquetFile(f).num_row_groups)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffled order to produce."""
+        self.epoch = epoch
+
+    def batches_per_epoch(self) -> int:
+        """Approximate for several readers (each drops or keeps its own tail)."""
+        rows = self.rows // self.world_size
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def _plan(self, worker: int, num_workers: int) -> tuple[list[tuple[int, int]], slice]:
+        """This reader's row groups, and which of their rows it keeps.
+
+        Readers are (rank, worker) pairs. With at least as many row groups as readers each
+        reader takes whole row groups; otherwise (small splits) every reader reads every row
+        group and keeps every n-th row, so no reader is left idle.
+        """
+        units = list(self._units)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            units = [units[i] for i in rng.permutation(len(units))]
+        readers = self.world_size * num_workers
+        reader = self.rank * num_workers + worker
+        if len(units) >= readers:
+            return units[reader::readers], slice(None)
+        return units, slice(reader, None, readers)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        units, rows = self._plan(worker, num_workers)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 1])
+        handles: dict[int, pq.ParquetFile] = {}
+        pool: list[dict[str, np.ndarray]] = []
+        pool_rows = 0
+        for file_idx, group in units:
+            pf = handles.get(file_idx) or handles.setdefault(file_idx, pq.ParquetFile(self.files[file_idx]))
+            arrays = _table_to_arrays(pf.read_row_group(group, columns=self.cols.names()), self.cols)
+            if rows != slice(None):
+                arrays = {k: v[rows] for k, v in arrays.items()}
+            pool.append(arrays)
+            pool_rows += len(arrays["labels"])
+            if pool_rows >= self.shuffle_buffer:
+                yield from self._drain(pool, rng, final=False)
+                pool_rows = sum(len(p["labels"]) for p in pool)
+        yield from self._drain(pool, rng, final=True)
+
+    def _drain(self, pool: list[dict[str, np.ndarray]], rng: np.random.Generator, final: bool):
+        """Emit the pool's full batches (all rows when ``final`` and not drop_last), leaving
+        the remainder in ``pool``."""
+        if not pool:
+            return
+        merged = {k: np.concatenate([p[k] for p in pool]) for k in pool[0]}
+        n = len(merged["labels"])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        full = n // self.batch_size * self.batch_size
+        pool.clear()
+        if not final and full < n:
+            pool.append({k: v[order[full:]] for k, v in merged.items()})
+        stop = n if final and not self.drop_last else full
+        for start in range(0, stop, self.batch_size):
+            idx = order[start : min(start + self.batch_size, stop)]
+            yield _arrays_to_batch({k: v[idx] for k, v in merged.items()})
+
+
+def make_loader(dataset: ParquetBatches, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader that runs the dataset in ``num_workers`` processes (0 = in this process)
+    and prefetches, so reading overlaps training."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )

@@ -1,0 +1,252 @@
+"""Feature schema: what the raw columns are and how each becomes a model input.
+
+A schema is a YAML file (or a dataset preset's built-in one) with three parts:
+
+* ``source``: how to read the raw files (format, separator, header, the raw column names and
+  their types). Every raw value is checked against these types while reading, so a bad row is
+  reported with its file, row and column before anything else runs.
+* ``labels`` and ``features``: the *canonical* columns a dataset preset produces from the raw
+  ones (for a plain CSV they are the raw columns themselves), each with its encoding.
+* ``feature_groups``: named sets of features. RankMixer's semantic tokenizer makes one token
+  source per group; other models ignore them.
+
+Id conventions used everywhere downstream: id 0 is padding (empty bag / sequence slot), id 1
+is out-of-vocabulary (unseen, rare or missing value), real values start at 2. A hashed feature
+uses ids 2 .. 2 + buckets - 1, so its table has ``buckets + 2`` rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PAD_ID = 0
+OOV_ID = 1
+FIRST_ID = 2
+
+
+class SchemaError(ValueError):
+    """A schema file is malformed; the message names the file and the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+RawType = Literal["int", "float", "str"]
+
+
+class RawColumn(_Strict):
+    name: str
+    type: RawType = "str"
+    # An empty field is allowed (read as missing) unless required.
+    required: bool = False
+
+
+class SourceSpec(_Strict):
+    format: Literal["csv", "tsv", "parquet"] = "csv"
+    # Separator for csv (tsv implies a tab).
+    separator: str | None = None
+    has_header: bool = True
+    # Raw columns in file order. For files with a header they are matched by name (extra raw
+    # columns are ignored); for headerless files they give the names, and the row must have
+    # exactly this many fields.
+    columns: list[RawColumn]
+
+    @property
+    def sep(self) -> str:
+        if self.separator is not None:
+            return self.separator
+        return "\t" if self.format == "tsv" else ","
+
+
+class LabelSpec(_Strict):
+    name: str
+
+
+class _FeatureBase(_Strict):
+    name: str
+    # Source column in the canonical frame; defaults to ``name``.
+    source: str | None = None
+
+    @property
+    def column(self) -> str:
+        return self.source or self.name
+
+
+class Vocabulary(_Strict):
+    """How a categorical value gets its id: a counted vocabulary or hashing."""
+
+    # Values seen fewer than min_count times in the training split map to OOV.
+    min_count: int = Field(1, ge=1)
+    # Cap on vocabulary size (most frequent first); None = no cap.
+    max_size: int | None = Field(None, ge=1)
+    # Hashing instead of a vocabulary: ids 2 .. 2+hash_buckets-1. Needs no pass over the data.
+    hash_buckets: int | None = Field(None, ge=1)
+
+
+class CategoricalFeature(_FeatureBase, Vocabulary):
+    type: Literal["categorical"] = "categorical"
+
+
+class Bucketize(_Strict):
+    """Turn a number into a categorical bucket id.
+
+    ``log``: the Criteo convention: v -> floor(ln(v)^2) for v > 2, else v (as an integer).
+    ``quantile``: equal-frequency bins fitted on the training split.
+    """
+
+    method: Literal["log", "quantile"]
+    num_buckets: int = Field(64, ge=2)  # quantile only
+    min_count: int = Field(1, ge=1)  # log only: rare log-buckets -> OOV
+
+
+class NumericalFeature(_FeatureBase):
+    type: Literal["numerical"] = "numerical"
+    # Normalisation statistics are fitted on the training split only.
+    normalize: Literal["standard", "minmax", "log1p", "none"] = "standard"
+    # Value used for a missing (empty) field, before normalisation.
+    fill_missing: float = 0.0
+    # When set, the feature becomes a categorical id instead of a dense value.
+    bucketize: Bucketize | None = None
+
+
+class MultiCategoricalFeature(_FeatureBase, Vocabulary):
+    """An unordered bag of values, e.g. genres "A|B|C"."""
+
+    type: Literal["multi_categorical"] = "multi_categorical"
+    separator: str = "|"
+    max_len: int = Field(16, ge=1)
+    # Use another feature's vocabulary and embedding table (e.g. the target item's).
+    share_with: str | None = None
+
+
+class SequenceFeature(_FeatureBase, Vocabulary):
+    """An ordered history, oldest first, truncated to the most recent ``max_len`` items."""
+
+    type: Literal["sequence"] = "sequence"
+    separator: str = "|"
+    max_len: int = Field(20, ge=1)
+    share_with: str | None = None
+    # Optional canonical column with the events' timestamps (same length as the history).
+    timestamps: str | None = None
+
+
+Feature = Annotated[
+    Union[CategoricalFeature, NumericalFeature, MultiCategoricalFeature, SequenceFeature],
+    Field(discriminator="type"),
+]
+
+
+class SplitSpec(_Strict):
+    """Train/valid/test split.
+
+    ``ratio``: a deterministic hash of the row number (seeded), fractions from ``ratios``.
+    ``time``: by the ``time_column`` quantiles, earliest rows to train.
+    ``files``: the caller gives one raw path per split.
+    """
+
+    method: Literal["ratio", "time", "files"] = "ratio"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 2024
+
+    @model_validator(mode="after")
+    def _check(self) -> "SplitSpec":
+        if abs(sum(self.ratios) - 1.0) > 1e-6 or min(self.ratios) < 0:
+            raise ValueError(f"split.ratios must be non-negative and sum to 1, got {self.ratios}")
+        return self
+
+
+class Schema(_Strict):
+    name: str
+    source: SourceSpec
+    labels: list[LabelSpec] = Field(min_length=1)
+    features: list[Feature] = Field(min_length=1)
+    group_key: str | None = None  # column for gAUC / UAUC (usually the user id)
+    time_column: str | None = None  # column used by the time split and carried as Batch.timestamp
+    feature_groups: dict[str, list[str]] = Field(default_factory=dict)
+    split: SplitSpec = SplitSpec()
+
+    @model_validator(mode="after")
+    def _check_names(self) -> "Schema":
+        names = [f.name for f in self.features]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate feature names: {dup}")
+        label_names = [lab.name for lab in self.labels]
+        clash = sorted(set(names) & set(label_names))
+        if clash:
+            raise ValueError(f"names used both as label and feature: {clash}")
+        by_name = {f.name: f for f in self.features}
+        for f in self.features:
+            share = getattr(f, "share_with", None)
+            if share is not None:
+                if share not in by_name:
+                    raise ValueError(f"feature {f.name!r}: share_with={share!r} is not a feature")
+                if not isinstance(by_name[share], CategoricalFeature):
+                    raise ValueError(
+                        f"feature {f.name!r}: share_with={share!r} must name a categorical feature"
+                    )
+        for group, members in self.feature_groups.items():
+            unknown = [m for m in members if m not in by_name]
+            if unknown:
+                raise ValueError(f"feature_groups.{group}: unknown features {unknown}")
+        if self.split.method == "time" and not self.time_column:
+            raise ValueError("split.method 'time' needs time_column")
+        return self
+
+    # ---- convenience views -------------------------------------------------------------
+    def feature(self, name: str):
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def canonical_columns(self) -> list[str]:
+        """Columns the canonical frame must have (after a preset's transform)."""
+        cols = [lab.name for lab in self.labels] + [f.column for f in self.features]
+        for f in self.features:
+            if isinstance(f, SequenceFeature) and f.timestamps:
+                cols.append(f.timestamps)
+        for extra in (self.group_key, self.time_column):
+            if extra:
+                cols.append(extra)
+        return list(dict.fromkeys(cols))
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that changes the prepared data."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"invalid {where}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_schema(path: str | Path) -> Schema:
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(f"schema file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SchemaError(f"schema file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise SchemaError(f"schema file {path} must hold a mapping, got {type(raw).__name__}")
+    try:
+        return Schema.model_validate(raw)
+    except ValidationError as e:
+        raise SchemaError(format_validation_error(e, f"schema {path}")) from e
+
+
+def dump_schema(schema: Schema, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(schema.model_dump(mode="json"), sort_keys=False))

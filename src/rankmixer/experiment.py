@@ -1,0 +1,142 @@
+"""Library functions behind the CLI: prepare data, train, evaluate, predict.
+
+A run directory holds everything needed to understand and reuse a run::
+
+    config.yaml          the resolved experiment config
+    feature_map.json     copy of the prepared data's feature map (vocab sizes, stats)
+    checkpoints/         periodic checkpoints (safetensors) for --resume
+    best.safetensors     weights with the best validation metric
+    metrics.jsonl        training / validation log; metrics.json: final valid + test metrics
+    tensorboard/         TensorBoard event files
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import torch
+
+from rankmixer.config import DataConfig, ExperimentConfig, dump_config, load_config
+from rankmixer.data.datasets.base import RawFiles, get_preset
+from rankmixer.data.feature_map import FeatureMap, SplitInfo
+from rankmixer.data.loader import ParquetBatches, make_loader
+from rankmixer.data.prepare import prepare
+from rankmixer.data.schema import load_schema
+from rankmixer.models import registry
+from rankmixer.train import checkpoint as ckpt
+from rankmixer.train.trainer import Trainer, seed_everything
+
+
+def default_prepared_dir(data: DataConfig) -> Path:
+    name = data.dataset or Path(data.schema_file or "custom").stem
+    return Path("data_cache") / name
+
+
+def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bool = False) -> FeatureMap:
+    """Prepare (or reuse) the dataset a config names, returning its feature map."""
+    out = Path(data.prepared_dir) if data.prepared_dir else default_prepared_dir(data)
+    if data.schema_file:
+        schema = load_schema(data.schema_file)
+        if data.raw_splits:
+            raw = RawFiles(by_split={k: [Path(p) for p in v] for k, v in data.raw_splits.items()})
+        elif data.raw:
+            raw = RawFiles(all=[Path(data.raw)])
+        else:
+            raise ValueError("data.schema_file needs data.raw (a file) or data.raw_splits")
+        return prepare(schema, raw, out, on_bad_row=data.on_bad_row, force=force, log=log)
+    if not data.dataset:
+        raise ValueError("set data.dataset (a preset) or data.schema_file")
+    preset = get_preset(data.dataset, **data.preset_options)
+    raw_path = Path(data.raw) if data.raw else preset.default_raw_path(out)
+    return prepare(preset.schema(), preset.raw_files(raw_path), out, preset=preset, raw_path=raw_path,
+                   on_bad_row=data.on_bad_row, force=force, log=log)
+
+
+def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    run_dir = cfg.resolved_run_dir()
+    if resume and not run_dir.exists():
+        raise FileNotFoundError(f"--resume given but run directory {run_dir} does not exist")
+    fm = prepare_data(cfg.data, log=log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (run_dir / "config.yaml").exists():
+        saved = load_config(run_dir / "config.yaml")
+        if saved.model_dump() != cfg.model_dump():
+            raise ValueError(f"--resume with a config that differs from {run_dir / 'config.yaml'}")
+    dump_config(cfg, run_dir / "config.yaml")
+    fm.save(run_dir / "feature_map.json")
+    seed_everything(cfg.seed)  # model initialisation depends on it
+    model = registry.build_model(cfg.model_name, fm, cfg.model_params)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model {cfg.model_name}: {n_params:,} parameters; train rows {fm.splits['train'].rows:,}; run dir {run_dir}")
+    trainer = Trainer(model, fm, cfg.train, run_dir, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                      shuffle_buffer=cfg.data.shuffle_buffer, log=log)
+    result = trainer.fit(resume=resume)
+    result["parameters"] = n_params
+    result["bayes"] = fm.extras.get("bayes")
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureMap, torch.nn.Module]:
+    """Config, feature map (pointing at the prepared shards) and best model of a run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    saved = FeatureMap.load(run_dir / "feature_map.json")
+    prepared = Path(cfg.data.prepared_dir) if cfg.data.prepared_dir else default_prepared_dir(cfg.data)
+    fm = FeatureMap.load(prepared) if (prepared / "feature_map.json").exists() else saved
+    if fm.schema_hash != saved.schema_hash:
+        raise ValueError(f"prepared data in {prepared} no longer matches the run's feature map")
+    model = registry.build_model(cfg.model_name, saved, cfg.model_params)
+    ckpt.load_weights(run_dir / "best.safetensors", model)
+    model.eval()
+    return cfg, fm, model
+
+
+def evaluate(run_dir: str | Path, splits=("valid", "test"), log: Callable[[str], None] = print) -> dict:
+    cfg, fm, model = load_run(run_dir)
+    trainer = Trainer(model, fm, cfg.train.model_copy(update={"tensorboard": False, "progress": False}),
+                      run_dir, seed=cfg.seed, log=log)
+    return {s: trainer.evaluate(s) for s in splits}
+
+
+def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 8192) -> int:
+    """Score a prepared-format Parquet file (columns as in the prepared shards; e.g. a split's
+    part file). Writes one ``<task>_prob`` column per task, plus the labels if present.
+    Returns the row count."""
+    cfg, fm, model = load_run(run_dir)
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise FileNotFoundError(f"input not found: {input_path}")
+    # Point a copy of the feature map at the input file as its only split.
+    scoring = FeatureMap.from_dict(fm.to_dict(), root=input_path.parent)
+    rows = pq.ParquetFile(input_path).metadata.num_rows
+    present = set(pq.ParquetFile(input_path).schema_arrow.names)
+    missing = [f.name for f in fm.features if f.name not in present]
+    if missing:
+        raise ValueError(f"{input_path}: missing feature column(s) {missing}")
+    has_labels = all(lab in present for lab in fm.labels)
+    if not has_labels:
+        raise ValueError(f"{input_path}: label column(s) {fm.labels} missing (fill with 0 to score unlabeled rows)")
+    scoring.splits = {"score": SplitInfo(files=[input_path.name], rows=rows, label_means=[])}
+    data = ParquetBatches(scoring, "score", batch_size, shuffle=False)
+    probs, labels = [], []
+    with torch.no_grad():
+        for batch in make_loader(data):
+            probs.append(torch.sigmoid(model(batch).logits.float()).numpy())
+            labels.append(batch.labels.numpy())
+    p, y = np.concatenate(probs), np.concatenate(labels)
+    out = pl.DataFrame({f"{t}_prob": p[:, i] for i, t in enumerate(fm.labels)} | {t: y[:, i] for i, t in enumerate(fm.labels)})
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    if output_path.suffix == ".csv":
+        out.write_csv(output_path)
+    else:
+        out.write_parquet(output_path)
+    return out.height

@@ -1,0 +1,27 @@
+"""What every model shares: its output type and its config base class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's typed config. Unknown keys are errors (a typo must not pass)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Width of every embedding table; models that need equal widths rely on it.
+    embedding_dim: int = 16
+
+
+@dataclass
+class ModelOutput:
+    """logits: [B, n_tasks]; aux_loss: added to the task loss by the trainer (MoE sparsity,
+    distillation ...); metrics: scalars the trainer logs as they are (e.g. active-expert ratio)."""
+
+    logits: Tensor
+    aux_loss: Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,551 @@
+"""Training checkpoints in safetensors (never pickle) that resume bit-identically.
+
+Layout::
+
+    <run_dir>/checkpoints/step_<8-digit step>/
+        model.safetensors   model state dict (tied tensors stored once, aliases in the metadata)
+        optim.safetensors   every tensor of the optimizer and scheduler state dicts, named
+                            ``optim/<name>/state/<idx>/<key>``, ``sched/<name>/...``; RNG state
+                            tensors under ``rng/...``; tensors of the trainer state under
+                            ``trainer/...``
+        state.json          everything else: the non-tensor parts of those state dicts (with
+                            tensors replaced by ``{"__tensor__": "<name>"}``), the caller's
+                            trainer state, and the sha256 and size of each .safetensors file
+
+Why not ``torch.save``: unpickling runs arbitrary code, so a checkpoint downloaded or shared
+between users would be a code-execution vector; safetensors files are plain data.
+
+Atomicity: everything is written into a hidden temp directory inside ``checkpoints/``, fsynced,
+then renamed onto ``step_XXXXXXXX`` with one ``os.replace``. A process killed mid-write leaves
+only a ``.tmp-*`` directory, which :func:`latest_checkpoint` never returns. A bit flip or a
+truncated copy is caught on load by the recorded sha256, before anything is modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "save_weights",
+    "load_weights",
+    "MODEL_FILE",
+    "OPTIM_FILE",
+    "STATE_FILE",
+]
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optim.safetensors"
+STATE_FILE = "state.json"
+CHECKPOINTS_DIR = "checkpoints"
+FORMAT_VERSION = 1
+
+_STEP_DIR = re.compile(r"step_(\d{8,})")
+# safetensors metadata keys (str -> str) written into model files.
+_META_ALIASES = "rankmixer.aliases"
+_META_DIGEST = "rankmixer.tensor_sha256"
+
+# Markers of the JSON encoding of state dicts (see _encode).
+_T_TENSOR = "__tensor__"
+_T_TUPLE = "__tuple__"
+_T_DICT = "__dict__"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file cannot be used: missing, corrupted, or not matching the model."""
+
+
+# ---- JSON encoding of state dicts -----------------------------------------------------------
+#
+# Optimizer and scheduler state dicts mix tensors, tuples (Adam's betas), int dict keys (param
+# indices) and plain scalars. JSON has none of the first three, and a list where torch expects a
+# tuple (random.setstate, for one) breaks restore, so they are tagged explicitly.
+
+
+def _encode(obj: Any, path: str, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(obj, Tensor):
+        if obj.layout != torch.strided:
+            raise TypeError(f"{path}: {obj.layout} tensors are not supported in checkpoints")
+        if path in tensors:
+            raise ValueError(f"two state entries map to the tensor name {path!r}")
+        tensors[path] = obj.detach().to("cpu").contiguous()
+        return {_T_TENSOR: path}
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):  # np.float32 metrics etc. in the trainer state
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {_T_TUPLE: [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode(v, f"{path}/{k}", tensors) for k, v in obj.items()}
+        return {
+            _T_DICT: [
+                [_encode(k, f"{path}/<key>", {}), _encode(v, f"{path}/{k}", tensors)]
+                for k, v in obj.items()
+            ]
+        }
+    raise TypeError(f"{path}: cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def _decode(obj: Any, tensors: Mapping[str, Tensor], used: set[str]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors, used) for v in obj]
+    if isinstance(obj, dict):
+        if len(obj) == 1:
+            ((tag, val),) = obj.items()
+            if tag == _T_TENSOR:
+                if val not in tensors:
+                    raise CheckpointError(f"{OPTIM_FILE} lacks tensor {val!r} named in {STATE_FILE}")
+                used.add(val)
+                return tensors[val]
+            if tag == _T_TUPLE:
+                return tuple(_decode(v, tensors, used) for v in val)
+            if tag == _T_DICT:
+                return {_hashable(_decode(k, tensors, used)): _decode(v, tensors, used) for k, v in val}
+        return {k: _decode(v, tensors, used) for k, v in obj.items()}
+    return obj
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+# ---- small file-system helpers ----------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes a rename durable; not possible on every OS (Windows), where it is skipped.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unique_suffix() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _step_of(path: Path) -> int | None:
+    m = _STEP_DIR.fullmatch(path.name)
+    return int(m.group(1)) if m else None
+
+
+def _is_complete(path: Path) -> bool:
+    return (
+        _step_of(path) is not None
+        and path.is_dir()
+        and all((path / f).is_file() for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE))
+    )
+
+
+# ---- model tensors ----------------------------------------------------------------------------
+
+
+def _model_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """CPU tensors to store, one per distinct tensor, and {alias name: stored name}.
+
+    Tied weights (an output layer sharing the embedding table) appear under several names in
+    the state dict; safetensors refuses shared memory, and storing them once keeps the tie
+    explicit. Partial overlaps (different views of one storage) are stored as copies.
+    """
+    tensors: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    exact: dict[tuple, str] = {}
+    seen_storage: set[tuple] = set()
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        if t.numel() > 0:
+            sp = (t.device, t.untyped_storage().data_ptr())
+            key = (*sp, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            if key in exact:
+                aliases[name] = exact[key]
+                continue
+            exact[key] = name
+            if sp in seen_storage:
+                t = t.clone()
+            seen_storage.add(sp)
+        tensors[name] = t.to("cpu").contiguous()
+    return tensors, aliases
+
+
+def _tensor_digest(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes: lets a bare weights file check itself."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _write_model_file(path: Path, model: nn.Module, digest: bool) -> None:
+    tensors, aliases = _model_tensors(model)
+    meta = {"format": "pt", _META_ALIASES: json.dumps(aliases, sort_keys=True)}
+    if digest:
+        meta[_META_DIGEST] = _tensor_digest(tensors)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    try:
+        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # SafetensorError, OSError, header JSON errors ...
+        raise CheckpointError(f"{path}: cannot be parsed as safetensors ({e})") from e
+    return tensors, meta
+
+
+def _check_model_tensors(
+    path: Path, model: nn.Module, tensors: dict[str, Tensor], meta: Mapping[str, str]
+) -> dict[str, Tensor]:
+    """State dict for ``model`` from a model file, or CheckpointError listing every mismatch."""
+    try:
+        aliases = json.loads(meta.get(_META_ALIASES, "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: malformed {_META_ALIASES} metadata ({e})") from e
+    sd = dict(tensors)
+    for alias, target in aliases.items():
+        if target not in tensors:
+            raise CheckpointError(f"{path}: alias {alias!r} points to absent tensor {target!r}")
+        sd[alias] = tensors[target]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    problems = []
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
+            problems.append(f"{what}: {', '.join(items[:10])}{more}")
+    if problems:
+        raise CheckpointError(f"{path} does not match the model; " + "; ".join(problems))
+    return sd
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module) -> Path:
+    """Write the model's state dict to one safetensors file (best model, export), atomically.
+
+    The file carries a sha256 of its tensors in its metadata, which :func:`load_weights` checks.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{_unique_suffix()}")
+    try:
+        _write_model_file(tmp, model, digest=True)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module) -> None:
+    """Load a file written by :func:`save_weights` (or a checkpoint's model file) into ``model``.
+
+    Raises CheckpointError naming the file if it is missing, unparsable, fails its tensor
+    checksum, or does not match the model's keys and shapes; the model is untouched then.
+    """
+    path = Path(path)
+    tensors, meta = _read_safetensors(path)
+    want = meta.get(_META_DIGEST)
+    if want is not None:
+        got = _tensor_digest(tensors)
+        if got != want:
+            raise CheckpointError(
+                f"{path}: tensor checksum mismatch (expected {want}, got {got}); file is corrupted"
+            )
+    sd = _check_model_tensors(path, model, tensors, meta)
+    model.load_state_dict(sd, strict=True)
+
+
+# ---- RNG ----------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    # Python's and numpy's Mersenne Twister states are 624-625 ints: stored as int64 tensors
+    # rather than as thousands of JSON numbers.
+    py_version, py_internal, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch_cpu": torch.get_rng_state(),
+    }
+    # Only when CUDA is already in use: asking would otherwise initialise it on CPU-only runs.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
+    cuda = state.get("torch_cuda")
+    if cuda and torch.cuda.is_available():
+        if torch.cuda.device_count() == len(cuda):
+            torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in cuda])
+        else:
+            warnings.warn(
+                f"checkpoint has CUDA RNG states for {len(cuda)} devices, this process sees "
+                f"{torch.cuda.device_count()}: CUDA RNG not restored",
+                stacklevel=3,
+            )
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest step first (temp and incomplete dirs left out)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _is_complete(p)]
+    return sorted(found, key=lambda p: _step_of(p) or 0)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    *,
+    model: nn.Module,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    schedulers: Mapping[str, Any],
+    trainer_state: Mapping[str, Any],
+    keep_last: int | None = 3,
+) -> Path:
+    """Write ``<run_dir>/checkpoints/step_<step>`` atomically and prune older checkpoints.
+
+    ``schedulers`` are anything with ``state_dict``/``load_state_dict`` (LR schedulers, a grad
+    scaler ...). ``trainer_state`` must be JSON-able (tensors in it are allowed and go to
+    optim.safetensors). The current RNG states are saved too, so call this at the point where the
+    resumed run should pick up. ``keep_last`` checkpoints are kept (None: all); the one just
+    written is never pruned, even if an older run left higher steps behind. Saving a step that
+    already exists replaces it.
+    """
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+
+    # Encode everything before touching the disk: an unstorable value fails fast and cleanly.
+    tensors: dict[str, Tensor] = {}
+    state: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "torch_version": torch.__version__,
+        "optimizers": {n: _encode(o.state_dict(), f"optim/{n}", tensors) for n, o in optimizers.items()},
+        "schedulers": {n: _encode(s.state_dict(), f"sched/{n}", tensors) for n, s in schedulers.items()},
+        "trainer_state": _encode(dict(trainer_state), "trainer", tensors),
+        "rng": _encode(_rng_state(), "rng", tensors),
+    }
+
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp-{final.name}-{_unique_suffix()}"
+    tmp.mkdir()
+    old: Path | None = None
+    try:
+        _write_model_file(tmp / MODEL_FILE, model, digest=False)
+        save_file(tensors, str(tmp / OPTIM_FILE), metadata={"format": "pt"})
+        state["files"] = {
+            f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
+            for f in (MODEL_FILE, OPTIM_FILE)
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, allow_nan=True))
+        for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
+            _fsync_file(tmp / f)
+        _fsync_dir(tmp)
+        if final.exists():
+            # os.replace cannot overwrite a non-empty directory: move the old one aside first.
+            old = root / f".old-{final.name}-{_unique_suffix()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists():
+            os.replace(old, final)  # put the previous checkpoint of this step back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+    if keep_last is not None:
+        others = [p for p in list_checkpoints(run_dir) if p != final]
+        for p in others[: max(0, len(others) - (keep_last - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    f = path / STATE_FILE
+    if not f.is_file():
+        raise CheckpointError(f"{f}: file is missing (incomplete or not a checkpoint)")
+    try:
+        state = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: cannot be parsed ({e})") from e
+    needed = ("format_version", "files", "optimizers", "schedulers", "trainer_state", "rng")
+    missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
+    if missing:
+        raise CheckpointError(f"{f}: malformed, lacks {missing}")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{f}: format version {state['format_version']}, this code reads {FORMAT_VERSION}"
+        )
+    return state
+
+
+def _verify_file(path: Path, record: Mapping[str, Any]) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    size = path.stat().st_size
+    if "bytes" in record and size != record["bytes"]:
+        kind = "truncated" if size < record["bytes"] else "has extra bytes"
+        raise CheckpointError(
+            f"{path}: {size} bytes, expected {record['bytes']}: file is {kind} (corrupted)"
+        )
+    got = _sha256(path)
+    if got != record.get("sha256"):
+        raise CheckpointError(
+            f"{path}: sha256 mismatch (expected {record.get('sha256')}, got {got}): file is corrupted"
+        )
+
+
+def _names_match(kind: str, saved: Mapping[str, Any], given: Mapping[str, Any], where: Path) -> None:
+    if set(saved) != set(given):
+        raise CheckpointError(
+            f"{where}: checkpoint has {kind} {sorted(saved)}, caller passed {sorted(given)}"
+        )
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    schedulers: Mapping[str, Any],
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Restore model, optimizers, schedulers (and RNGs) from a checkpoint; return trainer_state.
+
+    Everything is read and checked first (files present, sha256, parse, keys, shapes, optimizer
+    and scheduler names, param-group sizes); only then is anything modified, so a
+    CheckpointError leaves the caller's objects as they were.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory is missing")
+    state = _read_state(path)
+    files = state["files"]
+    for f in (MODEL_FILE, OPTIM_FILE):
+        if f not in files:
+            raise CheckpointError(f"{path / STATE_FILE}: no checksum recorded for {f}")
+        _verify_file(path / f, files[f])
+
+    model_tensors, meta = _read_safetensors(path / MODEL_FILE)
+    model_sd = _check_model_tensors(path / MODEL_FILE, model, model_tensors, meta)
+    optim_tensors, _ = _read_safetensors(path / OPTIM_FILE)
+
+    _names_match("optimizers", state["optimizers"], optimizers, path)
+    _names_match("schedulers", state["schedulers"], schedulers, path)
+    used: set[str] = set()
+    try:
+        opt_sds = {n: _decode(state["optimizers"][n], optim_tensors, used) for n in optimizers}
+        sched_sds = {n: _decode(state["schedulers"][n], optim_tensors, used) for n in schedulers}
+        trainer_state = _decode(state["trainer_state"], optim_tensors, used)
+        rng = _decode(state["rng"], optim_tensors, used)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    unused = sorted(set(optim_tensors) - used)
+    if unused:
+        raise CheckpointError(
+            f"{path / OPTIM_FILE}: unexpected tensors not referenced by {STATE_FILE}: {unused[:10]}"
+        )
+    for name, opt in optimizers.items():
+        saved_groups = opt_sds[name].get("param_groups", [])
+        live_groups = opt.param_groups
+        saved_sizes = [len(g["params"]) for g in saved_groups]
+        live_sizes = [len(g["params"]) for g in live_groups]
+        if saved_sizes != live_sizes:
+            raise CheckpointError(
+                f"{path}: optimizer {name!r} has param groups of sizes {saved_sizes} in the "
+                f"checkpoint but {live_sizes} here"
+            )
+
+    # All checks passed: apply.
+    try:
+        model.load_state_dict(model_sd, strict=True)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(opt_sds[name])
+        for name, sched in schedulers.items():
+            sched.load_state_dict(sched_sds[name])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: restoring state failed ({e})") from e
+    if restore_rng:
+        _set_rng_state(rng)
+    return trainer_state

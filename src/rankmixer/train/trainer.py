@@ -1,0 +1,309 @@
+"""The training loop. It knows a model only as ``forward(batch) -> ModelOutput``.
+
+What it owns: two optimizers (dense parameters; embedding tables, which see few rows per step
+and do better with Adagrad-style per-row steps), the LR schedule, bf16 autocast, gradient
+clipping, periodic evaluation with early stopping, checkpoints, and the logs (console with
+samples/s, ``metrics.jsonl``, TensorBoard).
+
+Exact resume: a checkpoint holds the model, both optimizers, the scheduler, every RNG and the
+data position (epoch, batches consumed in it). The loader's order is a pure function of
+(seed, epoch), so a resumed run re-reads the epoch, drops the consumed batches and continues
+with bit-identical state: its final metrics equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankmixer.config import OptimizerConfig, TrainConfig
+from rankmixer.data.batch import Batch
+from rankmixer.data.feature_map import FeatureMap
+from rankmixer.data.loader import ParquetBatches, make_loader
+from rankmixer.nn.embedding import split_parameters
+from rankmixer.train import checkpoint as ckpt
+from rankmixer.train.metrics import StreamingMetrics, higher_is_better
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def _make_optimizer(cfg: OptimizerConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    extra = {} if cfg.eps is None else {"eps": cfg.eps}
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **extra)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    if cfg.name == "sparse_adam":
+        return torch.optim.SparseAdam(params, lr=cfg.lr, **extra)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
+
+    return fn
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        feature_map: FeatureMap,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        *,
+        seed: int = 42,
+        num_workers: int = 0,
+        shuffle_buffer: int = 65_536,
+        log: Callable[[str], None] = print,
+    ):
+        self.cfg = cfg
+        self.fm = feature_map
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.log = log
+        self.num_workers = num_workers
+        self.device = pick_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.model = model.to(self.device)
+
+        emb, dense = split_parameters(model)
+        if cfg.sparse_gradients and cfg.sparse_optimizer is None:
+            raise ValueError("train.sparse_gradients needs train.sparse_optimizer (adagrad, sparse_adam or sgd)")
+        if cfg.sparse_optimizer is None:
+            dense, emb = dense + emb, []
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if dense:
+            self.optimizers["dense"] = _make_optimizer(cfg.dense_optimizer, dense)
+        if emb:
+            assert cfg.sparse_optimizer is not None
+            self.optimizers["sparse"] = _make_optimizer(cfg.sparse_optimizer, emb)
+        self.dense_params = dense
+
+        self.train_data = ParquetBatches(
+            feature_map, "train", cfg.batch_size, shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer
+        )
+        steps_per_epoch = self.train_data.batches_per_epoch()
+        self.total_steps = steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        fn = _lr_lambda(cfg.lr_schedule, cfg.warmup_steps, self.total_steps)
+        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, fn) for k, o in self.optimizers.items()}
+        self.state = {
+            "epoch": 0, "batch_in_epoch": 0, "step": 0, "samples": 0,
+            "best": None, "best_step": None, "bad_evals": 0, "stopped_early": False,
+        }
+        self._tb = None
+
+    # ---- pieces --------------------------------------------------------------------------
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        with self._autocast():
+            out = self.model(batch)
+        logits = out.logits.float()
+        task_loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        loss = task_loss if out.aux_loss is None else task_loss + out.aux_loss.float()
+        return loss, out.metrics
+
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        self.model.train()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss, extra = self._loss(batch)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.dense_params, self.cfg.grad_clip)
+        for opt in self.optimizers.values():
+            opt.step()
+        for sch in self.schedulers.values():
+            sch.step()
+        return loss.detach(), extra
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
+        self.model.eval()
+        data = ParquetBatches(self.fm, split, self.cfg.eval_batch_size, shuffle=False)
+        metrics = StreamingMetrics(self.fm.labels)
+        loader = make_loader(data, num_workers=self.num_workers)
+        for batch in itertools.islice(loader, max_batches):
+            batch = batch.to(self.device)
+            with self._autocast():
+                logits = self.model(batch).logits
+            probs = torch.sigmoid(logits.float()).cpu().numpy()
+            metrics.update(batch.labels.cpu().numpy(), probs, None if batch.group is None else batch.group.cpu().numpy())
+        return metrics.compute()
+
+    def _write(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            prefix = record.get("split", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch") and math.isfinite(v):
+                    self._tb.add_scalar(f"{prefix}/{k}", v, record["step"])
+
+    def _checkpoint(self) -> None:
+        ckpt.save_checkpoint(
+            self.run_dir, self.state["step"], model=self.model, optimizers=self.optimizers,
+            schedulers=self.schedulers, trainer_state=self.state, keep_last=self.cfg.keep_checkpoints,
+        )
+
+    def _validate(self) -> bool:
+        """Evaluate on valid, keep the best weights; True when early stopping says stop."""
+        t0 = time.time()
+        m = self.evaluate("valid")
+        rec = {"split": "valid", "step": self.state["step"], "epoch": self.state["epoch"], **m,
+               "eval_seconds": round(time.time() - t0, 2)}
+        self._write(rec)
+        es = self.cfg.early_stopping
+        key = es.metric if es else "auc"
+        if key not in m:
+            raise KeyError(f"early_stopping.metric {key!r} is not a validation metric; have {sorted(m)}")
+        value = m[key]
+        sign = 1 if higher_is_better(key) else -1
+        best = self.state["best"]
+        improved = best is None or sign * (value - best) > (es.min_delta if es else 0.0)
+        if improved:
+            self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
+            ckpt.save_weights(self.run_dir / "best.safetensors", self.model)
+        else:
+            self.state["bad_evals"] += 1
+        self.log(
+            f"valid step {self.state['step']}: " + " ".join(f"{k}={m[k]:.5f}" for k in ("auc", "logloss", "gauc") if k in m)
+            + ("  (best)" if improved else f"  (no improvement {self.state['bad_evals']}/{es.patience if es else '-'})")
+        )
+        return bool(es and self.state["bad_evals"] >= es.patience)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(self.seed)
+        if resume:
+            last = ckpt.latest_checkpoint(self.run_dir)
+            if last is None:
+                self.log("no checkpoint to resume from; starting fresh")
+            else:
+                self.state = ckpt.load_checkpoint(
+                    last, model=self.model, optimizers=self.optimizers, schedulers=self.schedulers
+                )
+                self.log(f"resumed from {last} (epoch {self.state['epoch']}, step {self.state['step']})")
+        elif (self.run_dir / "metrics.jsonl").exists():
+            (self.run_dir / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+        cfg, st = self.cfg, self.state
+        stop = st["stopped_early"] or (cfg.max_steps is not None and st["step"] >= cfg.max_steps)
+        progress = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=st["step"], unit="step", dynamic_ncols=True,
+                            disable=None, leave=False)
+        window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros(()), 0
+        while not stop and st["epoch"] < cfg.epochs:
+            self.train_data.set_epoch(st["epoch"])
+            batches = iter(make_loader(self.train_data, num_workers=self.num_workers))
+            # Drop what this epoch already fed before the checkpoint we resumed from.
+            for _ in itertools.islice(batches, st["batch_in_epoch"]):
+                pass
+            for batch in batches:
+                batch = batch.to(self.device)
+                loss, extra = self.train_step(batch)
+                st["step"] += 1
+                st["batch_in_epoch"] += 1
+                st["samples"] += len(batch)
+                window_n += len(batch)
+                loss_sum += loss.cpu()  # accumulate on host; .item() only when logging
+                loss_n += 1
+                if progress is not None:
+                    progress.update(1)
+                if st["step"] % cfg.log_every_steps == 0:
+                    dt = time.time() - window_t
+                    rec = {"split": "train", "step": st["step"], "epoch": st["epoch"],
+                           "loss": float(loss_sum / loss_n), "samples_per_s": round(window_n / dt, 1),
+                           "lr": self.schedulers["dense"].get_last_lr()[0] if "dense" in self.schedulers else 0.0,
+                           **extra}
+                    self._write(rec)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.0f}")
+                    window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros(()), 0
+                if cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0:
+                    if self._validate():
+                        st["stopped_early"] = stop = True
+                if cfg.max_steps and st["step"] >= cfg.max_steps:
+                    stop = True
+                if st["step"] % cfg.checkpoint_every_steps == 0 or stop:
+                    self._checkpoint()
+                if stop:
+                    break
+            else:
+                st["epoch"] += 1
+                st["batch_in_epoch"] = 0
+                if not cfg.eval_every_steps and self._validate():
+                    st["stopped_early"] = stop = True
+                self._checkpoint()
+        if progress is not None:
+            progress.close()
+        if st["best"] is None:  # ran out of steps before any evaluation
+            self._validate()
+            self._checkpoint()
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Reload the best weights, evaluate valid and test, write ``metrics.json``."""
+        ckpt.load_weights(self.run_dir / "best.safetensors", self.model)
+        result = {
+            "best_step": self.state["best_step"],
+            "steps": self.state["step"],
+            "samples": self.state["samples"],
+            "stopped_early": self.state["stopped_early"],
+            "valid": self.evaluate("valid"),
+            "test": self.evaluate("test"),
+        }
+        (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        if self._tb is not None:
+            self._tb.close()
+        return result

@@ -1,0 +1,224 @@
+"""The baseline models (lr, dlrm, deepfm, dcnv2): shapes, gradients, configs, and that each can
+fit a tiny planted problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_feature_map, random_batch
+from sklearn.metrics import roc_auc_score
+
+from rankmixer.data.batch import Batch
+from rankmixer.data.feature_map import FeatureInfo, FeatureMap
+from rankmixer.models import registry
+from rankmixer.models.base import ModelConfig, ModelOutput
+from rankmixer.nn.embedding import FeatureEmbedding, set_sparse_gradients, split_parameters
+
+MODELS = ["lr", "dlrm", "deepfm", "dcnv2"]
+
+# Small variants so the tests stay fast; the defaults are exercised in test_default_configs.
+SMALL = {
+    "lr": {},
+    "dlrm": {"embedding_dim": 8, "bottom_mlp": [16], "top_mlp": [32, 16]},
+    "deepfm": {"embedding_dim": 8, "dnn_hidden": [32, 16]},
+    "dcnv2": {"embedding_dim": 8, "dnn_hidden": [32, 16], "num_cross_layers": 2},
+}
+
+
+def _build(name: str, fm: FeatureMap, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return registry.build_model(name, fm, {**SMALL[name], **overrides})
+
+
+def test_registry_lists_models_with_summaries():
+    models = registry.available()
+    for name in MODELS:
+        assert name in models
+        entry = models[name]
+        assert issubclass(entry.config_cls, ModelConfig)
+        assert entry.summary and "(" in entry.summary  # one line, citing the paper
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("num_tasks", [1, 2])
+def test_output_shape_and_gradients(name, num_tasks, generator):
+    fm = make_feature_map(num_tasks=num_tasks)
+    model = _build(name, fm, **({"head_hidden": [8]} if name != "lr" else {}))
+    model.train()
+    batch = random_batch(fm, 32, generator)
+    out = model(batch)
+    assert isinstance(out, ModelOutput)
+    assert out.logits.shape == (32, num_tasks)
+    assert out.logits.dtype == torch.float32
+    loss = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient for {pname}"
+        assert p.grad.abs().sum() > 0, f"{name}: zero gradient for {pname}"
+    # every table lives in a FeatureEmbedding; pad rows get no gradient
+    emb, rest = split_parameters(model)
+    assert emb and len(emb) + len(rest) == len(list(model.parameters()))
+    for m in model.modules():
+        if isinstance(m, FeatureEmbedding):
+            assert torch.all(m.weight.grad[0] == 0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(n_dense=0), dict(bags=False, sequences=False), dict(n_dense=0, bags=False, sequences=False), dict(n_sparse=0)],
+    ids=["no_dense", "no_bags_no_sequences", "sparse_only", "no_sparse"],
+)
+def test_feature_maps_missing_kinds(name, kwargs, generator):
+    fm = make_feature_map(num_tasks=2, **kwargs)
+    model = _build(name, fm)
+    batch = random_batch(fm, 8, generator)
+    out = model(batch)
+    assert out.logits.shape == (8, 2)
+    out.logits.sum().backward()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_configs(name, tiny_feature_map, generator):
+    model = registry.build_model(name, tiny_feature_map)
+    model.eval()
+    with torch.no_grad():
+        out = model(random_batch(tiny_feature_map, 4, generator))
+    assert out.logits.shape == (4, 2)
+    assert torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_config_typo_raises(name):
+    with pytest.raises(ValueError, match="embeding_dim"):
+        registry.parse_config(name, {"embeding_dim": 8})
+    cfg = registry.parse_config(name, {"embedding_dim": 8})
+    assert cfg.embedding_dim == 8
+
+
+def test_config_values_are_validated():
+    with pytest.raises(ValueError, match="structure"):
+        registry.parse_config("dcnv2", {"structure": "stackd"})
+    with pytest.raises(ValueError, match="dropout"):
+        registry.parse_config("dlrm", {"dropout": 1.5})
+    with pytest.raises(ValueError, match="low_rank"):
+        registry.parse_config("dcnv2", {"low_rank": 0})
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"structure": "stacked"},
+        {"structure": "parallel", "low_rank": 4},
+        {"structure": "stacked", "low_rank": 2, "batch_norm": True, "dropout": 0.1},
+        {"num_cross_layers": 0},
+    ],
+)
+def test_dcnv2_variants(params, tiny_feature_map, generator):
+    model = _build("dcnv2", tiny_feature_map, **params)
+    batch = random_batch(tiny_feature_map, 16, generator)
+    out = model(batch)
+    assert out.logits.shape == (16, 2)
+    out.logits.sum().backward()
+    if params.get("low_rank"):
+        assert all(layer.rank == params["low_rank"] for layer in model.cross.layers)
+
+
+def test_deepfm_is_sum_of_its_parts(tiny_feature_map, generator):
+    from rankmixer.nn.interaction import fm_second_order
+
+    model = _build("deepfm", tiny_feature_map).eval()
+    batch = random_batch(tiny_feature_map, 8, generator)
+    fields = model.embedding(batch).fields
+    first = model.first_order(batch).fields.sum(1)
+    ref = model.heads(model.dnn(fields.flatten(1))) + first + fm_second_order(fields)
+    torch.testing.assert_close(model(batch).logits, ref)
+
+
+def test_lr_is_linear(generator):
+    fm = make_feature_map(num_tasks=1, bags=False, sequences=False)
+    model = _build("lr", fm)
+    with torch.no_grad():
+        model.embedding.weight.normal_()
+        model.embedding.weight[0] = 0
+        model.bias.fill_(0.3)
+    batch = random_batch(fm, 8, generator)
+    emb = model.embedding
+    ref = torch.full((8,), 0.3)
+    for i, f in enumerate(fm.sparse):
+        ref = ref + emb.table_weight(f.name)[batch.sparse[:, i], 0]
+    ref = ref + batch.dense @ emb.numeric_weight()[:, 0]
+    torch.testing.assert_close(model(batch).logits[:, 0], ref)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sparse_embedding_gradients_with_sparse_optimizer(name, tiny_feature_map, generator):
+    model = _build(name, tiny_feature_map)
+    assert set_sparse_gradients(model) == (2 if name == "deepfm" else 1)
+    emb, rest = split_parameters(model)
+    opt_sparse = torch.optim.SparseAdam(emb, lr=1e-2)
+    opt_dense = torch.optim.Adam(rest, lr=1e-2)
+    batch = random_batch(tiny_feature_map, 16, generator)
+    before = [p.detach().clone() for p in emb]
+    F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels).backward()
+    assert all(p.grad.is_sparse for p in emb)
+    opt_sparse.step()
+    opt_dense.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, emb))
+
+
+# ---- overfitting a planted problem ------------------------------------------------------------
+
+
+def _planted(additive: bool, n: int = 512, seed: int = 0) -> tuple[FeatureMap, Batch]:
+    """512 rows; the label is a deterministic function of two categorical ids (a, b); a third
+    feature, a dense feature, a bag and a sequence are noise.
+
+    additive: label = [w_a[a] + w_b[b] > median] (what logistic regression can represent);
+    otherwise label = T[a, b] for a random binary table T (needs interactions).
+    """
+    va, vb = 10, 8  # ids 2.. : 8 and 6 real values
+    fm = FeatureMap(
+        dataset="planted",
+        schema_hash="0" * 16,
+        labels=["y"],
+        features=[
+            FeatureInfo("a", "sparse", vocab_size=va),
+            FeatureInfo("b", "sparse", vocab_size=vb),
+            FeatureInfo("noise", "sparse", vocab_size=20),
+            FeatureInfo("x", "dense"),
+            FeatureInfo("tags", "bag", vocab_size=15, max_len=3),
+            FeatureInfo("hist", "sequence", vocab_size=vb, max_len=4, share_with="b"),
+        ],
+    )
+    g = torch.Generator().manual_seed(seed)
+    batch = random_batch(fm, n, g)
+    a = torch.randint(2, va, (n,), generator=g)
+    b = torch.randint(2, vb, (n,), generator=g)
+    batch.sparse[:, 0], batch.sparse[:, 1] = a, b
+    if additive:
+        score = torch.randn(va, generator=g)[a] + torch.randn(vb, generator=g)[b]
+        y = (score > score.median()).float()
+    else:
+        y = torch.randint(0, 2, (va, vb), generator=g)[a, b].float()
+    batch.labels = y.unsqueeze(1)
+    return fm, batch
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_overfits_planted_problem(name):
+    fm, batch = _planted(additive=(name == "lr"))
+    model = _build(name, fm)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(200):
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        scores = model(batch).logits[:, 0]
+    auc = roc_auc_score(batch.labels[:, 0].numpy(), scores.numpy())
+    assert auc > 0.9, f"{name}: train AUC {auc:.3f}"

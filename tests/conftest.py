@@ -6,16 +6,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-try:  # tests also run from a plain checkout (no `pip install -e .`)
-    import rankmixer  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureInfo, FeatureMap
@@ -100,3 +92,14 @@ def tiny_feature_map() -> FeatureMap:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one intra-op thread: the tensors in unit tests are tiny, and with the
+    default thread pool a busy 2-core machine (other test runs beside this one) makes small ops
+    10-30x slower through oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

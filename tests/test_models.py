@@ -17,6 +17,8 @@ from rankmixer.nn.embedding import FeatureEmbedding, set_sparse_gradients, split
 
 MODELS = ["lr", "dlrm", "deepfm", "dcnv2"]
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # Small variants so the tests stay fast; the defaults are exercised in test_default_configs.
 SMALL = {
     "lr": {},

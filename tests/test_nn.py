@@ -21,6 +21,8 @@ from rankmixer.nn.interaction import (
 )
 from rankmixer.nn.mlp import MLP
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # ---- FeatureEmbedding ------------------------------------------------------------------------
 
 

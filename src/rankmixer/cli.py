@@ -61,6 +61,7 @@ def quickstart(
         "train.batch_size=2048",
         "train.dense_optimizer={name: adamw, lr: 0.001}",
         "train.sparse_optimizer={name: adagrad, lr: 0.05}",
+        "train.sparse_gradients=true",
         "train.checkpoint_every_steps=200",
     ] + ([f"train.threads={threads}"] if threads else [])
     try:

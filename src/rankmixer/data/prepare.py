@@ -397,6 +397,8 @@ def prepare(
     groups = [("all", raw.all)] if raw.all else [(s, raw.by_split.get(s, [])) for s in SPLITS]
     if schema.split.method == "files" and raw.all:
         raise BadInputError("split method 'files' needs one raw file list per split (train/valid/test)")
+    # Files that come split (raw.by_split) are always used as given, whatever schema.split says.
+    by_files = not raw.all
     for split, paths in groups:
         if not paths:
             raise BadInputError(f"no raw files for split {split!r}")
@@ -427,7 +429,7 @@ def prepare(
     canon = work / "canonical.parquet"
     lf.sink_parquet(canon, row_group_size=ROW_GROUP_SIZE)
     lf = pl.scan_parquet(canon)
-    if schema.split.method == "files":
+    if by_files:
         parts = {s: lf.filter(pl.col(SPLIT_COL) == s) for s in SPLITS}
     elif schema.split.method == "time":
         t = pl.col(schema.time_column)

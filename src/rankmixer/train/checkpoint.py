@@ -71,7 +71,7 @@ _T_DICT = "__dict__"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint or weights file cannot be used: missing, corrupted, or not matching the model."""
+    """A checkpoint or weights file is unusable: missing, corrupted, or not matching the model."""
 
 
 # ---- JSON encoding of state dicts -----------------------------------------------------------
@@ -117,13 +117,18 @@ def _decode(obj: Any, tensors: Mapping[str, Tensor], used: set[str]) -> Any:
             ((tag, val),) = obj.items()
             if tag == _T_TENSOR:
                 if val not in tensors:
-                    raise CheckpointError(f"{OPTIM_FILE} lacks tensor {val!r} named in {STATE_FILE}")
+                    raise CheckpointError(
+                        f"{OPTIM_FILE} lacks tensor {val!r} named in {STATE_FILE}"
+                    )
                 used.add(val)
                 return tensors[val]
             if tag == _T_TUPLE:
                 return tuple(_decode(v, tensors, used) for v in val)
             if tag == _T_DICT:
-                return {_hashable(_decode(k, tensors, used)): _decode(v, tensors, used) for k, v in val}
+                return {
+                    _hashable(_decode(k, tensors, used)): _decode(v, tensors, used)
+                    for k, v in val
+                }
         return {k: _decode(v, tensors, used) for k, v in obj.items()}
     return obj
 
@@ -320,8 +325,13 @@ def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64),
                    "gauss_next": py_gauss},
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
         "torch_cpu": torch.get_rng_state(),
     }
     # Only when CUDA is already in use: asking would otherwise initialise it on CPU-only runs.
@@ -397,8 +407,12 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "step": step,
         "torch_version": torch.__version__,
-        "optimizers": {n: _encode(o.state_dict(), f"optim/{n}", tensors) for n, o in optimizers.items()},
-        "schedulers": {n: _encode(s.state_dict(), f"sched/{n}", tensors) for n, s in schedulers.items()},
+        "optimizers": {
+            n: _encode(o.state_dict(), f"optim/{n}", tensors) for n, o in optimizers.items()
+        },
+        "schedulers": {
+            n: _encode(s.state_dict(), f"sched/{n}", tensors) for n, s in schedulers.items()
+        },
         "trainer_state": _encode(dict(trainer_state), "trainer", tensors),
         "rng": _encode(_rng_state(), "rng", tensors),
     }
@@ -472,11 +486,14 @@ def _verify_file(path: Path, record: Mapping[str, Any]) -> None:
     got = _sha256(path)
     if got != record.get("sha256"):
         raise CheckpointError(
-            f"{path}: sha256 mismatch (expected {record.get('sha256')}, got {got}): file is corrupted"
+            f"{path}: sha256 mismatch (expected {record.get('sha256')}, got {got}): "
+            "file is corrupted"
         )
 
 
-def _names_match(kind: str, saved: Mapping[str, Any], given: Mapping[str, Any], where: Path) -> None:
+def _names_match(
+    kind: str, saved: Mapping[str, Any], given: Mapping[str, Any], where: Path
+) -> None:
     if set(saved) != set(given):
         raise CheckpointError(
             f"{where}: checkpoint has {kind} {sorted(saved)}, caller passed {sorted(given)}"

@@ -31,7 +31,7 @@ from rankmixer.config import OptimizerConfig, TrainConfig
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.loader import ParquetBatches, make_loader
-from rankmixer.nn.embedding import split_parameters
+from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
 from rankmixer.train import checkpoint as ckpt
 from rankmixer.train.metrics import StreamingMetrics, higher_is_better
 
@@ -108,6 +108,12 @@ class Trainer:
             raise ValueError("train.sparse_gradients needs train.sparse_optimizer (adagrad, sparse_adam or sgd)")
         if cfg.sparse_optimizer is None:
             dense, emb = dense + emb, []
+        if cfg.sparse_gradients:
+            if cfg.sparse_optimizer.name not in ("adagrad", "sparse_adam", "sgd"):
+                raise ValueError(f"train.sparse_gradients needs adagrad, sparse_adam or sgd, not {cfg.sparse_optimizer.name!r}")
+            # Only the looked-up rows get a gradient: the optimizer touches a few rows per step
+            # instead of every table row.
+            set_sparse_gradients(model, True)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         if dense:
             self.optimizers["dense"] = _make_optimizer(cfg.dense_optimizer, dense)

@@ -20,11 +20,12 @@ Canonical frame (rows in file order; ``__file``/``__row`` kept):
 * ``I1`` .. ``I13``: Float64, null = missing
 * ``C1`` .. ``C26``: String, null = missing (an empty field)
 
-Splits: a single file (``train.txt``, one ``day_*`` file, or a folder with just one of them)
-is split by ratio 0.8/0.1/0.1 (the schema's split). A folder holding ``train`` + ``valid`` (or
-``dev``/``val``) + ``test`` files (``.txt``/``.tsv``/``.csv``, e.g. the shared sample's
-train.tsv/dev.tsv/test.tsv) comes back as a pre-split ``RawFiles.by_split``; a folder of
-``day_N`` files comes back as ``all`` in day order.
+Splits: a single file (``train.txt``, one ``day_N`` file, or a folder with just one of them)
+or a folder of ``day_N`` files (``RawFiles.all``, in day order) is split by ratio 0.8/0.1/0.1
+(the default ``split="ratio"``). A folder holding ``train`` + ``valid`` (or ``dev``/``val``) +
+``test`` files (``.txt``/``.tsv``/``.csv``, e.g. the shared sample's train.tsv/dev.tsv/
+test.tsv) comes back pre-split as ``RawFiles.by_split``; use ``split="files"`` so the schema
+says so too (``schema()`` cannot see the path).
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ from pathlib import Path
 import polars as pl
 
 from rankmixer.data.datasets.base import (
-    FILE_COL,
-    ROW_COL,
     DatasetPreset,
     RawFiles,
     TransformContext,
     register_preset,
 )
+from rankmixer.data.datasets.movielens import bookkeeping
 from rankmixer.data.schema import (
     Bucketize,
     CategoricalFeature,
@@ -107,8 +107,9 @@ def split_layout(path: Path, what: str, exts: tuple[str, ...]) -> RawFiles | Non
 class CriteoPreset(DatasetPreset):
     """Options: ``min_count`` (vocabulary threshold for C1..C26 and for the log buckets of
     I1..I13; default 10), ``hash_buckets`` (hash C1..C26 into this many buckets instead of a
-    vocabulary; default None), ``ratios`` (for a single-file input, default 0.8/0.1/0.1),
-    ``seed`` (of the ratio split)."""
+    vocabulary; default None), ``split`` ("ratio", default, or "files": the schema's split
+    method; "files" makes ``raw_files`` insist on a train/valid(dev)/test folder), ``ratios``
+    (default 0.8/0.1/0.1) and ``seed`` of the ratio split."""
 
     name = "criteo"
     description = (
@@ -131,9 +132,13 @@ class CriteoPreset(DatasetPreset):
         *,
         min_count: int = 10,
         hash_buckets: int | None = None,
+        split: str = "ratio",
         ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
         seed: int = 2024,
     ) -> None:
+        if split not in ("ratio", "files"):
+            raise ValueError(f"split must be 'ratio' or 'files', got {split!r}")
+        self.split = split
         self.min_count = min_count
         self.hash_buckets = hash_buckets
         self.ratios = tuple(ratios)
@@ -156,10 +161,19 @@ class CriteoPreset(DatasetPreset):
             labels=[LabelSpec(name="label")],
             features=dense + sparse,
             feature_groups={"dense": list(DENSE), "categorical": list(SPARSE)},
-            split=SplitSpec(method="ratio", ratios=self.ratios, seed=self.seed),
+            split=SplitSpec(method=self.split, ratios=self.ratios, seed=self.seed),
         )
 
     def raw_files(self, path: Path) -> RawFiles:
+        raw = self._raw_files(path)
+        if self.split == "files" and not raw.by_split:
+            raise FileNotFoundError(
+                f"split='files' needs a folder with train, valid (or dev) and test files; "
+                f"{path} gives a single file list"
+            )
+        return raw
+
+    def _raw_files(self, path: Path) -> RawFiles:
         path = Path(path)
         if path.is_file():
             return RawFiles(all=[path])
@@ -188,8 +202,7 @@ class CriteoPreset(DatasetPreset):
     def transform(self, lf: pl.LazyFrame, ctx: TransformContext) -> pl.LazyFrame:
         cat = [pl.col(c).cast(pl.String).str.strip_chars() for c in SPARSE]
         return lf.select(
-            FILE_COL,
-            ROW_COL,
+            *bookkeeping(lf),
             pl.col("label").cast(pl.Int64),
             *[pl.col(c).cast(pl.Float64) for c in DENSE],
             *[pl.when(e == "").then(None).otherwise(e).alias(c) for e, c in zip(cat, SPARSE)],

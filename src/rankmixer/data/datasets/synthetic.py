@@ -20,7 +20,8 @@ Columns (one row per impression)
 * ``click`` (int8, 0/1): the label, Bernoulli(``bayes_p``).
 * ``user``, ``item``, ``C1`` .. ``C{n_categorical-2}``: categorical ids, decimal strings
   (``id_type="str"``, default) or int64 (``id_type="int"``). Every field is Zipf-distributed
-  (a few ids dominate). ``C1, C4, C7, ...`` are attributes of the user (a fixed value per
+  (a few ids dominate; exponent ``zipf_exponent``, ``user_zipf_exponent`` for users, so no
+  single user owns a large share of the rows). ``C1, C4, C7, ...`` are attributes of the user (a fixed value per
   user, like age or city), ``C2, C5, ...`` attributes of the item, ``C3, C6, ...`` per-impression
   context. Vocabulary sizes grow log-uniformly from ``vocab_min`` to ``vocab_max`` (C1 smallest)
   unless ``vocab_sizes`` gives them.
@@ -56,7 +57,8 @@ it with probability ``cluster_affinity``, so history, user and item are correlat
 logs. Everything comes from ``seed``: the parameters, a calibration sample, and each block of
 ``BLOCK_ROWS`` rows of each split has its own random stream, so the same config gives the same
 files byte for byte, and ``chunk_rows`` / ``rows_per_file`` change only the file layout, never
-the rows.
+the rows. The parameters do not depend on the row counts either, so for scaling studies a
+larger ``rows_train`` keeps the first ``rows_train // BLOCK_ROWS`` blocks of a smaller one.
 
 Command line: ``python -m rankmixer.data.datasets.synthetic OUT_DIR [--rows-train N] ...``.
 """
@@ -64,6 +66,7 @@ Command line: ``python -m rankmixer.data.datasets.synthetic OUT_DIR [--rows-trai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -122,6 +125,7 @@ _RECENCY_DECAY = 0.8
 _MLP_HIDDEN = 16
 _MLP_DENSE = 4
 _HASH_BUCKET_FACTOR = 2  # hashed fields get ~2x their vocabulary in buckets (fewer collisions)
+_STR_TABLE_MAX = 1 << 22
 _GROUPS = ("first", "pair", "triple", "mlp", "dense", "seq")
 
 
@@ -134,7 +138,8 @@ class SyntheticConfig(BaseModel):
     rows_train: int = Field(200_000, ge=1)
     rows_valid: int = Field(20_000, ge=1)
     rows_test: int = Field(20_000, ge=1)
-    # Rows buffered before a write (memory bound); rounded to whole row groups of <= 100k rows.
+    # Rows buffered before each write (the memory bound; rows are made BLOCK_ROWS at a time).
+    # Each write makes equal row groups of at most 100k rows.
     chunk_rows: int = Field(500_000, ge=1)
     # A split with more rows is written as <split>-00000.parquet, <split>-00001.parquet, ...
     rows_per_file: int = Field(50_000_000, ge=1)
@@ -156,6 +161,8 @@ class SyntheticConfig(BaseModel):
     max_tags: int = Field(4, ge=1)
     seq_len: int = Field(20, ge=1)  # longest item history
     zipf_exponent: float = Field(1.15, gt=0.0)
+    # Users are less skewed (with 1.15 the top user alone would have ~14% of all rows).
+    user_zipf_exponent: float = Field(0.9, gt=0.0)
     n_item_clusters: int = Field(50, ge=1)
     # Probability that a target or history item comes from the user's home cluster.
     cluster_affinity: float = Field(0.5, ge=0.0, le=1.0)
@@ -311,6 +318,46 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
 
 
+class _ZipfSampler:
+    """Exact inverse-CDF sampling of a bounded Zipf law, several times faster than a plain
+    ``searchsorted`` over the whole CDF.
+
+    A guide table over ``M`` (a power of two, so ``floor(u * M)`` is exact) equal slices of
+    [0, 1) holds, per slice, the range of ids whose CDF step can contain ``u``; only draws whose
+    slice spans more than one id need a (short, vectorised) binary search. The result equals
+    ``np.searchsorted(cdf, u, side="right")`` exactly.
+    """
+
+    def __init__(self, vocab: int, exponent: float):
+        w = np.arange(1, vocab + 1, dtype=np.float64) ** -exponent
+        cdf = np.cumsum(w)
+        cdf /= cdf[-1]
+        self.cdf = cdf
+        self.vocab = vocab
+        self.m = 1 << min(24, max(4, int(math.ceil(math.log2(8 * vocab)))))
+        guide = np.searchsorted(cdf, np.arange(self.m + 1, dtype=np.float64) / self.m, side="right")
+        self.guide = np.minimum(guide, vocab - 1).astype(np.int32 if vocab < 2**31 else np.int64)
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        shape, u = u.shape, u.ravel()
+        k = (u * self.m).astype(np.int64)
+        out = self.guide[k].astype(np.int64)
+        hi_all = self.guide[k + 1]
+        idx = np.flatnonzero(out < hi_all)
+        if idx.size:
+            lo, hi, uu = out[idx], hi_all[idx].astype(np.int64), u[idx]
+            while True:
+                active = lo < hi
+                if not active.any():
+                    break
+                mid = (lo + hi) >> 1
+                right = self.cdf[mid] <= uu
+                lo = np.where(active & right, mid + 1, lo)
+                hi = np.where(active & ~right, mid, hi)
+            out[idx] = lo
+        return out.reshape(shape)
+
+
 @dataclass
 class _Rows:
     """One block of sampled rows (indices, not yet strings)."""
@@ -330,7 +377,7 @@ class _Generator:
         self.cfg = cfg
         self.fields = _fields(cfg)
         self.vocab = {f.name: f.vocab for f in self.fields}
-        self._cdf: dict[int, np.ndarray] = {}
+        self._samplers: dict[tuple[int, float], _ZipfSampler] = {}
         rng = _rng(cfg.seed, _PARAM_KEY)
         d, K = cfg.latent_dim, cfg.n_item_clusters
         names = [f.name for f in self.fields]
@@ -388,30 +435,43 @@ class _Generator:
             self.lat["tags"] += np.where(m[:, None], lat_tags[t], 0.0)
         self.item_tag_w /= counts
         self.lat["tags"] /= counts[:, None]
+        # float32 tables: half the memory traffic of the gathers that dominate the model's cost.
+        self.lat = {k: v.astype(np.float32) for k, v in self.lat.items()}
 
-        # Which fields interact.
+        self.recency = (_RECENCY_DECAY ** np.arange(cfg.seq_len + 1)).astype(np.float32)
+        # Decimal strings of every id (taken, not formatted, per block); huge fields format.
+        self.id_str = {
+            n: pc.cast(pa.array(np.arange(self.vocab[n])), pa.string())
+            for n in names
+            if n == "item" or (cfg.id_type == "str" and self.vocab[n] <= _STR_TABLE_MAX)
+        }
+
+        # Which fields interact. A pair of two functions of the same user (or item) would only
+        # be a per-user (per-item) effect, so pairs always join different entities.
+        entity = {f.name: f.name if f.side == "context" else f.side for f in self.fields}
+        entity["tags"] = "item"
         cand = names + ["tags"]
         pairs = [("user", "item"), ("user", "tags")][: cfg.n_pairs]
         rest = [
             (a, b)
             for i, a in enumerate(cand)
             for b in cand[i + 1 :]
-            if (a, b) not in pairs and {a, b} != {"item", "tags"}  # tags are a function of item
+            if (a, b) not in pairs and entity[a] != entity[b]
         ]
         if cfg.n_pairs > len(pairs) and rest:
             pick = rng.choice(len(rest), size=min(cfg.n_pairs - len(pairs), len(rest)), replace=False)
             pairs += [rest[i] for i in sorted(pick)]
         self.pairs = pairs
         self.triple_field = context[0] if context else (others[0] if others else "tags")
-        self.mlp_field = others[len(others) // 2] if others else "tags"
+        self.mlp_field = context[1] if len(context) > 1 else (others[-1] if others else "tags")
         # Dense x categorical: the field whose vocabulary is nearest 1000 (learnable slopes).
         self.dcat_field = min(names, key=lambda n: abs(math.log(self.vocab[n] / 1000.0)))
         self.dcat_slope = rng.standard_normal(self.vocab[self.dcat_field])
 
         # Dense features: log-normal counts driven by row factors (the first: user activity).
         nd = cfg.n_dense
-        self.dense_loc = rng.uniform(0.0, 4.0, nd)
-        self.dense_scale = rng.uniform(0.8, 2.0, nd)
+        self.dense_loc = rng.uniform(-0.5, 5.0, nd)
+        self.dense_scale = rng.uniform(0.8, 2.2, nd)
         self.dense_missing = rng.uniform(0.0, cfg.dense_missing_max, nd)
         self.dense_load = 0.7 * rng.standard_normal((_N_FACTORS, nd))
         self.dense_norm = np.sqrt((self.dense_load**2).sum(axis=0) + 1.0)
@@ -422,13 +482,20 @@ class _Generator:
         self.mlp_b1 = 0.5 * rng.standard_normal(_MLP_HIDDEN)
         self.mlp_w2 = rng.standard_normal(_MLP_HIDDEN)
 
-        # Calibration: standardise every term and solve the bias on a fixed sample.
+        with _single_thread_blas():
+            self._calibrate()
+
+    def _calibrate(self) -> None:
+        """Standardise every term and solve the bias on a fixed sample of the train law."""
+        cfg = self.cfg
         calib = self.sample(_rng(cfg.seed, _CALIB_KEY), _CALIB_ROWS)
         x = np.log1p(np.where(calib.missing, 0, calib.dense).astype(np.float64))
         self.x_mean = x.mean(axis=0)
         self.x_std = np.maximum(x.std(axis=0), 1e-6)
         terms = self._terms(calib)
-        self.term_stats = {k: (float(v.mean()), float(v.std())) for k, v in terms.items()}
+        self.term_stats = {
+            k: (float(v.mean(dtype=np.float64)), float(v.std(dtype=np.float64))) for k, v in terms.items()
+        }
         self.group_std = {g: 1.0 for g in _GROUPS}
         raw = self._group_values(terms)
         self.group_std = {g: (float(v.std()) if v.std() > 1e-12 else 1.0) for g, v in raw.items()}
@@ -439,28 +506,29 @@ class _Generator:
 
     # -- sampling --
 
-    def _zipf(self, rng: np.random.Generator, vocab: int, size) -> np.ndarray:
-        """Bounded Zipf: P(id = r) ~ (r + 1) ** -s on 0 .. vocab-1, by inverse CDF."""
-        cdf = self._cdf.get(vocab)
-        if cdf is None:
-            w = np.arange(1, vocab + 1, dtype=np.float64) ** -self.cfg.zipf_exponent
-            cdf = np.cumsum(w)
-            cdf /= cdf[-1]
-            self._cdf[vocab] = cdf
-        ids = np.searchsorted(cdf, rng.random(size), side="right")
-        return np.minimum(ids, vocab - 1)
+    def _zipf(self, rng: np.random.Generator, vocab: int, size, exponent: float | None = None) -> np.ndarray:
+        """Bounded Zipf: P(id = r) ~ (r + 1) ** -s on 0 .. vocab-1, by exact inverse CDF."""
+        key = (vocab, exponent or self.cfg.zipf_exponent)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            sampler = self._samplers[key] = _ZipfSampler(*key)
+        return sampler(rng.random(size))
 
     def _items(self, rng: np.random.Generator, home: np.ndarray) -> np.ndarray:
-        """Items: from the home cluster with prob. cluster_affinity (item % K == cluster)."""
+        """Items: from the home cluster with prob. cluster_affinity (item % K == cluster), else
+        from the global popularity."""
         cfg, n = self.cfg, home.shape[0]
         K = cfg.n_item_clusters
-        local = home + K * self._zipf(rng, cfg.n_items // K, n)
-        glob = self._zipf(rng, cfg.n_items, n)
-        return np.where(rng.random(n) < cfg.cluster_affinity, local, glob)
+        local = rng.random(n) < cfg.cluster_affinity
+        out = np.empty(n, dtype=np.int64)
+        n_local = int(np.count_nonzero(local))
+        out[local] = home[local] + K * self._zipf(rng, cfg.n_items // K, n_local)
+        out[~local] = self._zipf(rng, cfg.n_items, n - n_local)
+        return out
 
     def sample(self, rng: np.random.Generator, n: int) -> _Rows:
         cfg = self.cfg
-        user = self._zipf(rng, cfg.n_users, n)
+        user = self._zipf(rng, cfg.n_users, n, cfg.user_zipf_exponent)
         home = self.user_home[user]
         item = self._items(rng, home)
         ids = {"user": user, "item": item}
@@ -473,8 +541,11 @@ class _Generator:
                 ids[f.name] = self._zipf(rng, f.vocab, n)
         nd = cfg.n_dense
         act = self.user_act[user]
-        factors = np.concatenate([act[:, None], rng.standard_normal((n, _N_FACTORS - 1))], axis=1)
-        z = (factors @ self.dense_load + rng.standard_normal((n, nd))) / self.dense_norm
+        z = act[:, None] * self.dense_load[0]
+        for f, other in enumerate(rng.standard_normal((_N_FACTORS - 1, n)), start=1):
+            z += other[:, None] * self.dense_load[f]
+        z += rng.standard_normal((n, nd))
+        z /= self.dense_norm
         logv = self.dense_loc + self.dense_scale * np.clip(z, -6.0, 6.0)
         dense = np.maximum(np.floor(np.exp(logv)) - 1.0, 0.0).astype(np.int64)
         missing = rng.random((n, nd)) < self.dense_missing
@@ -522,20 +593,16 @@ class _Generator:
             t["dense:dcat"] = xs[3] * self.dcat_slope[rows.ids[self.dcat_field]]
             t["dense:square"] = -(xs[4] ** 2)
         # Sequence: target item latent . recency-weighted mean latent of the history.
-        off = rows.hist_offsets
+        lengths = np.diff(rows.hist_offsets)
+        t["seq"] = np.zeros(rows.n)
         if rows.hist.size:
-            row = np.repeat(np.arange(rows.n), np.diff(off))
-            age = off[row + 1] - 1 - np.arange(rows.hist.size)
-            w = _RECENCY_DECAY ** age.astype(np.float64)
-            cum = np.zeros((rows.hist.size + 1, cfg.latent_dim + 1))
-            cum[1:, :-1] = self.lat["item"][rows.hist] * w[:, None]
-            cum[1:, -1] = w
-            np.cumsum(cum, axis=0, out=cum)
-            sums = cum[off[1:]] - cum[off[:-1]]
-            mean = sums[:, :-1] / np.maximum(sums[:, -1:], 1e-12)
-            t["seq"] = np.einsum("ij,ij->i", lat["item"], mean)
-        else:
-            t["seq"] = np.zeros(rows.n)
+            nz = np.flatnonzero(lengths)
+            starts = rows.hist_offsets[nz]
+            age = np.repeat(rows.hist_offsets[1:], lengths) - 1 - np.arange(rows.hist.size)
+            w = self.recency[age]
+            sums = np.add.reduceat(self.lat["item"][rows.hist] * w[:, None], starts, axis=0)
+            mean = sums / np.add.reduceat(w, starts)[:, None]
+            t["seq"][nz] = np.einsum("ij,ij->i", lat["item"][nz], mean)
         return t
 
     def _group_values(self, terms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -544,7 +611,7 @@ class _Generator:
             members = [k for k in terms if k.split(":")[0] == g]
             if not members:
                 continue
-            acc = np.zeros_like(terms[members[0]])
+            acc = np.zeros(terms[members[0]].shape[0])
             for k in members:
                 mu, sd = self.term_stats[k]
                 acc += (terms[k] - mu) / (sd if sd > 1e-12 else 1.0)
@@ -575,26 +642,34 @@ class _Generator:
 
     def block(self, split: str, index: int, n: int) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray]:
         """Rows ``index * BLOCK_ROWS ..`` of ``split``: (record batch, p float64, label uint8)."""
-        rng = _rng(self.cfg.seed, _SPLIT_KEY[split], index)
-        rows = self.sample(rng, n)
-        p = self.prob(rows)
-        label = (rng.random(n) < p).astype(np.uint8)
-        return self._record_batch(rows, p, label), p, label
+        with _single_thread_blas():
+            rng = _rng(self.cfg.seed, _SPLIT_KEY[split], index)
+            rows = self.sample(rng, n)
+            p = self.prob(rows)
+            label = (rng.random(n) < p).astype(np.uint8)
+            return self._record_batch(rows, p, label), p, label
 
     def _record_batch(self, rows: _Rows, p: np.ndarray, label: np.ndarray) -> pa.RecordBatch:
         cfg = self.cfg
         arrays: list[pa.Array] = [pa.array(label.astype(np.int8))]
         for f in self.fields:
-            a = pa.array(rows.ids[f.name])
-            arrays.append(pc.cast(a, pa.string()) if cfg.id_type == "str" else a)
+            ids = pa.array(rows.ids[f.name])
+            if cfg.id_type == "int":
+                arrays.append(ids)
+            elif f.name in self.id_str:
+                arrays.append(self.id_str[f.name].take(ids))
+            else:
+                arrays.append(pc.cast(ids, pa.string()))
         for j in range(cfg.n_dense):
             arrays.append(pa.array(rows.dense[:, j], mask=rows.missing[:, j]))
         arrays.append(self.item_tags_str.take(pa.array(rows.ids["item"])))
         lengths = np.diff(rows.hist_offsets)
         hist = pa.ListArray.from_arrays(
-            pa.array(rows.hist_offsets.astype(np.int32)), pa.array(rows.hist), mask=pa.array(lengths == 0)
+            pa.array(rows.hist_offsets.astype(np.int32)),
+            self.id_str["item"].take(pa.array(rows.hist)),
+            mask=pa.array(lengths == 0),
         )
-        arrays.append(pc.binary_join(pc.cast(hist, pa.list_(pa.string())), "|"))
+        arrays.append(pc.binary_join(hist, "|"))
         arrays.append(pa.array(p))
         return pa.RecordBatch.from_arrays(arrays, schema=_arrow_schema(cfg))
 
@@ -610,6 +685,24 @@ class _Generator:
             "field_side": {f.name: f.side for f in self.fields},
             "dense_missing_rate": [float(v) for v in self.dense_missing],
         }
+
+
+_BLAS = None
+
+
+def _single_thread_blas():
+    """Run the few matrix products single-threaded: on a small or busy machine OpenBLAS's
+    spinning worker threads make them 10-20x slower, and one thread also keeps the results
+    independent of the thread count. A no-op without threadpoolctl (a scikit-learn dependency)."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except Exception:  # pragma: no cover - optional
+            _BLAS = False
+    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:

@@ -66,7 +66,7 @@ from rankmixer.data.datasets.base import (
     TransformContext,
     register_preset,
 )
-from rankmixer.data.datasets.movielens import user_history
+from rankmixer.data.datasets.movielens import bookkeeping, user_history
 from rankmixer.data.schema import (
     CategoricalFeature,
     LabelSpec,
@@ -173,10 +173,10 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
         return RawFiles(all=[f])
 
     def transform(self, lf: pl.LazyFrame, ctx: TransformContext) -> pl.LazyFrame:
+        keep = bookkeeping(lf)
         ts = pl.col("timestamp")
         lf = lf.select(
-            FILE_COL,
-            ROW_COL,
+            *keep,
             pl.col("user_id").cast(pl.Int64),
             pl.col("item_id").cast(pl.Int64),
             pl.col("category_id").cast(pl.Int64),
@@ -225,8 +225,7 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
 
         local = pl.from_epoch(ts + CHINA_UTC_OFFSET_S, time_unit="s")
         return pv.sort([FILE_COL, ROW_COL]).select(
-            FILE_COL,
-            ROW_COL,
+            *keep,
             *TARGETS,
             "user_id",
             "item_id",

@@ -102,7 +102,10 @@ class ExperimentConfig(_Strict):
         name = params.pop("name", None)
         if not name:
             raise ValueError("model.name is required")
-        registry.parse_config(name, params)  # raises naming the bad key
+        try:
+            registry.parse_config(name, params)  # raises naming the bad key
+        except KeyError as e:  # unknown model name; pydantic only reports ValueErrors
+            raise ValueError(e.args[0]) from None
         return self
 
     @property

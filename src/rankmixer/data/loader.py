@@ -214,6 +214,10 @@ def make_loader(dataset: ParquetBatches, num_workers: int = 0, pin_memory: bool 
     return DataLoader(
         dataset,
         batch_size=None,
+        # DataLoader draws a base seed for every new iterator; from the global RNG that would
+        # shift the model's dropout stream whenever an iterator starts (e.g. after a resume).
+        # Our dataset seeds itself, so a private, fixed generator keeps the global RNG untouched.
+        generator=torch.Generator().manual_seed(0),
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers > 0 else None,

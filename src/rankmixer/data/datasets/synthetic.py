@@ -166,6 +166,10 @@ class SyntheticConfig(BaseModel):
     n_item_clusters: int = Field(50, ge=1)
     # Probability that a target or history item comes from the user's home cluster.
     cluster_affinity: float = Field(0.5, ge=0.0, le=1.0)
+    # Shares of the user / item latent variance from the cluster and from the attribute fields
+    # (the rest is the id's own): how much the interactions generalise beyond the raw ids.
+    cluster_share: float = Field(0.3, ge=0.0, le=1.0)
+    attribute_share: float = Field(0.4, ge=0.0, le=1.0)
     dense_missing_max: float = Field(0.45, ge=0.0, lt=1.0)
     id_type: Literal["str", "int"] = "str"
 
@@ -198,6 +202,8 @@ class SyntheticConfig(BaseModel):
                 )
             if min(self.vocab_sizes, default=2) < 2:
                 raise ValueError("every vocab_sizes entry must be >= 2")
+        if self.cluster_share + self.attribute_share > 1.0:
+            raise ValueError("cluster_share + attribute_share must be <= 1")
         if self.n_item_clusters > self.n_items:
             raise ValueError(f"n_item_clusters ({self.n_item_clusters}) > n_items ({self.n_items})")
         return self
@@ -422,8 +428,16 @@ class _Generator:
         self.lat: dict[str, np.ndarray] = {}
         for n in names:
             self.lat[n] = rng.standard_normal((self.vocab[n], d)) / math.sqrt(d)
-        self.lat["item"] = math.sqrt(0.5) * (cluster[np.arange(cfg.n_items) % K] + self.lat["item"])
-        self.lat["user"] = math.sqrt(0.5) * (cluster[self.user_home] + self.lat["user"])
+        # A user's (item's) latent vector = its cluster's + its attributes' + its own, so the
+        # interactions generalise to rare users and items through their attributes and history.
+        for side, home in (("user", self.user_home), ("item", np.arange(cfg.n_items) % K)):
+            attrs = [f.name for f in self.fields[2:] if f.side == side]
+            c_share, a_share = cfg.cluster_share, (cfg.attribute_share if attrs else 0.0)
+            own = math.sqrt(max(0.0, 1.0 - c_share - a_share)) * self.lat[side]
+            self.lat[side] = own + math.sqrt(c_share) * cluster[home]
+            if attrs:
+                mix = sum(self.lat[a][self.attr[a]] for a in attrs) / math.sqrt(len(attrs))
+                self.lat[side] += math.sqrt(a_share) * mix
         lat_tags = rng.standard_normal((cfg.n_tags, d)) / math.sqrt(d)
         # The item's tags, averaged: mean weight and mean latent per item.
         self.item_tag_w = np.zeros(cfg.n_items)

@@ -1,0 +1,5 @@
+"""``python -m rankmixer`` runs the CLI."""
+
+from rankmixer.cli import app
+
+app()

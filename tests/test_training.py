@@ -137,6 +137,13 @@ def test_quickstart_evaluate_predict(tmp_path, monkeypatch):
     assert roc_auc_score(y, p) == pytest.approx(evaluated["auc"], abs=1e-6)
     assert log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)) == pytest.approx(evaluated["logloss"], abs=1e-5)
 
+    # Raw rows (the generator's own file, strings and all) encode with the training vocabularies
+    # to exactly the prepared rows: same scores, row for row.
+    raw_test = tmp_path / "data_cache/synthetic-4000-raw/test.parquet"
+    r = runner.invoke(app, ["predict", "--run", "runs/quickstart", "--input", str(raw_test), "--output", "raw.parquet"])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(pl.read_parquet(tmp_path / "raw.parquet")["click_prob"].to_numpy(), p.astype(np.float32))
+
 
 # ---- real data ----------------------------------------------------------------------------------
 @pytest.mark.skipif(not (SHARED / "movielens-latest-small").exists(), reason="../shared/data/movielens-latest-small absent")

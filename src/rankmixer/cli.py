@@ -190,15 +190,17 @@ def evaluate(run: Path = typer.Option(..., "--run", help="Run directory."),
 @app.command()
 def predict(
     run: Path = typer.Option(..., "--run"),
-    input: Path = typer.Option(..., "--input", help="Prepared-format Parquet file to score."),
+    input: Path = typer.Option(..., "--input", help="Raw rows (the dataset's source format) or a prepared Parquet file."),
     output: Path = typer.Option(..., "--output", help="Output .parquet or .csv"),
     batch_size: int = typer.Option(8192),
+    input_format: str = typer.Option("auto", help="auto | raw | prepared"),
+    on_bad_row: str = typer.Option("fail", help="fail | skip (raw input)"),
 ) -> None:
     """Batch scoring to Parquet or CSV."""
     from rankmixer import experiment
 
     try:
-        n = experiment.predict(run, input, output, batch_size)
+        n = experiment.predict(run, input, output, batch_size, input_format, on_bad_row)
     except _USER_ERRORS as e:
         _fail(e)
     console.print(f"scored {n:,} rows -> {output}")
@@ -242,6 +244,24 @@ def bench_loader(
     console.print(table)
     json_out.write_text(json.dumps(rows, indent=2))
     console.print(f"wrote {json_out}")
+
+
+@bench_app.command("accuracy")
+def bench_accuracy(
+    config: List[Path] = typer.Option(..., "--config", "-c", help="Experiment YAML (repeatable)."),
+    seeds: int = typer.Option(3, help="Seeds per config (0 .. seeds-1)."),
+    out: Path = typer.Option(Path("bench_out/accuracy"), help="Output directory (runs, JSON, Markdown)."),
+    overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every config."),
+) -> None:
+    """Train each config with several seeds; table of test metrics (mean ± std). Resumable."""
+    from rankmixer.bench.accuracy import markdown_table, run_accuracy
+
+    try:
+        report = run_accuracy(list(config), list(range(seeds)), out, list(overrides or []), log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+    console.print(markdown_table(report["summary"]), markup=False)
+    console.print(f"wrote {out / 'accuracy.json'} and {out / 'accuracy.md'}")
 
 
 def main() -> None:  # pragma: no cover

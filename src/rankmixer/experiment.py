@@ -25,7 +25,7 @@ from rankmixer.config import DataConfig, ExperimentConfig, dump_config, load_con
 from rankmixer.data.datasets.base import RawFiles, get_preset
 from rankmixer.data.feature_map import FeatureMap, SplitInfo
 from rankmixer.data.loader import ParquetBatches, make_loader
-from rankmixer.data.prepare import prepare
+from rankmixer.data.prepare import encode_raw, prepare
 from rankmixer.data.schema import load_schema
 from rankmixer.models import registry
 from rankmixer.train import checkpoint as ckpt
@@ -106,35 +106,63 @@ def evaluate(run_dir: str | Path, splits=("valid", "test"), log: Callable[[str],
     return {s: trainer.evaluate(s) for s in splits}
 
 
-def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 8192) -> int:
-    """Score a prepared-format Parquet file (columns as in the prepared shards; e.g. a split's
-    part file). Writes one ``<task>_prob`` column per task, plus the labels if present.
-    Returns the row count."""
+def _is_prepared(path: Path, fm: FeatureMap) -> bool:
+    """A Parquet file already in the prepared layout: every feature column, with id columns
+    stored as integers (raw files keep strings or the source's own types)."""
+    if path.suffix != ".parquet":
+        return False
+    names = pq.ParquetFile(path).schema_arrow
+    cols = {n: names.field(n).type for n in names.names}
+    return all(f.name in cols for f in fm.features) and all(
+        str(cols[f.name]) == "int32" for f in fm.sparse
+    )
+
+
+def predict(
+    run_dir: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    batch_size: int = 8192,
+    input_format: str = "auto",
+    on_bad_row: str = "fail",
+) -> int:
+    """Batch scoring. The input is either raw rows in the dataset's source format (CSV/TSV/
+    Parquet; encoded with the training vocabularies, unseen values -> OOV) or a file in the
+    prepared layout (e.g. a split's part file); ``auto`` tells them apart. Raw rows need the
+    same columns as the training data, labels included (fill them with 0 when unknown).
+    Writes ``<task>_prob`` per task, plus the labels, as Parquet or CSV (by suffix)."""
     cfg, fm, model = load_run(run_dir)
-    input_path = Path(input_path)
+    input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.exists():
         raise FileNotFoundError(f"input not found: {input_path}")
-    # Point a copy of the feature map at the input file as its only split.
-    scoring = FeatureMap.from_dict(fm.to_dict(), root=input_path.parent)
-    rows = pq.ParquetFile(input_path).metadata.num_rows
-    present = set(pq.ParquetFile(input_path).schema_arrow.names)
-    missing = [f.name for f in fm.features if f.name not in present]
-    if missing:
-        raise ValueError(f"{input_path}: missing feature column(s) {missing}")
-    has_labels = all(lab in present for lab in fm.labels)
-    if not has_labels:
-        raise ValueError(f"{input_path}: label column(s) {fm.labels} missing (fill with 0 to score unlabeled rows)")
-    scoring.splits = {"score": SplitInfo(files=[input_path.name], rows=rows, label_means=[])}
-    data = ParquetBatches(scoring, "score", batch_size, shuffle=False)
-    probs, labels = [], []
-    with torch.no_grad():
-        for batch in make_loader(data):
-            probs.append(torch.sigmoid(model(batch).logits.float()).numpy())
-            labels.append(batch.labels.numpy())
+    if input_format not in ("auto", "raw", "prepared"):
+        raise ValueError(f"input_format must be auto, raw or prepared, not {input_format!r}")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    encoded = input_path
+    if input_format == "raw" or (input_format == "auto" and not _is_prepared(input_path, fm)):
+        schema = load_schema(fm.root / "schema.yaml")
+        preset = get_preset(cfg.data.dataset, **cfg.data.preset_options) if not cfg.data.schema_file else None
+        encoded = output_path.parent / f".{output_path.stem}.encoded.parquet"
+        encode_raw(fm, schema, [input_path], encoded, preset=preset, raw_path=input_path.parent, on_bad_row=on_bad_row)
+    try:
+        rows = pq.ParquetFile(encoded).metadata.num_rows
+        present = set(pq.ParquetFile(encoded).schema_arrow.names)
+        missing = [f.name for f in fm.features if f.name not in present] + [t for t in fm.labels if t not in present]
+        if missing:
+            raise ValueError(f"{input_path}: missing column(s) {missing}")
+        # A copy of the feature map whose only split is the file to score.
+        scoring = FeatureMap.from_dict(fm.to_dict(), root=encoded.parent)
+        scoring.splits = {"score": SplitInfo(files=[encoded.name], rows=rows, label_means=[])}
+        probs, labels = [], []
+        with torch.no_grad():
+            for batch in make_loader(ParquetBatches(scoring, "score", batch_size, shuffle=False)):
+                probs.append(torch.sigmoid(model(batch).logits.float()).numpy())
+                labels.append(batch.labels.numpy())
+    finally:
+        if encoded != input_path:
+            encoded.unlink(missing_ok=True)
     p, y = np.concatenate(probs), np.concatenate(labels)
     out = pl.DataFrame({f"{t}_prob": p[:, i] for i, t in enumerate(fm.labels)} | {t: y[:, i] for i, t in enumerate(fm.labels)})
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     if output_path.suffix == ".csv":
         out.write_csv(output_path)
     else:

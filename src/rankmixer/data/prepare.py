@@ -237,6 +237,18 @@ def _fit(train: pl.LazyFrame, schema: Schema) -> _Fitted:
     return _Fitted(vocabs, numeric)
 
 
+def load_fitted(prepared_dir: Path, fm: FeatureMap) -> _Fitted:
+    """The training statistics of a prepared dataset, read back from its directory."""
+    vocabs = {p.stem: pl.read_parquet(p) for p in sorted((Path(prepared_dir) / "vocab").glob("*.parquet"))}
+    numeric = {}
+    for f in fm.features:
+        if f.kind == "dense":
+            numeric[f.name] = {k: f.stats[k] for k in ("mean", "std", "min", "max", "missing_rate")}
+        elif f.stats.get("bucketize") == "quantile":
+            numeric[f.name] = {"boundaries": f.stats["boundaries"]}
+    return _Fitted(vocabs, numeric)
+
+
 def _encode_ids(expr: pl.Expr, vocab: pl.DataFrame | None, buckets: int | None, is_list: bool) -> pl.Expr:
     if buckets:
         fn = lambda s: _hash_to_ids(s, buckets)  # noqa: E731
@@ -356,6 +368,62 @@ def _check_labels(lf: pl.LazyFrame, schema: Schema, on_bad_row: OnBadRow, raw_na
     return lf.filter(~bad)
 
 
+def _canonical(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPreset | None, raw_path: Path | None,
+               on_bad_row: OnBadRow) -> tuple[pl.LazyFrame, BadRowReport, list[str]]:
+    """Read and type-check the raw files, apply the preset's transform, check the canonical
+    columns and labels. Per-split raw files get a ``__split`` column."""
+    report = BadRowReport()
+    frames, raw_names = [], []
+    groups = [("all", raw.all)] if raw.all else [(s, raw.by_split.get(s, [])) for s in SPLITS]
+    for split, paths in groups:
+        if not paths:
+            raise BadInputError(f"no raw files for split {split!r}")
+        typed, rep = read_raw(paths, schema.source, work / "typed", on_bad_row, file_offset=len(raw_names))
+        report.merge(rep)
+        raw_names += [str(p) for p in paths]
+        lf = pl.scan_parquet(typed)
+        if split != "all":
+            lf = lf.with_columns(pl.lit(split).alias(SPLIT_COL))
+        frames.append(lf)
+    lf = pl.concat(frames, how="vertical")
+    if preset is not None:
+        ctx = TransformContext(raw_path=Path(raw_path or "."), on_bad_row=on_bad_row,
+                               read_side_table=lambda p, src: read_table(Path(p), src, on_bad_row))
+        lf = preset.transform(lf, ctx)
+    have = set(lf.collect_schema().names())
+    missing = [c for c in schema.canonical_columns() if c not in have]
+    if missing:
+        raise BadInputError(f"columns named in the schema are missing from the data: {missing} (have {sorted(have)})")
+    lf = _check_labels(lf, schema, on_bad_row, raw_names, report)
+    return _to_list(lf, schema), report, raw_names
+
+
+def encode_raw(
+    fm: FeatureMap,
+    schema: Schema,
+    raw_files: list[Path],
+    out_path: Path,
+    *,
+    preset: DatasetPreset | None = None,
+    raw_path: Path | None = None,
+    on_bad_row: OnBadRow = "fail",
+) -> BadRowReport:
+    """Encode new raw rows with a prepared dataset's vocabularies and statistics (unseen
+    values -> OOV), writing one Parquet file in the prepared layout. Used for batch scoring."""
+    assert fm.root is not None
+    work = out_path.parent / f".{out_path.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        lf, report, _ = _canonical(schema, RawFiles(all=list(raw_files)), work, preset, raw_path, on_bad_row)
+        enc, _ = _encode(lf, schema, load_fitted(fm.root, fm))
+        if schema.group_key:
+            enc = _group_ids(enc)
+        enc.sink_parquet(out_path, row_group_size=ROW_GROUP_SIZE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
 def _fingerprint(schema: Schema, raw: RawFiles, extra: dict) -> str:
     files = [str(p) for p in raw.all] + [f"{k}:{p}" for k, v in sorted(raw.by_split.items()) for p in v]
     stamp = [(f, Path(f.split(":", 1)[-1]).stat().st_size, int(Path(f.split(":", 1)[-1]).stat().st_mtime))
@@ -391,38 +459,12 @@ def prepare(
     work = out_dir / "_work"
     work.mkdir(parents=True)
 
-    # 1. Read and type-check. Per-split raw files get a __split column.
-    report = BadRowReport()
-    frames, raw_names = [], []
-    groups = [("all", raw.all)] if raw.all else [(s, raw.by_split.get(s, [])) for s in SPLITS]
     if schema.split.method == "files" and raw.all:
         raise BadInputError("split method 'files' needs one raw file list per split (train/valid/test)")
-    # Files that come split (raw.by_split) are always used as given, whatever schema.split says.
-    by_files = not raw.all
-    for split, paths in groups:
-        if not paths:
-            raise BadInputError(f"no raw files for split {split!r}")
-        typed, rep = read_raw(paths, schema.source, work / "typed", on_bad_row, file_offset=len(raw_names))
-        report.merge(rep)
-        raw_names += [str(p) for p in paths]
-        lf = pl.scan_parquet(typed)
-        if split != "all":
-            lf = lf.with_columns(pl.lit(split).alias(SPLIT_COL))
-        frames.append(lf)
-    lf = pl.concat(frames, how="vertical")
+    # 1-2. Read and type-check, canonical frame, label checks.
+    lf, report, raw_names = _canonical(schema, raw, work, preset, raw_path, on_bad_row)
     log(f"read {report.rows_read:,} rows ({report.rows_skipped:,} skipped) in {time.time() - t0:.1f}s")
-
-    # 2. Canonical frame (the preset's transform), then the checks that need it.
-    if preset is not None:
-        ctx = TransformContext(raw_path=Path(raw_path or "."), on_bad_row=on_bad_row,
-                               read_side_table=lambda p, src: read_table(Path(p), src, on_bad_row))
-        lf = preset.transform(lf, ctx)
-    have = set(lf.collect_schema().names())
-    missing = [c for c in schema.canonical_columns() if c not in have]
-    if missing:
-        raise BadInputError(f"columns named in the schema are missing from the data: {missing} (have {sorted(have)})")
-    lf = _check_labels(lf, schema, on_bad_row, raw_names, report)
-    lf = _to_list(lf, schema)
+    by_files = not raw.all
 
     # 3. Split. Materialise the canonical frame once so the splits, fitting and encoding do not
     # rerun the transform (and its joins/windows) several times.

@@ -18,6 +18,7 @@ import json
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -114,6 +115,8 @@ class Trainer:
             # Only the looked-up rows get a gradient: the optimizer touches a few rows per step
             # instead of every table row.
             set_sparse_gradients(model, True)
+            # torch's sparse Adagrad warns on every step that it skips invariant checks.
+            warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         if dense:
             self.optimizers["dense"] = _make_optimizer(cfg.dense_optimizer, dense)

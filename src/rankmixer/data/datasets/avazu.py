@@ -34,8 +34,8 @@ not a person, and one value (``a99f214a``, an unknown/anonymous device) covers m
 
 Split: by default ratio 0.8/0.1/0.1 (as in the FuxiCTR / BARS Avazu benchmarks);
 ``split="time"`` uses the hour timestamp (train on the first days). A folder with train +
-valid (or dev) + test files comes back pre-split (``RawFiles.by_split``); use
-``split="files"`` so the schema says so too (``schema()`` cannot see the path).
+valid (or dev) + test files comes back pre-split (``RawFiles.by_split``), and preparation
+always keeps such files as the splits; ``split="files"`` also records that in the schema.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ from rankmixer.data.datasets.base import (
     TransformContext,
     register_preset,
 )
-from rankmixer.data.datasets.criteo import find_split_files
-from rankmixer.data.datasets.movielens import bookkeeping
+from rankmixer.data.datasets.common import bookkeeping, find_split_files
 from rankmixer.data.schema import (
     CategoricalFeature,
     LabelSpec,

@@ -24,8 +24,8 @@ Splits: a single file (``train.txt``, one ``day_N`` file, or a folder with just 
 or a folder of ``day_N`` files (``RawFiles.all``, in day order) is split by ratio 0.8/0.1/0.1
 (the default ``split="ratio"``). A folder holding ``train`` + ``valid`` (or ``dev``/``val``) +
 ``test`` files (``.txt``/``.tsv``/``.csv``, e.g. the shared sample's train.tsv/dev.tsv/
-test.tsv) comes back pre-split as ``RawFiles.by_split``; use ``split="files"`` so the schema
-says so too (``schema()`` cannot see the path).
+test.tsv) comes back pre-split as ``RawFiles.by_split``, and preparation always keeps such
+files as the splits; ``split="files"`` also records that in the schema and insists on it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from rankmixer.data.datasets.base import (
     TransformContext,
     register_preset,
 )
-from rankmixer.data.datasets.movielens import bookkeeping
+from rankmixer.data.datasets.common import bookkeeping, split_layout
 from rankmixer.data.schema import (
     Bucketize,
     CategoricalFeature,
@@ -64,43 +64,8 @@ SOURCE = SourceSpec(
     + [RawColumn(name=c, type="str") for c in SPARSE],
 )
 
-_SPLIT_NAMES = {
-    "train": ("train",),
-    "valid": ("valid", "dev", "val", "validation"),
-    "test": ("test",),
-}
 _EXTS = (".txt", ".tsv", ".csv", "")
 _DAY_RE = re.compile(r"^day_(\d+)$")
-
-
-def find_split_files(path: Path, exts: tuple[str, ...]) -> dict[str, Path]:
-    """``{"train": ..., "valid": ..., "test": ...}`` for whichever of them exist in ``path``."""
-    found: dict[str, Path] = {}
-    for split, stems in _SPLIT_NAMES.items():
-        for stem in stems:
-            hits = [path / f"{stem}{e}" for e in exts if (path / f"{stem}{e}").is_file()]
-            if hits:
-                found[split] = hits[0]
-                break
-    return found
-
-
-def split_layout(path: Path, what: str, exts: tuple[str, ...]) -> RawFiles | None:
-    """Pre-split folder -> by_split; only a train file -> all; nothing -> None. A folder with
-    a train file and only one of valid/test is an error (ambiguous)."""
-    found = find_split_files(path, exts)
-    if {"train", "valid", "test"} <= found.keys():
-        return RawFiles(by_split={k: [found[k]] for k in ("train", "valid", "test")})
-    if "train" in found and len(found) > 1:
-        missing = sorted({"valid", "test"} - found.keys())
-        raise FileNotFoundError(
-            f"{path} holds {', '.join(p.name for p in found.values())} but no {missing[0]} "
-            f"file: give a complete train/valid(dev)/test set of {what} files, or only the "
-            "train file (it is then split by ratio)"
-        )
-    if "train" in found:
-        return RawFiles(all=[found["train"]])
-    return None
 
 
 @register_preset

@@ -176,6 +176,9 @@ class SyntheticConfig(BaseModel):
     # ---- planted model -------------------------------------------------------------------
     latent_dim: int = Field(8, ge=1)
     n_pairs: int = Field(8, ge=0)  # FM-style field pairs (the first two: user x item, user x tags)
+    # Only fields with at most this many ids (and user, item, tags) take part in the pairs and
+    # make up the attribute part of user / item latents; larger fields act first-order only.
+    interaction_vocab_max: int = Field(2_000, ge=2)
     # Standard deviation (in logits) of each component; 0 switches it off.
     first_order_scale: float = Field(0.8, ge=0.0)
     pairwise_scale: float = Field(0.9, ge=0.0)
@@ -431,7 +434,7 @@ class _Generator:
         # A user's (item's) latent vector = its cluster's + its attributes' + its own, so the
         # interactions generalise to rare users and items through their attributes and history.
         for side, home in (("user", self.user_home), ("item", np.arange(cfg.n_items) % K)):
-            attrs = [f.name for f in self.fields[2:] if f.side == side]
+            attrs = [f.name for f in self.fields[2:] if f.side == side and f.vocab <= cfg.interaction_vocab_max]
             c_share, a_share = cfg.cluster_share, (cfg.attribute_share if attrs else 0.0)
             own = math.sqrt(max(0.0, 1.0 - c_share - a_share)) * self.lat[side]
             self.lat[side] = own + math.sqrt(c_share) * cluster[home]
@@ -464,7 +467,9 @@ class _Generator:
         # be a per-user (per-item) effect, so pairs always join different entities.
         entity = {f.name: f.name if f.side == "context" else f.side for f in self.fields}
         entity["tags"] = "item"
-        cand = names + ["tags"]
+        # Besides user and item, only fields small enough to learn from modest data interact.
+        cand = [n for n in names if n in ("user", "item") or self.vocab[n] <= cfg.interaction_vocab_max]
+        cand.append("tags")
         pairs = [("user", "item"), ("user", "tags")][: cfg.n_pairs]
         rest = [
             (a, b)

@@ -66,7 +66,7 @@ from rankmixer.data.datasets.base import (
     TransformContext,
     register_preset,
 )
-from rankmixer.data.datasets.movielens import bookkeeping, user_history
+from rankmixer.data.datasets.common import bookkeeping, user_history
 from rankmixer.data.schema import (
     CategoricalFeature,
     LabelSpec,

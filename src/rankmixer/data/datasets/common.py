@@ -1,0 +1,104 @@
+"""Transforms and file-layout helpers shared by the dataset presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from rankmixer.data.datasets.base import FILE_COL, ROW_COL, RawFiles
+
+_SPLIT_NAMES = {
+    "train": ("train",),
+    "valid": ("valid", "dev", "val", "validation"),
+    "test": ("test",),
+}
+
+
+def bookkeeping(lf: pl.LazyFrame) -> list[str]:
+    """The input's bookkeeping columns (names starting with "__": ``__file``, ``__row``, and
+    e.g. the ``__split`` that preparation adds for pre-split raw files), to carry through."""
+    names = lf.collect_schema().names()
+    return [c for c in names if c.startswith("__")] or [FILE_COL, ROW_COL]
+
+
+def user_history(
+    lf: pl.LazyFrame,
+    *,
+    user: str,
+    time: str,
+    columns: dict[str, str],
+    max_len: int,
+    tiebreak: tuple[str, ...] = (),
+) -> pl.LazyFrame:
+    """Add, for every row, list columns with the same user's values from rows with a strictly
+    smaller ``time`` (oldest first, the most recent ``max_len``): ``columns`` maps the output
+    list column to the source column. Rows that share (user, time) get identical histories.
+
+    Lazy and vectorised: the frame is sorted by (user, time, *tiebreak); for each row the start
+    of its user's block and of its (user, time) block are found, and history slot k is a gather
+    at ``block_start - k``. Returns the frame in that sorted order (callers re-sort if needed).
+    Source values may be null; the lists keep them (so parallel histories stay aligned).
+    """
+    g, start, first = "__hist_g", "__hist_user_start", "__hist_time_start"
+    lf = (
+        lf.sort([user, time, *tiebreak])
+        .with_row_index(g)
+        .with_columns(pl.col(g).cast(pl.Int64))
+        .with_columns(
+            pl.col(g).min().over(user).alias(start),
+            pl.col(g).min().over([user, time]).alias(first),
+        )
+    )
+    n_prev = pl.min_horizontal(pl.col(first) - pl.col(start), pl.lit(max_len, pl.Int64))
+    # Slot k (k = max_len .. 1, oldest first) is the row k places before the (user, time)
+    # block. Slots before the user's first row hold another user's values (or row 0); only
+    # the last n_prev slots are this user's, and list.tail keeps exactly those.
+    idx = [(pl.col(first) - k).clip(lower_bound=0) for k in range(max_len, 0, -1)]
+    dtypes = lf.collect_schema()
+    lf = lf.with_columns(
+        _stack([pl.col(src).gather(i) for i in idx])
+        .list.tail(n_prev)
+        .cast(pl.List(dtypes[src]))
+        .alias(out)
+        for out, src in columns.items()
+    )
+    return lf.drop(g, start, first)
+
+
+def _stack(exprs: list[pl.Expr]) -> pl.Expr:
+    """Columns -> one list column. concat_arr (fixed width) is ~10x faster than concat_list
+    on millions of rows; it is marked unstable in polars, so fall back when it is missing."""
+    if hasattr(pl, "concat_arr"):
+        return pl.concat_arr(exprs).arr.to_list()
+    return pl.concat_list(exprs)
+
+
+def find_split_files(path: Path, exts: tuple[str, ...]) -> dict[str, Path]:
+    """``{"train": ..., "valid": ..., "test": ...}`` for whichever of them exist in ``path``."""
+    found: dict[str, Path] = {}
+    for split, stems in _SPLIT_NAMES.items():
+        for stem in stems:
+            hits = [path / f"{stem}{e}" for e in exts if (path / f"{stem}{e}").is_file()]
+            if hits:
+                found[split] = hits[0]
+                break
+    return found
+
+
+def split_layout(path: Path, what: str, exts: tuple[str, ...]) -> RawFiles | None:
+    """Pre-split folder -> by_split; only a train file -> all; nothing -> None. A folder with
+    a train file and only one of valid/test is an error (ambiguous)."""
+    found = find_split_files(path, exts)
+    if {"train", "valid", "test"} <= found.keys():
+        return RawFiles(by_split={k: [found[k]] for k in ("train", "valid", "test")})
+    if "train" in found and len(found) > 1:
+        missing = sorted({"valid", "test"} - found.keys())
+        raise FileNotFoundError(
+            f"{path} holds {', '.join(p.name for p in found.values())} but no {missing[0]} "
+            f"file: give a complete train/valid(dev)/test set of {what} files, or only the "
+            "train file (it is then split by ratio)"
+        )
+    if "train" in found:
+        return RawFiles(all=[found["train"]])
+    return None

@@ -308,3 +308,23 @@ def test_real_criteo_sample_reads_with_missing_values(tmp_path):
     df = pl.read_parquet(out[0])
     assert df.height == 7200 and rep.rows_skipped == 0
     assert df["I12"].null_count() > 0  # Criteo has empty integer fields
+
+
+def test_fetch_verifies_checksum_file(tmp_path):
+    """fetch over file:// URLs (urllib, no network): a matching .md5 file passes, a wrong one
+    fails and leaves no file that looks downloaded."""
+    from rankmixer.data.datasets.base import Download, fetch
+
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = src / "data.zip"
+    payload.write_bytes(b"rows and rows" * 1000)
+    digest = hashlib.md5(payload.read_bytes()).hexdigest()
+    (src / "data.zip.md5").write_text(f"MD5 (data.zip) = {digest}\n")
+    (src / "bad.md5").write_text("0" * 32 + "  data.zip\n")
+    good = Download(url=payload.as_uri(), filename="data.zip", md5_url=(src / "data.zip.md5").as_uri())
+    assert fetch(good, tmp_path).read_bytes() == payload.read_bytes()
+    bad = Download(url=payload.as_uri(), filename="other.zip", md5_url=(src / "bad.md5").as_uri())
+    with pytest.raises(ValueError, match="md5 checksum mismatch"):
+        fetch(bad, tmp_path)
+    assert not (tmp_path / "other.zip").exists() and not (tmp_path / "other.zip.part").exists()

@@ -225,7 +225,7 @@ def test_movielens_raw_files(tmp_path):
         preset.raw_files(tmp_path / "nope")
     d = preset.downloads[0]
     assert d.url == "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
-    assert d.md5 is None and d.sha256 is None
+    assert d.md5_url == d.url + ".md5"
 
 
 def test_movielens_download_unpacks_the_zip(tmp_path, monkeypatch):

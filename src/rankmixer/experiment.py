@@ -57,6 +57,17 @@ def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bo
                    on_bad_row=data.on_bad_row, force=force, log=log)
 
 
+def _tee(log: Callable[[str], None], path: Path) -> Callable[[str], None]:
+    """A logger that also appends each message to ``path`` (the run's text log)."""
+
+    def both(msg: str) -> None:
+        log(msg)
+        with open(path, "a") as f:
+            f.write(f"{msg}\n")
+
+    return both
+
+
 def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     run_dir = cfg.resolved_run_dir()
     if resume and not run_dir.exists():
@@ -67,6 +78,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         saved = load_config(run_dir / "config.yaml")
         if saved.model_dump() != cfg.model_dump():
             raise ValueError(f"--resume with a config that differs from {run_dir / 'config.yaml'}")
+    log = _tee(log, run_dir / "train.log")
     dump_config(cfg, run_dir / "config.yaml")
     fm.save(run_dir / "feature_map.json")
     seed_everything(cfg.seed)  # model initialisation depends on it

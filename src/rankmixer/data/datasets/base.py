@@ -51,8 +51,11 @@ class TransformContext:
 class Download:
     url: str
     filename: str
-    sha256: str | None = None  # None where the publisher gives no checksum
+    sha256: str | None = None  # None where the publisher gives no fixed checksum
     md5: str | None = None
+    # Where the publisher keeps a checksum file beside the data (e.g. GroupLens' "<zip>.md5"):
+    # fetched with the file, so a re-published file is still verified against its own sum.
+    md5_url: str | None = None
 
 
 class DatasetPreset:
@@ -141,6 +144,16 @@ def verify_checksum(path: Path, sha256: str | None = None, md5: str | None = Non
                 raise ValueError(f"{path}: {algo} checksum mismatch: expected {want}, got {got}")
 
 
+def parse_md5_file(text: str, where: str) -> str:
+    """The hex digest in an md5 file ("<hex>  name", "MD5 (name) = <hex>" or just "<hex>")."""
+    import re
+
+    m = re.search(r"\b([0-9a-fA-F]{32})\b", text)
+    if not m:
+        raise ValueError(f"{where}: no md5 digest found in checksum file")
+    return m.group(1).lower()
+
+
 def fetch(d: Download, dest: Path) -> Path:
     """Download to a temporary name, verify, then rename: a failed or partial download never
     leaves a file that looks complete."""
@@ -148,11 +161,15 @@ def fetch(d: Download, dest: Path) -> Path:
     if target.exists():
         verify_checksum(target, d.sha256, d.md5)
         return target
+    md5 = d.md5
+    if md5 is None and d.md5_url:
+        with urllib.request.urlopen(d.md5_url, timeout=60) as resp:
+            md5 = parse_md5_file(resp.read().decode("utf-8", "replace"), d.md5_url)
     tmp = target.with_suffix(target.suffix + ".part")
     with urllib.request.urlopen(d.url, timeout=60) as resp, open(tmp, "wb") as out:
         shutil.copyfileobj(resp, out)
     try:
-        verify_checksum(tmp, d.sha256, d.md5)
+        verify_checksum(tmp, d.sha256, md5)
     except ValueError:
         tmp.unlink(missing_ok=True)
         raise

@@ -137,14 +137,13 @@ class MovieLensLatestPreset(DatasetPreset):
         self.like_threshold = like_threshold
         self.variant = variant
         stem = _ZIP_DIRS[variant]
-        # No checksum: GroupLens' .md5 could not be read from here, and a guessed one would be
-        # worse than none. ``download`` also unpacks the zip (see below).
+        # GroupLens republishes the zips, so no fixed checksum: the .md5 it keeps beside each
+        # zip is fetched with it and checked. ``download`` also unpacks the zip (see below).
         self.downloads = (
             Download(
                 url=f"https://files.grouplens.org/datasets/movielens/{stem}.zip",
                 filename=f"{stem}.zip",
-                sha256=None,
-                md5=None,
+                md5_url=f"https://files.grouplens.org/datasets/movielens/{stem}.zip.md5",
             ),
         )
 

@@ -207,17 +207,99 @@ def predict(
 
 
 @app.command()
-def models() -> None:
-    """List registered models."""
+def models(
+    describe: Optional[str] = typer.Option(
+        None, "--describe", help="Print a model's config, parameter count and FLOPs/sample (built on the meta device)."),
+    feature_map: Optional[Path] = typer.Option(
+        None, "--feature-map", help="With --describe: a prepared feature map (file or directory) to count the "
+        "embedding, tokenizer and heads too; without it only the backbone is counted."),
+    option: List[str] = typer.Option([], "--option", "-o", help="With --describe: config override key=value (repeatable)."),
+) -> None:
+    """List registered models and variants, or describe one (--describe NAME)."""
     from rankmixer.models import registry
 
-    table = Table(title="models")
-    table.add_column("name")
-    table.add_column("summary")
-    table.add_column("config fields")
-    for name, entry in registry.available().items():
-        table.add_row(name, entry.summary, ", ".join(entry.config_cls.model_fields))
-    console.print(table)
+    if describe is None:
+        table = Table(title="models")
+        table.add_column("name")
+        table.add_column("summary")
+        table.add_column("config fields")
+        for name, entry in registry.available().items():
+            fields = ", ".join(entry.config_cls.model_fields)
+            if entry.base is not None:
+                fields = f"variant of {entry.base}: " + ", ".join(f"{k}={v}" for k, v in entry.defaults.items())
+            table.add_row(name, entry.summary, fields)
+        console.print(table)
+        return
+    try:
+        _describe_model(describe, feature_map, option)
+    except _USER_ERRORS as e:
+        _fail(e)
+
+
+def _describe_model(name: str, feature_map: Optional[Path], option: List[str]) -> None:
+    import torch
+    import yaml
+
+    from rankmixer.data.feature_map import FeatureMap
+    from rankmixer.models import registry
+    from rankmixer.models.rankmixer import RankMixerConfig, describe
+
+    overrides = {}
+    for item in option:
+        if "=" not in item:
+            raise ValueError(f"--option {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    fm = FeatureMap.load(feature_map) if feature_map is not None else None
+    cfg = registry.parse_config(name, overrides)
+    console.print(f"[bold]{name}[/] ({registry.get(name).summary})", highlight=False)
+    cfg_table = Table(title="config")
+    cfg_table.add_column("field")
+    cfg_table.add_column("value")
+    for k, v in cfg.model_dump(mode="json").items():
+        cfg_table.add_row(k, json.dumps(v))
+    console.print(cfg_table)
+
+    def human(n: float) -> str:
+        for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(n) >= div:
+                return f"{n / div:.2f}{unit}"
+        return str(int(n))
+
+    if not isinstance(cfg, RankMixerConfig):
+        if fm is None:
+            console.print("parameter count: give --feature-map to build this model on the meta device")
+            return
+        with torch.device("meta"):
+            model = registry.build_model(name, fm, cfg)
+        n = sum(p.numel() for p in model.parameters())
+        console.print(f"parameters: {n:,} ({human(n)})")
+        return
+    info = describe(name, overrides, fm)
+    p, f = info["params"], info["flops"]
+    t = Table(title="parameters" + ("" if fm else " (backbone only; --feature-map for the rest)"))
+    t.add_column("part")
+    t.add_column("count", justify="right")
+    t.add_column("", justify="right")
+    parts = ["embedding", "sequence_pooling", "tokenizer", "blocks", "heads", "dense", "total"] if fm else ["blocks"]
+    for k in parts:
+        t.add_row("blocks (dense backbone)" if k == "blocks" else k, f"{p[k]:,}", human(p[k]))
+    t.add_row("paper 2kLTD^2", f"{p['paper_estimate']:,}", human(p["paper_estimate"]))
+    console.print(t)
+    t = Table(title="FLOPs per sample (matmul, 2 per multiply-add)")
+    t.add_column("part")
+    t.add_column("FLOPs", justify="right")
+    t.add_column("", justify="right")
+    keys = ["sequence_pooling", "tokenizer", "blocks", "heads", "forward"] if fm else ["blocks"]
+    if "blocks_active" in f:
+        keys += ["blocks_active"] + (["forward_active"] if fm else [])
+    for k in keys:
+        t.add_row(k + (" (forward)" if k == "blocks" else ""), f"{f[k]:,}", human(f[k]))
+    train = f["train"] if fm else 3 * f["blocks"]
+    t.add_row("training step (~3x forward)", f"{train:,}", human(train))
+    t.add_row("paper 4kLTD^2", f"{f['paper_estimate']:,}", human(f["paper_estimate"]))
+    console.print(t)
+    console.print(f"built on the meta device: {info['meta_module_params']:,} parameters (matches the count)")
 
 
 @bench_app.command("loader")

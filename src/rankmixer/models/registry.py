@@ -2,13 +2,20 @@
 
 A model file registers itself with ``@register("name", ConfigClass)``; ``build_model`` validates
 the YAML mapping against that config class and builds the module from the feature map.
+
+A *variant* is a name for a registered model with preset config values:
+``register_variant("rankmixer-100m", "rankmixer", {"hidden_dim": 768, ...}, summary)``. Its config
+is the base model's config class validated on ``defaults`` deep-merged with the caller's
+overrides (a nested mapping such as ``moe`` is merged key by key; anything else is replaced), so
+``build_model("rankmixer-100m", fm, {"dropout": 0.1})`` is rankmixer with the 100m sizes and
+dropout 0.1. ``available()`` lists variants beside the models.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from pydantic import ValidationError
 from torch import nn
@@ -17,7 +24,7 @@ from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig
 
 # Model modules imported on first use of the registry, so each file registers itself.
-_MODEL_MODULES = ["lr", "dlrm", "deepfm", "dcnv2"]
+_MODEL_MODULES = ["lr", "dlrm", "deepfm", "dcnv2", "rankmixer", "concat_mlp"]
 
 
 @dataclass(frozen=True)
@@ -26,21 +33,47 @@ class ModelEntry:
     config_cls: type[ModelConfig]
     model_cls: type[nn.Module]
     summary: str
+    # Variants only: the registered model this one presets, and the preset config values.
+    base: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_VARIANTS: dict[str, ModelEntry] = {}
 _loaded = False
 
 
 def register(name: str, config_cls: type[ModelConfig]) -> Callable[[type[nn.Module]], type[nn.Module]]:
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _REGISTRY and _REGISTRY[name].model_cls is not cls:
+        if (name in _REGISTRY and _REGISTRY[name].model_cls is not cls) or name in _VARIANTS:
             raise ValueError(f"model name {name!r} registered twice")
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         _REGISTRY[name] = ModelEntry(name, config_cls, cls, summary)
         return cls
 
     return deco
+
+
+def register_variant(name: str, base_name: str, defaults: dict[str, Any], summary: str) -> None:
+    """Register ``name`` as ``base_name`` with preset config ``defaults`` (see the module
+    docstring). The base model must be registered already; the defaults are validated when the
+    variant is used (so a variant may preset fields whose validation imports optional modules)."""
+    if name in _REGISTRY:
+        raise ValueError(f"variant name {name!r} is a registered model")
+    if base_name not in _REGISTRY:
+        raise KeyError(f"variant {name!r}: base model {base_name!r} is not registered")
+    base = _REGISTRY[base_name]
+    entry = ModelEntry(name, base.config_cls, base.model_cls, summary, base=base_name, defaults=dict(defaults))
+    if name in _VARIANTS and _VARIANTS[name] != entry:
+        raise ValueError(f"variant {name!r} registered twice")
+    _VARIANTS[name] = entry
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _load_all() -> None:
@@ -53,7 +86,7 @@ def _load_all() -> None:
 
 def available() -> dict[str, ModelEntry]:
     _load_all()
-    return dict(sorted(_REGISTRY.items()))
+    return dict(sorted({**_REGISTRY, **_VARIANTS}.items()))
 
 
 def get(name: str) -> ModelEntry:
@@ -66,7 +99,7 @@ def get(name: str) -> ModelEntry:
 def parse_config(name: str, params: dict) -> ModelConfig:
     entry = get(name)
     try:
-        return entry.config_cls.model_validate(params)
+        return entry.config_cls.model_validate(_deep_merge(entry.defaults, params))
     except ValidationError as e:
         msgs = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
         raise ValueError(f"invalid config for model {name!r}: " + "; ".join(msgs)) from e

@@ -51,10 +51,13 @@ calibration sample and ``bias`` is solved so the mean CTR is ``target_ctr``:
 * ``seq``: the dot product of the target item's latent with the recency-weighted mean latent of
   the history items (weight ``0.8 ** age``).
 
-Items belong to ``n_item_clusters`` clusters that carry part of their latent vectors; every user
-has a home cluster shared by part of its latent vector, and targets and history items come from
-it with probability ``cluster_affinity``, so history, user and item are correlated as in real
-logs. Everything comes from ``seed``: the parameters, a calibration sample, and each block of
+Items belong to ``n_item_clusters`` clusters; every user has a home cluster, and targets and
+history items come from it with probability ``cluster_affinity``, so history, user and item are
+correlated as in real logs. A user's (item's) latent vector is the sum of its cluster's
+(``cluster_share`` of the variance), its attribute fields' (``attribute_share``) and its own,
+so interactions partly generalise to rare users and items. Besides user, item and tags, only
+fields with at most ``interaction_vocab_max`` ids take part in interactions (the huge fields
+act first-order only), which keeps the interactions learnable from modest data. Everything comes from ``seed``: the parameters, a calibration sample, and each block of
 ``BLOCK_ROWS`` rows of each split has its own random stream, so the same config gives the same
 files byte for byte, and ``chunk_rows`` / ``rows_per_file`` change only the file layout, never
 the rows. The parameters do not depend on the row counts either, so for scaling studies a
@@ -81,7 +84,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rankmixer.data.datasets.base import DatasetPreset, RawFiles, register_preset
 from rankmixer.data.schema import (
     Bucketize,
     CategoricalFeature,
@@ -104,7 +106,6 @@ __all__ = [
     "load_meta",
     "config_from_dir",
     "split_files",
-    "SyntheticPreset",
     "BLOCK_ROWS",
     "META_FILE",
     "SPLITS",
@@ -825,43 +826,53 @@ class _SplitWriter:
     def close(self) -> None:
         self._close_file()
 
-
-def _bayes_metrics(labels: np.ndarray, p32: np.ndarray, logloss_sum: float) -> dict:
-    try:
-        from rankmixer.train.metrics import auc as _auc
-    except ImportError:  # pragma: no cover - the metrics module ships with the package
-        _auc = _auc_fallback
-    n = labels.shape[0]
-    a = _auc(labels, p32)
-    return {
-        "rows": int(n),
-        "label_mean": float(labels.mean(dtype=np.float64)),
-        "bayes_p_mean": float(p32.mean(dtype=np.float64)),
-        "bayes_auc": None if math.isnan(a) else float(a),
-        "bayes_logloss": float(logloss_sum / n),
-    }
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        for name in self.names:
+            self._tmp(name).unlink(missing_ok=True)
 
 
-def _auc_fallback(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Tie-aware (Mann-Whitney) AUC from one sort; nan with one class."""
-    y = labels.astype(bool)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
+def _pack_scores(p: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """uint64 keys ``bits(float32 p) << 1 | label``: sorting them sorts by p (the bit pattern of
+    a non-negative float orders like its value) with each row's label alongside."""
+    bits = p.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return (bits << np.uint64(1)) | label.astype(np.uint64)
+
+
+def _packed_auc(keys: np.ndarray, step: int = 1 << 20) -> float:
+    """Exact tie-aware AUC (ties count 1/2, as ``rankmixer.train.metrics.auc`` and sklearn) of
+    float32 scores packed by :func:`_pack_scores`. Sorts ``keys`` in place and walks them in
+    slices that end on a score boundary, so beyond the 8 bytes/row of keys it needs only
+    ~40 bytes per row of one slice (40 MB) (``metrics.auc`` needs ~40 bytes/row for its argsort and per-tie arrays:
+    4 GB at 100M rows)."""
+    keys.sort()
+    n = keys.shape[0]
+    twice, neg_below, start = 0, 0, 0
+    while start < n:
+        end = min(n, start + step)
+        if end < n:
+            # Move the end back to the start of the score run containing keys[end]; if that run
+            # begins at ``start`` (a run longer than step), take the whole run instead.
+            score = keys[end] >> np.uint64(1)
+            end = int(np.searchsorted(keys, score << np.uint64(1), side="left"))
+            if end <= start:
+                end = int(np.searchsorted(keys, (score << np.uint64(1)) | np.uint64(1), side="right"))
+        chunk = keys[start:end]
+        scores = chunk >> np.uint64(1)
+        runs = np.flatnonzero(np.r_[True, scores[1:] != scores[:-1]])
+        pos = np.add.reduceat((chunk & np.uint64(1)).astype(np.int64), runs)
+        neg = np.diff(np.r_[runs, chunk.shape[0]]) - pos
+        below = np.cumsum(neg) - neg + neg_below
+        twice += 2 * int(np.dot(pos, below)) + int(np.dot(pos, neg))
+        neg_below += int(neg.sum())
+        start = end
+    n_neg = neg_below
+    n_pos = n - n_neg
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    order = np.argsort(scores, kind="stable")
-    s, ys = scores[order], y[order].astype(np.int64)
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    pos_b = np.add.reduceat(ys, starts)
-    neg_b = np.diff(np.append(starts, y.size)) - pos_b
-    neg_below = np.cumsum(neg_b) - neg_b
-    return (2 * int(np.dot(pos_b, neg_below)) + int(np.dot(pos_b, neg_b))) / (2.0 * n_pos * n_neg)
-
-
-def _logloss_sum(labels: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
-    """Sum of binary cross-entropies in float64, with the metrics module's clipping."""
-    q = np.clip(p, eps, 1.0 - eps)
-    return float(-np.where(labels == 1, np.log(q), np.log1p(-q)).sum())
+    return twice / (2.0 * n_pos * n_neg)
 
 
 def _remove_old_files(out_dir: Path, split: str) -> None:
@@ -873,16 +884,22 @@ def generate(cfg: SyntheticConfig | dict | None, out_dir: str | Path, progress: 
     """Write the train / valid / test Parquet files, ``schema.yaml`` and ``synthetic_meta.json``
     into ``out_dir`` and return the meta dict (see the module docstring for the layout).
 
-    Memory: one chunk of ``chunk_rows`` rows (at least one block of ``BLOCK_ROWS``) plus
-    5 bytes per row of the largest split for the exact Bayes AUC (float32 p + uint8 label),
-    plus the ground-truth tables (about 8 * (latent_dim + 2) bytes per id of every field).
+    Memory: one chunk of ``chunk_rows`` rows (at least one block of ``BLOCK_ROWS``; about
+    400 bytes a row with the default columns), the ground-truth tables (about
+    4 * latent_dim + 16 bytes per id of every field), and for the exact Bayes AUC 8 bytes per
+    row of the split being written (float32 p and the label packed in a uint64, sorted in
+    place at the end of the split: 800 MB at 100M rows).
     """
+    from rankmixer.train.metrics import logloss
+
     if cfg is None:
         cfg = SyntheticConfig()
     elif isinstance(cfg, dict):
         cfg = SyntheticConfig.model_validate(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The meta marks a complete data set: gone until this run has written every file.
+    (out_dir / META_FILE).unlink(missing_ok=True)
     t0 = time.perf_counter()
     gen = _Generator(cfg)
     t_setup = time.perf_counter() - t0
@@ -899,25 +916,37 @@ def generate(cfg: SyntheticConfig | dict | None, out_dir: str | Path, progress: 
         for split in SPLITS:
             rows = cfg.rows(split)
             _remove_old_files(out_dir, split)
-            p_all = np.empty(rows, dtype=np.float32)
-            y_all = np.empty(rows, dtype=np.uint8)
-            ll_sum = 0.0
+            keys = np.empty(rows, dtype=np.uint64)  # float32 p and label, for the exact AUC
+            ll_sum = p_sum = 0.0
+            n_pos = 0
             writer = _SplitWriter(cfg, out_dir, split)
+            if bar is not None:
+                bar.set_description(f"synthetic {split}", refresh=False)
             try:
                 for index, n in _blocks(rows):
                     batch, p, y = gen.block(split, index, n)
                     start = index * BLOCK_ROWS
-                    p_all[start : start + n] = p
-                    y_all[start : start + n] = y
-                    ll_sum += _logloss_sum(y, p)
+                    keys[start : start + n] = _pack_scores(p, y)
+                    ll_sum += logloss(y, p) * n  # float64 p, the metrics module's clipping
+                    p_sum += float(p.sum())
+                    n_pos += int(y.sum())
                     writer.add(batch)
                     if bar is not None:
-                        bar.set_description(f"synthetic {split}")
                         bar.update(n)
-            finally:
-                writer.close()
-            splits[split] = {"files": writer.names, **_bayes_metrics(y_all, p_all, ll_sum)}
-            del p_all, y_all
+            except BaseException:
+                writer.abort()  # never leave a partial file under a final name
+                raise
+            writer.close()
+            auc = _packed_auc(keys)
+            del keys
+            splits[split] = {
+                "files": writer.names,
+                "rows": rows,
+                "label_mean": n_pos / rows,
+                "bayes_p_mean": p_sum / rows,
+                "bayes_auc": None if math.isnan(auc) else auc,
+                "bayes_logloss": ll_sum / rows,
+            }
     finally:
         if bar is not None:
             bar.close()
@@ -953,51 +982,6 @@ def load_meta(out_dir: str | Path) -> dict:
 def config_from_dir(out_dir: str | Path) -> SyntheticConfig:
     """The config a directory was generated with (from its ``synthetic_meta.json``)."""
     return SyntheticConfig.model_validate(load_meta(out_dir)["config"])
-
-
-# ---- preset ------------------------------------------------------------------------------------
-
-
-@register_preset
-class SyntheticPreset(DatasetPreset):
-    """The synthetic dataset as a preset. ``download(dest)`` generates it with the preset's
-    config (default: ``SyntheticConfig()``); ``raw_files(path)`` reads the directory's meta
-    (and adopts its config, so ``schema()`` matches the files); ``extras`` carries the Bayes
-    metrics into the feature map."""
-
-    name = "synthetic"
-    description = "Seeded synthetic CTR data with a planted interaction model (Bayes AUC known)."
-    manual_instructions = "Generate it: python -m rankmixer.data.datasets.synthetic OUT_DIR"
-
-    def __init__(self, cfg: SyntheticConfig | None = None):
-        self.cfg = cfg or SyntheticConfig()
-
-    def schema(self) -> Schema:
-        return schema(self.cfg)
-
-    def raw_files(self, path: Path) -> RawFiles:
-        path = Path(path)
-        meta = load_meta(path)
-        self.cfg = SyntheticConfig.model_validate(meta["config"])
-        return RawFiles(by_split={s: [path / f for f in meta["splits"][s]["files"]] for s in SPLITS})
-
-    def extras(self, path: Path) -> dict:
-        meta = load_meta(path)
-        return {
-            "synthetic": {
-                "config": meta["config"],
-                "bayes": {
-                    s: {k: meta["splits"][s][k] for k in ("rows", "label_mean", "bayes_auc", "bayes_logloss")}
-                    for s in SPLITS
-                },
-            }
-        }
-
-    def download(self, dest: Path) -> Path:
-        dest = Path(dest)
-        if not (dest / META_FILE).exists():
-            generate(self.cfg, dest)
-        return dest
 
 
 # ---- command line ------------------------------------------------------------------------------

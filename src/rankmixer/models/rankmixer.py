@@ -1,0 +1,416 @@
+"""RankMixer (Zhu et al. 2025, arXiv 2507.15551): tokens, parameter-free token mixing,
+per-token FFNs; plus its analytic parameter and FLOP counts and the named variants.
+
+Architecture (``docs/RANKMIXER.md`` in the shared docs has the paper's facts)::
+
+    FeatureEmbedding (numeric_as_field) -> [SequencePooling] -> Tokenizer  -> X0 [B, T, D]
+    L x block:   S  = LN(TM(X) + X)          TM: multi-head token mixing, H = T
+                 X' = LN(PFFN(S) + S)        PFFN: per-token FFN (or per-token sparse MoE)
+    mean over the T tokens -> TaskHeads (one logit per task)
+
+Choices where the paper is silent (all config switches):
+
+* Tokenizer: ``semantic`` (one projection per feature group, groups split/merged to exactly T
+  sources) or ``auto`` (concat, pad, chunk); see ``nn/tokenizer.py``.
+* Sequence features: masked mean (as embedded) or DIN-style target attention.
+* ``expansion`` k: not given by the paper. The named variants use **k = 3**: it puts
+  rankmixer-100m at 113M backbone parameters (paper: 107M; k=4 would give 151M), rankmixer-1b
+  at 906M (paper: 1.1B; k=4: 1.21B), and the self-attention ablation at +67% FLOPs (paper:
+  +71.8%; k=4: +50%).
+* ``dropout``: applied to the FFN's output before the residual add (0 = none).
+* Ablations: ``token_mixing="none"`` drops the mixing branch (``S = LN(X)``; with
+  ``layer_norm=False``, ``S = X``); ``"self_attention"`` replaces it by multi-head self-attention
+  (``attention_heads``, default T heads of width D/T, with the usual Q/K/V/out projections);
+  ``ffn="shared"``: one FFN for all tokens; ``residual=False``: ``S = LN(TM(X))``,
+  ``X' = LN(PFFN(S))``; ``layer_norm=False``: the LNs become identities.
+* MoE (``moe``, a :class:`rankmixer.nn.moe.MoEConfig` mapping): each block's PFFN becomes a
+  ``PerTokenMoE`` (imported only when ``moe`` is set). Its auxiliary (sparsity / balance) losses
+  are summed over the blocks into ``ModelOutput.aux_loss``; its metrics are reported per block
+  (``moe/l{i}/...``) plus ``moe/active_ratio``, the mean over the blocks.
+
+Counting (analytic, :func:`rankmixer_param_count`, :func:`rankmixer_flops_per_sample`): FLOPs
+are matmul FLOPs (2 per multiply-add), forward, per sample: what
+``torch.utils.flop_counter.FlopCounterMode`` counts (element-wise ops, LayerNorm, GELU, softmax,
+embedding lookups excluded). A training step costs about 3x the forward. The backbone's leading
+terms are the paper's: params ~ 2kLTD^2, FLOPs ~ 4kLTD^2 per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from rankmixer.data.batch import Batch
+from rankmixer.data.feature_map import FeatureMap
+from rankmixer.models.base import ModelConfig, ModelOutput
+from rankmixer.models.registry import register, register_variant
+from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.heads import TaskHeads
+from rankmixer.nn.per_token_ffn import PerTokenFFN, SharedFFN, ffn_hidden
+from rankmixer.nn.token_mixing import TokenMixing
+from rankmixer.nn.tokenizer import (
+    SequencePooling,
+    Tokenizer,
+    attention_unit_flops,
+    attention_unit_params,
+    sequence_targets,
+    token_input_widths,
+)
+
+
+class RankMixerConfig(ModelConfig):
+    num_tokens: int = Field(default=8, ge=1, description="T: number of tokens")
+    hidden_dim: int = Field(default=64, ge=1, description="D: token width (divisible by T for token mixing)")
+    num_layers: int = Field(default=2, ge=0, description="L: number of RankMixer blocks")
+    expansion: float = Field(default=2.0, gt=0, description="k: FFN hidden width = round(k * D)")
+    activation: str = Field(default="gelu", description="FFN activation")
+    tokenizer: Literal["semantic", "auto"] = Field(
+        default="semantic", description="semantic: one projection per feature group; auto: concat and chunk"
+    )
+    sequence_pooling: Literal["mean", "target_attention"] = Field(
+        default="mean", description="how sequence features become fields"
+    )
+    sequence_targets: dict[str, str] = Field(
+        default={}, description="target attention: sequence -> target feature (default: its share_with)"
+    )
+    attention_hidden: list[int] = Field(default=[32], description="hidden widths of the DIN activation unit")
+    attention_softmax: bool = Field(default=True, description="softmax-normalise target-attention weights")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the FFN output")
+    ffn_impl: Literal["auto", "bmm", "split"] = Field(default="auto", description="per-token FFN implementation")
+    moe: Any = Field(default=None, description="MoEConfig mapping: per-token sparse MoE instead of the PFFN")
+    token_mixing: Literal["mixing", "none", "self_attention"] = Field(default="mixing", description="ablation switch")
+    attention_heads: int | None = Field(default=None, ge=1, description="self_attention heads (default T)")
+    ffn: Literal["per_token", "shared"] = Field(default="per_token", description="ablation switch")
+    residual: bool = Field(default=True, description="ablation switch: skip connections")
+    layer_norm: bool = Field(default=True, description="ablation switch: post-norm LayerNorms")
+    head_hidden: list[int] = Field(default=[], description="hidden widths of each task's tower")
+
+    @field_validator("moe", mode="before")
+    @classmethod
+    def _moe_config(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        from rankmixer.nn.moe import MoEConfig  # lazy: only MoE configs need the module
+
+        return v if isinstance(v, MoEConfig) else MoEConfig.model_validate(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> RankMixerConfig:
+        if self.token_mixing == "mixing" and self.hidden_dim % self.num_tokens:
+            raise ValueError(
+                f"token mixing needs hidden_dim divisible by num_tokens, got {self.hidden_dim} and {self.num_tokens}"
+            )
+        if self.token_mixing == "self_attention" and self.hidden_dim % self.heads:
+            raise ValueError(f"self_attention needs hidden_dim divisible by attention_heads ({self.heads})")
+        if self.moe is not None and self.ffn != "per_token":
+            raise ValueError("moe replaces the per-token FFN; it needs ffn=per_token")
+        return self
+
+    @property
+    def heads(self) -> int:
+        return self.attention_heads or self.num_tokens
+
+    @property
+    def ffn_hidden(self) -> int:
+        return ffn_hidden(self.hidden_dim, self.expansion)
+
+
+class SelfAttentionMixing(nn.Module):
+    """The self-attention ablation of token mixing: ``MultiheadAttention(x, x, x)``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+class RankMixerBlock(nn.Module):
+    """``S = LN(TM(X) + X); X' = LN(PFFN(S) + S)`` with the config's ablation switches.
+    ``forward(x) -> (x', aux_loss or None, metrics)``."""
+
+    def __init__(self, cfg: RankMixerConfig, index: int = 0) -> None:
+        super().__init__()
+        T, D = cfg.num_tokens, cfg.hidden_dim
+        self.residual = cfg.residual
+        if cfg.token_mixing == "mixing":
+            self.mixer: nn.Module | None = TokenMixing(T, D)
+        elif cfg.token_mixing == "self_attention":
+            self.mixer = SelfAttentionMixing(D, cfg.heads)
+        else:
+            self.mixer = None
+        self.norm1 = nn.LayerNorm(D) if cfg.layer_norm else nn.Identity()
+        self.norm2 = nn.LayerNorm(D) if cfg.layer_norm else nn.Identity()
+        self.is_moe = cfg.moe is not None
+        if self.is_moe:
+            from rankmixer.nn.moe import PerTokenMoE  # lazy: only MoE models need the module
+
+            self.ffn: nn.Module = PerTokenMoE(T, D, cfg.expansion, cfg.moe, metric_prefix=f"moe/l{index}")
+        elif cfg.ffn == "per_token":
+            self.ffn = PerTokenFFN(T, D, cfg.expansion, cfg.activation, impl=cfg.ffn_impl)
+        else:
+            self.ffn = SharedFFN(D, cfg.expansion, cfg.activation)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+        if self.mixer is None:
+            s = self.norm1(x)
+        else:
+            m = self.mixer(x)
+            s = self.norm1(m + x if self.residual else m)
+        aux, metrics = None, {}
+        if self.is_moe:
+            v, aux, metrics = self.ffn(s)
+        else:
+            v = self.ffn(s)
+        v = self.dropout(v)
+        return self.norm2(v + s if self.residual else v), aux, metrics
+
+
+class RankMixerBackbone(nn.Module):
+    """``L`` RankMixer blocks on ``[B, T, D]`` tokens; ``forward(x) -> (x, aux_loss or None,
+    metrics)``. Separate from the model so it can be built without a feature map (e.g. on the
+    meta device, to count the parameters of the big variants)."""
+
+    def __init__(self, cfg: RankMixerConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(RankMixerBlock(cfg, i) for i in range(cfg.num_layers))
+        self.is_moe = cfg.moe is not None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+        aux: Tensor | None = None
+        metrics: dict[str, float] = {}
+        ratios = []
+        for i, block in enumerate(self.blocks):
+            x, a, m = block(x)
+            if a is not None:
+                aux = a if aux is None else aux + a
+            metrics.update(m)
+            if f"moe/l{i}/active_ratio" in m:
+                ratios.append(m[f"moe/l{i}/active_ratio"])
+        if ratios:
+            metrics["moe/active_ratio"] = sum(ratios) / len(ratios)
+        return x, aux, metrics
+
+
+@register("rankmixer", RankMixerConfig)
+class RankMixer(nn.Module):
+    """RankMixer: feature tokens, multi-head token mixing and per-token FFNs (Zhu et al. 2025, "RankMixer: Scaling Up Ranking Models in Industrial Recommenders").
+
+    See the module docstring for the block, the tokenizer, the ablation switches and the MoE
+    variant.
+    """
+
+    def __init__(self, feature_map: FeatureMap, cfg: RankMixerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        names = self.embedding.field_names
+        pooling = None
+        if cfg.sequence_pooling == "target_attention":
+            pooling = SequencePooling(
+                feature_map, names, d, "target_attention", cfg.sequence_targets, cfg.attention_hidden,
+                cfg.attention_softmax,
+            )
+        self.tokenizer = Tokenizer(feature_map, names, d, cfg.num_tokens, cfg.hidden_dim, cfg.tokenizer, pooling)
+        self.backbone = RankMixerBackbone(cfg)
+        self.heads = TaskHeads(cfg.hidden_dim, feature_map.num_tasks, cfg.head_hidden)
+
+    def tokens(self, batch: Batch) -> Tensor:
+        """The input tokens ``X0 [B, T, D]``."""
+        return self.tokenizer(self.embedding(batch))
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        x, aux, metrics = self.backbone(self.tokens(batch))
+        return ModelOutput(logits=self.heads(x.mean(dim=1)), aux_loss=aux, metrics=metrics)
+
+
+# ------------------------------------------------------------------------------------------
+# analytic counts
+# ------------------------------------------------------------------------------------------
+def _as_config(cfg: RankMixerConfig | dict) -> RankMixerConfig:
+    return cfg if isinstance(cfg, RankMixerConfig) else RankMixerConfig.model_validate(cfg)
+
+
+def _field_names(feature_map: FeatureMap, dim: int) -> tuple[list[str], int]:
+    """(field names, fused embedding rows) exactly as the model's FeatureEmbedding has them
+    (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        emb = FeatureEmbedding(feature_map, dim, numeric_as_field=True)
+    return list(emb.field_names), emb.num_rows
+
+
+def _towers(in_dim: int, hidden: Sequence[int], num_tasks: int) -> tuple[int, int]:
+    """(params, matmul FLOPs per sample) of TaskHeads."""
+    if not hidden:
+        return in_dim * num_tasks + num_tasks, 2 * in_dim * num_tasks
+    widths = [in_dim, *hidden, 1]
+    pairs = list(zip(widths[:-1], widths[1:]))
+    return num_tasks * sum(a * b + b for a, b in pairs), num_tasks * 2 * sum(a * b for a, b in pairs)
+
+
+def _moe_parts(cfg: RankMixerConfig) -> tuple[int, int, int]:
+    """(experts E, expert hidden H, routers per token) of the MoE FFN."""
+    m = cfg.moe
+    H = max(1, round(cfg.expansion * cfg.hidden_dim * m.expert_hidden_mult))
+    return m.num_experts, H, 2 if m.routing == "relu_dtsi" else 1
+
+
+def _inputs(cfg: RankMixerConfig, inputs: FeatureMap | Sequence[int] | None, num_tasks: int | None):
+    """(token input widths, embedding params, attention units [(params, flops)], tasks)."""
+    if inputs is None:
+        return [], 0, [], num_tasks or 1
+    if isinstance(inputs, FeatureMap):
+        names, rows = _field_names(inputs, cfg.embedding_dim)
+        widths = token_input_widths(cfg.tokenizer, names, inputs.feature_groups, cfg.embedding_dim, cfg.num_tokens)
+        units = []
+        if cfg.sequence_pooling == "target_attention":
+            for s in sequence_targets(inputs, names, cfg.sequence_targets):
+                L = inputs.feature(s).max_len
+                units.append((attention_unit_params(cfg.embedding_dim, cfg.attention_hidden),
+                              attention_unit_flops(cfg.embedding_dim, cfg.attention_hidden, L)))
+        return widths, rows * cfg.embedding_dim, units, num_tasks or inputs.num_tasks
+    widths = list(inputs)
+    if len(widths) != cfg.num_tokens:
+        raise ValueError(f"got {len(widths)} token input widths for {cfg.num_tokens} tokens")
+    return widths, 0, [], num_tasks or 1
+
+
+def rankmixer_param_count(
+    cfg: RankMixerConfig | dict,
+    inputs: FeatureMap | Sequence[int] | None = None,
+    num_tasks: int | None = None,
+) -> dict[str, int]:
+    """Parameters of a RankMixer, by part, from the config alone.
+
+    ``inputs``: the feature map (everything counted, as the built model has it), or the ``T``
+    token input widths (tokenizer + backbone + heads; no embedding, no sequence attention), or
+    None (backbone and heads only). Keys: ``embedding``, ``sequence_pooling``, ``tokenizer``,
+    ``blocks`` (the backbone), ``heads``, ``dense`` (all but the embedding tables), ``total``,
+    and ``paper_estimate`` = 2kLTD^2 (the paper's leading term, for comparison).
+    """
+    cfg = _as_config(cfg)
+    widths, emb, units, tasks = _inputs(cfg, inputs, num_tasks)
+    T, D, L, H = cfg.num_tokens, cfg.hidden_dim, cfg.num_layers, cfg.ffn_hidden
+    per_block = 4 * D if cfg.layer_norm else 0
+    if cfg.token_mixing == "self_attention":
+        per_block += 4 * D * D + 4 * D
+    if cfg.moe is not None:
+        E, He, R = _moe_parts(cfg)
+        per_block += T * E * (2 * D * He + He + D) + R * T * (D * E + E)
+    elif cfg.ffn == "per_token":
+        per_block += T * (2 * D * H + H + D)
+    else:
+        per_block += 2 * D * H + H + D
+    heads, _ = _towers(D, cfg.head_hidden, tasks)
+    out = {
+        "embedding": emb,
+        "sequence_pooling": sum(p for p, _ in units),
+        "tokenizer": sum(w * D + D for w in widths),
+        "blocks": L * per_block,
+        "heads": heads,
+    }
+    out["dense"] = out["sequence_pooling"] + out["tokenizer"] + out["blocks"] + out["heads"]
+    out["total"] = out["dense"] + emb
+    out["paper_estimate"] = round(2 * cfg.expansion * L * T * D * D)
+    return out
+
+
+def rankmixer_flops_per_sample(
+    cfg: RankMixerConfig | dict,
+    inputs: FeatureMap | Sequence[int] | None = None,
+    num_tasks: int | None = None,
+    active_ratio: float | None = None,
+) -> dict[str, int]:
+    """Forward matmul FLOPs per sample (2 per multiply-add), by part; ``inputs`` as in
+    :func:`rankmixer_param_count`. Keys: ``sequence_pooling``, ``tokenizer``, ``blocks``,
+    ``heads``, ``forward`` (their sum), ``train`` (~3x forward: backward costs two matmuls per
+    forward matmul), ``paper_estimate`` = 4kLTD^2.
+
+    MoE: ``blocks`` counts what the training forward computes (every expert, both DTSI routers,
+    and the ``[E] x [E, D]`` gate-times-bias matmul of ``PerTokenMoE.dense_experts``);
+    ``blocks_active`` / ``forward_active`` count sparse inference with ``active_ratio`` of the
+    experts (default: the config's ``target_active_ratio``) and the inference router only.
+    """
+    cfg = _as_config(cfg)
+    widths, _, units, tasks = _inputs(cfg, inputs, num_tasks)
+    T, D, L, H = cfg.num_tokens, cfg.hidden_dim, cfg.num_layers, cfg.ffn_hidden
+    mix = 8 * T * D * D + 4 * T * T * D if cfg.token_mixing == "self_attention" else 0
+    _, head_flops = _towers(D, cfg.head_hidden, tasks)
+    out = {
+        "sequence_pooling": sum(f for _, f in units),
+        "tokenizer": 2 * D * sum(widths),
+        "heads": head_flops,
+    }
+    if cfg.moe is not None:
+        E, He, R = _moe_parts(cfg)
+        ratio = cfg.moe.target_active_ratio if active_ratio is None else active_ratio
+        # dense path: all experts, the routers, and the gate-weighted bias sum_j G_j b2_j (a bmm)
+        out["blocks"] = L * (mix + 4 * T * E * D * He + R * 2 * T * D * E + 2 * T * E * D)
+        out["blocks_active"] = L * (mix + round(4 * T * E * D * He * ratio) + 2 * T * D * E)
+    else:
+        out["blocks"] = L * (mix + 4 * T * D * H)
+    rest = out["sequence_pooling"] + out["tokenizer"] + out["heads"]
+    out["forward"] = rest + out["blocks"]
+    if "blocks_active" in out:
+        out["forward_active"] = rest + out["blocks_active"]
+    out["train"] = 3 * out["forward"]
+    out["paper_estimate"] = round(4 * cfg.expansion * L * T * D * D)
+    return out
+
+
+def describe(name: str, overrides: dict | None = None, feature_map: FeatureMap | None = None) -> dict[str, Any]:
+    """Config, parameter counts and FLOPs/sample of a registered RankMixer (variant), with the
+    parameter count checked against a module built on the meta device (never in memory)."""
+    from rankmixer.models import registry
+
+    cfg = registry.parse_config(name, overrides or {})
+    if not isinstance(cfg, RankMixerConfig):
+        raise ValueError(f"{name!r} is not a RankMixer model")
+    with torch.device("meta"):
+        module = registry.build_model(name, feature_map, cfg) if feature_map is not None else RankMixerBackbone(cfg)
+    counted = sum(p.numel() for p in module.parameters())
+    params = rankmixer_param_count(cfg, feature_map)
+    flops = rankmixer_flops_per_sample(cfg, feature_map)
+    expected = params["total"] if feature_map is not None else params["blocks"]
+    if counted != expected:  # pragma: no cover - guarded by the tests
+        raise RuntimeError(f"analytic parameter count {expected:,} != built module's {counted:,}")
+    return {"name": name, "config": cfg.model_dump(mode="json"), "params": params, "flops": flops,
+            "meta_module_params": counted}
+
+
+# ------------------------------------------------------------------------------------------
+# named variants
+# ------------------------------------------------------------------------------------------
+_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"embedding_dim": 8, "num_tokens": 8, "hidden_dim": 64, "num_layers": 2, "expansion": 2},
+    "100m": {"num_tokens": 16, "hidden_dim": 768, "num_layers": 2, "expansion": 3},
+    "1b": {"num_tokens": 32, "hidden_dim": 1536, "num_layers": 2, "expansion": 3},
+}
+# MoE variants: the paper's 8 experts at 1/8 activation for the big ones (8x the FFN parameters,
+# the dense model's compute at inference); 4 experts at 1/4 for tiny.
+_MOE: dict[str, dict[str, Any]] = {
+    "tiny": {"num_experts": 4, "routing": "relu_dtsi", "target_active_ratio": 0.25},
+    "100m": {"num_experts": 8, "routing": "relu_dtsi", "target_active_ratio": 0.125},
+    "1b": {"num_experts": 8, "routing": "relu_dtsi", "target_active_ratio": 0.125},
+}
+for _size, _d in _SIZES.items():
+    _dims = f"T={_d['num_tokens']}, D={_d['hidden_dim']}, L={_d['num_layers']}, k={_d['expansion']}"
+    register_variant(f"rankmixer-{_size}", "rankmixer", _d, f"RankMixer {_size}: {_dims}")
+    _m = _MOE[_size]
+    register_variant(
+        f"rankmixer-{_size}-moe", "rankmixer", {**_d, "moe": _m},
+        f"RankMixer {_size}, sparse MoE FFN: {_dims}, {_m['num_experts']} experts, "
+        f"{_m['routing']}, target active {_m['target_active_ratio']}",
+    )
+
+__all__ = [
+    "RankMixer", "RankMixerBackbone", "RankMixerBlock", "RankMixerConfig", "SelfAttentionMixing",
+    "describe", "rankmixer_flops_per_sample", "rankmixer_param_count",
+]

@@ -122,6 +122,24 @@ def test_sparse_inference_skips_inactive_experts_compute():
     assert n_active < 0.4 * B * T * E and sparse < 0.45 * dense
 
 
+def test_auto_impl_choice():
+    m = make("relu", E=4).eval()
+    x = torch.randn(64, T, D)
+    set_ratio(m, x, 0.25)
+    with torch.no_grad():
+        _, mask, _ = m.gates(x)
+    counts, n = mask.sum(0).flatten(), int(mask.sum())
+    assert m._pick_impl(x, counts, n) == "loop"  # one thread (fixture)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert m._pick_impl(x, counts, n) == "padded"  # balanced: padding < 2x
+        skewed = torch.tensor([n] + [0] * (counts.numel() - 1))
+        assert m._pick_impl(x, skewed, n) == "loop"  # one expert has all rows
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_padded_sparse_rows_bounded_by_largest_expert():
     m = make("relu", E=4, sparse_impl="padded").eval()
     x = torch.randn(64, T, D)
@@ -143,6 +161,12 @@ def test_dtsi_inference_router_gets_task_gradient(mode):
     ((out - y) ** 2).mean().backward()  # task loss alone
     assert m.router.weight.grad is not None and m.router.weight.grad.abs().sum() > 0
     assert m.router_train.weight.grad is not None and m.router_train.weight.grad.abs().sum() > 0
+
+
+def test_dtsi_mix_anneals():
+    m = make("relu_dtsi", dtsi_mix=0.8, dtsi_mix_end=0.0, dtsi_anneal_steps=4).train()
+    mixes = [m(torch.randn(8, T, D))[2]["moe/dtsi_mix"] for _ in range(6)]
+    assert mixes == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.0, 0.0])
 
 
 def test_dtsi_inference_uses_infer_router_only():
@@ -206,7 +230,7 @@ def test_controller_reaches_target_ratio(target, bias0):
 def test_controller_frozen_when_rate_zero_and_in_eval():
     m = make("relu", l1_adapt_rate=0.0, l1_lambda_init=0.5)
     x = torch.randn(32, T, D)
-    _, aux, metrics = m.train()(x)
+    _, _, metrics = m.train()(x)
     assert m.l1_lambda.item() == 0.5 and metrics["moe/l1_lambda"] == 0.5
     m2 = make("relu")
     lam0 = m2.l1_lambda.item()
@@ -259,7 +283,7 @@ def test_topk_picks_exactly_k(k):
         assert ((G > 0).sum(-1) == k).all() and (mask.sum(-1) == k).all()
         torch.testing.assert_close(G.sum(-1), torch.ones(32, T))
     m.train()
-    out, aux, metrics = m(x)
+    _, aux, metrics = m(x)
     assert metrics["moe/active_ratio"] == pytest.approx(k / 4) and metrics["moe/l1_lambda"] == 0.0
     assert aux.item() > 0  # load-balancing loss, >= weight (1.0 x weight when balanced)
     aux.backward()

@@ -3,8 +3,6 @@ ablation switches, variants, the describe CLI, and that the model learns a token
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F

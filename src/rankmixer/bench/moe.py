@@ -12,20 +12,26 @@ then the module's eval computation is timed two ways on the same weights and inp
 * ``sparse``: routing + only the active (row, expert) pairs (``loop`` and ``padded``
   implementations, see :mod:`rankmixer.nn.moe`).
 
-Timings are the best of ``repeats`` runs under ``torch.inference_mode`` (the machine may be
-loaded by other jobs: the minimum is the least disturbed run). ``loop_overhead_ms`` is the
-``loop`` path's time on a model with the same ``T``, ``E``, batch and ratio but ``D = 4`` and a
-hidden width of 4: the matmuls are then negligible, so it is the cost of the Python loop,
-gather and scatter. Every sparse output is checked against the dense one (``max_abs_diff``).
+The machine may be loaded by other jobs, so the calls are interleaved: ``repeats`` rounds, in
+each of which every variant runs once, back to back (a load change hits all of them alike).
+``speedup`` is best dense / best sparse over the rounds (the least disturbed runs);
+``speedup_median_round`` the median over rounds of (faster dense in that round) / sparse;
+``speedup_vs_batched`` is against the ``batched`` dense path alone. All under
+``torch.inference_mode``. ``loop_overhead_ms`` is the ``loop`` path's time on a model with the
+same ``T``, ``E``, batch and ratio but ``D = 4`` and a hidden width of 4: the matmuls are then
+negligible, so it is the cost of the Python loop over the ``T*E`` experts, the gather and the
+scatter. Every sparse output is checked against the dense one (``max_abs_diff``), and
+``expert_rows`` is the number of (row, expert) pairs the experts actually ran on.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -33,27 +39,36 @@ from rankmixer.nn.moe import MoEConfig, PerTokenMoE
 
 
 @torch.no_grad()
-def set_active_ratio(moe: PerTokenMoE, x: torch.Tensor, ratio: float) -> float:
+def set_active_ratio(moe: PerTokenMoE, x: torch.Tensor, ratio: float, skew: float = 0.0) -> float:
     """Set ``moe.router``'s biases so that a share ``ratio`` of its ReLU gates on ``x`` are
-    positive (per token and expert); returns the share measured afterwards."""
+    positive; returns the share measured afterwards. ``skew = 0``: every (token, expert) gets
+    ``ratio``; ``skew > 0``: expert ``j`` of every token gets a share proportional to
+    ``(j + 1) ** -skew`` (capped at 1), with mean ``ratio`` (unbalanced experts)."""
+    E = moe.num_experts
+    w = torch.arange(1, E + 1, dtype=torch.float64) ** -skew
+    per_expert = (ratio * E * w / w.sum()).clamp(max=1.0).tolist()
     moe.router.bias.zero_()
     pre = moe.router(x)  # [B, T, E], bias-free
-    if ratio >= 1.0:
-        moe.router.bias.copy_(-pre.amin(0) + 1e-3)
-    else:
-        q = torch.quantile(pre.double(), 1.0 - ratio, dim=0).to(pre.dtype)  # [T, E]
-        moe.router.bias.copy_(-q)
+    for j, r in enumerate(per_expert):
+        if r >= 1.0:
+            moe.router.bias[:, j] = -pre[:, :, j].amin(0) + 1e-3
+        else:
+            moe.router.bias[:, j] = -torch.quantile(pre[:, :, j].double(), 1.0 - r, dim=0).to(pre.dtype)
     return float((moe.router(x) > 0).float().mean())
 
 
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of every function, ``repeats`` rounds, the functions taking turns in
+    each round (so that a load change on the machine hits all of them alike); one warm-up."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def run_moe_bench(
@@ -65,6 +80,7 @@ def run_moe_bench(
     batch_size: int = 512,
     repeats: int = 5,
     impls: tuple[str, ...] | list[str] = ("loop", "padded"),
+    skews: tuple[float, ...] | list[float] = (0.0,),
     threads: int | None = None,
     out: Path | str | None = None,
     seed: int = 0,
@@ -76,7 +92,8 @@ def run_moe_bench(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        rows = _run(T, D, k, list(experts), list(ratios), batch_size, repeats, list(impls), seed, log)
+        rows = _run(T, D, k, list(experts), list(ratios), batch_size, repeats, list(impls), list(skews),
+                    seed, log)
     finally:
         torch.set_num_threads(before)
     report = {
@@ -92,7 +109,7 @@ def run_moe_bench(
     return report
 
 
-def _run(T, D, k, experts, ratios, B, repeats, impls, seed, log) -> list[dict]:
+def _run(T, D, k, experts, ratios, B, repeats, impls, skews, seed, log) -> list[dict]:
     rows = []
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.layer_norm(torch.randn(B, T, D, generator=g), (D,))
@@ -101,62 +118,70 @@ def _run(T, D, k, experts, ratios, B, repeats, impls, seed, log) -> list[dict]:
         torch.manual_seed(seed)
         moe = PerTokenMoE(T, D, k, MoEConfig(num_experts=E, routing="relu_dtsi")).eval()
         tiny = PerTokenMoE(T, 4, 1, MoEConfig(num_experts=E, routing="relu_dtsi")).eval()
-        params = sum(p.numel() for n, p in moe.named_parameters() if n.startswith(("w", "b")))
-        with torch.inference_mode():
-            G, mask, _ = moe.gates(x)
-            dense_by_impl = {
-                impl: _best_time(lambda impl=impl: moe.dense_experts(x, moe.gates(x)[0], impl), repeats)
-                for impl in ("batched", "loop")
-            }
-        dense_s = min(dense_by_impl.values())
-        log(f"E={E}: expert params {params / 1e6:.1f}M, dense eval ms/batch: "
-            + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in dense_by_impl.items()))
-        for ratio in ratios:
-            measured = set_active_ratio(moe, x, ratio)
-            set_active_ratio(tiny, x_tiny, ratio)
+        params = sum(p.numel() for n, p in moe.named_parameters() if not n.startswith("router"))
+        log(f"E={E}: expert params {params / 1e6:.1f}M")
+        for ratio, skew in ((r, sk) for r in ratios for sk in skews):
+            measured = set_active_ratio(moe, x, ratio, skew)
+            set_active_ratio(tiny, x_tiny, ratio, skew)
+
+            def dense(impl, m=moe):
+                return m.dense_experts(x, m.gates(x)[0], impl)
+
+            def sparse(impl, m=moe, xx=x):
+                G, mask, _ = m.gates(xx)
+                return m.sparse_experts(xx, G, mask, impl)
+
             with torch.inference_mode():
-                G, mask, _ = moe.gates(x)
-                ref = moe.dense_experts(x, G)
+                ref = dense("batched")
+                checks = {}
                 for impl in impls:
-
-                    def sparse(m=moe, xx=x, impl=impl):
-                        G, mask, _ = m.gates(xx)
-                        return m.sparse_experts(xx, G, mask, impl)
-
-                    diff = float((sparse() - ref).abs().max())
-                    rows_run = moe.last_expert_rows
-                    sparse_s = _best_time(sparse, repeats)
-                    overhead_s = (_best_time(lambda: sparse(tiny, x_tiny), repeats) if impl == "loop" else None)
-                    row = {
-                        "E": E, "target_ratio": ratio, "active_ratio": round(measured, 4), "impl": impl,
-                        "expert_params": params, "dense_ms": round(dense_s * 1e3, 2),
-                        "dense_batched_ms": round(dense_by_impl["batched"] * 1e3, 2),
-                        "dense_loop_ms": round(dense_by_impl["loop"] * 1e3, 2),
-                        "sparse_ms": round(sparse_s * 1e3, 2),
-                        "dense_samples_per_s": round(B / dense_s, 1),
-                        "sparse_samples_per_s": round(B / sparse_s, 1),
-                        "speedup": round(dense_s / sparse_s, 2),
-                        "ideal_speedup": round(1 / measured, 2) if measured > 0 else None,
-                        "expert_rows": rows_run, "dense_rows": B * T * E,
-                        "loop_overhead_ms": None if overhead_s is None else round(overhead_s * 1e3, 2),
-                        "max_abs_diff": diff,
-                    }
-                    rows.append(row)
-                    log(f"  ratio {ratio:.3f} {impl:6s}: {row['sparse_ms']:8.1f} ms  x{row['speedup']}")
+                    checks[impl] = (float((sparse(impl) - ref).abs().max()), moe.last_expert_rows)
+                fns = {"dense_batched": lambda: dense("batched"), "dense_loop": lambda: dense("loop")}
+                fns.update({f"sparse_{impl}": (lambda impl=impl: sparse(impl)) for impl in impls})
+                if "loop" in impls:
+                    fns["overhead_loop"] = lambda m=tiny: sparse("loop", m, x_tiny)
+                times = _interleaved_times(fns, repeats)
+            best = {name: min(v) for name, v in times.items()}
+            dense_s = min(best["dense_batched"], best["dense_loop"])
+            dense_rounds = [min(a, b) for a, b in zip(times["dense_batched"], times["dense_loop"], strict=True)]
+            for impl in impls:
+                sp = times[f"sparse_{impl}"]
+                per_round = [d / s for d, s in zip(dense_rounds, sp, strict=True)]
+                row = {
+                    "E": E, "target_ratio": ratio, "skew": skew, "active_ratio": round(measured, 4), "impl": impl,
+                    "expert_params": params,
+                    "dense_ms": round(dense_s * 1e3, 2),
+                    "dense_batched_ms": round(best["dense_batched"] * 1e3, 2),
+                    "dense_loop_ms": round(best["dense_loop"] * 1e3, 2),
+                    "sparse_ms": round(min(sp) * 1e3, 2),
+                    "dense_samples_per_s": round(B / dense_s, 1),
+                    "sparse_samples_per_s": round(B / min(sp), 1),
+                    "speedup": round(dense_s / min(sp), 2),
+                    "speedup_median_round": round(statistics.median(per_round), 2),
+                    "speedup_vs_batched": round(best["dense_batched"] / min(sp), 2),
+                    "ideal_speedup": round(1 / measured, 2) if measured > 0 else None,
+                    "expert_rows": checks[impl][1], "dense_rows": B * T * E,
+                    "loop_overhead_ms": round(best["overhead_loop"] * 1e3, 2) if impl == "loop" else None,
+                    "max_abs_diff": checks[impl][0],
+                }
+                rows.append(row)
+                log(f"  ratio {measured:.3f} skew {skew} {impl:6s}: dense {row['dense_ms']:8.1f} ms, sparse "
+                    f"{row['sparse_ms']:8.1f} ms, x{row['speedup']} (median round x{row['speedup_median_round']})")
     return rows
 
 
 def format_table(report: dict) -> str:
     s = report["setup"]
     head = (f"PerTokenMoE eval, T={s['T']} D={s['D']} k={s['k']} batch={s['batch_size']}, "
-            f"{s['torch_threads']} thread(s), best of {s['repeats']}")
-    cols = ["E", "ratio", "impl", "dense samples/s (best of batched, loop)", "sparse samples/s", "speed-up", "ideal",
-            "rows computed", "loop overhead ms", "max |diff|"]
+            f"{s['torch_threads']} thread(s), {s['repeats']} interleaved rounds")
+    cols = ["E", "ratio", "skew", "impl", "dense samples/s", "sparse samples/s", "speed-up", "median round",
+            "vs batched", "ideal", "rows computed", "loop overhead ms", "max |diff|"]
     lines = [head, " | ".join(cols), " | ".join("---" for _ in cols)]
     for r in report["rows"]:
         lines.append(" | ".join(str(v) for v in [
-            r["E"], f"{r['active_ratio']:.3f}", r["impl"], f"{r['dense_samples_per_s']:.0f}",
+            r["E"], f"{r['active_ratio']:.3f}", r["skew"], r["impl"], f"{r['dense_samples_per_s']:.0f}",
             f"{r['sparse_samples_per_s']:.0f}", f"{r['speedup']:.2f}x",
+            f"{r['speedup_median_round']:.2f}x", f"{r['speedup_vs_batched']:.2f}x",
             "-" if r["ideal_speedup"] is None else f"{r['ideal_speedup']:.1f}x",
             f"{r['expert_rows']}/{r['dense_rows']}",
             "-" if r["loop_overhead_ms"] is None else f"{r['loop_overhead_ms']:.1f}",

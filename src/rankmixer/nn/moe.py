@@ -26,8 +26,9 @@ Routing (``MoEConfig.routing``)
       every expert keeps getting gradient ("dense training").
     - ``mix``: ``G = m * G_train + (1 - m) * G_infer`` on every row (the obvious reading). It does
       give ``h_infer`` a task gradient, but ``G_train`` can carry the whole task at no L1 cost,
-      so the controller drives ``G_infer`` to zero and inference breaks. Measured on the
-      synthetic regression of ``tests/test_moe.py`` (T=4, D=16, E=4, 1000 Adam steps): with
+      so the controller drives ``G_infer`` to zero and inference breaks. Measured on a
+      synthetic regression (fit a random per-token FFN; T=4, D=16, E=4, expansion 2, batch
+      128, Adam lr 1e-2, 1000 steps, rate 0.03 relative-error controller): with
       ``mix`` the inference active ratio fell to 0.001-0.006 for targets 1/2 and 1/4 and the
       inference MSE was 1.18 (the target's variance, i.e. no signal); with ``sample`` the
       ratio settled at 0.49 / 0.25 and the inference MSE was 0.06 / 0.20 (``relu``: 0.19 at 1/4).
@@ -72,9 +73,15 @@ below), a start from near-dense gates (router bias +1) collapsed to ratio ~0 in 
 with the log error and ``rate = 0.03`` all 18 runs (default init and near-dense start) ended
 within 20% of the target after 300-500 steps except near-dense starts at 1/8, which were still
 coming down (1.35-1.7x the target at step 500). ``rate = 0.05`` converges faster from the
-default init (ratio ~0.5) but collapsed from the near-dense start in 4 of 9 runs. Caveats:
+default init (ratio ~0.5) but, from the near-dense start, fell to 0-0.26x the target in 3 of 9
+runs. Caveats:
 activation checkpointing that re-runs this forward updates twice per step; with gradient
 accumulation lambda moves once per micro-batch.
+
+``relu_grad_leak`` (off by default) gives the *task* gradient a slope below zero (forward value
+unchanged, the L1 term keeps the true ReLU gradient) so dead gates can come back. On the same
+runs (rate 0.05, leak 0.1) it stopped the collapse after a near-dense start but left the ratio
+at ~2x a 1/8 target, and the fit from the default init was slightly worse, so it stays opt-in.
 
 Storage layout and compute
 --------------------------
@@ -97,15 +104,29 @@ Expert weights are four stacked parameters ``w1 [T, E, D, H]``, ``b1 [T, E, H]``
   - ``padded``: every expert's rows padded to the largest expert's count ``C`` and run as one
     ``baddbmm`` over the ``T*E`` experts (no Python loop, so fewer kernel launches on a GPU;
     computes ``T*E*C >= active`` rows).
-  - ``auto``: ``loop`` on CPU, ``padded`` on CUDA (the CUDA choice is by launch count, not
-    measured here: the dev box has no GPU).
+  - ``auto`` (default): ``padded`` on CUDA (by launch count; not measured, the dev box has no
+    GPU). On CPU ``loop`` with one intra-op thread; with more, ``padded`` unless its padding
+    would more than double the rows computed (unbalanced experts: with per-expert ratios
+    skewed as ``(j+1)^-1`` the largest expert gets ~2x the mean), then ``loop``.
 
-  Measured on the 2-core CPU dev box (``rankmixer.bench.moe``, see the table there): at
-  ``T=16, D=256, k=4`` the loop's per-expert overhead is small next to the expert matmuls
-  (it is not the bottleneck), and ``loop`` beats ``padded`` on CPU.
+  Measured with ``rankmixer.bench.moe`` on the shared 2-core CPU dev box (loaded by other
+  jobs: load average 4-8), ``T=16, D=256, k=4, batch 512``, speed-up over the faster dense
+  computation at active ratio 1/4, two to four runs: one thread, E=4 ``loop`` 3.0-4.1x and
+  ``padded`` 2.7-3.2x, E=8 ``loop`` 3.1-3.4x and ``padded`` 2.6-2.9x; two threads (very noisy),
+  E=4 ``loop`` 1.5-3.0x and ``padded`` 3.1-3.2x (many medium matmuls parallelise badly on a
+  busy machine; the dense ``loop`` baseline suffered the same way). Unbalanced experts
+  (bench ``skew`` 1 / 2: the largest expert has 1.9x / 2.8x the mean rows) cost ``padded``
+  its advantage: 1.4x / 0.95x at one thread, while ``loop`` stayed at 3.1-3.4x; at two
+  threads and skew 1 the two were comparable (``loop`` 2.2x, ``padded`` 1.8-3.8x). The ``loop``
+  path's own overhead
+  (Python loop over the 64-128 experts, gather, scatter; measured on a ``D=4`` model) was
+  3-15 ms at one thread against 100-2000 ms of expert matmuls: not the bottleneck.
 * dense inference (eval with ``sparse_inference=False``) runs the training path with the
   inference gates: all experts computed and multiplied by the (partly zero) gates; it is the
-  reference the sparse path must equal and the baseline of the benchmark.
+  reference the sparse path must equal. ``dense_experts(impl="loop")`` (one matmul pair per
+  expert, no autograd) is a second dense baseline for the benchmark: on one CPU thread it
+  beat the batched form by 1.1-1.6x (``[T*E, B, H]`` intermediates go to memory); on two
+  threads it lost.
 
 The sparse path is meant for ``torch.no_grad()``/``inference_mode``; under autograd it stays
 correct but the ``loop`` variant slices the stacked weights (slow backward, see above).
@@ -156,7 +177,7 @@ class MoEConfig(BaseModel):
     dtsi_anneal_steps: int = Field(0, ge=0)
     # ReLU gates, training only: slope of the task gradient below zero (straight-through leak,
     # the L1 term keeps the true ReLU gradient) so that a gate that is off for every row can come
-    # back. Off by default: no measured benefit on the synthetic task (see the docstring).
+    # back. Off by default (see the module docstring for what it did on the synthetic task).
     relu_grad_leak: float = Field(0.0, ge=0.0)
     # top-k: Switch-style load-balancing loss weight (0 disables).
     load_balance_weight: float = Field(0.01, ge=0.0)
@@ -206,7 +227,7 @@ class PerTokenMoE(nn.Module):
         self,
         num_tokens: int,
         dim: int,
-        expansion: int | float = 4,
+        expansion: float = 4,
         cfg: MoEConfig | None = None,
         metric_prefix: str = "moe",
     ) -> None:
@@ -299,7 +320,7 @@ class PerTokenMoE(nn.Module):
         r = mask.float().mean()
         ema = torch.where(self.num_updates == 0, r, c.l1_ema * self.ratio_ema + (1 - c.l1_ema) * r)
         self.ratio_ema.copy_(ema)
-        if c.l1_adapt_rate > 0:
+        if c.l1_adapt_rate > 0 and c.routing != "topk":
             tgt = c.target_active_ratio
             err = torch.log(ema.clamp(min=tgt / 100) / tgt)
             lam = self.l1_lambda * torch.exp(c.l1_adapt_rate * err)
@@ -312,10 +333,9 @@ class PerTokenMoE(nn.Module):
 
         ``batched`` (training and eval default): two batched matmuls over the ``T*E`` experts.
         ``loop`` (benchmark baseline; no autograd): one ``addmm`` pair per expert on all rows,
-        accumulated in place. On the CPU dev box it is faster than ``batched`` for large
-        shapes (its ``[B, H]`` intermediates stay in cache where ``batched`` writes
-        ``[T*E, B, H]`` tensors to memory), so the benchmark compares sparse inference with the
-        faster of the two."""
+        accumulated in place. On one CPU thread it is faster than ``batched`` for large shapes
+        (its ``[B, H]`` intermediates stay in cache where ``batched`` writes ``[T*E, B, H]``
+        tensors to memory), so the benchmark compares sparse inference with the faster one."""
         B, T, D = x.shape
         E, H = self.num_experts, self.hidden
         TE = T * E
@@ -343,7 +363,7 @@ class PerTokenMoE(nn.Module):
     def _active_triples(self, G: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Active gates grouped by expert: ``(group = t*E + e, row = b*T + t, gate, counts[T*E])``,
         sorted by group (``nonzero`` returns row-major order over ``[T, E, B]``)."""
-        B, T, E = G.shape
+        _, T, E = G.shape
         mask_teb = mask.permute(1, 2, 0)
         nz = mask_teb.nonzero()  # [N, 3] (t, e, b)
         t, e, b = nz.unbind(1)
@@ -351,38 +371,43 @@ class PerTokenMoE(nn.Module):
         counts = mask_teb.sum(-1).flatten()  # [T*E]
         return t * E + e, b * T + t, gate, counts
 
+    @staticmethod
+    def _pick_impl(x: Tensor, counts: Tensor, n_active: int) -> str:
+        """``auto``: ``padded`` on CUDA; on CPU ``loop`` with one thread, else ``padded`` unless
+        padding would more than double the rows computed (unbalanced experts)."""
+        if x.is_cuda:
+            return "padded"
+        if torch.get_num_threads() == 1 or n_active == 0:
+            return "loop"
+        padded_rows = int(counts.max()) * counts.numel()  # host sync
+        return "padded" if padded_rows <= 2 * n_active else "loop"
+
     def sparse_experts(self, x: Tensor, G: Tensor, mask: Tensor, impl: str | None = None) -> Tensor:
         """Same result as ``dense_experts(x, G * mask)``, computing only active (row, expert) pairs."""
         impl = impl or self.cfg.sparse_impl
-        if impl == "auto":
-            impl = "padded" if x.is_cuda else "loop"
         B, T, D = x.shape
         E, H = self.num_experts, self.hidden
         xf = x.reshape(B * T, D)
         group, rows, gate, counts = self._active_triples(G, mask)
         N = rows.numel()
+        if impl == "auto":
+            impl = self._pick_impl(x, counts, N)
         if impl == "loop":
             xs = xf.index_select(0, rows)  # [N, D], grouped by expert
-            need_grad = torch.is_grad_enabled() and (x.requires_grad or self.w1.requires_grad)
             ys: list[Tensor] = []
-            y = xs.new_empty(N, D)
             start = 0
             for idx, n in enumerate(counts.tolist()):  # the one host sync
                 if n == 0:
                     continue
                 t, e = divmod(idx, E)
-                sl = slice(start, start + n)
-                a = F.gelu(torch.addmm(self.b1[t, e], xs[sl], self.w1[t, e]))
-                if need_grad:
-                    ys.append(torch.addmm(self.b2[t, e], a, self.w2[t, e]))
-                else:
-                    torch.addmm(self.b2[t, e], a, self.w2[t, e], out=y[sl])
+                a = F.gelu(torch.addmm(self.b1[t, e], xs[start : start + n], self.w1[t, e]))
+                ys.append(torch.addmm(self.b2[t, e], a, self.w2[t, e]))
                 start += n
-            if need_grad:
-                y = torch.cat(ys) if ys else y
-            y = y * gate.unsqueeze(1)
             self.last_expert_rows = N
-            out = xf.new_zeros(B * T, D).index_add_(0, rows, y)
+            if not ys:
+                return x.new_zeros(B, T, D)
+            y = torch.cat(ys) * gate.unsqueeze(1).to(ys[0].dtype)
+            out = y.new_zeros(B * T, D).index_add_(0, rows, y)
             return out.view(B, T, D)
         if impl != "padded":
             raise ValueError(f"unknown sparse_impl {impl!r}")
@@ -396,14 +421,14 @@ class PerTokenMoE(nn.Module):
         slot = group * C + pos  # position in the padded [T*E, C] layout
         idx = torch.full((TE * C,), B * T, dtype=torch.long, device=x.device)  # pad -> zero row
         idx[slot] = rows
-        gpad = x.new_zeros(TE * C)
+        gpad = gate.new_zeros(TE * C)
         gpad[slot] = gate
         xpad = torch.cat([xf, xf.new_zeros(1, D)]).index_select(0, idx).view(TE, C, D)
         a = F.gelu(torch.baddbmm(self.b1.view(TE, 1, H), xpad, self.w1.view(TE, D, H)))
         y = torch.baddbmm(self.b2.view(TE, 1, D), a, self.w2.view(TE, H, D))
-        y = y.view(TE * C, D) * gpad.unsqueeze(1)
+        y = y.view(TE * C, D) * gpad.unsqueeze(1).to(y.dtype)
         self.last_expert_rows = TE * C
-        out = xf.new_zeros(B * T + 1, D).index_add_(0, idx, y)
+        out = y.new_zeros(B * T + 1, D).index_add_(0, idx, y)
         return out[: B * T].view(B, T, D)
 
     # ----------------------------------------------------------------------------- forward
@@ -416,25 +441,25 @@ class PerTokenMoE(nn.Module):
             out = self.dense_experts(x, G)
         else:
             out = self.sparse_experts(x, G, mask)
-        lam_applied = 0.0 if c.routing == "topk" else None
-        if self.training and c.routing != "topk" and torch.is_grad_enabled():
-            lam_applied_t = self.l1_lambda.detach().clone()
+        lam = self.l1_lambda.detach().clone()  # before this step's update (what the loss used)
+        if c.routing == "topk":
+            lam.zero_()
+        mix = self.dtsi_mix_now() if self.training and c.routing == "relu_dtsi" else 0.0
+        if self.training and torch.is_grad_enabled():
             self._controller_step(mask)
-        else:
-            lam_applied_t = self.l1_lambda
         per_token = mask.float().mean(dim=(0, 2))  # [T]
         stats = torch.cat([per_token.mean().view(1), self.ratio_ema.view(1).float(),
-                           lam_applied_t.view(1).float(), aux.detach().view(1).float(), per_token])
-        vals = stats.tolist()
+                           lam.view(1).float(), aux.detach().view(1).float(), per_token])
+        vals = stats.tolist()  # the one host sync of the metrics
         p = self.metric_prefix
         metrics = {
             f"{p}/active_ratio": vals[0],
             f"{p}/active_ratio_ema": vals[1],
-            f"{p}/l1_lambda": vals[2] if lam_applied is None else lam_applied,
+            f"{p}/l1_lambda": vals[2],
             f"{p}/aux_loss": vals[3],
         }
         if c.routing == "relu_dtsi":
-            metrics[f"{p}/dtsi_mix"] = self.dtsi_mix_now() if self.training else 0.0
+            metrics[f"{p}/dtsi_mix"] = mix
         for t, v in enumerate(vals[4:]):
             metrics[f"{p}/active_ratio/t{t}"] = v
         return out, aux, metrics

@@ -74,9 +74,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -195,7 +196,7 @@ class SyntheticConfig(BaseModel):
     dense_encoding: Literal["log1p", "bucketize"] = "log1p"
 
     @model_validator(mode="after")
-    def _check(self) -> "SyntheticConfig":
+    def _check(self) -> SyntheticConfig:
         if self.vocab_max < self.vocab_min:
             raise ValueError(f"vocab_max ({self.vocab_max}) < vocab_min ({self.vocab_min})")
         if self.vocab_sizes is not None:
@@ -233,7 +234,7 @@ def _generic_vocabs(cfg: SyntheticConfig) -> list[int]:
     if m == 1:
         return [cfg.vocab_max]
     ratio = cfg.vocab_max / cfg.vocab_min
-    return [int(round(cfg.vocab_min * ratio ** (k / (m - 1)))) for k in range(m)]
+    return [round(cfg.vocab_min * ratio ** (k / (m - 1))) for k in range(m)]
 
 
 def _fields(cfg: SyntheticConfig) -> list[_Field]:
@@ -292,7 +293,7 @@ def schema(cfg: SyntheticConfig | None = None) -> Schema:
     features: list = []
     for f in fields:
         if cfg.hash_above is not None and f.vocab > cfg.hash_above:
-            buckets = 1 << int(math.ceil(math.log2(_HASH_BUCKET_FACTOR * f.vocab)))
+            buckets = 1 << math.ceil(math.log2(_HASH_BUCKET_FACTOR * f.vocab))
             features.append(CategoricalFeature(name=f.name, hash_buckets=buckets))
         else:
             features.append(CategoricalFeature(name=f.name, min_count=1))
@@ -344,7 +345,7 @@ class _ZipfSampler:
         cdf /= cdf[-1]
         self.cdf = cdf
         self.vocab = vocab
-        self.m = 1 << min(24, max(4, int(math.ceil(math.log2(8 * vocab)))))
+        self.m = 1 << min(24, max(4, math.ceil(math.log2(8 * vocab))))
         guide = np.searchsorted(cdf, np.arange(self.m + 1, dtype=np.float64) / self.m, side="right")
         self.guide = np.minimum(guide, vocab - 1).astype(np.int32 if vocab < 2**31 else np.int64)
 
@@ -387,6 +388,7 @@ class _Generator:
         self.cfg = cfg
         self.fields = _fields(cfg)
         self.vocab = {f.name: f.vocab for f in self.fields}
+        self.arrow_schema = _arrow_schema(cfg)
         self._samplers: dict[tuple[int, float], _ZipfSampler] = {}
         rng = _rng(cfg.seed, _PARAM_KEY)
         d, K = cfg.latent_dim, cfg.n_item_clusters
@@ -691,7 +693,7 @@ class _Generator:
         )
         arrays.append(pc.binary_join(hist, "|"))
         arrays.append(pa.array(p))
-        return pa.RecordBatch.from_arrays(arrays, schema=_arrow_schema(cfg))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
 
     def summary(self) -> dict:
         return {
@@ -720,7 +722,7 @@ def _single_thread_blas():
             from threadpoolctl import ThreadpoolController
 
             _BLAS = ThreadpoolController()
-        except Exception:  # pragma: no cover - optional
+        except ImportError:  # pragma: no cover - optional
             _BLAS = False
     return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
 

@@ -330,20 +330,51 @@ def bench_loader(
 
 @bench_app.command("accuracy")
 def bench_accuracy(
-    config: List[Path] = typer.Option(..., "--config", "-c", help="Experiment YAML (repeatable)."),
+    config: List[Path] = typer.Option([], "--config", "-c", help="Experiment YAML (repeatable): one table row each."),
+    suite: Optional[Path] = typer.Option(None, help="Suite YAML crossing datasets with models (see docs/benchmarks.md)."),
     seeds: int = typer.Option(3, help="Seeds per config (0 .. seeds-1)."),
     out: Path = typer.Option(Path("bench_out/accuracy"), help="Output directory (runs, JSON, Markdown)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every config."),
 ) -> None:
     """Train each config with several seeds; table of test metrics (mean ± std). Resumable."""
-    from rankmixer.bench.accuracy import markdown_table, run_accuracy
+    from rankmixer.bench.accuracy import cells_from_configs, load_suite, markdown_table, run_accuracy
 
     try:
-        report = run_accuracy(list(config), list(range(seeds)), out, list(overrides or []), log=console.print)
+        cells = cells_from_configs(list(config)) + (load_suite(suite) if suite else [])
+        if not cells:
+            raise ValueError("give --config/-c files or a --suite")
+        name = suite.stem if suite and not config else "accuracy"
+        report = run_accuracy(cells, list(range(seeds)), out, list(overrides or []), log=console.print, name=name)
     except _USER_ERRORS as e:
         _fail(e)
     console.print(markdown_table(report["summary"]), markup=False)
-    console.print(f"wrote {out / 'accuracy.json'} and {out / 'accuracy.md'}")
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
+@bench_app.command("moe")
+def bench_moe(
+    tokens: int = typer.Option(16, "--tokens", "-T", help="T: tokens."),
+    dim: int = typer.Option(256, "--dim", "-D", help="D: token width."),
+    expansion: float = typer.Option(4, "--expansion", "-k", help="k: expert hidden width = k * D."),
+    experts: List[int] = typer.Option([4, 8], help="Experts per token (repeatable)."),
+    ratios: List[float] = typer.Option([0.5, 0.25, 0.125], help="Active-expert ratios (repeatable)."),
+    skews: List[float] = typer.Option([0.0], help="Expert imbalance (0 = balanced; repeatable)."),
+    impls: List[str] = typer.Option(["loop", "padded"], help="Sparse implementations (repeatable)."),
+    batch_size: int = typer.Option(512),
+    repeats: int = typer.Option(5, help="Interleaved timing rounds."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: as set)."),
+    json_out: Path = typer.Option(Path("bench_moe.json")),
+) -> None:
+    """Sparse vs dense inference of the per-token MoE FFN (same weights, same inputs)."""
+    from rankmixer.bench.moe import run_moe_bench
+
+    try:
+        report = run_moe_bench(T=tokens, D=dim, k=expansion, experts=experts, ratios=ratios, skews=skews,
+                               impls=impls, batch_size=batch_size, repeats=repeats, threads=threads,
+                               out=json_out, log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+    console.print(f"wrote {json_out} ({len(report['rows'])} rows)")
 
 
 def main() -> None:  # pragma: no cover

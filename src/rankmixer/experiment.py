@@ -28,6 +28,7 @@ from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.data.prepare import encode_raw, prepare
 from rankmixer.data.schema import load_schema
 from rankmixer.models import registry
+from rankmixer.models.flops import forward_flops_per_sample
 from rankmixer.train import checkpoint as ckpt
 from rankmixer.train.trainer import Trainer, seed_everything
 
@@ -89,9 +90,16 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
                       shuffle_buffer=cfg.data.shuffle_buffer, log=log)
     result = trainer.fit(resume=resume)
     result["parameters"] = n_params
+    result["flops_per_sample"] = _flops_per_sample(model, fm)
     result["bayes"] = fm.extras.get("bayes")
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _flops_per_sample(model: torch.nn.Module, fm: FeatureMap, rows: int = 256) -> float:
+    """Forward matmul FLOPs per sample of the trained model on the first validation rows."""
+    batch = next(iter(ParquetBatches(fm, "valid" if "valid" in fm.splits else "train", rows)))
+    return forward_flops_per_sample(model, batch)
 
 
 def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureMap, torch.nn.Module]:

@@ -1,81 +1,161 @@
-"""Accuracy benchmark: every (experiment config, seed) trained the same way, summarised as
-mean and spread of the test metrics. Resumable: a cell whose run directory already has its
-final ``metrics.json`` is read, not rerun; an interrupted cell resumes from its checkpoint."""
+"""Accuracy benchmark: every (cell, seed) trained the same way, summarised as mean and spread
+of the test metrics, with parameters and forward FLOPs per sample beside them.
+
+A *cell* is one row of the table: an experiment config plus overrides, under a label. Cells
+come from plain configs (``-c a.yaml -c b.yaml``: one cell each, labelled by the file's stem) or
+from a *suite* file that crosses datasets with models::
+
+    # rankmixer bench accuracy --suite configs/bench/rankmixer.yaml --seeds 3
+    datasets:                 # name -> base experiment config: data section + training budget
+      movielens-latest: configs/movielens_dcnv2.yaml
+    models:                   # label -> model section that replaces the base config's
+      dcnv2: {name: dcnv2, dnn_hidden: [400, 400]}
+      rankmixer-no-mixing: {name: rankmixer, token_mixing: none}
+    overrides: [train.epochs=5]   # optional, applied to every cell
+
+Every (dataset, model) pair is a cell; paths are relative to the working directory, like
+``rankmixer train -c``. Resumable: a (cell, seed) whose run directory already has its final
+``metrics.json`` is read, not rerun; an interrupted one resumes from its checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+import yaml
 
 from rankmixer import experiment
-from rankmixer.config import load_config
+from rankmixer.config import ConfigError, load_config
 
 METRICS = ("auc", "gauc", "logloss", "ne")
 
 
+@dataclass(frozen=True)
+class Cell:
+    label: str  # unique; names the run directories
+    config: str
+    overrides: tuple[str, ...] = ()
+    model_label: str | None = None  # table's model column (default: the registered model name)
+
+
+def cells_from_configs(configs: list[Path | str]) -> list[Cell]:
+    return [Cell(Path(c).stem, str(c)) for c in configs]
+
+
+def load_suite(path: Path | str) -> list[Cell]:
+    """The cells of a suite file (see the module docstring), datasets outer, models inner."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"suite file not found: {path}")
+    tree = yaml.safe_load(path.read_text()) or {}
+    unknown = set(tree) - {"datasets", "models", "overrides"}
+    if unknown:
+        raise ConfigError(f"suite {path}: unknown key(s) {sorted(unknown)}; expected datasets, models, overrides")
+    datasets, models = tree.get("datasets") or {}, tree.get("models") or {}
+    if not isinstance(datasets, dict) or not datasets or not isinstance(models, dict) or not models:
+        raise ConfigError(f"suite {path}: 'datasets' and 'models' must be non-empty mappings")
+    common = tuple(str(o) for o in tree.get("overrides") or [])
+    cells = []
+    for ds, config in datasets.items():
+        for label, section in models.items():
+            if not isinstance(section, dict) or "name" not in section:
+                raise ConfigError(f"suite {path}: model {label!r} must be a mapping with a 'name'")
+            # JSON is YAML: the override replaces the whole model section of the base config.
+            cells.append(Cell(f"{ds}-{label}", str(config), (f"model={json.dumps(section)}", *common), label))
+    return cells
+
+
 def run_accuracy(
-    configs: list[Path],
+    cells: list[Cell],
     seeds: list[int],
     out_dir: Path,
     overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
+    name: str = "accuracy",
 ) -> dict:
+    """Train (or read) every (cell, seed); write ``<name>.json`` and ``<name>.md`` into
+    ``out_dir`` (runs go to ``out_dir/runs``, so several suites can share their runs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cells = []
-    total = len(configs) * len(seeds)
-    for i, (config, seed) in enumerate(((c, s) for c in configs for s in seeds), start=1):
-        run_dir = out_dir / "runs" / f"{Path(config).stem}-s{seed}"
+    if len({c.label for c in cells}) != len(cells):
+        raise ValueError("benchmark cells must have distinct labels (two configs with the same file name?)")
+    results = []
+    jobs = [(c, s) for c in cells for s in seeds]
+    trained_s: list[float] = []
+    for i, (cell, seed) in enumerate(jobs, start=1):
+        run_dir = out_dir / "runs" / f"{cell.label}-s{seed}"
         done = run_dir / "metrics.json"
-        cfg = load_config(config, list(overrides or []) + [f"seed={seed}", f"run_dir={run_dir}",
-                                                           "train.progress=false"])
+        cfg = load_config(cell.config, [*cell.overrides, *(overrides or []), f"seed={seed}", f"run_dir={run_dir}",
+                                        "train.progress=false"])
         if done.exists() and "test" in json.loads(done.read_text()):
-            log(f"[{i}/{total}] {config} seed {seed}: done before, reading {done}")
+            log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: done before, reading {done}")
         else:
-            log(f"[{i}/{total}] {config} seed {seed}: training")
+            eta = ""
+            if trained_s:  # the mean so far, over the jobs left (all cells may not cost the same)
+                eta = f", about {np.mean(trained_s) * (len(jobs) - i + 1) / 60:.0f} min left"
+            log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: training{eta}")
             t0 = time.time()
             experiment.train(cfg, resume=(run_dir / "checkpoints").exists(), log=lambda *_: None)
-            log(f"[{i}/{total}] finished in {time.time() - t0:.0f}s")
+            trained_s.append(time.time() - t0)
+            log(f"[{i}/{len(jobs)}] finished in {trained_s[-1]:.0f}s")
         result = json.loads(done.read_text())
-        cells.append({
-            "config": str(config), "dataset": cfg.data.dataset, "model": cfg.model_name, "seed": seed,
-            "parameters": result.get("parameters"), "steps": result["steps"], "best_step": result["best_step"],
+        results.append({
+            "label": cell.label, "config": cell.config, "overrides": list(cell.overrides),
+            "dataset": cfg.data.dataset, "model": cell.model_label or cfg.model_name, "registered": cfg.model_name,
+            "seed": seed, "parameters": result.get("parameters"), "flops_per_sample": result.get("flops_per_sample"),
+            "steps": result["steps"], "best_step": result["best_step"],
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
         })
-    summary = summarise(cells)
+    summary = summarise(results)
     report = {"machine": platform.processor() or platform.machine(), "seeds": seeds,
-              "overrides": overrides or [], "cells": cells, "summary": summary}
-    (out_dir / "accuracy.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "accuracy.md").write_text(markdown_table(summary))
+              "overrides": overrides or [], "cells": results, "summary": summary}
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (out_dir / f"{name}.md").write_text(markdown_table(summary))
     return report
 
 
-def summarise(cells: list[dict]) -> list[dict]:
+def summarise(results: list[dict]) -> list[dict]:
     rows = []
-    for config in dict.fromkeys(c["config"] for c in cells):
-        group = [c for c in cells if c["config"] == config]
-        row = {"config": config, "dataset": group[0]["dataset"], "model": group[0]["model"],
-               "seeds": len(group), "parameters": group[0]["parameters"]}
+    for label in dict.fromkeys(r["label"] for r in results):
+        group = [r for r in results if r["label"] == label]
+        first = group[0]
+        row = {k: first[k] for k in ("label", "config", "dataset", "model", "parameters", "flops_per_sample")}
+        row["seeds"] = len(group)
         for m in METRICS:
-            vals = np.array([c["test"].get(m, np.nan) for c in group], dtype=float)
+            vals = np.array([r["test"].get(m, np.nan) for r in group], dtype=float)
             row[m] = float(np.mean(vals))
             row[m + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        bayes = group[0].get("bayes") or {}
+        bayes = first.get("bayes") or {}
         row["bayes_auc"] = (bayes.get("test") or {}).get("auc")
         rows.append(row)
     return rows
 
 
+def _si(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
 def markdown_table(rows: list[dict]) -> str:
-    head = "| dataset | model | params | seeds | test AUC | test gAUC | test logloss | NE |\n|---|---|---:|---:|---|---|---|---|\n"
+    head = ("| dataset | model | params | FLOPs/sample | seeds | test AUC | test gAUC | test logloss | NE |\n"
+            "|---|---|---:|---:|---:|---|---|---|---|\n")
     lines = []
+    bayes_done = set()
     for r in rows:
         cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" for m in METRICS]
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['parameters']:,} | {r['seeds']} | " + " | ".join(cells) + " |")
-        if r.get("bayes_auc"):
-            lines.append(f"| {r['dataset']} | Bayes-optimal (planted model) | - | - | {r['bayes_auc']:.4f} | | | |")
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['parameters']:,} | {_si(r.get('flops_per_sample'))} | "
+                     f"{r['seeds']} | " + " | ".join(cells) + " |")
+        last_of_dataset = r is rows[-1] or rows[rows.index(r) + 1]["dataset"] != r["dataset"]
+        if r.get("bayes_auc") and last_of_dataset and r["dataset"] not in bayes_done:
+            bayes_done.add(r["dataset"])
+            lines.append(f"| {r['dataset']} | Bayes-optimal (planted model) | - | - | - | {r['bayes_auc']:.4f} | | | |")
     return head + "\n".join(lines) + "\n"

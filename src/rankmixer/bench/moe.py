@@ -27,6 +27,7 @@ scatter. Every sparse output is checked against the dense one (``max_abs_diff``)
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -99,7 +100,8 @@ def run_moe_bench(
     report = {
         "setup": {"T": T, "D": D, "k": k, "batch_size": batch_size, "repeats": repeats,
                   "torch_threads": threads or before, "torch": torch.__version__,
-                  "machine": platform.processor() or platform.machine(), "device": "cpu"},
+                  "machine": platform.processor() or platform.machine(), "device": "cpu",
+                  "load_average_1min": os.getloadavg()[0]},
         "rows": rows,
     }
     log(format_table(report))

@@ -1,0 +1,92 @@
+"""The accuracy benchmark end to end on a small synthetic set: suite expansion, resumability,
+the summary against the per-run metrics files, and FLOPs per sample against RankMixer's
+analytic count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rankmixer.bench.accuracy import Cell, cells_from_configs, load_suite, markdown_table, run_accuracy
+from rankmixer.config import ConfigError
+from rankmixer.data.feature_map import FeatureMap
+from rankmixer.models.rankmixer import rankmixer_flops_per_sample
+
+SMALL_SYNTHETIC = {"rows_train": 3000, "rows_valid": 1000, "rows_test": 1000, "n_users": 200, "n_items": 300,
+                   "vocab_max": 300, "n_tags": 30, "seq_len": 6}
+RANKMIXER = {"name": "rankmixer", "embedding_dim": 8, "num_tokens": 4, "hidden_dim": 16, "num_layers": 1,
+             "expansion": 2}
+
+
+def _base_config(tmp: Path) -> Path:
+    cfg = {
+        "data": {"dataset": "synthetic", "preset_options": SMALL_SYNTHETIC, "prepared_dir": str(tmp / "prepared")},
+        "model": {"name": "lr"},
+        "train": {"epochs": 1, "batch_size": 256, "eval_batch_size": 1024, "threads": 1, "tensorboard": False,
+                  "log_every_steps": 100, "checkpoint_every_steps": 1000},
+    }
+    path = tmp / "base.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _suite(tmp: Path) -> Path:
+    suite = {
+        "datasets": {"synth": str(_base_config(tmp))},
+        "models": {"lr": {"name": "lr"}, "rm": RANKMIXER, "rm-no-mix": {**RANKMIXER, "token_mixing": "none"}},
+        "overrides": ["train.max_steps=6"],
+    }
+    path = tmp / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def test_suite_crosses_datasets_with_models_and_rejects_typos(tmp_path):
+    cells = load_suite(_suite(tmp_path))
+    assert [c.label for c in cells] == ["synth-lr", "synth-rm", "synth-rm-no-mix"]
+    assert all(c.overrides[-1] == "train.max_steps=6" for c in cells)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"datasets": {"a": "x.yaml"}, "modles": {}}))
+    with pytest.raises(ConfigError, match="modles"):
+        load_suite(bad)
+    bad.write_text(yaml.safe_dump({"datasets": {"a": "x.yaml"}, "models": {"m": {"dnn_hidden": [3]}}}))
+    with pytest.raises(ConfigError, match="'name'"):
+        load_suite(bad)
+    with pytest.raises(ValueError, match="distinct labels"):
+        run_accuracy([Cell("a", "x.yaml"), Cell("a", "y.yaml")], [0], tmp_path / "o")
+    assert cells_from_configs(["configs/movielens_lr.yaml"])[0].label == "movielens_lr"
+
+
+def test_benchmark_summary_flops_and_resume(tmp_path):
+    out = tmp_path / "out"
+    logs: list[str] = []
+    report = run_accuracy(load_suite(_suite(tmp_path)), [0, 1], out, log=logs.append)
+    assert sum("training" in m for m in logs) == 6
+
+    # The summary is the mean and sample std of the runs' own metrics files.
+    for row in report["summary"]:
+        aucs = [json.loads((out / "runs" / f"{row['label']}-s{s}" / "metrics.json").read_text())["test"]["auc"]
+                for s in (0, 1)]
+        assert row["auc"] == pytest.approx(np.mean(aucs)) and row["auc_std"] == pytest.approx(np.std(aucs, ddof=1))
+    by_model = {r["model"]: r for r in report["summary"]}
+    assert set(by_model) == {"lr", "rm", "rm-no-mix"}
+    assert by_model["rm"]["bayes_auc"] is not None  # the synthetic set knows its ceiling
+
+    # FLOPs counted by torch on a real batch equal RankMixer's analytic forward count.
+    fm = FeatureMap.load(tmp_path / "prepared")
+    cfg = {k: v for k, v in RANKMIXER.items() if k != "name"}
+    assert by_model["rm"]["flops_per_sample"] == pytest.approx(rankmixer_flops_per_sample(cfg, fm)["forward"])
+    assert by_model["rm-no-mix"]["flops_per_sample"] == by_model["rm"]["flops_per_sample"]  # mixing is free
+
+    table = markdown_table(report["summary"])
+    assert table.count("\n") == 2 + 3 + 1  # header, 3 rows, one Bayes row for the dataset
+    assert json.loads((out / "accuracy.json").read_text())["summary"] == report["summary"]
+
+    # A second run reads every finished cell instead of training it again.
+    logs.clear()
+    again = run_accuracy(load_suite(_suite(tmp_path)), [0, 1], out, log=logs.append)
+    assert not any("training" in m for m in logs) and again["summary"] == report["summary"]

@@ -36,7 +36,7 @@ def _base_config(tmp: Path) -> Path:
 
 def _suite(tmp: Path) -> Path:
     suite = {
-        "datasets": {"synth": str(_base_config(tmp))},
+        "datasets": {"synth": {"config": str(_base_config(tmp)), "overrides": ["train.batch_size=500"]}},
         "models": {"lr": {"name": "lr"}, "rm": RANKMIXER, "rm-no-mix": {**RANKMIXER, "token_mixing": "none"}},
         "overrides": ["train.max_steps=6"],
     }
@@ -48,13 +48,16 @@ def _suite(tmp: Path) -> Path:
 def test_suite_crosses_datasets_with_models_and_rejects_typos(tmp_path):
     cells = load_suite(_suite(tmp_path))
     assert [c.label for c in cells] == ["synth-lr", "synth-rm", "synth-rm-no-mix"]
-    assert all(c.overrides[-1] == "train.max_steps=6" for c in cells)
+    assert all(c.overrides[1:] == ("train.batch_size=500", "train.max_steps=6") for c in cells)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"datasets": {"a": "x.yaml"}, "modles": {}}))
     with pytest.raises(ConfigError, match="modles"):
         load_suite(bad)
     bad.write_text(yaml.safe_dump({"datasets": {"a": "x.yaml"}, "models": {"m": {"dnn_hidden": [3]}}}))
     with pytest.raises(ConfigError, match="'name'"):
+        load_suite(bad)
+    bad.write_text(yaml.safe_dump({"datasets": {"a": {"cfg": "x.yaml"}}, "models": {"m": {"name": "lr"}}}))
+    with pytest.raises(ConfigError, match="dataset 'a'"):
         load_suite(bad)
     with pytest.raises(ValueError, match="distinct labels"):
         run_accuracy([Cell("a", "x.yaml"), Cell("a", "y.yaml")], [0], tmp_path / "o")

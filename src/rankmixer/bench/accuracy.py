@@ -8,6 +8,7 @@ from a *suite* file that crosses datasets with models::
     # rankmixer bench accuracy --suite configs/bench/rankmixer.yaml --seeds 3
     datasets:                 # name -> base experiment config: data section + training budget
       movielens-latest: configs/movielens_dcnv2.yaml
+      synthetic: {config: configs/synthetic_dcnv2.yaml, overrides: [train.epochs=2]}
     models:                   # label -> model section that replaces the base config's
       dcnv2: {name: dcnv2, dnn_hidden: [400, 400]}
       rankmixer-no-mixing: {name: rankmixer, token_mixing: none}
@@ -62,12 +63,18 @@ def load_suite(path: Path | str) -> list[Cell]:
         raise ConfigError(f"suite {path}: 'datasets' and 'models' must be non-empty mappings")
     common = tuple(str(o) for o in tree.get("overrides") or [])
     cells = []
-    for ds, config in datasets.items():
+    for ds, entry in datasets.items():
+        config, ds_overrides = entry, ()
+        if isinstance(entry, dict):
+            if set(entry) - {"config", "overrides"} or "config" not in entry:
+                raise ConfigError(f"suite {path}: dataset {ds!r} must be a config path or {{config, overrides}}")
+            config, ds_overrides = entry["config"], tuple(str(o) for o in entry.get("overrides") or [])
         for label, section in models.items():
             if not isinstance(section, dict) or "name" not in section:
                 raise ConfigError(f"suite {path}: model {label!r} must be a mapping with a 'name'")
             # JSON is YAML: the override replaces the whole model section of the base config.
-            cells.append(Cell(f"{ds}-{label}", str(config), (f"model={json.dumps(section)}", *common), label))
+            model = f"model={json.dumps(section)}"
+            cells.append(Cell(f"{ds}-{label}", str(config), (model, *ds_overrides, *common), label))
     return cells
 
 

@@ -69,7 +69,11 @@ class TorchBackend:
             torch.set_num_threads(threads)
         self.torch = torch
         if fmt == "torchscript":
-            self.module = torch.jit.load(str(path), map_location="cpu")
+            import warnings
+
+            with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript; it still loads
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(path), map_location="cpu")
         elif fmt == "pt2":
             self.module = torch.export.load(str(path)).module()
         else:
@@ -132,7 +136,8 @@ class Artifact:
         is called: an early-exit or cascade path replaces this."""
         return np.asarray(self.backend(arrays_to_inputs(arrays, self.fm)), dtype=np.float32)
 
-    def score(self, rows: list[dict]) -> tuple[np.ndarray, dict[str, int]]:
-        """Checked rows -> (probabilities [B, n_tasks], OOV counts per feature)."""
+    def score(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """Checked rows -> (probabilities [B, n_tasks], OOV counts [B, n_features]; see
+        :meth:`Preprocessor.encode`)."""
         arrays, oov = self.preprocessor.encode(rows)
         return self.run_model(arrays), oov

@@ -103,6 +103,11 @@ def _export_onnx(module: ScoringModule, fm: FeatureMap, path: Path) -> None:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as e:
         raise ValueError("format onnx needs the onnx extra: pip install -c constraints/cpu.txt -e '.[onnx]'") from e
+    from rankmixer.nn.embedding import FeatureEmbedding
+
+    for m in module.modules():
+        if isinstance(m, FeatureEmbedding):
+            m.fused_bags = False  # see FeatureEmbedding: embedding_bag exports as a slow Loop
     names = [n for n, _, _ in graph_inputs(fm)]
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     prog = torch.onnx.export(
@@ -120,7 +125,12 @@ def _export_pt2(module: ScoringModule, fm: FeatureMap, path: Path) -> None:
 
 
 def _export_torchscript(module: ScoringModule, fm: FeatureMap, path: Path) -> None:
-    traced = torch.jit.trace(module, example_inputs(fm), check_trace=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        # Shape checks in the model become constants of the trace: right, since they are.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(module, example_inputs(fm), check_trace=False)
     traced.save(str(path))
 
 

@@ -136,7 +136,7 @@ class Preprocessor:
         cols.group = cols.time = False
         self.columns = cols
         # Features whose ids count towards the per-feature OOV metric.
-        self.id_features = [f.name for f in fm.features if f.kind != "dense"]
+        self.oov_features = cols.sparse + list(cols.bags) + list(cols.sequences)
 
     @classmethod
     def load(cls, path: str | Path, fm: FeatureMap) -> "Preprocessor":
@@ -158,9 +158,10 @@ class Preprocessor:
         return out
 
     # ---- encoding -------------------------------------------------------------------------
-    def encode(self, rows: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """Checked rows -> (arrays per Batch field as the loader builds them, OOV counts per
-        feature). Bags and sequences count every OOV id among their values."""
+    def encode(self, rows: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Checked rows -> (arrays per Batch field as the loader builds them, OOV counts
+        ``[rows, len(oov_features)]``: ids equal to the OOV id per row and feature; a bag or a
+        sequence counts each of its values)."""
         data: dict[str, pl.Series] = {}
         for spec in self.inputs:
             vals = [r[spec.name] for r in rows]
@@ -177,13 +178,11 @@ class Preprocessor:
         lf = _to_list(pl.DataFrame(data).lazy(), self.schema)
         enc, _ = _encode(lf, self.schema, self.fitted)
         arrays = table_to_arrays(enc.collect().to_arrow(), self.columns)
-        oov = {}
-        for i, f in enumerate(self.columns.sparse):
-            oov[f] = int((arrays["sparse"][:, i] == OOV_ID).sum())
-        for f in self.columns.bags:
-            oov[f] = int((arrays["bag:" + f] == OOV_ID).sum())
-        for f in self.columns.sequences:
-            oov[f] = int((arrays["seq:" + f] == OOV_ID).sum())
+        oov = np.zeros((len(rows), len(self.oov_features)), dtype=np.int64)
+        for k, f in enumerate(self.oov_features):
+            ids = arrays["sparse"][:, self.columns.sparse.index(f)] if f in self.columns.sparse else (
+                arrays[("bag:" if f in self.columns.bags else "seq:") + f])
+            oov[:, k] = (ids == OOV_ID).reshape(len(rows), -1).sum(axis=1)
         return arrays, oov
 
 

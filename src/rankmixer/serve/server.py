@@ -84,7 +84,11 @@ class ErrorResponse(BaseModel):
 
 
 class HTTPError(Exception):
+    """A refused request; the message starts with the field it is about."""
+
     def __init__(self, status: int, detail: str, field: str | None = None) -> None:
+        if field and not detail.startswith(field):
+            detail = f"{field}: {detail}"
         super().__init__(detail)
         self.status, self.detail, self.field = status, detail, field
 
@@ -269,7 +273,7 @@ def _parse(body: bytes, artifact: Artifact, settings: ServeSettings) -> list[dic
         raise HTTPError(422, f"expected a JSON object with 'candidates', got {type(doc).__name__}", "body")
     n = doc.get("candidates")
     if isinstance(n, list) and len(n) > settings.max_candidates:
-        raise HTTPError(413, f"{len(n)} candidates in one request; the limit is {settings.max_candidates}",
+        raise HTTPError(413, f"{len(n)} rows in one request; the limit is {settings.max_candidates}",
                         "candidates")
     try:
         req = ScoreRequest.model_validate(doc)
@@ -278,9 +282,9 @@ def _parse(body: bytes, artifact: Artifact, settings: ServeSettings) -> list[dic
         loc = ".".join(str(p) for p in err["loc"]) or "body"
         raise HTTPError(422, f"{loc}: {err['msg']}", loc) from None
     if req.model is not None and req.model != artifact.name:
-        raise HTTPError(404, f"model {req.model!r} is not served here (serving {artifact.name!r})", "model")
+        raise HTTPError(404, f"{req.model!r} is not served here (serving {artifact.name!r})", "model")
     if req.model_version is not None and req.model_version != artifact.version:
-        raise HTTPError(404, f"model_version {req.model_version!r} is not served here (serving "
+        raise HTTPError(404, f"{req.model_version!r} is not served here (serving "
                              f"{artifact.version!r})", "model_version")
     pre = artifact.preprocessor
     rows = []
@@ -292,7 +296,10 @@ def _parse(body: bytes, artifact: Artifact, settings: ServeSettings) -> list[dic
         try:
             rows.append(pre.check_row({**req.context, **cand}, f"candidates[{i}]"))
         except RowError as e:
-            raise HTTPError(422, str(e), e.field) from None
+            # Name the place the client wrote the value: context.x rather than candidates[i].x.
+            name = e.field.split(".", 1)[1]
+            field = f"context.{name}" if name.split("[")[0] in req.context else e.field
+            raise HTTPError(422, f"{field}: {str(e).split(': ', 1)[1]}", field) from None
     return rows
 
 

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("fastapi", reason="serving tests need the serve extra (fastapi)")
 pytest.importorskip("uvicorn", reason="serving tests need the serve extra (uvicorn)")
 httpx = pytest.importorskip("httpx", reason="serving tests need the serve extra (httpx)")
+pytest.importorskip("aiohttp", reason="serving tests need the serve extra (aiohttp, the load generator's client)")
 
 from _serving import artifact, canonical_test_rows, movielens_run, prepared_dir  # noqa: E402
 

@@ -1,7 +1,7 @@
 """``rankmixer bench serve``: a closed-loop load generator against the scoring server.
 
-At each concurrency level C, C asyncio clients (one shared ``httpx.AsyncClient``, a real HTTP/1.1
-connection pool on loopback) each send a request, wait for the answer, and send the next,
+At each concurrency level C, C asyncio clients (one shared ``aiohttp.ClientSession``, a real
+HTTP/1.1 connection pool of C connections on loopback) each send a request, wait for the answer, and send the next,
 until the level has sent ``requests`` requests or run ``duration`` seconds, whichever comes
 first. Latency is measured per request in the client (send to full response), so it includes
 HTTP, JSON, queueing and micro-batching. Errors are non-2xx answers and transport failures.
@@ -124,34 +124,39 @@ def real_requests(artifact_dir: str | Path, prepared_dir: str | Path, candidates
 
 
 async def _level(url: str, bodies: list[bytes], concurrency: int, max_requests: int, max_seconds: float) -> dict:
-    import httpx
+    # aiohttp, not httpx, drives the load: on 2 cores httpx's async client spent more CPU per
+    # request than the server at 32+ connections and capped the measured QPS (see docs/serving.md).
+    import aiohttp
 
     latencies: list[float] = []
     errors = 0
     sent = 0
     rows = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0) as client:
+    headers = {"content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
         t_end = time.perf_counter() + max_seconds
 
-        async def worker(k: int) -> None:
+        async def worker() -> None:
             nonlocal sent, errors, rows
             while sent < max_requests and time.perf_counter() < t_end:
                 body = bodies[sent % len(bodies)]
                 sent += 1
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/v1/score", content=body, headers={"content-type": "application/json"})
-                    ok = r.status_code == 200
+                    async with session.post("/v1/score", data=body, headers=headers) as r:
+                        payload = await r.read()
+                        ok = r.status == 200
                     if ok:
-                        rows += len(next(iter(r.json()["scores"].values())))
-                except httpx.HTTPError:
+                        rows += len(next(iter(json.loads(payload)["scores"].values())))
+                except (aiohttp.ClientError, asyncio.TimeoutError):
                     ok = False
                 latencies.append(time.perf_counter() - t0)
                 errors += not ok
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     lat = np.asarray(latencies) * 1000
     return {
@@ -197,25 +202,35 @@ def run_serve_bench(
         asyncio.run(_level(url, bodies, 4, warmup, 30.0))
         levels = []
         for c in concurrency:
+            before = httpx.get(f"{url}/metrics", timeout=10).text
             r = asyncio.run(_level(url, bodies, c, requests, duration))
+            after = httpx.get(f"{url}/metrics", timeout=10).text
+            # Server side, this level only: mean rows and requests per model call.
+            r["mean_batch_rows"] = _delta_mean(before, after, "rankmixer_batch_rows")
+            r["mean_batch_requests"] = _delta_mean(before, after, "rankmixer_batch_requests")
+            # Other processes share the CPU on a shared machine: say how busy it was.
+            r["load_average_1m"] = os.getloadavg()[0]
             log(f"concurrency {c}: {r['requests']} requests, {r['qps']:.1f} QPS, p50 {r['p50_ms']:.2f} ms, "
                 f"p99 {r['p99_ms']:.2f} ms, errors {r['error_rate']:.2%}")
             levels.append(r)
-        metrics = httpx.get(f"{url}/metrics", timeout=10).text
     finally:
         if proc is not None:
             stop_server(proc)
-    batch = _histogram_mean(metrics, "rankmixer_batch_rows")
     return {"url": url, "model": info.get("model"), "version": info.get("version"), "format": info.get("format"),
             "candidates_per_request": candidates, "max_requests": requests, "max_seconds": duration,
-            "mean_batch_rows": batch, "cpu_count": os.cpu_count(), "levels": levels}
+            "server_args": server_args or [], "cpu_count": os.cpu_count(), "levels": levels}
 
 
-def _histogram_mean(text: str, name: str) -> float | None:
-    total = count = None
+def _sum_count(text: str, name: str) -> tuple[float, float]:
+    total = count = 0.0
     for line in text.splitlines():
         if line.startswith(f"{name}_sum "):
             total = float(line.split()[1])
         elif line.startswith(f"{name}_count "):
             count = float(line.split()[1])
-    return total / count if total is not None and count else None
+    return total, count
+
+
+def _delta_mean(before: str, after: str, name: str) -> float | None:
+    (s0, c0), (s1, c1) = _sum_count(before, name), _sum_count(after, name)
+    return (s1 - s0) / (c1 - c0) if c1 > c0 else None

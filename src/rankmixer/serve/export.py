@@ -110,6 +110,10 @@ def _export_onnx(module: ScoringModule, fm: FeatureMap, path: Path) -> None:
             m.fused_bags = False  # see FeatureEmbedding: embedding_bag exports as a slow Loop
     names = [n for n, _, _ in graph_inputs(fm)]
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    import logging
+
+    # The exporter logs a line per op library it skips (e.g. torchvision): not our concern.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     prog = torch.onnx.export(
         module, example_inputs(fm), dynamo=True, input_names=names, output_names=[OUTPUT_NAME],
         dynamic_shapes={"inputs": tuple({0: batch} for _ in names)},

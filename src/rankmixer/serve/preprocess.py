@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from rankmixer.data.arrays import Columns, table_to_arrays
 from rankmixer.data.feature_map import FeatureMap
@@ -162,20 +163,15 @@ class Preprocessor:
         """Checked rows -> (arrays per Batch field as the loader builds them, OOV counts
         ``[rows, len(oov_features)]``: ids equal to the OOV id per row and feature; a bag or a
         sequence counts each of its values)."""
-        data: dict[str, pl.Series] = {}
-        for spec in self.inputs:
-            vals = [r[spec.name] for r in rows]
-            if spec.kind == CATEGORY:
-                data[spec.name] = pl.Series(spec.name, vals, dtype=pl.Utf8)
-            elif spec.kind == NUMBER:
-                data[spec.name] = pl.Series(spec.name, vals, dtype=pl.Float64)
-            elif spec.kind == CATEGORY_LIST:
-                data[spec.name] = pl.Series(spec.name, vals, dtype=pl.List(pl.Utf8))
-            else:
-                data[spec.name] = pl.Series(spec.name, vals, dtype=pl.List(pl.Int64))
+        # Columns go through pyarrow: building list columns from Python lists is C there,
+        # while polars' constructor makes one Series per sub-list.
+        types = {CATEGORY: pa.string(), NUMBER: pa.float64(), CATEGORY_LIST: pa.list_(pa.string()),
+                 INT_LIST: pa.list_(pa.int64())}
+        data = {spec.name: pa.array([r[spec.name] for r in rows], type=types[spec.kind]) for spec in self.inputs}
         for lab in self.schema.labels:
-            data[lab.name] = pl.Series(lab.name, [0.0] * len(rows), dtype=pl.Float64)
-        lf = _to_list(pl.DataFrame(data).lazy(), self.schema)
+            data[lab.name] = pa.array(np.zeros(len(rows)))
+        frame = pl.from_arrow(pa.table(data))
+        lf = _to_list(frame.lazy(), self.schema)
         enc, _ = _encode(lf, self.schema, self.fitted)
         arrays = table_to_arrays(enc.collect().to_arrow(), self.columns)
         oov = np.zeros((len(rows), len(self.oov_features)), dtype=np.int64)

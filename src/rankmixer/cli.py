@@ -407,12 +407,12 @@ def bench_serve(
     except (RuntimeError, *_USER_ERRORS) as e:
         _fail(e)
     table = Table(title=f"serve {report['model']} ({report['format']}), {candidates} candidates/request")
-    for c in ("clients", "requests", "QPS", "rows/s", "p50 ms", "p95 ms", "p99 ms", "errors", "rows/batch", "load"):
+    for c in ("clients", "reqs", "QPS", "rows/s", "p50 ms", "p95 ms", "p99 ms", "err", "rows/call", "load"):
         table.add_column(c, justify="right")
     for r in report["levels"]:
         rows = f"{r['mean_batch_rows']:.0f}" if r.get("mean_batch_rows") else "-"
         table.add_row(str(r["concurrency"]), str(r["requests"]), f"{r['qps']:.1f}", f"{r['rows_per_s']:,.0f}",
-                      f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['error_rate']:.2%}",
+                      f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['error_rate']:.1%}",
                       rows, f"{r['load_average_1m']:.1f}")
     console.print(table)
     json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -208,10 +208,15 @@ def run_serve_bench(
             # Server side, this level only: mean rows and requests per model call.
             r["mean_batch_rows"] = _delta_mean(before, after, "rankmixer_batch_rows")
             r["mean_batch_requests"] = _delta_mean(before, after, "rankmixer_batch_requests")
+            # Server-side time per model call: encoding raw values, and the model itself (ms).
+            r["encode_ms_per_call"] = 1000 * (_delta_mean(before, after, "rankmixer_encode_seconds") or float("nan"))
+            r["model_ms_per_call"] = 1000 * (_delta_mean(before, after, "rankmixer_model_seconds") or float("nan"))
             # Other processes share the CPU on a shared machine: say how busy it was.
             r["load_average_1m"] = os.getloadavg()[0]
             log(f"concurrency {c}: {r['requests']} requests, {r['qps']:.1f} QPS, p50 {r['p50_ms']:.2f} ms, "
-                f"p99 {r['p99_ms']:.2f} ms, errors {r['error_rate']:.2%}")
+                f"p99 {r['p99_ms']:.2f} ms, errors {r['error_rate']:.2%}; per model call: "
+                f"{r['mean_batch_rows'] or 0:.0f} rows, encode {r['encode_ms_per_call']:.1f} ms, "
+                f"model {r['model_ms_per_call']:.1f} ms")
             levels.append(r)
     finally:
         if proc is not None:

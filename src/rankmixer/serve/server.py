@@ -168,7 +168,8 @@ class MicroBatcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, int]]:
+    async def submit(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """Queue checked rows; returns (probabilities, OOV counts) of exactly these rows."""
         if self.queued_rows + len(rows) > self.settings.max_queued_rows:
             raise HTTPError(503, f"server overloaded: {self.queued_rows} rows queued (limit "
                                  f"{self.settings.max_queued_rows}); retry later")

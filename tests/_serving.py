@@ -87,3 +87,28 @@ def artifact(fmt: str, run: str = "tiny") -> Path:
 def prepared_dir() -> Path:
     movielens_run()
     return WORK / "ml"
+
+
+@functools.cache
+def synthetic_run() -> tuple[Path, list[dict]]:
+    """A RankMixer-tiny run on a small synthetic set (it has dense numerical features, which
+    MovieLens lacks), and the canonical rows of its test file."""
+    from rankmixer import experiment
+    from rankmixer.config import load_config
+    from rankmixer.data.datasets.base import RawFiles, get_preset
+    from rankmixer.data.prepare import _canonical
+
+    opts = {"rows_train": 3000, "rows_valid": 500, "rows_test": 500, "n_users": 300, "n_items": 400,
+            "vocab_max": 1000, "n_categorical": 6, "n_dense": 4}
+    cfg = load_config(None, [
+        "data.dataset=synthetic", f"data.preset_options={opts}", f"data.prepared_dir={WORK / 'syn'}",
+        f"run_dir={WORK / 'run-syn'}", "model.name=rankmixer-tiny", "train.max_steps=3", "train.batch_size=512",
+        "train.tensorboard=false", "train.progress=false", "train.early_stopping=null",
+    ])
+    experiment.train(cfg, log=lambda m: None)
+    preset = get_preset("synthetic", **opts)
+    raw_dir = Path(f"{WORK / 'syn'}-raw")
+    test_files = preset.raw_files(raw_dir).by_split["test"]
+    lf, _, _ = _canonical(preset.schema(), RawFiles(all=test_files), WORK / "syn-canon", preset, raw_dir, "fail")
+    rows = lf.collect().drop("__file", "__row", "click").to_dicts()
+    return WORK / "run-syn", rows

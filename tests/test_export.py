@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from _serving import WORK, artifact, canonical_test_rows, moe_run, movielens_run
+from _serving import WORK, artifact, canonical_test_rows, moe_run, movielens_run, synthetic_run
 
 from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.experiment import load_run
@@ -105,6 +105,36 @@ def test_onnx_matches_pytorch_on_real_rows_with_dynamic_batch():
 
     ops = {n.op_type for n in onnx.load(str(path / "model.onnx")).graph.node}
     assert "Loop" not in ops  # bags pool with Gather + ReduceSum, not a per-row loop
+
+
+def test_dense_features_synthetic_onnx_matches_pytorch():
+    """Synthetic data has dense (normalised numerical) features: the ``dense`` graph input and
+    the number inputs of a request, which MovieLens does not exercise."""
+    pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
+    pytest.importorskip("onnxscript", reason="ONNX export tests need the onnx extra (onnxscript)")
+    from rankmixer.serve.artifact import Artifact
+    from rankmixer.serve.export import export_run
+    from rankmixer.serve.preprocess import RowError
+
+    run, rows = synthetic_run()
+    art = Artifact(export_run(run, "onnx", WORK / "art-syn-onnx", log=lambda m: None))
+    assert [i["name"] for i in art.manifest["inputs"]][:2] == ["dense", "sparse"]
+    batch, ref = _reference(run, len(rows))
+    arrays, _ = _encoded(art, rows)
+    assert np.array_equal(arrays["sparse"], batch.sparse.numpy())
+    assert np.array_equal(arrays["dense"], batch.dense.numpy())
+    got, _ = art.score([art.preprocessor.check_row(r, "r") for r in rows])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    dense = art.fm.dense[0].name
+    for bad, msg in [(float("nan"), "expected a finite number"), (float("inf"), "expected a finite number"),
+                     ("3.5", "expected a number, got string")]:
+        with pytest.raises(RowError, match=rf"candidates\[0\]\.{dense}: {msg}"):
+            art.preprocessor.check_row({**rows[0], dense: bad}, "candidates[0]")
+    # null = missing: encoded as the feature's fill value, as in training.
+    fill = art.preprocessor.schema.feature(dense).fill_missing
+    a, _ = _encoded(art, [{**rows[0], dense: None}])
+    b, _ = _encoded(art, [{**rows[0], dense: fill}])
+    assert np.array_equal(a["dense"], b["dense"]) and np.isfinite(a["dense"]).all()
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "pt2", "eager"])

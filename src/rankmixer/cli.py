@@ -377,5 +377,79 @@ def bench_moe(
     console.print(f"wrote {json_out} ({len(report['rows'])} rows)")
 
 
+@app.command()
+def export(
+    run: Path = typer.Option(..., "--run", help="Run directory (its best model)."),
+    format: str = typer.Option("onnx", "--format", help="onnx | torchscript | pt2 | eager (MoE: eager)."),
+    out: Path = typer.Option(..., "--out", help="Artifact directory to write (replaced if it exists)."),
+    version: Optional[str] = typer.Option(None, help="Model version (default: run name + weights hash)."),
+) -> None:
+    """Export a run as a self-contained serving artifact (graph, vocabularies, manifest)."""
+    from rankmixer.serve.export import export_run
+
+    try:
+        export_run(run, format, out, version=version, log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Option(..., "--model", help="Artifact directory (rankmixer export)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    host: str = typer.Option("127.0.0.1", help="Interface (0.0.0.0 for all)."),
+    max_batch_rows: int = typer.Option(1024, help="Rows per model call."),
+    max_wait_ms: float = typer.Option(2.0, help="Micro-batching wait after the first queued request."),
+    max_candidates: int = typer.Option(1000, help="Rows one request may carry."),
+    max_body_bytes: int = typer.Option(4 << 20, help="Request body limit."),
+    threads: Optional[int] = typer.Option(None, help="Model threads."),
+) -> None:
+    """Serve an artifact over HTTP (POST /v1/score; /healthz, /readyz, /metrics, /docs)."""
+    try:
+        from rankmixer.serve.server import ServeSettings, serve as run_server
+    except ImportError as e:
+        _fail(ValueError(f"serving needs the serve extra ({e}): pip install -c constraints/cpu.txt -e '.[serve]'"))
+    settings = ServeSettings(max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms, max_candidates=max_candidates,
+                             max_body_bytes=max_body_bytes, threads=threads)
+    console.print(f"serving {model} on http://{host}:{port} (docs at /docs)")
+    run_server(str(model), host, port, settings)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: Path = typer.Option(..., "--model", help="Artifact directory (decodes real rows; served here unless --url)."),
+    url: Optional[str] = typer.Option(None, help="A running server of that artifact (default: start one)."),
+    prepared: Path = typer.Option(Path("data_cache/movielens-latest"), help="Prepared data: request rows come from its test split."),
+    concurrency: List[int] = typer.Option([1, 8, 32, 128], help="Concurrent clients (repeatable)."),
+    requests: int = typer.Option(2000, help="Requests per level at most."),
+    duration: float = typer.Option(20.0, help="Seconds per level at most."),
+    candidates: int = typer.Option(32, help="Candidates (rows) per request at most (one user's)."),
+    server_threads: Optional[int] = typer.Option(None, help="Model threads of the started server."),
+    json_out: Path = typer.Option(Path("bench_out/serve.json"), help="Where to write the JSON report."),
+) -> None:
+    """Load-test the scoring server on loopback: QPS, p50/p95/p99 latency, error rate."""
+    from rankmixer.bench.serve import run_serve_bench
+
+    try:
+        report = run_serve_bench(model=model, url=url, prepared=prepared, concurrency=list(concurrency),
+                                 requests=requests, duration=duration, candidates=candidates,
+                                 server_args=["--threads", str(server_threads)] if server_threads else None,
+                                 log=console.print)
+    except (RuntimeError, *_USER_ERRORS) as e:
+        _fail(e)
+    table = Table(title=f"serve {report['model']} ({report['format']}), {candidates} candidates/request")
+    for c in ("clients", "reqs", "QPS", "rows/s", "p50 ms", "p95 ms", "p99 ms", "err", "rows/call", "load"):
+        table.add_column(c, justify="right")
+    for r in report["levels"]:
+        rows = f"{r['mean_batch_rows']:.0f}" if r.get("mean_batch_rows") else "-"
+        table.add_row(str(r["concurrency"]), str(r["requests"]), f"{r['qps']:.1f}", f"{r['rows_per_s']:,.0f}",
+                      f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['error_rate']:.1%}",
+                      rows, f"{r['load_average_1m']:.1f}")
+    console.print(table)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {json_out}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

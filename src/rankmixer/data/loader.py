@@ -21,82 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from rankmixer.data.arrays import Columns as _Columns
+from rankmixer.data.arrays import pad_lists, table_to_arrays as _table_to_arrays  # noqa: F401 (re-exported)
 from rankmixer.data.batch import Batch
-from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, FeatureMap
-
-
-def pad_lists(col: pa.Array | pa.ChunkedArray, max_len: int) -> np.ndarray:
-    """list<int> column -> [n, max_len] int64, left-aligned, zero padded (0 is the pad id)."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    n = len(col)
-    out = np.zeros((n, max_len), dtype=np.int64)
-    if n == 0:
-        return out
-    offsets = col.offsets.to_numpy()
-    values = col.values.to_numpy(zero_copy_only=False)
-    lens = np.minimum(np.diff(offsets), max_len)
-    rows = np.repeat(np.arange(n), lens)
-    pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-    out[rows, pos] = values[np.repeat(offsets[:-1], lens) + pos]
-    return out
-
-
-@dataclass
-class _Columns:
-    """Which Parquet columns go into which Batch field."""
-
-    sparse: list[str]
-    dense: list[str]
-    bags: dict[str, int]  # name -> max_len
-    sequences: dict[str, int]
-    labels: list[str]
-    group: bool
-    time: bool
-
-    @classmethod
-    def from_feature_map(cls, fm: FeatureMap) -> "_Columns":
-        return cls(
-            sparse=[f.name for f in fm.sparse],
-            dense=[f.name for f in fm.dense],
-            bags={f.name: f.max_len for f in fm.bags},
-            sequences={f.name: f.max_len for f in fm.sequences},
-            labels=list(fm.labels),
-            group=fm.has_group,
-            time=fm.has_time,
-        )
-
-    def names(self) -> list[str]:
-        cols = self.sparse + self.dense + list(self.bags) + list(self.sequences) + self.labels
-        return cols + ([GROUP_COLUMN] if self.group else []) + ([TIME_COLUMN] if self.time else [])
-
-
-def _stack(table: pa.Table, names: list[str], dtype) -> np.ndarray:
-    if not names:
-        return np.zeros((table.num_rows, 0), dtype=dtype)
-    return np.stack([table.column(n).to_numpy().astype(dtype, copy=False) for n in names], axis=1)
-
-
-def _table_to_arrays(table: pa.Table, cols: _Columns) -> dict[str, np.ndarray]:
-    arrays = {
-        "sparse": _stack(table, cols.sparse, np.int64),
-        "dense": _stack(table, cols.dense, np.float32),
-        "labels": _stack(table, cols.labels, np.float32),
-    }
-    for name, max_len in cols.bags.items():
-        arrays["bag:" + name] = pad_lists(table.column(name), max_len)
-    for name, max_len in cols.sequences.items():
-        arrays["seq:" + name] = pad_lists(table.column(name), max_len)
-    if cols.group:
-        arrays["group"] = table.column(GROUP_COLUMN).to_numpy().astype(np.int64, copy=False)
-    if cols.time:
-        arrays["timestamp"] = table.column(TIME_COLUMN).to_numpy().astype(np.int64, copy=False)
-    return arrays
+from rankmixer.data.feature_map import FeatureMap
 
 
 def _arrays_to_batch(a: dict[str, np.ndarray]) -> Batch:

@@ -170,6 +170,10 @@ class FeatureEmbedding(nn.Module):
 
         self.weight = nn.Parameter(torch.empty(self.num_rows, dim))
         self.reset_parameters()
+        # Bags pool with the fused embedding_bag kernel. Export to ONNX sets this to False: the
+        # exporter turns embedding_bag into a per-row Loop, slow in ONNX Runtime, while a
+        # lookup + masked mean (the same mean) exports to plain Gather/ReduceSum.
+        self.fused_bags = True
 
     # ---- parameters -------------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -240,7 +244,12 @@ class FeatureEmbedding(nn.Module):
         # (an all-pad bag gives zeros).
         for name in self.bag_names:
             rows = self._globalise(batch.bags[name], self._offset_of[name])
-            pooled = F.embedding_bag(rows, self.weight, mode="mean", padding_idx=PAD_ROW, sparse=self.sparse)
+            if self.fused_bags:
+                pooled = F.embedding_bag(rows, self.weight, mode="mean", padding_idx=PAD_ROW, sparse=self.sparse)
+            else:
+                mask = (rows != PAD_ROW).unsqueeze(-1).to(self.weight.dtype)
+                total = (self._lookup(rows) * mask).sum(dim=1)
+                pooled = total / mask.sum(dim=1).clamp_min(1)
             parts.append(pooled.unsqueeze(1))
 
         # Sequences: kept unpooled for attention, plus a masked mean as a field.

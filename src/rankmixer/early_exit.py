@@ -156,9 +156,11 @@ def calibrate(
 def measure_latency(
     model: torch.nn.Module, batches: list[Batch], settings: list[list[float | None]], repeats: int = 3
 ) -> list[dict[str, Any]]:
-    """Wall time per batch of ``forward_early_exit`` for each setting (median over
-    ``repeats`` x batches; settings interleaved within each repeat so that machine noise hits
-    them alike), and the rows that entered each block (summed over the batches)."""
+    """Wall time per batch of ``forward_early_exit`` for each setting over ``repeats`` x
+    batches (settings interleaved within each repeat so that machine noise hits them alike):
+    the median, and the minimum (noise on a shared machine only ever adds time, so the minimum
+    is the steadier estimate of the compute); and the rows that entered each block (summed over
+    the batches)."""
     model.eval()
     times: list[list[float]] = [[] for _ in settings]
     rows: list[list[int]] = [[] for _ in settings]
@@ -175,7 +177,8 @@ def measure_latency(
                 counts = out.rows_per_block if counts is None else [a + c for a, c in zip(counts, out.rows_per_block)]
             if r == 0:
                 rows[k] = counts or []
-    return [{"ms_per_batch": 1000 * statistics.median(t), "rows_per_block": c} for t, c in zip(times, rows)]
+    return [{"ms_per_batch": 1000 * statistics.median(t), "ms_per_batch_min": 1000 * min(t), "rows_per_block": c}
+            for t, c in zip(times, rows)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,9 +230,9 @@ def calibrate_run(
     chosen_k = curve.index(result["chosen"])
     picks = sorted(set(picks) | {chosen_k})
     timed = measure_latency(model, batches[:latency_batches], [curve[k]["thresholds"] for k in picks], repeats)
-    base_ms = timed[0]["ms_per_batch"]
+    base, base_min = timed[0]["ms_per_batch"], timed[0]["ms_per_batch_min"]
     for k, m in zip(picks, timed):
-        curve[k].update(m, latency_ratio=m["ms_per_batch"] / base_ms)
+        curve[k].update(m, latency_ratio=m["ms_per_batch"] / base, latency_ratio_min=m["ms_per_batch_min"] / base_min)
     for p in curve:
         p["flops_ratio"] = p["flops_per_sample"] / flops["no_exit"]
         p["thresholds"] = _json_thresholds(p["thresholds"])
@@ -246,8 +249,11 @@ def calibrate_run(
         "exit_share": chosen["exit_share"], "flops_per_sample": chosen["flops_per_sample"],
         "flops_no_exit": flops["no_exit"],
     }
+    # Each exit alone on every row: how much the later blocks add at all.
+    exit_auc = [M.auc(labels[:, task], exit_logits[i, :, task]) for i in range(exit_logits.shape[0])]
     report = {
         "run_dir": str(run_dir), "split": split, "rows": int(labels.shape[0]), "task": fm.labels[task],
+        "exit_auc": exit_auc,
         "max_auc_loss": max_auc_loss, "auc_full": result["auc_full"], "logloss_full": result["logloss_full"],
         "flops": flops, "batch_size": batch_size, "latency_batches": min(latency_batches, len(batches)),
         "repeats": repeats, "threads": torch.get_num_threads(), "chosen_index": chosen_k, "curve": curve,

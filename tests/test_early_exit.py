@@ -302,6 +302,8 @@ def test_calibrate_exit_cli_end_to_end(tmp_path):
     thr = load_thresholds(run)
     assert thr == saved["thresholds"] and len(thr) == 2 and saved["confidence_task"] == "click"
     assert curve["rows"] == 2000 and curve["curve"][0]["threshold"] is None
+    timed = curve["curve"][curve["chosen_index"]]
+    assert timed["rows_per_block"][0] == 2 * 512 and timed["ms_per_batch_min"] > 0
     # Real early-exit inference with the saved thresholds reproduces the reported AUC and shares.
     _, fm, model = experiment.load_run(run)
     probs, labels, idx = [], [], []

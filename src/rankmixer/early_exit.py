@@ -157,26 +157,25 @@ def measure_latency(
     model: torch.nn.Module, batches: list[Batch], settings: list[list[float | None]], repeats: int = 3
 ) -> list[dict[str, Any]]:
     """Wall time per batch of ``forward_early_exit`` for each setting over ``repeats`` x
-    batches (settings interleaved within each repeat so that machine noise hits them alike):
-    the median, and the minimum (noise on a shared machine only ever adds time, so the minimum
-    is the steadier estimate of the compute); and the rows that entered each block (summed over
-    the batches)."""
+    batches. Settings are interleaved batch by batch (in a rotating order) so that load from
+    other processes hits them alike. Reported: the median, and the minimum (noise on a shared
+    machine only ever adds time, so the minimum is the steadier estimate of the compute); and
+    the rows that entered each block (summed over the batches, from the first repeat)."""
     model.eval()
+    n = len(settings)
     times: list[list[float]] = [[] for _ in settings]
-    rows: list[list[int]] = [[] for _ in settings]
-    for b in batches[:1]:  # warm-up
-        for thr in settings:
-            model.forward_early_exit(b, thr)
+    rows: list[list[int]] = [[0] * len(model.backbone.blocks) for _ in settings]
+    for thr in settings:  # warm-up
+        model.forward_early_exit(batches[0], thr)
     for r in range(repeats):
-        for k, thr in enumerate(settings):
-            counts = None
-            for b in batches:
+        for j, b in enumerate(batches):
+            for step in range(n):
+                k = (step + r + j) % n
                 t0 = time.perf_counter()
-                out = model.forward_early_exit(b, thr)
+                out = model.forward_early_exit(b, settings[k])
                 times[k].append(time.perf_counter() - t0)
-                counts = out.rows_per_block if counts is None else [a + c for a, c in zip(counts, out.rows_per_block)]
-            if r == 0:
-                rows[k] = counts or []
+                if r == 0:
+                    rows[k] = [a + c for a, c in zip(rows[k], out.rows_per_block)]
     return [{"ms_per_batch": 1000 * statistics.median(t), "ms_per_batch_min": 1000 * min(t), "rows_per_block": c}
             for t, c in zip(times, rows)]
 

@@ -304,6 +304,7 @@ def test_calibrate_exit_cli_end_to_end(tmp_path):
     assert curve["rows"] == 2000 and curve["curve"][0]["threshold"] is None
     timed = curve["curve"][curve["chosen_index"]]
     assert timed["rows_per_block"][0] == 2 * 512 and timed["ms_per_batch_min"] > 0
+    assert curve["check_split"] == "test" and curve["check_rows"] == 1000 and "check" in timed
     # Real early-exit inference with the saved thresholds reproduces the reported AUC and shares.
     _, fm, model = experiment.load_run(run)
     probs, labels, idx = [], [], []

@@ -217,6 +217,7 @@ def calibrate_exit(
     latency_points: int = typer.Option(8, help="Curve points timed (plus the full model and the chosen one)."),
     repeats: int = typer.Option(3, help="Timing repeats (median)."),
     max_rows: Optional[int] = typer.Option(None, help="Use only the first N rows of the split."),
+    check_split: str = typer.Option("test", help="Also evaluate every setting on this split ('none': skip)."),
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: torch's)."),
 ) -> None:
     """Pick early-exit thresholds for a target AUC loss; print the latency/AUC trade-off curve.
@@ -229,7 +230,7 @@ def calibrate_exit(
         torch.set_num_threads(threads)
     try:
         rep = calibrate_run(run, split, max_auc_loss, points, batch_size, latency_batches, latency_points,
-                            repeats, max_rows, log=console.print)
+                            repeats, max_rows, None if check_split == "none" else check_split, log=console.print)
     except _USER_ERRORS as e:
         _fail(e)
     n_exits = len(rep["curve"][0]["exit_share"])
@@ -237,7 +238,7 @@ def calibrate_exit(
                         f"full-model AUC {rep['auc_full']:.5f}")
     for c in ["threshold |logit|", "max(p,1-p) >=", *[f"exit {i + 1}" for i in range(n_exits)],
               "AUC", "AUC loss", "logloss", "FLOPs/sample", "FLOPs ratio", "ms/batch (median)", "ms/batch (min)",
-              "latency ratio (min)"]:
+              "latency ratio (min)"] + ([f"{rep['check_split']} AUC loss"] if rep["check_split"] else []):
         table.add_column(c, justify="right")
     for k, p in enumerate(rep["curve"]):
         mark = " *" if k == rep["chosen_index"] else ""
@@ -250,6 +251,7 @@ def calibrate_exit(
             f"{p['ms_per_batch']:.2f}" if "ms_per_batch" in p else "-",
             f"{p['ms_per_batch_min']:.2f}" if "ms_per_batch" in p else "-",
             f"{p['latency_ratio_min']:.3f}" if "ms_per_batch" in p else "-",
+            *([f"{p['check']['auc_loss']:+.5f}"] if "check" in p else []),
         )
     console.print(table)
     console.print("each exit alone on every row, AUC: " + ", ".join(
@@ -258,6 +260,10 @@ def calibrate_exit(
     console.print(f"chosen (*): thresholds {ch['thresholds']}, AUC loss {ch['auc_loss']:+.5f} "
                   f"(target <= {rep['max_auc_loss']}), FLOPs ratio {ch['flops_ratio']:.3f}"
                   + (f", latency ratio (min) {ch['latency_ratio_min']:.3f}" if "latency_ratio" in ch else ""))
+    if "check" in ch:
+        console.print(f"the chosen setting on {rep['check_split']} ({rep['check_rows']:,} rows): AUC {ch['check']['auc']:.5f} "
+                      f"vs full {rep['check_auc_full']:.5f} (loss {ch['check']['auc_loss']:+.5f}), "
+                      f"exit shares {', '.join(f'{s:.1%}' for s in ch['check']['exit_share'])}")
     console.print(f"wrote {rep['thresholds_file']} and the curve next to it")
 
 

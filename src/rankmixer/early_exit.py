@@ -197,13 +197,17 @@ def calibrate_run(
     latency_points: int = 8,
     repeats: int = 3,
     max_rows: int | None = None,
+    check_split: str | None = "test",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Calibrate a trained early-exit run; writes ``early_exit.json`` (thresholds) and
     ``early_exit_curve.json`` into the run directory and returns the report.
 
     Latency is measured on ``latency_batches`` batches of ``batch_size`` rows for the full
-    model, the chosen setting and ``latency_points`` grid points spread over the curve."""
+    model, the chosen setting and ``latency_points`` grid points spread over the curve.
+    ``check_split`` (if the data has it and it differs from ``split``): every curve point's
+    thresholds are also evaluated there (``check`` in each point), to see whether a setting
+    calibrated on one split holds on unseen rows."""
     from rankmixer.experiment import load_run
     from rankmixer.models.rankmixer import RankMixer, rankmixer_exit_flops
 
@@ -222,6 +226,15 @@ def calibrate_run(
     exit_logits, labels = collect_exit_logits(model, batches)
     log(f"{split}: {labels.shape[0]:,} rows, {exit_logits.shape[0]} exits, logits in {time.time() - t0:.1f}s")
     result = calibrate(exit_logits, labels, max_auc_loss, flops, task, points)
+    if check_split is not None and (check_split == split or check_split not in fm.splits):
+        check_split = None
+    if check_split is not None:
+        check_logits, check_labels = collect_exit_logits(
+            model, itertools.islice(make_loader(ParquetBatches(fm, check_split, batch_size, shuffle=False)), n_batches))
+        check_full = evaluate_setting(check_logits, check_labels, [None] * (check_logits.shape[0] - 1), task, flops)
+        for p in result["curve"]:
+            c = evaluate_setting(check_logits, check_labels, p["thresholds"], task, flops)
+            p["check"] = {**c, "auc_loss": check_full["auc"] - c["auc"], "flops_ratio": c["flops_per_sample"] / flops["no_exit"]}
 
     # Latency for the full model, the chosen setting and a spread of the curve.
     curve = result["curve"]
@@ -252,7 +265,9 @@ def calibrate_run(
     exit_auc = [M.auc(labels[:, task], exit_logits[i, :, task]) for i in range(exit_logits.shape[0])]
     report = {
         "run_dir": str(run_dir), "split": split, "rows": int(labels.shape[0]), "task": fm.labels[task],
-        "exit_auc": exit_auc,
+        "exit_auc": exit_auc, "check_split": check_split,
+        "check_rows": None if check_split is None else int(check_labels.shape[0]),
+        "check_auc_full": None if check_split is None else check_full["auc"],
         "max_auc_loss": max_auc_loss, "auc_full": result["auc_full"], "logloss_full": result["logloss_full"],
         "flops": flops, "batch_size": batch_size, "latency_batches": min(latency_batches, len(batches)),
         "repeats": repeats, "threads": torch.get_num_threads(), "chosen_index": chosen_k, "curve": curve,

@@ -101,7 +101,7 @@ def test_models_without_exits_are_unchanged():
 
 
 def test_config_validation_and_counts():
-    with pytest.raises(ValueError, match="one non-negative weight per block"):
+    with pytest.raises(ValueError, match="one non-negative weight per exit"):
         RankMixerConfig(num_layers=3, early_exit={"loss_weights": [1.0, 1.0]})
     with pytest.raises(ValueError, match="extra"):
         RankMixerConfig(early_exit={"weights": "linear"})

@@ -151,9 +151,10 @@ class RankMixerConfig(ModelConfig):
             raise ValueError("moe replaces the per-token FFN; it needs ffn=per_token")
         ee = self.early_exit
         if ee is not None and isinstance(ee.loss_weights, list):
-            if len(ee.loss_weights) != self.num_layers or min(ee.loss_weights) < 0 or sum(ee.loss_weights) <= 0:
+            n = max(self.num_layers, 1)  # exits: one per block; L = 0 still has the final head
+            if len(ee.loss_weights) != n or min(ee.loss_weights) < 0 or sum(ee.loss_weights) <= 0:
                 raise ValueError(
-                    f"early_exit.loss_weights needs one non-negative weight per block ({self.num_layers}), "
+                    f"early_exit.loss_weights needs one non-negative weight per exit ({n}), "
                     f"not all zero; got {ee.loss_weights}"
                 )
         return self

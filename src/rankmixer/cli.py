@@ -206,6 +206,67 @@ def predict(
     console.print(f"scored {n:,} rows -> {output}")
 
 
+@app.command("calibrate-exit")
+def calibrate_exit(
+    run: Path = typer.Option(..., "--run", help="Run directory of a RankMixer trained with model.early_exit."),
+    split: str = typer.Option("valid", help="Split to calibrate on."),
+    max_auc_loss: float = typer.Option(0.001, help="Largest AUC loss allowed relative to the full model."),
+    points: int = typer.Option(20, help="Shared-threshold grid points (quantiles of the exits' confidences)."),
+    batch_size: int = typer.Option(4096, help="Rows per batch (logits and latency)."),
+    latency_batches: int = typer.Option(10, help="Batches timed per setting."),
+    latency_points: int = typer.Option(8, help="Curve points timed (plus the full model and the chosen one)."),
+    repeats: int = typer.Option(3, help="Timing repeats (median)."),
+    max_rows: Optional[int] = typer.Option(None, help="Use only the first N rows of the split."),
+    check_split: str = typer.Option("test", help="Also evaluate every setting on this split ('none': skip)."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: torch's)."),
+) -> None:
+    """Pick early-exit thresholds for a target AUC loss; print the latency/AUC trade-off curve.
+    Writes early_exit.json (thresholds) and early_exit_curve.json into the run directory."""
+    import torch
+
+    from rankmixer.early_exit import calibrate_run
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        rep = calibrate_run(run, split, max_auc_loss, points, batch_size, latency_batches, latency_points,
+                            repeats, max_rows, None if check_split == "none" else check_split, log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+    n_exits = len(rep["curve"][0]["exit_share"])
+    table = Table(title=f"early exit on {rep['split']} ({rep['rows']:,} rows, task {rep['task']}): "
+                        f"full-model AUC {rep['auc_full']:.5f}")
+    for c in ["threshold |logit|", "max(p,1-p) >=", *[f"exit {i + 1}" for i in range(n_exits)],
+              "AUC", "AUC loss", "logloss", "FLOPs/sample", "FLOPs ratio", "ms/batch (median)", "ms/batch (min)",
+              "latency ratio (min)"] + ([f"{rep['check_split']} AUC loss"] if rep["check_split"] else []):
+        table.add_column(c, justify="right")
+    for k, p in enumerate(rep["curve"]):
+        mark = " *" if k == rep["chosen_index"] else ""
+        table.add_row(
+            "inf (full)" if p["threshold"] is None else f"{p['threshold']:.3f}{mark}",
+            "-" if p["min_confidence_prob"] is None else f"{p['min_confidence_prob']:.3f}",
+            *[f"{s:.1%}" for s in p["exit_share"]],
+            f"{p['auc']:.5f}", f"{p['auc_loss']:+.5f}", f"{p['logloss']:.5f}",
+            f"{p['flops_per_sample']:,.0f}", f"{p['flops_ratio']:.3f}",
+            f"{p['ms_per_batch']:.2f}" if "ms_per_batch" in p else "-",
+            f"{p['ms_per_batch_min']:.2f}" if "ms_per_batch" in p else "-",
+            f"{p['latency_ratio_min']:.3f}" if "ms_per_batch" in p else "-",
+            *([f"{p['check']['auc_loss']:+.5f}"] if "check" in p else []),
+        )
+    console.print(table)
+    console.print("each exit alone on every row, AUC: " + ", ".join(
+        f"exit {i + 1} {a:.5f}" for i, a in enumerate(rep["exit_auc"])))
+    ch = rep["curve"][rep["chosen_index"]]
+    console.print(f"chosen (*): thresholds {ch['thresholds']}, AUC loss {ch['auc_loss']:+.5f} "
+                  f"(target <= {rep['max_auc_loss']}), FLOPs ratio {ch['flops_ratio']:.3f}"
+                  + (f", latency ratio (min) {ch['latency_ratio_min']:.3f}" if "latency_ratio" in ch else ""))
+    if "check" in ch:
+        console.print(f"the chosen setting on {rep['check_split']} ({rep['check_rows']:,} rows): AUC {ch['check']['auc']:.5f} "
+                      f"vs full {rep['check_auc_full']:.5f} (loss {ch['check']['auc_loss']:+.5f}), "
+                      f"exit shares {', '.join(f'{s:.1%}' for s in ch['check']['exit_share'])}")
+    console.print(f"wrote {rep['thresholds_file']} and the curve next to it")
+
+
 @app.command()
 def models(
     describe: Optional[str] = typer.Option(

@@ -20,8 +20,14 @@ class ModelConfig(BaseModel):
 @dataclass
 class ModelOutput:
     """logits: [B, n_tasks]; aux_loss: added to the task loss by the trainer (MoE sparsity,
-    distillation ...); metrics: scalars the trainer logs as they are (e.g. active-expert ratio)."""
+    distillation ...); metrics: scalars the trainer logs as they are (e.g. active-expert ratio).
+
+    Multi-exit models (early exit) also set ``exit_logits``: one ``[B, n_tasks]`` tensor per exit,
+    shallowest first, the last one being ``logits``; the trainer's task loss is then
+    ``sum_i exit_loss_weights[i] * BCE(exit_logits[i])`` instead of ``BCE(logits)``."""
 
     logits: Tensor
     aux_loss: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    exit_logits: list[Tensor] | None = None
+    exit_loss_weights: list[float] | None = None

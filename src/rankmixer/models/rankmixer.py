@@ -27,6 +27,17 @@ Choices where the paper is silent (all config switches):
   ``PerTokenMoE`` (imported only when ``moe`` is set). Its auxiliary (sparsity / balance) losses
   are summed over the blocks into ``ModelOutput.aux_loss``; its metrics are reported per block
   (``moe/l{i}/...``) plus ``moe/active_ratio``, the mean over the blocks.
+* Early exit (``early_exit``, an :class:`EarlyExitConfig`; after Zhou et al. 2025, "The
+  Efficiency vs. Accuracy Trade-off: Optimizing RAG-Enhanced LLM Recommender Systems Using
+  Multi-Head Early Exit", arXiv 2501.02173): an exit head after every block (mean over the
+  block's tokens -> its own TaskHeads); the final head is the last exit. Trained jointly (the
+  trainer sums the exits' BCE losses with the config's weights). At inference
+  (:meth:`RankMixer.forward_early_exit`) a row stops at the first exit whose confidence passes
+  that exit's threshold, and later blocks run only on the rows still in flight. Confidence is
+  the paper's criterion, the ratio of the positive to the negative prediction, taken in log
+  space and in either direction: ``|logit|`` of the confidence task (``|logit| >= t`` is
+  ``max(p, 1-p) >= sigmoid(t)``). ``rankmixer calibrate-exit`` picks the thresholds
+  (``rankmixer/early_exit.py``).
 
 Counting (analytic, :func:`rankmixer_param_count`, :func:`rankmixer_flops_per_sample`): FLOPs
 are matmul FLOPs (2 per multiply-add), forward, per sample: what
@@ -37,11 +48,13 @@ terms are the paper's: params ~ 2kLTD^2, FLOPs ~ 4kLTD^2 per sample.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from rankmixer.data.batch import Batch
@@ -60,6 +73,33 @@ from rankmixer.nn.tokenizer import (
     sequence_targets,
     token_input_widths,
 )
+
+
+class EarlyExitConfig(BaseModel):
+    """Exit heads after every block. The paper trains its heads jointly but gives no loss
+    weights for a ranking model; ``linear`` weighs exit ``i`` (1-based) by ``i`` as PABEE
+    (Zhou et al. 2020) does, so deeper, better exits weigh more. Weights are normalised to sum
+    to 1, which keeps the loss on the single-head BCE scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss_weights: Literal["linear", "uniform"] | list[float] = Field(
+        default="linear", description="per-exit loss weights: linear (i), uniform, or one number per block"
+    )
+    head_hidden: list[int] | None = Field(
+        default=None, description="hidden widths of the intermediate exits' towers (default: head_hidden)"
+    )
+    confidence_task: int = Field(default=0, ge=0, description="task whose |logit| decides the exit")
+
+    def weights(self, num_exits: int) -> list[float]:
+        if self.loss_weights == "uniform":
+            raw = [1.0] * num_exits
+        elif self.loss_weights == "linear":
+            raw = [float(i + 1) for i in range(num_exits)]
+        else:
+            raw = [float(w) for w in self.loss_weights]
+        total = sum(raw)
+        return [w / total for w in raw]
 
 
 class RankMixerConfig(ModelConfig):
@@ -88,6 +128,7 @@ class RankMixerConfig(ModelConfig):
     residual: bool = Field(default=True, description="ablation switch: skip connections")
     layer_norm: bool = Field(default=True, description="ablation switch: post-norm LayerNorms")
     head_hidden: list[int] = Field(default=[], description="hidden widths of each task's tower")
+    early_exit: EarlyExitConfig | None = Field(default=None, description="exit heads after every block")
 
     @field_validator("moe", mode="before")
     @classmethod
@@ -108,7 +149,20 @@ class RankMixerConfig(ModelConfig):
             raise ValueError(f"self_attention needs hidden_dim divisible by attention_heads ({self.heads})")
         if self.moe is not None and self.ffn != "per_token":
             raise ValueError("moe replaces the per-token FFN; it needs ffn=per_token")
+        ee = self.early_exit
+        if ee is not None and isinstance(ee.loss_weights, list):
+            n = max(self.num_layers, 1)  # exits: one per block; L = 0 still has the final head
+            if len(ee.loss_weights) != n or min(ee.loss_weights) < 0 or sum(ee.loss_weights) <= 0:
+                raise ValueError(
+                    f"early_exit.loss_weights needs one non-negative weight per exit ({n}), "
+                    f"not all zero; got {ee.loss_weights}"
+                )
         return self
+
+    @property
+    def exit_head_hidden(self) -> list[int]:
+        ee = self.early_exit
+        return self.head_hidden if ee is None or ee.head_hidden is None else ee.head_hidden
 
     @property
     def heads(self) -> int:
@@ -182,12 +236,17 @@ class RankMixerBackbone(nn.Module):
         self.blocks = nn.ModuleList(RankMixerBlock(cfg, i) for i in range(cfg.num_layers))
         self.is_moe = cfg.moe is not None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+    def forward(
+        self, x: Tensor, after_block: Callable[[int, Tensor], None] | None = None
+    ) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+        """``after_block(i, x)`` (if given) sees every block's output (early-exit heads)."""
         aux: Tensor | None = None
         metrics: dict[str, float] = {}
         ratios = []
         for i, block in enumerate(self.blocks):
             x, a, m = block(x)
+            if after_block is not None:
+                after_block(i, x)
             if a is not None:
                 aux = a if aux is None else aux + a
             metrics.update(m)
@@ -221,14 +280,94 @@ class RankMixer(nn.Module):
         self.tokenizer = Tokenizer(feature_map, names, d, cfg.num_tokens, cfg.hidden_dim, cfg.tokenizer, pooling)
         self.backbone = RankMixerBackbone(cfg)
         self.heads = TaskHeads(cfg.hidden_dim, feature_map.num_tasks, cfg.head_hidden)
+        # Early exit: heads after blocks 1 .. L-1; after block L the final head is the last exit.
+        self.exit_heads: nn.ModuleList | None = None
+        if cfg.early_exit is not None:
+            self.exit_heads = nn.ModuleList(
+                TaskHeads(cfg.hidden_dim, feature_map.num_tasks, cfg.exit_head_hidden)
+                for _ in range(max(cfg.num_layers - 1, 0))
+            )
+            if cfg.early_exit.confidence_task >= feature_map.num_tasks:
+                raise ValueError(
+                    f"early_exit.confidence_task={cfg.early_exit.confidence_task} but the data has "
+                    f"{feature_map.num_tasks} task(s)"
+                )
+
+    @property
+    def num_exits(self) -> int:
+        """Exits of an early-exit model (one per block, at least the final head); 1 otherwise."""
+        return 1 if self.exit_heads is None else len(self.exit_heads) + 1
 
     def tokens(self, batch: Batch) -> Tensor:
         """The input tokens ``X0 [B, T, D]``."""
         return self.tokenizer(self.embedding(batch))
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x, aux, metrics = self.backbone(self.tokens(batch))
-        return ModelOutput(logits=self.heads(x.mean(dim=1)), aux_loss=aux, metrics=metrics)
+        if self.exit_heads is None:
+            x, aux, metrics = self.backbone(self.tokens(batch))
+            return ModelOutput(logits=self.heads(x.mean(dim=1)), aux_loss=aux, metrics=metrics)
+        exits: list[Tensor] = []
+        heads = self.exit_heads
+
+        def exit_head(i: int, h: Tensor) -> None:
+            if i < len(heads):
+                exits.append(heads[i](h.mean(dim=1)))
+
+        x, aux, metrics = self.backbone(self.tokens(batch), after_block=exit_head)
+        logits = self.heads(x.mean(dim=1))
+        exits.append(logits)
+        return ModelOutput(logits=logits, aux_loss=aux, metrics=metrics, exit_logits=exits,
+                           exit_loss_weights=self.cfg.early_exit.weights(len(exits)))
+
+    @torch.no_grad()
+    def forward_early_exit(self, batch: Batch, thresholds: Sequence[float | None]) -> EarlyExitOutput:
+        """Inference with early exit: after block ``i`` (of the first L-1), the rows whose
+        confidence ``|logit[:, confidence_task]|`` is ``>= thresholds[i]`` take that exit's
+        logits and leave; only the remaining rows (indexed, not masked) enter block ``i+1``.
+        ``None`` (or inf) never exits there, and skips that exit head's compute. Rows still in
+        flight after block L take the final head. With no exit taken, the logits are those of
+        ``forward`` in eval mode."""
+        if self.exit_heads is None:
+            raise ValueError("this RankMixer has no exit heads (set model.early_exit)")
+        n_inner = len(self.exit_heads)
+        if len(thresholds) != n_inner:
+            raise ValueError(f"need {n_inner} thresholds (one per exit before the final head), got {len(thresholds)}")
+        task = self.cfg.early_exit.confidence_task
+        x = self.tokens(batch)
+        B = x.shape[0]
+        logits = x.new_empty(B, self.heads.num_tasks)
+        exit_index = torch.full((B,), n_inner, dtype=torch.long, device=x.device)
+        rows = torch.arange(B, device=x.device)  # original index of each row still in flight
+        rows_per_block: list[int] = []
+        for i, block in enumerate(self.backbone.blocks):
+            rows_per_block.append(int(rows.numel()))
+            x = block(x)[0]
+            t = thresholds[i] if i < n_inner else None
+            if t is None or math.isinf(t):
+                continue
+            z = self.exit_heads[i](x.mean(dim=1))
+            done = z[:, task].abs() >= t
+            if bool(done.any()):
+                logits[rows[done]] = z[done].to(logits.dtype)
+                exit_index[rows[done]] = i
+                keep = ~done
+                rows, x = rows[keep], x[keep]
+                if rows.numel() == 0:
+                    break
+        rows_per_block += [0] * (len(self.backbone.blocks) - len(rows_per_block))
+        if rows.numel():
+            logits[rows] = self.heads(x.mean(dim=1)).to(logits.dtype)
+        return EarlyExitOutput(logits=logits, exit_index=exit_index, rows_per_block=rows_per_block)
+
+
+@dataclass
+class EarlyExitOutput:
+    """logits ``[B, n_tasks]`` (each row's from the exit it took); exit_index ``[B]`` (0-based;
+    ``num_exits - 1`` = the final head); rows_per_block: rows that entered each block."""
+
+    logits: Tensor
+    exit_index: Tensor
+    rows_per_block: list[int]
 
 
 # ------------------------------------------------------------------------------------------
@@ -293,7 +432,8 @@ def rankmixer_param_count(
     token input widths (tokenizer + backbone + heads; no embedding, no sequence attention), or
     None (backbone and heads only). Keys: ``embedding``, ``sequence_pooling``, ``tokenizer``,
     ``blocks`` (the backbone), ``heads``, ``dense`` (all but the embedding tables), ``total``,
-    and ``paper_estimate`` = 2kLTD^2 (the paper's leading term, for comparison).
+    and ``paper_estimate`` = 2kLTD^2 (the paper's leading term, for comparison); with early
+    exit also ``exit_heads`` (the L-1 intermediate exits; in ``dense``).
     """
     cfg = _as_config(cfg)
     widths, emb, units, tasks = _inputs(cfg, inputs, num_tasks)
@@ -317,6 +457,9 @@ def rankmixer_param_count(
         "heads": heads,
     }
     out["dense"] = out["sequence_pooling"] + out["tokenizer"] + out["blocks"] + out["heads"]
+    if cfg.early_exit is not None:
+        out["exit_heads"] = max(L - 1, 0) * _towers(D, cfg.exit_head_hidden, tasks)[0]
+        out["dense"] += out["exit_heads"]
     out["total"] = out["dense"] + emb
     out["paper_estimate"] = round(2 * cfg.expansion * L * T * D * D)
     return out
@@ -337,6 +480,9 @@ def rankmixer_flops_per_sample(
     and the ``[E] x [E, D]`` gate-times-bias matmul of ``PerTokenMoE.dense_experts``);
     ``blocks_active`` / ``forward_active`` count sparse inference with ``active_ratio`` of the
     experts (default: the config's ``target_active_ratio``) and the inference router only.
+
+    Early exit: ``exit_heads`` (the L-1 intermediate exits, which training computes for every
+    row) is in ``forward``; :func:`rankmixer_exit_flops` counts inference that stops early.
     """
     cfg = _as_config(cfg)
     widths, _, units, tasks = _inputs(cfg, inputs, num_tasks)
@@ -357,12 +503,43 @@ def rankmixer_flops_per_sample(
     else:
         out["blocks"] = L * (mix + 4 * T * D * H)
     rest = out["sequence_pooling"] + out["tokenizer"] + out["heads"]
+    if cfg.early_exit is not None:
+        out["exit_heads"] = max(L - 1, 0) * _towers(D, cfg.exit_head_hidden, tasks)[1]
+        rest += out["exit_heads"]
     out["forward"] = rest + out["blocks"]
     if "blocks_active" in out:
         out["forward_active"] = rest + out["blocks_active"]
     out["train"] = 3 * out["forward"]
     out["paper_estimate"] = round(4 * cfg.expansion * L * T * D * D)
     return out
+
+
+def rankmixer_exit_flops(
+    cfg: RankMixerConfig | dict,
+    inputs: FeatureMap | Sequence[int] | None = None,
+    num_tasks: int | None = None,
+    active_ratio: float | None = None,
+) -> dict[str, Any]:
+    """Inference FLOPs per sample of an early-exit RankMixer, by where the row leaves.
+
+    ``per_exit[i]``: a row that takes exit ``i`` (0-based; the last is the final head) costs the
+    tokenizer (and sequence pooling), ``i + 1`` blocks and the exit heads evaluated on the way
+    (``1 .. i+1`` of them; the final exit also pays the final head). ``no_exit``: the model
+    run without evaluating any intermediate head (all thresholds off), the baseline. The parts:
+    ``pre`` (before the blocks), ``block``, ``exit_head``, ``final_head``. MoE blocks count
+    sparse inference (``blocks_active``)."""
+    cfg = _as_config(cfg)
+    if cfg.early_exit is None:
+        raise ValueError("the config has no early_exit")
+    f = rankmixer_flops_per_sample(cfg, inputs, num_tasks, active_ratio)
+    L = cfg.num_layers
+    per_block = f.get("blocks_active", f["blocks"]) / max(L, 1)
+    exit_head = f["exit_heads"] // max(L - 1, 1)
+    pre = f["sequence_pooling"] + f["tokenizer"]
+    per_exit = [round(pre + (i + 1) * per_block + (i + 1) * exit_head) for i in range(L - 1)]
+    per_exit.append(round(pre + L * per_block + (L - 1) * exit_head + f["heads"]))
+    return {"per_exit": per_exit, "no_exit": round(pre + L * per_block + f["heads"]),
+            "pre": pre, "block": per_block, "exit_head": exit_head, "final_head": f["heads"]}
 
 
 def describe(name: str, overrides: dict | None = None, feature_map: FeatureMap | None = None) -> dict[str, Any]:
@@ -412,5 +589,6 @@ for _size, _d in _SIZES.items():
 
 __all__ = [
     "RankMixer", "RankMixerBackbone", "RankMixerBlock", "RankMixerConfig", "SelfAttentionMixing",
-    "describe", "rankmixer_flops_per_sample", "rankmixer_param_count",
+    "EarlyExitConfig", "EarlyExitOutput", "describe", "rankmixer_exit_flops", "rankmixer_flops_per_sample",
+    "rankmixer_param_count",
 ]

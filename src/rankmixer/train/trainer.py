@@ -32,6 +32,7 @@ from rankmixer.config import OptimizerConfig, TrainConfig
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.loader import ParquetBatches, make_loader
+from rankmixer.models.base import ModelOutput
 from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
 from rankmixer.train import checkpoint as ckpt
 from rankmixer.train.metrics import StreamingMetrics, higher_is_better
@@ -78,6 +79,16 @@ def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]
         return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
 
     return fn
+
+
+def task_loss(out: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
+    """BCE of the logits; for a multi-exit model the weighted sum of every exit's BCE (the last
+    exit is ``logits``; no weights given = equal weights summing to 1)."""
+    if out.exit_logits is None:
+        return F.binary_cross_entropy_with_logits(out.logits.float(), labels)
+    weights = out.exit_loss_weights or [1.0 / len(out.exit_logits)] * len(out.exit_logits)
+    return sum(w * F.binary_cross_entropy_with_logits(z.float(), labels)
+               for w, z in zip(weights, out.exit_logits, strict=True))
 
 
 class Trainer:
@@ -149,9 +160,8 @@ class Trainer:
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         with self._autocast():
             out = self.model(batch)
-        logits = out.logits.float()
-        task_loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        loss = task_loss if out.aux_loss is None else task_loss + out.aux_loss.float()
+        loss = task_loss(out, batch.labels)
+        loss = loss if out.aux_loss is None else loss + out.aux_loss.float()
         return loss, out.metrics
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

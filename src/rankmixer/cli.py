@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import sys
 from pathlib import Path
@@ -169,8 +171,9 @@ def train(
         result = experiment.train(cfg, resume=resume, log=console.print)
     except _USER_ERRORS as e:
         _fail(e)
-    console.print(_metrics_table(f"{cfg.model_name} (best step {result['best_step']})",
-                                 {"valid": result["valid"], "test": result["test"]}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        console.print(_metrics_table(f"{cfg.model_name} (best step {result['best_step']})",
+                                     {"valid": result["valid"], "test": result["test"]}))
 
 
 @app.command()

@@ -142,7 +142,13 @@ class ParquetBatches(IterableDataset):
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self._units = [(i, g) for i, f in enumerate(self.files) for g in range(pq.ParquetFile(f).num_row_groups)]
+        self._units = []
+        self._unit_rows: dict[tuple[int, int], int] = {}
+        for i, f in enumerate(self.files):
+            meta = pq.ParquetFile(f).metadata
+            for g in range(meta.num_row_groups):
+                self._units.append((i, g))
+                self._unit_rows[(i, g)] = meta.row_group(g).num_rows
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffled order to produce."""
@@ -153,7 +159,21 @@ class ParquetBatches(IterableDataset):
         rows = self.rows // self.world_size
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
-    def _plan(self, worker: int, num_workers: int) -> tuple[list[tuple[int, int]], slice]:
+    def rows_per_rank(self, num_workers: int = 0) -> list[int]:
+        """Rows each rank reads in the current epoch (all its workers together), from the
+        Parquet metadata alone. Distributed training cuts every rank to the same number of
+        batches (see docs/distributed.md), which needs every rank's count up front."""
+        readers = max(1, num_workers)
+        out = []
+        for rank in range(self.world_size):
+            n = 0
+            for worker in range(readers):
+                units, rows = self._plan(worker, readers, rank=rank)
+                n += sum(len(range(self._unit_rows[u])[rows]) for u in units)
+            out.append(n)
+        return out
+
+    def _plan(self, worker: int, num_workers: int, rank: int | None = None) -> tuple[list[tuple[int, int]], slice]:
         """This reader's row groups, and which of their rows it keeps.
 
         Readers are (rank, worker) pairs. With at least as many row groups as readers each
@@ -165,7 +185,7 @@ class ParquetBatches(IterableDataset):
             rng = np.random.default_rng([self.seed, self.epoch])
             units = [units[i] for i in rng.permutation(len(units))]
         readers = self.world_size * num_workers
-        reader = self.rank * num_workers + worker
+        reader = (self.rank if rank is None else rank) * num_workers + worker
         if len(units) >= readers:
             return units[reader::readers], slice(None)
         return units, slice(reader, None, readers)

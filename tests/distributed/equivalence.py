@@ -52,9 +52,9 @@ def step(model, opts, batch) -> torch.Tensor:
     return loss.detach()
 
 
-def run(mode: str, model_name: str, params: dict, env) -> dict:
+def run(mode: str, sharding: list[str] | None, model_name: str, params: dict, env) -> dict:
     fm = make_feature_map(num_tasks=1)
-    cfg = TrainConfig(distributed=DistributedConfig(embeddings=mode))
+    cfg = TrainConfig(distributed=DistributedConfig(embeddings=mode, sharding_types=sharding))
     torch.manual_seed(3)
     model = registry.build_model(model_name, fm, params)
     reference = copy.deepcopy(model)
@@ -80,8 +80,23 @@ def run(mode: str, model_name: str, params: dict, env) -> dict:
     sums = [s["sum"] for s in views["sparse"].state_dict()["state"].values()]
     ref_sums = [s["sum"] for s in ref_opts["sparse"].state_dict()["state"].values()]
     state_diff = max(float((a - b).abs().max()) for a, b in zip(sums, ref_sums))
-    moved = max(float((want[k].float() - got[k].float()).abs().max() + 0) for k in want if k.endswith("embedding.weight"))
-    return {"mode": d.mode, "model": model_name, "losses": losses, "ref_losses": ref_losses,
+    # Resume path (1 -> N): a fresh single-process model + optimizers perturbed by one step on
+    # other data, then overwritten with the reference's state through the views: one more step on
+    # both must agree again.
+    fresh_batch = random_batch(fm, GLOBAL_B, torch.Generator().manual_seed(99))
+    step(wrapped, opts, slice_batch(fresh_batch, mine))  # diverge first
+    view, views = d.checkpoint_views(opts, STEPS)
+    # deep copies: optimizer.load_state_dict may keep the given tensors, which would then be
+    # shared by the two optimizers (a file-based resume has no such aliasing)
+    view.load_state_dict(copy.deepcopy(reference.state_dict()))
+    views["sparse"].load_state_dict(copy.deepcopy(ref_opts["sparse"].state_dict()))
+    views["dense"].load_state_dict(copy.deepcopy(ref_opts["dense"].state_dict()))
+    batch = random_batch(fm, GLOBAL_B, g)
+    resumed_diff = abs(float(step(reference, ref_opts, batch)) - d.mean(float(step(wrapped, opts, slice_batch(batch, mine)))))
+    after, want = view.state_dict(), reference.state_dict()
+    resumed_param_diff = max(float((after[k].float() - want[k].float()).abs().max()) for k in want if want[k].numel())
+    return {"mode": d.mode, "sharding": sharding, "plan": d.plan_text, "model": model_name,
+            "resumed_loss_diff": resumed_diff, "resumed_param_diff": resumed_param_diff, "losses": losses, "ref_losses": ref_losses,
             "max_param_diff": param_diff, "max_adagrad_state_diff": state_diff,
             "placement": d.placement, "n_state_tensors": len(sums)}
 
@@ -91,12 +106,15 @@ def main() -> None:
     torch.set_num_threads(1)
     env = init_distributed(DistributedConfig(timeout_s=60), "cpu")
     assert env is not None, "launch with torchrun --nproc_per_node=2"
-    modes = ["ddp"] + (["torchrec"] if torchrec_available()[0] and "--no-torchrec" not in sys.argv else [])
-    results = []
-    for mode in modes:
-        for name, params in (("deepfm", {"embedding_dim": 8, "dnn_hidden": [16]}),
-                             ("dcnv2", {"embedding_dim": 8, "dnn_hidden": [16], "dropout": 0.0})):
-            results.append(run(mode, name, params, env))
+    deepfm = ("deepfm", {"embedding_dim": 8, "dnn_hidden": [16]})
+    dcnv2 = ("dcnv2", {"embedding_dim": 8, "dnn_hidden": [16], "dropout": 0.0})
+    wide = ("dcnv2", {"embedding_dim": 64, "dnn_hidden": [16], "dropout": 0.0})  # wide enough to split columns
+    cases = [("ddp", None, deepfm), ("ddp", None, dcnv2)]
+    if torchrec_available()[0] and "--no-torchrec" not in sys.argv:
+        # planner's choice (table_wise / column_wise on CPU), then each type forced
+        cases += [("torchrec", None, deepfm), ("torchrec", None, dcnv2), ("torchrec", ["column_wise"], wide),
+                  ("torchrec", ["row_wise"], dcnv2)]
+    results = [run(mode, sharding, name, params, env) for mode, sharding, (name, params) in cases]
     if env.is_main:
         out.write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()

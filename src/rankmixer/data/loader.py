@@ -4,7 +4,8 @@ Order of work, chosen so that memory is bounded and every step is vectorised:
 
 1. The unit of reading is a Parquet row group (preparation writes small ones). The list of
    (file, row group) units is shuffled per epoch with a seeded generator, then dealt out to
-   distributed ranks and to DataLoader workers round-robin, so no two readers read the same rows.
+   distributed ranks (balanced by row count, see ``_rank_units``) and to DataLoader workers
+   round-robin, so no two readers read the same rows.
 2. Each reader fills a window of ``shuffle_buffer`` rows, permutes it and emits full batches;
    the remainder (less than one batch) rolls into the next window. Columns stay numpy arrays
    the whole time: a permutation is one fancy-index per column, not a Python loop over rows.
@@ -184,11 +185,31 @@ class ParquetBatches(IterableDataset):
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
             units = [units[i] for i in rng.permutation(len(units))]
+        if self.world_size > 1 and len(units) >= self.world_size:
+            units = self._rank_units(units)[self.rank if rank is None else rank]
+            if len(units) >= num_workers:
+                return units[worker::num_workers], slice(None)
+            return units, slice(worker, None, num_workers)
         readers = self.world_size * num_workers
         reader = (self.rank if rank is None else rank) * num_workers + worker
         if len(units) >= readers:
             return units[reader::readers], slice(None)
         return units, slice(reader, None, readers)
+
+    def _rank_units(self, units: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """Row groups per rank, balanced by rows: largest first, each to the rank with the fewest
+        rows so far (ties: lowest rank). Distributed training runs every rank for the smallest
+        rank's batch count, so the imbalance (at most about one row group) is what an epoch leaves
+        out; round-robin dealing left out up to a row group per rank. Each rank keeps the epoch's
+        shuffled order among its own row groups."""
+        order = sorted(range(len(units)), key=lambda i: -self._unit_rows[units[i]])  # stable
+        load = [0] * self.world_size
+        owner = [0] * len(units)
+        for i in order:
+            r = min(range(self.world_size), key=lambda k: load[k])
+            owner[i] = r
+            load[r] += self._unit_rows[units[i]]
+        return [[u for i, u in enumerate(units) if owner[i] == r] for r in range(self.world_size)]
 
     def __iter__(self):
         info = get_worker_info()

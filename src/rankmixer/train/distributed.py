@@ -141,11 +141,11 @@ class Distributed:
                 raise RuntimeError(f"train.distributed.embeddings=torchrec but torchrec does not import ({why}); "
                                    "see docs/install.md")
             return False, f"torchrec is not importable ({why})"
+        # train.sparse_gradients needs nothing here: the fused kernels touch only looked-up rows.
         opt = train.sparse_optimizer
-        if opt is None or opt.name not in ("adagrad", "sgd") or train.sparse_gradients:
-            reason = ("TorchRec tables need train.sparse_optimizer adagrad or sgd (fused in backward) "
-                      f"and sparse_gradients off; have sparse_optimizer="
-                      f"{None if opt is None else opt.name}, sparse_gradients={train.sparse_gradients}")
+        if opt is None or opt.name not in ("adagrad", "sgd"):
+            reason = ("TorchRec tables need train.sparse_optimizer adagrad or sgd (fused in backward); "
+                      f"have {None if opt is None else opt.name}")
             if choice == "torchrec":
                 raise ValueError(reason)
             return False, reason
@@ -160,6 +160,17 @@ class Distributed:
         use_torchrec, why = self._want_torchrec(train)
         if not use_torchrec:
             self.mode = "ddp"
+            if train.sparse_gradients:
+                # DDP cannot bucket sparse gradients ("Cannot access storage of SparseTensorImpl").
+                # Adagrad and SGD take the same steps from dense gradients (zero rows stay put),
+                # so switch; SparseAdam has no dense form.
+                if train.sparse_optimizer is None or train.sparse_optimizer.name == "sparse_adam":
+                    raise ValueError("DDP cannot all-reduce sparse gradients and sparse_adam needs them: "
+                                     "use train.distributed.embeddings=torchrec or another sparse_optimizer")
+                from rankmixer.nn.embedding import set_sparse_gradients
+
+                set_sparse_gradients(model, False)
+                self.log("distributed: train.sparse_gradients ignored under DDP (dense gradients, same steps)")
             self.log(f"distributed: {self.world_size} ranks ({self.env.backend}), DDP over the plain "
                      f"embedding, every rank holds every table ({why})")
             ids = [self.env.local_rank] if self.env.device.type == "cuda" else None

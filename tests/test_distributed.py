@@ -144,7 +144,8 @@ def test_ddp_two_ranks_equal_one_process(equivalence):
 @needs_torchrec
 def test_torchrec_two_ranks_equal_one_process_tables_on_both_ranks(equivalence):
     cases = [r for r in equivalence if r["mode"] == "torchrec"]
-    assert {(tuple(r["sharding"] or ()), r["model"]) for r in cases} >= {((), "deepfm"), (("row_wise",), "dcnv2")}
+    assert {(tuple(r["sharding"] or ()), r["model"]) for r in cases} >= {
+        ((), "deepfm"), (("row_wise",), "dcnv2"), (("column_wise",), "deepfm")}
     for r in cases:
         _check_equivalent(r)
         # The shards each rank really holds after sharding (not the plan's intent): both ranks
@@ -155,10 +156,11 @@ def test_torchrec_two_ranks_equal_one_process_tables_on_both_ranks(equivalence):
         for p in r["placement"]:
             by_key[p["key"]] = by_key.get(p["key"], 0) + int(np.prod(p["sizes"]))
         assert len(by_key) >= 5
-    row_wise = next(r for r in cases if r["sharding"] == ["row_wise"])
-    split = [k for k in {p["key"] for p in row_wise["placement"]}
-             if {p["rank"] for p in row_wise["placement"] if p["key"] == k} == {0, 1}]
-    assert split, "row_wise put no table on both ranks"
+    for kind in ("row_wise", "column_wise"):  # forced: some table really split over both ranks
+        r = next(r for r in cases if r["sharding"] == [kind])
+        split = [k for k in {p["key"] for p in r["placement"]}
+                 if {p["rank"] for p in r["placement"] if p["key"] == k} == {0, 1}]
+        assert split, f"{kind} put no table on both ranks"
 
 
 def test_cli_train_under_torchrun_matches_one_process(tmp_path):

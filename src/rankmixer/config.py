@@ -68,8 +68,11 @@ class DistributedConfig(_Strict):
     # torchrec: fail if it does not import; ddp: every rank holds every table (data parallel).
     embeddings: Literal["auto", "torchrec", "ddp"] = "auto"
     # Sharding types the TorchRec planner may choose from; None = table_wise and column_wise,
-    # plus row_wise on CUDA/NCCL.
-    sharding_types: list[Literal["table_wise", "column_wise", "row_wise", "data_parallel"]] | None = None
+    # plus row_wise on CUDA/NCCL. (data_parallel is left out: not tested here.)
+    sharding_types: list[Literal["table_wise", "column_wise", "row_wise"]] | None = None
+    # Narrowest column_wise shard (TorchRec's min_partition); None = TorchRec's default, which
+    # keeps small tables whole. A multiple of 4 (fbgemm).
+    column_shard_min_dim: int | None = Field(None, ge=4, multiple_of=4)
     # Collective timeout: a rank that stops answering fails the job after this long.
     timeout_s: int = Field(300, ge=1)
 

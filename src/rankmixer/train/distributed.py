@@ -210,7 +210,8 @@ class Distributed:
 
         allowed = self.cfg.sharding_types or (GPU_SHARDING if self.env.device.type == "cuda" else CPU_SHARDING)
         tables = sorted({t for m in self._swapped.values() for t in m.table_names})
-        constraints = {t: ParameterConstraints(sharding_types=list(allowed)) for t in tables}
+        constraints = {t: ParameterConstraints(sharding_types=list(allowed), min_partition=self.cfg.column_shard_min_dim)
+                       for t in tables}
         topology = Topology(world_size=self.world_size, compute_device=self.env.device.type)
         planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
         sharders = [EmbeddingCollectionSharder()]

@@ -166,6 +166,7 @@ class Trainer:
         if steps == 0:
             raise ValueError(f"rank rows {rows} give no full batch of {self.local_batch_size} rows per rank")
         return steps
+
     def _autocast(self):
         if self.cfg.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -249,8 +250,8 @@ class Trainer:
                     self._tb.add_scalar(f"{prefix}/{k}", v, record["step"])
 
     def _checkpoint(self) -> None:
+        self.state["world_size"] = self.world_size  # a resume with another count says so
         if self.dist is not None:
-            self.state["world_size"] = self.world_size
             model, optimizers = self.dist.snapshot(self.optimizers, self.state["step"])
             if self.is_main:
                 ckpt.save_checkpoint(

@@ -26,7 +26,7 @@ from rankmixer.models import registry  # noqa: E402
 from rankmixer.nn.embedding import split_parameters  # noqa: E402
 from rankmixer.nn.sharded_embedding import torchrec_available  # noqa: E402
 from rankmixer.train.distributed import Distributed, init_distributed  # noqa: E402
-from rankmixer.train.trainer import _make_optimizer  # noqa: E402
+from rankmixer.train.trainer import _lr_lambda, _make_optimizer  # noqa: E402
 
 STEPS, GLOBAL_B = 6, 64
 
@@ -42,13 +42,22 @@ def optimizers(model, cfg):
     return {"dense": _make_optimizer(cfg.dense_optimizer, dense), "sparse": _make_optimizer(cfg.sparse_optimizer, emb)}
 
 
-def step(model, opts, batch) -> torch.Tensor:
+def schedulers(opts):
+    # linear warm-up over 4 steps, as the trainer builds it (LambdaLR per optimizer): checks that
+    # LR changes reach TorchRec's fused optimizer too
+    fn = _lr_lambda("constant", 4, 100)
+    return [torch.optim.lr_scheduler.LambdaLR(o, fn) for o in opts.values()]
+
+
+def step(model, opts, batch, scheds=()) -> torch.Tensor:
     for o in opts.values():
         o.zero_grad(set_to_none=True)
     loss = F.binary_cross_entropy_with_logits(model(batch).logits.float(), batch.labels)
     loss.backward()
     for o in opts.values():
         o.step()
+    for sch in scheds:
+        sch.step()
     return loss.detach()
 
 
@@ -61,16 +70,18 @@ def run(mode: str, sharding: list[str] | None, model_name: str, params: dict, en
     model = registry.build_model(model_name, fm, params)
     reference = copy.deepcopy(model)
     ref_opts = optimizers(reference, cfg)
+    ref_sched = schedulers(ref_opts)
     d = Distributed(env, cfg.distributed, log=lambda m: None)
     wrapped, opts = d.wrap(model, optimizers(model, cfg), cfg)
+    sched = schedulers(opts)
     per = GLOBAL_B // env.world_size
     mine = slice(env.rank * per, (env.rank + 1) * per)
     g = torch.Generator().manual_seed(11)
     losses, ref_losses = [], []
     for _ in range(STEPS):
         batch = random_batch(fm, GLOBAL_B, g)
-        ref_losses.append(float(step(reference, ref_opts, batch)))
-        local = float(step(wrapped, opts, slice_batch(batch, mine)))
+        ref_losses.append(float(step(reference, ref_opts, batch, ref_sched)))
+        local = float(step(wrapped, opts, slice_batch(batch, mine), sched))
         losses.append(d.mean(local))
     view, _ = d.checkpoint_views(opts)
     got = view.state_dict()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import sys
 from pathlib import Path
@@ -169,8 +171,9 @@ def train(
         result = experiment.train(cfg, resume=resume, log=console.print)
     except _USER_ERRORS as e:
         _fail(e)
-    console.print(_metrics_table(f"{cfg.model_name} (best step {result['best_step']})",
-                                 {"valid": result["valid"], "test": result["test"]}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        console.print(_metrics_table(f"{cfg.model_name} (best step {result['best_step']})",
+                                     {"valid": result["valid"], "test": result["test"]}))
 
 
 @app.command()
@@ -387,6 +390,36 @@ def bench_loader(
     console.print(table)
     json_out.write_text(json.dumps(rows, indent=2))
     console.print(f"wrote {json_out}")
+
+
+@bench_app.command("distributed")
+def bench_distributed(
+    config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML to train."),
+    procs: List[int] = typer.Option([1, 2], help="Process counts to compare."),
+    embeddings: List[str] = typer.Option(["ddp", "torchrec"], help="Embedding modes for N > 1."),
+    max_steps: int = typer.Option(300),
+    log_every: int = typer.Option(25),
+    out: Path = typer.Option(Path("bench_out/distributed"), help="Run directories and JSON go here."),
+    overrides: List[str] = typer.Argument(None, help="key=value overrides for every case"),
+) -> None:
+    """Training samples/s of 1 vs N processes under torchrun (same config, same global batch)."""
+    from rankmixer.bench.distributed import run_distributed_bench
+
+    try:
+        rows = run_distributed_bench(config, procs, embeddings, max_steps, log_every, out,
+                                     overrides=list(overrides or []), log=console.print)
+    except _USER_ERRORS as e:
+        _fail(e)
+    table = Table(title=f"training throughput, {config.name}, {max_steps} steps, {rows[0]['cores']} cores")
+    for c in ("procs", "embeddings", "threads", "samples/s", "vs 1 proc", "valid auc", "wall s", "load"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(str(r["processes"]), r["embeddings"], str(r["threads_per_process"]), f"{r['samples_per_s']:,.0f}",
+                      str(r["speedup_vs_1"]), f"{r['valid_auc']:.4f}", str(r["wall_s"]), str(r["load_avg_before"]))
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distributed.json").write_text(json.dumps(rows, indent=2))
+    console.print(f"wrote {out / 'distributed.json'}")
 
 
 @bench_app.command("accuracy")

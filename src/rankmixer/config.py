@@ -61,6 +61,22 @@ class EarlyStopping(_Strict):
     min_delta: float = 0.0
 
 
+class DistributedConfig(_Strict):
+    """Used only under ``torchrun`` with more than one process (see docs/distributed.md)."""
+
+    # auto: TorchRec sharded tables when torchrec imports, else DDP over the plain embedding;
+    # torchrec: fail if it does not import; ddp: every rank holds every table (data parallel).
+    embeddings: Literal["auto", "torchrec", "ddp"] = "auto"
+    # Sharding types the TorchRec planner may choose from; None = table_wise and column_wise,
+    # plus row_wise on CUDA/NCCL. (data_parallel is left out: not tested here.)
+    sharding_types: list[Literal["table_wise", "column_wise", "row_wise"]] | None = None
+    # Narrowest column_wise shard (TorchRec's min_partition); None = TorchRec's default, which
+    # keeps small tables whole. A multiple of 4 (fbgemm).
+    column_shard_min_dim: int | None = Field(None, ge=4, multiple_of=4)
+    # Collective timeout: a rank that stops answering fails the job after this long.
+    timeout_s: int = Field(300, ge=1)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
@@ -84,6 +100,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = True
     progress: bool = True
+    distributed: DistributedConfig = DistributedConfig()
 
 
 class ExperimentConfig(_Strict):

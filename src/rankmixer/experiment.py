@@ -30,6 +30,7 @@ from rankmixer.data.schema import load_schema
 from rankmixer.models import registry
 from rankmixer.models.flops import forward_flops_per_sample
 from rankmixer.train import checkpoint as ckpt
+from rankmixer.train.distributed import Distributed, init_distributed
 from rankmixer.train.trainer import Trainer, seed_everything
 
 
@@ -70,30 +71,66 @@ def _tee(log: Callable[[str], None], path: Path) -> Callable[[str], None]:
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Train one experiment. Under ``torchrun`` with several processes every rank runs this;
+    rank 0 alone prepares data first, logs and writes the run directory (docs/distributed.md)."""
     run_dir = cfg.resolved_run_dir()
     if resume and not run_dir.exists():
         raise FileNotFoundError(f"--resume given but run directory {run_dir} does not exist")
-    fm = prepare_data(cfg.data, log=log)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume and (run_dir / "config.yaml").exists():
-        saved = load_config(run_dir / "config.yaml")
-        if saved.model_dump() != cfg.model_dump():
-            raise ValueError(f"--resume with a config that differs from {run_dir / 'config.yaml'}")
-    log = _tee(log, run_dir / "train.log")
-    dump_config(cfg, run_dir / "config.yaml")
-    fm.save(run_dir / "feature_map.json")
-    seed_everything(cfg.seed)  # model initialisation depends on it
-    model = registry.build_model(cfg.model_name, fm, cfg.model_params)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {cfg.model_name}: {n_params:,} parameters; train rows {fm.splits['train'].rows:,}; run dir {run_dir}")
-    trainer = Trainer(model, fm, cfg.train, run_dir, seed=cfg.seed, num_workers=cfg.data.num_workers,
-                      shuffle_buffer=cfg.data.shuffle_buffer, log=log)
-    result = trainer.fit(resume=resume)
-    result["parameters"] = n_params
-    result["flops_per_sample"] = _flops_per_sample(model, fm)
-    result["bayes"] = fm.extras.get("bayes")
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    return result
+    env = init_distributed(cfg.train.distributed, cfg.train.device)
+    is_main = env is None or env.is_main
+    if not is_main:
+        log = lambda msg: None  # noqa: E731  (one voice: rank 0's)
+    dist_ = None if env is None else Distributed(env, cfg.train.distributed, log=log)
+    try:
+        if is_main:
+            fm = prepare_data(cfg.data, log=log)
+        if dist_ is not None:
+            dist_.barrier()  # the others reuse what rank 0 prepared
+            if not is_main:
+                fm = prepare_data(cfg.data, log=log)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if is_main:
+            if resume and (run_dir / "config.yaml").exists():
+                saved = load_config(run_dir / "config.yaml")
+                if saved.model_dump() != cfg.model_dump():
+                    raise ValueError(f"--resume with a config that differs from {run_dir / 'config.yaml'}")
+            log = _tee(log, run_dir / "train.log")
+            if dist_ is not None:
+                dist_.log = log
+            dump_config(cfg, run_dir / "config.yaml")
+            fm.save(run_dir / "feature_map.json")
+        seed_everything(cfg.seed)  # model initialisation depends on it (the same on every rank)
+        model = registry.build_model(cfg.model_name, fm, cfg.model_params)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"model {cfg.model_name}: {n_params:,} parameters; train rows {fm.splits['train'].rows:,}; run dir {run_dir}")
+        trainer = Trainer(model, fm, cfg.train, run_dir, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                          shuffle_buffer=cfg.data.shuffle_buffer, log=log, dist=dist_)
+        if dist_ is not None and is_main:
+            _write_sharding_plan(run_dir, dist_)
+        result = trainer.fit(resume=resume)
+        result["parameters"] = n_params
+        # Counted in one process only: under torchrun every forward of sharded tables is a collective.
+        result["flops_per_sample"] = _flops_per_sample(model, fm) if dist_ is None else None
+        result["bayes"] = fm.extras.get("bayes")
+        if dist_ is not None:
+            result["distributed"] = {"world_size": env.world_size, "backend": env.backend, "embeddings": dist_.mode}
+        if is_main:
+            (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
+    finally:
+        if dist_ is not None:
+            import torch.distributed
+
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+
+def _write_sharding_plan(run_dir: Path, d: Distributed) -> None:
+    """sharding_plan.txt (TorchRec's printed plan) and sharding_plan.json (the shards each rank
+    actually holds, gathered after sharding)."""
+    info = {"world_size": d.world_size, "embeddings": d.mode, "placement": d.placement}
+    (run_dir / "sharding_plan.json").write_text(json.dumps(info, indent=2))
+    (run_dir / "sharding_plan.txt").write_text(d.plan_text or f"{d.mode}: every rank holds every table\n")
 
 
 def _flops_per_sample(model: torch.nn.Module, fm: FeatureMap, rows: int = 256) -> float:

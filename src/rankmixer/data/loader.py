@@ -4,7 +4,8 @@ Order of work, chosen so that memory is bounded and every step is vectorised:
 
 1. The unit of reading is a Parquet row group (preparation writes small ones). The list of
    (file, row group) units is shuffled per epoch with a seeded generator, then dealt out to
-   distributed ranks and to DataLoader workers round-robin, so no two readers read the same rows.
+   distributed ranks (balanced by row count, see ``_rank_units``) and to DataLoader workers
+   round-robin, so no two readers read the same rows.
 2. Each reader fills a window of ``shuffle_buffer`` rows, permutes it and emits full batches;
    the remainder (less than one batch) rolls into the next window. Columns stay numpy arrays
    the whole time: a permutation is one fancy-index per column, not a Python loop over rows.
@@ -74,7 +75,13 @@ class ParquetBatches(IterableDataset):
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self._units = [(i, g) for i, f in enumerate(self.files) for g in range(pq.ParquetFile(f).num_row_groups)]
+        self._units = []
+        self._unit_rows: dict[tuple[int, int], int] = {}
+        for i, f in enumerate(self.files):
+            meta = pq.ParquetFile(f).metadata
+            for g in range(meta.num_row_groups):
+                self._units.append((i, g))
+                self._unit_rows[(i, g)] = meta.row_group(g).num_rows
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffled order to produce."""
@@ -85,7 +92,21 @@ class ParquetBatches(IterableDataset):
         rows = self.rows // self.world_size
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
-    def _plan(self, worker: int, num_workers: int) -> tuple[list[tuple[int, int]], slice]:
+    def rows_per_rank(self, num_workers: int = 0) -> list[int]:
+        """Rows each rank reads in the current epoch (all its workers together), from the
+        Parquet metadata alone. Distributed training cuts every rank to the same number of
+        batches (see docs/distributed.md), which needs every rank's count up front."""
+        readers = max(1, num_workers)
+        out = []
+        for rank in range(self.world_size):
+            n = 0
+            for worker in range(readers):
+                units, rows = self._plan(worker, readers, rank=rank)
+                n += sum(len(range(self._unit_rows[u])[rows]) for u in units)
+            out.append(n)
+        return out
+
+    def _plan(self, worker: int, num_workers: int, rank: int | None = None) -> tuple[list[tuple[int, int]], slice]:
         """This reader's row groups, and which of their rows it keeps.
 
         Readers are (rank, worker) pairs. With at least as many row groups as readers each
@@ -96,11 +117,31 @@ class ParquetBatches(IterableDataset):
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
             units = [units[i] for i in rng.permutation(len(units))]
+        if self.world_size > 1 and len(units) >= self.world_size:
+            units = self._rank_units(units)[self.rank if rank is None else rank]
+            if len(units) >= num_workers:
+                return units[worker::num_workers], slice(None)
+            return units, slice(worker, None, num_workers)
         readers = self.world_size * num_workers
-        reader = self.rank * num_workers + worker
+        reader = (self.rank if rank is None else rank) * num_workers + worker
         if len(units) >= readers:
             return units[reader::readers], slice(None)
         return units, slice(reader, None, readers)
+
+    def _rank_units(self, units: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """Row groups per rank, balanced by rows: largest first, each to the rank with the fewest
+        rows so far (ties: lowest rank). Distributed training runs every rank for the smallest
+        rank's batch count, so the imbalance (at most about one row group) is what an epoch leaves
+        out; round-robin dealing left out up to a row group per rank. Each rank keeps the epoch's
+        shuffled order among its own row groups."""
+        order = sorted(range(len(units)), key=lambda i: -self._unit_rows[units[i]])  # stable
+        load = [0] * self.world_size
+        owner = [0] * len(units)
+        for i in order:
+            r = min(range(self.world_size), key=lambda k: load[k])
+            owner[i] = r
+            load[r] += self._unit_rows[units[i]]
+        return [[u for i, u in enumerate(units) if owner[i] == r] for r in range(self.world_size)]
 
     def __iter__(self):
         info = get_worker_info()

@@ -21,7 +21,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from rankmixer.models.base import ModelOutput
 from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
 from rankmixer.train import checkpoint as ckpt
 from rankmixer.train.metrics import StreamingMetrics, higher_is_better
+
+if TYPE_CHECKING:
+    from rankmixer.train.distributed import Distributed
 
 
 def seed_everything(seed: int) -> None:
@@ -103,7 +106,13 @@ class Trainer:
         num_workers: int = 0,
         shuffle_buffer: int = 65_536,
         log: Callable[[str], None] = print,
+        dist: "Distributed | None" = None,
     ):
+        # dist: the process group when launched by torchrun with several processes (see
+        # train/distributed.py); None is the single-process path, unchanged.
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
+        self.world_size = 1 if dist is None else dist.world_size
         self.cfg = cfg
         self.fm = feature_map
         self.run_dir = Path(run_dir)
@@ -135,11 +144,18 @@ class Trainer:
             assert cfg.sparse_optimizer is not None
             self.optimizers["sparse"] = _make_optimizer(cfg.sparse_optimizer, emb)
         self.dense_params = dense
+        if dist is not None:
+            self.model, self.optimizers = dist.wrap(self.model, self.optimizers, cfg)
 
+        # train.batch_size is the global batch: each of N ranks takes batch_size / N rows.
+        if cfg.batch_size % self.world_size:
+            raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by the {self.world_size} processes")
+        self.local_batch_size = cfg.batch_size // self.world_size
         self.train_data = ParquetBatches(
-            feature_map, "train", cfg.batch_size, shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer
+            feature_map, "train", self.local_batch_size, shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer,
+            rank=0 if dist is None else dist.rank, world_size=self.world_size,
         )
-        steps_per_epoch = self.train_data.batches_per_epoch()
+        steps_per_epoch = self.train_data.batches_per_epoch() if dist is None else self._epoch_steps()
         self.total_steps = steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -152,6 +168,16 @@ class Trainer:
         self._tb = None
 
     # ---- pieces --------------------------------------------------------------------------
+    def _epoch_steps(self) -> int:
+        """Distributed: every rank runs the same number of full batches in an epoch, the
+        smallest rank's, so no collective waits for a rank that has run out; the rest of the
+        epoch's rows (each rank's tail) is skipped for this epoch and counted in the log."""
+        rows = self.train_data.rows_per_rank(self.num_workers)
+        steps = min(rows) // self.local_batch_size
+        if steps == 0:
+            raise ValueError(f"rank rows {rows} give no full batch of {self.local_batch_size} rows per rank")
+        return steps
+
     def _autocast(self):
         if self.cfg.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -180,6 +206,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
+        if self.dist is not None:
+            return self._evaluate_distributed(split, max_batches)
         self.model.eval()
         data = ParquetBatches(self.fm, split, self.cfg.eval_batch_size, shuffle=False)
         metrics = StreamingMetrics(self.fm.labels)
@@ -192,7 +220,37 @@ class Trainer:
             metrics.update(batch.labels.cpu().numpy(), probs, None if batch.group is None else batch.group.cpu().numpy())
         return metrics.compute()
 
+    def _evaluate_distributed(self, split: str, max_batches: int | None) -> dict[str, float]:
+        """Each rank scores its share of the split; the metrics are computed over all ranks'
+        predictions together (exact AUC of the whole split, not a mean of per-rank AUCs)."""
+        assert self.dist is not None
+        model = self.dist.eval_model()
+        model.eval()
+        data = ParquetBatches(self.fm, split, self.cfg.eval_batch_size, shuffle=False,
+                              rank=self.dist.rank, world_size=self.world_size)
+        ys, ps, gs = [], [], []
+        loader = itertools.islice(make_loader(data, num_workers=self.num_workers), max_batches)
+        for batch, real in self.dist.lockstep(loader):
+            batch = batch.to(self.device)
+            with self._autocast():
+                logits = model(batch).logits
+            if real:
+                ps.append(torch.sigmoid(logits.float()).cpu().numpy())
+                ys.append(batch.labels.cpu().numpy())
+                if batch.group is not None:
+                    gs.append(batch.group.cpu().numpy())
+        T = len(self.fm.labels)
+        y = np.concatenate(ys) if ys else np.zeros((0, T), np.float32)
+        p = np.concatenate(ps) if ps else np.zeros((0, T), np.float32)
+        g = (np.concatenate(gs) if gs else np.zeros(0, np.int64)) if self.fm.has_group else None
+        y, p, g = self.dist.gather_eval(y, p, g)
+        metrics = StreamingMetrics(self.fm.labels)
+        metrics.update(y, p, g)
+        return metrics.compute()
+
     def _write(self, record: dict) -> None:
+        if not self.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -202,6 +260,16 @@ class Trainer:
                     self._tb.add_scalar(f"{prefix}/{k}", v, record["step"])
 
     def _checkpoint(self) -> None:
+        self.state["world_size"] = self.world_size  # a resume with another count says so
+        if self.dist is not None:
+            model, optimizers = self.dist.snapshot(self.optimizers, self.state["step"])
+            if self.is_main:
+                ckpt.save_checkpoint(
+                    self.run_dir, self.state["step"], model=model, optimizers=optimizers,
+                    schedulers=self.schedulers, trainer_state=self.state, keep_last=self.cfg.keep_checkpoints,
+                )
+            self.dist.barrier()
+            return
         ckpt.save_checkpoint(
             self.run_dir, self.state["step"], model=self.model, optimizers=self.optimizers,
             schedulers=self.schedulers, trainer_state=self.state, keep_last=self.cfg.keep_checkpoints,
@@ -224,7 +292,7 @@ class Trainer:
         improved = best is None or sign * (value - best) > (es.min_delta if es else 0.0)
         if improved:
             self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
-            ckpt.save_weights(self.run_dir / "best.safetensors", self.model)
+            self._save_best()
         else:
             self.state["bad_evals"] += 1
         self.log(
@@ -232,6 +300,21 @@ class Trainer:
             + ("  (best)" if improved else f"  (no improvement {self.state['bad_evals']}/{es.patience if es else '-'})")
         )
         return bool(es and self.state["bad_evals"] >= es.patience)
+
+    def _save_best(self) -> None:
+        if self.dist is None:
+            ckpt.save_weights(self.run_dir / "best.safetensors", self.model)
+            return
+        model, _ = self.dist.snapshot({}, self.state["step"])
+        if self.is_main:
+            ckpt.save_weights(self.run_dir / "best.safetensors", model)
+        self.dist.barrier()
+
+    def _views(self):
+        """(model, optimizers) as checkpoint.py reads and writes them: single-process layout."""
+        if self.dist is None:
+            return self.model, self.optimizers
+        return self.dist.checkpoint_views(self.optimizers, self.state["step"])
 
     # ---- the loop ------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -242,13 +325,19 @@ class Trainer:
             if last is None:
                 self.log("no checkpoint to resume from; starting fresh")
             else:
+                model, optimizers = self._views()
                 self.state = ckpt.load_checkpoint(
-                    last, model=self.model, optimizers=self.optimizers, schedulers=self.schedulers
+                    last, model=model, optimizers=optimizers, schedulers=self.schedulers
                 )
                 self.log(f"resumed from {last} (epoch {self.state['epoch']}, step {self.state['step']})")
-        elif (self.run_dir / "metrics.jsonl").exists():
+                saved_world = self.state.get("world_size", 1)
+                if saved_world != self.world_size:
+                    # The partial epoch's remaining rows are re-dealt to the new ranks: same
+                    # step and epoch, not the same rows as an uninterrupted run.
+                    self.log(f"checkpoint written by {saved_world} process(es), resuming with {self.world_size}")
+        elif self.is_main and (self.run_dir / "metrics.jsonl").exists():
             (self.run_dir / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-        if self.cfg.tensorboard:
+        if self.cfg.tensorboard and self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -256,7 +345,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         stop = st["stopped_early"] or (cfg.max_steps is not None and st["step"] >= cfg.max_steps)
         progress = None
-        if cfg.progress:
+        if cfg.progress and self.is_main:
             from tqdm import tqdm
 
             progress = tqdm(total=self.total_steps, initial=st["step"], unit="step", dynamic_ncols=True,
@@ -265,6 +354,14 @@ class Trainer:
         while not stop and st["epoch"] < cfg.epochs:
             self.train_data.set_epoch(st["epoch"])
             batches = iter(make_loader(self.train_data, num_workers=self.num_workers))
+            if self.dist is not None:
+                steps = self._epoch_steps()
+                batches = itertools.islice(batches, steps)
+                if st["batch_in_epoch"] == 0:
+                    rows = self.train_data.rows_per_rank(self.num_workers)
+                    self.log(f"epoch {st['epoch']}: {steps} steps of {self.local_batch_size} rows on each of "
+                             f"{self.world_size} ranks; {sum(rows) - steps * self.local_batch_size * self.world_size} "
+                             f"of {sum(rows)} rows left out this epoch (equal steps per rank)")
             # Drop what this epoch already fed before the checkpoint we resumed from.
             for _ in itertools.islice(batches, st["batch_in_epoch"]):
                 pass
@@ -273,8 +370,8 @@ class Trainer:
                 loss, extra = self.train_step(batch)
                 st["step"] += 1
                 st["batch_in_epoch"] += 1
-                st["samples"] += len(batch)
-                window_n += len(batch)
+                st["samples"] += len(batch) * self.world_size
+                window_n += len(batch) * self.world_size
                 loss_sum += loss.cpu()  # accumulate on host; .item() only when logging
                 loss_n += 1
                 if progress is not None:
@@ -282,7 +379,7 @@ class Trainer:
                 if st["step"] % cfg.log_every_steps == 0:
                     dt = time.time() - window_t
                     rec = {"split": "train", "step": st["step"], "epoch": st["epoch"],
-                           "loss": float(loss_sum / loss_n), "samples_per_s": round(window_n / dt, 1),
+                           "loss": self._mean(float(loss_sum / loss_n)), "samples_per_s": round(window_n / dt, 1),
                            "lr": self.schedulers["dense"].get_last_lr()[0] if "dense" in self.schedulers else 0.0,
                            **extra}
                     self._write(rec)
@@ -311,9 +408,12 @@ class Trainer:
             self._checkpoint()
         return self.finish()
 
+    def _mean(self, x: float) -> float:
+        return x if self.dist is None else self.dist.mean(x)
+
     def finish(self) -> dict:
         """Reload the best weights, evaluate valid and test, write ``metrics.json``."""
-        ckpt.load_weights(self.run_dir / "best.safetensors", self.model)
+        ckpt.load_weights(self.run_dir / "best.safetensors", self._views()[0])
         result = {
             "best_step": self.state["best_step"],
             "steps": self.state["step"],
@@ -322,7 +422,8 @@ class Trainer:
             "valid": self.evaluate("valid"),
             "test": self.evaluate("test"),
         }
-        (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        if self.is_main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         if self._tb is not None:
             self._tb.close()
         return result

@@ -1,0 +1,83 @@
+"""Training throughput of 1 vs N processes: real ``rankmixer train`` runs under torchrun.
+
+Each case is a full training run of the same config for ``max_steps`` optimizer steps (global
+batch = ``train.batch_size`` in every case, split across the ranks). Its samples/s is the median
+of the trainer's logged windows after the first (start-up, first-touch of the tables). The
+machine's cores are split between the processes (``train.threads = cores // N``), so a case never
+oversubscribes the CPU: on a 2-core box, 2 processes have one core each. One process runs twice,
+with one thread and with every core, so the N-process cases can be read against both. The load
+average before each case is recorded: on a shared machine it says how much the numbers mean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def _cases(procs: list[int], embeddings: list[str], cores: int) -> list[tuple[int, str, int]]:
+    out: list[tuple[int, str, int]] = []
+    for n in procs:
+        if n == 1:
+            out += [(1, "single", t) for t in sorted({1, cores})]
+        else:
+            out += [(n, mode, max(1, cores // n)) for mode in embeddings]
+    return out
+
+
+def run_distributed_bench(
+    config: Path,
+    procs: list[int],
+    embeddings: list[str],
+    max_steps: int,
+    log_every: int,
+    out_dir: Path,
+    cores: int | None = None,
+    overrides: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    cores = cores or os.cpu_count() or 1
+    rows = []
+    for n, mode, threads in _cases(procs, embeddings, cores):
+        run_dir = out_dir / f"p{n}-{mode}-t{threads}"
+        args = ["train", "-c", str(config), f"run_dir={run_dir}", f"train.max_steps={max_steps}",
+                f"train.log_every_steps={log_every}", f"train.threads={threads}",
+                "train.progress=false", "train.tensorboard=false", *(overrides or [])]
+        if n > 1:
+            args.append(f"train.distributed.embeddings={mode}")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                   "-m", "rankmixer", *args]
+        else:
+            cmd = [sys.executable, "-m", "rankmixer", *args]
+        log(f"+ {' '.join(cmd)}")
+        load = round(os.getloadavg()[0], 1)
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"case {n} process(es) / {mode} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+        recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        train = [x for x in recs if x["split"] == "train"]
+        if len(train) < 2:
+            raise RuntimeError(f"{run_dir}: fewer than 2 logged windows; raise max_steps or lower log_every")
+        sps = [x["samples_per_s"] for x in train[1:]]
+        result = json.loads((run_dir / "metrics.json").read_text())
+        rows.append({
+            "processes": n, "embeddings": mode, "threads_per_process": threads, "load_avg_before": load,
+            "samples_per_s": round(statistics.median(sps), 1), "windows": len(sps),
+            "steps": result["steps"], "samples": result["samples"], "wall_s": round(wall, 1),
+            "valid_auc": round(result["valid"]["auc"], 5), "cores": cores,
+            "machine": platform.processor() or platform.machine(),
+        })
+    base = next((x["samples_per_s"] for x in reversed(rows) if x["processes"] == 1), None)  # all cores
+    for x in rows:
+        x["speedup_vs_1"] = None if base is None else round(x["samples_per_s"] / base, 2)
+    return rows

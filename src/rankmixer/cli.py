@@ -369,6 +369,7 @@ def bench_speed(
     dcn_vocab: int = typer.Option(10_000, help="DCNv2 comparison: vocabulary per field."),
     moe: bool = typer.Option(True, help="Sparse vs dense MoE inference (bench/moe.py) at ratio 1/4."),
     profile: bool = typer.Option(False, help="torch.profiler over one training step and one inference call."),
+    inference_copy: bool = typer.Option(True, help="Time inference on a copy of the model (off: on the trained one, half the memory)."),
     json_out: Path = typer.Option(Path("bench_out/speed.json"), "--json", help="Where to write the JSON report."),
 ) -> None:
     """Throughput, MFU vs the measured matmul peak, latency and memory of RankMixer; peers side by side."""
@@ -379,7 +380,7 @@ def bench_speed(
         overrides = apply_overrides({}, list(set_))
         run_speed_bench(model, overrides, _ints(batch_sizes), train_batch, list(precision), device, threads, rounds,
                         optimizer, baseline, ablations, compile_mode, dcn=dcn, dcn_options={"vocab_size": dcn_vocab},
-                        moe_bench=moe, profile=profile, out=json_out, log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
+                        moe_bench=moe, profile=profile, inference_copy=inference_copy, out=json_out, log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
     except (*_USER_ERRORS, ConfigError) as e:
         _fail(e)
 

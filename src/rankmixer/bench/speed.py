@@ -221,6 +221,9 @@ def _summary(v: Variant, peaks_per_round: dict[str, list[float]], peaks_best: di
     if v.kind == "peak":
         row.update(gflops_best=round(v.flops / best / 1e9, 1), gflops_median=round(v.flops / med / 1e9, 1))
         return row
+    if v.kind == "optim":
+        row.update(ms_best=round(best * 1e3, 3), ms_median=round(med * 1e3, 3), memory=v.memory)
+        return row
     row.update(
         ms_best=round(best * 1e3, 3), ms_median=round(med * 1e3, 3),
         samples_per_s_best=round(v.batch / best, 1), samples_per_s_median=round(v.batch / med, 1),
@@ -330,7 +333,7 @@ def _calibrate_moe(model: TokenModel, x: Tensor) -> list[float]:
 def rankmixer_variants(
     cfg: RankMixerConfig, batch_sizes: Sequence[int], train_batch: int, precisions: Sequence[str],
     device: torch.device, optimizer: str, baseline: bool, ablations: bool, compile_mode: str | None,
-    seed: int = 0, log: Callable[[str], None] = print,
+    seed: int = 0, log: Callable[[str], None] = print, inference_copy: bool = True,
 ) -> tuple[list[Variant], dict]:
     """Training and inference variants of our RankMixer backbone (and the public baseline)."""
     from rankmixer.bench.public_rankmixer import PublicRankMixerBackbone, load_from_ours
@@ -365,7 +368,8 @@ def rankmixer_variants(
 
     # Inference runs on its own copy: training steps change the weights every round, which
     # would invalidate the inference weight cache (and move a calibrated MoE router).
-    ours_inf = copy.deepcopy(ours).eval()
+    # inference_copy=False (models too big to hold twice) times inference on the trained model.
+    ours_inf = copy.deepcopy(ours).eval() if inference_copy else ours
     compiled = compiled_inf = None
     if compile_mode is not None:
         mode = None if compile_mode == "default" else compile_mode
@@ -394,6 +398,8 @@ def rankmixer_variants(
             variants.append(Variant(f"{name}/train/{p}/b{train_batch}", "train", train_fn, batch=train_batch,
                                     flops=flops["train"] * train_batch, precision=p, impl=name, peak_key=p,
                                     warmup=2, info={"optimizer": f"{optimizer}/{impl}"}))
+    if ablations:
+        variants += optimizer_step_variants(ours, optimizer, train_batch, seed)
     infer_models: list[tuple[str, nn.Module, float]] = [("ours", ours_inf, infer_flops)]
     if is_moe:
         infer_models.append(("ours-moe-dense", ours_inf, dense_infer_flops))
@@ -411,6 +417,33 @@ def rankmixer_variants(
                                         _infer_fn(m, xs[b], p, device, name), batch=b, flops=fl * b, precision=p,
                                         impl=name, peak_key=p, warmup=2 if "compiled" in name else 1))
     return variants, info
+
+
+def optimizer_step_variants(model: nn.Module, optimizer: str, batch: int, seed: int = 0) -> list[Variant]:
+    """``optimizer.step()`` alone for each kernel choice, on a copy of ``model``'s parameters
+    with fixed gradients: the optimizer change measured without the noise of a whole step."""
+    from rankmixer.train.trainer import _impl_kwargs
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    params = [nn.Parameter(p.detach().clone()) for p in model.parameters()]
+    grads = [(torch.randn(p.shape, generator=g) * 1e-3).to(p.device) for p in params]
+    out, seen = [], []
+    for impl in ("auto", "foreach", "forloop"):
+        kw = _impl_kwargs(OptimizerConfig(name=optimizer, impl=impl), sparse=False)
+        if kw in seen:
+            continue
+        seen.append(kw)
+        opt = make_optimizer(optimizer, params, impl)
+
+        def fn(opt=opt):
+            for p, gr in zip(params, grads, strict=True):
+                p.grad = gr
+            opt.step()
+
+        label = "fused" if kw.get("fused") else ("foreach" if kw.get("foreach") else "forloop")
+        out.append(Variant(f"optstep/{optimizer}-{label}", "optim", fn, batch=batch, impl=f"optstep-{label}",
+                           warmup=2, info={"optimizer": f"{optimizer}/{label}", "params": sum(p.numel() for p in params)}))
+    return out
 
 
 def _infer_fn(model: nn.Module, x: Tensor, precision: str, device: torch.device, name: str) -> Callable[[], Tensor]:
@@ -453,6 +486,7 @@ def run_speed_bench(
     moe_bench: bool = True,
     moe_options: dict | None = None,
     profile: bool = False,
+    inference_copy: bool = True,
     out: Path | str | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
@@ -480,7 +514,7 @@ def run_speed_bench(
                                               cfg.hidden_dim, cfg.ffn_hidden)]
         log(f"bench speed: {model} {overrides or {}} on {_device_name(dev)}, {torch.get_num_threads()} thread(s)")
         rm_variants, info = rankmixer_variants(cfg, batch_sizes, train_batch, precisions, dev, optimizer, baseline,
-                                               ablations, compile_mode, seed, log)
+                                               ablations, compile_mode, seed, log, inference_copy)
         peak_vs = peak_variants(precisions, peak_shapes, dev)
         # peak first in every round: the rates it sets are the ones the round's MFU divides by
         variants = peak_vs + rm_variants
@@ -501,7 +535,10 @@ def run_speed_bench(
         if dcn:
             from rankmixer.bench.fuxictr_dcnv2 import run_dcn_comparison
 
-            report["dcn"] = run_dcn_comparison(precisions=precisions, device=dev, rounds=rounds, peaks=best,
+            # FuxiCTR's own precision is fp32: always in the comparison. Each DCNv2 call is short,
+            # so it gets more rounds than the big model.
+            dcn_prec = ["fp32", *[p for p in precisions if p != "fp32"]]
+            report["dcn"] = run_dcn_comparison(precisions=dcn_prec, device=dev, rounds=max(rounds, 5), peaks=best,
                                                log=log, **(dcn_options or {}))
         if moe_bench:
             from rankmixer.bench.moe import run_moe_bench
@@ -625,6 +662,10 @@ def format_table(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if r["kind"] == "peak":
+            continue
+        if r["kind"] == "optim":
+            lines.append(f"| {r['name']} (step alone, {r['params'] / 1e6:.0f}M params) | - | {r['ms_best']:.1f} "
+                         f"(median {r['ms_median']:.1f}) | - | - | - | - | - | {_fmt(r['memory'].get('peak_mb'), ',.0f')} |")
             continue
         lat = f"{r['latency_ms_p50']:.1f} / {r['latency_ms_p99']:.1f}" if r["kind"] == "infer" else "-"
         mfu = f"{r['mfu_best']:.1%} / {r['mfu_median']:.1%}" if "mfu_best" in r else "-"

@@ -179,7 +179,8 @@ class PerTokenFFN(nn.Module):
         return self._cast  # type: ignore[return-value]
 
     def train(self, mode: bool = True) -> PerTokenFFN:
-        self._cast_key, self._cast = None, ()  # training does not use the copies: free them
+        if mode:  # training does not use the copies: free them
+            self._cast_key, self._cast = None, ()
         return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -29,13 +29,16 @@ for p in $PRECISIONS; do prec_args+=(--precision "$p"); done
 
 for model in $MODELS; do
   extra=()
+  tb=$TRAIN_BATCH
+  # MoE training computes every expert: [T*E, B, kD] activations (8x the dense model's)
+  case "$model" in *-moe) tb=${TRAIN_BATCH_MOE:-512} ;; esac
   case "$model" in *-1b-moe) extra+=(--no-inference-copy --no-ablations --no-baseline) ;; esac
   "$PY" -m rankmixer bench speed --device "$DEVICE" --model "$model" --batch-sizes "$BATCHES" \
-    --train-batch "$TRAIN_BATCH" "${prec_args[@]}" --rounds "$ROUNDS" --optimizer "$OPTIMIZER" \
+    --train-batch "$tb" "${prec_args[@]}" --rounds "$ROUNDS" --optimizer "$OPTIMIZER" \
     --no-dcn --no-moe "${extra[@]}" --json "$OUT/$model.json" 2>&1 | tee "$OUT/$model.log"
   if [ "$COMPILE" != "none" ]; then
     "$PY" -m rankmixer bench speed --device "$DEVICE" --model "$model" --batch-sizes "$BATCHES" \
-      --train-batch "$TRAIN_BATCH" --precision bf16 --rounds "$ROUNDS" --optimizer "$OPTIMIZER" \
+      --train-batch "$tb" --precision bf16 --rounds "$ROUNDS" --optimizer "$OPTIMIZER" \
       --no-dcn --no-moe --no-baseline --no-ablations --no-inference-copy --compile "$COMPILE" \
       --json "$OUT/$model-compiled.json" 2>&1 | tee "$OUT/$model-compiled.log"
   fi

@@ -184,6 +184,7 @@ def test_dcn_comparison_tiny():
     assert dense(mine, "embedding") == dense(peer, "embedding_layer")
 
 
+@pytest.mark.slow  # four CLI processes (~2 min on the loaded dev box); the library path is covered above
 def test_gpu_script_code_path_on_cpu(tmp_path):
     """scripts/gpu_speed.sh end to end on CPU with tiny sizes (dense and MoE, eager)."""
     import os
@@ -193,7 +194,7 @@ def test_gpu_script_code_path_on_cpu(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_speed.sh"
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "MODELS": "rankmixer-tiny rankmixer-tiny-moe",
-           "BATCHES": "8", "TRAIN_BATCH": "8", "ROUNDS": "1", "COMPILE": "none", "PRECISIONS": "fp32 bf16",
+           "BATCHES": "8", "TRAIN_BATCH": "8", "TRAIN_BATCH_MOE": "8", "ROUNDS": "1", "COMPILE": "none", "PRECISIONS": "fp32 bf16",
            "PEERS": "0", "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -24,6 +24,7 @@ embedding update).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -137,6 +138,7 @@ def run_dcn_comparison(
     ours_sp = registry.build_model("dcnv2", fm, {"embedding_dim": emb_dim, "num_cross_layers": cross_layers,
                                                  "dnn_hidden": list(hidden), "structure": "parallel"}).to(dev)
     set_sparse_gradients(ours_sp, True)
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # as the trainer
     emb_sp, dense_sp = split_parameters(ours_sp)
     sp_opts = [_make_optimizer(tcfg.dense_optimizer, dense_sp), _make_optimizer(tcfg.sparse_optimizer, emb_sp, sparse=True)]
 

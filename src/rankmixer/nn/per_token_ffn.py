@@ -23,6 +23,12 @@ Token ``t`` of ``x [B, T, D]`` has its own two-layer FFN
     disagree, the bf16 choice would need a build-time switch. On CUDA ``bmm`` is one batched
     GEMM kernel against T small ones (not measured: no GPU on the dev box).
 
+Inference under autocast reuses low-precision copies of the ``bmm`` weights while they are
+unchanged (:meth:`PerTokenFFN.compute_weights`) instead of re-casting every weight on every
+call. ``rankmixer bench speed`` times ``bmm`` against a public-style per-token ``nn.Linear``
+loop at the issue's config (``docs/performance.md``): ``bmm`` won in fp32 and bf16, in training
+and in inference.
+
 Both store the weight in ``x @ W`` orientation (``[in, out]``), i.e. the transpose of
 ``nn.Linear.weight``, and initialise like ``nn.Linear`` (uniform +-1/sqrt(fan_in) for weights and
 biases), token by token.

@@ -545,5 +545,44 @@ def bench_serve(
     console.print(f"wrote {json_out}")
 
 
+def _ints(values: List[str]) -> list[int]:
+    """``--batch-sizes 512,64`` or repeated ``--batch-sizes``: ints."""
+    return [int(v) for item in values for v in item.split(",") if v.strip()]
+
+
+@bench_app.command("speed")
+def bench_speed(
+    model: str = typer.Option("rankmixer-100m", help="A registered RankMixer model or variant."),
+    set_: List[str] = typer.Option([], "--set", help="Model config override key=value (repeatable), e.g. expansion=4."),
+    batch_sizes: List[str] = typer.Option(["512"], help="Inference batch sizes (comma-separated or repeated)."),
+    train_batch: Optional[int] = typer.Option(None, help="Training batch (default: the first batch size)."),
+    precision: List[str] = typer.Option(["fp32", "bf16"], help="fp32 | bf16 | fp16 (repeatable)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds."),
+    optimizer: str = typer.Option("adamw", help="Dense optimizer (the trainer's names, e.g. adamw, rmsprop)."),
+    baseline: bool = typer.Option(True, help="Time the public-style per-token loop baseline alongside."),
+    ablations: bool = typer.Option(True, help="Time the 'before' of each speed change alongside."),
+    compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile mode: default | reduce-overhead | max-autotune."),
+    dcn: bool = typer.Option(True, help="Our DCNv2 vs FuxiCTR's (skipped with a note without fuxictr)."),
+    dcn_vocab: int = typer.Option(10_000, help="DCNv2 comparison: vocabulary per field."),
+    moe: bool = typer.Option(True, help="Sparse vs dense MoE inference (bench/moe.py) at ratio 1/4."),
+    profile: bool = typer.Option(False, help="torch.profiler over one training step and one inference call."),
+    inference_copy: bool = typer.Option(True, help="Time inference on a copy of the model (off: on the trained one, half the memory)."),
+    json_out: Path = typer.Option(Path("bench_out/speed.json"), "--json", help="Where to write the JSON report."),
+) -> None:
+    """Throughput, MFU vs the measured matmul peak, latency and memory of RankMixer; peers side by side."""
+    from rankmixer.bench.speed import run_speed_bench
+    from rankmixer.config import ConfigError, apply_overrides
+
+    try:
+        overrides = apply_overrides({}, list(set_))
+        run_speed_bench(model, overrides, _ints(batch_sizes), train_batch, list(precision), device, threads, rounds,
+                        optimizer, baseline, ablations, compile_mode, dcn=dcn, dcn_options={"vocab_size": dcn_vocab},
+                        moe_bench=moe, profile=profile, inference_copy=inference_copy, out=json_out, log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
+    except (*_USER_ERRORS, ConfigError) as e:
+        _fail(e)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -53,6 +53,10 @@ class OptimizerConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     eps: float | None = None
     momentum: float = 0.0  # rmsprop / sgd
+    # Update kernel. auto: fused (one kernel over all tensors) for adam/adamw/sgd/adagrad with
+    # dense gradients, foreach for rmsprop (torch has no fused RMSprop), the per-tensor loop for
+    # sparse gradients. Measured in `rankmixer bench speed` (docs/performance.md).
+    impl: Literal["auto", "fused", "foreach", "forloop"] = "auto"
 
 
 class EarlyStopping(_Strict):

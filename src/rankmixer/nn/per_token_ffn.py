@@ -23,6 +23,12 @@ Token ``t`` of ``x [B, T, D]`` has its own two-layer FFN
     disagree, the bf16 choice would need a build-time switch. On CUDA ``bmm`` is one batched
     GEMM kernel against T small ones (not measured: no GPU on the dev box).
 
+Inference under autocast reuses low-precision copies of the ``bmm`` weights while they are
+unchanged (:meth:`PerTokenFFN.compute_weights`) instead of re-casting every weight on every
+call. ``rankmixer bench speed`` times ``bmm`` against a public-style per-token ``nn.Linear``
+loop at the issue's config (``docs/performance.md``): ``bmm`` won in fp32 and bf16, in training
+and in inference.
+
 Both store the weight in ``x @ W`` orientation (``[in, out]``), i.e. the transpose of
 ``nn.Linear.weight``, and initialise like ``nn.Linear`` (uniform +-1/sqrt(fan_in) for weights and
 biases), token by token.
@@ -124,6 +130,11 @@ class PerTokenFFN(nn.Module):
             self.b1 = nn.ParameterList(nn.Parameter(torch.empty(H)) for _ in range(T))
             self.w2 = nn.ParameterList(nn.Parameter(torch.empty(H, D)) for _ in range(T))
             self.b2 = nn.ParameterList(nn.Parameter(torch.empty(D)) for _ in range(T))
+        # Inference under autocast: low-precision copies of the stacked weights, reused while
+        # the weights are unchanged (see compute_weights). Not in the state_dict.
+        self.cache_autocast_weights = True
+        self._cast_key: tuple | None = None
+        self._cast: tuple[Tensor, ...] = ()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -152,13 +163,40 @@ class PerTokenFFN(nn.Module):
                     dst[t].copy_(src[t])
 
     # ---- forward ---------------------------------------------------------------------------
+    def compute_weights(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(w1, b1, w2, b2)`` as the ``bmm`` forward uses them.
+
+        Autocast casts every weight to the low-precision dtype on every call (``2 T D kD``
+        elements read and written per layer). Without autograd (inference) the casts are kept
+        and reused until a weight changes: the cache key holds each weight's storage pointer and
+        version counter, which every in-place update (optimizer step, ``load_state_dict``,
+        ``copy_``) bumps. The cast values are those autocast would produce, so outputs are
+        bitwise the same; ``cache_autocast_weights = False`` turns it off (the benchmark's
+        "before")."""
+        w = (self.w1, self.b1, self.w2, self.b2)
+        dev = x.device.type
+        if not self.cache_autocast_weights or torch.is_grad_enabled() or not torch.is_autocast_enabled(dev):
+            return w  # type: ignore[return-value]
+        dtype = torch.get_autocast_dtype(dev)
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in w))
+        if key != self._cast_key:
+            self._cast = tuple(p.detach().to(dtype) for p in w)
+            self._cast_key = key
+        return self._cast  # type: ignore[return-value]
+
+    def train(self, mode: bool = True) -> PerTokenFFN:
+        if mode:  # training does not use the copies: free them
+            self._cast_key, self._cast = None, ()
+        return super().train(mode)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[1] != self.num_tokens or x.shape[2] != self.dim:
             raise ValueError(f"expected [B, {self.num_tokens}, {self.dim}], got {list(x.shape)}")
         if self.impl == "bmm":
+            w1, b1, w2, b2 = self.compute_weights(x)
             xt = x.transpose(0, 1)  # [T, B, D], a view
-            h = self.dropout(self.act(torch.baddbmm(self.b1.unsqueeze(1), xt, self.w1)))
-            return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2).transpose(0, 1)
+            h = self.dropout(self.act(torch.baddbmm(b1.unsqueeze(1), xt, w1)))
+            return torch.baddbmm(b2.unsqueeze(1), h, w2).transpose(0, 1)
         outs = []
         for t, xs in enumerate(x.unbind(1)):
             h = self.dropout(self.act(torch.addmm(self.b1[t], xs, self.w1[t])))

@@ -55,8 +55,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _make_optimizer(cfg: OptimizerConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+_FUSED = ("adamw", "adam", "sgd", "adagrad")  # torch optimizers with a fused CPU/CUDA kernel
+
+
+def _impl_kwargs(cfg: OptimizerConfig, sparse: bool) -> dict:
+    """``fused``/``foreach`` flags for ``cfg.impl``. torch's own default on CPU is the
+    per-tensor loop, whose temporaries cost more than the update itself on large stacked
+    weights (see docs/performance.md)."""
+    impl = cfg.impl
+    if cfg.name == "sparse_adam":
+        return {}
+    if impl == "auto":
+        impl = "forloop" if sparse else ("fused" if cfg.name in _FUSED else "foreach")
+    if impl == "fused":
+        if cfg.name not in _FUSED or sparse:
+            raise ValueError(f"optimizer {cfg.name!r} has no fused implementation{' for sparse gradients' if sparse else ''}")
+        return {"fused": True}
+    return {"foreach": impl == "foreach"}
+
+
+def _make_optimizer(cfg: OptimizerConfig, params: list[nn.Parameter], sparse: bool = False) -> torch.optim.Optimizer:
     extra = {} if cfg.eps is None else {"eps": cfg.eps}
+    extra.update(_impl_kwargs(cfg, sparse))
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
     if cfg.name == "adam":
@@ -142,7 +162,7 @@ class Trainer:
             self.optimizers["dense"] = _make_optimizer(cfg.dense_optimizer, dense)
         if emb:
             assert cfg.sparse_optimizer is not None
-            self.optimizers["sparse"] = _make_optimizer(cfg.sparse_optimizer, emb)
+            self.optimizers["sparse"] = _make_optimizer(cfg.sparse_optimizer, emb, sparse=cfg.sparse_gradients)
         self.dense_params = dense
         if dist is not None:
             self.model, self.optimizers = dist.wrap(self.model, self.optimizers, cfg)
@@ -350,7 +370,8 @@ class Trainer:
 
             progress = tqdm(total=self.total_steps, initial=st["step"], unit="step", dynamic_ncols=True,
                             disable=None, leave=False)
-        window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros(()), 0
+        # The loss is summed on the device: reading it every step would be a host sync.
+        window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros((), device=self.device), 0
         while not stop and st["epoch"] < cfg.epochs:
             self.train_data.set_epoch(st["epoch"])
             batches = iter(make_loader(self.train_data, num_workers=self.num_workers))
@@ -372,7 +393,7 @@ class Trainer:
                 st["batch_in_epoch"] += 1
                 st["samples"] += len(batch) * self.world_size
                 window_n += len(batch) * self.world_size
-                loss_sum += loss.cpu()  # accumulate on host; .item() only when logging
+                loss_sum += loss  # .item() only when logging
                 loss_n += 1
                 if progress is not None:
                     progress.update(1)
@@ -385,7 +406,7 @@ class Trainer:
                     self._write(rec)
                     if progress is not None:
                         progress.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.0f}")
-                    window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros(()), 0
+                    window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros((), device=self.device), 0
                 if cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0:
                     if self._validate():
                         st["stopped_early"] = stop = True

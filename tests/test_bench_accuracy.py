@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from rankmixer.bench.accuracy import Cell, cells_from_configs, load_suite, markdown_table, run_accuracy
 from rankmixer.config import ConfigError
 from rankmixer.data.feature_map import FeatureMap
+from rankmixer.models import registry
+from rankmixer.models.flops import forward_flops_per_sample
 from rankmixer.models.rankmixer import rankmixer_flops_per_sample
 
 SMALL_SYNTHETIC = {"rows_train": 3000, "rows_valid": 1000, "rows_test": 1000, "n_users": 200, "n_items": 300,
@@ -93,3 +96,16 @@ def test_benchmark_summary_flops_and_resume(tmp_path):
     logs.clear()
     again = run_accuracy(load_suite(_suite(tmp_path)), [0, 1], out, log=logs.append)
     assert not any("training" in m for m in logs) and again["summary"] == report["summary"]
+
+
+def test_flops_counter_sees_self_attention():
+    """The self-attention ablation runs nn.MultiheadAttention, whose fused eval kernel torch's
+    counter would count as zero; the count must still equal the analytic formula."""
+    from conftest import make_feature_map, random_batch
+
+    fm = make_feature_map()
+    cfg = {k: v for k, v in RANKMIXER.items() if k != "name"} | {"token_mixing": "self_attention"}
+    model = registry.build_model("rankmixer", fm, cfg).train()
+    counted = forward_flops_per_sample(model, random_batch(fm, 32))
+    assert counted == pytest.approx(rankmixer_flops_per_sample(cfg, fm)["forward"])
+    assert model.training and torch.backends.mha.get_fastpath_enabled()  # state restored

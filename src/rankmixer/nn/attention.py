@@ -1,0 +1,162 @@
+"""Self-attention over field embeddings ``[B, F, d]``: AutoInt's interacting layer and HiFormer's
+heterogeneous attention.
+
+Shapes: ``B`` batch, ``F`` (or ``L``) fields/tokens, ``d`` embedding width, ``H`` heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class InteractingLayer(nn.Module):
+    """AutoInt's interacting layer (Song et al. 2019, "AutoInt: Automatic Feature Interaction
+    Learning via Self-Attentive Neural Networks", eqs. 5-8)::
+
+        alpha^h_{m,k} = softmax_k(<W_Q^h e_m, W_K^h e_k> / s)       s = 1, or sqrt(d_h) with use_scale
+        e~^h_m       = sum_k alpha^h_{m,k} W_V^h e_k
+        e^Res_m      = ReLU([e~^1_m || ... || e~^H_m] + W_Res e_m)
+
+    ``[B, F, in_dim] -> [B, F, attention_dim]`` with ``attention_dim = H * d_h``. Projections are
+    bias-free (the paper's ``W``). ``W_Res`` is the identity when the widths agree (as FuxiCTR
+    does) and a bias-free linear map otherwise; ``use_residual=False`` drops it. ``layer_norm``
+    (not in the paper, FuxiCTR's option) normalises before the ReLU. ``dropout`` is on the
+    attention weights.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        attention_dim: int,
+        num_heads: int = 1,
+        use_residual: bool = True,
+        use_scale: bool = False,
+        layer_norm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if attention_dim % num_heads:
+            raise ValueError(f"attention_dim {attention_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = attention_dim // num_heads
+        self.out_features = attention_dim
+        self.scale = 1.0 / math.sqrt(self.head_dim) if use_scale else 1.0
+        self.dropout = dropout
+        self.w_q = nn.Linear(in_dim, attention_dim, bias=False)
+        self.w_k = nn.Linear(in_dim, attention_dim, bias=False)
+        self.w_v = nn.Linear(in_dim, attention_dim, bias=False)
+        self.use_residual = use_residual
+        self.w_res = nn.Linear(in_dim, attention_dim, bias=False) if use_residual and in_dim != attention_dim else None
+        self.norm = nn.LayerNorm(attention_dim) if layer_norm else None
+
+    def _heads(self, t: Tensor) -> Tensor:
+        B, n, _ = t.shape
+        return t.view(B, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, F, d_h]
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, n, _ = x.shape
+        q, k, v = self._heads(self.w_q(x)), self._heads(self.w_k(x)), self._heads(self.w_v(x))
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
+        )  # [B, H, F, d_h]
+        out = out.transpose(1, 2).reshape(B, n, self.out_features)
+        if self.use_residual:
+            out = out + (self.w_res(x) if self.w_res is not None else x)
+        if self.norm is not None:
+            out = self.norm(out)
+        return torch.relu(out)
+
+
+def _per_token_(w: Tensor, fan_in: int) -> None:
+    bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default, token by token
+    nn.init.uniform_(w, -bound, bound)
+
+
+class HeterogeneousAttention(nn.Module):
+    """HiFormer's attention (Gui et al. 2023, "Hiformer: Heterogeneous Feature Interactions
+    Learning with Transformers for Recommender Systems") over ``L`` tokens ``[B, L, d]``.
+
+    Every token ``j`` has its own value projection ``V_j`` and every output token ``i`` its own
+    output projection ``O_i`` (feature-specific, "heterogeneous"). Queries and keys:
+
+    ``heterogeneous`` (the paper's heterogeneous attention layer)
+        ``q_i = e_i Q_i``, ``k_j = e_j K_j``: one projection per token.
+    ``composite`` (the paper's Hiformer layer)
+        ``[q_1 .. q_L] = flatten(e) Q^``, ``[k_1 .. k_L] = flatten(e) K^`` with
+        ``Q^, K^ : [L d, L H d_k]``: every token's query and key read *all* tokens. With ``rank``
+        ``r`` they are low-rank, ``Q^ = U_Q V_Q`` (``[L d, r] x [r, L H d_k]``), computed as
+        ``(flatten(e) U_Q) V_Q`` (the paper's low-rank approximation of the composite projection).
+
+    Then per head ``h``: ``a^h_{ij} = softmax_j(<q^h_i, k^h_j> / sqrt(d_k))``,
+    ``o_i = [sum_j a^h_{ij} e_j V^h_j]_h O_i``. ``num_queries`` (``n``): only the first ``n``
+    tokens are queried and have output projections, so the output is ``[B, n, d]`` (the paper's
+    pruning of the last layer, where only the task tokens are read); keys and values still come
+    from every token. It computes exactly the first ``n`` rows of the unpruned layer with the
+    same weights (the pruned layer's parameters are those rows).
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        num_heads: int = 2,
+        head_dim: int | None = None,
+        mode: str = "composite",
+        rank: int | None = None,
+        num_queries: int | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in ("composite", "heterogeneous"):
+            raise ValueError(f"unknown attention mode {mode!r}; known: composite, heterogeneous")
+        L, d, H = num_tokens, dim, num_heads
+        dk = head_dim or max(1, d // H)
+        self.num_tokens, self.dim, self.num_heads, self.head_dim = L, d, H, dk
+        self.mode, self.rank = mode, rank
+        n = self.num_queries = num_queries or L
+        if not 1 <= n <= L:
+            raise ValueError(f"num_queries must be in [1, {L}], got {n}")
+
+        def composite(rows: int) -> nn.Module:
+            if rank is None:
+                return nn.Linear(L * d, rows, bias=False)
+            return nn.Sequential(nn.Linear(L * d, rank, bias=False), nn.Linear(rank, rows, bias=False))
+
+        if mode == "heterogeneous":
+            self.w_q = nn.Parameter(torch.empty(n, d, H * dk))
+            self.w_k = nn.Parameter(torch.empty(L, d, H * dk))
+            for w in (self.w_q, self.w_k):
+                _per_token_(w, d)
+        else:
+            self.q_proj = composite(n * H * dk)  # token-major: rows of token i are i*H*dk ..
+            self.k_proj = composite(L * H * dk)
+        self.w_v = nn.Parameter(torch.empty(L, d, H * dk))
+        self.w_o = nn.Parameter(torch.empty(n, H * dk, d))
+        _per_token_(self.w_v, d)
+        _per_token_(self.w_o, H * dk)
+
+    def queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(q [B, n, H * d_k], k [B, L, H * d_k])``."""
+        B, L, _ = x.shape
+        n = self.num_queries
+        if self.mode == "heterogeneous":
+            return torch.einsum("bld,ldk->blk", x[:, :n], self.w_q), torch.einsum("bld,ldk->blk", x, self.w_k)
+        flat = x.reshape(B, L * self.dim)
+        return self.q_proj(flat).view(B, n, -1), self.k_proj(flat).view(B, L, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, L, d = x.shape
+        if L != self.num_tokens or d != self.dim:
+            raise ValueError(f"expected [B, {self.num_tokens}, {self.dim}], got {list(x.shape)}")
+        n, H, dk = self.num_queries, self.num_heads, self.head_dim
+        q, k = self.queries_keys(x)
+        v = torch.einsum("bld,ldk->blk", x, self.w_v)
+        q = q.reshape(B, n, H, dk).transpose(1, 2)  # [B, H, n, dk]
+        k = k.view(B, L, H, dk).transpose(1, 2)
+        v = v.view(B, L, H, dk).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(dk)
+        o = o.transpose(1, 2).reshape(B, n, H * dk)
+        return torch.einsum("blk,lkd->bld", o, self.w_o)

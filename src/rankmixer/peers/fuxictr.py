@@ -202,6 +202,12 @@ class FuxiDCNv2(_FuxiCTRModel):
 
 class FuxiDeepFMConfig(FuxiCTRConfig):
     dnn_hidden: list[int] = Field(default=[400, 400, 400], description="FuxiCTR's hidden_units")
+    first_order_pooling: Literal["sum", "mean"] = Field(
+        default="sum",
+        description="pooling of bags/sequences in the first-order (LR) term: sum is FuxiCTR's "
+        "(its LogisticRegression sum-pools 1-dim embeddings); mean swaps in its MaskedAveragePooling, "
+        "as our DeepFM does (a diagnostic, see docs/peers.md)",
+    )
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="FuxiCTR's net_dropout")
     batch_norm: bool = Field(default=False, description="BatchNorm in the DNN")
 
@@ -218,6 +224,10 @@ class FuxiDeepFM(_FuxiCTRModel):
         super().__init__(feature_map, cfg)
         L = self.fx.layers
         self.fm = L.FactorizationMachine(self.fx_map)
+        if cfg.first_order_pooling == "mean":
+            encoders = self.fm.lr_layer.embedding_layer.embedding_layer.feature_encoders
+            for name in list(encoders.keys()):
+                encoders[name] = L.MaskedAveragePooling()
         self.mlp = L.MLP_Block(input_dim=self.fx_map.sum_emb_out_dim(), output_dim=feature_map.num_tasks,
                                hidden_units=list(cfg.dnn_hidden), hidden_activations="ReLU",
                                output_activation=None, dropout_rates=cfg.dropout, batch_norm=cfg.batch_norm)

@@ -111,7 +111,7 @@ class FuxiCTRConfig(ModelConfig):
 class _FuxiCTRModel(nn.Module):
     """Shared plumbing: FuxiCTR feature map, embedding layer and the Batch -> dict conversion."""
 
-    def __init__(self, feature_map: FeatureMap, cfg: FuxiCTRConfig) -> None:
+    def __init__(self, feature_map: FeatureMap, cfg: FuxiCTRConfig, not_embedded: list[str] | None = None) -> None:
         super().__init__()
         self.fx = require_fuxictr()
         self.cfg = cfg
@@ -119,7 +119,8 @@ class _FuxiCTRModel(nn.Module):
         self.fx_map = fuxictr_feature_map(feature_map, cfg.embedding_dim)
         self.num_fields = self.fx_map.num_fields
         self.embedding_layer = self.fx.layers.FeatureEmbedding(
-            self.fx_map, cfg.embedding_dim, embedding_initializer=self._initializer()
+            self.fx_map, cfg.embedding_dim, embedding_initializer=self._initializer(),
+            not_required_feature_columns=not_embedded or None,
         )
 
     def _initializer(self) -> str:
@@ -261,13 +262,11 @@ class FuxiDLRM(_FuxiCTRModel):
     """
 
     def __init__(self, feature_map: FeatureMap, cfg: FuxiDLRMConfig) -> None:
-        super().__init__(feature_map, cfg)
+        # The zoo embeds only the non-numerical features (the bottom MLP handles the numerical).
+        self.dense_feats = [f.name for f in feature_map.dense]
+        super().__init__(feature_map, cfg, not_embedded=self.dense_feats)
         L = self.fx.layers
         d = cfg.embedding_dim
-        self.dense_feats = [f.name for f in feature_map.dense]
-        # The zoo embeds only the non-numerical features (the bottom MLP handles the numerical).
-        self.embedding_layer = L.FeatureEmbedding(self.fx_map, d, embedding_initializer=self._initializer(),
-                                                  not_required_feature_columns=self.dense_feats)
         if self.dense_feats:
             n_fields = self.num_fields - len(self.dense_feats) + 1
             self.bottom_mlp = L.MLP_Block(input_dim=len(self.dense_feats), output_dim=d,

@@ -20,13 +20,17 @@ from rankmixer.peers.fuxictr import FuxiMultiHeadSelfAttention, batch_to_inputs,
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PEERS = ["fuxictr-lr", "fuxictr-dcnv2", "fuxictr-deepfm", "fuxictr-dlrm", "fuxictr-autoint"]
+PEERS = ["fuxictr-lr", "fuxictr-dcnv2", "fuxictr-deepfm", "fuxictr-dlrm", "fuxictr-autoint", "fuxictr-dcn",
+         "fuxictr-finalmlp", "fuxictr-wukong"]
 SMALL = {
     "fuxictr-lr": {},
     "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
     "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},
     "fuxictr-dlrm": {"embedding_dim": 8, "bottom_mlp": [8], "top_mlp": [16]},
     "fuxictr-autoint": {"embedding_dim": 8, "attention_dim": 8, "num_heads": 2, "dnn_hidden": [16], "use_wide": True},
+    "fuxictr-dcn": {"embedding_dim": 8, "dnn_hidden": [16]},
+    "fuxictr-finalmlp": {"embedding_dim": 8, "mlp1_hidden": [16], "mlp2_hidden": [8], "fs1_context": ["clicks"]},
+    "fuxictr-wukong": {"embedding_dim": 8, "num_layers": 2, "fmb_units": [16], "dnn_hidden": [16]},
 }
 
 
@@ -83,7 +87,7 @@ def test_forward_backward_and_embedding_optimizer_split(fx, name, num_tasks, gen
 def test_feature_maps_missing_kinds(fx, name, generator):
     for kwargs in (dict(n_dense=0), dict(n_dense=0, bags=False, sequences=False), dict(n_sparse=0)):
         fm = make_feature_map(num_tasks=2, **kwargs)
-        model = _build(name, fm)
+        model = _build(name, fm, **({"fs1_context": []} if name == "fuxictr-finalmlp" else {}))  # no "clicks" here
         model(random_batch(fm, 8, generator)).logits.sum().backward()
 
 
@@ -183,3 +187,34 @@ def test_first_order_pooling_sum_is_fuxictrs_and_mean_is_ours(fx, generator):
         w = lr.embedding_layer.embedding_layer.embedding_layers["tags"].weight[:, 0]
         ref = w[ids].sum(1) / (count if pooling == "mean" else 1) + lr.bias
         torch.testing.assert_close(lr(batch_to_inputs(fm, batch))[:, 0], ref, rtol=1e-5, atol=1e-7)
+
+
+def test_fuxictr_bilinear_aggregation_matches_our_bilinear_fusion(fx):
+    """The zoo's InteractionAggregation (its weight layout) and our BilinearFusion are the same
+    function: copy its weights into ours, viewed as [heads, x, out, y] -> [heads, x, y, out]."""
+    from rankmixer.nn.fusion import BilinearFusion
+    from rankmixer.peers.fuxictr import FuxiInteractionAggregation
+
+    torch.manual_seed(0)
+    theirs = FuxiInteractionAggregation(8, 12, output_dim=3, num_heads=4).double()
+    ours = BilinearFusion(8, 12, num_heads=4, out_dim=3).double()
+    with torch.no_grad():
+        ours.w_x.load_state_dict(theirs.w_x.state_dict())
+        ours.w_y.weight.copy_(theirs.w_y.weight)
+        ours.w_x.bias.add_(theirs.w_y.bias)  # ours has one bias
+        ours.w_xy.copy_(theirs.w_xy.view(4, 2, 3, 3).permute(0, 1, 3, 2))
+    x, y = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 12, dtype=torch.float64)
+    torch.testing.assert_close(theirs(x, y), ours(x, y))
+
+
+def test_fuxictr_wukong_fm_is_our_optimized_fm(fx):
+    from rankmixer.nn.fm_block import fm_matrix
+    from rankmixer.peers.fuxictr import FuxiWuKongLayer
+
+    torch.manual_seed(0)
+    layer = FuxiWuKongLayer(5, 4, project_dim=3, fmb_units=[8], fmb_dim=6, compression_dim=7, dropout=0.0).double()
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    fm = fm_matrix(x, layer.projection_matrix).flatten(1)
+    fmb = torch.relu(layer.fmb_mlp(layer.fmb_norm(fm)))
+    ref = layer.layer_norm(layer.transform(torch.cat([fmb, layer.lcb(x.flatten(1))], 1)) + x.flatten(1))
+    torch.testing.assert_close(layer(x), ref)

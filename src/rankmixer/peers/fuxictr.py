@@ -417,3 +417,226 @@ class FuxiLR(_FuxiCTRModel):
     def forward(self, batch: Batch) -> ModelOutput:
         X = self.inputs(batch)
         return ModelOutput(logits=torch.cat([lr(X) for lr in self.lr], dim=1))
+
+
+# ---- DCN (v1) --------------------------------------------------------------------------------
+
+
+class FuxiDCNConfig(FuxiCTRConfig):
+    num_cross_layers: int = Field(default=3, ge=1, description="number of rank-1 cross layers")
+    dnn_hidden: list[int] = Field(default=[], description="parallel DNN widths ([] = cross network only)")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="FuxiCTR's net_dropout")
+    batch_norm: bool = Field(default=False, description="BatchNorm in the DNN")
+
+
+@register("fuxictr-dcn", FuxiDCNConfig)
+class FuxiDCN(_FuxiCTRModel):
+    """DCN (v1) from FuxiCTR's layers (CrossNet, MLP_Block), as its model zoo composes them (Wang et al. 2017, "Deep & Cross Network for Ad Click Predictions"; FuxiCTR).
+
+    Follows ``model_zoo/DCN/DCN_torch/src/DCN.py``: rank-1 cross layers
+    ``x_{l+1} = x0 (w^T x_l) + b + x_l`` on the flat embeddings, optionally beside a DNN. There is
+    no rankmixer DCN v1 (our ``dcnv2`` with ``low_rank=1`` is close but not the same layer).
+    """
+
+    def __init__(self, feature_map: FeatureMap, cfg: FuxiDCNConfig) -> None:
+        super().__init__(feature_map, cfg)
+        L = self.fx.layers
+        input_dim = self.fx_map.sum_emb_out_dim()
+        self.crossnet = L.CrossNet(input_dim, cfg.num_cross_layers)
+        self.dnn = (L.MLP_Block(input_dim=input_dim, output_dim=None, hidden_units=list(cfg.dnn_hidden),
+                                hidden_activations="ReLU", output_activation=None, dropout_rates=cfg.dropout,
+                                batch_norm=cfg.batch_norm) if cfg.dnn_hidden else None)
+        self.fc = nn.Linear(input_dim + (cfg.dnn_hidden[-1] if cfg.dnn_hidden else 0), feature_map.num_tasks)
+        self.reset_parameters()
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        emb = self.embedding_layer(self.inputs(batch), flatten_emb=True)
+        out = self.crossnet(emb)
+        if self.dnn is not None:
+            out = torch.cat([out, self.dnn(emb)], dim=-1)
+        return ModelOutput(logits=self.fc(out))
+
+
+# ---- FinalMLP --------------------------------------------------------------------------------
+
+
+class FuxiFeatureSelection(nn.Module):
+    """The zoo's FinalMLP ``FeatureSelection`` (``model_zoo/FinalMLP/src/FinalMLP.py``; not in the
+    wheel), written around the wheel's ``FeatureEmbedding`` and ``MLP_Block``: per stream, a
+    context (a zero-initialised learned vector, or the context fields' embeddings from *their own*
+    embedding tables) through an MLP with a sigmoid output, times 2, gates the flat embeddings."""
+
+    def __init__(self, fx: SimpleNamespace, fx_map, feature_dim: int, embedding_dim: int, hidden: list[int],
+                 contexts: tuple[list[str], list[str]], initializer: str) -> None:
+        super().__init__()
+        L = fx.layers
+        self.contexts = contexts
+        self.ctx_bias = nn.ParameterDict()  # stream "0"/"1" without context fields: a learned vector
+        self.ctx_emb = nn.ModuleDict()  # stream with context fields: their own embedding tables
+        self.gates = nn.ModuleList()
+        for s, ctx in enumerate(contexts):
+            if ctx:
+                self.ctx_emb[str(s)] = L.FeatureEmbedding(fx_map, embedding_dim, embedding_initializer=initializer,
+                                                          required_feature_columns=list(ctx))
+            else:
+                self.ctx_bias[str(s)] = nn.Parameter(torch.zeros(1, embedding_dim))
+            self.gates.append(L.MLP_Block(input_dim=embedding_dim * max(1, len(ctx)), output_dim=feature_dim,
+                                          hidden_units=list(hidden), hidden_activations="ReLU",
+                                          output_activation="Sigmoid", batch_norm=False))
+
+    def forward(self, X: dict[str, Tensor], flat_emb: Tensor) -> tuple[Tensor, Tensor]:
+        out = []
+        for s, ctx in enumerate(self.contexts):
+            if ctx:
+                gate_in = self.ctx_emb[str(s)]({k: X[k] for k in ctx}).flatten(start_dim=1)
+            else:
+                gate_in = self.ctx_bias[str(s)].repeat(flat_emb.size(0), 1)
+            out.append(flat_emb * (self.gates[s](gate_in) * 2))
+        return out[0], out[1]
+
+
+class FuxiInteractionAggregation(nn.Module):
+    """The zoo's FinalMLP ``InteractionAggregation`` (not in the wheel): multi-head bilinear fusion
+    ``w_x^T x + w_y^T y + sum_h x_h^T W_h y_h``, with the zoo's weight layout and init."""
+
+    def __init__(self, x_dim: int, y_dim: int, output_dim: int = 1, num_heads: int = 1) -> None:
+        super().__init__()
+        if x_dim % num_heads or y_dim % num_heads:
+            raise ValueError("FinalMLP: stream widths must be divisible by num_heads")
+        self.num_heads, self.output_dim = num_heads, output_dim
+        self.head_x_dim, self.head_y_dim = x_dim // num_heads, y_dim // num_heads
+        self.w_x = nn.Linear(x_dim, output_dim)
+        self.w_y = nn.Linear(y_dim, output_dim)
+        self.w_xy = nn.Parameter(torch.empty(num_heads * self.head_x_dim * self.head_y_dim, output_dim))
+        nn.init.xavier_normal_(self.w_xy)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        H = self.num_heads
+        head_x = x.view(-1, H, self.head_x_dim)
+        head_y = y.view(-1, H, self.head_y_dim)
+        xw = torch.matmul(head_x.unsqueeze(2), self.w_xy.view(H, self.head_x_dim, -1))  # [B, H, 1, out * hy]
+        xy = torch.matmul(xw.view(-1, H, self.output_dim, self.head_y_dim), head_y.unsqueeze(-1)).squeeze(-1)
+        return self.w_x(x) + self.w_y(y) + xy.sum(dim=1)
+
+
+class FuxiFinalMLPConfig(FuxiCTRConfig):
+    mlp1_hidden: list[int] = Field(default=[64, 64, 64], min_length=1, description="stream 1 widths")
+    mlp2_hidden: list[int] = Field(default=[64, 64, 64], min_length=1, description="stream 2 widths")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout in both streams")
+    batch_norm: bool = Field(default=False, description="BatchNorm in both streams")
+    use_feature_selection: bool = Field(default=True, description="FuxiCTR's use_fs")
+    fs_hidden: list[int] = Field(default=[64], description="gate MLP widths")
+    fs1_context: list[str] = Field(default=[], description="context features of gate 1")
+    fs2_context: list[str] = Field(default=[], description="context features of gate 2")
+    num_heads: int = Field(default=1, ge=1, description="heads of the bilinear fusion")
+
+
+@register("fuxictr-finalmlp", FuxiFinalMLPConfig)
+class FuxiFinalMLP(_FuxiCTRModel):
+    """FinalMLP composed as FuxiCTR's model zoo does: wheel FeatureEmbedding and MLP_Block, with the zoo's FeatureSelection and InteractionAggregation re-written here (Mao et al. 2023; FuxiCTR).
+
+    Follows ``model_zoo/FinalMLP/src/FinalMLP.py``. Unlike our ``finalmlp``, the gates' context
+    fields get their own embedding tables (the zoo builds a second FeatureEmbedding for them).
+    """
+
+    def __init__(self, feature_map: FeatureMap, cfg: FuxiFinalMLPConfig) -> None:
+        super().__init__(feature_map, cfg)
+        L = self.fx.layers
+        names = list(self.fx_map.features)
+        for key, ctx in (("fs1_context", cfg.fs1_context), ("fs2_context", cfg.fs2_context)):
+            if any(c not in names for c in ctx):
+                raise ValueError(f"fuxictr-finalmlp {key}: unknown features {[c for c in ctx if c not in names]}")
+        feature_dim = cfg.embedding_dim * self.num_fields
+
+        def stream(hidden: list[int]) -> nn.Module:
+            return L.MLP_Block(input_dim=feature_dim, output_dim=None, hidden_units=list(hidden),
+                               hidden_activations="ReLU", output_activation=None, dropout_rates=cfg.dropout,
+                               batch_norm=cfg.batch_norm)
+
+        self.mlp1, self.mlp2 = stream(cfg.mlp1_hidden), stream(cfg.mlp2_hidden)
+        self.fs_module = (FuxiFeatureSelection(self.fx, self.fx_map, feature_dim, cfg.embedding_dim, cfg.fs_hidden,
+                                               (cfg.fs1_context, cfg.fs2_context), self._initializer())
+                          if cfg.use_feature_selection else None)
+        self.fusion_module = FuxiInteractionAggregation(cfg.mlp1_hidden[-1], cfg.mlp2_hidden[-1],
+                                                        output_dim=feature_map.num_tasks, num_heads=cfg.num_heads)
+        self.reset_parameters()
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        X = self.inputs(batch)
+        flat_emb = self.embedding_layer(X).flatten(start_dim=1)
+        feat1, feat2 = self.fs_module(X, flat_emb) if self.fs_module is not None else (flat_emb, flat_emb)
+        return ModelOutput(logits=self.fusion_module(self.mlp1(feat1), self.mlp2(feat2)))
+
+
+# ---- WuKong ----------------------------------------------------------------------------------
+
+
+class FuxiWuKongLayer(nn.Module):
+    """The zoo's ``WuKongLayer`` (``model_zoo/WuKong/src/WuKong.py``; not in the wheel): an FMB
+    (``X (X^T P)`` flattened, LayerNorm, ReLU MLP to ``fmb_dim``, ReLU) and an LCB (a linear map of
+    the flat input to ``compression_dim``, dropout), concatenated, mapped back to ``n d`` by a
+    linear layer, plus the input, then LayerNorm over all ``n d`` values. This differs from the
+    paper's layer (and ours): the blocks' outputs are flat vectors, not ``n_F`` and ``n_L``
+    embeddings, and the number of embeddings stays ``n``."""
+
+    def __init__(self, n: int, d: int, project_dim: int, fmb_units: list[int], fmb_dim: int,
+                 compression_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.n, self.d = n, d
+        self.projection_matrix = nn.Parameter(torch.randn(n, project_dim))
+        self.fmb_norm = nn.LayerNorm(n * project_dim)
+        layers: list[nn.Module] = []
+        prev = n * project_dim
+        for u in fmb_units:
+            layers += [nn.Linear(prev, u), nn.ReLU()]
+            prev = u
+        layers.append(nn.Linear(prev, fmb_dim))
+        self.fmb_mlp = nn.Sequential(*layers)
+        self.lcb = nn.Linear(n * d, compression_dim)
+        self.lcb_dropout = nn.Dropout(dropout)
+        self.transform = nn.Linear(fmb_dim + compression_dim, n * d)
+        self.layer_norm = nn.LayerNorm(n * d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B = x.size(0)
+        x = x.view(B, self.n, self.d)
+        fm = torch.matmul(x, torch.matmul(x.transpose(1, 2), self.projection_matrix)).view(B, -1)
+        fmb_out = torch.relu(self.fmb_mlp(self.fmb_norm(fm)))
+        lcb_out = self.lcb_dropout(self.lcb(x.reshape(B, -1)))
+        out = self.transform(torch.cat([fmb_out, lcb_out], dim=1))
+        return self.layer_norm(out + x.reshape(B, -1))
+
+
+class FuxiWuKongConfig(FuxiCTRConfig):
+    num_layers: int = Field(default=3, ge=1, description="number of WuKong layers")
+    compression_dim: int = Field(default=40, ge=1, description="LCB output width")
+    fmb_units: list[int] = Field(default=[32, 32], min_length=1, description="FMB MLP widths")
+    fmb_dim: int = Field(default=40, ge=1, description="FMB output width")
+    project_dim: int = Field(default=8, ge=1, description="k of the FMB projection X (X^T P)")
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description="LCB dropout")
+    dnn_hidden: list[int] = Field(default=[32, 32], description="FuxiCTR's mlp_hidden_units (final MLP)")
+
+
+@register("fuxictr-wukong", FuxiWuKongConfig)
+class FuxiWuKong(_FuxiCTRModel):
+    """WuKong composed as FuxiCTR's model zoo does: wheel FeatureEmbedding and MLP_Block with the zoo's WuKong layer re-written here (Zhang et al. 2024; FuxiCTR).
+
+    Follows ``model_zoo/WuKong/src/WuKong.py`` (defaults are the zoo's); see
+    :class:`FuxiWuKongLayer` for how the zoo's layer differs from the paper's.
+    """
+
+    def __init__(self, feature_map: FeatureMap, cfg: FuxiWuKongConfig) -> None:
+        super().__init__(feature_map, cfg)
+        n, d = self.num_fields, cfg.embedding_dim
+        self.interaction_layers = nn.Sequential(*[
+            FuxiWuKongLayer(n, d, cfg.project_dim, cfg.fmb_units, cfg.fmb_dim, cfg.compression_dim, cfg.dropout)
+            for _ in range(cfg.num_layers)
+        ])
+        self.final_mlp = self.fx.layers.MLP_Block(input_dim=n * d, output_dim=feature_map.num_tasks,
+                                                  hidden_units=list(cfg.dnn_hidden), hidden_activations="relu",
+                                                  output_activation=None)
+        self.reset_parameters()
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        x = self.embedding_layer(self.inputs(batch))
+        return ModelOutput(logits=self.final_mlp(self.interaction_layers(x)))

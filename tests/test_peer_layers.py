@@ -73,15 +73,15 @@ def test_interacting_layer_matches_torch_multihead_attention():
 def _hetero_loop(att: HeterogeneousAttention, x: torch.Tensor) -> torch.Tensor:
     B, L, d = x.shape
     H, dk, n = att.num_heads, att.head_dim, att.num_queries
+    q = torch.stack([torch.stack([x[b, i] @ att.w_q[i] for i in range(n)]) for b in range(B)])
     if att.mode == "heterogeneous":
-        q = torch.stack([torch.stack([x[b, i] @ att.w_q[i] for i in range(n)]) for b in range(B)])
         k = torch.stack([torch.stack([x[b, j] @ att.w_k[j] for j in range(L)]) for b in range(B)])
+        v = torch.stack([torch.stack([x[b, j] @ att.w_v[j] for j in range(L)]) for b in range(B)])
     else:
         def proj(mod):
-            w = mod.weight if isinstance(mod, nn.Linear) else mod[1].weight @ mod[0].weight  # W = V U
-            return torch.stack([w @ x[b].reshape(-1) for b in range(B)])
-        q = proj(att.q_proj).view(B, n, H * dk)
-        k = proj(att.k_proj).view(B, L, H * dk)
+            w = mod.weight if isinstance(mod, nn.Linear) else mod[1].weight @ mod[0].weight  # W = U_2 U_1
+            return torch.stack([w @ x[b].reshape(-1) for b in range(B)]).view(B, L, H * dk)
+        k, v = proj(att.k_proj), proj(att.v_proj)
     out = torch.zeros(B, n, d, dtype=x.dtype)
     for b in range(B):
         for i in range(n):
@@ -90,7 +90,7 @@ def _hetero_loop(att: HeterogeneousAttention, x: torch.Tensor) -> torch.Tensor:
                 c = slice(h * dk, (h + 1) * dk)
                 s = torch.stack([q[b, i, c] @ k[b, j, c] / math.sqrt(dk) for j in range(L)])
                 a = torch.softmax(s, 0)
-                heads.append(sum(a[j] * (x[b, j] @ att.w_v[j])[c] for j in range(L)))
+                heads.append(sum(a[j] * v[b, j, c] for j in range(L)))
             out[b, i] = torch.cat(heads) @ att.w_o[i]
     return out
 

@@ -122,6 +122,25 @@ def test_sparse_embedding_gradients_with_sparse_optimizer(name, tiny_feature_map
     assert any(not torch.equal(b, p) for b, p in zip(before, emb))
 
 
+@pytest.mark.parametrize("name,params", [
+    ("autoint", {"use_scale": True, "layer_norm": True, "use_residual": False, "attention_dropout": 0.1}),
+    ("hiformer", {"attention": "heterogeneous"}),
+    ("hiformer", {"low_rank": 4, "ffn": "shared", "prune_last_layer": False}),
+    ("dhen", {"ensemble": "sum", "modules": ["dot", "linear"], "dcn_low_rank": 2}),
+    ("dhen", {"modules": ["dcn"], "dcn_low_rank": 2, "num_layers": 3}),
+    ("wukong", {"rank": None, "num_layers": 3}),
+    ("wukong", {"num_fmb": None, "num_lcb": None}),
+    ("finalmlp", {"fs1_context": ["s0"], "fs2_context": ["s1", "hist"]}),
+    ("finalmlp", {"use_feature_selection": False, "num_heads": 1}),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v}" for k, v in v.items()))
+def test_config_variants(name, params, tiny_feature_map, generator):
+    model = _build(name, tiny_feature_map, **params).train()
+    batch = random_batch(tiny_feature_map, 16, generator)
+    out = model(batch)
+    assert out.logits.shape == (16, 2) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+
+
 # ---- model-level equivalences ----------------------------------------------------------------
 
 

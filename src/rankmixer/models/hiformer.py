@@ -15,6 +15,7 @@ from rankmixer.models.registry import register
 from rankmixer.nn.attention import HeterogeneousAttention
 from rankmixer.nn.embedding import FeatureEmbedding
 from rankmixer.nn.mlp import MLP
+from rankmixer.nn.per_token_ffn import PerTokenFFN, SharedFFN
 
 
 class HiFormerConfig(ModelConfig):
@@ -23,11 +24,15 @@ class HiFormerConfig(ModelConfig):
     head_dim: int | None = Field(default=None, ge=1, description="query/key/value width per head (None = embedding_dim / num_heads)")
     attention: Literal["composite", "heterogeneous"] = Field(
         default="composite",
-        description="composite: queries/keys projected from all tokens (the Hiformer layer); "
-        "heterogeneous: one query/key projection per token (the heterogeneous attention layer)",
+        description="composite: keys/values projected from all tokens (the Hiformer layer); "
+        "heterogeneous: one key/value projection per token (the heterogeneous attention layer)",
     )
-    low_rank: int | None = Field(default=None, ge=1, description="rank of the composite query/key projections (None = full)")
+    low_rank: int | None = Field(default=None, ge=1, description="rank of the composite key/value projections (None = full)")
+    ffn: Literal["per_token", "shared"] = Field(
+        default="per_token", description="per_token: each token its own FFN (heterogeneous); shared: one FFN for all"
+    )
     ffn_expansion: float = Field(default=2.0, gt=0, description="FFN hidden width = round(expansion * embedding_dim)")
+    activation: str = Field(default="relu", description="FFN activation")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on attention and FFN outputs")
     prune_last_layer: bool = Field(default=True, description="last layer queries only the task tokens (same output, less compute)")
     head_hidden: list[int] = Field(default=[64], description="hidden widths of each task token's tower")
@@ -43,8 +48,10 @@ class HiFormerLayer(nn.Module):
         self.num_queries = num_queries or num_tokens
         self.attn = HeterogeneousAttention(num_tokens, d, cfg.num_heads, cfg.head_dim, cfg.attention,
                                            cfg.low_rank, self.num_queries)
-        hidden = max(1, round(cfg.ffn_expansion * d))
-        self.ffn = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+        if cfg.ffn == "per_token":  # only the kept tokens need an FFN
+            self.ffn: nn.Module = PerTokenFFN(self.num_queries, d, cfg.ffn_expansion, cfg.activation, impl="bmm")
+        else:
+            self.ffn = SharedFFN(d, cfg.ffn_expansion, cfg.activation)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
@@ -55,15 +62,16 @@ class HiFormerLayer(nn.Module):
 
 @register("hiformer", HiFormerConfig)
 class HiFormer(nn.Module):
-    """HiFormer: transformer over feature tokens with heterogeneous (per-feature) value/output projections and composite low-rank query/key projections, read out from task tokens (Gui et al. 2023, "Hiformer: Heterogeneous Feature Interactions Learning with Transformers for Recommender Systems").
+    """HiFormer: transformer over feature tokens with per-feature query/output projections and FFNs and composite (optionally low-rank) key/value projections, read out from task tokens (Gui et al. 2023, "Hiformer: Heterogeneous Feature Interactions Learning with Transformers for Recommender Systems").
 
     Tokens: one learned task token per task, then the field embeddings (numerical features as
     fields; the paper instead projects the concatenated dense features into a few tokens).
     ``num_layers`` :class:`HiFormerLayer`; the last one queries only the task tokens when
     ``prune_last_layer`` (the paper's last-layer pruning: only they are read). Task token ``t``
     goes through its own tower to task ``t``'s logit. Choices where our notes of the paper are
-    silent (config fields): post-norm layers, a ReLU FFN shared by all tokens, head width
-    ``d / H``, full-rank composite projections unless ``low_rank``.
+    silent (config fields): post-norm layers, per-token ReLU FFNs (``ffn="shared"`` for one FFN),
+    head width ``d / H``, full-rank composite projections unless ``low_rank``, task tokens
+    initialised N(0, 0.02).
     """
 
     def __init__(self, feature_map: FeatureMap, cfg: HiFormerConfig) -> None:

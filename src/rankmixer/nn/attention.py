@@ -80,23 +80,23 @@ class HeterogeneousAttention(nn.Module):
     """HiFormer's attention (Gui et al. 2023, "Hiformer: Heterogeneous Feature Interactions
     Learning with Transformers for Recommender Systems") over ``L`` tokens ``[B, L, d]``.
 
-    Every token ``j`` has its own value projection ``V_j`` and every output token ``i`` its own
-    output projection ``O_i`` (feature-specific, "heterogeneous"). Queries and keys:
+    Every query token ``i`` has its own query projection ``Q_i`` and output projection ``O_i``
+    (feature-specific, "heterogeneous"). Keys and values:
 
     ``heterogeneous`` (the paper's heterogeneous attention layer)
-        ``q_i = e_i Q_i``, ``k_j = e_j K_j``: one projection per token.
+        ``k_j = e_j K_j``, ``v_j = e_j V_j``: one projection per token.
     ``composite`` (the paper's Hiformer layer)
-        ``[q_1 .. q_L] = flatten(e) Q^``, ``[k_1 .. k_L] = flatten(e) K^`` with
-        ``Q^, K^ : [L d, L H d_k]``: every token's query and key read *all* tokens. With ``rank``
-        ``r`` they are low-rank, ``Q^ = U_Q V_Q`` (``[L d, r] x [r, L H d_k]``), computed as
-        ``(flatten(e) U_Q) V_Q`` (the paper's low-rank approximation of the composite projection).
+        ``[k_1 .. k_L] = flatten(e) K^``, ``[v_1 .. v_L] = flatten(e) V^`` with
+        ``K^, V^ : [L d, L H d_k]``: every token's key and value read *all* tokens. With ``rank``
+        ``r`` both are low-rank, ``K^ = U_K W_K`` (``[L d, r] x [r, L H d_k]``), computed as
+        ``(flatten(e) U_K) W_K`` (the paper's low-rank approximation of the composite projections).
 
     Then per head ``h``: ``a^h_{ij} = softmax_j(<q^h_i, k^h_j> / sqrt(d_k))``,
-    ``o_i = [sum_j a^h_{ij} e_j V^h_j]_h O_i``. ``num_queries`` (``n``): only the first ``n``
-    tokens are queried and have output projections, so the output is ``[B, n, d]`` (the paper's
-    pruning of the last layer, where only the task tokens are read); keys and values still come
-    from every token. It computes exactly the first ``n`` rows of the unpruned layer with the
-    same weights (the pruned layer's parameters are those rows).
+    ``o_i = [sum_j a^h_{ij} v^h_j]_h O_i``. ``num_queries`` (``n``): only the first ``n`` tokens
+    have queries and output projections, so the output is ``[B, n, d]`` (the paper's pruning of
+    the last layer, where only the task tokens are read); keys and values still come from every
+    token. It computes exactly the first ``n`` rows of the unpruned layer with the same weights
+    (the pruned layer's per-token parameters are those rows).
     """
 
     def __init__(
@@ -120,41 +120,41 @@ class HeterogeneousAttention(nn.Module):
         if not 1 <= n <= L:
             raise ValueError(f"num_queries must be in [1, {L}], got {n}")
 
-        def composite(rows: int) -> nn.Module:
+        def composite() -> nn.Module:
+            # token-major output: the H*dk values of token j are rows j*H*dk .. (j+1)*H*dk - 1
             if rank is None:
-                return nn.Linear(L * d, rows, bias=False)
-            return nn.Sequential(nn.Linear(L * d, rank, bias=False), nn.Linear(rank, rows, bias=False))
+                return nn.Linear(L * d, L * H * dk, bias=False)
+            return nn.Sequential(nn.Linear(L * d, rank, bias=False), nn.Linear(rank, L * H * dk, bias=False))
 
-        if mode == "heterogeneous":
-            self.w_q = nn.Parameter(torch.empty(n, d, H * dk))
-            self.w_k = nn.Parameter(torch.empty(L, d, H * dk))
-            for w in (self.w_q, self.w_k):
-                _per_token_(w, d)
-        else:
-            self.q_proj = composite(n * H * dk)  # token-major: rows of token i are i*H*dk ..
-            self.k_proj = composite(L * H * dk)
-        self.w_v = nn.Parameter(torch.empty(L, d, H * dk))
+        self.w_q = nn.Parameter(torch.empty(n, d, H * dk))
         self.w_o = nn.Parameter(torch.empty(n, H * dk, d))
-        _per_token_(self.w_v, d)
+        _per_token_(self.w_q, d)
         _per_token_(self.w_o, H * dk)
+        if mode == "heterogeneous":
+            self.w_k = nn.Parameter(torch.empty(L, d, H * dk))
+            self.w_v = nn.Parameter(torch.empty(L, d, H * dk))
+            _per_token_(self.w_k, d)
+            _per_token_(self.w_v, d)
+        else:
+            self.k_proj = composite()
+            self.v_proj = composite()
 
-    def queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(q [B, n, H * d_k], k [B, L, H * d_k])``."""
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(k, v)``, each ``[B, L, H * d_k]``."""
         B, L, _ = x.shape
-        n = self.num_queries
         if self.mode == "heterogeneous":
-            return torch.einsum("bld,ldk->blk", x[:, :n], self.w_q), torch.einsum("bld,ldk->blk", x, self.w_k)
+            return torch.einsum("bld,ldk->blk", x, self.w_k), torch.einsum("bld,ldk->blk", x, self.w_v)
         flat = x.reshape(B, L * self.dim)
-        return self.q_proj(flat).view(B, n, -1), self.k_proj(flat).view(B, L, -1)
+        return self.k_proj(flat).view(B, L, -1), self.v_proj(flat).view(B, L, -1)
 
     def forward(self, x: Tensor) -> Tensor:
         B, L, d = x.shape
         if L != self.num_tokens or d != self.dim:
             raise ValueError(f"expected [B, {self.num_tokens}, {self.dim}], got {list(x.shape)}")
         n, H, dk = self.num_queries, self.num_heads, self.head_dim
-        q, k = self.queries_keys(x)
-        v = torch.einsum("bld,ldk->blk", x, self.w_v)
-        q = q.reshape(B, n, H, dk).transpose(1, 2)  # [B, H, n, dk]
+        q = torch.einsum("bld,ldk->blk", x[:, :n], self.w_q)
+        k, v = self.keys_values(x)
+        q = q.view(B, n, H, dk).transpose(1, 2)  # [B, H, n, dk]
         k = k.view(B, L, H, dk).transpose(1, 2)
         v = v.view(B, L, H, dk).transpose(1, 2)
         o = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(dk)

@@ -15,7 +15,7 @@ from rankmixer.nn.experts import MixtureOfExperts
 from rankmixer.nn.mlp import MLP
 
 
-class MoEConfig(ModelConfig):
+class MoEMLPConfig(ModelConfig):
     num_experts: int = Field(default=4, ge=1, description="number of expert MLPs")
     expert_hidden: list[int] = Field(default=[256, 256], min_length=1, description="hidden widths of each expert")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout after each expert layer")
@@ -23,8 +23,8 @@ class MoEConfig(ModelConfig):
     head_hidden: list[int] = Field(default=[], description="hidden widths of each task's tower")
 
 
-@register("moe", MoEConfig)
-class MoE(nn.Module):
+@register("moe", MoEMLPConfig)
+class MoEMLP(nn.Module):
     """MoE: several expert MLPs over the shared concatenated embeddings, mixed by a softmax gate per task (Jacobs et al. 1991, "Adaptive Mixtures of Local Experts"; per-task gates as in MMoE, Ma et al. 2018).
 
     Dense: every expert runs on every row and the gate weights them (the sparse, routed
@@ -32,7 +32,7 @@ class MoE(nn.Module):
     experts; with several, each task has its own gate and tower over the same experts.
     """
 
-    def __init__(self, feature_map: FeatureMap, cfg: MoEConfig) -> None:
+    def __init__(self, feature_map: FeatureMap, cfg: MoEMLPConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.embedding = FeatureEmbedding(feature_map, cfg.embedding_dim, numeric_as_field=True)

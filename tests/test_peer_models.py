@@ -196,3 +196,16 @@ def test_overfits_planted_problem(name):
         scores = model(batch).logits[:, 0]
     auc = roc_auc_score(batch.labels[:, 0].numpy(), scores.numpy())
     assert auc > 0.9, f"{name}: train AUC {auc:.3f}"
+
+
+def test_plain_nn_embedding_tables_join_the_embedding_group():
+    """A peer library's own tables (plain nn.Embedding, e.g. FuxiCTR's) get the embedding
+    optimizer and sparse gradients like our FeatureEmbedding; a shared table appears once."""
+    from torch import nn
+
+    shared = nn.Embedding(10, 4, padding_idx=0)
+    model = nn.ModuleDict({"a": shared, "b": shared, "c": nn.Embedding(5, 4), "fc": nn.Linear(4, 1)})
+    emb, rest = split_parameters(model)
+    assert [id(p) for p in emb] == [id(shared.weight), id(model["c"].weight)]
+    assert {id(p) for p in rest} == {id(model["fc"].weight), id(model["fc"].bias)}
+    assert set_sparse_gradients(model) == 2 and shared.sparse and model["c"].sparse

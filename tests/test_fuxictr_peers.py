@@ -218,3 +218,20 @@ def test_fuxictr_wukong_fm_is_our_optimized_fm(fx):
     fmb = torch.relu(layer.fmb_mlp(layer.fmb_norm(fm)))
     ref = layer.layer_norm(layer.transform(torch.cat([fmb, layer.lcb(x.flatten(1))], 1)) + x.flatten(1))
     torch.testing.assert_close(layer(x), ref)
+
+
+def test_fuxictr_finalmlp_gate_without_context_has_a_dead_hidden_layer(fx, generator):
+    """A property of FuxiCTR's FinalMLP that docs/peers.md reports: with no context fields, the
+    gate's input is a zero vector and, after FuxiCTR's init, its hidden biases are zero, so the
+    hidden ReLU sits at 0 and its layer (and the context vector) never get a gradient; the gate
+    is only ever 2 sigmoid(output bias). Ours starts with non-zero biases and trains the layer."""
+    fm = make_feature_map(num_tasks=1)
+    batch = random_batch(fm, 32, generator)
+    theirs = _build("fuxictr-finalmlp", fm, fs1_context=[])
+    F.binary_cross_entropy_with_logits(theirs(batch).logits, batch.labels).backward()
+    gate = theirs.fs_module.gates[0].mlp
+    assert torch.all(gate[0].weight.grad == 0) and torch.all(theirs.fs_module.ctx_bias["0"].grad == 0)
+    assert gate[2].bias.grad.abs().sum() > 0  # the output layer's bias does learn
+    ours = registry.build_model("finalmlp", fm, {"embedding_dim": 8, "mlp1_hidden": [16], "mlp2_hidden": [8]})
+    F.binary_cross_entropy_with_logits(ours(batch).logits, batch.labels).backward()
+    assert ours.gates[0].bias.grad.abs().sum() > 0

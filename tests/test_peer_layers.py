@@ -210,3 +210,35 @@ def test_mixture_of_experts_matches_loop():
             p = torch.exp(logits[b, g]) / torch.exp(logits[b, g]).sum()
             ref = sum(p[e] * moe.experts[e](x[b : b + 1])[0] for e in range(3))
             torch.testing.assert_close(out[g, b], ref)
+
+
+def test_transformer_encoder_layer_matches_torch():
+    from rankmixer.nn.attention import TransformerEncoderLayer
+
+    torch.manual_seed(0)
+    ours = TransformerEncoderLayer(8, 2, ffn_dim=12).double().eval()
+    ref = nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.0, batch_first=True).double().eval()
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(ours.qkv.weight)
+        ref.self_attn.in_proj_bias.copy_(ours.qkv.bias)
+        ref.self_attn.out_proj.load_state_dict(ours.out.state_dict())
+        ref.linear1.load_state_dict(ours.ff1.state_dict())
+        ref.linear2.load_state_dict(ours.ff2.state_dict())
+        ref.norm1.load_state_dict(ours.norm1.state_dict())
+        ref.norm2.load_state_dict(ours.norm2.state_dict())
+    x = torch.randn(3, 5, 8, generator=_g(), dtype=torch.float64)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_attention_flops_are_counted():
+    """The FLOPs-per-sample column must see the attention matmuls (torch's fused kernels were
+    counted as zero on CPU): Q K^T and A V are 2 * 2 * H * F * F * d_h per sample."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = InteractingLayer(8, 8, num_heads=2, use_residual=False).eval()
+    x = torch.randn(4, 6, 8)
+    with torch.no_grad(), FlopCounterMode(display=False) as c:
+        layer(x)
+    proj = 3 * 2 * 6 * 8 * 8  # Q, K, V projections per sample
+    attn = 2 * 2 * 2 * 6 * 6 * 4
+    assert c.get_total_flops() / 4 == proj + attn

@@ -12,6 +12,7 @@ from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register
+from rankmixer.nn.attention import TransformerEncoderLayer
 from rankmixer.nn.cross import CrossLayerV2
 from rankmixer.nn.embedding import FeatureEmbedding
 from rankmixer.nn.heads import TaskHeads
@@ -70,8 +71,7 @@ class DHENLayer(nn.Module):
         mods: list[nn.Module] = []
         for kind in cfg.modules:
             if kind == "self_attention":
-                mods.append(nn.TransformerEncoderLayer(d, cfg.attention_heads, dim_feedforward=2 * d,
-                                                       dropout=cfg.dropout, batch_first=True))
+                mods.append(TransformerEncoderLayer(d, cfg.attention_heads, ffn_dim=2 * d, dropout=cfg.dropout))
             else:
                 mods.append(_Flat(kind, n, d, cfg))
         self.mods = nn.ModuleList(mods)

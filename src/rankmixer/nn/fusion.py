@@ -25,8 +25,9 @@ class FeatureGate(nn.Module):
 
     def forward(self, x: Tensor, ctx: Tensor | None = None) -> Tensor:
         if self.bias is not None:
-            ctx = self.bias.expand(x.shape[0], -1)
-        elif ctx is None:
+            # the same gate for every row: computed once, [1, D], broadcast over the batch
+            return x * (2.0 * torch.sigmoid(self.mlp(self.bias)))
+        if ctx is None:
             raise ValueError("this gate has context fields; pass their embeddings")
         return x * (2.0 * torch.sigmoid(self.mlp(ctx)))
 

@@ -23,8 +23,10 @@ from torch import nn
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig
 
-# Model modules imported on first use of the registry, so each file registers itself.
-_MODEL_MODULES = ["lr", "dlrm", "deepfm", "dcnv2", "rankmixer", "concat_mlp"]
+# Model modules imported on first use of the registry, so each file registers itself. A dotted
+# name is a full module path (the peers: their optional library is imported only when built).
+_MODEL_MODULES = ["lr", "dlrm", "deepfm", "dcnv2", "rankmixer", "concat_mlp",
+                  "autoint", "hiformer", "dhen", "wukong", "moe", "finalmlp", "rankmixer.peers.fuxictr"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def _load_all() -> None:
     global _loaded
     if not _loaded:
         for mod in _MODEL_MODULES:
-            importlib.import_module(f"rankmixer.models.{mod}")
+            importlib.import_module(mod if "." in mod else f"rankmixer.models.{mod}")
         _loaded = True
 
 

@@ -277,25 +277,33 @@ class FeatureEmbedding(nn.Module):
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(embedding parameters, all other parameters) of ``model``: the parameters of every
-    :class:`FeatureEmbedding` inside it, and the rest. Each parameter appears once."""
+    :class:`FeatureEmbedding` inside it and the weight of every plain ``nn.Embedding`` (a peer
+    library's own tables, e.g. FuxiCTR's, get the same embedding optimizer as ours), and the
+    rest. Each parameter appears once."""
     emb: list[nn.Parameter] = []
     seen: set[int] = set()
     for m in model.modules():
         if isinstance(m, FeatureEmbedding):
-            for p in m.embedding_parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    emb.append(p)
+            params = m.embedding_parameters()
+        elif isinstance(m, nn.Embedding):
+            params = [m.weight]
+        else:
+            continue
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                emb.append(p)
     rest = [p for p in model.parameters() if id(p) not in seen]
     return emb, rest
 
 
 def set_sparse_gradients(model: nn.Module, sparse: bool = True) -> int:
-    """Make every :class:`FeatureEmbedding` in ``model`` produce sparse (or dense) gradients.
-    Returns how many modules were switched. Call it before the first backward."""
+    """Make every :class:`FeatureEmbedding` and plain ``nn.Embedding`` in ``model`` produce
+    sparse (or dense) gradients. Returns how many modules were switched. Call it before the first
+    backward."""
     n = 0
     for m in model.modules():
-        if isinstance(m, FeatureEmbedding):
+        if isinstance(m, (FeatureEmbedding, nn.Embedding)):
             m.sparse = sparse
             n += 1
     return n

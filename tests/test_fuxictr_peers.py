@@ -1,0 +1,237 @@
+"""The fuxictr-* models: FuxiCTR's own layers on our batches. Where FuxiCTR's layer and ours
+compute the same function, outputs must match with copied weights (FuxiCTR's code is the
+reference for ours, and ours for the adapter's plumbing)."""
+
+from __future__ import annotations
+
+import builtins
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_feature_map, random_batch
+
+from rankmixer.models import registry
+from rankmixer.nn.cross import CrossNetV2
+from rankmixer.nn.embedding import FeatureEmbedding, set_sparse_gradients, split_parameters
+from rankmixer.nn.interaction import dot_interaction, fm_second_order
+from rankmixer.peers.fuxictr import FuxiMultiHeadSelfAttention, batch_to_inputs, require_fuxictr
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PEERS = ["fuxictr-lr", "fuxictr-dcnv2", "fuxictr-deepfm", "fuxictr-dlrm", "fuxictr-autoint", "fuxictr-dcn",
+         "fuxictr-finalmlp", "fuxictr-wukong"]
+SMALL = {
+    "fuxictr-lr": {},
+    "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
+    "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},
+    "fuxictr-dlrm": {"embedding_dim": 8, "bottom_mlp": [8], "top_mlp": [16]},
+    "fuxictr-autoint": {"embedding_dim": 8, "attention_dim": 8, "num_heads": 2, "dnn_hidden": [16], "use_wide": True},
+    "fuxictr-dcn": {"embedding_dim": 8, "dnn_hidden": [16]},
+    "fuxictr-finalmlp": {"embedding_dim": 8, "mlp1_hidden": [16], "mlp2_hidden": [8], "fs1_context": ["clicks"]},
+    "fuxictr-wukong": {"embedding_dim": 8, "num_layers": 2, "fmb_units": [16], "dnn_hidden": [16]},
+}
+
+
+def test_missing_fuxictr_gives_install_hint(monkeypatch, tiny_feature_map):
+    """Without the extra, the names are still registered and building one says what to install."""
+    real_import = builtins.__import__
+
+    def no_fuxictr(name, *args, **kwargs):
+        if name == "fuxictr" or name.startswith("fuxictr."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    for mod in [m for m in sys.modules if m == "fuxictr" or m.startswith("fuxictr.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_fuxictr)
+    assert "fuxictr-dcnv2" in registry.available()
+    with pytest.raises(ImportError, match=r"pip install .*\.\[fuxictr\]"):
+        registry.build_model("fuxictr-dcnv2", tiny_feature_map)
+
+
+@pytest.fixture
+def fx():
+    """FuxiCTR's layers; every test below is skipped without the extra (the one above is not)."""
+    pytest.importorskip("fuxictr", reason="FuxiCTR peers need the optional extra: pip install -e '.[fuxictr]'")
+    from fuxictr.pytorch import layers
+
+    return layers
+
+
+def _build(name, fm, **over):
+    torch.manual_seed(0)
+    return registry.build_model(name, fm, {**SMALL[name], **over})
+
+
+@pytest.mark.parametrize("name", PEERS)
+@pytest.mark.parametrize("num_tasks", [1, 3])
+def test_forward_backward_and_embedding_optimizer_split(fx, name, num_tasks, generator):
+    fm = make_feature_map(num_tasks=num_tasks)
+    model = _build(name, fm).train()
+    batch = random_batch(fm, 16, generator)
+    out = model(batch)
+    assert out.logits.shape == (16, num_tasks) and torch.isfinite(out.logits).all()
+    F.binary_cross_entropy_with_logits(out.logits, batch.labels).backward()
+    # FuxiCTR's tables are nn.Embedding modules: the trainer must give them the embedding
+    # optimizer, exactly as it does our FeatureEmbedding, and they must be able to go sparse.
+    emb, rest = split_parameters(model)
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert emb and {id(p) for p in emb} == tables
+    assert not any(isinstance(m, FeatureEmbedding) for m in model.modules())
+    assert set_sparse_gradients(model) == sum(isinstance(m, torch.nn.Embedding) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_feature_maps_missing_kinds(fx, name, generator):
+    for kwargs in (dict(n_dense=0), dict(n_dense=0, bags=False, sequences=False), dict(n_sparse=0)):
+        fm = make_feature_map(num_tasks=2, **kwargs)
+        model = _build(name, fm, **({"fs1_context": []} if name == "fuxictr-finalmlp" else {}))  # no "clicks" here
+        model(random_batch(fm, 8, generator)).logits.sum().backward()
+
+
+def test_fuxictr_embedding_on_our_ids_equals_our_embedding(fx, generator):
+    """Their embedding layer on our Batch, with our tables copied in, gives our fields: same
+    ids, same pad handling, same masked means for bags and sequences, same shared tables."""
+    fm = make_feature_map(num_tasks=1)
+    model = _build("fuxictr-deepfm", fm)
+    ours = FeatureEmbedding(fm, 8, numeric_as_field=True)
+    layers = model.embedding_layer.embedding_layer.embedding_layers
+    with torch.no_grad():
+        for f in fm.sparse + fm.bags + fm.sequences:
+            if f.share_with is None:
+                layers[f.name].weight.copy_(ours.table_weight(f.name))
+        for j, f in enumerate(fm.dense):
+            layers[f.name].weight.copy_(ours.numeric_weight()[j].view(-1, 1))
+    batch = random_batch(fm, 32, generator)
+    theirs = model.embedding_layer(batch_to_inputs(fm, batch))
+    torch.testing.assert_close(theirs, ours(batch).fields)
+    assert list(model.fx_map.features) == ours.field_names
+
+
+def test_crossnetv2_matches_ours_with_copied_weights(fx):
+    torch.manual_seed(0)
+    theirs = fx.CrossNetV2(12, 3)
+    ours = CrossNetV2(12, 3)
+    with torch.no_grad():
+        for t, o in zip(theirs.cross_layers, ours.layers):
+            o.w.weight.copy_(t.weight)
+            o.w.bias.copy_(t.bias)
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(theirs(x), ours(x))
+
+
+def test_inner_product_interaction_matches_our_fm_and_dot(fx):
+    x = torch.randn(4, 6, 5, dtype=torch.float64)
+    torch.testing.assert_close(fx.InnerProductInteraction(6, "product_sum")(x), fm_second_order(x))
+    torch.testing.assert_close(fx.InnerProductInteraction(6, "bi_interaction")(x), fm_second_order(x, reduce=False))
+    torch.testing.assert_close(fx.InnerProductInteraction(6, "inner_product").double()(x), dot_interaction(x))
+
+
+def test_fuxictr_self_attention_matches_our_interacting_layer(fx):
+    """The zoo's AutoInt attention (around the wheel's ScaledDotProductAttention) and our
+    InteractingLayer are the same function given the same weights."""
+    from rankmixer.nn.attention import InteractingLayer
+
+    torch.manual_seed(0)
+    for in_dim, att, heads, scale in ((6, 8, 2, False), (8, 8, 4, True)):
+        theirs = FuxiMultiHeadSelfAttention(require_fuxictr(), in_dim, att, heads, 0.0, True, scale, False).double()
+        ours = InteractingLayer(in_dim, att, heads, use_residual=True, use_scale=scale).double()
+        with torch.no_grad():
+            ours.w_q.weight.copy_(theirs.W_q.weight)
+            ours.w_k.weight.copy_(theirs.W_k.weight)
+            ours.w_v.weight.copy_(theirs.W_v.weight)
+            if theirs.W_res is not None:
+                ours.w_res.weight.copy_(theirs.W_res.weight)
+        x = torch.randn(3, 5, in_dim, dtype=torch.float64)
+        torch.testing.assert_close(theirs(x), ours(x))
+
+
+def test_fuxictr_deepfm_is_lr_plus_fm_plus_mlp(fx, generator):
+    fm = make_feature_map(num_tasks=1, n_dense=0, bags=False, sequences=False)
+    model = _build("fuxictr-deepfm", fm).eval()
+    with torch.no_grad():  # non-trivial first-order weights (they start at ~1e-4)
+        for m in model.fm.lr_layer.modules():
+            if isinstance(m, torch.nn.Embedding):
+                m.weight.normal_()
+        model.fm.lr_layer.bias.fill_(0.3)
+    batch = random_batch(fm, 8, generator)
+    X = batch_to_inputs(fm, batch)
+    emb = model.embedding_layer(X)
+    lr_tables = model.fm.lr_layer.embedding_layer.embedding_layer.embedding_layers
+    lr = 0.3 + sum(lr_tables[f.name].weight[batch.sparse[:, i], 0] for i, f in enumerate(fm.sparse))
+    ref = lr.unsqueeze(1) + fm_second_order(emb) + model.mlp(emb.flatten(1))
+    torch.testing.assert_close(model(batch).logits, ref)
+
+
+def test_fuxictr_init_follows_its_base_model(fx, tiny_feature_map):
+    """FuxiCTR's BaseModel.reset_parameters: zero linear biases, embeddings ~ N(0, 1e-4)."""
+    model = _build("fuxictr-dcnv2", tiny_feature_map)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m.bias is not None:
+            assert torch.all(m.bias == 0)
+    w = model.embedding_layer.embedding_layer.embedding_layers["s0"].weight
+    assert torch.all(w[0] == 0) and 0 < w[1:].std() < 1e-3
+
+
+def test_first_order_pooling_sum_is_fuxictrs_and_mean_is_ours(fx, generator):
+    """FuxiCTR's LR sum-pools bags/sequences; the ``mean`` diagnostic divides by the real ids."""
+    fm = make_feature_map(num_tasks=1, n_sparse=0, n_dense=0, bags=True, sequences=False)  # one bag, "tags"
+    batch = random_batch(fm, 16, generator)
+    ids = batch.bags["tags"]
+    count = (ids != 0).sum(1).clamp_min(1).to(torch.float32)
+    for pooling in ("sum", "mean"):
+        model = _build("fuxictr-deepfm", fm, first_order_pooling=pooling)
+        lr = model.fm.lr_layer
+        w = lr.embedding_layer.embedding_layer.embedding_layers["tags"].weight[:, 0]
+        ref = w[ids].sum(1) / (count if pooling == "mean" else 1) + lr.bias
+        torch.testing.assert_close(lr(batch_to_inputs(fm, batch))[:, 0], ref, rtol=1e-5, atol=1e-7)
+
+
+def test_fuxictr_bilinear_aggregation_matches_our_bilinear_fusion(fx):
+    """The zoo's InteractionAggregation (its weight layout) and our BilinearFusion are the same
+    function: copy its weights into ours, viewed as [heads, x, out, y] -> [heads, x, y, out]."""
+    from rankmixer.nn.fusion import BilinearFusion
+    from rankmixer.peers.fuxictr import FuxiInteractionAggregation
+
+    torch.manual_seed(0)
+    theirs = FuxiInteractionAggregation(8, 12, output_dim=3, num_heads=4).double()
+    ours = BilinearFusion(8, 12, num_heads=4, out_dim=3).double()
+    with torch.no_grad():
+        ours.w_x.load_state_dict(theirs.w_x.state_dict())
+        ours.w_y.weight.copy_(theirs.w_y.weight)
+        ours.w_x.bias.add_(theirs.w_y.bias)  # ours has one bias
+        ours.w_xy.copy_(theirs.w_xy.view(4, 2, 3, 3).permute(0, 1, 3, 2))
+    x, y = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 12, dtype=torch.float64)
+    torch.testing.assert_close(theirs(x, y), ours(x, y))
+
+
+def test_fuxictr_wukong_fm_is_our_optimized_fm(fx):
+    from rankmixer.nn.fm_block import fm_matrix
+    from rankmixer.peers.fuxictr import FuxiWuKongLayer
+
+    torch.manual_seed(0)
+    layer = FuxiWuKongLayer(5, 4, project_dim=3, fmb_units=[8], fmb_dim=6, compression_dim=7, dropout=0.0).double()
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    fm = fm_matrix(x, layer.projection_matrix).flatten(1)
+    fmb = torch.relu(layer.fmb_mlp(layer.fmb_norm(fm)))
+    ref = layer.layer_norm(layer.transform(torch.cat([fmb, layer.lcb(x.flatten(1))], 1)) + x.flatten(1))
+    torch.testing.assert_close(layer(x), ref)
+
+
+def test_fuxictr_finalmlp_gate_without_context_has_a_dead_hidden_layer(fx, generator):
+    """A property of FuxiCTR's FinalMLP that docs/peers.md reports: with no context fields, the
+    gate's input is a zero vector and, after FuxiCTR's init, its hidden biases are zero, so the
+    hidden ReLU sits at 0 and its layer (and the context vector) never get a gradient; the gate
+    is only ever 2 sigmoid(output bias). Ours starts with non-zero biases and trains the layer."""
+    fm = make_feature_map(num_tasks=1)
+    batch = random_batch(fm, 32, generator)
+    theirs = _build("fuxictr-finalmlp", fm, fs1_context=[])
+    F.binary_cross_entropy_with_logits(theirs(batch).logits, batch.labels).backward()
+    gate = theirs.fs_module.gates[0].mlp
+    assert torch.all(gate[0].weight.grad == 0) and torch.all(theirs.fs_module.ctx_bias["0"].grad == 0)
+    assert gate[2].bias.grad.abs().sum() > 0  # the output layer's bias does learn
+    ours = registry.build_model("finalmlp", fm, {"embedding_dim": 8, "mlp1_hidden": [16], "mlp2_hidden": [8]})
+    F.binary_cross_entropy_with_logits(ours(batch).logits, batch.labels).backward()
+    assert ours.gates[0].bias.grad.abs().sum() > 0

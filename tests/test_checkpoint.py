@@ -260,7 +260,7 @@ def test_unparsable_file_with_matching_hash(saved):
     data[:8] = (10**12).to_bytes(8, "little")  # absurd header length
     f.write_bytes(bytes(data))
     state = json.loads((saved / "state.json").read_text())
-    state["files"]["model.safetensors"]["sha256"] = ckpt._sha256(f)
+    state["files"]["model.safetensors"]["sha256"] = ckpt.sha256_file(f)
     (saved / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot be parsed"):
         load_checkpoint(saved, **_fresh())
@@ -357,7 +357,7 @@ def test_failed_write_leaves_no_checkpoint(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "_sha256", boom)  # fails after both .safetensors files exist
+    monkeypatch.setattr(ckpt, "sha256_file", boom)  # fails after both .safetensors files exist
     with pytest.raises(OSError, match="disk full"):
         _save_plain(tmp_path, 2)
     assert latest_checkpoint(tmp_path) == first

@@ -17,12 +17,12 @@ without ``weights_only``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from rankmixer.files import sha256_file
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.serve.preprocess import Preprocessor
 from rankmixer.serve.signature import arrays_to_inputs
@@ -33,13 +33,6 @@ SUPPORTED_ARTIFACT_VERSION = 1
 class ArtifactError(ValueError):
     """An artifact directory is incomplete, corrupted or of an unknown version."""
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class OnnxBackend:
@@ -111,7 +104,7 @@ class Artifact:
             p = root / name
             if not p.exists():
                 raise ArtifactError(f"{p}: listed in the manifest but missing")
-            if _sha256(p) != digest:
+            if sha256_file(p) != digest:
                 raise ArtifactError(f"{p}: sha256 differs from the manifest's (corrupted or replaced)")
         self.root = root
         self.manifest = manifest

@@ -24,7 +24,6 @@ dimension is dynamic in every format.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from rankmixer.files import sha256_file
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.schema import load_schema
@@ -89,13 +89,6 @@ def uses_sparse_moe(model: nn.Module) -> bool:
 
     return any(isinstance(m, PerTokenMoE) and m.cfg.sparse_inference for m in model.modules())
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _export_onnx(module: ScoringModule, fm: FeatureMap, path: Path) -> None:
@@ -198,7 +191,7 @@ def export_run(
     (out_dir / "feature_map.json").write_text(json.dumps(fm_dict, indent=2))
     (out_dir / "preprocess.json").write_text(json.dumps(build_spec(fm, schema)))
     name = cfg.model_name
-    version = version or f"{run_dir.name}-{_sha256(run_dir / 'best.safetensors')[:12]}"
+    version = version or f"{run_dir.name}-{sha256_file(run_dir / 'best.safetensors')[:12]}"
     files = ["feature_map.json", "preprocess.json", MODEL_FILES[fmt]]
     if fmt == "onnx":
         tdir = out_dir / "triton" / name
@@ -223,7 +216,7 @@ def export_run(
         "config": {"model_name": name, "model_params": cfg.model_params}
         if fmt == "eager" else None,
         "torch_version": torch.__version__,
-        "sha256": {f: _sha256(out_dir / f) for f in files},
+        "sha256": {f: sha256_file(out_dir / f) for f in files},
         "run": str(run_dir),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

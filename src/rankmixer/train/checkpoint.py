@@ -40,6 +40,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from rankmixer.files import sha256_file
+
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
@@ -138,14 +140,6 @@ def _hashable(key: Any) -> Any:
 
 
 # ---- small file-system helpers ----------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -427,7 +421,7 @@ def save_checkpoint(
         _write_model_file(tmp / MODEL_FILE, model, digest=False)
         save_file(tensors, str(tmp / OPTIM_FILE), metadata={"format": "pt"})
         state["files"] = {
-            f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
+            f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
             for f in (MODEL_FILE, OPTIM_FILE)
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, allow_nan=True))
@@ -483,7 +477,7 @@ def _verify_file(path: Path, record: Mapping[str, Any]) -> None:
         raise CheckpointError(
             f"{path}: {size} bytes, expected {record['bytes']}: file is {kind} (corrupted)"
         )
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != record.get("sha256"):
         raise CheckpointError(
             f"{path}: sha256 mismatch (expected {record.get('sha256')}, got {got}): "

@@ -17,7 +17,7 @@ from rankmixer.config import ConfigError
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models import registry
 from rankmixer.models.flops import forward_flops_per_sample
-from rankmixer.models.rankmixer import rankmixer_flops_per_sample
+from rankmixer.models.rankmixer import rankmixer_flops_per_sample, rankmixer_param_count
 
 SMALL_SYNTHETIC = {"rows_train": 3000, "rows_valid": 1000, "rows_test": 1000, "n_users": 200, "n_items": 300,
                    "vocab_max": 300, "n_tags": 30, "seq_len": 6}
@@ -87,6 +87,8 @@ def test_benchmark_summary_flops_and_resume(tmp_path):
     cfg = {k: v for k, v in RANKMIXER.items() if k != "name"}
     assert by_model["rm"]["flops_per_sample"] == pytest.approx(rankmixer_flops_per_sample(cfg, fm)["forward"])
     assert by_model["rm-no-mix"]["flops_per_sample"] == by_model["rm"]["flops_per_sample"]  # mixing is free
+    counts = rankmixer_param_count(cfg, fm)
+    assert (by_model["rm"]["parameters"], by_model["rm"]["dense_parameters"]) == (counts["total"], counts["dense"])
 
     table = markdown_table(report["summary"])
     assert table.count("\n") == 2 + 3 + 1  # header, 3 rows, one Bayes row for the dataset

@@ -28,6 +28,7 @@ from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.data.prepare import encode_raw, prepare
 from rankmixer.data.schema import load_schema
 from rankmixer.models import registry
+from rankmixer.nn.embedding import split_parameters
 from rankmixer.models.flops import forward_flops_per_sample
 from rankmixer.train import checkpoint as ckpt
 from rankmixer.train.distributed import Distributed, init_distributed
@@ -109,6 +110,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
             _write_sharding_plan(run_dir, dist_)
         result = trainer.fit(resume=resume)
         result["parameters"] = n_params
+        result["dense_parameters"] = sum(p.numel() for p in split_parameters(model)[1])  # all but the tables
         # Counted in one process only: under torchrun every forward of sharded tables is a collective.
         result["flops_per_sample"] = _flops_per_sample(model, fm) if dist_ is None else None
         result["bayes"] = fm.extras.get("bayes")

@@ -114,7 +114,8 @@ def run_accuracy(
         results.append({
             "label": cell.label, "config": cell.config, "overrides": list(cell.overrides),
             "dataset": cfg.data.dataset, "model": cell.model_label or cfg.model_name, "registered": cfg.model_name,
-            "seed": seed, "parameters": result.get("parameters"), "flops_per_sample": result.get("flops_per_sample"),
+            "seed": seed, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
+            "flops_per_sample": result.get("flops_per_sample"),
             "steps": result["steps"], "best_step": result["best_step"],
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
         })
@@ -131,7 +132,8 @@ def summarise(results: list[dict]) -> list[dict]:
     for label in dict.fromkeys(r["label"] for r in results):
         group = [r for r in results if r["label"] == label]
         first = group[0]
-        row = {k: first[k] for k in ("label", "config", "dataset", "model", "parameters", "flops_per_sample")}
+        row = {k: first[k] for k in ("label", "config", "dataset", "model", "parameters", "dense_parameters",
+                                          "flops_per_sample")}
         row["seeds"] = len(group)
         for m in METRICS:
             vals = np.array([r["test"].get(m, np.nan) for r in group], dtype=float)
@@ -153,16 +155,17 @@ def _si(x: float | None) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| dataset | model | params | FLOPs/sample | seeds | test AUC | test gAUC | test logloss | NE |\n"
-            "|---|---|---:|---:|---:|---|---|---|---|\n")
+    head = ("| dataset | model | params | dense params | FLOPs/sample | seeds | test AUC | test gAUC | test logloss | NE |\n"
+            "|---|---|---:|---:|---:|---:|---|---|---|---|\n")
     lines = []
     bayes_done = set()
     for r in rows:
         cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" for m in METRICS]
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['parameters']:,} | {_si(r.get('flops_per_sample'))} | "
+        dense = "-" if r.get("dense_parameters") is None else f"{r['dense_parameters']:,}"
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['parameters']:,} | {dense} | {_si(r.get('flops_per_sample'))} | "
                      f"{r['seeds']} | " + " | ".join(cells) + " |")
         last_of_dataset = r is rows[-1] or rows[rows.index(r) + 1]["dataset"] != r["dataset"]
         if r.get("bayes_auc") and last_of_dataset and r["dataset"] not in bayes_done:
             bayes_done.add(r["dataset"])
-            lines.append(f"| {r['dataset']} | Bayes-optimal (planted model) | - | - | - | {r['bayes_auc']:.4f} | | | |")
+            lines.append(f"| {r['dataset']} | Bayes-optimal (planted model) | - | - | - | - | {r['bayes_auc']:.4f} | | | |")
     return head + "\n".join(lines) + "\n"

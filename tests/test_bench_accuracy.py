@@ -79,7 +79,7 @@ def test_benchmark_summary_flops_and_resume(tmp_path):
                 for s in (0, 1)]
         assert row["auc"] == pytest.approx(np.mean(aucs)) and row["auc_std"] == pytest.approx(np.std(aucs, ddof=1))
     by_model = {r["model"]: r for r in report["summary"]}
-    assert set(by_model) == {"lr", "rm", "rm-no-mix"}
+    assert set(by_model) == {"lr", "rm", "rm-no-mix"} and {r["dataset"] for r in report["summary"]} == {"synth"}
     assert by_model["rm"]["bayes_auc"] is not None  # the synthetic set knows its ceiling
 
     # FLOPs counted by torch on a real batch equal RankMixer's analytic forward count.

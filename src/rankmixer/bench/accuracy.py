@@ -43,6 +43,7 @@ class Cell:
     config: str
     overrides: tuple[str, ...] = ()
     model_label: str | None = None  # table's model column (default: the registered model name)
+    dataset_label: str | None = None  # table's dataset column (default: the config's data.dataset)
 
 
 def cells_from_configs(configs: list[Path | str]) -> list[Cell]:
@@ -74,7 +75,7 @@ def load_suite(path: Path | str) -> list[Cell]:
                 raise ConfigError(f"suite {path}: model {label!r} must be a mapping with a 'name'")
             # JSON is YAML: the override replaces the whole model section of the base config.
             model = f"model={json.dumps(section)}"
-            cells.append(Cell(f"{ds}-{label}", str(config), (model, *ds_overrides, *common), label))
+            cells.append(Cell(f"{ds}-{label}", str(config), (model, *ds_overrides, *common), label, ds))
     return cells
 
 
@@ -113,7 +114,7 @@ def run_accuracy(
         result = json.loads(done.read_text())
         results.append({
             "label": cell.label, "config": cell.config, "overrides": list(cell.overrides),
-            "dataset": cfg.data.dataset, "model": cell.model_label or cfg.model_name, "registered": cfg.model_name,
+            "dataset": cell.dataset_label or cfg.data.dataset, "model": cell.model_label or cfg.model_name, "registered": cfg.model_name,
             "seed": seed, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
             "flops_per_sample": result.get("flops_per_sample"),
             "steps": result["steps"], "best_step": result["best_step"],

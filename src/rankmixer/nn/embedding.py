@@ -62,6 +62,22 @@ from rankmixer.data.feature_map import FeatureMap
 PAD_ROW = 0
 
 
+def masked_mean(emb: Tensor, mask: Tensor) -> Tensor:
+    """Mean over dim 1 of ``emb [B, L, dim]`` whose pad slots are already zero, counting the
+    ``mask [B, L]`` slots (an all-pad row gives zeros): ``[B, dim]``. Shared with the TorchRec
+    twin in ``sharded_embedding.py`` so both pool exactly alike."""
+    count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(emb.dtype)
+    return emb.sum(dim=1) / count
+
+
+def join_fields(parts: list[Tensor], like: Tensor, batch_size: int, dim: int) -> Tensor:
+    """The ``[B, n, dim]`` field parts concatenated along dim 1 (``[B, 0, dim]`` shaped like
+    ``like`` when there are none)."""
+    if not parts:
+        return like.new_zeros(batch_size, 0, dim)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 @dataclass
 class EmbeddedFeatures:
     """What :class:`FeatureEmbedding` hands to a backbone.
@@ -259,13 +275,9 @@ class FeatureEmbedding(nn.Module):
             mask = ids != 0
             emb = self._lookup(self._globalise(ids, self._offset_of[name]))  # pad rows are zero
             sequences[name] = (emb, mask)
-            count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(emb.dtype)
-            parts.append((emb.sum(dim=1) / count).unsqueeze(1))
+            parts.append(masked_mean(emb, mask).unsqueeze(1))
 
-        if parts:
-            fields = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        else:
-            fields = self.weight.new_zeros(B, 0, self.dim)
+        fields = join_fields(parts, self.weight, B, self.dim)
         return EmbeddedFeatures(fields=fields, field_names=list(self.field_names), dense=batch.dense, sequences=sequences)
 
     def extra_repr(self) -> str:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from rankmixer.data.batch import Batch
-from rankmixer.nn.embedding import PAD_ROW, EmbeddedFeatures, FeatureEmbedding
+from rankmixer.nn.embedding import PAD_ROW, EmbeddedFeatures, FeatureEmbedding, join_fields, masked_mean
 
 NUMERIC_TABLE = "__numeric__"
 
@@ -154,20 +154,15 @@ class TorchRecFeatureEmbedding(nn.Module):
             parts.append(num * batch.dense.unsqueeze(-1).to(num.dtype))
         for name in self.bag_names:
             ids = batch.bags[name]
-            count = (ids != 0).sum(dim=1, keepdim=True).clamp_min(1).to(torch.float32)
-            parts.append((padded(ids, name).sum(dim=1) / count).unsqueeze(1))
+            parts.append(masked_mean(padded(ids, name), ids != 0).unsqueeze(1))
         sequences: dict[str, tuple[Tensor, Tensor]] = {}
         for name in self.sequence_names:
             ids = batch.sequences[name]
             mask = ids != 0
             emb = padded(ids, name)
             sequences[name] = (emb, mask)
-            count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(emb.dtype)
-            parts.append((emb.sum(dim=1) / count).unsqueeze(1))
-        if parts:
-            fields = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        else:
-            fields = batch.dense.new_zeros(B, 0, self.dim)
+            parts.append(masked_mean(emb, mask).unsqueeze(1))
+        fields = join_fields(parts, batch.dense, B, self.dim)
         return EmbeddedFeatures(fields=fields, field_names=list(self.field_names), dense=batch.dense, sequences=sequences)
 
     def extra_repr(self) -> str:

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from conftest import make_feature_map, random_batch
 from sklearn.metrics import roc_auc_score
-from test_models import _planted
+from test_models import _planted, check_output_and_gradients
 
 from rankmixer.models import registry
-from rankmixer.models.base import ModelConfig, ModelOutput
-from rankmixer.nn.embedding import FeatureEmbedding, set_sparse_gradients, split_parameters
+from rankmixer.models.base import ModelConfig
+from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -53,19 +53,7 @@ def test_output_shape_and_gradients(name, num_tasks, generator):
     fm = make_feature_map(num_tasks=num_tasks)
     model = _build(name, fm).train()
     batch = random_batch(fm, 32, generator)
-    out = model(batch)
-    assert isinstance(out, ModelOutput)
-    assert out.logits.shape == (32, num_tasks) and out.logits.dtype == torch.float32
-    F.binary_cross_entropy_with_logits(out.logits, batch.labels).backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, f"{name}: no gradient for {pname}"
-        if pname not in ZERO_GRAD_AT_INIT.get(name, ()):
-            assert p.grad.abs().sum() > 0, f"{name}: zero gradient for {pname}"
-    emb, rest = split_parameters(model)
-    assert emb and len(emb) + len(rest) == len(list(model.parameters()))
-    for m in model.modules():
-        if isinstance(m, FeatureEmbedding):
-            assert torch.all(m.weight.grad[0] == 0)
+    check_output_and_gradients(name, model, batch, num_tasks, ZERO_GRAD_AT_INIT.get(name, ()))
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -111,3 +111,54 @@ def test_flops_counter_sees_self_attention():
     counted = forward_flops_per_sample(model, random_batch(fm, 32))
     assert counted == pytest.approx(rankmixer_flops_per_sample(cfg, fm)["forward"])
     assert model.training and torch.backends.mha.get_fastpath_enabled()  # state restored
+
+
+def test_select_and_budget(tmp_path):
+    from rankmixer.bench.accuracy import budget_overrides, select
+
+    cells = load_suite(_suite(tmp_path))
+    assert [c.label for c in select(cells, models=["rm", "lr"])] == ["synth-lr", "synth-rm"]
+    assert select(cells, datasets=["synth"]) == cells
+    with pytest.raises(ConfigError, match=r"unknown model\(s\) \['rn'\]"):
+        select(cells, models=["rn"])
+    assert budget_overrides("epochs=3", 512) == ["train.epochs=3"]
+    assert budget_overrides("samples=1025", 512)[0] == "train.max_steps=3"  # ceil(1025 / 512)
+    for bad in ("sample=10", "samples=0", "epochs=x", "10"):
+        with pytest.raises(ConfigError, match="--budget"):
+            budget_overrides(bad, 512)
+
+
+def test_scaling_study_small(tmp_path):
+    """The scaling benchmark end to end at toy sizes: every point trained with the same sample
+    budget, FLOPs growing with size, slopes equal to an independent least-squares fit, a PNG."""
+    pytest.importorskip("matplotlib", reason="the bench extra (pip install -e '.[bench]') draws the plot")
+    from rankmixer.bench.scaling import run_scaling
+
+    spec = {
+        "dataset": {"config": str(_base_config(tmp_path)), "overrides": ["train.batch_size=500"]},
+        "budget": "samples=1200",
+        "families": {
+            "mlp": [{"name": "concat-mlp", "embedding_dim": 8, "dnn_hidden": [8]},
+                    {"name": "concat-mlp", "embedding_dim": 8, "dnn_hidden": [64, 64]}],
+            "rm": [{**RANKMIXER, "hidden_dim": 8}, {**RANKMIXER, "hidden_dim": 32}],
+        },
+    }
+    path = tmp_path / "scaling.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "scaling"
+    report = run_scaling(path, [0], out, log=lambda m: None)
+
+    rows = report["summary"]
+    assert [r["label"] for r in rows] == ["scaling-mlp-0", "scaling-mlp-1", "scaling-rm-0", "scaling-rm-1"]
+    assert all(r["steps"] == 3 for r in report["cells"])  # ceil(1200 / 500) steps each
+    for family in ("mlp", "rm"):
+        small, big = (r for r in rows if r["model"] == family)
+        assert big["flops_per_sample"] > 2 * small["flops_per_sample"]
+        assert big["dense_parameters"] > 2 * small["dense_parameters"]
+        # slope of AUC on log2(FLOPs) through two points: rise over run
+        expect = (big["auc"] - small["auc"]) / (np.log2(big["flops_per_sample"]) - np.log2(small["flops_per_sample"]))
+        assert report["slopes"][family]["auc_per_doubling_flops"] == pytest.approx(expect)
+    assert report["bayes_auc"] is not None
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "scaling.json").read_text())["slopes"] == report["slopes"]
+    assert (out / "scaling.md").read_text().count("| rm |") == 2 + 1  # two sizes + the slope row

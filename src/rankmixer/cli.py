@@ -425,24 +425,54 @@ def bench_distributed(
 @bench_app.command("accuracy")
 def bench_accuracy(
     config: List[Path] = typer.Option([], "--config", "-c", help="Experiment YAML (repeatable): one table row each."),
-    suite: Optional[Path] = typer.Option(None, help="Suite YAML crossing datasets with models (see docs/benchmarks.md)."),
+    suite: Optional[Path] = typer.Option(None, help="Suite YAML crossing datasets with models (see docs/benchmarks.md). "
+                                         "Default with --models/--datasets: configs/bench/peers.yaml."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model labels of the suite to run (default: all)."),
+    datasets: Optional[str] = typer.Option(None, help="Comma-separated dataset names of the suite to run (default: all)."),
+    budget: Optional[str] = typer.Option(None, help="Same budget for every cell: epochs=N, steps=N or samples=N "
+                                         "(default: each config's own epochs)."),
     seeds: int = typer.Option(3, help="Seeds per config (0 .. seeds-1)."),
     out: Path = typer.Option(Path("bench_out/accuracy"), help="Output directory (runs, JSON, Markdown)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every config."),
 ) -> None:
     """Train each config with several seeds; table of test metrics (mean ± std). Resumable."""
-    from rankmixer.bench.accuracy import cells_from_configs, load_suite, markdown_table, run_accuracy
+    from rankmixer.bench.accuracy import cells_from_configs, load_suite, markdown_table, run_accuracy, select
+
+    def _names(s: str | None) -> list[str] | None:
+        return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
     try:
-        cells = cells_from_configs(list(config)) + (load_suite(suite) if suite else [])
+        if suite is None and (models or datasets):
+            suite = Path("configs/bench/peers.yaml")
+        cells = cells_from_configs(list(config)) + (select(load_suite(suite), _names(datasets), _names(models)) if suite else [])
         if not cells:
-            raise ValueError("give --config/-c files or a --suite")
+            raise ValueError("give --config/-c files or a --suite (or --models/--datasets)")
         name = suite.stem if suite and not config else "accuracy"
-        report = run_accuracy(cells, list(range(seeds)), out, list(overrides or []), log=console.print, name=name)
+        report = run_accuracy(cells, list(range(seeds)), out, list(overrides or []), log=console.print, name=name,
+                              budget=budget)
     except _USER_ERRORS as e:
         _fail(e)
     console.print(markdown_table(report["summary"]), markup=False)
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
+@bench_app.command("scaling")
+def bench_scaling(
+    spec: Path = typer.Option(Path("configs/bench/scaling.yaml"), help="Scaling spec YAML: dataset, budget, families."),
+    seeds: int = typer.Option(1, help="Seeds per point (0 .. seeds-1)."),
+    budget: Optional[str] = typer.Option(None, help="Replace the spec's budget: epochs=N, steps=N or samples=N."),
+    out: Path = typer.Option(Path("bench_out/scaling"), help="Output directory (runs, JSON, Markdown, PNG)."),
+    overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every run."),
+) -> None:
+    """Test AUC against dense parameters and FLOPs per sample, per model family. Resumable."""
+    from rankmixer.bench.scaling import run_scaling
+
+    try:
+        run_scaling(spec, list(range(seeds)), out, list(overrides or []), log=console.print, budget=budget)
+    except _USER_ERRORS as e:
+        _fail(e)
+    console.print((out / "scaling.md").read_text(), markup=False)
+    console.print(f"wrote {out / 'scaling.json'}, {out / 'scaling.md'} and {out / 'scaling.png'}")
 
 
 @bench_app.command("moe")

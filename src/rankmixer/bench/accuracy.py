@@ -79,6 +79,36 @@ def load_suite(path: Path | str) -> list[Cell]:
     return cells
 
 
+def select(cells: list[Cell], datasets: list[str] | None = None, models: list[str] | None = None) -> list[Cell]:
+    """The cells whose dataset / model label is in the given lists (None: no filter). A name that
+    matches no cell is an error, so a typo does not silently shrink the table."""
+    for wanted, key, what in ((datasets, "dataset_label", "dataset"), (models, "model_label", "model")):
+        if wanted is None:
+            continue
+        have = [getattr(c, key) or (c.label if key == "model_label" else None) for c in cells]
+        missing = [w for w in wanted if w not in have]
+        if missing:
+            raise ConfigError(f"unknown {what}(s) {missing}; the suite has {sorted(set(h for h in have if h))}")
+        cells = [c for c, h in zip(cells, have) if h in wanted]
+    return cells
+
+
+def budget_overrides(budget: str | None, batch_size: int) -> list[str]:
+    """``epochs=N`` | ``steps=N`` | ``samples=N`` -> config overrides giving every cell the same
+    training budget (early stopping on validation still applies inside it). A sample budget
+    becomes ``max_steps = ceil(N / batch_size)`` with as many epochs as that needs."""
+    if not budget:
+        return []
+    kind, _, value = budget.partition("=")
+    if kind not in ("epochs", "steps", "samples") or not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--budget {budget!r}: expected epochs=N, steps=N or samples=N with N >= 1")
+    n = int(value)
+    if kind == "epochs":
+        return [f"train.epochs={n}"]
+    steps = n if kind == "steps" else -(-n // batch_size)
+    return [f"train.max_steps={steps}", "train.epochs=1000"]  # max_steps ends the run first
+
+
 def run_accuracy(
     cells: list[Cell],
     seeds: list[int],
@@ -86,6 +116,7 @@ def run_accuracy(
     overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
     name: str = "accuracy",
+    budget: str | None = None,
 ) -> dict:
     """Train (or read) every (cell, seed); write ``<name>.json`` and ``<name>.md`` into
     ``out_dir`` (runs go to ``out_dir/runs``, so several suites can share their runs)."""
@@ -98,8 +129,10 @@ def run_accuracy(
     for i, (cell, seed) in enumerate(jobs, start=1):
         run_dir = out_dir / "runs" / f"{cell.label}-s{seed}"
         done = run_dir / "metrics.json"
-        cfg = load_config(cell.config, [*cell.overrides, *(overrides or []), f"seed={seed}", f"run_dir={run_dir}",
-                                        "train.progress=false"])
+        extra = [*cell.overrides, *(overrides or []), f"seed={seed}", f"run_dir={run_dir}", "train.progress=false"]
+        if budget:
+            extra += budget_overrides(budget, load_config(cell.config, extra).train.batch_size)
+        cfg = load_config(cell.config, extra)
         if done.exists() and "test" in json.loads(done.read_text()):
             log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: done before, reading {done}")
         else:
@@ -122,7 +155,7 @@ def run_accuracy(
         })
     summary = summarise(results)
     report = {"machine": platform.processor() or platform.machine(), "seeds": seeds,
-              "overrides": overrides or [], "cells": results, "summary": summary}
+              "overrides": overrides or [], "budget": budget, "cells": results, "summary": summary}
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     (out_dir / f"{name}.md").write_text(markdown_table(summary))
     return report

@@ -51,6 +51,7 @@ from rankmixer.config import OptimizerConfig
 from rankmixer.models import registry
 from rankmixer.models.rankmixer import RankMixerBackbone, RankMixerConfig, rankmixer_flops_per_sample
 from rankmixer.nn.heads import TaskHeads
+from rankmixer.nn.per_token_ffn import PerTokenFFN, resolve_impl
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -377,8 +378,11 @@ def rankmixer_variants(
 
     variants: list[Variant] = []
     models: list[tuple[str, nn.Module, str]] = [("ours", ours, "auto")]
+    ours_bmm = FFNImpl(ours, "bmm") if ablations and _ffn_auto_is(ours, "fused") else None
     if ablations:
         models.append(("ours-forloop-opt", ours, "forloop"))
+        if ours_bmm is not None:
+            models.append(("ours-bmm", ours_bmm, "auto"))
     if compiled is not None:
         models.append((f"ours-compiled-{compile_mode}", compiled, "auto"))
     if public is not None:
@@ -401,6 +405,8 @@ def rankmixer_variants(
     if ablations:
         variants += optimizer_step_variants(ours, optimizer, train_batch, seed)
     infer_models: list[tuple[str, nn.Module, float]] = [("ours", ours_inf, infer_flops)]
+    if ours_bmm is not None:
+        infer_models.append(("ours-bmm", FFNImpl(ours_inf, "bmm"), infer_flops))
     if is_moe:
         infer_models.append(("ours-moe-dense", ours_inf, dense_infer_flops))
     if compiled_inf is not None:
@@ -417,6 +423,33 @@ def rankmixer_variants(
                                         _infer_fn(m, xs[b], p, device, name), batch=b, flops=fl * b, precision=p,
                                         impl=name, peak_key=p, warmup=2 if "compiled" in name else 1))
     return variants, info
+
+
+class FFNImpl(nn.Module):
+    """``model`` with every per-token FFN forced to ``impl`` for the call (the "before" of the
+    fused per-token FFN). Shares the weights: ``bmm`` and ``fused`` use one storage layout."""
+
+    def __init__(self, model: nn.Module, impl: str) -> None:
+        super().__init__()
+        self.model, self.impl = model, impl
+
+    def forward(self, x: Tensor) -> Tensor:
+        ffns = [m for m in self.model.modules() if isinstance(m, PerTokenFFN)]
+        saved = [f.requested_impl for f in ffns]
+        for f in ffns:
+            f.requested_impl = self.impl
+        try:
+            return self.model(x)
+        finally:
+            for f, impl in zip(ffns, saved):
+                f.requested_impl = impl
+
+
+def _ffn_auto_is(model: nn.Module, impl: str) -> bool:
+    """Whether ``model``'s per-token FFNs run ``impl`` in fp32 and bf16 (so a "before" exists)."""
+    ffns = [m for m in model.modules() if isinstance(m, PerTokenFFN)]
+    return bool(ffns) and all(f.requested_impl == "auto" for f in ffns) and \
+        all(resolve_impl("auto", d) == impl for d in (torch.float32, torch.bfloat16))
 
 
 def optimizer_step_variants(model: nn.Module, optimizer: str, batch: int, seed: int = 0) -> list[Variant]:
@@ -566,7 +599,7 @@ def _add_ratios(rows: list[dict]) -> None:
         if impl == "ours" and pub is not None:
             r["vs_public_best"] = round(r["samples_per_s_best"] / pub["samples_per_s_best"], 2)
             r["vs_public_median"] = round(r["samples_per_s_median"] / pub["samples_per_s_median"], 2)
-        before = {"ours-forloop-opt": "ours", "ours-nocache": "ours", "ours-moe-dense": "ours"}.get(impl)
+        before = {"ours-forloop-opt": "ours", "ours-nocache": "ours", "ours-moe-dense": "ours", "ours-bmm": "ours"}.get(impl)
         if before is not None and (before, kind, p, b) in index:
             o = index[(before, kind, p, b)]
             r["ours_speedup_best"] = round(o["samples_per_s_best"] / r["samples_per_s_best"], 2)

@@ -120,7 +120,7 @@ class RankMixerConfig(ModelConfig):
     attention_hidden: list[int] = Field(default=[32], description="hidden widths of the DIN activation unit")
     attention_softmax: bool = Field(default=True, description="softmax-normalise target-attention weights")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the FFN output")
-    ffn_impl: Literal["auto", "bmm", "split"] = Field(default="auto", description="per-token FFN implementation")
+    ffn_impl: Literal["auto", "bmm", "fused", "split"] = Field(default="auto", description="per-token FFN implementation")
     moe: Any = Field(default=None, description="MoEConfig mapping: per-token sparse MoE instead of the PFFN")
     token_mixing: Literal["mixing", "none", "self_attention"] = Field(default="mixing", description="ablation switch")
     attention_heads: int | None = Field(default=None, ge=1, description="self_attention heads (default T)")

@@ -60,22 +60,24 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rankmixer.nn.mlp import make_activation
 
-Impl = Literal["auto", "bmm", "split"]
+Impl = Literal["auto", "bmm", "fused", "split"]
 
-# The implementation "auto" resolves to, per compute dtype (see the module docstring).
-AUTO_IMPL: dict[torch.dtype, str] = {torch.float32: "bmm", torch.bfloat16: "bmm"}
+# The implementation "auto" runs, per compute dtype (see the module docstring). ``bmm`` and
+# ``fused`` share one storage layout, so the choice is made per call, not when building.
+AUTO_IMPL: dict[torch.dtype, str] = {torch.float32: "fused", torch.bfloat16: "fused"}
 
 
 def resolve_impl(impl: str, dtype: torch.dtype = torch.float32) -> str:
     """``auto`` -> the measured faster implementation for ``dtype``; others pass through."""
     if impl == "auto":
         return AUTO_IMPL.get(dtype, AUTO_IMPL[torch.float32])
-    if impl not in ("bmm", "split"):
-        raise ValueError(f"unknown per-token FFN impl {impl!r}; known: auto, bmm, split")
+    if impl not in ("bmm", "fused", "split"):
+        raise ValueError(f"unknown per-token FFN impl {impl!r}; known: auto, bmm, fused, split")
     return impl
 
 
@@ -87,6 +89,77 @@ def ffn_hidden(dim: int, expansion: float) -> int:
 def _init_uniform_(t: Tensor, fan_in: int) -> None:
     bound = 1.0 / math.sqrt(fan_in)
     nn.init.uniform_(t, -bound, bound)
+
+
+# Activations the fused path can run: name -> (forward, backward(grad_out, pre_activation)).
+_FUSED_ACTS = {
+    "gelu": (F.gelu, lambda g, a: torch.ops.aten.gelu_backward(g, a)),
+    "relu": (F.relu, lambda g, a: g * (a > 0)),
+}
+
+
+class _FusedPerTokenFFN(torch.autograd.Function):
+    """``y[:, t] = act(x[:, t] @ w1[t] + b1[t]) @ w2[t] + b2[t]`` token by token, forward and
+    backward, computed in ``dtype``, with the weights stacked as in ``bmm`` (``w1 [T, D, H]``,
+    ``w2 [T, H, D]``) in any dtype.
+
+    Why token by token: each token's ``[B, H]`` hidden activation is made, activated and
+    consumed while it is still in cache, where the batched form writes all ``T`` of them (the
+    largest tensor of the block) to memory between the GEMM, the activation and the next GEMM,
+    in both directions; and plain 2-D GEMMs ran faster than ``bmm`` on the dev box, most of all
+    for the weight gradients. For the same reason the weights are cast to ``dtype`` one token
+    at a time (a ``[D, H]`` slice that the next GEMM reads from cache; casting the stacked
+    weight up front was measurably slower), and each token's weight gradient is cast back
+    into one stacked buffer of the weight's own dtype. Only the pre-activations are saved (the
+    activation is recomputed in backward, cache-hot); there are no per-token parameters and no
+    ``stack`` of outputs."""
+
+    @staticmethod
+    def run(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act: str, dtype: torch.dtype,
+            keep: bool) -> tuple[Tensor, Tensor | None]:
+        """The forward loop; ``keep``: also return the pre-activations ``[T, B, H]``."""
+        fwd, _ = _FUSED_ACTS[act]
+        x = x.to(dtype)
+        B, T, _ = x.shape
+        y = x.new_empty(B, T, w2.shape[2])
+        pre = x.new_empty(T, B, w1.shape[2]) if keep else None
+        for t in range(T):
+            w1t, b1t, w2t, b2t = (p[t].to(dtype) for p in (w1, b1, w2, b2))
+            a = torch.addmm(b1t, x[:, t], w1t, out=pre[t]) if keep else torch.addmm(b1t, x[:, t], w1t)
+            y[:, t] = torch.addmm(b2t, fwd(a), w2t)
+        return y, pre
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act: str, dtype: torch.dtype) -> Tensor:
+        y, pre = _FusedPerTokenFFN.run(x, w1, b1, w2, b2, act, dtype, keep=True)
+        ctx.act, ctx.x_dtype, ctx.b_dtypes = act, x.dtype, (b1.dtype, b2.dtype)
+        ctx.save_for_backward(x.to(dtype), w1, w2, pre)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        x, w1, w2, pre = ctx.saved_tensors
+        fwd, bwd = _FUSED_ACTS[ctx.act]
+        dtype = x.dtype
+        gy = gy.to(dtype)
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        gx = torch.empty_like(x) if need_x else None
+        gw1 = torch.empty_like(w1) if need_w1 else None
+        gw2 = torch.empty_like(w2) if need_w2 else None
+        gb1 = w1.new_empty(w1.shape[0], w1.shape[2], dtype=ctx.b_dtypes[0]) if need_b1 else None
+        for t in range(x.shape[1]):
+            g, a = gy[:, t], pre[t]
+            if need_w2:
+                gw2[t] = fwd(a).t() @ g  # the assignment casts to the weight's dtype
+            ga = bwd(g @ w2[t].to(dtype).t(), a)  # gradient at the pre-activation, [B, H]
+            if need_b1:
+                gb1[t] = ga.sum(0)
+            if need_w1:
+                gw1[t] = x[:, t].t() @ ga
+            if need_x:
+                gx[:, t] = ga @ w1[t].to(dtype).t()
+        gb2 = gy.sum(0).to(ctx.b_dtypes[1]) if need_b2 else None
+        return (gx.to(ctx.x_dtype) if need_x else None), gw1, gb1, gw2, gb2, None, None
 
 
 class PerTokenFFN(nn.Module):
@@ -115,8 +188,11 @@ class PerTokenFFN(nn.Module):
             raise ValueError(f"num_tokens and dim must be >= 1, got {num_tokens}, {dim}")
         self.num_tokens, self.dim = num_tokens, dim
         self.hidden = ffn_hidden(dim, expansion)
-        self.impl = resolve_impl(impl, torch.float32)
+        resolve_impl(impl)  # reject unknown names early
+        # storage: one stacked tensor per weight (bmm, fused, auto) or T separate ones (split)
+        self.impl = "split" if impl == "split" else "bmm"
         self.requested_impl = impl
+        self.activation = activation.lower()
         self.act = make_activation(activation)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         T, D, H = num_tokens, dim, self.hidden
@@ -189,10 +265,35 @@ class PerTokenFFN(nn.Module):
             self._cast_key, self._cast = None, ()
         return super().train(mode)
 
+    def forward_impl(self, x: Tensor) -> str:
+        """What this call runs: ``split``, or ``bmm`` / ``fused`` for the stacked storage
+        (``fused`` needs an activation it knows and no dropout on the hidden layer; traced,
+        exported and compiled graphs get ``bmm``: two batched GEMMs, which exporters and
+        compilers handle as such, rather than an unrolled Python loop)."""
+        if self.impl == "split":
+            return "split"
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            return "bmm"
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        impl = resolve_impl(self.requested_impl, dtype)
+        if impl == "fused" and (self.activation not in _FUSED_ACTS or (self.training and isinstance(self.dropout, nn.Dropout))):
+            return "bmm"
+        return impl
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[1] != self.num_tokens or x.shape[2] != self.dim:
             raise ValueError(f"expected [B, {self.num_tokens}, {self.dim}], got {list(x.shape)}")
-        if self.impl == "bmm":
+        impl = self.forward_impl(x)
+        if impl == "fused":
+            w = self.compute_weights(x)  # cached low-precision copies in inference under autocast
+            dev = x.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            with torch.autocast(dev, enabled=False):  # the function casts, token by token
+                if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in w)):
+                    return _FusedPerTokenFFN.apply(x, *w, self.activation, dtype)
+                return _FusedPerTokenFFN.run(x, *w, self.activation, dtype, keep=False)[0]  # nothing to save
+        if impl == "bmm":
             w1, b1, w2, b2 = self.compute_weights(x)
             xt = x.transpose(0, 1)  # [T, B, D], a view
             h = self.dropout(self.act(torch.baddbmm(b1.unsqueeze(1), xt, w1)))
@@ -204,7 +305,7 @@ class PerTokenFFN(nn.Module):
         return torch.stack(outs, dim=1)
 
     def extra_repr(self) -> str:
-        return f"tokens={self.num_tokens}, dim={self.dim}, hidden={self.hidden}, impl={self.impl}"
+        return f"tokens={self.num_tokens}, dim={self.dim}, hidden={self.hidden}, impl={self.requested_impl}"
 
 
 class SharedFFN(nn.Module):

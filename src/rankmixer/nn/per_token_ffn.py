@@ -4,30 +4,52 @@ Token ``t`` of ``x [B, T, D]`` has its own two-layer FFN
 
     v_t = W2_t act(W1_t s_t + b1_t) + b2_t,    W1_t: D -> kD,  W2_t: kD -> D
 
-(``act`` = GELU in the paper). Two implementations of the same function, chosen by ``impl``:
+(``act`` = GELU in the paper). Three implementations of the same function, chosen by ``impl``:
 
 ``bmm``
     Weights stacked as ``w1 [T, D, kD]``, ``b1 [T, kD]``, ``w2 [T, kD, D]``, ``b2 [T, D]``; each
     layer is one ``torch.baddbmm`` over the token axis on ``x.transpose(0, 1)`` (``[T, B, D]``, a
     view). No Python loop; backward writes each weight gradient once.
+``fused``
+    The same stacked weights, run token by token by one autograd function
+    (:class:`_FusedPerTokenFFN`): GEMM, activation and GEMM on one token's ``[B, kD]`` hidden
+    activation while it is in cache, weights cast to the compute dtype one token at a time,
+    a hand-written backward that recomputes the activation and writes every weight gradient
+    into one stacked buffer. Needs GELU or ReLU and no hidden dropout (else it runs ``bmm``);
+    traced, exported and compiled graphs get ``bmm``.
 ``split``
     ``T`` separate parameters per layer (``w1.0 .. w1.{T-1}`` each ``[D, kD]``, ...), one
     ``addmm`` per token on the ``x.unbind(1)`` views; outputs stacked back. Separate parameters
     matter: slicing ``W[t]`` of *one* stacked parameter inside a loop would make autograd
     materialise a full-size ``[T, D, kD]`` gradient per slice (T times the memory traffic).
-    ``unbind`` of the activation has a single ``stack`` as backward, so the input side is cheap.
 ``auto``
-    The faster one for the compute dtype, from the measurements below (``AUTO_IMPL``): ``bmm``
-    in fp32 and in bf16 autocast. The storage layout (and so the state_dict keys) is fixed when
-    the module is built, so ``auto`` resolves with the fp32 entry; should the two dtypes ever
-    disagree, the bf16 choice would need a build-time switch. On CUDA ``bmm`` is one batched
-    GEMM kernel against T small ones (not measured: no GPU on the dev box).
+    The faster one for the compute dtype, from the measurements below (``AUTO_IMPL``):
+    ``fused`` in fp32 and in bf16 autocast. ``bmm`` and ``fused`` share their storage, so the
+    choice is made per call and a checkpoint loads into either.
 
-Inference under autocast reuses low-precision copies of the ``bmm`` weights while they are
+Inference under autocast reuses low-precision copies of the stacked weights while they are
 unchanged (:meth:`PerTokenFFN.compute_weights`) instead of re-casting every weight on every
-call. ``rankmixer bench speed`` times ``bmm`` against a public-style per-token ``nn.Linear``
-loop at the issue's config (``docs/performance.md``): ``bmm`` won in fp32 and bf16, in training
-and in inference.
+call.
+
+Speed of one FFN layer (forward + backward, input and weight gradients), measured on the dev
+box idle: 2-core AVX512-BF16 EPYC (no AMX), torch 2.13 CPU build, 2 threads, T=16, D=768, k=4,
+batch 512, 4 interleaved rounds; GFLOP/s best / median (matmul peak in the same minute: fp32
+169, bf16 418), against the public-style loop of per-token ``nn.Sequential(Linear, GELU,
+Linear)`` modules:
+
+    ==========  ==============  ==============  ==============  ==============
+    impl        train bf16      train fp32      infer bf16      infer fp32
+    ==========  ==============  ==============  ==============  ==============
+    bmm         273 / 267       140 / 128       330 / 317       146 / 124
+    fused       300 / 287       143 / 134       360 / 345       150 / 142
+    public      295 / 291       142 / 138       355 / 335       160 / 146
+    ==========  ==============  ==============  ==============  ==============
+
+``fused`` is 1.07-1.10x ``bmm`` in bf16 and ties the public-style loop, which already runs
+its GEMMs at about 70% of the bf16 peak. Steps towards it, same protocol: the token-by-token
+loop with the stacked weights cast up front gave 276-283 bf16 train; casting per token inside
+the loop gave the last 5-8%. (An earlier, loaded-box measurement had put ``bmm`` ahead of
+``split``; idle, the per-token GEMMs win.)
 
 Both store the weight in ``x @ W`` orientation (``[in, out]``), i.e. the transpose of
 ``nn.Linear.weight``, and initialise like ``nn.Linear`` (uniform +-1/sqrt(fan_in) for weights and

@@ -51,7 +51,7 @@ from rankmixer.config import OptimizerConfig
 from rankmixer.models import registry
 from rankmixer.models.rankmixer import RankMixerBackbone, RankMixerConfig, rankmixer_flops_per_sample
 from rankmixer.nn.heads import TaskHeads
-from rankmixer.nn.per_token_ffn import PerTokenFFN, resolve_impl
+from rankmixer.nn.per_token_ffn import PerTokenFFN
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -378,11 +378,14 @@ def rankmixer_variants(
 
     variants: list[Variant] = []
     models: list[tuple[str, nn.Module, str]] = [("ours", ours, "auto")]
-    ours_bmm = FFNImpl(ours, "bmm") if ablations and _ffn_auto_is(ours, "fused") else None
+    # The per-token FFN implementation that "auto" does not pick on this device, as a "before"
+    # (CPU runs "fused", other devices "bmm"; nn/per_token_ffn.py).
+    alt_impl = "bmm" if device.type == "cpu" else "fused"
+    ours_alt = FFNImpl(ours, alt_impl) if ablations and _has_auto_ffn(ours) else None
     if ablations:
         models.append(("ours-forloop-opt", ours, "forloop"))
-        if ours_bmm is not None:
-            models.append(("ours-bmm", ours_bmm, "auto"))
+        if ours_alt is not None:
+            models.append((f"ours-{alt_impl}", ours_alt, "auto"))
     if compiled is not None:
         models.append((f"ours-compiled-{compile_mode}", compiled, "auto"))
     if public is not None:
@@ -405,8 +408,8 @@ def rankmixer_variants(
     if ablations:
         variants += optimizer_step_variants(ours, optimizer, train_batch, seed)
     infer_models: list[tuple[str, nn.Module, float]] = [("ours", ours_inf, infer_flops)]
-    if ours_bmm is not None:
-        infer_models.append(("ours-bmm", FFNImpl(ours_inf, "bmm"), infer_flops))
+    if ours_alt is not None:
+        infer_models.append((f"ours-{alt_impl}", FFNImpl(ours_inf, alt_impl), infer_flops))
     if is_moe:
         infer_models.append(("ours-moe-dense", ours_inf, dense_infer_flops))
     if compiled_inf is not None:
@@ -445,11 +448,11 @@ class FFNImpl(nn.Module):
                 f.requested_impl = impl
 
 
-def _ffn_auto_is(model: nn.Module, impl: str) -> bool:
-    """Whether ``model``'s per-token FFNs run ``impl`` in fp32 and bf16 (so a "before" exists)."""
+def _has_auto_ffn(model: nn.Module) -> bool:
+    """Whether ``model`` has per-token FFNs, all on ``auto`` with the stacked storage (so the
+    other implementation can run on the same weights)."""
     ffns = [m for m in model.modules() if isinstance(m, PerTokenFFN)]
-    return bool(ffns) and all(f.requested_impl == "auto" for f in ffns) and \
-        all(resolve_impl("auto", d) == impl for d in (torch.float32, torch.bfloat16))
+    return bool(ffns) and all(f.requested_impl == "auto" and f.impl == "bmm" for f in ffns)
 
 
 def optimizer_step_variants(model: nn.Module, optimizer: str, batch: int, seed: int = 0) -> list[Variant]:
@@ -599,7 +602,8 @@ def _add_ratios(rows: list[dict]) -> None:
         if impl == "ours" and pub is not None:
             r["vs_public_best"] = round(r["samples_per_s_best"] / pub["samples_per_s_best"], 2)
             r["vs_public_median"] = round(r["samples_per_s_median"] / pub["samples_per_s_median"], 2)
-        before = {"ours-forloop-opt": "ours", "ours-nocache": "ours", "ours-moe-dense": "ours", "ours-bmm": "ours"}.get(impl)
+        before = {"ours-forloop-opt": "ours", "ours-nocache": "ours", "ours-moe-dense": "ours", "ours-bmm": "ours",
+                  "ours-fused": "ours"}.get(impl)
         if before is not None and (before, kind, p, b) in index:
             o = index[(before, kind, p, b)]
             r["ours_speedup_best"] = round(o["samples_per_s_best"] / r["samples_per_s_best"], 2)

@@ -24,7 +24,9 @@ Token ``t`` of ``x [B, T, D]`` has its own two-layer FFN
     materialise a full-size ``[T, D, kD]`` gradient per slice (T times the memory traffic).
 ``auto``
     The faster one for the compute dtype, from the measurements below (``AUTO_IMPL``):
-    ``fused`` in fp32 and in bf16 autocast. ``bmm`` and ``fused`` share their storage, so the
+    ``fused`` in fp32 and in bf16 autocast, on CPU. On other devices ``bmm``: one batched
+    GEMM kernel instead of a Python loop that launches several kernels per token (a guess
+    until it is measured on a GPU). ``bmm`` and ``fused`` share their storage, so the
     choice is made per call and a checkpoint loads into either.
 
 Inference under autocast reuses low-precision copies of the stacked weights while they are
@@ -298,6 +300,8 @@ class PerTokenFFN(nn.Module):
             return "bmm"
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        if self.requested_impl == "auto" and dev != "cpu":
+            return "bmm"  # one batched GEMM kernel, not 4T launches (not measured: no GPU here yet)
         impl = resolve_impl(self.requested_impl, dtype)
         if impl == "fused" and (self.activation not in _FUSED_ACTS or (self.training and isinstance(self.dropout, nn.Dropout))):
             return "bmm"

@@ -205,3 +205,14 @@ def test_gpu_script_code_path_on_cpu(tmp_path):
         assert rep["setup"]["model"] == model and rep["setup"]["optimizer"] == "rmsprop"
         assert {r["precision"] for r in rep["rows"] if r["kind"] == "train"} == {"fp32", "bf16"}
         _check_mfu(rep)
+
+
+def test_bench_speed_profiles_every_precision(tmp_path):
+    rep = _run_cli(tmp_path, "--model", "rankmixer-tiny", "--batch-sizes", "8", "--train-batch", "8", "--rounds", "1",
+                   "--no-dcn", "--no-moe", "--no-baseline", "--no-ablations", "--profile")
+    assert set(rep["profile"]) == {"fp32", "bf16"}
+    for prof in rep["profile"].values():
+        for what in ("train", "infer"):
+            top = prof[what]["top"]
+            assert top and 0 < sum(e["share"] for e in top) <= 1.0 + 1e-6
+            assert any("mm" in e["op"] for e in top)  # the matmuls are among the ops it names

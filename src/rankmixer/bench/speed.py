@@ -567,7 +567,7 @@ def run_speed_bench(
             "peak_gflops": best, "peak_gflops_per_round": per_round, "rankmixer": info, "rows": rows,
         }
         if profile:
-            report["profile"] = profile_step(cfg, train_batch, precisions[-1], dev, optimizer, seed)
+            report["profile"] = {p: profile_step(cfg, train_batch, p, dev, optimizer, seed) for p in precisions}
         if dcn:
             from rankmixer.bench.fuxictr_dcnv2 import run_dcn_comparison
 
@@ -711,10 +711,10 @@ def format_table(report: dict) -> str:
         lines.append(f"| {r['name']} | {r['samples_per_s_best']:,.0f} / {r['samples_per_s_median']:,.0f} | "
                      f"{r['ms_best']:.1f} | {lat} | {r['achieved_gflops_best']:,.1f} | {mfu} | {vp} | {vb} | "
                      f"{_fmt(r['memory'].get('peak_mb'), ',.0f')} |")
-    if "profile" in report:
+    for precision, prof in report.get("profile", {}).items():
         for what in ("train", "infer"):
-            pr = report["profile"][what]
-            lines += ["", f"profile, one {what} call ({report['profile']['precision']}): {pr['total_ms']:.0f} ms self time",
+            pr = prof[what]
+            lines += ["", f"profile, one {what} call ({precision}): {pr['total_ms']:.0f} ms self time",
                       "| op | self ms | share | calls |", "|---|---|---|---|"]
             lines += [f"| {e['op']} | {e['self_ms']:.1f} | {e['share']:.1%} | {e['calls']} |" for e in pr["top"][:10]]
     if "dcn" in report:

@@ -207,9 +207,12 @@ def test_changing_one_tokens_weights_changes_only_that_token(impl, which):
 
 
 def test_per_token_ffn_auto_and_bf16():
-    assert resolve_impl("auto", torch.float32) == AUTO_IMPL[torch.float32]
-    assert resolve_impl("auto", torch.bfloat16) == AUTO_IMPL[torch.bfloat16]
-    assert PerTokenFFN(2, 4, impl="auto").forward_impl(torch.zeros(1, 2, 4)) == AUTO_IMPL[torch.float32]
+    assert resolve_impl("auto", torch.float32) == AUTO_IMPL[(True, torch.float32)]
+    assert resolve_impl("auto", torch.bfloat16, grad=False) == AUTO_IMPL[(False, torch.bfloat16)]
+    ffn = PerTokenFFN(2, 4, impl="auto")
+    assert ffn.forward_impl(torch.zeros(1, 2, 4)) == AUTO_IMPL[(True, torch.float32)]  # weights need grad
+    with torch.no_grad():
+        assert ffn.forward_impl(torch.zeros(1, 2, 4)) == AUTO_IMPL[(False, torch.float32)]
     with pytest.raises(ValueError, match="impl"):
         PerTokenFFN(2, 4, impl="loop")
     torch.manual_seed(0)

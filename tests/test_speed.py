@@ -130,7 +130,7 @@ def test_bench_speed_tiny_end_to_end(tmp_path):
         assert {f"ours/train/{p}/b8", f"public/train/{p}/b8", f"ours-forloop-opt/train/{p}/b8",
                 f"ours/infer/{p}/b4", f"public/infer/{p}/b8"} <= names
     assert "ours-nocache/infer/bf16/b8" in names
-    assert {"ours-bmm/train/bf16/b8", "ours-bmm/infer/bf16/b8"} <= names  # the fused FFN's "before"
+    assert {"ours-bmm/train/bf16/b8", "ours-fused/infer/bf16/b8"} <= names  # what auto does not pick
     assert "ours_speedup_best" in next(r for r in rep["rows"] if r["name"] == "ours-bmm/train/bf16/b8")
     assert {"optstep/adamw-fused", "optstep/adamw-foreach", "optstep/adamw-forloop"} <= names
     train = next(r for r in rep["rows"] if r["name"] == "ours/train/fp32/b8")

@@ -378,24 +378,30 @@ def rankmixer_variants(
 
     variants: list[Variant] = []
     models: list[tuple[str, nn.Module, str]] = [("ours", ours, "auto")]
-    # The per-token FFN implementation that "auto" does not pick on this device, as a "before"
-    # (CPU runs "fused", other devices "bmm"; nn/per_token_ffn.py).
-    alt_impl = "bmm" if device.type == "cpu" else "fused"
-    ours_alt = FFNImpl(ours, alt_impl) if ablations and _has_auto_ffn(ours) else None
+    # The per-token FFN implementation that "auto" does not pick, as a "before" (on CPU it
+    # trains with "fused" and infers with "bmm"; elsewhere "bmm" throughout; nn/per_token_ffn.py).
+    alt_train, alt_infer = ("bmm", "fused") if device.type == "cpu" else ("fused", "fused")
+    has_alt = ablations and _has_auto_ffn(ours)
     if ablations:
         models.append(("ours-forloop-opt", ours, "forloop"))
-        if ours_alt is not None:
-            models.append((f"ours-{alt_impl}", ours_alt, "auto"))
+        if has_alt:
+            models.append((f"ours-{alt_train}", FFNImpl(ours, alt_train), "auto"))
     if compiled is not None:
         models.append((f"ours-compiled-{compile_mode}", compiled, "auto"))
     if public is not None:
         models.append(("public", public, "forloop"))
-    # One optimizer per (model, impl); their states are separate, the weights are shared
-    # between "ours" and "ours-forloop-opt" (both take real steps on them; the speed does not
-    # depend on the values).
+    # One optimizer per (weights, optimizer impl), shared by the precisions and by the model
+    # views over the same weights ("ours-bmm" steps ours's optimizer): every variant takes real
+    # steps, and the speed does not depend on the values. An optimizer per variant would hold
+    # AdamW state (2x the weights) eight times over at 100M scale.
+    opts: dict[tuple[int, str], torch.optim.Optimizer] = {}
     for p in precisions:
         for name, m, impl in models:
-            opt = make_optimizer(optimizer, list(m.parameters()), impl)
+            base = m.model if isinstance(m, FFNImpl) else m
+            key = (id(base), impl)
+            if key not in opts:
+                opts[key] = make_optimizer(optimizer, list(base.parameters()), impl)
+            opt = opts[key]
             step = make_train_step(lambda m=m, x=xs[train_batch]: m(x), y, [opt], p, device)
 
             def train_fn(m=m, step=step):
@@ -408,8 +414,8 @@ def rankmixer_variants(
     if ablations:
         variants += optimizer_step_variants(ours, optimizer, train_batch, seed)
     infer_models: list[tuple[str, nn.Module, float]] = [("ours", ours_inf, infer_flops)]
-    if ours_alt is not None:
-        infer_models.append((f"ours-{alt_impl}", FFNImpl(ours_inf, alt_impl), infer_flops))
+    if has_alt:
+        infer_models.append((f"ours-{alt_infer}", FFNImpl(ours_inf, alt_infer), infer_flops))
     if is_moe:
         infer_models.append(("ours-moe-dense", ours_inf, dense_infer_flops))
     if compiled_inf is not None:

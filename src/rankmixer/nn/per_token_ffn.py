@@ -23,8 +23,8 @@ Token ``t`` of ``x [B, T, D]`` has its own two-layer FFN
     matter: slicing ``W[t]`` of *one* stacked parameter inside a loop would make autograd
     materialise a full-size ``[T, D, kD]`` gradient per slice (T times the memory traffic).
 ``auto``
-    The faster one for the compute dtype, from the measurements below (``AUTO_IMPL``):
-    ``fused`` in fp32 and in bf16 autocast, on CPU. On other devices ``bmm``: one batched
+    The faster one, from the measurements below (``AUTO_IMPL``): on CPU ``fused`` when
+    autograd records (training), ``bmm`` in inference, in fp32 and in bf16 autocast. On other devices ``bmm``: one batched
     GEMM kernel instead of a Python loop that launches several kernels per token (a guess
     until it is measured on a GPU). ``bmm`` and ``fused`` share their storage, so the
     choice is made per call and a checkpoint loads into either.
@@ -50,8 +50,14 @@ Linear)`` modules:
 ``fused`` is 1.07-1.10x ``bmm`` in bf16 and ties the public-style loop, which already runs
 its GEMMs at about 70% of the bf16 peak. Steps towards it, same protocol: the token-by-token
 loop with the stacked weights cast up front gave 276-283 bf16 train; casting per token inside
-the loop gave the last 5-8%. (An earlier, loaded-box measurement had put ``bmm`` ahead of
-``split``; idle, the per-token GEMMs win.)
+the loop gave the last 5-8%. Keeping the per-token bf16 weight casts for backward (instead of
+casting again) did not measurably help (277 vs 299 samples/s, within noise), so it is not done.
+
+In the whole model (``rankmixer bench speed``, ``docs/performance.md``), training: ``fused``
+1.03x / 1.14x ``bmm`` (fp32 / bf16, best round); inference with the weight cache: ``bmm``
+1.02-1.33x ``fused`` in fp32 and bf16 at batch 64 and 512. Hence ``auto``: ``fused`` with
+autograd, ``bmm`` without. (An earlier, loaded-box measurement had put ``bmm`` ahead of
+``split`` in training; idle, per-token GEMMs win there.)
 
 Both store the weight in ``x @ W`` orientation (``[in, out]``), i.e. the transpose of
 ``nn.Linear.weight``, and initialise like ``nn.Linear`` (uniform +-1/sqrt(fan_in) for weights and
@@ -91,15 +97,20 @@ from rankmixer.nn.mlp import make_activation
 
 Impl = Literal["auto", "bmm", "fused", "split"]
 
-# The implementation "auto" runs, per compute dtype (see the module docstring). ``bmm`` and
-# ``fused`` share one storage layout, so the choice is made per call, not when building.
-AUTO_IMPL: dict[torch.dtype, str] = {torch.float32: "fused", torch.bfloat16: "fused"}
+# The implementation "auto" runs on CPU, per (training?, compute dtype), from the measurements in
+# the module docstring. ``bmm`` and ``fused`` share one storage layout, so the choice is made
+# per call, not when building.
+AUTO_IMPL: dict[tuple[bool, torch.dtype], str] = {
+    (True, torch.float32): "fused", (True, torch.bfloat16): "fused",  # forward + backward
+    (False, torch.float32): "bmm", (False, torch.bfloat16): "bmm",  # inference (no autograd)
+}
 
 
-def resolve_impl(impl: str, dtype: torch.dtype = torch.float32) -> str:
-    """``auto`` -> the measured faster implementation for ``dtype``; others pass through."""
+def resolve_impl(impl: str, dtype: torch.dtype = torch.float32, grad: bool = True) -> str:
+    """``auto`` -> the measured faster implementation for a call with (``grad``) or without
+    autograd in ``dtype``; other names pass through."""
     if impl == "auto":
-        return AUTO_IMPL.get(dtype, AUTO_IMPL[torch.float32])
+        return AUTO_IMPL.get((grad, dtype), AUTO_IMPL[(grad, torch.float32)])
     if impl not in ("bmm", "fused", "split"):
         raise ValueError(f"unknown per-token FFN impl {impl!r}; known: auto, bmm, fused, split")
     return impl
@@ -302,7 +313,8 @@ class PerTokenFFN(nn.Module):
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         if self.requested_impl == "auto" and dev != "cpu":
             return "bmm"  # one batched GEMM kernel, not 4T launches (not measured: no GPU here yet)
-        impl = resolve_impl(self.requested_impl, dtype)
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        impl = resolve_impl(self.requested_impl, dtype, grad)
         if impl == "fused" and (self.activation not in _FUSED_ACTS or (self.training and isinstance(self.dropout, nn.Dropout))):
             return "bmm"
         return impl

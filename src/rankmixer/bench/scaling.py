@@ -94,13 +94,11 @@ def plot(rows: list[dict], bayes_auc: float | None, path: Path, title: str) -> N
             group = [r for r in rows if r["model"] == family]
             ax.errorbar([r[key] for r in group], [r["auc"] for r in group], yerr=[r["auc_std"] for r in group],
                         marker="o", capsize=3, label=family)
-        if bayes_auc:
-            ax.axhline(bayes_auc, color="grey", linestyle="--", linewidth=1)
-            ax.text(ax.get_xlim()[0], bayes_auc, " Bayes-optimal", va="bottom", fontsize=8, color="grey")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("test AUC")
+    # The ceiling is written, not drawn: on the same axis it would flatten every curve.
+    axes[0].set_ylabel("test AUC" + (f"  (Bayes-optimal: {bayes_auc:.4f})" if bayes_auc else ""))
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -111,10 +109,12 @@ def plot(rows: list[dict], bayes_auc: float | None, path: Path, title: str) -> N
 def markdown(rows: list[dict], slopes: dict[str, dict], bayes_auc: float | None) -> str:
     lines = ["| family | size | dense params | FLOPs/sample | seeds | test AUC | test logloss |",
              "|---|---:|---:|---:|---:|---|---|"]
+    def spread(r: dict, m: str) -> str:  # no spread from one seed
+        return f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if r["seeds"] > 1 else f"{r[m]:.4f}"
+
     for r in rows:
         lines.append(f"| {r['model']} | {r['label'].rsplit('-', 1)[1]} | {_si(r['dense_parameters'])} | "
-                     f"{_si(r['flops_per_sample'])} | {r['seeds']} | {r['auc']:.4f} ± {r['auc_std']:.4f} | "
-                     f"{r['logloss']:.4f} ± {r['logloss_std']:.4f} |")
+                     f"{_si(r['flops_per_sample'])} | {r['seeds']} | {spread(r, 'auc')} | {spread(r, 'logloss')} |")
     if bayes_auc:
         lines.append(f"| Bayes-optimal | - | - | - | - | {bayes_auc:.4f} | |")
     lines += ["", "| family | AUC per doubling of FLOPs | AUC per doubling of dense params | best AUC |",

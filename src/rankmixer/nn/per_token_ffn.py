@@ -133,6 +133,15 @@ _FUSED_ACTS = {
 }
 
 
+def _mm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """``out = a @ b``: in place when ``out`` has the operands' dtype, else through a temporary
+    cast into it (a bf16 weight gradient into its fp32 buffer)."""
+    if out.dtype == a.dtype:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(a @ b)
+
+
 class _FusedPerTokenFFN(torch.autograd.Function):
     """``y[:, t] = act(x[:, t] @ w1[t] + b1[t]) @ w2[t] + b2[t]`` token by token, forward and
     backward, computed in ``dtype``, with the weights stacked as in ``bmm`` (``w1 [T, D, H]``,
@@ -152,17 +161,19 @@ class _FusedPerTokenFFN(torch.autograd.Function):
     @staticmethod
     def run(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act: str, dtype: torch.dtype,
             keep: bool) -> tuple[Tensor, Tensor | None]:
-        """The forward loop; ``keep``: also return the pre-activations ``[T, B, H]``."""
+        """The forward loop; ``keep``: also return the pre-activations ``[T, B, H]``. The output
+        is the ``[B, T, D]`` view of a token-major ``[T, B, D]`` buffer, so that every GEMM
+        writes its token's rows in place instead of into a temporary that is then copied."""
         fwd, _ = _FUSED_ACTS[act]
         x = x.to(dtype)
         B, T, _ = x.shape
-        y = x.new_empty(B, T, w2.shape[2])
+        y = x.new_empty(T, B, w2.shape[2])
         pre = x.new_empty(T, B, w1.shape[2]) if keep else None
         for t in range(T):
             w1t, b1t, w2t, b2t = (p[t].to(dtype) for p in (w1, b1, w2, b2))
             a = torch.addmm(b1t, x[:, t], w1t, out=pre[t]) if keep else torch.addmm(b1t, x[:, t], w1t)
-            y[:, t] = torch.addmm(b2t, fwd(a), w2t)
-        return y, pre
+            torch.addmm(b2t, fwd(a), w2t, out=y[t])
+        return y.transpose(0, 1), pre
 
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, act: str, dtype: torch.dtype) -> Tensor:
@@ -178,23 +189,25 @@ class _FusedPerTokenFFN(torch.autograd.Function):
         dtype = x.dtype
         gy = gy.to(dtype)
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
-        gx = torch.empty_like(x) if need_x else None
+        B, T, _ = x.shape
+        gx = x.new_empty(T, B, x.shape[2]) if need_x else None  # token-major, like the output
         gw1 = torch.empty_like(w1) if need_w1 else None
         gw2 = torch.empty_like(w2) if need_w2 else None
         gb1 = w1.new_empty(w1.shape[0], w1.shape[2], dtype=ctx.b_dtypes[0]) if need_b1 else None
-        for t in range(x.shape[1]):
+
+        for t in range(T):
             g, a = gy[:, t], pre[t]
             if need_w2:
-                gw2[t] = fwd(a).t() @ g  # the assignment casts to the weight's dtype
+                _mm_into(gw2[t], fwd(a).t(), g)
             ga = bwd(g @ w2[t].to(dtype).t(), a)  # gradient at the pre-activation, [B, H]
             if need_b1:
                 gb1[t] = ga.sum(0)
             if need_w1:
-                gw1[t] = x[:, t].t() @ ga
+                _mm_into(gw1[t], x[:, t].t(), ga)
             if need_x:
-                gx[:, t] = ga @ w1[t].to(dtype).t()
+                torch.mm(ga, w1[t].to(dtype).t(), out=gx[t])
         gb2 = gy.sum(0).to(ctx.b_dtypes[1]) if need_b2 else None
-        return (gx.to(ctx.x_dtype) if need_x else None), gw1, gb1, gw2, gb2, None, None
+        return (gx.transpose(0, 1).to(ctx.x_dtype) if need_x else None), gw1, gb1, gw2, gb2, None, None
 
 
 class PerTokenFFN(nn.Module):

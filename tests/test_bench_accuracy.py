@@ -162,3 +162,20 @@ def test_scaling_study_small(tmp_path):
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "scaling.json").read_text())["slopes"] == report["slopes"]
     assert (out / "scaling.md").read_text().count("| rm |") == 2 + 1  # two sizes + the slope row
+
+
+def test_scaling_spec_rejects_typos_and_single_sizes(tmp_path):
+    from rankmixer.bench.scaling import load_spec
+
+    bad = tmp_path / "spec.yaml"
+    bad.write_text(yaml.safe_dump({"dataset": {"config": "x.yaml"}, "famlies": {}}))
+    with pytest.raises(ConfigError, match="famlies"):
+        load_spec(bad)
+    bad.write_text(yaml.safe_dump({"dataset": {"config": "x.yaml"}, "families": {"mlp": [{"name": "lr"}]}}))
+    with pytest.raises(ConfigError, match="at least two"):
+        load_spec(bad)
+    with pytest.raises(FileNotFoundError, match="scaling spec"):
+        load_spec(tmp_path / "missing.yaml")
+    cells, budget = load_spec("configs/bench/scaling.yaml")
+    assert len(cells) == 16 and budget == "samples=500000"
+    assert {c.model_label for c in cells} == {"dlrm-mlp", "dcnv2", "wukong", "rankmixer"}

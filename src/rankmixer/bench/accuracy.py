@@ -50,15 +50,22 @@ def cells_from_configs(configs: list[Path | str]) -> list[Cell]:
     return [Cell(Path(c).stem, str(c)) for c in configs]
 
 
-def load_suite(path: Path | str) -> list[Cell]:
-    """The cells of a suite file (see the module docstring), datasets outer, models inner."""
+def read_yaml_keys(path: Path | str, what: str, keys: tuple[str, ...]) -> dict:
+    """A benchmark file's YAML mapping; an error naming the file for a missing file or a key
+    outside ``keys`` (a typo must not silently drop a part of the benchmark)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"suite file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     tree = yaml.safe_load(path.read_text()) or {}
-    unknown = set(tree) - {"datasets", "models", "overrides"}
+    unknown = set(tree) - set(keys)
     if unknown:
-        raise ConfigError(f"suite {path}: unknown key(s) {sorted(unknown)}; expected datasets, models, overrides")
+        raise ConfigError(f"{what} {path}: unknown key(s) {sorted(unknown)}; expected {', '.join(keys)}")
+    return tree
+
+
+def load_suite(path: Path | str) -> list[Cell]:
+    """The cells of a suite file (see the module docstring), datasets outer, models inner."""
+    tree = read_yaml_keys(path, "suite", ("datasets", "models", "overrides"))
     datasets, models = tree.get("datasets") or {}, tree.get("models") or {}
     if not isinstance(datasets, dict) or not datasets or not isinstance(models, dict) or not models:
         raise ConfigError(f"suite {path}: 'datasets' and 'models' must be non-empty mappings")

@@ -30,21 +30,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from rankmixer.bench.accuracy import Cell, _si, run_accuracy
+from rankmixer.bench.accuracy import Cell, _si, read_yaml_keys, run_accuracy
 from rankmixer.config import ConfigError
 
 
 def load_spec(path: Path | str) -> tuple[list[Cell], str | None]:
     """The cells of a scaling spec (families outer, sizes inner) and its budget."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"scaling spec not found: {path}")
-    tree = yaml.safe_load(path.read_text()) or {}
-    unknown = set(tree) - {"dataset", "budget", "families"}
-    if unknown:
-        raise ConfigError(f"scaling spec {path}: unknown key(s) {sorted(unknown)}; expected dataset, budget, families")
+    tree = read_yaml_keys(path, "scaling spec", ("dataset", "budget", "families"))
     ds, families = tree.get("dataset"), tree.get("families")
     if not isinstance(ds, dict) or "config" not in ds:
         raise ConfigError(f"scaling spec {path}: 'dataset' must be a mapping with a 'config'")

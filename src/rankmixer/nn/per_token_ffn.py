@@ -24,10 +24,10 @@ Token ``t`` of ``x [B, T, D]`` has its own two-layer FFN
     materialise a full-size ``[T, D, kD]`` gradient per slice (T times the memory traffic).
 ``auto``
     The faster one, from the measurements below (``AUTO_IMPL``): on CPU ``fused`` when
-    autograd records (training), ``bmm`` in inference, in fp32 and in bf16 autocast. On other devices ``bmm``: one batched
-    GEMM kernel instead of a Python loop that launches several kernels per token (a guess
-    until it is measured on a GPU). ``bmm`` and ``fused`` share their storage, so the
-    choice is made per call and a checkpoint loads into either.
+    autograd records (training) and ``bmm`` in inference, in fp32 and in bf16 autocast. On
+    other devices ``bmm``: one batched GEMM kernel instead of a Python loop that launches
+    several kernels per token (a guess until it is measured on a GPU). ``bmm`` and ``fused``
+    share their storage, so the choice is made per call and a checkpoint loads into either.
 
 Inference under autocast reuses low-precision copies of the stacked weights while they are
 unchanged (:meth:`PerTokenFFN.compute_weights`) instead of re-casting every weight on every

@@ -435,8 +435,9 @@ def rankmixer_variants(
 
 
 class FFNImpl(nn.Module):
-    """``model`` with every per-token FFN forced to ``impl`` for the call (the "before" of the
-    fused per-token FFN). Shares the weights: ``bmm`` and ``fused`` use one storage layout."""
+    """``model`` with every per-token FFN forced to ``impl`` for the call: the implementation
+    ``auto`` does not pick, as a "before". Shares the weights (``bmm`` and ``fused`` use one
+    storage layout)."""
 
     def __init__(self, model: nn.Module, impl: str) -> None:
         super().__init__()

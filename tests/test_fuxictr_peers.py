@@ -173,6 +173,14 @@ def test_fuxictr_init_follows_its_base_model(fx, tiny_feature_map):
             assert torch.all(m.bias == 0)
     w = model.embedding_layer.embedding_layer.embedding_layers["s0"].weight
     assert torch.all(w[0] == 0) and 0 < w[1:].std() < 1e-3
+    # numeric features: nn.Linear(1, d) under xavier-normal, std sqrt(2 / (1 + d)) ...
+    num = model.embedding_layer.embedding_layer.embedding_layers["d0"]
+    assert isinstance(num, torch.nn.Linear) and num.bias is None
+    d = num.weight.shape[0]
+    assert 0.3 * (2 / (1 + d)) ** 0.5 < num.weight.std() < 3 * (2 / (1 + d)) ** 0.5
+    # ... unless the numeric_init_std diagnostic re-initialises them like our table rows
+    small = _build("fuxictr-dcnv2", tiny_feature_map, numeric_init_std=1e-3)
+    assert small.embedding_layer.embedding_layer.embedding_layers["d0"].weight.abs().max() < 1e-2
 
 
 def test_first_order_pooling_sum_is_fuxictrs_and_mean_is_ours(fx, generator):

@@ -106,6 +106,11 @@ class FuxiCTRConfig(ModelConfig):
     embedding_init_std: float = Field(
         default=1e-4, gt=0, description="std of FuxiCTR's normal embedding initialiser (its default 1e-4)"
     )
+    numeric_init_std: float | None = Field(
+        default=None, gt=0,
+        description="diagnostic: re-initialise the numeric features' nn.Linear(1, d) weights normal(0, std) "
+                    "(ours: 1e-2); None keeps FuxiCTR's xavier-normal",
+    )
 
 
 class _FuxiCTRModel(nn.Module):
@@ -128,8 +133,15 @@ class _FuxiCTRModel(nn.Module):
         return f"partial(nn.init.normal_, std={float(self.cfg.embedding_init_std)!r})"
 
     def reset_parameters(self) -> None:
-        """FuxiCTR's own initialisation (``BaseModel.reset_parameters`` applied to this module)."""
+        """FuxiCTR's own initialisation (``BaseModel.reset_parameters`` applied to this module),
+        then the ``numeric_init_std`` diagnostic if set."""
         self.fx.BaseModel.reset_parameters(self)
+        if self.cfg.numeric_init_std is not None:
+            layers = self.embedding_layer.embedding_layer.embedding_layers
+            with torch.no_grad():
+                for f in self.feature_map.dense:
+                    if f.name in layers:
+                        nn.init.normal_(layers[f.name].weight, std=self.cfg.numeric_init_std)
 
     def inputs(self, batch: Batch) -> dict[str, Tensor]:
         return batch_to_inputs(self.feature_map, batch)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_feature_map, random_batch
 from sklearn.metrics import roc_auc_score
-from test_models import _planted, check_output_and_gradients
+from test_models import _planted, check_output_and_gradients, check_sparse_embedding_step
 
 from rankmixer.models import registry
 from rankmixer.models.base import ModelConfig
@@ -97,17 +97,7 @@ def test_config_values_are_validated(tiny_feature_map):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_sparse_embedding_gradients_with_sparse_optimizer(name, tiny_feature_map, generator):
-    model = _build(name, tiny_feature_map)
-    assert set_sparse_gradients(model) == 1
-    emb, rest = split_parameters(model)
-    opt_sparse, opt_dense = torch.optim.SparseAdam(emb, lr=1e-2), torch.optim.Adam(rest, lr=1e-2)
-    batch = random_batch(tiny_feature_map, 16, generator)
-    before = [p.detach().clone() for p in emb]
-    F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels).backward()
-    assert all(p.grad.is_sparse for p in emb)
-    opt_sparse.step()
-    opt_dense.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, emb))
+    check_sparse_embedding_step(_build(name, tiny_feature_map), tiny_feature_map, generator, tables=1)
 
 
 @pytest.mark.parametrize("name,params", [

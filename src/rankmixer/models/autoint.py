@@ -10,7 +10,7 @@ from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register, register_variant
 from rankmixer.nn.attention import InteractingLayer
-from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.embedding import field_embedding
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.mlp import MLP
 
@@ -43,10 +43,8 @@ class AutoInt(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        self.embedding = field_embedding(feature_map, d, "AutoInt")
         n_fields = len(self.embedding.field_names)
-        if n_fields == 0:
-            raise ValueError("AutoInt needs at least one feature")
         self.layers = nn.Sequential(*[
             InteractingLayer(d if i == 0 else cfg.attention_dim, cfg.attention_dim, cfg.num_heads,
                              cfg.use_residual, cfg.use_scale, cfg.layer_norm, cfg.attention_dropout)

@@ -10,7 +10,7 @@ from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register, register_variant
-from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.embedding import field_embedding
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.mlp import MLP
 
@@ -35,10 +35,8 @@ class ConcatMLP(nn.Module):
     def __init__(self, feature_map: FeatureMap, cfg: ConcatMLPConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = FeatureEmbedding(feature_map, cfg.embedding_dim, numeric_as_field=True)
+        self.embedding = field_embedding(feature_map, cfg.embedding_dim, "concat-mlp")
         in_dim = len(self.embedding.field_names) * cfg.embedding_dim
-        if in_dim == 0:
-            raise ValueError("concat-mlp needs at least one feature")
         self.dnn = MLP(in_dim, cfg.dnn_hidden, activation=cfg.activation, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
         self.heads = TaskHeads(self.dnn.out_features, feature_map.num_tasks, cfg.head_hidden)
 

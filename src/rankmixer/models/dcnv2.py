@@ -13,7 +13,7 @@ from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register
 from rankmixer.nn.cross import CrossNetV2
-from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.embedding import field_embedding
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.mlp import MLP
 
@@ -45,10 +45,8 @@ class DCNv2(nn.Module):
     def __init__(self, feature_map: FeatureMap, cfg: DCNv2Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = FeatureEmbedding(feature_map, cfg.embedding_dim, numeric_as_field=True)
+        self.embedding = field_embedding(feature_map, cfg.embedding_dim, "DCNv2")
         in_dim = len(self.embedding.field_names) * cfg.embedding_dim
-        if in_dim == 0:
-            raise ValueError("DCNv2 needs at least one feature")
         self.cross = CrossNetV2(in_dim, cfg.num_cross_layers, cfg.low_rank)
         self.dnn = MLP(in_dim, cfg.dnn_hidden, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
         head_in = self.dnn.out_features if cfg.structure == "stacked" else in_dim + self.dnn.out_features

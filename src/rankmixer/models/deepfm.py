@@ -9,7 +9,7 @@ from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register
-from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.embedding import FeatureEmbedding, field_embedding
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.interaction import fm_second_order
 from rankmixer.nn.mlp import MLP
@@ -35,11 +35,9 @@ class DeepFM(nn.Module):
     def __init__(self, feature_map: FeatureMap, cfg: DeepFMConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = FeatureEmbedding(feature_map, cfg.embedding_dim, numeric_as_field=True)
+        self.embedding = field_embedding(feature_map, cfg.embedding_dim, "DeepFM")
         self.first_order = FeatureEmbedding(feature_map, 1, numeric_as_field=True)
         n_fields = len(self.embedding.field_names)
-        if n_fields == 0:
-            raise ValueError("DeepFM needs at least one feature")
         self.dnn = MLP(n_fields * cfg.embedding_dim, cfg.dnn_hidden, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
         self.heads = TaskHeads(self.dnn.out_features, feature_map.num_tasks, cfg.head_hidden)
 

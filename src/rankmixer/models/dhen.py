@@ -14,7 +14,7 @@ from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register
 from rankmixer.nn.attention import TransformerEncoderLayer
 from rankmixer.nn.cross import CrossLayerV2
-from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.embedding import field_embedding
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.interaction import DotInteraction
 from rankmixer.nn.mlp import MLP
@@ -103,10 +103,8 @@ class DHEN(nn.Module):
         d = cfg.embedding_dim
         if "self_attention" in cfg.modules and d % cfg.attention_heads:
             raise ValueError(f"dhen: embedding_dim {d} is not divisible by attention_heads {cfg.attention_heads}")
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        self.embedding = field_embedding(feature_map, d, "dhen")
         n = len(self.embedding.field_names)
-        if n == 0:
-            raise ValueError("dhen needs at least one feature")
         self.layers = nn.Sequential(*[DHENLayer(n, d, cfg) for _ in range(cfg.num_layers)])
         self.mlp = MLP(n * d, cfg.dnn_hidden, dropout=cfg.dropout)
         self.heads = TaskHeads(self.mlp.out_features, feature_map.num_tasks, cfg.head_hidden)

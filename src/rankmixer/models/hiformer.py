@@ -13,7 +13,7 @@ from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register
 from rankmixer.nn.attention import HeterogeneousAttention
-from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.embedding import field_embedding
 from rankmixer.nn.mlp import MLP
 from rankmixer.nn.per_token_ffn import PerTokenFFN, SharedFFN
 
@@ -78,10 +78,8 @@ class HiFormer(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        self.embedding = field_embedding(feature_map, d, "hiformer")
         n_fields = len(self.embedding.field_names)
-        if n_fields == 0:
-            raise ValueError("hiformer needs at least one feature")
         self.num_tasks = feature_map.num_tasks
         self.task_tokens = nn.Parameter(torch.randn(self.num_tasks, d) * 0.02)
         L = self.num_tasks + n_fields

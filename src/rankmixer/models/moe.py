@@ -10,7 +10,7 @@ from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register
-from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.embedding import field_embedding
 from rankmixer.nn.experts import MixtureOfExperts
 from rankmixer.nn.mlp import MLP
 
@@ -35,10 +35,8 @@ class MoEMLP(nn.Module):
     def __init__(self, feature_map: FeatureMap, cfg: MoEMLPConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = FeatureEmbedding(feature_map, cfg.embedding_dim, numeric_as_field=True)
+        self.embedding = field_embedding(feature_map, cfg.embedding_dim, "moe")
         in_dim = len(self.embedding.field_names) * cfg.embedding_dim
-        if in_dim == 0:
-            raise ValueError("moe needs at least one feature")
         T = feature_map.num_tasks
         self.experts = MixtureOfExperts(in_dim, cfg.num_experts, cfg.expert_hidden, num_gates=T,
                                         dropout=cfg.dropout, batch_norm=cfg.batch_norm)

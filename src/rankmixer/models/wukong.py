@@ -9,7 +9,7 @@ from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.registry import register
-from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.embedding import field_embedding
 from rankmixer.nn.fm_block import WukongLayer
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.mlp import MLP
@@ -42,10 +42,8 @@ class Wukong(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        self.embedding = field_embedding(feature_map, d, "wukong")
         n = len(self.embedding.field_names)
-        if n == 0:
-            raise ValueError("wukong needs at least one feature")
         n_f, n_l = cfg.num_fmb or n, cfg.num_lcb or n
         layers = []
         for _ in range(cfg.num_layers):

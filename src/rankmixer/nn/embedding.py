@@ -287,6 +287,15 @@ class FeatureEmbedding(nn.Module):
         )
 
 
+def field_embedding(feature_map: FeatureMap, dim: int, model: str) -> FeatureEmbedding:
+    """The embedding of a model that treats every feature, numerical ones included, as a field
+    of ``dim`` values, with the error such a model gives when the schema has no field at all."""
+    emb = FeatureEmbedding(feature_map, dim, numeric_as_field=True)
+    if not emb.field_names:
+        raise ValueError(f"{model} needs at least one feature")
+    return emb
+
+
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(embedding parameters, all other parameters) of ``model``: the parameters of every
     :class:`FeatureEmbedding` inside it and the weight of every plain ``nn.Embedding`` (a peer

@@ -222,19 +222,22 @@ def _planted(additive: bool, n: int = 512, seed: int = 0) -> tuple[FeatureMap, B
     return fm, batch
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_overfits_planted_problem(name):
-    fm, batch = _planted(additive=(name == "lr"))
-    model = _build(name, fm)
+def fit_auc(model, batch, steps: int = 200) -> float:
+    """Train AUC (scikit-learn) of ``model`` after ``steps`` full-batch Adam steps on ``batch``."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(200):
+    for _ in range(steps):
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels)
-        loss.backward()
+        F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels).backward()
         opt.step()
     model.eval()
     with torch.no_grad():
         scores = model(batch).logits[:, 0]
-    auc = roc_auc_score(batch.labels[:, 0].numpy(), scores.numpy())
+    return roc_auc_score(batch.labels[:, 0].numpy(), scores.numpy())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_overfits_planted_problem(name):
+    fm, batch = _planted(additive=(name == "lr"))
+    auc = fit_auc(_build(name, fm), batch)
     assert auc > 0.9, f"{name}: train AUC {auc:.3f}"

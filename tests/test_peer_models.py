@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import make_feature_map, random_batch
-from sklearn.metrics import roc_auc_score
-from test_models import _planted, check_output_and_gradients, check_sparse_embedding_step
+from test_models import _planted, check_output_and_gradients, check_sparse_embedding_step, fit_auc
 
 from rankmixer.models import registry
 from rankmixer.models.base import ModelConfig
@@ -162,17 +160,7 @@ def test_moe_with_one_expert_is_an_mlp(tiny_feature_map, generator):
 def test_overfits_planted_problem(name):
     """The label is a random table of two ids (an interaction): every model must fit it."""
     fm, batch = _planted(additive=False)
-    model = _build(name, fm)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(200):
-        opt.zero_grad()
-        F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels).backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        scores = model(batch).logits[:, 0]
-    auc = roc_auc_score(batch.labels[:, 0].numpy(), scores.numpy())
+    auc = fit_auc(_build(name, fm), batch)
     assert auc > 0.9, f"{name}: train AUC {auc:.3f}"
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_feature_map, random_batch
+from tests.factories import make_feature_map, random_batch
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -279,6 +279,7 @@ def test_calibrate_exit_cli_end_to_end(tmp_path):
     from rankmixer.cli import app
     from rankmixer.config import load_config
     from rankmixer.data.loader import ParquetBatches, make_loader
+    from rankmixer.runs import load_run
 
     small = {"rows_train": 4000, "rows_valid": 2000, "rows_test": 1000, "n_users": 200, "n_items": 300,
              "vocab_max": 300, "n_tags": 30, "seq_len": 6}
@@ -306,7 +307,8 @@ def test_calibrate_exit_cli_end_to_end(tmp_path):
     assert timed["rows_per_block"][0] == 2 * 512 and timed["ms_per_batch_min"] > 0
     assert curve["check_split"] == "test" and curve["check_rows"] == 1000 and "check" in timed
     # Real early-exit inference with the saved thresholds reproduces the reported AUC and shares.
-    _, fm, model = experiment.load_run(run)
+    loaded = load_run(run)
+    fm, model = loaded.feature_map, loaded.model
     probs, labels, idx = [], [], []
     for batch in make_loader(ParquetBatches(fm, "valid", 512, shuffle=False)):
         out = model.forward_early_exit(batch, thr)

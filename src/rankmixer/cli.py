@@ -100,7 +100,7 @@ def data_prepare(
     """Raw CSV/TSV/Parquet -> Parquet shards + feature map."""
     import yaml
 
-    from rankmixer.config import DataConfig
+    from rankmixer.data.config import DataConfig
     from rankmixer.experiment import prepare_data
 
     try:

@@ -1,4 +1,18 @@
-"""Typed experiment config: one YAML file (plus ``key=value`` overrides) describes a run.
+"""Typed experiment config, composed from parts: one YAML file (plus ``key=value`` overrides)
+describes a run.
+
+An experiment file names its parts and adds what is its own::
+
+    defaults: [data/movielens, model/dcnv2, train/default]
+    seed: 42
+    model: {dropout: 0.2}          # merged over the part, key by key
+
+Each part is a YAML file ``<group>/<name>.yaml`` holding that group's section (``data``,
+``model`` or ``train``). Parts are looked up beside the experiment file first, then in the
+configs shipped with the package, so ``rankmixer train -c movielens_dcnv2`` works anywhere and a
+user's own parts override ours. Order of application: the parts in ``defaults`` order, then the
+file's own keys, then the command line's overrides (``train.epochs=3``; ``model=rankmixer_tiny``
+swaps in the part ``model/rankmixer_tiny``; ``model={name: lr}`` replaces the section).
 
 Every section forbids unknown keys, so a typo (``train.bach_size``) is an error that names the
 key instead of a silently ignored setting. The ``model`` section is checked against the config
@@ -7,107 +21,32 @@ class of the model it names (see ``models/registry.py``).
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rankmixer.data.schema import format_validation_error
+from rankmixer.core.yamlio import YamlError, format_validation_error, parse_key_values, read_yaml_mapping
+from rankmixer.data.config import DataConfig
+from rankmixer.train.config import TrainConfig
+
+__all__ = [
+    "ConfigError", "ExperimentConfig", "GROUPS", "apply_overrides", "compose", "config_path", "dump_config",
+    "load_config", "packaged_configs", "part_path", "validate",
+]
+
+GROUPS = ("data", "model", "train")  # the sections a part can fill
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(YamlError):
+    """An experiment config (file, part or override) cannot be used; the message says where."""
 
 
-class _Strict(BaseModel):
+class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-class DataConfig(_Strict):
-    # A dataset preset (`rankmixer data presets` lists them) or a schema file for your own data.
-    dataset: str | None = "synthetic"
-    schema_file: str | None = None
-    # Raw input: a file or directory for a preset; for a schema file, a file or a list of files.
-    raw: str | None = None
-    # With a schema whose split is "files": one raw file list per split.
-    raw_splits: dict[Literal["train", "valid", "test"], list[str]] | None = None
-    # Options passed to the preset (e.g. criteo: {min_count: 10}; synthetic: {rows_train: ...}).
-    preset_options: dict[str, Any] = Field(default_factory=dict)
-    # Where prepared shards go; default data_cache/<dataset>.
-    prepared_dir: str | None = None
-    on_bad_row: Literal["fail", "skip"] = "fail"
-    num_workers: int = Field(0, ge=0)
-    shuffle_buffer: int = Field(65_536, ge=1)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "DataConfig":
-        if self.schema_file and self.dataset not in (None, "synthetic"):
-            raise ValueError("give either data.dataset (a preset) or data.schema_file, not both")
-        return self
-
-
-class OptimizerConfig(_Strict):
-    name: Literal["adamw", "adam", "rmsprop", "sgd", "adagrad", "sparse_adam"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    eps: float | None = None
-    momentum: float = 0.0  # rmsprop / sgd
-    # Update kernel. auto: fused (one kernel over all tensors) for adam/adamw/sgd/adagrad with
-    # dense gradients, foreach for rmsprop (torch has no fused RMSprop), the per-tensor loop for
-    # sparse gradients. Measured in `rankmixer bench speed` (docs/performance.md).
-    impl: Literal["auto", "fused", "foreach", "forloop"] = "auto"
-
-
-class EarlyStopping(_Strict):
-    metric: str = "auc"  # any key of the validation metrics, e.g. auc, logloss, gauc
-    patience: int = Field(2, ge=1)  # evaluations without improvement before stopping
-    min_delta: float = 0.0
-
-
-class DistributedConfig(_Strict):
-    """Used only under ``torchrun`` with more than one process (see docs/distributed.md)."""
-
-    # auto: TorchRec sharded tables when torchrec imports, else DDP over the plain embedding;
-    # torchrec: fail if it does not import; ddp: every rank holds every table (data parallel).
-    embeddings: Literal["auto", "torchrec", "ddp"] = "auto"
-    # Sharding types the TorchRec planner may choose from; None = table_wise and column_wise,
-    # plus row_wise on CUDA/NCCL. (data_parallel is left out: not tested here.)
-    sharding_types: list[Literal["table_wise", "column_wise", "row_wise"]] | None = None
-    # Narrowest column_wise shard (TorchRec's min_partition); None = TorchRec's default, which
-    # keeps small tables whole. A multiple of 4 (fbgemm).
-    column_shard_min_dim: int | None = Field(None, ge=4, multiple_of=4)
-    # Collective timeout: a rank that stops answering fails the job after this long.
-    timeout_s: int = Field(300, ge=1)
-
-
-class TrainConfig(_Strict):
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
-    batch_size: int = Field(1024, ge=1)
-    eval_batch_size: int = Field(8192, ge=1)
-    dense_optimizer: OptimizerConfig = OptimizerConfig()
-    # Embedding tables get their own optimizer; None puts them in the dense optimizer.
-    sparse_optimizer: OptimizerConfig | None = OptimizerConfig(name="adagrad", lr=0.05)
-    # Sparse gradients for embeddings (needs sparse_optimizer adagrad/sparse_adam/sgd).
-    sparse_gradients: bool = False
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    grad_clip: float | None = Field(None, gt=0)  # max global L2 norm of dense gradients
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast on CPU/GPU
-    early_stopping: EarlyStopping | None = EarlyStopping()
-    eval_every_steps: int | None = Field(None, ge=1)  # None: once per epoch
-    checkpoint_every_steps: int = Field(1000, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every_steps: int = Field(50, ge=1)
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch default
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    tensorboard: bool = True
-    progress: bool = True
-    distributed: DistributedConfig = DistributedConfig()
-
-
-class ExperimentConfig(_Strict):
     seed: int = 42
     run_dir: str | None = None  # default runs/<dataset>-<model>-s<seed>
     data: DataConfig = DataConfig()
@@ -140,8 +79,82 @@ class ExperimentConfig(_Strict):
     def resolved_run_dir(self) -> Path:
         if self.run_dir:
             return Path(self.run_dir)
-        name = self.data.dataset or Path(self.data.schema_file or "custom").stem
-        return Path("runs") / f"{name}-{self.model_name}-s{self.seed}"
+        return Path("runs") / f"{self.data.name}-{self.model_name}-s{self.seed}"
+
+
+# ---- where configs live ---------------------------------------------------------------------
+
+
+def packaged_configs() -> Path:
+    """The configs shipped inside the package (parts, experiments, benchmark suites)."""
+    return Path(str(resources.files("rankmixer") / "configs"))
+
+
+def _with_suffix(name: str) -> str:
+    return name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+
+
+def config_path(name: str | Path, kind: str = "experiment") -> Path:
+    """A config file given as a path, or by name among the packaged ones.
+
+    ``kind`` is the packaged folder searched for a bare name: ``experiment`` (so
+    ``movielens_dcnv2`` is ``configs/experiment/movielens_dcnv2.yaml``) or ``bench``."""
+    path = Path(name)
+    if path.exists():
+        return path
+    packaged = packaged_configs() / kind / _with_suffix(str(name))
+    if "/" not in str(name) and packaged.exists():
+        return packaged
+    # A path into the packaged tree written as in a clone (configs/bench/peers.yaml).
+    parts = path.parts
+    if len(parts) > 1 and parts[0] == "configs" and (packaged_configs().joinpath(*parts[1:])).exists():
+        return packaged_configs().joinpath(*parts[1:])
+    known = sorted(p.stem for p in (packaged_configs() / kind).glob("*.yaml"))
+    raise ConfigError(f"{kind} config not found: {name} (not a file, nor a packaged {kind}: {', '.join(known)})")
+
+
+def part_path(ref: str, search: list[Path]) -> Path:
+    """The file of a part reference ``group/name``, looked up in ``search`` then in the package."""
+    group, _, name = ref.partition("/")
+    if group not in GROUPS or not name:
+        raise ConfigError(f"part {ref!r} must be <group>/<name> with group one of {', '.join(GROUPS)}")
+    for root in [*search, packaged_configs()]:
+        candidate = root / group / _with_suffix(name)
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (packaged_configs() / group).glob("*.yaml"))
+    raise ConfigError(f"config part {ref!r} not found (packaged {group} parts: {', '.join(known)})")
+
+
+# ---- composition ----------------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged onto ``base`` (mappings key by key; anything else replaced)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_part(ref: str, search: list[Path]) -> dict[str, Any]:
+    path = part_path(ref, search)
+    return read_yaml_mapping(path, f"config part {ref}", allow_empty=True)
+
+
+def compose(path: str | Path, search: list[Path] | None = None) -> dict[str, Any]:
+    """The raw tree of an experiment file with its ``defaults`` parts merged in."""
+    path = Path(path)
+    tree = read_yaml_mapping(path, "config")
+    roots = [*(search or []), path.parent]
+    refs = tree.pop("defaults", None) or []
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise ConfigError(f"config {path}: 'defaults' must be a list of part names such as data/movielens")
+    base: dict[str, Any] = {}
+    for ref in refs:
+        group = ref.partition("/")[0]
+        base = _merge(base, {group: _read_part(ref, roots)})
+    return _merge(base, tree)
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -157,36 +170,39 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``)."""
+def apply_overrides(tree: dict, overrides: list[str], search: list[Path] | None = None) -> dict:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[1, 2]``,
+    ``null``). ``group=name`` with a plain name swaps in the part ``group/name``."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
-        key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        ((key, value),) = parse_key_values([item], "override").items()
+        if key in GROUPS and isinstance(value, str):
+            value = _read_part(f"{key}/{value}", search or [])
+        _set_path(tree, key, value)
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    tree: dict = {}
-    where = "config"
-    if path is not None:
-        path = Path(path)
-        where = f"config {path}"
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{where} is not valid YAML: {e}") from e
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{where} must hold a mapping")
-    apply_overrides(tree, overrides or [])
+def validate(tree: dict, where: str = "config") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from e
+        raise ConfigError(format_validation_error(e, where)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An experiment config from a file (a path or a packaged name; see :func:`config_path`)
+    with ``overrides`` applied; None starts from the parts' defaults alone (overrides only)."""
+    tree: dict = {}
+    where, search = "config", []
+    if path is not None:
+        file = config_path(path)
+        where, search = f"config {file}", [file.parent]
+        tree = compose(file)
+    apply_overrides(tree, overrides or [], search)
+    return validate(tree, where)
 
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """The resolved config (parts merged, overrides applied): what a run directory keeps."""
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -32,9 +32,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from rankmixer.core import metrics as M
 from rankmixer.data.batch import Batch
 from rankmixer.data.loader import ParquetBatches, make_loader
-from rankmixer.train import metrics as M
+from rankmixer.runs import load_run
 
 THRESHOLDS_FILE = "early_exit.json"
 CURVE_FILE = "early_exit_curve.json"
@@ -208,13 +209,13 @@ def calibrate_run(
     ``check_split`` (if the data has it and it differs from ``split``): every curve point's
     thresholds are also evaluated there (``check`` in each point), to see whether a setting
     calibrated on one split holds on unseen rows."""
-    from rankmixer.experiment import load_run
     from rankmixer.models.rankmixer import RankMixer, rankmixer_exit_flops
 
     run_dir = Path(run_dir)
-    cfg, fm, model = load_run(run_dir)
+    run = load_run(run_dir)
+    fm, model = run.feature_map, run.model
     if not isinstance(model, RankMixer) or model.exit_heads is None:
-        raise ValueError(f"{run_dir}: model {cfg.model_name!r} has no exit heads; train a RankMixer with model.early_exit")
+        raise ValueError(f"{run_dir}: model {run.model_name!r} has no exit heads; train a RankMixer with model.early_exit")
     if split not in fm.splits:
         raise ValueError(f"{run_dir}: no split {split!r}; have {sorted(fm.splits)}")
     task = model.cfg.early_exit.confidence_task

@@ -1,13 +1,7 @@
 """Library functions behind the CLI: prepare data, train, evaluate, predict.
 
-A run directory holds everything needed to understand and reuse a run::
-
-    config.yaml          the resolved experiment config
-    feature_map.json     copy of the prepared data's feature map (vocab sizes, stats)
-    checkpoints/         periodic checkpoints (safetensors) for --resume
-    best.safetensors     weights with the best validation metric
-    metrics.jsonl        training / validation log; metrics.json: final valid + test metrics
-    tensorboard/         TensorBoard event files
+Training writes a run directory (layout: :mod:`rankmixer.core.rundir`); evaluation and
+prediction read it back through :mod:`rankmixer.runs`.
 """
 
 from __future__ import annotations
@@ -21,7 +15,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import torch
 
-from rankmixer.config import DataConfig, ExperimentConfig, dump_config, load_config
+from rankmixer.config import ExperimentConfig, dump_config, load_config
+from rankmixer.core.rundir import CONFIG_FILE, FEATURE_MAP_FILE, METRICS_FILE, TRAIN_LOG
+from rankmixer.data.config import DataConfig
 from rankmixer.data.datasets.base import RawFiles, get_preset
 from rankmixer.data.feature_map import FeatureMap, SplitInfo
 from rankmixer.data.loader import ParquetBatches, make_loader
@@ -30,19 +26,14 @@ from rankmixer.data.schema import load_schema
 from rankmixer.models import registry
 from rankmixer.nn.embedding import split_parameters
 from rankmixer.models.flops import forward_flops_per_sample
-from rankmixer.train import checkpoint as ckpt
 from rankmixer.train.distributed import Distributed, init_distributed
+from rankmixer.runs import load_run
 from rankmixer.train.trainer import Trainer, seed_everything
-
-
-def default_prepared_dir(data: DataConfig) -> Path:
-    name = data.dataset or Path(data.schema_file or "custom").stem
-    return Path("data_cache") / name
 
 
 def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bool = False) -> FeatureMap:
     """Prepare (or reuse) the dataset a config names, returning its feature map."""
-    out = Path(data.prepared_dir) if data.prepared_dir else default_prepared_dir(data)
+    out = data.prepared_path()
     if data.schema_file:
         schema = load_schema(data.schema_file)
         if data.raw_splits:
@@ -91,15 +82,15 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
                 fm = prepare_data(cfg.data, log=log)
         run_dir.mkdir(parents=True, exist_ok=True)
         if is_main:
-            if resume and (run_dir / "config.yaml").exists():
-                saved = load_config(run_dir / "config.yaml")
+            if resume and (run_dir / CONFIG_FILE).exists():
+                saved = load_config(run_dir / CONFIG_FILE)
                 if saved.model_dump() != cfg.model_dump():
-                    raise ValueError(f"--resume with a config that differs from {run_dir / 'config.yaml'}")
-            log = _tee(log, run_dir / "train.log")
+                    raise ValueError(f"--resume with a config that differs from {run_dir / CONFIG_FILE}")
+            log = _tee(log, run_dir / TRAIN_LOG)
             if dist_ is not None:
                 dist_.log = log
-            dump_config(cfg, run_dir / "config.yaml")
-            fm.save(run_dir / "feature_map.json")
+            dump_config(cfg, run_dir / CONFIG_FILE)
+            fm.save(run_dir / FEATURE_MAP_FILE)
         seed_everything(cfg.seed)  # model initialisation depends on it (the same on every rank)
         model = registry.build_model(cfg.model_name, fm, cfg.model_params)
         n_params = sum(p.numel() for p in model.parameters())
@@ -117,7 +108,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         if dist_ is not None:
             result["distributed"] = {"world_size": env.world_size, "backend": env.backend, "embeddings": dist_.mode}
         if is_main:
-            (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            (run_dir / METRICS_FILE).write_text(json.dumps(result, indent=2))
         return result
     finally:
         if dist_ is not None:
@@ -141,26 +132,10 @@ def _flops_per_sample(model: torch.nn.Module, fm: FeatureMap, rows: int = 256) -
     return forward_flops_per_sample(model, batch)
 
 
-def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureMap, torch.nn.Module]:
-    """Config, feature map (pointing at the prepared shards) and best model of a run."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
-    saved = FeatureMap.load(run_dir / "feature_map.json")
-    prepared = Path(cfg.data.prepared_dir) if cfg.data.prepared_dir else default_prepared_dir(cfg.data)
-    fm = FeatureMap.load(prepared) if (prepared / "feature_map.json").exists() else saved
-    if fm.schema_hash != saved.schema_hash:
-        raise ValueError(f"prepared data in {prepared} no longer matches the run's feature map")
-    model = registry.build_model(cfg.model_name, saved, cfg.model_params)
-    ckpt.load_weights(run_dir / "best.safetensors", model)
-    model.eval()
-    return cfg, fm, model
-
-
 def evaluate(run_dir: str | Path, splits=("valid", "test"), log: Callable[[str], None] = print) -> dict:
-    cfg, fm, model = load_run(run_dir)
-    trainer = Trainer(model, fm, cfg.train.model_copy(update={"tensorboard": False, "progress": False}),
+    run = load_run(run_dir)
+    cfg = load_config(Path(run_dir) / CONFIG_FILE)
+    trainer = Trainer(run.model, run.feature_map, cfg.train.model_copy(update={"tensorboard": False, "progress": False}),
                       run_dir, seed=cfg.seed, log=log)
     return {s: trainer.evaluate(s) for s in splits}
 
@@ -190,7 +165,8 @@ def predict(
     prepared layout (e.g. a split's part file); ``auto`` tells them apart. Raw rows need the
     same columns as the training data, labels included (fill them with 0 when unknown).
     Writes ``<task>_prob`` per task, plus the labels, as Parquet or CSV (by suffix)."""
-    cfg, fm, model = load_run(run_dir)
+    run = load_run(run_dir)
+    fm, model, data = run.feature_map, run.model, run.data
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.exists():
         raise FileNotFoundError(f"input not found: {input_path}")
@@ -200,7 +176,7 @@ def predict(
     encoded = input_path
     if input_format == "raw" or (input_format == "auto" and not _is_prepared(input_path, fm)):
         schema = load_schema(fm.root / "schema.yaml")
-        preset = get_preset(cfg.data.dataset, **cfg.data.preset_options) if not cfg.data.schema_file else None
+        preset = get_preset(data.dataset, **data.preset_options) if not data.schema_file else None
         encoded = output_path.parent / f".{output_path.stem}.encoded.parquet"
         encode_raw(fm, schema, [input_path], encoded, preset=preset, raw_path=input_path.parent, on_bad_row=on_bad_row)
     try:

@@ -105,11 +105,12 @@ def run_dcn_comparison(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Interleaved training (and inference) of both DCNv2s; rows with samples/s and the ratio."""
-    from rankmixer.bench.speed import Variant, _summary, autocast_ctx, make_train_step, run_interleaved
+    from rankmixer.bench.speed import Variant, _summary, make_train_step, run_interleaved
+    from rankmixer.core.hardware import autocast
     from rankmixer.models import registry
     from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
-    from rankmixer.train.trainer import _make_optimizer
-    from rankmixer.config import TrainConfig
+    from rankmixer.train.optim import make_optimizer
+    from rankmixer.train.config import TrainConfig
 
     dev = torch.device(device)
     setup = {"batch_size": batch_size, "num_fields": num_fields, "vocab_size": vocab_size, "emb_dim": emb_dim,
@@ -129,7 +130,7 @@ def run_dcn_comparison(
     batch = Batch(dense=torch.zeros(batch_size, 0), sparse=ids, labels=labels).to(dev)
     tcfg = TrainConfig()
     emb, dense = split_parameters(ours)
-    ours_opts = [_make_optimizer(tcfg.dense_optimizer, dense), _make_optimizer(tcfg.sparse_optimizer, emb)]
+    ours_opts = [make_optimizer(tcfg.dense_optimizer, dense), make_optimizer(tcfg.sparse_optimizer, emb)]
     setup["ours_optimizers"] = [f"{type(o).__name__}({'fused' if o.defaults.get('fused') else 'loop'})" for o in ours_opts]
 
     # ours-sparsegrad: the same model with train.sparse_gradients (embedding gradients for the
@@ -140,7 +141,7 @@ def run_dcn_comparison(
     set_sparse_gradients(ours_sp, True)
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # as the trainer
     emb_sp, dense_sp = split_parameters(ours_sp)
-    sp_opts = [_make_optimizer(tcfg.dense_optimizer, dense_sp), _make_optimizer(tcfg.sparse_optimizer, emb_sp, sparse=True)]
+    sp_opts = [make_optimizer(tcfg.dense_optimizer, dense_sp), make_optimizer(tcfg.sparse_optimizer, emb_sp, sparse=True)]
 
     models: list[tuple[str, Callable, Callable | None]] = []
     for p in precisions:
@@ -158,7 +159,7 @@ def run_dcn_comparison(
         for p in precisions:
             def peer_step(p=p):
                 peer.train()
-                with autocast_ctx(p, dev):
+                with autocast(p, dev):
                     return peer.train_step(inputs)
 
             models.append((f"fuxictr/train/{p}", peer_step,
@@ -191,10 +192,10 @@ def run_dcn_comparison(
 
 
 def _infer(fn: Callable[[], torch.Tensor], model: nn.Module, precision: str, dev: torch.device) -> torch.Tensor:
-    from rankmixer.bench.speed import autocast_ctx
+    from rankmixer.core.hardware import autocast
 
     model.eval()
-    with torch.inference_mode(), autocast_ctx(precision, dev):
+    with torch.inference_mode(), autocast(precision, dev):
         return fn()
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from rankmixer.config import DataConfig
+from rankmixer.data.config import DataConfig
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.loader import ParquetBatches, make_loader
 

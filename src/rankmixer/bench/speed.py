@@ -34,11 +34,9 @@ import copy
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,13 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rankmixer.config import OptimizerConfig
+from rankmixer.train import optim
+from rankmixer.train.config import OptimizerConfig
+from rankmixer.core.hardware import PRECISIONS, autocast, cpu_flags, device_name, pick_device
 from rankmixer.models import registry
 from rankmixer.models.rankmixer import RankMixerBackbone, RankMixerConfig, rankmixer_flops_per_sample
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.per_token_ffn import PerTokenFFN
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ------------------------------------------------------------------------------------------
@@ -74,12 +73,6 @@ class TokenModel(nn.Module):
         return self.heads(h.mean(dim=1)), aux
 
 
-def autocast_ctx(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
-
-
 def make_train_step(
     forward: Callable[[], tuple[Tensor, Tensor | None]],
     labels: Tensor,
@@ -95,7 +88,7 @@ def make_train_step(
     def step() -> Tensor:
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        with autocast_ctx(precision, device):
+        with autocast(precision, device):
             logits, aux = forward()
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
         if aux is not None:
@@ -117,9 +110,7 @@ def make_train_step(
 def make_optimizer(name: str, params: list[nn.Parameter], impl: str = "auto", lr: float = 1e-3) -> torch.optim.Optimizer:
     """The trainer's optimizer factory (``impl``: auto = fused/foreach, forloop = torch's CPU
     default, what public code gets)."""
-    from rankmixer.train.trainer import _make_optimizer
-
-    return _make_optimizer(OptimizerConfig(name=name, lr=lr, impl=impl), params)
+    return optim.make_optimizer(OptimizerConfig(name=name, lr=lr, impl=impl), params)
 
 
 # ------------------------------------------------------------------------------------------
@@ -465,14 +456,13 @@ def _has_auto_ffn(model: nn.Module) -> bool:
 def optimizer_step_variants(model: nn.Module, optimizer: str, batch: int, seed: int = 0) -> list[Variant]:
     """``optimizer.step()`` alone for each kernel choice, on a copy of ``model``'s parameters
     with fixed gradients: the optimizer change measured without the noise of a whole step."""
-    from rankmixer.train.trainer import _impl_kwargs
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     params = [nn.Parameter(p.detach().clone()) for p in model.parameters()]
     grads = [(torch.randn(p.shape, generator=g) * 1e-3).to(p.device) for p in params]
     out, seen = [], []
     for impl in ("auto", "foreach", "forloop"):
-        kw = _impl_kwargs(OptimizerConfig(name=optimizer, impl=impl), sparse=False)
+        kw = optim.impl_kwargs(OptimizerConfig(name=optimizer, impl=impl), sparse=False)
         if kw in seen:
             continue
         seen.append(kw)
@@ -501,7 +491,7 @@ def _infer_fn(model: nn.Module, x: Tensor, precision: str, device: torch.device,
             f.cache_autocast_weights = name != "ours-nocache"
         for m in moes:
             m.cfg.sparse_inference = name != "ours-moe-dense"
-        with torch.inference_mode(), autocast_ctx(precision, device):
+        with torch.inference_mode(), autocast(precision, device):
             return model(x)[0]
 
     return fn
@@ -535,7 +525,7 @@ def run_speed_bench(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the benchmark; print the table; return (and with ``out`` write) the report."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = pick_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available")
     for p in precisions:
@@ -555,7 +545,7 @@ def run_speed_bench(
             big = 8192 if dev.type == "cuda" else 2048
             peak_shapes = [(big, big, big), (train_batch * (cfg.num_tokens if dev.type == "cuda" else 1),
                                               cfg.hidden_dim, cfg.ffn_hidden)]
-        log(f"bench speed: {model} {overrides or {}} on {_device_name(dev)}, {torch.get_num_threads()} thread(s)")
+        log(f"bench speed: {model} {overrides or {}} on {device_name(dev)}, {torch.get_num_threads()} thread(s)")
         rm_variants, info = rankmixer_variants(cfg, batch_sizes, train_batch, precisions, dev, optimizer, baseline,
                                                ablations, compile_mode, seed, log, inference_copy)
         peak_vs = peak_variants(precisions, peak_shapes, dev)
@@ -617,33 +607,10 @@ def _add_ratios(rows: list[dict]) -> None:
             r["ours_speedup_median"] = round(o["samples_per_s_median"] / r["samples_per_s_median"], 2)
 
 
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} CPUs)"
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith("amx") or f in ("avx512_bf16", "avx512f", "avx512_fp16"))
-
-
 def _setup(model, overrides, cfg, dev, rounds, train_batch, batch_sizes, precisions, optimizer, compile_mode) -> dict:
     return {
         "model": model, "overrides": overrides or {}, "config": cfg.model_dump(mode="json"),
-        "device": dev.type, "device_name": _device_name(dev), "cpu_flags": _cpu_flags() if dev.type == "cpu" else [],
+        "device": dev.type, "device_name": device_name(dev), "cpu_flags": cpu_flags() if dev.type == "cpu" else [],
         "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": rounds,
         "train_batch": train_batch, "batch_sizes": list(batch_sizes), "precisions": list(precisions),
         "optimizer": optimizer, "compile": compile_mode,

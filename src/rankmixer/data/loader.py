@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rankmixer.data.arrays import Columns as _Columns
-from rankmixer.data.arrays import pad_lists, table_to_arrays as _table_to_arrays  # noqa: F401 (re-exported)
+from rankmixer.data.arrays import Columns, table_to_arrays
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 
@@ -66,7 +65,7 @@ class ParquetBatches(IterableDataset):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.files = [Path(p) for p in feature_map.split_files(split)]
-        self.cols = _Columns.from_feature_map(feature_map)
+        self.cols = Columns.from_feature_map(feature_map)
         self.rows = feature_map.splits[split].rows
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -153,7 +152,7 @@ class ParquetBatches(IterableDataset):
         pool_rows = 0
         for file_idx, group in units:
             pf = handles.get(file_idx) or handles.setdefault(file_idx, pq.ParquetFile(self.files[file_idx]))
-            arrays = _table_to_arrays(pf.read_row_group(group, columns=self.cols.names()), self.cols)
+            arrays = table_to_arrays(pf.read_row_group(group, columns=self.cols.names()), self.cols)
             if rows != slice(None):
                 arrays = {k: v[rows] for k, v in arrays.items()}
             pool.append(arrays)

@@ -27,9 +27,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rankmixer.data.datasets.base import FILE_COL, ROW_COL, DatasetPreset, RawFiles, TransformContext
+from rankmixer.data.datasets.base import DatasetPreset, RawFiles, TransformContext
 from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, FeatureInfo, FeatureMap, SplitInfo
-from rankmixer.data.reader import BadInputError, BadRowReport, OnBadRow, read_raw, read_table
+from rankmixer.data.reader import FILE_COL, ROW_COL, BadInputError, BadRowReport, OnBadRow, read_raw, read_table
 from rankmixer.data.schema import (
     FIRST_ID,
     OOV_ID,
@@ -118,7 +118,7 @@ def _signed_log1p(expr: pl.Expr) -> pl.Expr:
 
 
 @dataclass
-class _Fitted:
+class Fitted:
     """Everything fitted on the training split."""
 
     vocabs: dict[str, pl.DataFrame]  # table name -> (value: str, id: int32)
@@ -139,7 +139,7 @@ def _value_expr(schema: Schema, f) -> tuple[pl.Expr, bool]:
     return _as_str(pl.col(f.column)), False
 
 
-def _to_list(lf: pl.LazyFrame, schema: Schema) -> pl.LazyFrame:
+def split_lists(lf: pl.LazyFrame, schema: Schema) -> pl.LazyFrame:
     """Bags and sequences as List[str] under the feature's name (strings split on separator)."""
     exprs = []
     for f in schema.features:
@@ -167,7 +167,9 @@ def _to_list(lf: pl.LazyFrame, schema: Schema) -> pl.LazyFrame:
     return lf.with_columns(fix)
 
 
-def _fit(train: pl.LazyFrame, schema: Schema) -> _Fitted:
+def fit_statistics(train: pl.LazyFrame, schema: Schema) -> Fitted:
+    """Vocabularies (counted over the owner's and its sharers' values) and numerical
+    statistics of the training split, as the schema asks for them."""
     vocabs: dict[str, pl.DataFrame] = {}
     numeric: dict[str, dict] = {}
     owners = {f.name: f for f in schema.features}
@@ -234,10 +236,10 @@ def _fit(train: pl.LazyFrame, schema: Schema) -> _Fitted:
             col.is_null().mean().alias("missing_rate"),
         ).collect(engine="streaming").row(0, named=True)
         numeric[f.name] = {k: (float(v) if v is not None else 0.0) for k, v in st.items()}
-    return _Fitted(vocabs, numeric)
+    return Fitted(vocabs, numeric)
 
 
-def load_fitted(prepared_dir: Path, fm: FeatureMap) -> _Fitted:
+def load_fitted(prepared_dir: Path, fm: FeatureMap) -> Fitted:
     """The training statistics of a prepared dataset, read back from its directory."""
     vocabs = {p.stem: pl.read_parquet(p) for p in sorted((Path(prepared_dir) / "vocab").glob("*.parquet"))}
     numeric = {}
@@ -246,7 +248,7 @@ def load_fitted(prepared_dir: Path, fm: FeatureMap) -> _Fitted:
             numeric[f.name] = {k: f.stats[k] for k in ("mean", "std", "min", "max", "missing_rate")}
         elif f.stats.get("bucketize") == "quantile":
             numeric[f.name] = {"boundaries": f.stats["boundaries"]}
-    return _Fitted(vocabs, numeric)
+    return Fitted(vocabs, numeric)
 
 
 def _encode_ids(expr: pl.Expr, vocab: pl.DataFrame | None, buckets: int | None, is_list: bool) -> pl.Expr:
@@ -262,7 +264,10 @@ def _encode_ids(expr: pl.Expr, vocab: pl.DataFrame | None, buckets: int | None, 
     return expr.replace_strict(old, new, default=OOV_ID, return_dtype=pl.Int32)
 
 
-def _encode(lf: pl.LazyFrame, schema: Schema, fitted: _Fitted) -> tuple[pl.LazyFrame, list[FeatureInfo]]:
+def encode_features(lf: pl.LazyFrame, schema: Schema, fitted: Fitted) -> tuple[pl.LazyFrame, list[FeatureInfo]]:
+    """Canonical rows (lists already split, see :func:`split_lists`) -> model ids and values
+    with the training split's statistics: the one encoder of preparation, ``predict`` and
+    serving. Returns the encoded frame and each feature's :class:`FeatureInfo`."""
     owners = {f.name: f for f in schema.features}
     sparse, dense, bags, seqs = [], [], [], []
     exprs = []
@@ -368,8 +373,8 @@ def _check_labels(lf: pl.LazyFrame, schema: Schema, on_bad_row: OnBadRow, raw_na
     return lf.filter(~bad)
 
 
-def _canonical(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPreset | None, raw_path: Path | None,
-               on_bad_row: OnBadRow) -> tuple[pl.LazyFrame, BadRowReport, list[str]]:
+def canonical_rows(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPreset | None, raw_path: Path | None,
+                   on_bad_row: OnBadRow) -> tuple[pl.LazyFrame, BadRowReport, list[str]]:
     """Read and type-check the raw files, apply the preset's transform, check the canonical
     columns and labels. Per-split raw files get a ``__split`` column."""
     report = BadRowReport()
@@ -395,7 +400,7 @@ def _canonical(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPreset 
     if missing:
         raise BadInputError(f"columns named in the schema are missing from the data: {missing} (have {sorted(have)})")
     lf = _check_labels(lf, schema, on_bad_row, raw_names, report)
-    return _to_list(lf, schema), report, raw_names
+    return split_lists(lf, schema), report, raw_names
 
 
 def encode_raw(
@@ -414,8 +419,8 @@ def encode_raw(
     work = out_path.parent / f".{out_path.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        lf, report, _ = _canonical(schema, RawFiles(all=list(raw_files)), work, preset, raw_path, on_bad_row)
-        enc, _ = _encode(lf, schema, load_fitted(fm.root, fm))
+        lf, report, _ = canonical_rows(schema, RawFiles(all=list(raw_files)), work, preset, raw_path, on_bad_row)
+        enc, _ = encode_features(lf, schema, load_fitted(fm.root, fm))
         if schema.group_key:
             enc = _group_ids(enc)
         enc.sink_parquet(out_path, row_group_size=ROW_GROUP_SIZE)
@@ -462,7 +467,7 @@ def prepare(
     if schema.split.method == "files" and raw.all:
         raise BadInputError("split method 'files' needs one raw file list per split (train/valid/test)")
     # 1-2. Read and type-check, canonical frame, label checks.
-    lf, report, raw_names = _canonical(schema, raw, work, preset, raw_path, on_bad_row)
+    lf, report, raw_names = canonical_rows(schema, raw, work, preset, raw_path, on_bad_row)
     log(f"read {report.rows_read:,} rows ({report.rows_skipped:,} skipped) in {time.time() - t0:.1f}s")
     by_files = not raw.all
 
@@ -487,7 +492,7 @@ def prepare(
         parts = {"train": lf.filter(u < ca), "valid": lf.filter((u >= ca) & (u < cb)), "test": lf.filter(u >= cb)}
 
     # 4. Fit on train, encode every split, write shards.
-    fitted = _fit(parts["train"], schema)
+    fitted = fit_statistics(parts["train"], schema)
     vocab_dir = out_dir / "vocab"
     vocab_dir.mkdir()
     for table, vocab in fitted.vocabs.items():
@@ -496,7 +501,7 @@ def prepare(
     infos: list[FeatureInfo] = []
     oov: dict[str, dict[str, float]] = {}
     for split in SPLITS:
-        enc, infos = _encode(parts[split], schema, fitted)
+        enc, infos = encode_features(parts[split], schema, fitted)
         if schema.group_key:
             enc = _group_ids(enc)
         split_dir = out_dir / split

@@ -27,10 +27,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from rankmixer.data.datasets.base import FILE_COL, ROW_COL
 from rankmixer.data.schema import RawColumn, SourceSpec
 
 OnBadRow = Literal["fail", "skip"]
+# Columns the reader adds to every row: which file and which line it came from (for messages).
+FILE_COL = "__file"
+ROW_COL = "__row"
 _MAX_EXAMPLES = 5
 _POLARS_TYPE = {"int": pl.Int64, "float": pl.Float64, "str": pl.Utf8}
 

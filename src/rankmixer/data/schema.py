@@ -25,6 +25,8 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
+
 PAD_ID = 0
 OOV_ID = 1
 FIRST_ID = 2
@@ -224,24 +226,8 @@ class Schema(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
-    lines = [f"invalid {where}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def load_schema(path: str | Path) -> Schema:
-    path = Path(path)
-    if not path.exists():
-        raise SchemaError(f"schema file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SchemaError(f"schema file {path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise SchemaError(f"schema file {path} must hold a mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "schema")
     try:
         return Schema.model_validate(raw)
     except ValidationError as e:

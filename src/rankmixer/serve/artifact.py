@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rankmixer.files import sha256_file
+from rankmixer.core.files import sha256_file
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.serve.preprocess import Preprocessor
 from rankmixer.serve.signature import arrays_to_inputs
@@ -72,13 +72,13 @@ class TorchBackend:
         else:
             from rankmixer.models import registry
             from rankmixer.serve.export import ScoringModule
-            from rankmixer.train import checkpoint as ckpt
+            from rankmixer.core.weights import load_weights
 
             cfg = manifest.get("config") or {}
             if "model_name" not in cfg:
                 raise ArtifactError(f"{path.parent}/manifest.json: format eager needs config.model_name")
             model = registry.build_model(cfg["model_name"], fm, cfg.get("model_params") or {})
-            ckpt.load_weights(path, model)
+            load_weights(path, model)
             self.module = ScoringModule(model.eval(), fm).eval()
         self.input_names = [i["name"] for i in manifest["inputs"]]
 

@@ -32,10 +32,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from rankmixer.files import sha256_file
+from rankmixer.core.files import sha256_file
+from rankmixer.core.rundir import BEST_WEIGHTS
+from rankmixer.core.weights import save_weights
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.schema import load_schema
+from rankmixer.runs import load_run
 from rankmixer.serve.preprocess import build_spec
 from rankmixer.serve.signature import OUTPUT_NAME, graph_inputs
 
@@ -154,22 +157,20 @@ def export_run(
     log=print,
 ) -> Path:
     """Export a run's best model as an artifact directory (see the module docstring)."""
-    from rankmixer.experiment import load_run
-    from rankmixer.train import checkpoint as ckpt
-
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cfg, fm, model = load_run(run_dir)  # fm: the prepared data's map (vocab/ next to it)
+    run = load_run(run_dir)
+    fm, model = run.feature_map, run.model  # fm: the prepared data's map (vocab/ next to it)
     if fm.root is None or not (fm.root / "schema.yaml").exists():
         raise FileNotFoundError(f"the run's prepared data ({fm.root}) is needed to export its vocabularies")
     schema = load_schema(fm.root / "schema.yaml")
-    saved_fm = FeatureMap.load(run_dir / "feature_map.json")
+    saved_fm = run.saved_map
     model.eval()
     sparse_moe = uses_sparse_moe(model)
     if sparse_moe and fmt != "eager":
         raise ValueError(
-            f"model {cfg.model_name} runs sparse MoE inference (data-dependent: only the active experts "
+            f"model {run.model_name} runs sparse MoE inference (data-dependent: only the active experts "
             f"are computed), which a static graph ({fmt}) cannot hold; export it with --format eager "
             "(torch, sparse inference kept)")
     if out_dir.exists():
@@ -185,13 +186,13 @@ def export_run(
         elif fmt == "torchscript":
             _export_torchscript(module, saved_fm, model_path)
         else:
-            ckpt.save_weights(model_path, model)
+            save_weights(model_path, model)
     fm_dict = saved_fm.to_dict()
     fm_dict["splits"] = {}  # the artifact carries no data files
     (out_dir / "feature_map.json").write_text(json.dumps(fm_dict, indent=2))
     (out_dir / "preprocess.json").write_text(json.dumps(build_spec(fm, schema)))
-    name = cfg.model_name
-    version = version or f"{run_dir.name}-{sha256_file(run_dir / 'best.safetensors')[:12]}"
+    name = run.model_name
+    version = version or f"{run_dir.name}-{sha256_file(run_dir / BEST_WEIGHTS)[:12]}"
     files = ["feature_map.json", "preprocess.json", MODEL_FILES[fmt]]
     if fmt == "onnx":
         tdir = out_dir / "triton" / name
@@ -213,7 +214,7 @@ def export_run(
                      "meaning": "probability per task, columns in 'tasks' order"}],
         "sparse_moe": sparse_moe,
         # eager: the registry rebuilds the model from these (plain JSON, no code).
-        "config": {"model_name": name, "model_params": cfg.model_params}
+        "config": {"model_name": name, "model_params": run.model_params}
         if fmt == "eager" else None,
         "torch_version": torch.__version__,
         "sha256": {f: sha256_file(out_dir / f) for f in files},

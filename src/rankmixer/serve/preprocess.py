@@ -7,7 +7,7 @@ or normalisation. Dataset-level transforms a preset runs over whole files (Movie
 feature store hands the server the same columns preparation produced.
 
 Encoding is *the same code* preparation and ``rankmixer predict`` run: the rows become a Polars
-frame and go through :func:`rankmixer.data.prepare._encode` with the training split's fitted
+frame and go through :func:`rankmixer.data.prepare.encode_features` with the training split's fitted
 vocabularies and statistics, then through :func:`rankmixer.data.arrays.table_to_arrays` as the
 loader does. What this module adds is (1) the preprocessing spec, a JSON file holding those
 fitted statistics (so an artifact needs no prepared-data directory, and loading reads no
@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from rankmixer.data.arrays import Columns, table_to_arrays
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.data.prepare import _encode, _Fitted, _to_list, load_fitted
+from rankmixer.data.prepare import Fitted, encode_features, load_fitted, split_lists
 from rankmixer.data.schema import (
     FIRST_ID,
     OOV_ID,
@@ -127,7 +127,7 @@ class Preprocessor:
         # schema the encoder sees, give it zero labels (the model never reads them).
         self.schema = schema.model_copy(update={"group_key": None, "time_column": None})
         self.inputs = [InputSpec(i["name"], i["kind"], tuple(i["features"]), i["max_len"]) for i in spec["inputs"]]
-        self.fitted = _Fitted(
+        self.fitted = Fitted(
             vocabs={t: pl.DataFrame({"value": v["values"], "id": v["ids"]},
                                     schema={"value": pl.Utf8, "id": pl.Int32})
                     for t, v in spec["vocabularies"].items()},
@@ -171,8 +171,8 @@ class Preprocessor:
         for lab in self.schema.labels:
             data[lab.name] = pa.array(np.zeros(len(rows)))
         frame = pl.from_arrow(pa.table(data))
-        lf = _to_list(frame.lazy(), self.schema)
-        enc, _ = _encode(lf, self.schema, self.fitted)
+        lf = split_lists(frame.lazy(), self.schema)
+        enc, _ = encode_features(lf, self.schema, self.fitted)
         arrays = table_to_arrays(enc.collect().to_arrow(), self.columns)
         oov = np.zeros((len(rows), len(self.oov_features)), dtype=np.int64)
         for k, f in enumerate(self.oov_features):

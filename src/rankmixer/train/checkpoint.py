@@ -23,24 +23,30 @@ truncated copy is caught on load by the recorded sha256, before anything is modi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from rankmixer.files import sha256_file
+from rankmixer.core.files import sha256_file
+from rankmixer.core.weights import (
+    WeightsError,
+    fsync_dir,
+    fsync_file,
+    read_safetensors,
+    state_dict_for,
+    unique_suffix,
+    write_model_file,
+)
 
 __all__ = [
     "CheckpointError",
@@ -48,8 +54,6 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
-    "save_weights",
-    "load_weights",
     "MODEL_FILE",
     "OPTIM_FILE",
     "STATE_FILE",
@@ -62,18 +66,14 @@ CHECKPOINTS_DIR = "checkpoints"
 FORMAT_VERSION = 1
 
 _STEP_DIR = re.compile(r"step_(\d{8,})")
-# safetensors metadata keys (str -> str) written into model files.
-_META_ALIASES = "rankmixer.aliases"
-_META_DIGEST = "rankmixer.tensor_sha256"
-
 # Markers of the JSON encoding of state dicts (see _encode).
 _T_TENSOR = "__tensor__"
 _T_TUPLE = "__tuple__"
 _T_DICT = "__dict__"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint or weights file is unusable: missing, corrupted, or not matching the model."""
+class CheckpointError(WeightsError):
+    """A checkpoint is unusable: missing files, corrupted, or not matching the model."""
 
 
 # ---- JSON encoding of state dicts -----------------------------------------------------------
@@ -139,30 +139,7 @@ def _hashable(key: Any) -> Any:
     return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
 
 
-# ---- small file-system helpers ----------------------------------------------------------------
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes a rename durable; not possible on every OS (Windows), where it is skipped.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unique_suffix() -> str:
-    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+# ---- checkpoint directories ------------------------------------------------------------------
 
 
 def _step_of(path: Path) -> int | None:
@@ -176,136 +153,6 @@ def _is_complete(path: Path) -> bool:
         and path.is_dir()
         and all((path / f).is_file() for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE))
     )
-
-
-# ---- model tensors ----------------------------------------------------------------------------
-
-
-def _model_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """CPU tensors to store, one per distinct tensor, and {alias name: stored name}.
-
-    Tied weights (an output layer sharing the embedding table) appear under several names in
-    the state dict; safetensors refuses shared memory, and storing them once keeps the tie
-    explicit. Partial overlaps (different views of one storage) are stored as copies.
-    """
-    tensors: dict[str, Tensor] = {}
-    aliases: dict[str, str] = {}
-    exact: dict[tuple, str] = {}
-    seen_storage: set[tuple] = set()
-    for name, t in model.state_dict().items():
-        t = t.detach()
-        if t.numel() > 0:
-            sp = (t.device, t.untyped_storage().data_ptr())
-            key = (*sp, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-            if key in exact:
-                aliases[name] = exact[key]
-                continue
-            exact[key] = name
-            if sp in seen_storage:
-                t = t.clone()
-            seen_storage.add(sp)
-        tensors[name] = t.to("cpu").contiguous()
-    return tensors, aliases
-
-
-def _tensor_digest(tensors: Mapping[str, Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes: lets a bare weights file check itself."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        if t.numel():
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def _write_model_file(path: Path, model: nn.Module, digest: bool) -> None:
-    tensors, aliases = _model_tensors(model)
-    meta = {"format": "pt", _META_ALIASES: json.dumps(aliases, sort_keys=True)}
-    if digest:
-        meta[_META_DIGEST] = _tensor_digest(tensors)
-    save_file(tensors, str(path), metadata=meta)
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file is missing")
-    try:
-        tensors = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # SafetensorError, OSError, header JSON errors ...
-        raise CheckpointError(f"{path}: cannot be parsed as safetensors ({e})") from e
-    return tensors, meta
-
-
-def _check_model_tensors(
-    path: Path, model: nn.Module, tensors: dict[str, Tensor], meta: Mapping[str, str]
-) -> dict[str, Tensor]:
-    """State dict for ``model`` from a model file, or CheckpointError listing every mismatch."""
-    try:
-        aliases = json.loads(meta.get(_META_ALIASES, "{}"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: malformed {_META_ALIASES} metadata ({e})") from e
-    sd = dict(tensors)
-    for alias, target in aliases.items():
-        if target not in tensors:
-            raise CheckpointError(f"{path}: alias {alias!r} points to absent tensor {target!r}")
-        sd[alias] = tensors[target]
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    problems = []
-    for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                        ("shape mismatch", shapes)):
-        if items:
-            more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
-            problems.append(f"{what}: {', '.join(items[:10])}{more}")
-    if problems:
-        raise CheckpointError(f"{path} does not match the model; " + "; ".join(problems))
-    return sd
-
-
-def save_weights(path: str | os.PathLike, model: nn.Module) -> Path:
-    """Write the model's state dict to one safetensors file (best model, export), atomically.
-
-    The file carries a sha256 of its tensors in its metadata, which :func:`load_weights` checks.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{_unique_suffix()}")
-    try:
-        _write_model_file(tmp, model, digest=True)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return path
-
-
-def load_weights(path: str | os.PathLike, model: nn.Module) -> None:
-    """Load a file written by :func:`save_weights` (or a checkpoint's model file) into ``model``.
-
-    Raises CheckpointError naming the file if it is missing, unparsable, fails its tensor
-    checksum, or does not match the model's keys and shapes; the model is untouched then.
-    """
-    path = Path(path)
-    tensors, meta = _read_safetensors(path)
-    want = meta.get(_META_DIGEST)
-    if want is not None:
-        got = _tensor_digest(tensors)
-        if got != want:
-            raise CheckpointError(
-                f"{path}: tensor checksum mismatch (expected {want}, got {got}); file is corrupted"
-            )
-    sd = _check_model_tensors(path, model, tensors, meta)
-    model.load_state_dict(sd, strict=True)
 
 
 # ---- RNG ----------------------------------------------------------------------------------
@@ -414,11 +261,11 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-{final.name}-{_unique_suffix()}"
+    tmp = root / f".tmp-{final.name}-{unique_suffix()}"
     tmp.mkdir()
     old: Path | None = None
     try:
-        _write_model_file(tmp / MODEL_FILE, model, digest=False)
+        write_model_file(tmp / MODEL_FILE, model, digest=False)
         save_file(tensors, str(tmp / OPTIM_FILE), metadata={"format": "pt"})
         state["files"] = {
             f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
@@ -426,14 +273,14 @@ def save_checkpoint(
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, allow_nan=True))
         for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
-            _fsync_file(tmp / f)
-        _fsync_dir(tmp)
+            fsync_file(tmp / f)
+        fsync_dir(tmp)
         if final.exists():
             # os.replace cannot overwrite a non-empty directory: move the old one aside first.
-            old = root / f".old-{final.name}-{_unique_suffix()}"
+            old = root / f".old-{final.name}-{unique_suffix()}"
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not final.exists():
@@ -518,9 +365,12 @@ def load_checkpoint(
             raise CheckpointError(f"{path / STATE_FILE}: no checksum recorded for {f}")
         _verify_file(path / f, files[f])
 
-    model_tensors, meta = _read_safetensors(path / MODEL_FILE)
-    model_sd = _check_model_tensors(path / MODEL_FILE, model, model_tensors, meta)
-    optim_tensors, _ = _read_safetensors(path / OPTIM_FILE)
+    try:
+        model_tensors, meta = read_safetensors(path / MODEL_FILE)
+        model_sd = state_dict_for(path / MODEL_FILE, model, model_tensors, meta)
+        optim_tensors, _ = read_safetensors(path / OPTIM_FILE)
+    except WeightsError as e:
+        raise CheckpointError(str(e)) from e
 
     _names_match("optimizers", state["optimizers"], optimizers, path)
     _names_match("schedulers", state["schedulers"], schedulers, path)

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rankmixer.config import DistributedConfig, TrainConfig
+from rankmixer.train.config import DistributedConfig, TrainConfig
 from rankmixer.nn.embedding import PAD_ROW
 
 CPU_SHARDING = ["table_wise", "column_wise"]

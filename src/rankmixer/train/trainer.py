@@ -19,7 +19,6 @@ import math
 import random
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -28,14 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankmixer.config import OptimizerConfig, TrainConfig
+from rankmixer.core.hardware import autocast, pick_device, precision_warning
+from rankmixer.core.metrics import StreamingMetrics, higher_is_better
+from rankmixer.core.weights import load_weights, save_weights
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.models.base import ModelOutput
 from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
 from rankmixer.train import checkpoint as ckpt
-from rankmixer.train.metrics import StreamingMetrics, higher_is_better
+from rankmixer.train.config import TrainConfig
+from rankmixer.train.optim import lr_lambda, make_optimizer
 
 if TYPE_CHECKING:
     from rankmixer.train.distributed import Distributed
@@ -45,63 +47,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-_FUSED = ("adamw", "adam", "sgd", "adagrad")  # torch optimizers with a fused CPU/CUDA kernel
-
-
-def _impl_kwargs(cfg: OptimizerConfig, sparse: bool) -> dict:
-    """``fused``/``foreach`` flags for ``cfg.impl``. torch's own default on CPU is the
-    per-tensor loop, whose temporaries cost more than the update itself on large stacked
-    weights (see docs/performance.md)."""
-    impl = cfg.impl
-    if cfg.name == "sparse_adam":
-        return {}
-    if impl == "auto":
-        impl = "forloop" if sparse else ("fused" if cfg.name in _FUSED else "foreach")
-    if impl == "fused":
-        if cfg.name not in _FUSED or sparse:
-            raise ValueError(f"optimizer {cfg.name!r} has no fused implementation{' for sparse gradients' if sparse else ''}")
-        return {"fused": True}
-    return {"foreach": impl == "foreach"}
-
-
-def _make_optimizer(cfg: OptimizerConfig, params: list[nn.Parameter], sparse: bool = False) -> torch.optim.Optimizer:
-    extra = {} if cfg.eps is None else {"eps": cfg.eps}
-    extra.update(_impl_kwargs(cfg, sparse))
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **extra)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    if cfg.name == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
-    if cfg.name == "sparse_adam":
-        return torch.optim.SparseAdam(params, lr=cfg.lr, **extra)
-    raise ValueError(f"unknown optimizer {cfg.name!r}")
-
-
-def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
-    def fn(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant" or total <= warmup:
-            return 1.0
-        frac = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
-
-    return fn
 
 
 def task_loss(out: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
@@ -140,6 +85,9 @@ class Trainer:
         self.log = log
         self.num_workers = num_workers
         self.device = pick_device(cfg.device)
+        slow = precision_warning(cfg.precision, self.device)
+        if slow:
+            log(f"warning: train.{slow}")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.model = model.to(self.device)
@@ -159,10 +107,10 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         if dense:
-            self.optimizers["dense"] = _make_optimizer(cfg.dense_optimizer, dense)
+            self.optimizers["dense"] = make_optimizer(cfg.dense_optimizer, dense)
         if emb:
             assert cfg.sparse_optimizer is not None
-            self.optimizers["sparse"] = _make_optimizer(cfg.sparse_optimizer, emb, sparse=cfg.sparse_gradients)
+            self.optimizers["sparse"] = make_optimizer(cfg.sparse_optimizer, emb, sparse=cfg.sparse_gradients)
         self.dense_params = dense
         if dist is not None:
             self.model, self.optimizers = dist.wrap(self.model, self.optimizers, cfg)
@@ -179,7 +127,7 @@ class Trainer:
         self.total_steps = steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        fn = _lr_lambda(cfg.lr_schedule, cfg.warmup_steps, self.total_steps)
+        fn = lr_lambda(cfg.lr_schedule, cfg.warmup_steps, self.total_steps)
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, fn) for k, o in self.optimizers.items()}
         self.state = {
             "epoch": 0, "batch_in_epoch": 0, "step": 0, "samples": 0,
@@ -199,9 +147,7 @@ class Trainer:
         return steps
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.cfg.precision, self.device)
 
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         with self._autocast():
@@ -323,11 +269,11 @@ class Trainer:
 
     def _save_best(self) -> None:
         if self.dist is None:
-            ckpt.save_weights(self.run_dir / "best.safetensors", self.model)
+            save_weights(self.run_dir / "best.safetensors", self.model)
             return
         model, _ = self.dist.snapshot({}, self.state["step"])
         if self.is_main:
-            ckpt.save_weights(self.run_dir / "best.safetensors", model)
+            save_weights(self.run_dir / "best.safetensors", model)
         self.dist.barrier()
 
     def _views(self):
@@ -433,8 +379,8 @@ class Trainer:
         return x if self.dist is None else self.dist.mean(x)
 
     def finish(self) -> dict:
-        """Reload the best weights, evaluate valid and test, write ``metrics.json``."""
-        ckpt.load_weights(self.run_dir / "best.safetensors", self._views()[0])
+        """Reload the best weights and evaluate valid and test (the caller writes ``metrics.json``)."""
+        load_weights(self.run_dir / "best.safetensors", self._views()[0])
         result = {
             "best_step": self.state["best_step"],
             "steps": self.state["step"],
@@ -443,8 +389,6 @@ class Trainer:
             "valid": self.evaluate("valid"),
             "test": self.evaluate("test"),
         }
-        if self.is_main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         if self._tb is not None:
             self._tb.close()
         return result

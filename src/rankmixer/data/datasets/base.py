@@ -24,9 +24,6 @@ import polars as pl
 
 from rankmixer.data.schema import Schema
 
-FILE_COL = "__file"
-ROW_COL = "__row"
-
 
 @dataclass
 class RawFiles:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from rankmixer.data.datasets.base import FILE_COL, ROW_COL, RawFiles
+from rankmixer.data.datasets.base import RawFiles
+from rankmixer.data.reader import FILE_COL, ROW_COL
 
 _SPLIT_NAMES = {
     "train": ("train",),

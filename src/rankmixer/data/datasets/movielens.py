@@ -49,8 +49,6 @@ from pathlib import Path
 import polars as pl
 
 from rankmixer.data.datasets.base import (
-    FILE_COL,
-    ROW_COL,
     DatasetPreset,
     Download,
     RawFiles,
@@ -58,6 +56,7 @@ from rankmixer.data.datasets.base import (
     register_preset,
 )
 from rankmixer.data.datasets.common import bookkeeping, user_history
+from rankmixer.data.reader import FILE_COL, ROW_COL
 from rankmixer.data.schema import (
     CategoricalFeature,
     LabelSpec,

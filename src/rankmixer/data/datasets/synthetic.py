@@ -844,7 +844,7 @@ def _pack_scores(p: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 
 def _packed_auc(keys: np.ndarray, step: int = 1 << 20) -> float:
-    """Exact tie-aware AUC (ties count 1/2, as ``rankmixer.train.metrics.auc`` and sklearn) of
+    """Exact tie-aware AUC (ties count 1/2, as ``rankmixer.core.metrics.auc`` and sklearn) of
     float32 scores packed by :func:`_pack_scores`. Sorts ``keys`` in place and walks them in
     slices that end on a score boundary, so beyond the 8 bytes/row of keys it needs only
     ~40 bytes per row of one slice (40 MB) (``metrics.auc`` needs ~40 bytes/row for its argsort and per-tie arrays:
@@ -892,7 +892,7 @@ def generate(cfg: SyntheticConfig | dict | None, out_dir: str | Path, progress: 
     row of the split being written (float32 p and the label packed in a uint64, sorted in
     place at the end of the split: 800 MB at 100M rows).
     """
-    from rankmixer.train.metrics import logloss
+    from rankmixer.core.metrics import logloss
 
     if cfg is None:
         cfg = SyntheticConfig()

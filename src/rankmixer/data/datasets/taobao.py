@@ -59,14 +59,13 @@ from pathlib import Path
 import polars as pl
 
 from rankmixer.data.datasets.base import (
-    FILE_COL,
-    ROW_COL,
     DatasetPreset,
     RawFiles,
     TransformContext,
     register_preset,
 )
 from rankmixer.data.datasets.common import bookkeeping, user_history
+from rankmixer.data.reader import FILE_COL, ROW_COL
 from rankmixer.data.schema import (
     CategoricalFeature,
     LabelSpec,

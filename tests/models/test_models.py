@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_feature_map, random_batch
+from tests.factories import (
+    check_output_and_gradients,
+    check_sparse_embedding_step,
+    fit_auc,
+    make_feature_map,
+    planted_problem,
+    random_batch,
+)
 from sklearn.metrics import roc_auc_score
 
 from rankmixer.data.batch import Batch
@@ -50,28 +57,6 @@ def test_output_shape_and_gradients(name, num_tasks, generator):
     model.train()
     batch = random_batch(fm, 32, generator)
     check_output_and_gradients(name, model, batch, num_tasks)
-
-
-def check_output_and_gradients(name, model, batch, num_tasks, zero_grad_at_init=()) -> None:
-    """A model's contract (shared with test_peer_models.py): float32 logits [B, n_tasks], a
-    non-zero gradient for every parameter (except the named ones, zero at initialisation by
-    design), every table in a FeatureEmbedding, and no gradient for the pad rows."""
-    out = model(batch)
-    assert isinstance(out, ModelOutput)
-    assert out.logits.shape == (batch.labels.shape[0], num_tasks)
-    assert out.logits.dtype == torch.float32
-    loss = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
-    loss.backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, f"{name}: no gradient for {pname}"
-        if pname not in zero_grad_at_init:
-            assert p.grad.abs().sum() > 0, f"{name}: zero gradient for {pname}"
-    # every table lives in a FeatureEmbedding; pad rows get no gradient
-    emb, rest = split_parameters(model)
-    assert emb and len(emb) + len(rest) == len(list(model.parameters()))
-    for m in model.modules():
-        if isinstance(m, FeatureEmbedding):
-            assert torch.all(m.weight.grad[0] == 0)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -162,22 +147,6 @@ def test_lr_is_linear(generator):
     torch.testing.assert_close(model(batch).logits[:, 0], ref)
 
 
-def check_sparse_embedding_step(model, feature_map, generator, tables: int) -> None:
-    """``tables`` embedding tables switch to sparse gradients, and one SparseAdam + Adam step
-    on them moves the embeddings."""
-    assert set_sparse_gradients(model) == tables
-    emb, rest = split_parameters(model)
-    opt_sparse = torch.optim.SparseAdam(emb, lr=1e-2)
-    opt_dense = torch.optim.Adam(rest, lr=1e-2)
-    batch = random_batch(feature_map, 16, generator)
-    before = [p.detach().clone() for p in emb]
-    F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels).backward()
-    assert all(p.grad.is_sparse for p in emb)
-    opt_sparse.step()
-    opt_dense.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, emb))
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_sparse_embedding_gradients_with_sparse_optimizer(name, tiny_feature_map, generator):
     check_sparse_embedding_step(_build(name, tiny_feature_map), tiny_feature_map, generator,
@@ -187,57 +156,8 @@ def test_sparse_embedding_gradients_with_sparse_optimizer(name, tiny_feature_map
 # ---- overfitting a planted problem ------------------------------------------------------------
 
 
-def _planted(additive: bool, n: int = 512, seed: int = 0) -> tuple[FeatureMap, Batch]:
-    """512 rows; the label is a deterministic function of two categorical ids (a, b); a third
-    feature, a dense feature, a bag and a sequence are noise.
-
-    additive: label = [w_a[a] + w_b[b] > median] (what logistic regression can represent);
-    otherwise label = T[a, b] for a random binary table T (needs interactions).
-    """
-    va, vb = 10, 8  # ids 2.. : 8 and 6 real values
-    fm = FeatureMap(
-        dataset="planted",
-        schema_hash="0" * 16,
-        labels=["y"],
-        features=[
-            FeatureInfo("a", "sparse", vocab_size=va),
-            FeatureInfo("b", "sparse", vocab_size=vb),
-            FeatureInfo("noise", "sparse", vocab_size=20),
-            FeatureInfo("x", "dense"),
-            FeatureInfo("tags", "bag", vocab_size=15, max_len=3),
-            FeatureInfo("hist", "sequence", vocab_size=vb, max_len=4, share_with="b"),
-        ],
-    )
-    g = torch.Generator().manual_seed(seed)
-    batch = random_batch(fm, n, g)
-    a = torch.randint(2, va, (n,), generator=g)
-    b = torch.randint(2, vb, (n,), generator=g)
-    batch.sparse[:, 0], batch.sparse[:, 1] = a, b
-    if additive:
-        score = torch.randn(va, generator=g)[a] + torch.randn(vb, generator=g)[b]
-        y = (score > score.median()).float()
-    else:
-        y = torch.randint(0, 2, (va, vb), generator=g)[a, b].float()
-    batch.labels = y.unsqueeze(1)
-    return fm, batch
-
-
-def fit_auc(model, batch, steps: int = 200) -> float:
-    """Train AUC (scikit-learn) of ``model`` after ``steps`` full-batch Adam steps on ``batch``."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels).backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        scores = model(batch).logits[:, 0]
-    return roc_auc_score(batch.labels[:, 0].numpy(), scores.numpy())
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_overfits_planted_problem(name):
-    fm, batch = _planted(additive=(name == "lr"))
+    fm, batch = planted_problem(additive=(name == "lr"))
     auc = fit_auc(_build(name, fm), batch)
     assert auc > 0.9, f"{name}: train AUC {auc:.3f}"

@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from rankmixer.bench.public_rankmixer import PublicRankMixerBackbone, load_from_ours
-from rankmixer.config import OptimizerConfig
+from rankmixer.train.config import OptimizerConfig
 from rankmixer.models.rankmixer import RankMixerBackbone, RankMixerConfig
 from rankmixer.nn.per_token_ffn import PerTokenFFN
-from rankmixer.train.trainer import _make_optimizer
+from rankmixer.train.optim import make_optimizer
 
 
 def test_public_baseline_is_the_same_function_as_ours():
@@ -67,14 +67,14 @@ def test_inference_weight_cache_is_bitwise_autocast_and_follows_weight_updates()
 
 def test_optimizer_impl_selection():
     p = [torch.nn.Parameter(torch.randn(3))]
-    assert _make_optimizer(OptimizerConfig(name="adamw"), p).defaults["fused"] is True
-    assert _make_optimizer(OptimizerConfig(name="rmsprop"), p).defaults["foreach"] is True
-    assert _make_optimizer(OptimizerConfig(name="adagrad"), p, sparse=True).defaults["fused"] in (None, False)
-    assert _make_optimizer(OptimizerConfig(name="adamw", impl="forloop"), p).defaults["foreach"] is False
+    assert make_optimizer(OptimizerConfig(name="adamw"), p).defaults["fused"] is True
+    assert make_optimizer(OptimizerConfig(name="rmsprop"), p).defaults["foreach"] is True
+    assert make_optimizer(OptimizerConfig(name="adagrad"), p, sparse=True).defaults["fused"] in (None, False)
+    assert make_optimizer(OptimizerConfig(name="adamw", impl="forloop"), p).defaults["foreach"] is False
     with pytest.raises(ValueError, match="no fused"):
-        _make_optimizer(OptimizerConfig(name="rmsprop", impl="fused"), p)
+        make_optimizer(OptimizerConfig(name="rmsprop", impl="fused"), p)
     with pytest.raises(ValueError, match="sparse"):
-        _make_optimizer(OptimizerConfig(name="adagrad", impl="fused"), p, sparse=True)
+        make_optimizer(OptimizerConfig(name="adagrad", impl="fused"), p, sparse=True)
 
 
 @pytest.mark.parametrize("name", ["adamw", "adagrad", "rmsprop"])
@@ -85,7 +85,7 @@ def test_fused_and_foreach_steps_match_the_per_tensor_loop(name):
     results = {}
     for impl in ("auto", "forloop"):
         ps = [torch.nn.Parameter(t.clone()) for t in init]
-        opt = _make_optimizer(OptimizerConfig(name=name, lr=0.01, weight_decay=0.01, impl=impl), ps)
+        opt = make_optimizer(OptimizerConfig(name=name, lr=0.01, weight_decay=0.01, impl=impl), ps)
         for gs in grads:
             for p, g in zip(ps, gs):
                 p.grad = g.clone()
@@ -194,7 +194,7 @@ def test_gpu_script_code_path_on_cpu(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_speed.sh"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_speed.sh"
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "MODELS": "rankmixer-tiny rankmixer-tiny-moe",
            "BATCHES": "8", "TRAIN_BATCH": "8", "TRAIN_BATCH_MOE": "8", "ROUNDS": "1", "COMPILE": "none", "PRECISIONS": "fp32 bf16",
            "PEERS": "0", "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}

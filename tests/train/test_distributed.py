@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_feature_map, random_batch
+from tests.factories import make_feature_map, random_batch
 from rankmixer.nn.embedding import FeatureEmbedding
 from rankmixer.nn.sharded_embedding import torchrec_available
 
@@ -119,7 +119,7 @@ def test_torchrec_embedding_equals_feature_embedding(single_thread):
 @pytest.fixture(scope="module")
 def equivalence(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("eq") / "eq.json"
-    r = subprocess.run(_torchrun(2, str(HERE / "distributed" / "equivalence.py"), str(out)),
+    r = subprocess.run(_torchrun(2, str(HERE / "distributed_equivalence.py"), str(out)),
                        env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return json.loads(out.read_text())

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import make_feature_map, random_batch
+from tests.factories import make_feature_map, random_batch
 from torch import nn
 
 from rankmixer.nn.cross import CrossLayerV2, CrossNetV2

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from _serving import WORK, artifact, canonical_test_rows, moe_run, movielens_run, synthetic_run
+from tests.factories import WORK, artifact, canonical_test_rows, moe_run, movielens_run, synthetic_run
 
 from rankmixer.data.loader import ParquetBatches, make_loader
-from rankmixer.experiment import load_run
+from rankmixer.runs import load_run
 
 
 def _reference(run, n: int):
     """The run's model on the first n prepared test rows: (batch, probabilities)."""
-    _, fm, model = load_run(run)
+    loaded = load_run(run)
+    fm, model = loaded.feature_map, loaded.model
     batch = next(iter(make_loader(ParquetBatches(fm, "test", n, shuffle=False))))
     with torch.no_grad():
         return batch, torch.sigmoid(model(batch).logits.float()).numpy()
@@ -165,7 +166,7 @@ def test_moe_exports_eager_and_serves_sparse():
     got, _ = art.score([art.preprocessor.check_row(r, "r") for r in rows[:200]])
     # Reference: the same weights with dense inference (every expert computed, gated).
     batch, sparse_ref = _reference(run, 200)
-    _, _, model = load_run(run)
+    model = load_run(run).model
     for m in model.modules():
         if isinstance(m, PerTokenMoE):
             m.cfg = m.cfg.model_copy(update={"sparse_inference": False})

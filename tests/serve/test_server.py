@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn", reason="serving tests need the serve extra (uvico
 httpx = pytest.importorskip("httpx", reason="serving tests need the serve extra (httpx)")
 pytest.importorskip("aiohttp", reason="serving tests need the serve extra (aiohttp, the load generator's client)")
 
-from _serving import artifact, canonical_test_rows, movielens_run, prepared_dir  # noqa: E402
+from tests.factories import artifact, canonical_test_rows, movielens_run, prepared_dir  # noqa: E402
 
 CONTEXT = ["user_id", "hour", "weekday", "hist_movies", "hist_genres"]
 
@@ -78,7 +78,7 @@ def _reference_scores(rows: list[dict]) -> np.ndarray:
     ``_request`` sends them."""
     import torch
 
-    from rankmixer.experiment import load_run
+    from rankmixer.runs import load_run
 
     art = _artifact_obj()
     ctx = {k: rows[0][k] for k in CONTEXT}
@@ -86,7 +86,7 @@ def _reference_scores(rows: list[dict]) -> np.ndarray:
     arrays, _ = art.preprocessor.encode(checked)
     from rankmixer.data.batch import Batch
 
-    _, _, model = load_run(movielens_run())
+    model = load_run(movielens_run()).model
     t = torch.from_numpy
     batch = Batch(dense=t(arrays["dense"]), sparse=t(arrays["sparse"]), labels=t(arrays["labels"]),
                   bags={k[4:]: t(v) for k, v in arrays.items() if k.startswith("bag:")},

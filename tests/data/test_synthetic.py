@@ -37,7 +37,7 @@ from rankmixer.data.schema import (
     load_schema,
 )
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Small but structured: enough rows for a logistic regression to learn the first-order effects.
 SMALL = dict(
@@ -167,7 +167,7 @@ def test_packed_auc_is_exact(decimals, step):
     """The generator's lean AUC (packed uint64 keys, slices on score boundaries) equals the
     metrics module's and sklearn's, ties (rounded scores) and slice boundaries included."""
     from rankmixer.data.datasets.synthetic import _pack_scores, _packed_auc
-    from rankmixer.train.metrics import auc
+    from rankmixer.core.metrics import auc
 
     rng = np.random.default_rng(step)
     p = rng.random(3000)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_feature_map, random_batch
+from tests.factories import make_feature_map, random_batch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode

@@ -103,7 +103,7 @@ def test_benchmark_summary_flops_and_resume(tmp_path):
 def test_flops_counter_sees_self_attention():
     """The self-attention ablation runs nn.MultiheadAttention, whose fused eval kernel torch's
     counter would count as zero; the count must still equal the analytic formula."""
-    from conftest import make_feature_map, random_batch
+    from tests.factories import make_feature_map, random_batch
 
     fm = make_feature_map()
     cfg = {k: v for k, v in RANKMIXER.items() if k != "name"} | {"token_mixing": "self_attention"}

@@ -17,16 +17,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest helpers
-from conftest import make_feature_map, random_batch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for tests.factories
+from tests.factories import make_feature_map, random_batch  # noqa: E402
 
-from rankmixer.config import DistributedConfig, TrainConfig  # noqa: E402
+from rankmixer.train.config import DistributedConfig, TrainConfig  # noqa: E402
 from rankmixer.data.batch import Batch  # noqa: E402
 from rankmixer.models import registry  # noqa: E402
 from rankmixer.nn.embedding import split_parameters  # noqa: E402
 from rankmixer.nn.sharded_embedding import torchrec_available  # noqa: E402
 from rankmixer.train.distributed import Distributed, init_distributed  # noqa: E402
-from rankmixer.train.trainer import _lr_lambda, _make_optimizer  # noqa: E402
+from rankmixer.train.optim import lr_lambda, make_optimizer  # noqa: E402
 
 STEPS, GLOBAL_B = 6, 64
 
@@ -39,13 +39,13 @@ def slice_batch(b: Batch, sl: slice) -> Batch:
 
 def optimizers(model, cfg):
     emb, dense = split_parameters(model)
-    return {"dense": _make_optimizer(cfg.dense_optimizer, dense), "sparse": _make_optimizer(cfg.sparse_optimizer, emb)}
+    return {"dense": make_optimizer(cfg.dense_optimizer, dense), "sparse": make_optimizer(cfg.sparse_optimizer, emb)}
 
 
 def schedulers(opts):
     # linear warm-up over 4 steps, as the trainer builds it (LambdaLR per optimizer): checks that
     # LR changes reach TorchRec's fused optimizer too
-    fn = _lr_lambda("constant", 4, 100)
+    fn = lr_lambda("constant", 4, 100)
     return [torch.optim.lr_scheduler.LambdaLR(o, fn) for o in opts.values()]
 
 

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_feature_map, random_batch
+from tests.factories import make_feature_map, random_batch
 
 from rankmixer.models import registry
 from rankmixer.nn.cross import CrossNetV2
 from rankmixer.nn.embedding import FeatureEmbedding, set_sparse_gradients, split_parameters
 from rankmixer.nn.interaction import dot_interaction, fm_second_order
-from rankmixer.peers.fuxictr import FuxiMultiHeadSelfAttention, batch_to_inputs, require_fuxictr
+from rankmixer.models.fuxictr import FuxiMultiHeadSelfAttention, batch_to_inputs, require_fuxictr
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -201,7 +201,7 @@ def test_fuxictr_bilinear_aggregation_matches_our_bilinear_fusion(fx):
     """The zoo's InteractionAggregation (its weight layout) and our BilinearFusion are the same
     function: copy its weights into ours, viewed as [heads, x, out, y] -> [heads, x, y, out]."""
     from rankmixer.nn.fusion import BilinearFusion
-    from rankmixer.peers.fuxictr import FuxiInteractionAggregation
+    from rankmixer.models.fuxictr import FuxiInteractionAggregation
 
     torch.manual_seed(0)
     theirs = FuxiInteractionAggregation(8, 12, output_dim=3, num_heads=4).double()
@@ -217,7 +217,7 @@ def test_fuxictr_bilinear_aggregation_matches_our_bilinear_fusion(fx):
 
 def test_fuxictr_wukong_fm_is_our_optimized_fm(fx):
     from rankmixer.nn.fm_block import fm_matrix
-    from rankmixer.peers.fuxictr import FuxiWuKongLayer
+    from rankmixer.models.fuxictr import FuxiWuKongLayer
 
     torch.manual_seed(0)
     layer = FuxiWuKongLayer(5, 4, project_dim=3, fmb_units=[8], fmb_dim=6, compression_dim=7, dropout=0.0).double()

@@ -12,12 +12,13 @@ import pytest
 
 from rankmixer.data.datasets.base import RawFiles
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.data.loader import ParquetBatches, make_loader, pad_lists
+from rankmixer.data.arrays import pad_lists
+from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.data.prepare import fnv1a64, prepare
 from rankmixer.data.reader import BadInputError, read_raw
 from rankmixer.data.schema import OOV_ID, Schema, SchemaError, load_schema
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _schema(**over) -> Schema:

@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 from rankmixer.train import checkpoint as ckpt
+from rankmixer.core.weights import WeightsError, load_weights, save_weights
 from rankmixer.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    load_weights,
     save_checkpoint,
-    save_weights,
 )
 
 N_IDS = 40
@@ -311,9 +310,9 @@ def test_load_weights_detects_corruption(tmp_path):
     m = Tiny()
     f = save_weights(tmp_path / "best.safetensors", m)
     _flip_byte(f, f.stat().st_size - 5)
-    with pytest.raises(CheckpointError, match=r"best\.safetensors: tensor checksum mismatch"):
+    with pytest.raises(WeightsError, match=r"best\.safetensors: tensor checksum mismatch"):
         load_weights(f, Tiny())
-    with pytest.raises(CheckpointError, match=r"nope\.safetensors: file is missing"):
+    with pytest.raises(WeightsError, match=r"nope\.safetensors: file is missing"):
         load_weights(tmp_path / "nope.safetensors", Tiny())
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from rankmixer.train.metrics import (
+from rankmixer.core.metrics import (
     StreamingMetrics,
     auc,
     calibration,

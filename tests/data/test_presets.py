@@ -17,8 +17,6 @@ import pytest
 
 from rankmixer.data.datasets.avazu import AvazuPreset, has_header_line
 from rankmixer.data.datasets.base import (
-    FILE_COL,
-    ROW_COL,
     RawFiles,
     TransformContext,
     available_presets,
@@ -27,6 +25,7 @@ from rankmixer.data.datasets.base import (
 from rankmixer.data.datasets.criteo import CriteoPreset
 from rankmixer.data.datasets.movielens import MOVIES_SOURCE, MovieLensLatestPreset
 from rankmixer.data.datasets.taobao import LOG_END, LOG_START, TaobaoUserBehaviorPreset
+from rankmixer.data.reader import FILE_COL, ROW_COL
 from rankmixer.data.schema import (
     CategoricalFeature,
     MultiCategoricalFeature,
@@ -38,7 +37,7 @@ from rankmixer.data.schema import (
     load_schema,
 )
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SAMPLE_ROWS = 300
 
 _PL_TYPES = {"int": pl.Int64, "float": pl.Float64, "str": pl.String}

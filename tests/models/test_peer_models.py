@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_feature_map, random_batch
-from test_models import _planted, check_output_and_gradients, check_sparse_embedding_step, fit_auc
+from tests.factories import make_feature_map, random_batch
+from tests.factories import check_output_and_gradients, check_sparse_embedding_step, fit_auc, planted_problem
 
 from rankmixer.models import registry
 from rankmixer.models.base import ModelConfig
@@ -159,7 +159,7 @@ def test_moe_with_one_expert_is_an_mlp(tiny_feature_map, generator):
 @pytest.mark.parametrize("name", MODELS)
 def test_overfits_planted_problem(name):
     """The label is a random table of two ids (an interaction): every model must fit it."""
-    fm, batch = _planted(additive=False)
+    fm, batch = planted_problem(additive=False)
     auc = fit_auc(_build(name, fm), batch)
     assert auc > 0.9, f"{name}: train AUC {auc:.3f}"
 

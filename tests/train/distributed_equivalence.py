@@ -129,6 +129,9 @@ def main() -> None:
     results = [run(mode, sharding, name, params, env) for mode, sharding, (name, params) in cases]
     if env.is_main:
         out.write_text(json.dumps(results, indent=1))
+    # Every rank reaches this point before any tears gloo down: a rank that closes its sockets
+    # while the other is still in a collective aborts the other process at exit.
+    dist.barrier()
     dist.destroy_process_group()
 
 

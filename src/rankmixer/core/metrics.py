@@ -114,15 +114,11 @@ def _run_starts(*sorted_keys: np.ndarray) -> np.ndarray:
 
 
 def _auc_counts(y: np.ndarray, s: np.ndarray, chunk: int = 1 << 20) -> float:
-    """Exact AUC from two sorted copies: each class's scores, in their own dtype.
-
-    For every positive, ``searchsorted(neg, p, "left")`` counts the negatives strictly below it
-    and ``"right"`` those at most equal, so ``left + right`` is twice its wins plus ties. The
-    copies take the scores' itemsize per row (4 bytes for float32), not the ~40 bytes per row of
-    an argsort with per-tie-block arrays: the synthetic generator scores 100M+ rows with this.
-    The positives are searched in slices of ``chunk`` (bounded temporaries), in sorted order so
-    each binary search starts where the last one ended.
-    """
+    """Exact AUC from each class's scores, sorted: copies in their own dtype (4 bytes a row for
+    float32, where an argsort with per-tie-block arrays needs ~40; the synthetic generator scores
+    100M+ rows). For a positive, ``searchsorted(neg, p)`` left / right count the negatives below
+    it and at most equal to it, so ``left + right`` is twice its wins plus ties. Positives go in
+    sorted slices of ``chunk`` rows: bounded temporaries, each search starting near the last."""
     n = y.shape[0]
     n_pos = int(np.count_nonzero(y))
     n_neg = n - n_pos

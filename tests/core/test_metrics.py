@@ -99,6 +99,22 @@ def test_one_million_rows_match_sklearn_and_run_fast():
     assert t_gauc < 5.0, t_gauc
 
 
+def test_auc_over_a_million_positives_is_exact():
+    """More positives than one search slice (2^20), every tie block spanning slice boundaries:
+    the AUC equals the exact count over distinct scores, done by hand in Python integers."""
+    y, p, _ = _data(2_400_000, 0.5, seed=5, decimals=2)
+    assert np.count_nonzero(y) > 1 << 20
+    values, index = np.unique(p, return_inverse=True)
+    pos = np.bincount(index, weights=y, minlength=values.size).astype(np.int64)
+    neg = np.bincount(index, minlength=values.size) - pos
+    twice, neg_below = 0, 0
+    for n_pos_v, n_neg_v in zip(pos.tolist(), neg.tolist()):
+        twice += n_pos_v * (2 * neg_below + n_neg_v)  # wins count 2, ties 1
+        neg_below += n_neg_v
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    assert auc(y, p) == twice / (2.0 * n_pos * n_neg)
+
+
 # ---- gAUC / UAUC ---------------------------------------------------------------------------
 
 

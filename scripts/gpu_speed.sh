@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_speed.sh                       # on a CUDA machine (defaults below)
 #   DEVICE=cpu MODELS=rankmixer-tiny BATCHES=8 TRAIN_BATCH=8 ROUNDS=1 COMPILE=none \
-#       PRECISIONS="fp32 bf16" bash scripts/gpu_speed.sh   # the same code path on CPU, tiny
+#       PRECISIONS="fp32 bf16" PEAK_SHAPES=32x32x32 bash scripts/gpu_speed.sh   # the same code path on CPU, tiny
 #
 # Memory: rankmixer-1b-moe has 8x the FFN parameters (about 7B); with RMSProp (the paper's
 # dense optimizer, one state) and no separate inference copy it needs about 90 GB.

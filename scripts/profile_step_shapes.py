@@ -8,7 +8,8 @@ import torch, os
 torch.set_num_threads(2)
 from torch.profiler import profile, ProfilerActivity
 from rankmixer.models import registry
-from rankmixer.bench.speed import TokenModel, make_train_step, make_optimizer, _infer_fn
+from rankmixer.bench.speed_variants import TokenModel
+from rankmixer.bench.steps import make_optimizer, make_train_step
 from rankmixer.models.rankmixer import RankMixerBackbone
 import torch.nn.functional as F
 cfg = registry.parse_config("rankmixer-100m", {"expansion": 4})

@@ -575,6 +575,14 @@ def bench_serve(
     console.print(f"wrote {json_out}")
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    """``--peak-shape 512x768x3072``: (M, K, N)."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--peak-shape {text!r}: expected MxKxN, e.g. 512x768x3072")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 def _ints(values: List[str]) -> list[int]:
     """``--batch-sizes 512,64`` or repeated ``--batch-sizes``: ints."""
     return [int(v) for item in values for v in item.split(",") if v.strip()]
@@ -586,7 +594,8 @@ def bench_speed(
     set_: List[str] = typer.Option([], "--set", help="Model config override key=value (repeatable), e.g. expansion=4."),
     batch_sizes: List[str] = typer.Option(["512"], help="Inference batch sizes (comma-separated or repeated)."),
     train_batch: Optional[int] = typer.Option(None, help="Training batch (default: the first batch size)."),
-    precision: List[str] = typer.Option(["fp32", "bf16"], help="fp32 | bf16 | fp16 (repeatable)."),
+    precision: List[str] = typer.Option([], help="fp32 | bf16 | fp16 (repeatable). Default: fp32, and bf16 where "
+                                        "the device runs it natively (not emulated)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads."),
     rounds: int = typer.Option(3, min=1, help="Interleaved rounds."),
@@ -599,6 +608,8 @@ def bench_speed(
     moe: bool = typer.Option(True, help="Sparse vs dense MoE inference (bench/moe.py) at ratio 1/4."),
     profile: bool = typer.Option(False, help="torch.profiler over one training step and one inference call."),
     inference_copy: bool = typer.Option(True, help="Time inference on a copy of the model (off: on the trained one, half the memory)."),
+    peak_shape: List[str] = typer.Option([], help="Matmul peak shape MxKxN (repeatable). Default: 2048^3 (CUDA "
+                                         "8192^3) and the model's own FFN matmul."),
     json_out: Path = typer.Option(Path("bench_out/speed.json"), "--json", help="Where to write the JSON report."),
 ) -> None:
     """Throughput, MFU vs the measured matmul peak, latency and memory of RankMixer; peers side by side."""
@@ -607,8 +618,10 @@ def bench_speed(
 
     try:
         overrides = apply_overrides({}, list(set_))
-        run_speed_bench(model, overrides, _ints(batch_sizes), train_batch, list(precision), device, threads, rounds,
-                        optimizer, baseline, ablations, compile_mode, dcn=dcn, dcn_options={"vocab_size": dcn_vocab},
+        shapes = [_shape(s) for s in peak_shape] or None
+        run_speed_bench(model, overrides, _ints(batch_sizes), train_batch, list(precision) or None, device, threads,
+                        rounds, optimizer, baseline, ablations, compile_mode, peak_shapes=shapes, dcn=dcn,
+                        dcn_options={"vocab_size": dcn_vocab},
                         moe_bench=moe, profile=profile, inference_copy=inference_copy, out=json_out, log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
     except (*_USER_ERRORS, ConfigError) as e:
         _fail(e)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from rankmixer.bench.accuracy import Cell, cells_from_configs, load_suite, markdown_table, run_accuracy
+from rankmixer.bench.accuracy import Cell, cells_from_configs, load_suite, markdown_table, run_accuracy, summarise
 from rankmixer.config import ConfigError
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models import registry
@@ -98,6 +98,30 @@ def test_benchmark_summary_flops_and_resume(tmp_path):
     logs.clear()
     again = run_accuracy(load_suite(_suite(tmp_path)), [0, 1], out, log=logs.append)
     assert not any("training" in m for m in logs) and again["summary"] == report["summary"]
+
+
+def _result(label, seed, flops, auc):
+    metrics = {"auc": auc, "gauc": auc, "logloss": 0.5, "ne": 0.9}
+    return {"label": label, "config": "c.yaml", "dataset": "d", "model": label, "parameters": 10,
+            "dense_parameters": 5, "flops_per_sample": flops, "seed": seed, "test": metrics, "bayes": None}
+
+
+def test_summary_flops_are_the_mean_over_seeds():
+    """A sparse MoE's counted FLOPs follow its routing, so they differ by seed: the row reports
+    their mean and spread, not seed 0's count (the issue's 250.75k / 289.79k / 320.13k)."""
+    moe = [250_750.0, 289_790.0, 320_130.0]
+    results = [_result("moe", s, f, 0.7 + s / 100) for s, f in enumerate(moe)]
+    results += [_result("dense", s, 100_000.0, 0.7) for s in range(3)]
+    results += [_result("uncounted", s, None, 0.7) for s in range(2)]  # e.g. distributed runs
+    rows = {r["label"]: r for r in summarise(results)}
+    assert rows["moe"]["flops_per_sample"] == pytest.approx(sum(moe) / 3)
+    assert rows["moe"]["flops_per_sample_std"] == pytest.approx(np.std(moe, ddof=1))
+    assert (rows["moe"]["flops_per_sample_min"], rows["moe"]["flops_per_sample_max"]) == (250_750.0, 320_130.0)
+    assert rows["dense"]["flops_per_sample"] == 100_000.0 and rows["dense"]["flops_per_sample_std"] == 0.0
+    assert rows["uncounted"]["flops_per_sample"] is None
+    assert rows["moe"]["auc"] == pytest.approx(0.71)
+    table = markdown_table(list(rows.values()))
+    assert "| 286.89k ± 34.78k |" in table and "| 100.00k |" in table
 
 
 def test_flops_counter_sees_self_attention():

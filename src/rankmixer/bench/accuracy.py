@@ -1,5 +1,6 @@
 """Accuracy benchmark: every (cell, seed) trained the same way, summarised as mean and spread
-of the test metrics, with parameters and forward FLOPs per sample beside them.
+of the test metrics, with parameters and forward FLOPs per sample beside them (FLOPs too are a
+mean over seeds: a sparse MoE's count follows its routing).
 
 A *cell* is one row of the table: an experiment config plus overrides, under a label. Cells
 come from plain configs (``-c a.yaml -c b.yaml``: one cell each, labelled by the file's stem) or
@@ -22,7 +23,6 @@ Every (dataset, model) pair is a cell; paths are relative to the working directo
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ import yaml
 
 from rankmixer import experiment
 from rankmixer.config import ConfigError, load_config
+from rankmixer.core.hardware import machine_info
 
 METRICS = ("auc", "gauc", "logloss", "ne")
 
@@ -161,7 +162,7 @@ def run_accuracy(
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
         })
     summary = summarise(results)
-    report = {"machine": platform.processor() or platform.machine(), "seeds": seeds,
+    report = {"machine": machine_info(), "seeds": seeds,
               "overrides": overrides or [], "budget": budget, "cells": results, "summary": summary}
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     (out_dir / f"{name}.md").write_text(markdown_table(summary))
@@ -169,12 +170,16 @@ def run_accuracy(
 
 
 def summarise(results: list[dict]) -> list[dict]:
+    """One row per cell: mean and sample std over seeds of every test metric, and of the
+    forward FLOPs per sample (constant over seeds for most models; a sparse MoE's count follows
+    its routing, so it varies: ``flops_per_sample`` is the mean, ``flops_per_sample_std`` the
+    spread, with ``_min`` / ``_max``; None where no run counted FLOPs)."""
     rows = []
     for label in dict.fromkeys(r["label"] for r in results):
         group = [r for r in results if r["label"] == label]
         first = group[0]
-        row = {k: first[k] for k in ("label", "config", "dataset", "model", "parameters", "dense_parameters",
-                                          "flops_per_sample")}
+        row = {k: first[k] for k in ("label", "config", "dataset", "model", "parameters", "dense_parameters")}
+        row.update(_flops_over_seeds([r.get("flops_per_sample") for r in group]))
         row["seeds"] = len(group)
         for m in METRICS:
             vals = np.array([r["test"].get(m, np.nan) for r in group], dtype=float)
@@ -186,13 +191,30 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-def _si(x: float | None) -> str:
+def _flops_over_seeds(values: list[float | None]) -> dict:
+    counted = np.array([v for v in values if v is not None], dtype=float)
+    if counted.size == 0:
+        return {"flops_per_sample": None, "flops_per_sample_std": None,
+                "flops_per_sample_min": None, "flops_per_sample_max": None}
+    return {"flops_per_sample": float(counted.mean()),
+            "flops_per_sample_std": float(counted.std(ddof=1)) if counted.size > 1 else 0.0,
+            "flops_per_sample_min": float(counted.min()), "flops_per_sample_max": float(counted.max())}
+
+
+def format_si(x: float | None) -> str:
+    """``1234567 -> "1.23M"`` (k, M, G; "-" for None): the tables' count format."""
     if x is None:
         return "-"
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if x >= scale:
             return f"{x / scale:.2f}{unit}"
     return f"{x:.0f}"
+
+
+def _flops_cell(row: dict) -> str:
+    """Mean FLOPs/sample over seeds, with the spread where routing makes it vary."""
+    std = row.get("flops_per_sample_std")
+    return format_si(row.get("flops_per_sample")) + (f" ± {format_si(std)}" if std else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -203,7 +225,7 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" for m in METRICS]
         dense = "-" if r.get("dense_parameters") is None else f"{r['dense_parameters']:,}"
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['parameters']:,} | {dense} | {_si(r.get('flops_per_sample'))} | "
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['parameters']:,} | {dense} | {_flops_cell(r)} | "
                      f"{r['seeds']} | " + " | ".join(cells) + " |")
         last_of_dataset = r is rows[-1] or rows[rows.index(r) + 1]["dataset"] != r["dataset"]
         if r.get("bayes_auc") and last_of_dataset and r["dataset"] not in bayes_done:

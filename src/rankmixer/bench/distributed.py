@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+import torch
+
+from rankmixer.core.hardware import device_name
 
 
 def _cases(procs: list[int], embeddings: list[str], cores: int) -> list[tuple[int, str, int]]:
@@ -75,7 +78,7 @@ def run_distributed_bench(
             "samples_per_s": round(statistics.median(sps), 1), "windows": len(sps),
             "steps": result["steps"], "samples": result["samples"], "wall_s": round(wall, 1),
             "valid_auc": round(result["valid"]["auc"], 5), "cores": cores,
-            "machine": platform.processor() or platform.machine(),
+            "machine": device_name(torch.device("cpu")),
         })
     base = next((x["samples_per_s"] for x in reversed(rows) if x["processes"] == 1), None)  # all cores
     for x in rows:

@@ -1,24 +1,30 @@
 """Our DCNv2 vs FuxiCTR's DCNv2, training and inference samples/s side by side (interleaved).
 
-The peer is FuxiCTR 2.3.10's own code: its ``BaseModel`` (``train_step``: zero_grad, forward,
-loss, backward, ``clip_grad_norm_`` at its default 10, ``optimizer.step``; optimizer from its
-``get_optimizer``, i.e. ``torch.optim.Adam`` with torch's CPU defaults) and its installed layers
-(``FeatureEmbedding``, ``CrossNetV2``, ``MLP_Block``), composed into the parallel DCNv2 exactly
-as its model zoo's ``model_zoo/DCNv2/src/DCNv2.py`` does (the model zoo is not in the wheel).
-FuxiCTR has no mixed-precision switch: its bf16 rows wrap its ``train_step`` in autocast, which
-is what a user would have to add.
+The peer network is the registered ``fuxictr-dcnv2`` (:mod:`rankmixer.models.fuxictr`: FuxiCTR
+2.3.10's own ``FeatureEmbedding``, ``CrossNetV2`` and ``MLP_Block``, composed as its model zoo's
+``DCNv2.py`` does), built through the registry: the project's only FuxiCTR DCNv2. It is timed
+two ways:
+
+* ``dcnv2-fuxictr``: FuxiCTR's own ``BaseModel.train_step`` around that network (zero_grad,
+  forward with its sigmoid, BCE, backward, ``clip_grad_norm_`` at its default 10, its
+  ``torch.optim.Adam`` with torch's CPU defaults). Why FuxiCTR's step and not ours: this row
+  answers "how fast does a FuxiCTR user train", and its optimizer loop and clipping are part of
+  that cost. FuxiCTR has no mixed-precision switch: its bf16 rows wrap its step in autocast,
+  which is what a user would have to add. :func:`fuxictr_base_model` is the thinnest
+  ``BaseModel`` that runs it (its only override: labels read from our batch).
+* ``dcnv2-fuxictr-ourstep``: the same network trained by our trainer's step and optimizers,
+  so that against ``dcnv2-ours`` only the model code differs.
 
 Ours: :class:`rankmixer.models.dcnv2.DCNv2` with the trainer's defaults (dense AdamW, embedding
-Adagrad, fused kernels, no gradient clipping) and the same step as
-``Trainer.train_step`` (:func:`rankmixer.bench.speed.make_train_step`). ``ours-sparsegrad``
-(training only) adds ``train.sparse_gradients``: embedding gradients for the looked-up rows
-only, sparse Adagrad.
+Adagrad, fused kernels, no gradient clipping) and the step of ``Trainer.train_step``
+(:func:`rankmixer.bench.steps.make_train_step`). ``dcnv2-ours-sparsegrad`` (training only) adds
+``train.sparse_gradients``: embedding gradients for the looked-up rows only, sparse Adagrad.
 
 Config (the issue's FuxiCTR config): 39 categorical fields (Criteo's 13 numerical + 26
 categorical, all categorical as in FuxiCTR's Criteo_x1), embedding 16, cross layers 3, DNN
-500x3, parallel structure, batch 4096, same random ids for both. Vocabulary per field:
-``vocab_size`` (default 10,000; dense embedding gradients in both, so it sets the cost of the
-embedding update).
+500x3, parallel structure, batch 4096, the same random ids for every model. ``vocab_size`` per
+field (default 10,000) sets the cost of the dense embedding update. FLOPs per sample are counted
+on each network by :mod:`rankmixer.models.flops` (forward, and forward + backward for a step).
 """
 
 from __future__ import annotations
@@ -30,8 +36,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from rankmixer.bench.harness import Variant, run_interleaved, summary_row
+from rankmixer.bench.steps import infer_call, make_train_step
+from rankmixer.core.hardware import autocast
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureInfo, FeatureMap
+from rankmixer.models import registry
+from rankmixer.models.flops import train_flops_per_sample
+from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
+from rankmixer.train.config import TrainConfig
+from rankmixer.train.optim import make_optimizer
+
+__all__ = ["bench_feature_map", "fuxictr_base_model", "format_dcn_table", "fuxictr_available", "run_dcn_comparison"]
 
 
 def fuxictr_available() -> bool:
@@ -42,52 +58,37 @@ def fuxictr_available() -> bool:
     return True
 
 
-def dcnv2_flops_per_sample(in_dim: int, cross_layers: int, hidden: Sequence[int]) -> int:
-    """Forward matmul FLOPs per sample of a parallel DCNv2 (full-rank cross, DNN, 1 logit)."""
-    widths = [in_dim, *hidden]
-    dnn = sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
-    return cross_layers * 2 * in_dim * in_dim + dnn + 2 * (in_dim + widths[-1])
+def bench_feature_map(num_fields: int, vocab_size: int) -> FeatureMap:
+    """``num_fields`` categorical fields of ``vocab_size`` ids each, one binary label."""
+    return FeatureMap(dataset="bench_dcnv2", schema_hash="0" * 16, labels=["label"],
+                      features=[FeatureInfo(f"f{i}", "sparse", vocab_size=vocab_size) for i in range(num_fields)])
 
 
-def build_fuxictr_dcnv2(num_fields: int, vocab_size: int, emb_dim: int, cross_layers: int, hidden: Sequence[int],
-                        device: torch.device) -> nn.Module:
-    """FuxiCTR's DCNv2 (parallel) on FuxiCTR's own FeatureMap, BaseModel and layers."""
-    from fuxictr.features import FeatureMap as FxFeatureMap
-    from fuxictr.pytorch.layers import CrossNetV2, FeatureEmbedding, MLP_Block
+def fuxictr_base_model(net: nn.Module, device: torch.device) -> nn.Module:
+    """FuxiCTR's ``BaseModel`` around a registered ``fuxictr-*`` network ``net``: its
+    ``train_step(batch)`` is FuxiCTR's own (optimizer ``adam``, lr 1e-3, BCE, clipping at 10);
+    ``forward(batch)`` returns ``{"y_pred": sigmoid(logits)}`` as FuxiCTR models do. (A function:
+    the class derives from ``BaseModel``, which exists only where ``fuxictr`` is installed.)"""
     from fuxictr.pytorch.models import BaseModel
 
     logging.getLogger().setLevel(logging.WARNING)  # FuxiCTR logs every layer it builds
-    fmap = FxFeatureMap("bench_dcnv2", "")
-    fmap.features = {f"f{i}": {"type": "categorical", "vocab_size": vocab_size, "padding_idx": 0, "source": ""}
-                     for i in range(num_fields)}
-    fmap.labels = ["label"]
-    fmap.default_emb_dim = emb_dim
-    fmap.num_fields = fmap.get_num_fields()
-    fmap.set_column_index()
 
-    class FuxiDCNv2(BaseModel):
+    class _Step(BaseModel):
         def __init__(self) -> None:
-            super().__init__(fmap, model_id="DCNv2", gpu=0 if device.type == "cuda" else -1, verbose=0,
+            super().__init__(net.fx_map, model_id="DCNv2", gpu=0 if device.type == "cuda" else -1, verbose=0,
                              model_root="/tmp/fuxictr_bench", metrics=["logloss"])
-            self.embedding_layer = FeatureEmbedding(fmap, emb_dim)
-            input_dim = fmap.sum_emb_out_dim()
-            self.crossnet = CrossNetV2(input_dim, cross_layers)
-            self.parallel_dnn = MLP_Block(input_dim=input_dim, output_dim=None, hidden_units=list(hidden),
-                                          hidden_activations="ReLU", output_activation=None, dropout_rates=0,
-                                          batch_norm=False)
-            self.fc = nn.Linear(input_dim + hidden[-1], 1)
+            self.net = net
             self.compile("adam", "binary_crossentropy", 1e-3)
-            self.reset_parameters()
             self.model_to_device()
             self._max_gradient_norm = 10.0  # BaseModel.fit's default; train_step reads it
 
-        def forward(self, inputs):
-            X = self.get_inputs(inputs)
-            feature_emb = self.embedding_layer(X, flatten_emb=True)
-            out = torch.cat([self.crossnet(feature_emb), self.parallel_dnn(feature_emb)], dim=-1)
-            return {"y_pred": self.output_activation(self.fc(out))}
+        def forward(self, batch: Batch) -> dict:
+            return {"y_pred": self.output_activation(self.net(batch).logits)}
 
-    return FuxiDCNv2()
+        def get_labels(self, batch: Batch) -> torch.Tensor:
+            return batch.labels[:, :1].float()
+
+    return _Step()
 
 
 def run_dcn_comparison(
@@ -104,99 +105,117 @@ def run_dcn_comparison(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Interleaved training (and inference) of both DCNv2s; rows with samples/s and the ratio."""
-    from rankmixer.bench.speed import Variant, _summary, make_train_step, run_interleaved
-    from rankmixer.core.hardware import autocast
-    from rankmixer.models import registry
-    from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
-    from rankmixer.train.optim import make_optimizer
-    from rankmixer.train.config import TrainConfig
-
+    """Interleaved training (and inference) of both DCNv2s; rows with samples/s, MFU against
+    ``peaks`` (the speed run's stated peaks) and the ratios to FuxiCTR's rows."""
     dev = torch.device(device)
     setup = {"batch_size": batch_size, "num_fields": num_fields, "vocab_size": vocab_size, "emb_dim": emb_dim,
              "cross_layers": cross_layers, "dnn_hidden": list(hidden), "structure": "parallel", "rounds": rounds}
-    in_dim = num_fields * emb_dim
-    fwd = dcnv2_flops_per_sample(in_dim, cross_layers, hidden)
-    setup["forward_flops_per_sample"] = fwd
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab_size, (batch_size, num_fields), generator=g)
     labels = torch.randint(0, 2, (batch_size, 1), generator=g).float()
-
-    fm = FeatureMap(dataset="bench_dcnv2", schema_hash="0" * 16, labels=["label"],
-                    features=[FeatureInfo(f"f{i}", "sparse", vocab_size=vocab_size) for i in range(num_fields)])
-    torch.manual_seed(seed)
-    ours = registry.build_model("dcnv2", fm, {"embedding_dim": emb_dim, "num_cross_layers": cross_layers,
-                                              "dnn_hidden": list(hidden), "structure": "parallel"}).to(dev)
     batch = Batch(dense=torch.zeros(batch_size, 0), sparse=ids, labels=labels).to(dev)
+    fm = bench_feature_map(num_fields, vocab_size)
+    arch = {"embedding_dim": emb_dim, "num_cross_layers": cross_layers, "dnn_hidden": list(hidden),
+            "structure": "parallel"}
     tcfg = TrainConfig()
-    emb, dense = split_parameters(ours)
-    ours_opts = [make_optimizer(tcfg.dense_optimizer, dense), make_optimizer(tcfg.sparse_optimizer, emb)]
-    setup["ours_optimizers"] = [f"{type(o).__name__}({'fused' if o.defaults.get('fused') else 'loop'})" for o in ours_opts]
 
+    def build(name: str) -> nn.Module:
+        torch.manual_seed(seed)
+        return registry.build_model(name, fm, arch).to(dev)
+
+    def trainer_optimizers(model: nn.Module, sparse: bool = False) -> list[torch.optim.Optimizer]:
+        emb, dense = split_parameters(model)
+        return [make_optimizer(tcfg.dense_optimizer, dense), make_optimizer(tcfg.sparse_optimizer, emb, sparse=sparse)]
+
+    def flops_of(model: nn.Module) -> dict[str, float]:
+        rows = min(batch_size, 8)  # per-sample counts do not depend on the batch
+        small = Batch(dense=batch.dense[:rows], sparse=batch.sparse[:rows], labels=batch.labels[:rows])
+        return train_flops_per_sample(model, lambda: model(small).logits.float().sum(), rows)
+
+    ours = build("dcnv2")
+    ours_opts = trainer_optimizers(ours)
+    setup["ours_optimizers"] = [f"{type(o).__name__}({'fused' if o.defaults.get('fused') else 'loop'})" for o in ours_opts]
     # ours-sparsegrad: the same model with train.sparse_gradients (embedding gradients for the
     # looked-up rows only, sparse Adagrad): the setting for large tables (FuxiCTR has none).
-    torch.manual_seed(seed)
-    ours_sp = registry.build_model("dcnv2", fm, {"embedding_dim": emb_dim, "num_cross_layers": cross_layers,
-                                                 "dnn_hidden": list(hidden), "structure": "parallel"}).to(dev)
+    ours_sp = build("dcnv2")
     set_sparse_gradients(ours_sp, True)
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # as the trainer
-    emb_sp, dense_sp = split_parameters(ours_sp)
-    sp_opts = [make_optimizer(tcfg.dense_optimizer, dense_sp), make_optimizer(tcfg.sparse_optimizer, emb_sp, sparse=True)]
+    sp_opts = trainer_optimizers(ours_sp, sparse=True)
+    counted = {"dcnv2-ours": flops_of(ours)}
+    counted["dcnv2-ours-sparsegrad"] = counted["dcnv2-ours"]
 
-    models: list[tuple[str, Callable, Callable | None]] = []
-    for p in precisions:
-        step = make_train_step(lambda: (ours(batch).logits, None), batch.labels, ours_opts, p, dev)
-        models.append((f"ours/train/{p}", lambda step=step: (ours.train(), step()),
-                       lambda p=p: _infer(lambda: ours(batch).logits, ours, p, dev)))
-        sp_step = make_train_step(lambda: (ours_sp(batch).logits, None), batch.labels, sp_opts, p, dev)
-        models.append((f"ours-sparsegrad/train/{p}", lambda step=sp_step: (ours_sp.train(), step()), None))
+    # (impl, train step, inference call or None), per precision
+    models: list[tuple[str, Callable[[str], Callable], Callable[[str], Callable] | None]] = [
+        ("dcnv2-ours", lambda p: _trained(ours, make_train_step(lambda: (ours(batch).logits, None), batch.labels,
+                                                                 ours_opts, p, dev)),
+         lambda p: lambda: infer_call(lambda: ours(batch).logits, ours, p, dev)),
+        ("dcnv2-ours-sparsegrad", lambda p: _trained(ours_sp, make_train_step(
+            lambda: (ours_sp(batch).logits, None), batch.labels, sp_opts, p, dev)), None),
+    ]
     if fuxictr_available():
-        torch.manual_seed(seed)
-        peer = build_fuxictr_dcnv2(num_fields, vocab_size, emb_dim, cross_layers, hidden, dev)
-        inputs = {f"f{i}": ids[:, i].to(dev) for i in range(num_fields)}
-        inputs["label"] = labels[:, 0].to(dev)
+        peer_net = build("fuxictr-dcnv2")
+        peer = fuxictr_base_model(peer_net, dev)
+        # The same weights under our trainer's step: optimizer state apart, the values do not
+        # change the speed, and one copy of the tables is enough.
+        net_opts = trainer_optimizers(peer_net)
+        counted["dcnv2-fuxictr"] = counted["dcnv2-fuxictr-ourstep"] = flops_of(peer_net)
         setup["fuxictr_optimizer"] = f"{type(peer.optimizer).__name__}(torch default, loop on CPU)"
-        for p in precisions:
-            def peer_step(p=p):
+
+        def peer_step(p: str) -> Callable:
+            def step():
                 peer.train()
                 with autocast(p, dev):
-                    return peer.train_step(inputs)
+                    return peer.train_step(batch)
+            return step
 
-            models.append((f"fuxictr/train/{p}", peer_step,
-                           lambda p=p: _infer(lambda: peer(inputs)["y_pred"], peer, p, dev)))
+        models += [
+            ("dcnv2-fuxictr", peer_step, lambda p: lambda: infer_call(lambda: peer(batch)["y_pred"], peer, p, dev)),
+            ("dcnv2-fuxictr-ourstep", lambda p: _trained(peer_net, make_train_step(
+                lambda: (peer_net(batch).logits, None), batch.labels, net_opts, p, dev)), None),
+        ]
     else:
         setup["note"] = "fuxictr is not installed (pip install -c constraints/cpu.txt '.[fuxictr]'): peer skipped"
         log(setup["note"])
+    setup["flops_per_sample"] = counted
+    setup["forward_flops_per_sample"] = counted["dcnv2-ours"]["forward_per_sample"]
     variants = []
-    for name, train_fn, infer_fn in models:
-        impl, _, p = name.split("/")
-        variants.append(Variant(f"dcnv2-{impl}/train/{p}/b{batch_size}", "train", train_fn, batch=batch_size,
-                                flops=3 * fwd * batch_size, precision=p, impl=f"dcnv2-{impl}", peak_key=p, warmup=2))
-        if infer_fn is not None:
-                variants.append(Variant(f"dcnv2-{impl}/infer/{p}/b{batch_size}", "infer", infer_fn, batch=batch_size,
-                                    flops=fwd * batch_size, precision=p, impl=f"dcnv2-{impl}", peak_key=p))
+    for p in precisions:
+        for impl, train_fn, infer_fn in models:
+            fl = counted[impl]
+            variants.append(Variant(f"{impl}/train/{p}/b{batch_size}", "train", train_fn(p), batch=batch_size,
+                                    flops=fl["train_per_sample"] * batch_size, precision=p, impl=impl, peak_key=p,
+                                    warmup=2))
+            if infer_fn is not None:
+                variants.append(Variant(f"{impl}/infer/{p}/b{batch_size}", "infer", infer_fn(p), batch=batch_size,
+                                        flops=fl["forward_per_sample"] * batch_size, precision=p, impl=impl,
+                                        peak_key=p))
     log(f"DCNv2 vs FuxiCTR: {len(variants)} variants x {rounds} rounds")
     run_interleaved(variants, rounds, dev, log=log)
-    peaks = peaks or {}
-    rows = [_summary(v, {k: [x] * rounds for k, x in peaks.items()}, peaks) for v in variants]
-    index = {(r["impl"], r["kind"], r["precision"]): r for r in rows}
-    for (impl, kind, p), r in index.items():
-        peer_row = index.get(("dcnv2-fuxictr", kind, p))
-        if impl in ("dcnv2-ours", "dcnv2-ours-sparsegrad") and peer_row is not None:
-            r["vs_fuxictr_best"] = round(r["samples_per_s_best"] / peer_row["samples_per_s_best"], 2)
-            r["vs_fuxictr_median"] = round(r["samples_per_s_median"] / peer_row["samples_per_s_median"], 2)
-            fp32_peer = index.get(("dcnv2-fuxictr", kind, "fp32"))
-            if fp32_peer is not None:
-                r["vs_fuxictr_fp32_best"] = round(r["samples_per_s_best"] / fp32_peer["samples_per_s_best"], 2)
+    rows = [summary_row(v, peaks) for v in variants]
+    _add_fuxictr_ratios(rows)
     return {"setup": setup, "rows": rows}
 
 
-def _infer(fn: Callable[[], torch.Tensor], model: nn.Module, precision: str, dev: torch.device) -> torch.Tensor:
-    from rankmixer.core.hardware import autocast
+def _trained(model: nn.Module, step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    def fn() -> torch.Tensor:
+        model.train()
+        return step()
+    return fn
 
-    model.eval()
-    with torch.inference_mode(), autocast(precision, dev):
-        return fn()
+
+def _add_fuxictr_ratios(rows: list[dict]) -> None:
+    """``vs_fuxictr`` (samples/s over FuxiCTR's own step, same kind and precision) and
+    ``vs_fuxictr_fp32`` (over its fp32 row) on every other row."""
+    index = {(r["impl"], r["kind"], r["precision"]): r for r in rows}
+    for (impl, kind, p), r in index.items():
+        peer_row = index.get(("dcnv2-fuxictr", kind, p))
+        if impl == "dcnv2-fuxictr" or peer_row is None:
+            continue
+        r["vs_fuxictr_best"] = round(r["samples_per_s_best"] / peer_row["samples_per_s_best"], 2)
+        r["vs_fuxictr_median"] = round(r["samples_per_s_median"] / peer_row["samples_per_s_median"], 2)
+        fp32_peer = index.get(("dcnv2-fuxictr", kind, "fp32"))
+        if fp32_peer is not None:
+            r["vs_fuxictr_fp32_best"] = round(r["samples_per_s_best"] / fp32_peer["samples_per_s_best"], 2)
 
 
 def format_dcn_table(dcn: dict) -> str:
@@ -204,16 +223,13 @@ def format_dcn_table(dcn: dict) -> str:
     lines = [f"DCNv2 ({s['num_fields']} fields, emb {s['emb_dim']}, cross {s['cross_layers']}, DNN "
              f"{'x'.join(map(str, s['dnn_hidden']))}, batch {s['batch_size']}, vocab {s['vocab_size']}/field), "
              f"{s['rounds']} interleaved rounds" + (f"; {s['note']}" if "note" in s else ""),
-             "| variant | samples/s best / median | ms best | MFU best | vs FuxiCTR same precision | vs FuxiCTR fp32 |",
+             "| variant | samples/s best / median | ms best | MFU best / median | vs FuxiCTR same precision "
+             "| vs FuxiCTR fp32 |",
              "|---|---|---|---|---|---|"]
     for r in dcn["rows"]:
-        mfu = f"{r['mfu_best']:.1%}" if "mfu_best" in r else "-"
+        mfu = f"{r['mfu_best']:.1%} / {r['mfu_median']:.1%}" if "mfu_best" in r else "-"
         vs = f"{r['vs_fuxictr_best']:.2f}x / {r['vs_fuxictr_median']:.2f}x" if "vs_fuxictr_best" in r else "-"
         vs32 = f"{r['vs_fuxictr_fp32_best']:.2f}x" if "vs_fuxictr_fp32_best" in r else "-"
         lines.append(f"| {r['name']} | {r['samples_per_s_best']:,.0f} / {r['samples_per_s_median']:,.0f} | "
                      f"{r['ms_best']:.1f} | {mfu} | {vs} | {vs32} |")
     return "\n".join(lines)
-
-
-__all__ = ["build_fuxictr_dcnv2", "dcnv2_flops_per_sample", "format_dcn_table", "fuxictr_available",
-           "run_dcn_comparison"]

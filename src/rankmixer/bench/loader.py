@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import platform
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from rankmixer.core.hardware import device_name
 from rankmixer.data.config import DataConfig
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.loader import ParquetBatches, make_loader
@@ -42,5 +42,5 @@ def run_loader_bench(
         dt = time.perf_counter() - t0
         rows.append({"dataset": fm.dataset, "workers": w, "batch_size": batch_size, "batches": b,
                      "samples": n, "seconds": round(dt, 3), "samples_per_s": round(n / dt, 1),
-                     "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()})
+                     "torch_threads": torch.get_num_threads(), "machine": device_name(torch.device("cpu"))})
     return rows

@@ -12,8 +12,9 @@ then the module's eval computation is timed two ways on the same weights and inp
 * ``sparse``: routing + only the active (row, expert) pairs (``loop`` and ``padded``
   implementations, see :mod:`rankmixer.nn.moe`).
 
-The machine may be loaded by other jobs, so the calls are interleaved: ``repeats`` rounds, in
-each of which every variant runs once, back to back (a load change hits all of them alike).
+The machine may be loaded by other jobs, so the calls are interleaved
+(:func:`rankmixer.bench.harness.interleaved_times`): ``repeats`` rounds, in each of which every
+variant runs once, back to back (a load change hits all of them alike).
 ``speedup`` is best dense / best sparse over the rounds (the least disturbed runs);
 ``speedup_median_round`` the median over rounds of (faster dense in that round) / sparse;
 ``speedup_vs_batched`` is against the ``batched`` dense path alone. All under
@@ -26,16 +27,15 @@ scatter. Every sparse output is checked against the dense one (``max_abs_diff``)
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from rankmixer.bench.harness import interleaved_times, write_json
+from rankmixer.core.hardware import machine_info
 from rankmixer.nn.moe import MoEConfig, PerTokenMoE
 
 
@@ -56,20 +56,6 @@ def set_active_ratio(moe: PerTokenMoE, x: torch.Tensor, ratio: float, skew: floa
         else:
             moe.router.bias[:, j] = -torch.quantile(pre[:, :, j].double(), 1.0 - r, dim=0).to(pre.dtype)
     return float((moe.router(x) > 0).float().mean())
-
-
-def _interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of every function, ``repeats`` rounds, the functions taking turns in
-    each round (so that a load change on the machine hits all of them alike); one warm-up."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def run_moe_bench(
@@ -100,14 +86,13 @@ def run_moe_bench(
     report = {
         "setup": {"T": T, "D": D, "k": k, "batch_size": batch_size, "repeats": repeats,
                   "torch_threads": threads or before, "torch": torch.__version__,
-                  "machine": platform.processor() or platform.machine(), "device": "cpu",
+                  "machine": machine_info(torch.device("cpu")), "device": "cpu",
                   "load_average_1min": os.getloadavg()[0]},
         "rows": rows,
     }
     log(format_table(report))
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2))
+        write_json(report, out)
     return report
 
 
@@ -142,7 +127,7 @@ def _run(T, D, k, experts, ratios, B, repeats, impls, skews, seed, log) -> list[
                 fns.update({f"sparse_{impl}": (lambda impl=impl: sparse(impl)) for impl in impls})
                 if "loop" in impls:
                     fns["overhead_loop"] = lambda m=tiny: sparse("loop", m, x_tiny)
-                times = _interleaved_times(fns, repeats)
+                times = interleaved_times(fns, repeats)
             best = {name: min(v) for name, v in times.items()}
             dense_s = min(best["dense_batched"], best["dense_loop"])
             dense_rounds = [min(a, b) for a, b in zip(times["dense_batched"], times["dense_loop"], strict=True)]

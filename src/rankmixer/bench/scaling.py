@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rankmixer.bench.accuracy import Cell, _si, read_yaml_keys, run_accuracy
+from rankmixer.bench.accuracy import Cell, format_si, read_yaml_keys, run_accuracy
 from rankmixer.config import ConfigError
 
 
@@ -106,8 +106,8 @@ def markdown(rows: list[dict], slopes: dict[str, dict], bayes_auc: float | None)
         return f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if r["seeds"] > 1 else f"{r[m]:.4f}"
 
     for r in rows:
-        lines.append(f"| {r['model']} | {r['label'].rsplit('-', 1)[1]} | {_si(r['dense_parameters'])} | "
-                     f"{_si(r['flops_per_sample'])} | {r['seeds']} | {spread(r, 'auc')} | {spread(r, 'logloss')} |")
+        lines.append(f"| {r['model']} | {r['label'].rsplit('-', 1)[1]} | {format_si(r['dense_parameters'])} | "
+                     f"{format_si(r['flops_per_sample'])} | {r['seeds']} | {spread(r, 'auc')} | {spread(r, 'logloss')} |")
     if bayes_auc:
         lines.append(f"| Bayes-optimal | - | - | - | - | {bayes_auc:.4f} | |")
     lines += ["", "| family | AUC per doubling of FLOPs | AUC per doubling of dense params | best AUC |",

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from rankmixer.bench.harness import percentile
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -158,13 +160,13 @@ async def _level(url: str, bodies: list[bytes], concurrency: int, max_requests: 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    lat = np.asarray(latencies) * 1000
+    lat = sorted(t * 1000 for t in latencies)
     return {
         "concurrency": concurrency, "requests": len(latencies), "seconds": round(wall, 3),
         "qps": len(latencies) / wall if wall else 0.0, "rows_per_s": rows / wall if wall else 0.0,
-        "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
-        "p95_ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
-        "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+        "p50_ms": percentile(lat, 50) if lat else float("nan"),
+        "p95_ms": percentile(lat, 95) if lat else float("nan"),
+        "p99_ms": percentile(lat, 99) if lat else float("nan"),
         "error_rate": errors / max(len(latencies), 1),
     }
 

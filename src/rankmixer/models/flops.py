@@ -1,25 +1,43 @@
-"""Forward FLOPs per sample of any model, counted by torch on a real batch.
+"""The one FLOP counter: matmul FLOPs of any model or call, counted by torch as it runs.
 
 Model-agnostic on purpose: the accuracy benchmark puts every model's compute next to its AUC,
-and only RankMixer has an analytic count (``rankmixer_flops_per_sample``, which the RankMixer
-tests check against this same counter). ``torch.utils.flop_counter.FlopCounterMode`` counts
-matmul-like ops (2 FLOPs per multiply-add); element-wise ops, normalisation and embedding
-lookups are not counted, as in the papers' FLOPs columns.
+and the speed benchmark divides measured time by FLOPs. Only RankMixer also has a closed form
+(``rankmixer_flops_per_sample``, the paper's count, which the tests check against this
+counter). ``torch.utils.flop_counter.FlopCounterMode`` counts matmul-like ops (2 FLOPs per
+multiply-add); element-wise ops, normalisation and embedding lookups are not counted, as in the
+papers' FLOPs columns.
 
 The counter sees only the aten ops it has formulas for: the fused CPU attention kernels that
 ``nn.MultiheadAttention`` (its eval "fast path") and ``scaled_dot_product_attention`` pick count
-as zero. Counting therefore runs with the fast path off and SDPA on its math backend, which
-computes the same attention with plain matmuls.
+as zero. :func:`count_flops` therefore runs with the fast path off and SDPA on its math backend,
+which computes the same attention with plain matmuls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from rankmixer.data.batch import Batch
+
+__all__ = ["count_flops", "forward_flops_per_sample", "train_flops_per_sample"]
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Matmul FLOPs of everything ``fn()`` runs: a forward, or a forward and its backward if
+    ``fn`` calls ``backward()``. Attention runs on plain matmuls while counting (see above)."""
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
+    return counter.get_total_flops()
 
 
 def forward_flops_per_sample(model: nn.Module, batch: Batch) -> float:
@@ -27,13 +45,29 @@ def forward_flops_per_sample(model: nn.Module, batch: Batch) -> float:
 
     Eval mode is what a served model computes (e.g. a sparse MoE runs only its active experts,
     so its count depends on the routing of these rows); the model's mode is restored after."""
-    was_training, fast_path = model.training, torch.backends.mha.get_fastpath_enabled()
+    was_training = model.training
     model.eval()
-    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            model(batch)
+        with torch.no_grad():
+            flops = count_flops(lambda: model(batch))
     finally:
-        torch.backends.mha.set_fastpath_enabled(fast_path)
         model.train(was_training)
-    return counter.get_total_flops() / max(1, batch.labels.shape[0])
+    return flops / max(1, batch.labels.shape[0])
+
+
+def train_flops_per_sample(model: nn.Module, loss: Callable[[], Tensor], rows: int) -> dict[str, float]:
+    """FLOPs per row of one training-mode forward and of one forward + backward.
+
+    ``loss()`` runs ``model``'s forward on ``rows`` rows and returns a scalar; the backward
+    computes what autograd needs (weight gradients where parameters require them, input
+    gradients where something upstream does). The gradients it leaves are cleared and the
+    model's mode is restored. Returns ``{"forward_per_sample", "train_per_sample"}``."""
+    was_training = model.training
+    model.train()
+    try:
+        forward = count_flops(loss)
+        both = count_flops(lambda: loss().backward())
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return {"forward_per_sample": forward / rows, "train_per_sample": both / rows}

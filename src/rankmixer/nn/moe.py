@@ -6,136 +6,24 @@ each of the ``T`` tokens owns ``E`` experts, every expert a two-layer GELU FFN
 ``H = round(expansion * D * expert_hidden_mult)``), and its own router(s). The output is
 ``v_t = sum_j G_{t,j} e_{t,j}(s_t)``; ``forward`` returns ``(out [B,T,D], aux_loss, metrics)``.
 
-Routing (``MoEConfig.routing``)
--------------------------------
-``relu``
-    ``G_t = ReLU(h_t(s_t))`` with ``h_t`` a per-token linear ``D -> E``. Sparsity comes from an
-    L1 penalty ``aux = lambda * mean_{b,t} sum_j G_{b,t,j}`` (the L1 norm of a token's gate
-    vector, averaged over the batch and the tokens) whose weight ``lambda`` is adapted by the
-    controller below. The same gates are used in training and inference.
-``relu_dtsi`` (default; dense training, sparse inference)
-    Two ReLU routers per token, ``h_train`` and ``h_infer``. The L1 penalty and the controller
-    see only ``G_infer``; inference uses ``G_infer`` alone. Both must be on the training task
-    path, or ``h_infer`` gets only the L1 gradient and collapses to zero (the pitfall seen in
-    public versions). ``dtsi_mode`` picks how (``m = dtsi_mix``):
+Why it is built this way:
 
-    - ``sample`` (default): per sample (row of the batch), the training gate is ``G_train`` with
-      probability ``m`` and ``G_infer`` otherwise (drawn independently in every layer and step).
-      On the ``G_infer`` rows training computes exactly what inference computes, so the task
-      loss forces ``h_infer`` *alone* to be good; on the ``G_train`` rows (no penalty, dense)
-      every expert keeps getting gradient ("dense training").
-    - ``mix``: ``G = m * G_train + (1 - m) * G_infer`` on every row (the obvious reading). It does
-      give ``h_infer`` a task gradient, but ``G_train`` can carry the whole task at no L1 cost,
-      so the controller drives ``G_infer`` to zero and inference breaks. Measured on a
-      synthetic regression (fit a random per-token FFN; T=4, D=16, E=4, expansion 2, batch
-      128, Adam lr 1e-2, 1000 steps, rate 0.03 relative-error controller): with
-      ``mix`` the inference active ratio fell to 0.001-0.006 for targets 1/2 and 1/4 and the
-      inference MSE was 1.18 (the target's variance, i.e. no signal); with ``sample`` the
-      ratio settled at 0.49 / 0.25 and the inference MSE was 0.06 / 0.20 (``relu``: 0.19 at 1/4).
-      Kept for comparison only.
+* Routing (:class:`MoEConfig`): ReLU gates made sparse by an L1 penalty (``relu``); the
+  paper's dense-training / sparse-inference variant with two routers (``relu_dtsi``, the
+  default); top-k softmax, the baseline the paper says degrades with sparsity (``topk``). The
+  paper does not say how DTSI keeps the inference router on the task path: ``dtsi_mode``
+  records the choice and its alternative.
+* The L1 weight is not a hyperparameter to tune per target: a controller
+  (:meth:`PerTokenMoE._controller_step`) adapts it so that the measured active ratio holds
+  ``target_active_ratio``. It is state (buffers), so it survives checkpoints.
+* Training computes every expert in two batched matmuls (no Python loop, so each weight
+  gradient is written once); eval skips the inactive experts
+  (:meth:`PerTokenMoE.sparse_experts`): the inference compute is the active share, which is
+  the point of a sparse MoE.
 
-    ``dtsi_mix = 1`` is rejected (``h_infer`` off the task path). ``dtsi_mix_end`` with
-    ``dtsi_anneal_steps`` anneals ``m`` linearly over that many training forwards (e.g. to 0:
-    training ends on the inference routing alone). The paper does not state its scheme.
-``topk``
-    Vanilla top-k softmax gating (the baseline the paper says degrades with sparsity):
-    ``p = softmax(h_t(s_t))``, keep the ``top_k`` largest, renormalise to sum 1. ``top_k``
-    defaults to ``max(1, round(target_active_ratio * E))``. Optional Switch-style load-balancing
-    loss per token position, ``aux = w * mean_t E * sum_j f_{t,j} P_{t,j}`` with ``f`` the share
-    of routed slots going to expert ``j`` (divided by ``k``) and ``P`` its mean probability
-    (equals ``w`` when perfectly balanced).
-
-L1 controller (``relu`` / ``relu_dtsi``)
----------------------------------------
-``lambda`` is a buffer (it is in the ``state_dict`` and survives checkpoints), as are the EMA of
-the measured ratio and the update count. After every training forward (``module.training`` and
-grad enabled), with ``r`` the measured active ratio (share of ``G_infer > 0`` over batch,
-tokens and experts) and ``target = target_active_ratio``::
-
-    ema    = r                               on the first update
-    ema    = beta * ema + (1 - beta) * r      afterwards             (beta = l1_ema = 0.9)
-    lambda = clip(lambda * (max(ema, target / 100) / target) ** rate,
-                  l1_lambda_min, l1_lambda_max)                      (rate = l1_adapt_rate)
-
-i.e. ``log lambda`` integrates ``rate * log(ema / target)``: too many active experts -> lambda
-grows, too few -> it shrinks, symmetrically in log space (ratio 2x the target and 1/2 the target
-move lambda by the same factor), and the same rate serves targets 1/2 .. 1/8. ReMoE (Wang et
-al., ICLR 2025, ReLU routing) uses the bang-bang form ``lambda *= 1.2 ** sign(error)``.
-The loss of a step uses lambda *before* that step's update. All of it stays on the device (no
-host sync).
-
-Tuning (synthetic regression of ``tests/test_moe.py``, Adam lr 1e-2, 3 seeds x targets 1/2,
-1/4, 1/8): the ratio takes tens of steps to respond to lambda (the optimizer must move the
-router), and lambda keeps growing meanwhile (integral windup); once the ratio overshoots, dead
-ReLU gates (off for every input: no gradient) come back only slowly. With the error relative
-to the target, ``(ema - target) / target`` (asymmetric: +7 at most above a 1/8 target, -1
-below), a start from near-dense gates (router bias +1) collapsed to ratio ~0 in 6 of 9 runs;
-with the log error and ``rate = 0.03`` all 18 runs (default init and near-dense start) ended
-within 20% of the target after 300-500 steps except near-dense starts at 1/8, which were still
-coming down (1.35-1.7x the target at step 500). ``rate = 0.05`` converges faster from the
-default init (ratio ~0.5) but, from the near-dense start, fell to 0-0.26x the target in 3 of 9
-runs. Caveats:
-activation checkpointing that re-runs this forward updates twice per step; with gradient
-accumulation lambda moves once per micro-batch.
-
-``relu_grad_leak`` (off by default) gives the *task* gradient a slope below zero (forward value
-unchanged, the L1 term keeps the true ReLU gradient) so dead gates can come back. On the same
-runs (rate 0.05, leak 0.1) it stopped the collapse after a near-dense start but left the ratio
-at ~2x a 1/8 target, and the fit from the default init was slightly worse, so it stays opt-in.
-
-Storage layout and compute
---------------------------
-Expert weights are four stacked parameters ``w1 [T, E, D, H]``, ``b1 [T, E, H]``,
-``w2 [T, E, H, D]``, ``b2 [T, E, D]`` (routers ``[T, D, E]`` / ``[T, E]``):
-
-* training (dense) computes every expert of every token in two batched matmuls over the
-  ``T*E`` experts (``w1.view(T*E, D, H)`` is a view, no weight copy; the input is expanded to
-  ``[T*E, B, D]``); the gate is folded in before the second matmul
-  (``G (a W2 + b2) = (G a) W2 + G b2``). No Python loop, so backward writes each weight
-  gradient once (slicing one stacked parameter inside a Python loop would make autograd
-  materialise a full-size zero gradient per slice).
-* sparse inference (eval mode, ``sparse_inference=True``) never computes an inactive expert:
-  one ``nonzero`` over the gate mask lists the active (token, expert, row) triples grouped by
-  expert, one ``index_select`` gathers their inputs, each expert runs on its contiguous slice
-  of rows, and one ``index_add_`` scatters ``G * e(s)`` back. ``sparse_impl``:
-
-  - ``loop``: a Python loop over the ``T*E`` experts, two ``addmm`` each on contiguous weight
-    views ``w1[t, e]`` (no copies). Exactly the active rows are computed.
-  - ``padded``: every expert's rows padded to the largest expert's count ``C`` and run as one
-    ``baddbmm`` over the ``T*E`` experts (no Python loop, so fewer kernel launches on a GPU;
-    computes ``T*E*C >= active`` rows).
-  - ``auto`` (default): ``padded`` on CUDA (by launch count; not measured, the dev box has no
-    GPU). On CPU ``loop`` with one intra-op thread; with more, ``padded`` unless its padding
-    would more than double the rows computed (unbalanced experts: with per-expert ratios
-    skewed as ``(j+1)^-1`` the largest expert gets ~2x the mean), then ``loop``.
-
-  Measured with ``rankmixer.bench.moe`` on the shared 2-core CPU dev box (loaded by other
-  jobs: load average 4-8), ``T=16, D=256, k=4, batch 512``, speed-up over the faster dense
-  computation at active ratio 1/4, two to four runs: one thread, E=4 ``loop`` 3.0-4.1x and
-  ``padded`` 2.7-3.2x, E=8 ``loop`` 3.1-3.4x and ``padded`` 2.6-2.9x; two threads (very noisy),
-  E=4 ``loop`` 1.5-3.0x and ``padded`` 3.1-3.2x (many medium matmuls parallelise badly on a
-  busy machine; the dense ``loop`` baseline suffered the same way). Unbalanced experts
-  (bench ``skew`` 1 / 2: the largest expert has 1.9x / 2.8x the mean rows) cost ``padded``
-  its advantage: 1.4x / 0.95x at one thread, while ``loop`` stayed at 3.1-3.4x; at two
-  threads and skew 1 the two were comparable (``loop`` 2.2x, ``padded`` 1.8-3.8x). The ``loop``
-  path's own overhead
-  (Python loop over the 64-128 experts, gather, scatter; measured on a ``D=4`` model) was
-  3-15 ms at one thread against 100-2000 ms of expert matmuls: not the bottleneck.
-* dense inference (eval with ``sparse_inference=False``) runs the training path with the
-  inference gates: all experts computed and multiplied by the (partly zero) gates; it is the
-  reference the sparse path must equal. ``dense_experts(impl="loop")`` (one matmul pair per
-  expert, no autograd) is a second dense baseline for the benchmark: on one CPU thread it
-  beat the batched form by 1.1-1.6x (``[T*E, B, H]`` intermediates go to memory); on two
-  threads it lost.
-
-The sparse path is meant for ``torch.no_grad()``/``inference_mode``; under autograd it stays
-correct but the ``loop`` variant slices the stacked weights (slow backward, see above).
-
-Metrics (every training forward, and in eval): ``{prefix}/active_ratio`` (share of active
-(row, token, expert) gates, of ``G_infer`` for DTSI), ``{prefix}/active_ratio/t{t}`` per token,
-``{prefix}/l1_lambda`` (the L1 weight applied this step; 0 for top-k), plus
-``{prefix}/active_ratio_ema``, ``{prefix}/aux_loss`` and, for DTSI, ``{prefix}/dtsi_mix``.
-Reading them costs one host sync per forward.
+The measurements behind the defaults (DTSI ``sample`` vs ``mix``, the controller's rate, the
+``relu_grad_leak`` trial, sparse vs dense inference and the ``auto`` implementation choice)
+are in ``docs/performance.md``, section "Sparse per-token MoE".
 """
 
 from __future__ import annotations
@@ -150,7 +38,44 @@ from torch import Tensor, nn
 
 
 class MoEConfig(BaseModel):
-    """Typed config of :class:`PerTokenMoE` (unknown keys are errors)."""
+    """Typed config of :class:`PerTokenMoE` (unknown keys are errors).
+
+    Routing (``routing``):
+
+    ``relu``
+        ``G_t = ReLU(h_t(s_t))`` with ``h_t`` a per-token linear ``D -> E``. Sparsity comes from
+        an L1 penalty ``aux = lambda * mean_{b,t} sum_j G_{b,t,j}`` (the L1 norm of a token's gate
+        vector, averaged over the batch and the tokens) whose weight ``lambda`` the controller
+        adapts. The same gates are used in training and inference.
+    ``relu_dtsi`` (default; dense training, sparse inference)
+        Two ReLU routers per token, ``h_train`` and ``h_infer``. The L1 penalty and the
+        controller see only ``G_infer``; inference uses ``G_infer`` alone. Both must be on the
+        training task path, or ``h_infer`` gets only the L1 gradient and collapses to zero (the
+        pitfall of public versions). ``dtsi_mode`` picks how (``m = dtsi_mix``):
+
+        - ``sample`` (default): per sample (row), the training gate is ``G_train`` with
+          probability ``m`` and ``G_infer`` otherwise (drawn independently in every layer and
+          step). On the ``G_infer`` rows training computes exactly what inference computes, so
+          the task loss forces ``h_infer`` *alone* to be good; on the ``G_train`` rows (no
+          penalty, dense) every expert keeps getting gradient ("dense training").
+        - ``mix``: ``G = m * G_train + (1 - m) * G_infer`` on every row (the obvious reading).
+          It gives ``h_infer`` a task gradient, but ``G_train`` can carry the whole task at no
+          L1 cost, so the controller drives ``G_infer`` to zero and inference breaks. Kept for
+          comparison only.
+
+        ``dtsi_mix = 1`` is rejected (``h_infer`` off the task path). ``dtsi_mix_end`` with
+        ``dtsi_anneal_steps`` anneals ``m`` linearly over that many training forwards (e.g. to
+        0: training ends on the inference routing alone).
+    ``topk``
+        Top-k softmax gating: ``p = softmax(h_t(s_t))``, keep the ``top_k`` largest, renormalise
+        to sum 1. ``top_k`` defaults to ``max(1, round(target_active_ratio * E))``. Optional
+        Switch-style load-balancing loss per token position,
+        ``aux = w * mean_t E * sum_j f_{t,j} P_{t,j}`` with ``f`` the share of routed slots going
+        to expert ``j`` (divided by ``k``) and ``P`` its mean probability (``w`` when balanced).
+
+    ``relu_grad_leak`` (off by default) gives the *task* gradient a slope below zero (forward
+    value unchanged, the L1 term keeps the true ReLU gradient) so that dead gates can come back.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -177,7 +102,7 @@ class MoEConfig(BaseModel):
     dtsi_anneal_steps: int = Field(0, ge=0)
     # ReLU gates, training only: slope of the task gradient below zero (straight-through leak,
     # the L1 term keeps the true ReLU gradient) so that a gate that is off for every row can come
-    # back. Off by default (see the module docstring for what it did on the synthetic task).
+    # back. Off by default (docs/performance.md: what it did on the synthetic task).
     relu_grad_leak: float = Field(0.0, ge=0.0)
     # top-k: Switch-style load-balancing loss weight (0 disables).
     load_balance_weight: float = Field(0.01, ge=0.0)
@@ -217,10 +142,37 @@ class PerTokenLinear(nn.Module):
 
 
 class PerTokenMoE(nn.Module):
-    """Per-token sparse MoE FFN; see the module docstring for routing, controller and layout.
+    """Per-token sparse MoE FFN (routing: :class:`MoEConfig`; controller: :meth:`_controller_step`).
 
     ``forward(x [B, T, D]) -> (out [B, T, D], aux_loss (0-dim tensor), metrics dict[str, float])``.
     ``aux_loss`` is to be added to the task loss (already weighted by lambda / the LB weight).
+
+    Storage: four stacked parameters ``w1 [T, E, D, H]``, ``b1 [T, E, H]``, ``w2 [T, E, H, D]``,
+    ``b2 [T, E, D]`` (routers ``[T, D, E]`` / ``[T, E]``). Compute:
+
+    * training (dense) runs every expert of every token in two batched matmuls over the ``T*E``
+      experts (``w1.view(T*E, D, H)`` is a view; the input is expanded to ``[T*E, B, D]``), the
+      gate folded in before the second matmul (``G (a W2 + b2) = (G a) W2 + G b2``). Slicing one
+      stacked parameter inside a Python loop would make autograd materialise a full-size zero
+      gradient per slice, hence no loop.
+    * sparse inference (eval, ``sparse_inference=True``) never computes an inactive expert: one
+      ``nonzero`` over the gate mask lists the active (token, expert, row) triples grouped by
+      expert, one ``index_select`` gathers their inputs, each expert runs on its rows, one
+      ``index_add_`` scatters ``G * e(s)`` back. ``sparse_impl``: ``loop`` (a Python loop over
+      the ``T*E`` experts, two ``addmm`` each on weight views; exactly the active rows),
+      ``padded`` (every expert's rows padded to the largest count ``C``, one ``baddbmm`` over
+      the experts: fewer kernel launches, ``T*E*C >= active`` rows), ``auto`` (``padded`` on
+      CUDA; on CPU ``loop`` with one thread, else ``padded`` unless padding would more than
+      double the rows computed, as with unbalanced experts). Meant for ``no_grad`` /
+      ``inference_mode``: under autograd it stays correct, but ``loop`` slices the weights.
+    * dense inference (eval, ``sparse_inference=False``) runs the training path with the
+      inference gates: the reference the sparse path must equal.
+
+    Metrics (every training forward, and in eval): ``{prefix}/active_ratio`` (share of active
+    (row, token, expert) gates, of ``G_infer`` for DTSI), ``{prefix}/active_ratio/t{t}`` per
+    token, ``{prefix}/l1_lambda`` (the L1 weight applied this step; 0 for top-k),
+    ``{prefix}/active_ratio_ema``, ``{prefix}/aux_loss`` and, for DTSI, ``{prefix}/dtsi_mix``.
+    Reading them costs one host sync per forward.
     """
 
     def __init__(
@@ -316,6 +268,26 @@ class PerTokenMoE(nn.Module):
 
     @torch.no_grad()
     def _controller_step(self, mask: Tensor) -> None:
+        """The L1 controller (``relu`` / ``relu_dtsi``), after every training forward with grad.
+
+        With ``r`` the measured active ratio (share of ``G_infer > 0`` over batch, tokens and
+        experts) and ``target = target_active_ratio``::
+
+            ema    = r                               on the first update
+            ema    = beta * ema + (1 - beta) * r      afterwards             (beta = l1_ema)
+            lambda = clip(lambda * (max(ema, target / 100) / target) ** rate,
+                          l1_lambda_min, l1_lambda_max)                      (rate = l1_adapt_rate)
+
+        i.e. ``log lambda`` integrates ``rate * log(ema / target)``: too many active experts ->
+        lambda grows, too few -> it shrinks, symmetrically in log space (2x and 1/2 the target
+        move lambda by the same factor), so one rate serves targets 1/2 .. 1/8. (ReMoE, Wang et
+        al. 2025, uses the bang-bang ``lambda *= 1.2 ** sign(error)``.) An error relative to the
+        target would be asymmetric (+7 at most above a 1/8 target, -1 below) and overshoots. The
+        ratio responds to lambda only after tens of steps (the optimizer must move the router),
+        and gates switched off for every input get no gradient, so they come back slowly. A
+        step's loss uses lambda *before* its update; everything stays on the device. Caveats:
+        activation checkpointing that re-runs the forward updates twice per step; with gradient
+        accumulation lambda moves once per micro-batch."""
         c = self.cfg
         r = mask.float().mean()
         ema = torch.where(self.num_updates == 0, r, c.l1_ema * self.ratio_ema + (1 - c.l1_ema) * r)

@@ -1,87 +1,33 @@
 """Per-token feed-forward networks: RankMixer's PFFN and the shared-FFN ablation.
 
-Token ``t`` of ``x [B, T, D]`` has its own two-layer FFN
-
-    v_t = W2_t act(W1_t s_t + b1_t) + b2_t,    W1_t: D -> kD,  W2_t: kD -> D
-
-(``act`` = GELU in the paper). Three implementations of the same function, chosen by ``impl``:
+Token ``t`` of ``x [B, T, D]`` has its own two-layer FFN ``v_t = W2_t act(W1_t s_t + b1_t) + b2_t``
+(``W1_t: D -> kD``, ``W2_t: kD -> D``; ``act`` = GELU in the paper). Weights are stored in
+``x @ W`` orientation (``[in, out]``, the transpose of ``nn.Linear.weight``) and initialised
+like ``nn.Linear``, token by token. Three implementations of the same function (``impl``):
 
 ``bmm``
-    Weights stacked as ``w1 [T, D, kD]``, ``b1 [T, kD]``, ``w2 [T, kD, D]``, ``b2 [T, D]``; each
-    layer is one ``torch.baddbmm`` over the token axis on ``x.transpose(0, 1)`` (``[T, B, D]``, a
-    view). No Python loop; backward writes each weight gradient once.
+    Weights stacked (``w1 [T, D, kD]``, ``b1 [T, kD]``, ``w2 [T, kD, D]``, ``b2 [T, D]``); each
+    layer is one ``torch.baddbmm`` over the token axis. No Python loop; backward writes each
+    weight gradient once.
 ``fused``
     The same stacked weights, run token by token by one autograd function
-    (:class:`_FusedPerTokenFFN`): GEMM, activation and GEMM on one token's ``[B, kD]`` hidden
-    activation while it is in cache, weights cast to the compute dtype one token at a time,
-    a hand-written backward that recomputes the activation and writes every weight gradient
-    into one stacked buffer. Needs GELU or ReLU and no hidden dropout (else it runs ``bmm``);
-    traced, exported and compiled graphs get ``bmm``.
+    (:class:`_FusedPerTokenFFN`): GEMM, activation, GEMM on one token's hidden activation while
+    it is in cache, weights cast to the compute dtype one token at a time, a hand-written
+    backward writing every weight gradient in place. Needs GELU or ReLU and no hidden dropout
+    (else ``bmm``); traced, exported and compiled graphs get ``bmm``.
 ``split``
-    ``T`` separate parameters per layer (``w1.0 .. w1.{T-1}`` each ``[D, kD]``, ...), one
-    ``addmm`` per token on the ``x.unbind(1)`` views; outputs stacked back. Separate parameters
-    matter: slicing ``W[t]`` of *one* stacked parameter inside a loop would make autograd
-    materialise a full-size ``[T, D, kD]`` gradient per slice (T times the memory traffic).
+    ``T`` separate parameters per layer, one ``addmm`` per token. Separate, because slicing
+    ``W[t]`` of one stacked parameter in a loop makes autograd materialise a full-size gradient
+    per slice.
 ``auto``
-    The faster one, from the measurements below (``AUTO_IMPL``): on CPU ``fused`` when
-    autograd records (training) and ``bmm`` in inference, in fp32 and in bf16 autocast. On
-    other devices ``bmm``: one batched GEMM kernel instead of a Python loop that launches
-    several kernels per token (a guess until it is measured on a GPU). ``bmm`` and ``fused``
-    share their storage, so the choice is made per call and a checkpoint loads into either.
+    The implementation measured faster (``AUTO_IMPL``): on CPU ``fused`` when autograd records
+    (training), ``bmm`` in inference; on other devices ``bmm`` (one kernel instead of several
+    per token; not yet measured on a GPU). ``bmm`` and ``fused`` share their storage, so the
+    choice is made per call and a checkpoint loads into either.
 
 Inference under autocast reuses low-precision copies of the stacked weights while they are
-unchanged (:meth:`PerTokenFFN.compute_weights`) instead of re-casting every weight on every
-call.
-
-Speed of one FFN layer (forward + backward, input and weight gradients), measured on the dev
-box idle: 2-core AVX512-BF16 EPYC (no AMX), torch 2.13 CPU build, 2 threads, T=16, D=768, k=4,
-batch 512, 4 interleaved rounds; GFLOP/s best / median (matmul peak in the same minute: fp32
-169, bf16 418), against the public-style loop of per-token ``nn.Sequential(Linear, GELU,
-Linear)`` modules:
-
-    ==========  ==============  ==============  ==============  ==============
-    impl        train bf16      train fp32      infer bf16      infer fp32
-    ==========  ==============  ==============  ==============  ==============
-    bmm         273 / 267       140 / 128       330 / 317       146 / 124
-    fused       300 / 287       143 / 134       360 / 345       150 / 142
-    public      295 / 291       142 / 138       355 / 335       160 / 146
-    ==========  ==============  ==============  ==============  ==============
-
-``fused`` is 1.07-1.10x ``bmm`` in bf16 and ties the public-style loop, which already runs
-its GEMMs at about 70% of the bf16 peak. Steps towards it, same protocol: the token-by-token
-loop with the stacked weights cast up front gave 276-283 bf16 train; casting per token inside
-the loop gave the last 5-8%. Keeping the per-token bf16 weight casts for backward (instead of
-casting again) did not measurably help (277 vs 299 samples/s, within noise), so it is not done.
-
-In the whole model (``rankmixer bench speed``, ``docs/performance.md``), training: ``fused``
-1.03x / 1.14x ``bmm`` (fp32 / bf16, best round); inference with the weight cache: ``bmm``
-1.02-1.33x ``fused`` in fp32 and bf16 at batch 64 and 512. Hence ``auto``: ``fused`` with
-autograd, ``bmm`` without. (An earlier, loaded-box measurement had put ``bmm`` ahead of
-``split`` in training; idle, per-token GEMMs win there.)
-
-Both store the weight in ``x @ W`` orientation (``[in, out]``), i.e. the transpose of
-``nn.Linear.weight``, and initialise like ``nn.Linear`` (uniform +-1/sqrt(fan_in) for weights and
-biases), token by token.
-
-Speed, measured on the dev box: 2-core AVX512-BF16 CPU (no AMX), torch 2.13 CPU build, 2
-threads, T=16, D=768, k=4, batch 512, one forward + backward (input and weight gradients)
-timed per step. The box was shared with other jobs (load average 4-7 on 2 cores), so the
-configs were timed interleaved, one step each per round, 12 rounds, two runs; samples/s,
-best / median of the rounds:
-
-    ==========  ====================  ====================
-    impl        fp32                  bf16 autocast
-    ==========  ====================  ====================
-    bmm         87 / 72,  89 / 57     194 / 172, 189 / 127
-    split       88 / 55,  89 / 46     161 / 105, 140 / 75
-    ==========  ====================  ====================
-
-fp32: a tie at best, ``bmm`` ahead at the median. bf16: ``bmm`` clearly faster. (Not profiled;
-``split`` has 2T GEMM calls, 4T autocast weight casts and an output ``stack`` where ``bmm`` has
-two of each.) With k=3 (the named
-variants' width), same protocol: fp32 151 / 80 (bmm) vs 74 / 62 (split); bf16 216 / 173 vs
-135 / 103. Single sequential timings on this loaded box swung by up to 5x between repeats,
-which is why only interleaved numbers are used here.
+unchanged (:meth:`PerTokenFFN.compute_weights`) instead of re-casting them on every call. The
+measurements behind ``auto`` are in ``docs/performance.md``, section "Per-token FFN".
 """
 
 from __future__ import annotations
@@ -98,7 +44,7 @@ from rankmixer.nn.mlp import make_activation
 Impl = Literal["auto", "bmm", "fused", "split"]
 
 # The implementation "auto" runs on CPU, per (training?, compute dtype), from the measurements in
-# the module docstring. ``bmm`` and ``fused`` share one storage layout, so the choice is made
+# docs/performance.md ("Per-token FFN"). ``bmm`` and ``fused`` share one storage layout, so the choice is made
 # per call, not when building.
 AUTO_IMPL: dict[tuple[bool, torch.dtype], str] = {
     (True, torch.float32): "fused", (True, torch.bfloat16): "fused",  # forward + backward

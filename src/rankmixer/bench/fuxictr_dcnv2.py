@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from rankmixer.bench.harness import Variant, run_interleaved, summary_row
+from rankmixer.bench.harness import Variant, format_mfu, run_interleaved, summary_row
 from rankmixer.bench.steps import infer_call, make_train_step
 from rankmixer.core.hardware import autocast
 from rankmixer.data.batch import Batch
@@ -227,7 +227,7 @@ def format_dcn_table(dcn: dict) -> str:
              "| vs FuxiCTR fp32 |",
              "|---|---|---|---|---|---|"]
     for r in dcn["rows"]:
-        mfu = f"{r['mfu_best']:.1%} / {r['mfu_median']:.1%}" if "mfu_best" in r else "-"
+        mfu = format_mfu(r)
         vs = f"{r['vs_fuxictr_best']:.2f}x / {r['vs_fuxictr_median']:.2f}x" if "vs_fuxictr_best" in r else "-"
         vs32 = f"{r['vs_fuxictr_fp32_best']:.2f}x" if "vs_fuxictr_fp32_best" in r else "-"
         lines.append(f"| {r['name']} | {r['samples_per_s_best']:,.0f} / {r['samples_per_s_median']:,.0f} | "

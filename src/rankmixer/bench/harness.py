@@ -33,7 +33,7 @@ from rankmixer.core.hardware import PRECISIONS, native_low_precision, precision_
 
 __all__ = [
     "DEFAULT_PRECISIONS", "MFU_DEFINITION", "Variant", "best_peaks", "choose_precisions", "interleaved_times",
-    "peak_variants", "percentile", "run_interleaved", "summary_row", "sync", "time_call", "write_json",
+    "format_mfu", "peak_variants", "percentile", "run_interleaved", "summary_row", "sync", "time_call", "write_json",
 ]
 
 DEFAULT_PRECISIONS = ("fp32", "bf16")
@@ -260,6 +260,15 @@ def summary_row(v: Variant, peaks: dict[str, float] | None = None) -> dict:
         peak = peaks[v.peak_key]
         row.update(peak_gflops=peak, mfu_best=round(achieved_best / peak, 4), mfu_median=round(achieved_med / peak, 4))
     return row
+
+
+def format_mfu(row: dict) -> str:
+    """``best / median`` MFU of a summary row for tables, computed from its achieved GFLOP/s and
+    its stated peak (:data:`MFU_DEFINITION`), so a table never shows another denominator."""
+    if "peak_gflops" not in row or "achieved_gflops_best" not in row:
+        return "-"
+    peak = row["peak_gflops"]
+    return f"{row['achieved_gflops_best'] / peak:.1%} / {row['achieved_gflops_median'] / peak:.1%}"
 
 
 def write_json(report: dict, out: Path | str, log: Callable[[str], None] | None = None) -> None:

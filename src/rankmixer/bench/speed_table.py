@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rankmixer.bench.fuxictr_dcnv2 import format_dcn_table
+from rankmixer.bench.harness import format_mfu
 from rankmixer.bench.moe import format_table as format_moe_table
 
 __all__ = ["format_table"]
@@ -41,7 +42,7 @@ def format_table(report: dict) -> str:
                          f"(median {r['ms_median']:.1f}) | - | - | - | - | - | {_fmt(r['memory'].get('peak_mb'), ',.0f')} |")
             continue
         lat = f"{r['latency_ms_p50']:.1f} / {r['latency_ms_p99']:.1f}" if r["kind"] == "infer" else "-"
-        mfu = f"{r['mfu_best']:.1%} / {r['mfu_median']:.1%}" if "mfu_best" in r else "-"
+        mfu = format_mfu(r)
         vp = f"{r['vs_public_best']:.2f}x / {r['vs_public_median']:.2f}x" if "vs_public_best" in r else "-"
         vb = f"ours {r['ours_speedup_best']:.2f}x / {r['ours_speedup_median']:.2f}x" if "ours_speedup_best" in r else "-"
         lines.append(f"| {r['name']} | {r['samples_per_s_best']:,.0f} / {r['samples_per_s_median']:,.0f} | "

@@ -211,7 +211,7 @@ def _train(model: str, run: str, steps: int, extra: list[str] = ()) -> Path:
     from rankmixer.config import load_config
 
     need_raw()
-    cfg = load_config(ROOT / "configs" / "movielens_rankmixer_tiny.yaml", [
+    cfg = load_config("movielens_rankmixer_tiny", [
         f"data.raw={RAW}", f"data.prepared_dir={WORK / 'ml'}", f"run_dir={WORK / run}",
         f"model.name={model}", f"train.max_steps={steps}", "train.epochs=1", "train.tensorboard=false",
         "train.progress=false", "train.batch_size=512", "train.early_stopping=null", *extra,

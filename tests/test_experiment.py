@@ -148,8 +148,7 @@ def test_quickstart_evaluate_predict(tmp_path, monkeypatch):
 # ---- real data ----------------------------------------------------------------------------------
 @pytest.mark.skipif(not (SHARED / "movielens-latest-small").exists(), reason="../shared/data/movielens-latest-small absent")
 def test_movielens_dcnv2_learns(tmp_path):
-    cfg = Path(__file__).resolve().parents[1] / "configs" / "movielens_dcnv2.yaml"
-    r = _cli("train", "-c", str(cfg), f"data.raw={SHARED / 'movielens-latest-small'}",
+    r = _cli("train", "-c", "movielens_dcnv2", f"data.raw={SHARED / 'movielens-latest-small'}",
              f"data.prepared_dir={tmp_path / 'prep'}", f"run_dir={tmp_path / 'run'}", "train.epochs=1",
              "train.progress=false", "train.tensorboard=false", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

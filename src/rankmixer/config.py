@@ -13,6 +13,9 @@ configs shipped with the package, so ``rankmixer train -c movielens_dcnv2`` work
 user's own parts override ours. Order of application: the parts in ``defaults`` order, then the
 file's own keys, then the command line's overrides (``train.epochs=3``; ``model=rankmixer_tiny``
 swaps in the part ``model/rankmixer_tiny``; ``model={name: lr}`` replaces the section).
+Benchmark suites give a model section as a part name or as ``{defaults: model/x, ...}``
+(:func:`section`). Paths inside configs (``data.raw``, ``data.prepared_dir``) stay relative to
+the working directory.
 
 Every section forbids unknown keys, so a typo (``train.bach_size``) is an error that names the
 key instead of a silently ignored setting. The ``model`` section is checked against the config
@@ -33,8 +36,8 @@ from rankmixer.data.config import DataConfig
 from rankmixer.train.config import TrainConfig
 
 __all__ = [
-    "ConfigError", "ExperimentConfig", "GROUPS", "apply_overrides", "compose", "config_path", "dump_config",
-    "load_config", "packaged_configs", "part_path", "validate",
+    "ConfigError", "ConfigNotFoundError", "ExperimentConfig", "GROUPS", "apply_overrides", "compose", "config_path",
+    "dump_config", "load_config", "packaged_configs", "part_path", "section", "validate",
 ]
 
 GROUPS = ("data", "model", "train")  # the sections a part can fill
@@ -42,6 +45,10 @@ GROUPS = ("data", "model", "train")  # the sections a part can fill
 
 class ConfigError(YamlError):
     """An experiment config (file, part or override) cannot be used; the message says where."""
+
+
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """A config named on the command line is neither a file nor a packaged config."""
 
 
 class ExperimentConfig(BaseModel):
@@ -94,23 +101,31 @@ def _with_suffix(name: str) -> str:
     return name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
 
 
-def config_path(name: str | Path, kind: str = "experiment") -> Path:
+def config_path(name: str | Path, kind: str = "experiment", what: str | None = None) -> Path:
     """A config file given as a path, or by name among the packaged ones.
 
     ``kind`` is the packaged folder searched for a bare name: ``experiment`` (so
-    ``movielens_dcnv2`` is ``configs/experiment/movielens_dcnv2.yaml``) or ``bench``."""
+    ``movielens_dcnv2`` is ``configs/experiment/movielens_dcnv2.yaml``) or ``bench``. A path
+    written as in a clone before the configs moved into the package (``configs/bench/peers.yaml``,
+    ``configs/movielens_dcnv2.yaml``) finds the packaged file too. ``what`` names the file's role
+    in the error (default: "<kind> config")."""
     path = Path(name)
-    if path.exists():
+    if path.is_file():
         return path
-    packaged = packaged_configs() / kind / _with_suffix(str(name))
-    if "/" not in str(name) and packaged.exists():
-        return packaged
-    # A path into the packaged tree written as in a clone (configs/bench/peers.yaml).
+    root = packaged_configs()
     parts = path.parts
-    if len(parts) > 1 and parts[0] == "configs" and (packaged_configs().joinpath(*parts[1:])).exists():
-        return packaged_configs().joinpath(*parts[1:])
-    known = sorted(p.stem for p in (packaged_configs() / kind).glob("*.yaml"))
-    raise ConfigError(f"{kind} config not found: {name} (not a file, nor a packaged {kind}: {', '.join(known)})")
+    candidates: list[Path] = []
+    if len(parts) == 1:  # a bare name
+        candidates = [root / kind / _with_suffix(parts[0])]
+    elif parts and parts[0] == "configs":  # as in a clone: configs/bench/peers.yaml, configs/movielens_dcnv2.yaml
+        rest = Path(*parts[1:-1], _with_suffix(parts[-1]))
+        candidates = [root / rest, root / kind / rest]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (root / kind).glob("*.yaml"))
+    raise ConfigNotFoundError(f"{what or kind + ' config'} not found: {name} (not a file, nor a packaged {kind} "
+                              f"config: {', '.join(known)})")
 
 
 def part_path(ref: str, search: list[Path]) -> Path:
@@ -155,6 +170,29 @@ def compose(path: str | Path, search: list[Path] | None = None) -> dict[str, Any
         group = ref.partition("/")[0]
         base = _merge(base, {group: _read_part(ref, roots)})
     return _merge(base, tree)
+
+
+def section(group: str, entry: str | dict[str, Any], search: list[Path] | None = None) -> dict[str, Any]:
+    """One section (``model``, ``data`` or ``train``) given the way benchmark suites give it: a
+    part name (``model/dcnv2`` or ``dcnv2``), or a mapping that may name its base parts in
+    ``defaults`` (``{defaults: model/rankmixer, dropout: 0.0}``: the part, then these keys merged
+    over it). Parts are looked up in ``search`` then in the package."""
+    if isinstance(entry, str):
+        ref = entry if "/" in entry else f"{group}/{entry}"
+        if ref.partition("/")[0] != group:
+            raise ConfigError(f"{entry!r} is not a {group} part (expected {group}/<name>)")
+        return _read_part(ref, search or [])
+    if not isinstance(entry, dict):
+        raise ConfigError(f"a {group} section must be a part name or a mapping, got {type(entry).__name__}")
+    own = dict(entry)
+    refs = own.pop("defaults", None) or []
+    refs = [refs] if isinstance(refs, str) else refs
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise ConfigError(f"'defaults' of a {group} section must be a part name or a list of them")
+    base: dict[str, Any] = {}
+    for ref in refs:
+        base = _merge(base, section(group, ref, search))
+    return _merge(base, own)
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -33,6 +33,10 @@ from rankmixer.train.trainer import Trainer, seed_everything
 
 def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bool = False) -> FeatureMap:
     """Prepare (or reuse) the dataset a config names, returning its feature map."""
+    if data.raw and not Path(data.raw).exists():
+        # Packaged experiments name the raw data relative to the working directory of a clone.
+        raise FileNotFoundError(f"data.raw {data.raw} does not exist (relative paths are read from the working "
+                                f"directory, {Path.cwd()}): pass data.raw=PATH with the raw file or folder")
     out = data.prepared_path()
     if data.schema_file:
         schema = load_schema(data.schema_file)

@@ -64,7 +64,7 @@ def test_suite_crosses_datasets_with_models_and_rejects_typos(tmp_path):
         load_suite(bad)
     with pytest.raises(ValueError, match="distinct labels"):
         run_accuracy([Cell("a", "x.yaml"), Cell("a", "y.yaml")], [0], tmp_path / "o")
-    assert cells_from_configs(["configs/movielens_lr.yaml"])[0].label == "movielens_lr"
+    assert cells_from_configs(["movielens_lr"])[0].label == "movielens_lr"
 
 
 def test_benchmark_summary_flops_and_resume(tmp_path):
@@ -200,6 +200,6 @@ def test_scaling_spec_rejects_typos_and_single_sizes(tmp_path):
         load_spec(bad)
     with pytest.raises(FileNotFoundError, match="scaling spec"):
         load_spec(tmp_path / "missing.yaml")
-    cells, budget = load_spec("configs/bench/scaling.yaml")
+    cells, budget = load_spec("scaling")
     assert len(cells) == 16 and budget == "samples=500000"
     assert {c.model_label for c in cells} == {"dlrm-mlp", "dcnv2", "wukong", "rankmixer"}

@@ -3,20 +3,23 @@ of the test metrics, with parameters and forward FLOPs per sample beside them (F
 mean over seeds: a sparse MoE's count follows its routing).
 
 A *cell* is one row of the table: an experiment config plus overrides, under a label. Cells
-come from plain configs (``-c a.yaml -c b.yaml``: one cell each, labelled by the file's stem) or
-from a *suite* file that crosses datasets with models::
+come from plain configs (``-c movielens_lr -c b.yaml``: one cell each, labelled by the name or
+file stem) or from a *suite* (a packaged name such as ``peers``, or a file) that crosses
+datasets with models::
 
-    # rankmixer bench accuracy --suite configs/bench/rankmixer.yaml --seeds 3
-    datasets:                 # name -> base experiment config: data section + training budget
-      movielens-latest: configs/movielens_dcnv2.yaml
-      synthetic: {config: configs/synthetic_dcnv2.yaml, overrides: [train.epochs=2]}
+    # rankmixer bench accuracy --suite rankmixer --seeds 3
+    datasets:                 # name -> base experiment: data section + training budget
+      movielens-latest: movielens_dcnv2
+      synthetic: {config: synthetic_dcnv2, overrides: [train.epochs=2]}
     models:                   # label -> model section that replaces the base config's
-      dcnv2: {name: dcnv2, dnn_hidden: [400, 400]}
+      dcnv2: model/dcnv2                                   # a part
+      dcnv2-wide: {defaults: model/dcnv2, dnn_hidden: [400, 400]}
       rankmixer-no-mixing: {name: rankmixer, token_mixing: none}
     overrides: [train.epochs=5]   # optional, applied to every cell
 
-Every (dataset, model) pair is a cell; paths are relative to the working directory, like
-``rankmixer train -c``. Resumable: a (cell, seed) whose run directory already has its final
+Every (dataset, model) pair is a cell; configs are packaged names or paths relative to the
+working directory, like ``rankmixer train -c``; model parts are looked up beside the suite,
+then in the package. Resumable: a (cell, seed) whose run directory already has its final
 ``metrics.json`` is read, not rerun; an interrupted one resumes from its checkpoint.
 """
 
@@ -32,7 +35,7 @@ import numpy as np
 import yaml
 
 from rankmixer import experiment
-from rankmixer.config import ConfigError, load_config
+from rankmixer.config import ConfigError, config_path, load_config, section
 from rankmixer.core.hardware import machine_info
 
 METRICS = ("auc", "gauc", "logloss", "ne")
@@ -65,26 +68,42 @@ def read_yaml_keys(path: Path | str, what: str, keys: tuple[str, ...]) -> dict:
 
 
 def load_suite(path: Path | str) -> list[Cell]:
-    """The cells of a suite file (see the module docstring), datasets outer, models inner."""
+    """The cells of a suite (a file, or a packaged suite's name such as ``peers``; see the
+    module docstring), datasets outer, models inner."""
+    path = config_path(path, kind="bench", what="suite")
     tree = read_yaml_keys(path, "suite", ("datasets", "models", "overrides"))
     datasets, models = tree.get("datasets") or {}, tree.get("models") or {}
     if not isinstance(datasets, dict) or not datasets or not isinstance(models, dict) or not models:
         raise ConfigError(f"suite {path}: 'datasets' and 'models' must be non-empty mappings")
     common = tuple(str(o) for o in tree.get("overrides") or [])
+    sections = {label: model_section(entry, [path.parent], f"suite {path}: model {label!r}")
+                for label, entry in models.items()}
     cells = []
     for ds, entry in datasets.items():
         config, ds_overrides = entry, ()
         if isinstance(entry, dict):
             if set(entry) - {"config", "overrides"} or "config" not in entry:
-                raise ConfigError(f"suite {path}: dataset {ds!r} must be a config path or {{config, overrides}}")
+                raise ConfigError(f"suite {path}: dataset {ds!r} must be a config (name or path) or {{config, overrides}}")
             config, ds_overrides = entry["config"], tuple(str(o) for o in entry.get("overrides") or [])
-        for label, section in models.items():
-            if not isinstance(section, dict) or "name" not in section:
-                raise ConfigError(f"suite {path}: model {label!r} must be a mapping with a 'name'")
+        for label, sec in sections.items():
             # JSON is YAML: the override replaces the whole model section of the base config.
-            model = f"model={json.dumps(section)}"
+            model = f"model={json.dumps(sec)}"
             cells.append(Cell(f"{ds}-{label}", str(config), (model, *ds_overrides, *common), label, ds))
     return cells
+
+
+def model_section(entry: object, search: list[Path], where: str) -> dict:
+    """A suite's (or scaling spec's) model entry as the model section it stands for: a mapping
+    with a ``name``, a part name (``model/dcnv2`` or ``dcnv2``), or a mapping naming its part in
+    ``defaults`` plus the keys that differ. Parts in ``search`` (the suite's folder) come first."""
+    if isinstance(entry, (str, dict)):
+        try:
+            resolved = section("model", entry, search)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if "name" in resolved:
+            return resolved
+    raise ConfigError(f"{where} must be a mapping with a 'name', or a model part (model/<name>)")
 
 
 def select(cells: list[Cell], datasets: list[str] | None = None, models: list[str] | None = None) -> list[Cell]:

@@ -3,10 +3,10 @@ several model families at several sizes each, all trained with one budget on one
 
 A spec file names the dataset, the budget and the sizes of every family::
 
-    # rankmixer bench scaling --spec configs/bench/scaling.yaml
+    # rankmixer bench scaling --spec scaling
     dataset:                       # a base experiment config (data section + optimizer, batch)
-      config: configs/synthetic_dcnv2.yaml
-      overrides: [data.prepared_dir=data_cache/synthetic-2000000, ...]
+      config: synthetic_dcnv2
+      overrides: [data=synthetic_1m, ...]
     budget: epochs=1               # epochs=N | steps=N | samples=N, the same for every run
     families:                      # family -> model sections, smallest first
       rankmixer:
@@ -31,12 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rankmixer.bench.accuracy import Cell, format_si, read_yaml_keys, run_accuracy
-from rankmixer.config import ConfigError
+from rankmixer.bench.accuracy import Cell, format_si, model_section, read_yaml_keys, run_accuracy
+from rankmixer.config import ConfigError, config_path
 
 
 def load_spec(path: Path | str) -> tuple[list[Cell], str | None]:
-    """The cells of a scaling spec (families outer, sizes inner) and its budget."""
+    """The cells of a scaling spec (a file, or a packaged spec's name such as ``scaling``),
+    families outer, sizes inner, and its budget. A size is a model section: a mapping, or a part
+    name (``model/dcnv2``), or a mapping with ``defaults: model/<part>``."""
+    path = config_path(path, kind="bench", what="scaling spec")
     tree = read_yaml_keys(path, "scaling spec", ("dataset", "budget", "families"))
     ds, families = tree.get("dataset"), tree.get("families")
     if not isinstance(ds, dict) or "config" not in ds:
@@ -48,10 +51,9 @@ def load_spec(path: Path | str) -> tuple[list[Cell], str | None]:
     for family, sizes in families.items():
         if not isinstance(sizes, list) or len(sizes) < 2:
             raise ConfigError(f"scaling spec {path}: family {family!r} needs a list of at least two model sections")
-        for i, section in enumerate(sizes):
-            if not isinstance(section, dict) or "name" not in section:
-                raise ConfigError(f"scaling spec {path}: {family!r} size {i} must be a mapping with a 'name'")
-            cells.append(Cell(f"scaling-{family}-{i}", str(ds["config"]), (f"model={json.dumps(section)}", *ds_overrides),
+        for i, entry in enumerate(sizes):
+            model = model_section(entry, [path.parent], f"scaling spec {path}: {family!r} size {i}")
+            cells.append(Cell(f"scaling-{family}-{i}", str(ds["config"]), (f"model={json.dumps(model)}", *ds_overrides),
                               family, "scaling"))
     return cells, tree.get("budget")
 

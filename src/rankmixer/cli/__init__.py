@@ -1,0 +1,40 @@
+"""The ``rankmixer`` command line: a thin Typer app. Each command parses its options, calls one
+library function and prints; the commands live by group in this package (``train``, ``data``,
+``models``, ``bench``, ``serve``) and are all registered here, in the order ``--help`` lists them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from rankmixer.cli import bench, data, models, serve, train
+
+__all__ = ["app"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve ranking models.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table and write JSON.")
+
+app.command()(train.quickstart)
+app.command()(train.train)
+app.command()(train.evaluate)
+app.command()(train.predict)
+app.command("calibrate-exit")(train.calibrate_exit)
+app.command()(models.models)
+app.command()(serve.export)
+app.command()(serve.serve)
+
+app.add_typer(data_app, name="data")
+data_app.command("prepare")(data.prepare)
+data_app.command("presets")(data.presets)
+data_app.command("download")(data.download)
+data_app.command("synthetic")(data.synthetic)
+
+app.add_typer(bench_app, name="bench")
+bench_app.command("loader")(bench.loader)
+bench_app.command("distributed")(bench.distributed)
+bench_app.command("accuracy")(bench.accuracy)
+bench_app.command("scaling")(bench.scaling)
+bench_app.command("moe")(bench.moe)
+bench_app.command("serve")(bench.serve)
+bench_app.command("speed")(bench.speed)

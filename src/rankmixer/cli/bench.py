@@ -1,0 +1,223 @@
+"""``bench`` commands: each runs a benchmark of ``rankmixer.bench``, prints its table and writes
+JSON. Suites and specs are packaged names (``peers``, ``scaling``) or YAML files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from rankmixer.cli.common import console, user_errors
+
+__all__ = ["accuracy", "distributed", "loader", "moe", "scaling", "serve", "speed"]
+
+
+def loader(
+    dataset: str = typer.Option("synthetic"),
+    prepared: Optional[Path] = typer.Option(None, help="Prepared directory (default: prepare the preset)."),
+    batch_size: int = typer.Option(4096),
+    workers: List[int] = typer.Option([0, 1, 2]),
+    max_batches: int = typer.Option(200),
+    json_out: Path = typer.Option(Path("bench_loader.json")),
+) -> None:
+    """Samples/s of the streaming loader alone (no model)."""
+    from rankmixer.bench.loader import run_loader_bench
+
+    with user_errors():
+        rows = run_loader_bench(dataset, prepared, batch_size, workers, max_batches, log=console.print)
+    table = Table(title=f"loader throughput, batch {batch_size}")
+    for c in ("workers", "batches", "samples/s"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(str(r["workers"]), str(r["batches"]), f"{r['samples_per_s']:,.0f}")
+    console.print(table)
+    json_out.write_text(json.dumps(rows, indent=2))
+    console.print(f"wrote {json_out}")
+
+
+def distributed(
+    config: Path = typer.Option(..., "--config", "-c", help="Experiment to train: a packaged name or a YAML file."),
+    procs: List[int] = typer.Option([1, 2], help="Process counts to compare."),
+    embeddings: List[str] = typer.Option(["ddp", "torchrec"], help="Embedding modes for N > 1."),
+    max_steps: int = typer.Option(300),
+    log_every: int = typer.Option(25),
+    out: Path = typer.Option(Path("bench_out/distributed"), help="Run directories and JSON go here."),
+    overrides: List[str] = typer.Argument(None, help="key=value overrides for every case"),
+) -> None:
+    """Training samples/s of 1 vs N processes under torchrun (same config, same global batch)."""
+    from rankmixer.bench.distributed import run_distributed_bench
+
+    with user_errors():
+        rows = run_distributed_bench(config, procs, embeddings, max_steps, log_every, out,
+                                     overrides=list(overrides or []), log=console.print)
+    table = Table(title=f"training throughput, {config.name}, {max_steps} steps, {rows[0]['cores']} cores")
+    for c in ("procs", "embeddings", "threads", "samples/s", "vs 1 proc", "valid auc", "wall s", "load"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(str(r["processes"]), r["embeddings"], str(r["threads_per_process"]), f"{r['samples_per_s']:,.0f}",
+                      str(r["speedup_vs_1"]), f"{r['valid_auc']:.4f}", str(r["wall_s"]), str(r["load_avg_before"]))
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distributed.json").write_text(json.dumps(rows, indent=2))
+    console.print(f"wrote {out / 'distributed.json'}")
+
+
+def _names(s: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; None or empty: no filter."""
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def accuracy(
+    config: List[Path] = typer.Option([], "--config", "-c", help="Experiment, a packaged name or a YAML file "
+                                      "(repeatable): one table row each."),
+    suite: Optional[Path] = typer.Option(None, help="Suite crossing datasets with models: a packaged name (peers, "
+                                         "rankmixer, ...) or a YAML file (see docs/benchmarks.md). "
+                                         "Default with --models/--datasets: peers."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model labels of the suite to run (default: all)."),
+    datasets: Optional[str] = typer.Option(None, help="Comma-separated dataset names of the suite to run (default: all)."),
+    budget: Optional[str] = typer.Option(None, help="Same budget for every cell: epochs=N, steps=N or samples=N "
+                                         "(default: each config's own epochs)."),
+    seeds: int = typer.Option(3, help="Seeds per config (0 .. seeds-1)."),
+    out: Path = typer.Option(Path("bench_out/accuracy"), help="Output directory (runs, JSON, Markdown)."),
+    overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every config."),
+) -> None:
+    """Train each config with several seeds; table of test metrics (mean ± std). Resumable."""
+    from rankmixer.bench.accuracy import cells_from_configs, load_suite, markdown_table, run_accuracy, select
+
+    if suite is None and (models or datasets):
+        suite = Path("peers")
+    name = suite.stem if suite and not config else "accuracy"
+    with user_errors():
+        cells = cells_from_configs(list(config)) + (select(load_suite(suite), _names(datasets), _names(models)) if suite else [])
+        if not cells:
+            raise ValueError("give --config/-c experiments or a --suite (or --models/--datasets)")
+        report = run_accuracy(cells, list(range(seeds)), out, list(overrides or []), log=console.print, name=name,
+                              budget=budget)
+    console.print(markdown_table(report["summary"]), markup=False)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
+def scaling(
+    spec: Path = typer.Option(Path("scaling"), help="Scaling spec (dataset, budget, families): a packaged name or a YAML file."),
+    seeds: int = typer.Option(1, help="Seeds per point (0 .. seeds-1)."),
+    budget: Optional[str] = typer.Option(None, help="Replace the spec's budget: epochs=N, steps=N or samples=N."),
+    out: Path = typer.Option(Path("bench_out/scaling"), help="Output directory (runs, JSON, Markdown, PNG)."),
+    overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every run."),
+) -> None:
+    """Test AUC against dense parameters and FLOPs per sample, per model family. Resumable."""
+    from rankmixer.bench.scaling import run_scaling
+
+    with user_errors():
+        run_scaling(spec, list(range(seeds)), out, list(overrides or []), log=console.print, budget=budget)
+    console.print((out / "scaling.md").read_text(), markup=False)
+    console.print(f"wrote {out / 'scaling.json'}, {out / 'scaling.md'} and {out / 'scaling.png'}")
+
+
+def moe(
+    tokens: int = typer.Option(16, "--tokens", "-T", help="T: tokens."),
+    dim: int = typer.Option(256, "--dim", "-D", help="D: token width."),
+    expansion: float = typer.Option(4, "--expansion", "-k", help="k: expert hidden width = k * D."),
+    experts: List[int] = typer.Option([4, 8], help="Experts per token (repeatable)."),
+    ratios: List[float] = typer.Option([0.5, 0.25, 0.125], help="Active-expert ratios (repeatable)."),
+    skews: List[float] = typer.Option([0.0], help="Expert imbalance (0 = balanced; repeatable)."),
+    impls: List[str] = typer.Option(["loop", "padded"], help="Sparse implementations (repeatable)."),
+    batch_size: int = typer.Option(512),
+    repeats: int = typer.Option(5, help="Interleaved timing rounds."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: as set)."),
+    json_out: Path = typer.Option(Path("bench_moe.json")),
+) -> None:
+    """Sparse vs dense inference of the per-token MoE FFN (same weights, same inputs)."""
+    from rankmixer.bench.moe import run_moe_bench
+
+    with user_errors():
+        report = run_moe_bench(T=tokens, D=dim, k=expansion, experts=experts, ratios=ratios, skews=skews,
+                               impls=impls, batch_size=batch_size, repeats=repeats, threads=threads,
+                               out=json_out, log=console.print)
+    console.print(f"wrote {json_out} ({len(report['rows'])} rows)")
+
+
+def serve(
+    model: Path = typer.Option(..., "--model", help="Artifact directory (decodes real rows; served here unless --url)."),
+    url: Optional[str] = typer.Option(None, help="A running server of that artifact (default: start one)."),
+    prepared: Path = typer.Option(Path("data_cache/movielens-latest"), help="Prepared data: request rows come from its "
+                                  "test split (relative to the working directory, where training prepares it)."),
+    concurrency: List[int] = typer.Option([1, 8, 32, 128], help="Concurrent clients (repeatable)."),
+    requests: int = typer.Option(2000, help="Requests per level at most."),
+    duration: float = typer.Option(20.0, help="Seconds per level at most."),
+    candidates: int = typer.Option(32, help="Candidates (rows) per request at most (one user's)."),
+    server_threads: Optional[int] = typer.Option(None, help="Model threads of the started server."),
+    json_out: Path = typer.Option(Path("bench_out/serve.json"), help="Where to write the JSON report."),
+) -> None:
+    """Load-test the scoring server on loopback: QPS, p50/p95/p99 latency, error rate."""
+    from rankmixer.bench.serve import run_serve_bench
+
+    with user_errors(RuntimeError):
+        report = run_serve_bench(model=model, url=url, prepared=prepared, concurrency=list(concurrency),
+                                 requests=requests, duration=duration, candidates=candidates,
+                                 server_args=["--threads", str(server_threads)] if server_threads else None,
+                                 log=console.print)
+    table = Table(title=f"serve {report['model']} ({report['format']}), {candidates} candidates/request")
+    for c in ("clients", "reqs", "QPS", "rows/s", "p50 ms", "p95 ms", "p99 ms", "err", "rows/call", "load"):
+        table.add_column(c, justify="right")
+    for r in report["levels"]:
+        rows = f"{r['mean_batch_rows']:.0f}" if r.get("mean_batch_rows") else "-"
+        table.add_row(str(r["concurrency"]), str(r["requests"]), f"{r['qps']:.1f}", f"{r['rows_per_s']:,.0f}",
+                      f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['error_rate']:.1%}",
+                      rows, f"{r['load_average_1m']:.1f}")
+    console.print(table)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {json_out}")
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    """``--peak-shape 512x768x3072``: (M, K, N)."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--peak-shape {text!r}: expected MxKxN, e.g. 512x768x3072")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _ints(values: List[str]) -> list[int]:
+    """``--batch-sizes 512,64`` or repeated ``--batch-sizes``: ints."""
+    return [int(v) for item in values for v in item.split(",") if v.strip()]
+
+
+def speed(
+    model: str = typer.Option("rankmixer-100m", help="A registered RankMixer model or variant."),
+    set_: List[str] = typer.Option([], "--set", help="Model config override key=value (repeatable), e.g. expansion=4."),
+    batch_sizes: List[str] = typer.Option(["512"], help="Inference batch sizes (comma-separated or repeated)."),
+    train_batch: Optional[int] = typer.Option(None, help="Training batch (default: the first batch size)."),
+    precision: List[str] = typer.Option([], help="fp32 | bf16 | fp16 (repeatable). Default: fp32, and bf16 where "
+                                        "the device runs it natively (not emulated)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds."),
+    optimizer: str = typer.Option("adamw", help="Dense optimizer (the trainer's names, e.g. adamw, rmsprop)."),
+    baseline: bool = typer.Option(True, help="Time the public-style per-token loop baseline alongside."),
+    ablations: bool = typer.Option(True, help="Time the 'before' of each speed change alongside."),
+    compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile mode: default | reduce-overhead | max-autotune."),
+    dcn: bool = typer.Option(True, help="Our DCNv2 vs FuxiCTR's (skipped with a note without fuxictr)."),
+    dcn_vocab: int = typer.Option(10_000, help="DCNv2 comparison: vocabulary per field."),
+    moe: bool = typer.Option(True, help="Sparse vs dense MoE inference (bench/moe.py) at ratio 1/4."),
+    profile: bool = typer.Option(False, help="torch.profiler over one training step and one inference call."),
+    inference_copy: bool = typer.Option(True, help="Time inference on a copy of the model (off: on the trained one, half the memory)."),
+    peak_shape: List[str] = typer.Option([], help="Matmul peak shape MxKxN (repeatable). Default: 2048^3 (CUDA "
+                                         "8192^3) and the model's own FFN matmul."),
+    json_out: Path = typer.Option(Path("bench_out/speed.json"), "--json", help="Where to write the JSON report."),
+) -> None:
+    """Throughput, MFU vs the measured matmul peak, latency and memory of RankMixer; peers side by side."""
+    from rankmixer.bench.speed import run_speed_bench
+    from rankmixer.config import apply_overrides
+
+    with user_errors():
+        overrides = apply_overrides({}, list(set_))
+        shapes = [_shape(s) for s in peak_shape] or None
+        run_speed_bench(model, overrides, _ints(batch_sizes), train_batch, list(precision) or None, device, threads,
+                        rounds, optimizer, baseline, ablations, compile_mode, peak_shapes=shapes, dcn=dcn,
+                        dcn_options={"vocab_size": dcn_vocab},
+                        moe_bench=moe, profile=profile, inference_copy=inference_copy, out=json_out,
+                        log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))

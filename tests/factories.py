@@ -1,5 +1,6 @@
 """Shared test factories: hand-built feature maps and random valid batches, the checks every
-model must pass, a planted learning problem, and trained runs on real data (built once per test
+model must pass, every model at test size, slow references for RankMixer's layers, a planted
+learning problem, and trained runs on real data (built once per test
 session, removed at exit) for the export and serving tests.
 
 Import them as ``from tests.factories import make_feature_map, random_batch``; fixtures live in
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,13 +38,15 @@ def make_feature_map(
     bags: bool = True,
     sequences: bool = True,
     sparse_vocab: list[int] | None = None,
+    feature_groups: dict[str, list[str]] | None = None,
 ) -> FeatureMap:
     """A small feature map of every kind (vocab sizes include pad 0 and OOV 1).
 
     sparse ``s0 .. s{n-1}`` (vocab 10, 7, 5, ... or ``sparse_vocab``); dense ``d0 ..``;
     bags ``tags`` (own vocab 12, max_len 4) and ``s0_bag`` (shares ``s0``, max_len 3);
     sequences ``hist`` (shares ``s1``, max_len 5; ``s0`` if only one sparse feature) and
-    ``clicks`` (own vocab 9, max_len 6). Labels ``y0 .. y{T-1}``.
+    ``clicks`` (own vocab 9, max_len 6). Labels ``y0 .. y{T-1}``. ``feature_groups``: the
+    schema's groups (RankMixer's semantic tokenizer reads them), e.g. :data:`THREE_GROUPS`.
     """
     vocab = sparse_vocab or [10, 7, 5, 6, 8, 4, 9, 3][:n_sparse] + [5] * max(0, n_sparse - 8)
     feats = [FeatureInfo(f"s{i}", "sparse", vocab_size=vocab[i]) for i in range(n_sparse)]
@@ -63,7 +67,12 @@ def make_feature_map(
         schema_hash="0" * 16,
         labels=[f"y{t}" for t in range(num_tasks)],
         features=feats,
+        feature_groups=dict(feature_groups or {}),
     )
+
+
+# Feature groups of make_feature_map()'s features: three named groups, the rest ungrouped.
+THREE_GROUPS = {"user": ["s0", "d0", "hist"], "item": ["s1", "s2", "tags"], "ctx": ["d1"]}
 
 
 def _padded_ids(vocab: int, max_len: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
@@ -104,9 +113,10 @@ def random_batch(feature_map: FeatureMap, batch_size: int, generator: torch.Gene
 
 
 def check_output_and_gradients(name, model, batch, num_tasks, zero_grad_at_init=()) -> None:
-    """A model's contract (shared with test_peer_models.py): float32 logits [B, n_tasks], a
-    non-zero gradient for every parameter (except the named ones, zero at initialisation by
-    design), every table in a FeatureEmbedding, and no gradient for the pad rows."""
+    """A model's contract (the conformance suite, tests/models/test_conformance.py): float32
+    logits [B, n_tasks], a non-zero gradient for every trainable parameter (except the named
+    ones, zero at initialisation by design), every table in the embedding group (a
+    FeatureEmbedding or a peer library's nn.Embedding), and no gradient for our pad rows."""
     out = model(batch)
     assert isinstance(out, ModelOutput)
     assert out.logits.shape == (batch.labels.shape[0], num_tasks)
@@ -114,6 +124,8 @@ def check_output_and_gradients(name, model, batch, num_tasks, zero_grad_at_init=
     loss = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
     loss.backward()
     for pname, p in model.named_parameters():
+        if not p.requires_grad:  # a constant held as a parameter (e.g. FuxiCTR's triu_mask)
+            continue
         assert p.grad is not None, f"{name}: no gradient for {pname}"
         if pname not in zero_grad_at_init:
             assert p.grad.abs().sum() > 0, f"{name}: zero gradient for {pname}"
@@ -139,6 +151,102 @@ def check_sparse_embedding_step(model, feature_map, generator, tables: int) -> N
     opt_sparse.step()
     opt_dense.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, emb))
+
+
+# ---- every model at test size ------------------------------------------------------------------
+
+# Test sizes of every registered base model (the one place): the conformance suite and the
+# per-model tests build through small_model(). A base model missing here fails
+# tests/models/test_conformance.py::test_every_base_model_has_test_sizes.
+SMALL: dict[str, dict] = {
+    "lr": {},
+    "dlrm": {"embedding_dim": 8, "bottom_mlp": [16], "top_mlp": [32, 16]},
+    "deepfm": {"embedding_dim": 8, "dnn_hidden": [32, 16]},
+    "dcnv2": {"embedding_dim": 8, "dnn_hidden": [32, 16], "num_cross_layers": 2},
+    "concat-mlp": {"embedding_dim": 8, "dnn_hidden": [32, 16]},
+    "rankmixer": {"embedding_dim": 8, "num_tokens": 4, "hidden_dim": 16},
+    "autoint": {"embedding_dim": 8, "num_layers": 2, "attention_dim": 8},
+    "hiformer": {"embedding_dim": 8, "num_layers": 2, "head_hidden": [16]},
+    "dhen": {"embedding_dim": 8, "modules": ["dcn", "self_attention", "linear", "dot"], "dnn_hidden": [32]},
+    "wukong": {"embedding_dim": 8, "num_fmb": 4, "num_lcb": 4, "fmb_hidden": [32], "dnn_hidden": [32]},
+    "moe": {"embedding_dim": 8, "num_experts": 3, "expert_hidden": [32, 16]},
+    "finalmlp": {"embedding_dim": 8, "mlp1_hidden": [32, 16], "mlp2_hidden": [16], "num_heads": 2},
+    "fuxictr-lr": {},
+    "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
+    "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},
+    "fuxictr-dlrm": {"embedding_dim": 8, "bottom_mlp": [8], "top_mlp": [16]},
+    "fuxictr-autoint": {"embedding_dim": 8, "attention_dim": 8, "num_heads": 2, "dnn_hidden": [16], "use_wide": True},
+    "fuxictr-dcn": {"embedding_dim": 8, "dnn_hidden": [16]},
+    "fuxictr-finalmlp": {"embedding_dim": 8, "mlp1_hidden": [16], "mlp2_hidden": [8]},
+    "fuxictr-wukong": {"embedding_dim": 8, "num_layers": 2, "fmb_units": [16], "dnn_hidden": [16]},
+}
+
+
+# Parameters of a default config above which a test builds it on the meta device only (no
+# memory): rankmixer-100m/1b, their MoE versions, concat-mlp-100m.
+LARGE = 5_000_000
+
+NEEDS_FUXICTR = pytest.mark.skipif(importlib.util.find_spec("fuxictr") is None,
+                                   reason="fuxictr-* models need the optional extra: pip install -e '.[fuxictr]'")
+
+
+def model_param(name: str, id: str | None = None):
+    """``name`` as a pytest parameter, skipped (with the reason) if it is a fuxictr-* model and
+    the optional ``fuxictr`` extra is not installed."""
+    return pytest.param(name, id=id or name, marks=NEEDS_FUXICTR if name.startswith("fuxictr-") else ())
+
+
+def registered_models() -> list:
+    """Every registered model and variant as a pytest parameter (see :func:`model_param`)."""
+    from rankmixer.models import registry
+
+    return [model_param(n) for n in registry.available()]
+
+
+def base_model(name: str) -> str:
+    """The registered model a variant presets (a model is its own base)."""
+    from rankmixer.models import registry
+
+    return registry.get(name).base or name
+
+
+def small_model(name: str, feature_map: FeatureMap, **overrides) -> torch.nn.Module:
+    """Model (or variant) ``name`` at test size, seeded: the variant's presets, then its base
+    model's ``SMALL`` sizes, then ``overrides``."""
+    from rankmixer.models import registry
+
+    torch.manual_seed(0)
+    return registry.build_model(name, feature_map, {**SMALL[base_model(name)], **overrides})
+
+
+# ---- slow references for RankMixer's layers (shared by the nn and the model tests) ------------
+
+
+def mixing_reference(x: torch.Tensor) -> torch.Tensor:
+    """Token mixing with explicit loops: new token h = concat over t of head h of token t."""
+    B, T, D = x.shape
+    dh = D // T
+    out = torch.empty_like(x)
+    for b in range(B):
+        for h in range(T):
+            for t in range(T):
+                out[b, h, t * dh : (t + 1) * dh] = x[b, t, h * dh : (h + 1) * dh]
+    return out
+
+
+def reference_ffns(ffn) -> list[torch.nn.Sequential]:
+    """T separate ``nn.Linear`` FFNs carrying a PerTokenFFN's weights (GELU, as its default)."""
+    w1, b1, w2, b2 = (p.detach() for p in ffn.stacked_weights())
+    refs = []
+    for t in range(ffn.num_tokens):
+        l1, l2 = torch.nn.Linear(ffn.dim, ffn.hidden), torch.nn.Linear(ffn.hidden, ffn.dim)
+        with torch.no_grad():
+            l1.weight.copy_(w1[t].T)
+            l1.bias.copy_(b1[t])
+            l2.weight.copy_(w2[t].T)
+            l2.bias.copy_(b2[t])
+        refs.append(torch.nn.Sequential(l1, torch.nn.GELU(), l2))
+    return refs
 
 
 # ---- a planted problem ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The fuxictr-* models: FuxiCTR's own layers on our batches. Where FuxiCTR's layer and ours
 compute the same function, outputs must match with copied weights (FuxiCTR's code is the
-reference for ours, and ours for the adapter's plumbing)."""
+reference for ours, and ours for the adapter's plumbing). What every model does is in
+``test_conformance.py``."""
 
 from __future__ import annotations
 
@@ -10,28 +11,15 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.factories import make_feature_map, random_batch
+from tests.factories import make_feature_map, random_batch, small_model
 
 from rankmixer.models import registry
-from rankmixer.nn.cross import CrossNetV2
-from rankmixer.nn.embedding import FeatureEmbedding, set_sparse_gradients, split_parameters
-from rankmixer.nn.interaction import dot_interaction, fm_second_order
 from rankmixer.models.fuxictr import FuxiMultiHeadSelfAttention, batch_to_inputs, require_fuxictr
+from rankmixer.nn.cross import CrossNetV2
+from rankmixer.nn.embedding import FeatureEmbedding, split_parameters
+from rankmixer.nn.interaction import dot_interaction, fm_second_order
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-PEERS = ["fuxictr-lr", "fuxictr-dcnv2", "fuxictr-deepfm", "fuxictr-dlrm", "fuxictr-autoint", "fuxictr-dcn",
-         "fuxictr-finalmlp", "fuxictr-wukong"]
-SMALL = {
-    "fuxictr-lr": {},
-    "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
-    "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},
-    "fuxictr-dlrm": {"embedding_dim": 8, "bottom_mlp": [8], "top_mlp": [16]},
-    "fuxictr-autoint": {"embedding_dim": 8, "attention_dim": 8, "num_heads": 2, "dnn_hidden": [16], "use_wide": True},
-    "fuxictr-dcn": {"embedding_dim": 8, "dnn_hidden": [16]},
-    "fuxictr-finalmlp": {"embedding_dim": 8, "mlp1_hidden": [16], "mlp2_hidden": [8], "fs1_context": ["clicks"]},
-    "fuxictr-wukong": {"embedding_dim": 8, "num_layers": 2, "fmb_units": [16], "dnn_hidden": [16]},
-}
 
 
 def test_missing_fuxictr_gives_install_hint(monkeypatch, tiny_feature_map):
@@ -60,42 +48,37 @@ def fx():
     return layers
 
 
-def _build(name, fm, **over):
-    torch.manual_seed(0)
-    return registry.build_model(name, fm, {**SMALL[name], **over})
-
-
-@pytest.mark.parametrize("name", PEERS)
-@pytest.mark.parametrize("num_tasks", [1, 3])
-def test_forward_backward_and_embedding_optimizer_split(fx, name, num_tasks, generator):
-    fm = make_feature_map(num_tasks=num_tasks)
-    model = _build(name, fm).train()
-    batch = random_batch(fm, 16, generator)
-    out = model(batch)
-    assert out.logits.shape == (16, num_tasks) and torch.isfinite(out.logits).all()
-    F.binary_cross_entropy_with_logits(out.logits, batch.labels).backward()
-    # FuxiCTR's tables are nn.Embedding modules: the trainer must give them the embedding
-    # optimizer, exactly as it does our FeatureEmbedding, and they must be able to go sparse.
-    emb, rest = split_parameters(model)
+@pytest.mark.parametrize("name", [n for n in registry.available() if n.startswith("fuxictr-")])
+def test_fuxictr_tables_are_exactly_the_embedding_group(fx, name, tiny_feature_map):
+    """FuxiCTR's tables are nn.Embedding modules (no FeatureEmbedding): the trainer must give
+    exactly them the embedding optimizer, as it does our FeatureEmbedding."""
+    model = small_model(name, tiny_feature_map)
+    emb, _ = split_parameters(model)
     tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     assert emb and {id(p) for p in emb} == tables
     assert not any(isinstance(m, FeatureEmbedding) for m in model.modules())
-    assert set_sparse_gradients(model) == sum(isinstance(m, torch.nn.Embedding) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", PEERS)
-def test_feature_maps_missing_kinds(fx, name, generator):
-    for kwargs in (dict(n_dense=0), dict(n_dense=0, bags=False, sequences=False), dict(n_sparse=0)):
-        fm = make_feature_map(num_tasks=2, **kwargs)
-        model = _build(name, fm, **({"fs1_context": []} if name == "fuxictr-finalmlp" else {}))  # no "clicks" here
-        model(random_batch(fm, 8, generator)).logits.sum().backward()
+@pytest.mark.parametrize("name,params", [
+    ("fuxictr-dcnv2", {"structure": "stacked_parallel", "low_rank_mixture": True, "low_rank": 4}),
+    ("fuxictr-dcnv2", {"structure": "crossnet_only"}),
+    ("fuxictr-dlrm", {"interaction": "cat"}),
+    ("fuxictr-autoint", {"use_wide": False, "dnn_hidden": [], "use_scale": True, "layer_norm": True}),
+    ("fuxictr-finalmlp", {"fs1_context": ["clicks"], "fs2_context": ["s0", "hist"], "num_heads": 2}),
+    ("fuxictr-finalmlp", {"use_feature_selection": False}),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v}" for k, v in v.items()))
+def test_config_variants(fx, name, params, tiny_feature_map, generator):
+    model = small_model(name, tiny_feature_map, **params).train()
+    out = model(random_batch(tiny_feature_map, 16, generator))
+    assert out.logits.shape == (16, 2) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
 
 
 def test_fuxictr_embedding_on_our_ids_equals_our_embedding(fx, generator):
     """Their embedding layer on our Batch, with our tables copied in, gives our fields: same
     ids, same pad handling, same masked means for bags and sequences, same shared tables."""
     fm = make_feature_map(num_tasks=1)
-    model = _build("fuxictr-deepfm", fm)
+    model = small_model("fuxictr-deepfm", fm)
     ours = FeatureEmbedding(fm, 8, numeric_as_field=True)
     layers = model.embedding_layer.embedding_layer.embedding_layers
     with torch.no_grad():
@@ -150,7 +133,7 @@ def test_fuxictr_self_attention_matches_our_interacting_layer(fx):
 
 def test_fuxictr_deepfm_is_lr_plus_fm_plus_mlp(fx, generator):
     fm = make_feature_map(num_tasks=1, n_dense=0, bags=False, sequences=False)
-    model = _build("fuxictr-deepfm", fm).eval()
+    model = small_model("fuxictr-deepfm", fm).eval()
     with torch.no_grad():  # non-trivial first-order weights (they start at ~1e-4)
         for m in model.fm.lr_layer.modules():
             if isinstance(m, torch.nn.Embedding):
@@ -167,7 +150,7 @@ def test_fuxictr_deepfm_is_lr_plus_fm_plus_mlp(fx, generator):
 
 def test_fuxictr_init_follows_its_base_model(fx, tiny_feature_map):
     """FuxiCTR's BaseModel.reset_parameters: zero linear biases, embeddings ~ N(0, 1e-4)."""
-    model = _build("fuxictr-dcnv2", tiny_feature_map)
+    model = small_model("fuxictr-dcnv2", tiny_feature_map)
     for m in model.modules():
         if isinstance(m, torch.nn.Linear) and m.bias is not None:
             assert torch.all(m.bias == 0)
@@ -179,7 +162,7 @@ def test_fuxictr_init_follows_its_base_model(fx, tiny_feature_map):
     d = num.weight.shape[0]
     assert 0.3 * (2 / (1 + d)) ** 0.5 < num.weight.std() < 3 * (2 / (1 + d)) ** 0.5
     # ... unless the numeric_init_std diagnostic re-initialises them like our table rows
-    small = _build("fuxictr-dcnv2", tiny_feature_map, numeric_init_std=1e-3)
+    small = small_model("fuxictr-dcnv2", tiny_feature_map, numeric_init_std=1e-3)
     assert small.embedding_layer.embedding_layer.embedding_layers["d0"].weight.abs().max() < 1e-2
 
 
@@ -190,7 +173,7 @@ def test_first_order_pooling_sum_is_fuxictrs_and_mean_is_ours(fx, generator):
     ids = batch.bags["tags"]
     count = (ids != 0).sum(1).clamp_min(1).to(torch.float32)
     for pooling in ("sum", "mean"):
-        model = _build("fuxictr-deepfm", fm, first_order_pooling=pooling)
+        model = small_model("fuxictr-deepfm", fm, first_order_pooling=pooling)
         lr = model.fm.lr_layer
         w = lr.embedding_layer.embedding_layer.embedding_layers["tags"].weight[:, 0]
         ref = w[ids].sum(1) / (count if pooling == "mean" else 1) + lr.bias
@@ -235,7 +218,7 @@ def test_fuxictr_finalmlp_gate_without_context_has_a_dead_hidden_layer(fx, gener
     is only ever 2 sigmoid(output bias). Ours starts with non-zero biases and trains the layer."""
     fm = make_feature_map(num_tasks=1)
     batch = random_batch(fm, 32, generator)
-    theirs = _build("fuxictr-finalmlp", fm, fs1_context=[])
+    theirs = small_model("fuxictr-finalmlp", fm, fs1_context=[])
     F.binary_cross_entropy_with_logits(theirs(batch).logits, batch.labels).backward()
     gate = theirs.fs_module.gates[0].mlp
     assert torch.all(gate[0].weight.grad == 0) and torch.all(theirs.fs_module.ctx_bias["0"].grad == 0)

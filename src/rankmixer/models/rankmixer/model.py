@@ -1,0 +1,267 @@
+"""RankMixer (Zhu et al. 2025, "RankMixer: Scaling Up Ranking Models in Industrial
+Recommenders", arXiv 2507.15551): feature tokens, parameter-free token mixing, per-token FFNs.
+
+::
+
+    FeatureEmbedding (numeric_as_field) -> [SequencePooling] -> Tokenizer  -> X0 [B, T, D]
+    L x block:   S  = LN(TM(X) + X)          TM: multi-head token mixing, H = T
+                 X' = LN(PFFN(S) + S)        PFFN: per-token FFN (or per-token sparse MoE)
+    mean over the T tokens -> TaskHeads (one logit per task)
+
+Where the paper is silent, each choice is a config switch (``docs/rankmixer.md`` gives the
+reasons): the tokenizer (``semantic``: one projection per feature group; ``auto``: concat, pad,
+chunk; see ``nn/tokenizer.py``), sequence pooling (masked mean or DIN-style target attention),
+the expansion k, ``dropout`` on the FFN output before the residual add, and the ablations:
+``token_mixing="none"`` (``S = LN(X)``) or ``"self_attention"`` (multi-head self-attention,
+default T heads), ``ffn="shared"`` (one FFN for all tokens), ``residual=False``
+(``S = LN(TM(X))``, ``X' = LN(PFFN(S))``), ``layer_norm=False`` (the LNs become identities).
+
+``moe`` (a :class:`rankmixer.nn.moe.MoEConfig` mapping) turns each block's PFFN into a
+``PerTokenMoE`` (imported only when set); its auxiliary losses are summed over the blocks into
+``ModelOutput.aux_loss``, its metrics reported per block (``moe/l{i}/...``) plus
+``moe/active_ratio``, their mean. ``early_exit`` adds exit heads after every block
+(``early_exit.py`` in this package). The analytic parameter and FLOP counts are in
+``counting.py``, the named variants in ``variants.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from rankmixer.data.batch import Batch
+from rankmixer.data.feature_map import FeatureMap
+from rankmixer.models.base import ModelConfig, ModelOutput
+from rankmixer.models.rankmixer.early_exit import EarlyExitConfig, EarlyExitOutput, forward_early_exit
+from rankmixer.models.registry import register
+from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.heads import TaskHeads
+from rankmixer.nn.per_token_ffn import PerTokenFFN, SharedFFN, ffn_hidden
+from rankmixer.nn.token_mixing import TokenMixing
+from rankmixer.nn.tokenizer import SequencePooling, Tokenizer
+
+
+class RankMixerConfig(ModelConfig):
+    num_tokens: int = Field(default=8, ge=1, description="T: number of tokens")
+    hidden_dim: int = Field(default=64, ge=1, description="D: token width (divisible by T for token mixing)")
+    num_layers: int = Field(default=2, ge=0, description="L: number of RankMixer blocks")
+    expansion: float = Field(default=2.0, gt=0, description="k: FFN hidden width = round(k * D)")
+    activation: str = Field(default="gelu", description="FFN activation")
+    tokenizer: Literal["semantic", "auto"] = Field(
+        default="semantic", description="semantic: one projection per feature group; auto: concat and chunk"
+    )
+    sequence_pooling: Literal["mean", "target_attention"] = Field(
+        default="mean", description="how sequence features become fields"
+    )
+    sequence_targets: dict[str, str] = Field(
+        default={}, description="target attention: sequence -> target feature (default: its share_with)"
+    )
+    attention_hidden: list[int] = Field(default=[32], description="hidden widths of the DIN activation unit")
+    attention_softmax: bool = Field(default=True, description="softmax-normalise target-attention weights")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the FFN output")
+    ffn_impl: Literal["auto", "bmm", "fused", "split"] = Field(default="auto", description="per-token FFN implementation")
+    moe: Any = Field(default=None, description="MoEConfig mapping: per-token sparse MoE instead of the PFFN")
+    token_mixing: Literal["mixing", "none", "self_attention"] = Field(default="mixing", description="ablation switch")
+    attention_heads: int | None = Field(default=None, ge=1, description="self_attention heads (default T)")
+    ffn: Literal["per_token", "shared"] = Field(default="per_token", description="ablation switch")
+    residual: bool = Field(default=True, description="ablation switch: skip connections")
+    layer_norm: bool = Field(default=True, description="ablation switch: post-norm LayerNorms")
+    head_hidden: list[int] = Field(default=[], description="hidden widths of each task's tower")
+    early_exit: EarlyExitConfig | None = Field(default=None, description="exit heads after every block")
+
+    @field_validator("moe", mode="before")
+    @classmethod
+    def _moe_config(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        from rankmixer.nn.moe import MoEConfig  # lazy: only MoE configs need the module
+
+        return v if isinstance(v, MoEConfig) else MoEConfig.model_validate(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> RankMixerConfig:
+        if self.token_mixing == "mixing" and self.hidden_dim % self.num_tokens:
+            raise ValueError(
+                f"token mixing needs hidden_dim divisible by num_tokens, got {self.hidden_dim} and {self.num_tokens}"
+            )
+        if self.token_mixing == "self_attention" and self.hidden_dim % self.heads:
+            raise ValueError(f"self_attention needs hidden_dim divisible by attention_heads ({self.heads})")
+        if self.moe is not None and self.ffn != "per_token":
+            raise ValueError("moe replaces the per-token FFN; it needs ffn=per_token")
+        ee = self.early_exit
+        if ee is not None and isinstance(ee.loss_weights, list):
+            n = max(self.num_layers, 1)  # exits: one per block; L = 0 still has the final head
+            if len(ee.loss_weights) != n or min(ee.loss_weights) < 0 or sum(ee.loss_weights) <= 0:
+                raise ValueError(
+                    f"early_exit.loss_weights needs one non-negative weight per exit ({n}), "
+                    f"not all zero; got {ee.loss_weights}"
+                )
+        return self
+
+    @property
+    def exit_head_hidden(self) -> list[int]:
+        ee = self.early_exit
+        return self.head_hidden if ee is None or ee.head_hidden is None else ee.head_hidden
+
+    @property
+    def heads(self) -> int:
+        return self.attention_heads or self.num_tokens
+
+    @property
+    def ffn_hidden(self) -> int:
+        return ffn_hidden(self.hidden_dim, self.expansion)
+
+
+class SelfAttentionMixing(nn.Module):
+    """The self-attention ablation of token mixing: ``MultiheadAttention(x, x, x)``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+class RankMixerBlock(nn.Module):
+    """``S = LN(TM(X) + X); X' = LN(PFFN(S) + S)`` with the config's ablation switches.
+    ``forward(x) -> (x', aux_loss or None, metrics)``."""
+
+    def __init__(self, cfg: RankMixerConfig, index: int = 0) -> None:
+        super().__init__()
+        T, D = cfg.num_tokens, cfg.hidden_dim
+        self.residual = cfg.residual
+        if cfg.token_mixing == "mixing":
+            self.mixer: nn.Module | None = TokenMixing(T, D)
+        elif cfg.token_mixing == "self_attention":
+            self.mixer = SelfAttentionMixing(D, cfg.heads)
+        else:
+            self.mixer = None
+        self.norm1 = nn.LayerNorm(D) if cfg.layer_norm else nn.Identity()
+        self.norm2 = nn.LayerNorm(D) if cfg.layer_norm else nn.Identity()
+        self.is_moe = cfg.moe is not None
+        if self.is_moe:
+            from rankmixer.nn.moe import PerTokenMoE  # lazy: only MoE models need the module
+
+            self.ffn: nn.Module = PerTokenMoE(T, D, cfg.expansion, cfg.moe, metric_prefix=f"moe/l{index}")
+        elif cfg.ffn == "per_token":
+            self.ffn = PerTokenFFN(T, D, cfg.expansion, cfg.activation, impl=cfg.ffn_impl)
+        else:
+            self.ffn = SharedFFN(D, cfg.expansion, cfg.activation)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+        if self.mixer is None:
+            s = self.norm1(x)
+        else:
+            m = self.mixer(x)
+            s = self.norm1(m + x if self.residual else m)
+        aux, metrics = None, {}
+        if self.is_moe:
+            v, aux, metrics = self.ffn(s)
+        else:
+            v = self.ffn(s)
+        v = self.dropout(v)
+        return self.norm2(v + s if self.residual else v), aux, metrics
+
+
+class RankMixerBackbone(nn.Module):
+    """``L`` RankMixer blocks on ``[B, T, D]`` tokens; ``forward(x) -> (x, aux_loss or None,
+    metrics)``. Separate from the model so it can be built without a feature map (e.g. on the
+    meta device, to count the parameters of the big variants)."""
+
+    def __init__(self, cfg: RankMixerConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(RankMixerBlock(cfg, i) for i in range(cfg.num_layers))
+        self.is_moe = cfg.moe is not None
+
+    def forward(
+        self, x: Tensor, after_block: Callable[[int, Tensor], None] | None = None
+    ) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+        """``after_block(i, x)`` (if given) sees every block's output (early-exit heads)."""
+        aux: Tensor | None = None
+        metrics: dict[str, float] = {}
+        ratios = []
+        for i, block in enumerate(self.blocks):
+            x, a, m = block(x)
+            if after_block is not None:
+                after_block(i, x)
+            if a is not None:
+                aux = a if aux is None else aux + a
+            metrics.update(m)
+            if f"moe/l{i}/active_ratio" in m:
+                ratios.append(m[f"moe/l{i}/active_ratio"])
+        if ratios:
+            metrics["moe/active_ratio"] = sum(ratios) / len(ratios)
+        return x, aux, metrics
+
+
+@register("rankmixer", RankMixerConfig)
+class RankMixer(nn.Module):
+    """RankMixer: feature tokens, multi-head token mixing and per-token FFNs (Zhu et al. 2025, "RankMixer: Scaling Up Ranking Models in Industrial Recommenders").
+
+    See the module docstring for the block, the tokenizer, the ablation switches and the MoE
+    variant.
+    """
+
+    def __init__(self, feature_map: FeatureMap, cfg: RankMixerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        names = self.embedding.field_names
+        pooling = None
+        if cfg.sequence_pooling == "target_attention":
+            pooling = SequencePooling(
+                feature_map, names, d, "target_attention", cfg.sequence_targets, cfg.attention_hidden,
+                cfg.attention_softmax,
+            )
+        self.tokenizer = Tokenizer(feature_map, names, d, cfg.num_tokens, cfg.hidden_dim, cfg.tokenizer, pooling)
+        self.backbone = RankMixerBackbone(cfg)
+        self.heads = TaskHeads(cfg.hidden_dim, feature_map.num_tasks, cfg.head_hidden)
+        # Early exit: heads after blocks 1 .. L-1; after block L the final head is the last exit.
+        self.exit_heads: nn.ModuleList | None = None
+        if cfg.early_exit is not None:
+            self.exit_heads = nn.ModuleList(
+                TaskHeads(cfg.hidden_dim, feature_map.num_tasks, cfg.exit_head_hidden)
+                for _ in range(max(cfg.num_layers - 1, 0))
+            )
+            if cfg.early_exit.confidence_task >= feature_map.num_tasks:
+                raise ValueError(
+                    f"early_exit.confidence_task={cfg.early_exit.confidence_task} but the data has "
+                    f"{feature_map.num_tasks} task(s)"
+                )
+
+    @property
+    def num_exits(self) -> int:
+        """Exits of an early-exit model (one per block, at least the final head); 1 otherwise."""
+        return 1 if self.exit_heads is None else len(self.exit_heads) + 1
+
+    def tokens(self, batch: Batch) -> Tensor:
+        """The input tokens ``X0 [B, T, D]``."""
+        return self.tokenizer(self.embedding(batch))
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        if self.exit_heads is None:
+            x, aux, metrics = self.backbone(self.tokens(batch))
+            return ModelOutput(logits=self.heads(x.mean(dim=1)), aux_loss=aux, metrics=metrics)
+        exits: list[Tensor] = []
+        heads = self.exit_heads
+
+        def exit_head(i: int, h: Tensor) -> None:
+            if i < len(heads):
+                exits.append(heads[i](h.mean(dim=1)))
+
+        x, aux, metrics = self.backbone(self.tokens(batch), after_block=exit_head)
+        logits = self.heads(x.mean(dim=1))
+        exits.append(logits)
+        return ModelOutput(logits=logits, aux_loss=aux, metrics=metrics, exit_logits=exits,
+                           exit_loss_weights=self.cfg.early_exit.weights(len(exits)))
+
+    def forward_early_exit(self, batch: Batch, thresholds: Sequence[float | None]) -> EarlyExitOutput:
+        """Inference that stops early: one threshold per exit before the final head (``None``:
+        never exit there); see :func:`~rankmixer.models.rankmixer.early_exit.forward_early_exit`."""
+        return forward_early_exit(self, batch, thresholds)

@@ -1,0 +1,2 @@
+"""Reusable layers (embeddings, MLPs, interactions, token mixing, per-token FFNs, MoE, attention);
+no model-specific glue."""

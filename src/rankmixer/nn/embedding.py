@@ -5,47 +5,24 @@ map and nothing about any backbone: it turns a :class:`~rankmixer.data.batch.Bat
 :class:`EmbeddedFeatures` (one ``[B, F, dim]`` tensor of fields plus the unpooled sequences).
 A distributed version (TorchRec sharded tables) can replace it without touching any model.
 
-Layout of the fused weight
---------------------------
-Every table of ``feature_map.tables()`` (sparse features, and bags / sequences that do not
-``share_with`` a sparse feature) is a row range of one ``[rows, dim]`` parameter. Row 0 is the
-single, shared padding row; table ``t`` stores its ids ``1 .. vocab_size - 1`` at rows
-``offset[t] + 1 .. offset[t] + vocab_size - 1``, so a local id maps to the global row
+Layout: every table of ``feature_map.tables()`` is a row range of one ``[rows, dim]`` parameter,
+so a lookup of every field is one ``F.embedding`` call (one kernel instead of one per field).
+Row 0 is the single shared padding row; table ``t`` keeps its ids ``1 .. vocab_size - 1`` at
+rows ``offset[t] + 1 ..``, i.e. ``global = id + offset[t]`` for ``id != 0`` and ``0`` for
+padding. With ``numeric_as_field`` the learned vectors of the numerical fields are the last
+``n_dense`` rows, so the module's parameters are exactly the fused table (a trainer may give all
+of it to a sparse optimizer).
 
-    global = id + offset[t]   if id != 0,    global = 0   if id == 0 (padding)
-
-(the first table has offset 0, i.e. its ids are the global rows). With numeric_as_field the
-``n_dense`` learned vectors of the numerical fields are the last ``n_dense`` rows, so that the
-module's parameters are *exactly* the fused table (a trainer may give every parameter of every
-``FeatureEmbedding`` to a sparse optimizer, and ``sparse=True`` covers the numerical vectors too).
-
-Padding: row 0 is initialised to zero and every lookup passes ``padding_idx=0``, so the pad row
-never receives gradient and stays zero (also under weight decay); pooled bags and sequences
-divide by the number of non-pad ids (an all-pad row pools to the zero vector).
+Padding: row 0 starts at zero and every lookup passes ``padding_idx=0``, so it never receives a
+gradient and stays zero; pooled bags and sequences divide by their number of non-pad ids.
 
 Ids must lie in ``[0, vocab_size)`` of their table (the data pipeline guarantees it); an id past
-the end would silently read the next table's rows, so :meth:`FeatureEmbedding.check_ids` is
-provided for tests and debugging (it is not called in ``forward``: it would sync the device).
+the end would read the next table's rows, so :meth:`FeatureEmbedding.check_ids` exists for tests
+and debugging (not called in ``forward``: it would sync the device).
 
-Speed (why one fused table): measured on the CPU dev box (2 threads, torch 2.13 CPU build), 26
-sparse fields with Criteo-Kaggle cardinalities capped at 200k rows (1.48M rows in all), dim 16,
-batch 4096, median of 50 timed runs, three repeats (ranges):
-
-    ==================================  ============  =================  ==================
-    26-field lookup -> [B, 26, 16]      forward       fwd+bwd, dense     fwd+bwd, sparse
-    ==================================  ============  =================  ==================
-    26 nn.Embedding + torch.stack       1.3-1.7 ms    28.0-28.7 ms       5.4-5.9 ms
-    fused: one F.embedding (this file)  0.63-0.71 ms  29.2-30.8 ms       4.4-5.8 ms
-    ==================================  ============  =================  ==================
-
-The forward lookup is 2x faster fused. With dense gradients both spend almost all their time
-writing the full-size gradient (1.48M x 16 floats); the fused one was 4-7% slower there. With
-sparse gradients they are equal within noise on CPU. On a GPU the fused form also replaces 26 kernel
-launches by one (not measured here: no GPU on the dev box).
-
-Initialisation: ``normal(0, init_std)`` with ``init_std = 1e-2`` for every row but the pad row,
-which is zero. Small, so initial dot products / FM terms are ~0 and logits start near the bias
-(FuxiCTR's default is normal std 1e-4; DLRM's reference uses uniform(+-1/sqrt(rows))).
+Initialisation: ``normal(0, 1e-2)`` for every row but the pad row: small, so initial dot
+products and FM terms are about 0 and logits start near the bias (FuxiCTR uses std 1e-4; DLRM's
+reference uniform(+-1/sqrt(rows))).
 """
 
 from __future__ import annotations

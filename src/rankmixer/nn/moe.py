@@ -23,7 +23,9 @@ Why it is built this way:
 
 The measurements behind the defaults (DTSI ``sample`` vs ``mix``, the controller's rate, the
 ``relu_grad_leak`` trial, sparse vs dense inference and the ``auto`` implementation choice)
-are in ``docs/performance.md``, section "Sparse per-token MoE".
+are in ``docs/performance.md``, section "Sparse per-token MoE". One file, though over 400
+lines: routing, the controller and both compute paths read the same expert weights and gate
+tensors; apart they would reach into each other's internals.
 """
 
 from __future__ import annotations

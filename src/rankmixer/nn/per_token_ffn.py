@@ -26,8 +26,7 @@ like ``nn.Linear``, token by token. Three implementations of the same function (
     choice is made per call and a checkpoint loads into either.
 
 Inference under autocast reuses low-precision copies of the stacked weights while they are
-unchanged (:meth:`PerTokenFFN.compute_weights`) instead of re-casting them on every call. The
-measurements behind ``auto`` are in ``docs/performance.md``, section "Per-token FFN".
+unchanged (:meth:`PerTokenFFN.compute_weights`); ``docs/performance.md`` has the measurements.
 """
 
 from __future__ import annotations

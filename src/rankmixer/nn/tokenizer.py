@@ -2,50 +2,20 @@
 
 Input: :class:`~rankmixer.nn.embedding.EmbeddedFeatures` (``fields [B, F, d]``, every feature a
 ``d``-wide field: sparse, numerical (``numeric_as_field``), bags and sequences mean-pooled).
-Output: ``[B, T, D]``.
+Output: ``[B, T, D]``. Sequence features first get their field vector from
+:class:`SequencePooling` (masked mean, or DIN-style target attention).
 
-Sequence features
------------------
-A :class:`SequencePooling` module decides the field vector of every sequence feature:
+Modes (both use a separate projection per token: the paper leaves shared vs per-chunk open, and
+per chunk lets chunks of different features use different maps):
 
-* ``mean``: the masked mean :class:`FeatureEmbedding` already put in ``fields`` (no parameters).
-* ``target_attention``: DIN-style attention of the history against a target feature's
-  embedding (Zhou et al. 2018). For history ``h_1..h_L`` (pad slots masked) and target ``q``
-  (the target feature's field vector), an activation unit ``a(h, q) = MLP([h, q, h - q, h * q])``
-  (hidden ``attention_hidden``, ReLU, one output) scores every position; the pooled vector is
-  ``sum_l w_l h_l`` with ``w = softmax(a)`` over the real positions (``attention_softmax=True``,
-  the default: same scale as the mean it replaces) or ``w = a`` masked (DIN's unnormalised
-  form). An all-pad sequence pools to zero. The target of sequence ``s`` is
-  ``targets[s]`` if given, else the sparse feature it ``share_with`` (the item the history
-  shares its table with); a sequence with neither keeps mean pooling (listed in
-  ``SequencePooling.mean_sequences``). Each attended sequence has its own activation unit. The
-  pooled vectors *replace* the sequences' fields, field order unchanged.
-
-Modes
------
-``semantic`` (one projection per token source, sources follow the schema's feature groups)
-    1. Groups: ``feature_map.feature_groups`` in its order, each group's fields in the group's
-       listed order; fields in no group form a last group ``other`` (field order). A feature
-       named in two groups, or a group naming an unknown feature, is an error; empty groups are
-       dropped. The fields, reordered group by group, are concatenated into ``e`` (``F * d``
-       wide); every source is a contiguous slice of ``e``, starting with one slice per group.
-    2. While there are fewer than ``T`` sources: take the widest one (first on ties) and cut it
-       in two. The cut is at the field boundary nearest its middle (the lower one on ties) if
-       the slice spans more than one field, else at its middle element. It fails only if
-       ``T > F * d``.
-    3. While there are more than ``T`` sources: merge the adjacent pair with the smallest
-       combined width (first pair on ties) into one slice. (Adjacent only, so a source stays a
-       contiguous, semantically ordered slice; merges stay inside neighbouring groups.)
-    4. Source ``i`` (width ``w_i``) is projected by its own ``Linear(w_i, D)`` to token ``i``.
-    Deterministic: it depends only on the field names, the groups, ``d`` and ``T``
-    (:func:`plan_semantic_sources`). Every field element lands in exactly one source.
+``semantic``
+    One token source per feature group of the schema, split or merged to exactly ``T``
+    contiguous slices of the group-ordered fields (:func:`plan_semantic_sources` has the
+    deterministic algorithm); source ``i`` is projected by its own ``Linear(w_i, D)``.
 ``auto`` ("concat and chunk", the paper's description)
     All fields concatenated in field order (``F * d``), zero-padded to ``T * c`` with
     ``c = ceil(F * d / T)``, cut into ``T`` chunks of width ``c``, chunk ``i`` projected by its own
     ``Linear(c, D)`` (stored stacked ``[T, c, D]``, one batched matmul).
-
-Both modes use a separate projection per token (the paper leaves shared vs per-chunk open; per
-chunk lets chunks of different features use different maps).
 """
 
 from __future__ import annotations
@@ -92,9 +62,21 @@ def sequence_targets(
 
 
 class SequencePooling(nn.Module):
-    """Sets the field vectors of sequence features: ``mean`` (as embedded) or
-    ``target_attention`` (DIN-style, see the module docstring). ``forward(emb) -> fields
-    [B, F, d]`` in ``emb.field_names`` order."""
+    """Sets the field vectors of sequence features. ``forward(emb) -> fields [B, F, d]`` in
+    ``emb.field_names`` order.
+
+    * ``mean``: the masked mean :class:`FeatureEmbedding` already put in ``fields``.
+    * ``target_attention``: DIN-style attention of the history against a target feature's
+      embedding (Zhou et al. 2018). For history ``h_1..h_L`` (pad slots masked) and target ``q``,
+      an activation unit ``a(h, q) = MLP([h, q, h - q, h * q])`` (hidden ``attention_hidden``,
+      ReLU, one output) scores every position; the pooled vector is ``sum_l w_l h_l`` with
+      ``w = softmax(a)`` over the real positions (``attention_softmax=True``: the scale of the
+      mean it replaces) or ``w = a`` masked (DIN's unnormalised form). An all-pad sequence pools
+      to zero. The target of sequence ``s`` is ``targets[s]`` if given, else the sparse feature
+      it ``share_with``; a sequence with neither keeps mean pooling (``mean_sequences``). Each
+      attended sequence has its own activation unit; pooled vectors replace the sequences'
+      fields, field order unchanged.
+    """
 
     def __init__(
         self,
@@ -207,7 +189,25 @@ def plan_semantic_sources(
     field_names: Sequence[str], feature_groups: Mapping[str, Sequence[str]], dim: int, num_tokens: int
 ) -> tuple[list[str], list[Source]]:
     """``(field order, sources)``: the fields in group order (``e`` is their concatenation) and
-    the ``num_tokens`` slices of ``e`` (see the module docstring for the algorithm)."""
+    the ``num_tokens`` slices of ``e``.
+
+    1. Groups: ``feature_map.feature_groups`` in its order, each group's fields in the group's
+       listed order; fields in no group form a last group ``other`` (field order). A feature
+       named in two groups, or a group naming an unknown feature, is an error; empty groups are
+       dropped. The fields, reordered group by group, are concatenated into ``e`` (``F * d``
+       wide); every source is a contiguous slice of ``e``, starting with one slice per group.
+    2. While there are fewer than ``T`` sources: take the widest one (first on ties) and cut it
+       in two. The cut is at the field boundary nearest its middle (the lower one on ties) if
+       the slice spans more than one field, else at its middle element. It fails only if
+       ``T > F * d``.
+    3. While there are more than ``T`` sources: merge the adjacent pair with the smallest
+       combined width (first pair on ties) into one slice. (Adjacent only, so a source stays a
+       contiguous, semantically ordered slice; merges stay inside neighbouring groups.)
+    4. Source ``i`` (width ``w_i``) is projected by its own ``Linear(w_i, D)`` to token ``i``.
+
+    Deterministic: it depends only on the field names, the groups, ``d`` and ``T``; every field
+    element lands in exactly one source.
+    """
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
     groups = group_fields(field_names, feature_groups)
@@ -266,7 +266,7 @@ def token_input_widths(
 # tokenizer
 # ------------------------------------------------------------------------------------------
 class Tokenizer(nn.Module):
-    """``EmbeddedFeatures -> [B, T, D]`` (see the module docstring).
+    """``EmbeddedFeatures -> [B, T, D]`` (the modes: see the module docstring).
 
     Args:
         feature_map: for the feature groups and the sequences' targets.

@@ -21,6 +21,9 @@ The trainer stays a single-process loop; this module supplies what changes with 
   checkpoint, and scattered back on load. So a checkpoint resumes with any number of processes
   (2 -> 1, 1 -> 2 ...). The cost: every rank briefly holds each full table while gathering;
   tables larger than one host's memory need DCP's resharding instead (not done here).
+
+One file, though over 400 lines: the wrapping, the collectives and the checkpoint views all
+work on the same sharded-table bookkeeping of :class:`Distributed`.
 """
 
 from __future__ import annotations

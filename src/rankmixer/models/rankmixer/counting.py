@@ -196,26 +196,6 @@ def rankmixer_exit_flops(
 
 def describe(name: str, overrides: dict | None = None, feature_map: FeatureMap | None = None) -> dict[str, Any]:
     """Config, parameter counts and FLOPs/sample of a registered RankMixer (variant), with the
-    parameter count checked against a module built on the meta device (never in memory)."""
-    from rankmixer.models import registry
-
-    cfg = registry.parse_config(name, overrides or {})
-    if not isinstance(cfg, RankMixerConfig):
-        raise ValueError(f"{name!r} is not a RankMixer model")
-    with torch.device("meta"):
-        module = registry.build_model(name, feature_map, cfg) if feature_map is not None else RankMixerBackbone(cfg)
-    counted = sum(p.numel() for p in module.parameters())
-    params = rankmixer_param_count(cfg, feature_map)
-    flops = rankmixer_flops_per_sample(cfg, feature_map)
-    expected = params["total"] if feature_map is not None else params["blocks"]
-    if counted != expected:  # pragma: no cover - guarded by the tests
-        raise RuntimeError(f"analytic parameter count {expected:,} != built module's {counted:,}")
-    return {"name": name, "config": cfg.model_dump(mode="json"), "params": params, "flops": flops,
-            "meta_module_params": counted}
-
-
-def describe(name: str, overrides: dict | None = None, feature_map: FeatureMap | None = None) -> dict[str, Any]:
-    """Config, parameter counts and FLOPs/sample of a registered RankMixer (variant), with the
     parameter count checked against a module built on the meta device (never in memory).
 
     Returns ``{"name", "config", "params", "flops", "meta_module_params"}``: ``params`` and

@@ -9,16 +9,20 @@ Layout::
                             tensors under ``rng/...``; tensors of the trainer state under
                             ``trainer/...``
         state.json          everything else: the non-tensor parts of those state dicts (with
-                            tensors replaced by ``{"__tensor__": "<name>"}``), the caller's
-                            trainer state, and the sha256 and size of each .safetensors file
+                            tensors replaced by ``{"__tensor__": "<name>"}``) and the caller's
+                            trainer state
+        manifest.json       the sha256 and size of every other file, state.json included
 
 Why not ``torch.save``: unpickling runs arbitrary code, so a checkpoint downloaded or shared
 between users would be a code-execution vector; safetensors files are plain data.
 
 Atomicity: everything is written into a hidden temp directory inside ``checkpoints/``, fsynced,
 then renamed onto ``step_XXXXXXXX`` with one ``os.replace``. A process killed mid-write leaves
-only a ``.tmp-*`` directory, which :func:`latest_checkpoint` never returns. A bit flip or a
-truncated copy is caught on load by the recorded sha256, before anything is modified.
+only a ``.tmp-*`` directory, which :func:`latest_checkpoint` never returns. A bit flip, a
+truncated or missing file or an edited state.json is caught on load by the manifest's sha256,
+before anything is modified; :func:`load_latest` then reports it and falls back to the newest
+intact checkpoint. (Format 1 checkpoints, without a manifest, hashed only the .safetensors files
+in state.json; they still load.)
 """
 
 from __future__ import annotations
@@ -30,23 +34,15 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from rankmixer.core.files import sha256_file
-from rankmixer.core.weights import (
-    WeightsError,
-    fsync_dir,
-    fsync_file,
-    read_safetensors,
-    state_dict_for,
-    unique_suffix,
-    write_model_file,
-)
+from rankmixer.core.files import fsync_dir, fsync_file, sha256_file, unique_suffix
+from rankmixer.core.weights import WeightsError, read_safetensors, state_dict_for, write_model_file
 
 __all__ = [
     "CheckpointError",
@@ -54,6 +50,9 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
+    "load_latest",
+    "verify_checkpoint",
+    "MANIFEST_FILE",
     "MODEL_FILE",
     "OPTIM_FILE",
     "STATE_FILE",
@@ -62,8 +61,10 @@ __all__ = [
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.safetensors"
 STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1  # no manifest: state.json holds the hashes of the two .safetensors files
 
 _STEP_DIR = re.compile(r"step_(\d{8,})")
 # Markers of the JSON encoding of state dicts (see _encode).
@@ -72,8 +73,9 @@ _T_TUPLE = "__tuple__"
 _T_DICT = "__dict__"
 
 
-class CheckpointError(WeightsError):
-    """A checkpoint is unusable: missing files, corrupted, or not matching the model."""
+class CheckpointError(WeightsError, ValueError):
+    """A checkpoint is unusable: missing files, corrupted, or not matching the model. (A
+    ValueError too: it is the user's file that is wrong, and the CLI reports it in one line.)"""
 
 
 # ---- JSON encoding of state dicts -----------------------------------------------------------
@@ -267,12 +269,14 @@ def save_checkpoint(
     try:
         write_model_file(tmp / MODEL_FILE, model, digest=False)
         save_file(tensors, str(tmp / OPTIM_FILE), metadata={"format": "pt"})
-        state["files"] = {
-            f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
-            for f in (MODEL_FILE, OPTIM_FILE)
-        }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, allow_nan=True))
-        for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "files": {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
+                      for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE)},
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE, MANIFEST_FILE):
             fsync_file(tmp / f)
         fsync_dir(tmp)
         if final.exists():
@@ -296,31 +300,37 @@ def save_checkpoint(
     return final
 
 
-def _read_state(path: Path) -> dict[str, Any]:
-    f = path / STATE_FILE
+def _read_json(f: Path, what: str) -> Any:
     if not f.is_file():
         raise CheckpointError(f"{f}: file is missing (incomplete or not a checkpoint)")
     try:
-        state = json.loads(f.read_text())
+        return json.loads(f.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{f}: cannot be parsed ({e})") from e
-    needed = ("format_version", "files", "optimizers", "schedulers", "trainer_state", "rng")
+
+
+def _read_state(path: Path, version: int) -> dict[str, Any]:
+    f = path / STATE_FILE
+    state = _read_json(f, "state")
+    needed = ("format_version", "optimizers", "schedulers", "trainer_state", "rng")
+    if version == LEGACY_VERSION:
+        needed += ("files",)
     missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
     if missing:
         raise CheckpointError(f"{f}: malformed, lacks {missing}")
-    if state["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{f}: format version {state['format_version']}, this code reads {FORMAT_VERSION}"
-        )
+    if state["format_version"] != version:
+        raise CheckpointError(f"{f}: format version {state['format_version']!r}, expected {version}")
     return state
 
 
-def _verify_file(path: Path, record: Mapping[str, Any]) -> None:
+def _verify_file(path: Path, record: Any) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing")
+    if not isinstance(record, Mapping):
+        raise CheckpointError(f"{path}: malformed checksum record {record!r}")
     size = path.stat().st_size
     if "bytes" in record and size != record["bytes"]:
-        kind = "truncated" if size < record["bytes"] else "has extra bytes"
+        kind = "truncated" if isinstance(record["bytes"], int) and size < record["bytes"] else "has extra bytes"
         raise CheckpointError(
             f"{path}: {size} bytes, expected {record['bytes']}: file is {kind} (corrupted)"
         )
@@ -330,6 +340,41 @@ def _verify_file(path: Path, record: Mapping[str, Any]) -> None:
             f"{path}: sha256 mismatch (expected {record.get('sha256')}, got {got}): "
             "file is corrupted"
         )
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file of a checkpoint against its manifest (state.json included) and
+    return the parsed state; raises :class:`CheckpointError` naming the first bad file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory is missing")
+    mpath = path / MANIFEST_FILE
+    if not mpath.exists():
+        # Format 1 (no manifest) or a manifest that went missing: state.json tells which.
+        state = _read_json(path / STATE_FILE, "state")
+        if not isinstance(state, dict) or state.get("format_version") != LEGACY_VERSION:
+            raise CheckpointError(f"{mpath}: file is missing (incomplete or corrupted checkpoint)")
+        state = _read_state(path, LEGACY_VERSION)
+        for f in (MODEL_FILE, OPTIM_FILE):
+            if f not in state["files"]:
+                raise CheckpointError(f"{path / STATE_FILE}: no checksum recorded for {f}")
+            _verify_file(path / f, state["files"][f])
+        return state
+    manifest = _read_json(mpath, "manifest")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{mpath}: malformed (expected format_version {FORMAT_VERSION} and files)")
+    for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
+        if f not in files:
+            raise CheckpointError(f"{mpath}: no checksum recorded for {f}")
+    unlisted = sorted(p.name for p in path.iterdir() if p.name != MANIFEST_FILE and p.name not in files)
+    if unlisted:
+        raise CheckpointError(f"{path}: file(s) {unlisted} are not in {MANIFEST_FILE}")
+    for f, record in files.items():
+        if f not in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
+            raise CheckpointError(f"{mpath}: lists an unknown file {f!r}")
+        _verify_file(path / f, record)
+    return _read_state(path, FORMAT_VERSION)
 
 
 def _names_match(
@@ -351,19 +396,12 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizers, schedulers (and RNGs) from a checkpoint; return trainer_state.
 
-    Everything is read and checked first (files present, sha256, parse, keys, shapes, optimizer
+    Everything is read and checked first (files present, sha256 of every file, parse, keys, shapes, optimizer
     and scheduler names, param-group sizes); only then is anything modified, so a
     CheckpointError leaves the caller's objects as they were.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint directory is missing")
-    state = _read_state(path)
-    files = state["files"]
-    for f in (MODEL_FILE, OPTIM_FILE):
-        if f not in files:
-            raise CheckpointError(f"{path / STATE_FILE}: no checksum recorded for {f}")
-        _verify_file(path / f, files[f])
+    state = verify_checkpoint(path)
 
     try:
         model_tensors, meta = read_safetensors(path / MODEL_FILE)
@@ -410,3 +448,34 @@ def load_checkpoint(
     if restore_rng:
         _set_rng_state(rng)
     return trainer_state
+
+
+def load_latest(
+    run_dir: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    schedulers: Mapping[str, Any],
+    warn: Callable[[str], None],
+    restore_rng: bool = True,
+) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest *intact* checkpoint of a run: (its path, trainer_state), or None when
+    the run has no checkpoint. A newer one that fails its checks (corrupted, truncated, a file
+    missing, an edited state, not matching the model) is reported through ``warn`` and skipped;
+    only when none is usable is it an error, listing why each was refused."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    steps = sorted((p for p in root.iterdir() if _step_of(p) is not None and p.is_dir()),
+                   key=lambda p: _step_of(p) or 0, reverse=True) if root.is_dir() else []
+    refused = []
+    for path in steps:
+        try:
+            state = load_checkpoint(path, model=model, optimizers=optimizers, schedulers=schedulers,
+                                    restore_rng=restore_rng)
+        except CheckpointError as e:
+            refused.append(f"{path.name}: {e}")
+            warn(f"warning: checkpoint {path} is unusable, trying an older one: {e}")
+            continue
+        return path, state
+    if refused:
+        raise CheckpointError(f"no intact checkpoint in {root} to resume from:\n  " + "\n  ".join(refused))
+    return None

@@ -41,6 +41,7 @@ from rankmixer.core.rundir import (
     foreign_entries,
     run_entries,
 )
+from rankmixer.core.hardware import pick_device
 from rankmixer.data.config import DataConfig
 from rankmixer.data.datasets.base import RawFiles, get_preset
 from rankmixer.data.feature_map import FeatureMap, SplitInfo
@@ -112,6 +113,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
     ``overwrite`` (what training wrote is removed first, other files are kept), and is an error
     otherwise."""
     run_dir = cfg.resolved_run_dir()
+    pick_device(cfg.train.device)  # device cuda without CUDA: say so before preparing anything
     if resume and overwrite:
         raise ValueError("--resume continues the run in the run directory, --overwrite starts it over: give one")
     check_output(run_dir, [cfg.data.prepared_path(), *_data_inputs(cfg.data)], "run directory")
@@ -317,6 +319,8 @@ def predict(
     directory; an existing prediction file is replaced only with ``overwrite``, and the new one
     appears whole (written beside it, then renamed)."""
     input_path, output_path = Path(input_path), Path(output_path)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
     fmt = output_format(output_path, PREDICTION_FORMATS, "--output")
     if input_format not in ("auto", "raw", "prepared"):
         raise ValueError(f"input_format must be auto, raw or prepared, not {input_format!r}")

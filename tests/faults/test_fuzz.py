@@ -48,8 +48,9 @@ def client(tiny_root):
 
 
 @pytest.fixture(scope="module")
-def inputs(client) -> list[str]:
-    return [i["name"] for i in client.get("/v1/model").json()["request_inputs"]]
+def inputs(client) -> dict[str, str]:
+    """The artifact's request inputs: name -> kind (category, number, category_list, ...)."""
+    return {i["name"]: i["kind"] for i in client.get("/v1/model").json()["request_inputs"]}
 
 
 def _check_answer(r, body: bytes) -> None:
@@ -83,32 +84,44 @@ def _value(rng: random.Random, depth: int = 0):
     return [[[[rng.randrange(9)]]]] * rng.randrange(1, 3)
 
 
-def _document(rng: random.Random, inputs: list[str]):
-    """A request with random values under the real keys (sometimes a key dropped, added,
-    misspelt or moved into the context), or now and then a random JSON value."""
+VALID = {"category": lambda rng: rng.choice([None, 3, "7", "unseen"]),
+         "number": lambda rng: rng.choice([None, 0.5, -2, 1e3]),
+         "category_list": lambda rng: rng.choice([[], ["1", 2], None]),
+         "int_list": lambda rng: rng.choice([[], [1, 2], None])}
+
+
+def _document(rng: random.Random, inputs: dict[str, str]):
+    """A request of valid rows with a few values replaced by random ones (sometimes a key
+    dropped, added or moved into the context), or now and then a random JSON value."""
     if rng.random() < 0.05:
         return _value(rng)
+    names = list(inputs)
     rows = []
     for _ in range(rng.randrange(0, 4)):
-        row = {name: _value(rng) if rng.random() < 0.4 else rng.choice([None, 3, "7", ["1", 2]]) for name in inputs}
-        if rng.random() < 0.1:
-            row.pop(rng.choice(inputs))
-        if rng.random() < 0.1:
+        row = {name: VALID[kind](rng) for name, kind in inputs.items()}
+        for _ in range(rng.choice([0, 1, 1, 2])):
+            row[rng.choice(names)] = _value(rng)
+        if rng.random() < 0.05:
+            row.pop(rng.choice(names))
+        if rng.random() < 0.05:
             row[rng.choice(SPECIAL_STRINGS) + "x"] = _value(rng)
         rows.append(row)
     doc = {"candidates": rows}
     if rows and rng.random() < 0.3:
-        key = rng.choice(inputs)
+        key = rng.choice(names)
         doc["context"] = {key: rows[0].get(key)}
         for r in rows:
             r.pop(key, None)
     for extra in ("model", "model_version", "contexts"):
-        if rng.random() < 0.05:
+        if rng.random() < 0.03:
             doc[extra] = _value(rng)
     return doc
 
 
-def _body(rng: random.Random, inputs: list[str]) -> bytes:
+def _body(rng: random.Random, inputs: dict[str, str]) -> bytes:
+    if rng.random() < 0.02:  # deep nesting, inside a value or as the whole body
+        depth = rng.choice([500, 5_000, 15_000])
+        return rng.choice([b"[" * depth + b"]" * depth, b'{"candidates": [{"a": ' + b"[" * depth + b"1" + b"]" * depth])
     text = json.dumps(_document(rng, inputs), ensure_ascii=rng.random() < 0.5, allow_nan=True)
     body = text.encode("utf-8", "surrogatepass")
     if rng.random() < 0.25:  # byte-level damage: flips, cuts, insertions
@@ -141,9 +154,12 @@ def test_request_path_seeded_fuzz(client, inputs):
 
 
 if given is not None:
+    # Any code point, lone surrogates included (JSON's "\ud800" escapes decode to them).
+    _text = st.text(st.characters(exclude_categories=()), max_size=20) | st.sampled_from(SPECIAL_STRINGS) \
+        | st.characters(categories=["Cs"])
     _json = st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        st.none() | st.booleans() | st.integers() | st.floats() | _text,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
         max_leaves=12,
     )
 
@@ -158,9 +174,19 @@ if given is not None:
         elif kind == "json":
             body = json.dumps(data.draw(_json), allow_nan=True).encode("utf-8", "surrogatepass")
         else:
-            values = st.dictionaries(st.sampled_from(inputs + ["extra"]), _json, max_size=len(inputs) + 1)
-            doc = {"candidates": data.draw(st.lists(values, max_size=3)),
-                   "context": data.draw(st.dictionaries(st.sampled_from(inputs), _json, max_size=2))}
+            # Valid rows, then one to three values replaced: each example probes a few fields.
+            names = list(inputs)
+            valid = st.fixed_dictionaries({n: st.sampled_from([None, 3, "7"]) if k == "category" else
+                                           st.sampled_from([None, 0.5]) if k == "number" else st.just([])
+                                           for n, k in inputs.items()})
+            rows = data.draw(st.lists(valid, min_size=1, max_size=3))
+            edge = st.sampled_from(SPECIAL_STRINGS + SPECIAL_NUMBERS)  # the values most likely to break things
+            for _ in range(data.draw(st.integers(1, 3))):
+                row = rows[data.draw(st.integers(0, len(rows) - 1))]
+                row[data.draw(st.sampled_from(names + ["extra"]))] = data.draw(edge | _json | st.lists(edge, max_size=3))
+            shared = data.draw(st.lists(st.sampled_from(names), max_size=2, unique=True))  # moved to the context
+            context = {k: rows[0].get(k) for k in shared}
+            doc = {"candidates": [{k: v for k, v in r.items() if k not in shared} for r in rows], "context": context}
             body = json.dumps(doc, allow_nan=True).encode("utf-8", "surrogatepass")
         _check_answer(client.post("/v1/score", content=body), body)
 else:

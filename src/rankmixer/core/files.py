@@ -215,6 +215,8 @@ def atomic_directory(
     untouched."""
     final = Path(path)
     check_replaceable(final, kind, overwrite, legacy=legacy, flag=flag)
+    if final.is_symlink():  # replace the folder it points to (on its disk), not the link
+        final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(final)
     tmp.mkdir()

@@ -26,8 +26,9 @@ class DataConfig(_Strict):
     # Where prepared shards go; default data_cache/<dataset>.
     prepared_dir: str | None = None
     on_bad_row: Literal["fail", "skip"] = "fail"
-    num_workers: int = Field(0, ge=0)
-    shuffle_buffer: int = Field(65_536, ge=1)
+    # Strict: `true` is not a count (pydantic would read it as 1).
+    num_workers: int = Field(0, ge=0, strict=True)
+    shuffle_buffer: int = Field(65_536, ge=1, strict=True)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":

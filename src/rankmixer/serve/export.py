@@ -180,6 +180,8 @@ def export_run(
     the old one (or nothing)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if isinstance(triton_max_batch, bool) or not isinstance(triton_max_batch, int) or triton_max_batch < 1:
+        raise ValueError(f"triton_max_batch must be a positive integer, got {triton_max_batch!r}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_output(out_dir, [run_dir], "--out")
     run = load_run(run_dir)

@@ -48,9 +48,9 @@ from rankmixer.serve.request import (
     parse_request,
     read_body,
 )
-from rankmixer.serve.settings import ServeSettings
+from rankmixer.serve.settings import ServeSettings, check_port
 
-__all__ = ["ServeSettings", "create_app", "serve", "uvicorn_config"]
+__all__ = ["ServeSettings", "check_port", "create_app", "serve", "uvicorn_config"]
 
 
 class SafeJSONResponse(JSONResponse):
@@ -191,4 +191,5 @@ def serve(artifact_dir: str, host: str = "127.0.0.1", port: int = 8000, settings
     import uvicorn
 
     settings = settings or ServeSettings()
+    check_port(port)
     uvicorn.Server(uvicorn_config(create_app(artifact_dir, settings), host, port, settings, log_level)).run()

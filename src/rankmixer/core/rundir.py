@@ -178,14 +178,16 @@ class RunLock:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             info = _read_info(path) or {}
-            raise RunDirError(f"run directory {run_dir} is in use by another rankmixer {info.get('command', 'process')}: "
-                              f"{_describe(info)}; wait for it to finish or choose another run_dir") from None
+            what = info.get("command", "process")
+            raise RunDirError(f"run directory {run_dir} is in use by another rankmixer {what}: {_describe(info)}; "
+                              "wait for it to finish or choose another run_dir") from None
         stale = None
         previous = _read_info(path)
         if previous is not None:
             here = previous.get("host") == socket.gethostname()
             alive = _pid_alive(previous.get("pid")) if here else None
-            state = {False: "no longer running", True: "that pid now belongs to another process", None: "on another host"}
+            state = {False: "no longer running", True: "that pid now belongs to another process",
+                     None: "on another host"}
             stale = f"{_describe(previous)}, {state[alive]}"
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
         os.ftruncate(fd, 0)

@@ -202,9 +202,9 @@ def export_run(
             f"model {run.model_name} runs sparse MoE inference (data-dependent: only the active experts "
             f"are computed), which a static graph ({fmt}) cannot hold; export it with --format eager "
             "(torch, sparse inference kept)")
+    version = version or f"{run_dir.name}-{sha256_file(run_dir / BEST_WEIGHTS)[:12]}"
     with atomic_directory(out_dir, ARTIFACT_KIND, overwrite=overwrite, legacy=_legacy_artifact) as tmp:
-        _write_artifact(tmp, run, fm, schema, fmt, version or f"{run_dir.name}-{sha256_file(run_dir / BEST_WEIGHTS)[:12]}",
-                        sparse_moe, triton_max_batch)
+        _write_artifact(tmp, run, fm, schema, fmt, version, sparse_moe, triton_max_batch)
     log(f"exported {run.model_name} ({fmt}) to {out_dir}")
     return out_dir
 

@@ -77,10 +77,16 @@ def field_name(name: Any) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-def _show(v: Any) -> str:
-    """A value for a message: short, ASCII-safe (lone surrogates escaped by repr)."""
-    r = reprlib.repr(v)
-    return r.encode("ascii", "backslashreplace").decode("ascii")
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxdict = 6
+_repr.maxlevel = 3
+
+
+def show_value(v: Any) -> str:
+    """A client's value for a message: its repr, shortened and nesting-limited, ASCII-safe (so
+    a message quoting it is always valid UTF-8 and of bounded size)."""
+    return _repr.repr(v).encode("ascii", "backslashreplace").decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -245,12 +251,12 @@ def _category(v: Any, field: str) -> str | None:
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to lone surrogates
-            raise RowError(field, f"not valid Unicode text (a lone surrogate): {_show(v)}") from None
+            raise RowError(field, f"not valid Unicode text (a lone surrogate): {show_value(v)}") from None
         return v
     # bool is an int in Python; a float would become "7.0", a key training never produced.
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)
-    raise RowError(field, f"expected a string or an integer (a category), got {_json_type(v)} {_show(v)}")
+    raise RowError(field, f"expected a string or an integer (a category), got {_json_type(v)} {show_value(v)}")
 
 
 def _check_value(v: Any, kind: str, field: str) -> Any:
@@ -260,9 +266,9 @@ def _check_value(v: Any, kind: str, field: str) -> Any:
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise RowError(field, f"expected a number, got {_json_type(v)} {_show(v)}")
+            raise RowError(field, f"expected a number, got {_json_type(v)} {show_value(v)}")
         if isinstance(v, int) and abs(v) > FLOAT32_MAX:  # float() of a huge int would overflow
-            raise RowError(field, f"number out of range (|x| <= {FLOAT32_MAX:.4g}), got {_show(v)}")
+            raise RowError(field, f"number out of range (|x| <= {FLOAT32_MAX:.4g}), got {show_value(v)}")
         if not math.isfinite(v):
             raise RowError(field, f"expected a finite number, got {v!r}")
         if abs(v) > FLOAT32_MAX:
@@ -271,7 +277,7 @@ def _check_value(v: Any, kind: str, field: str) -> Any:
     if v is None:
         return []
     if not isinstance(v, list):
-        raise RowError(field, f"expected an array, got {_json_type(v)} {_show(v)}")
+        raise RowError(field, f"expected an array, got {_json_type(v)} {show_value(v)}")
     if kind == CATEGORY_LIST:
         out = []
         for j, x in enumerate(v):
@@ -281,7 +287,7 @@ def _check_value(v: Any, kind: str, field: str) -> Any:
         return out
     for j, x in enumerate(v):
         if isinstance(x, bool) or not isinstance(x, int):
-            raise RowError(f"{field}[{j}]", f"expected an integer, got {_json_type(x)} {_show(x)}")
+            raise RowError(f"{field}[{j}]", f"expected an integer, got {_json_type(x)} {show_value(x)}")
         if not INT64_MIN <= x <= INT64_MAX:
-            raise RowError(f"{field}[{j}]", f"integer out of the 64-bit range, got {_show(x)}")
+            raise RowError(f"{field}[{j}]", f"integer out of the 64-bit range, got {show_value(x)}")
     return v

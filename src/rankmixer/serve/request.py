@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import reprlib
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from rankmixer.serve.artifact import Artifact
-from rankmixer.serve.preprocess import RowError, field_name
+from rankmixer.serve.preprocess import RowError, field_name, show_value
 from rankmixer.serve.settings import ServeSettings
 
 __all__ = ["ClientGone", "ErrorResponse", "HTTPError", "ScoreRequest", "ScoreResponse", "field_of", "parse_request",
-           "read_body", "show"]
+           "read_body"]
 
 
 class ScoreRequest(BaseModel):
@@ -64,17 +63,6 @@ class ClientGone(Exception):
     """The client disconnected before its request was read: nobody to answer, not our error."""
 
 
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = 60
-_repr.maxlist = _repr.maxdict = 6
-_repr.maxlevel = 3
-
-
-def show(value: Any) -> str:
-    """A client value for a message: repr, shortened and nesting-limited, ASCII-safe."""
-    return _repr.repr(value).encode("ascii", "backslashreplace").decode("ascii")
-
-
 # ---- reading --------------------------------------------------------------------------------
 
 
@@ -83,7 +71,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     :class:`ClientGone` if the client disconnects first."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise HTTPError(415, f"content-encoding {show(encoding)} is not accepted; send plain JSON", "body")
+        raise HTTPError(415, f"content-encoding {show_value(encoding)} is not accepted; send plain JSON", "body")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPError(413, f"request body is {int(declared)} bytes; the limit is {limit}", "body")
@@ -113,7 +101,8 @@ def field_of(e: RowError, where: str, context: dict[str, Any]) -> str:
     return e.field
 
 
-def parse_request(body: bytes, artifact: Artifact, settings: ServeSettings) -> tuple[ScoreRequest, list[dict[str, Any]]]:
+def parse_request(body: bytes, artifact: Artifact,
+                  settings: ServeSettings) -> tuple[ScoreRequest, list[dict[str, Any]]]:
     """Body -> (the request, its checked rows), or an HTTPError naming the field."""
     if not body:
         raise HTTPError(400, "empty request body; expected a JSON object", "body")
@@ -139,9 +128,9 @@ def parse_request(body: bytes, artifact: Artifact, settings: ServeSettings) -> t
     except RecursionError:
         raise HTTPError(400, "request nested too deeply", "body") from None
     if req.model is not None and req.model != artifact.name:
-        raise HTTPError(404, f"{show(req.model)} is not served here (serving {artifact.name!r})", "model")
+        raise HTTPError(404, f"{show_value(req.model)} is not served here (serving {artifact.name!r})", "model")
     if req.model_version is not None and req.model_version != artifact.version:
-        raise HTTPError(404, f"{show(req.model_version)} is not served here (serving "
+        raise HTTPError(404, f"{show_value(req.model_version)} is not served here (serving "
                              f"{artifact.version!r})", "model_version")
     pre = artifact.preprocessor
     rows = []

@@ -29,20 +29,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from rankmixer.core.files import fsync_dir, fsync_file, sha256_file, unique_suffix
 from rankmixer.core.weights import WeightsError, read_safetensors, state_dict_for, write_model_file
+from rankmixer.train.state_codec import MissingTensor, decode_state, encode_state, rng_state, set_rng_state
 
 __all__ = [
     "CheckpointError",
@@ -67,78 +65,11 @@ FORMAT_VERSION = 2
 LEGACY_VERSION = 1  # no manifest: state.json holds the hashes of the two .safetensors files
 
 _STEP_DIR = re.compile(r"step_(\d{8,})")
-# Markers of the JSON encoding of state dicts (see _encode).
-_T_TENSOR = "__tensor__"
-_T_TUPLE = "__tuple__"
-_T_DICT = "__dict__"
 
 
 class CheckpointError(WeightsError, ValueError):
     """A checkpoint is unusable: missing files, corrupted, or not matching the model. (A
     ValueError too: it is the user's file that is wrong, and the CLI reports it in one line.)"""
-
-
-# ---- JSON encoding of state dicts -----------------------------------------------------------
-#
-# Optimizer and scheduler state dicts mix tensors, tuples (Adam's betas), int dict keys (param
-# indices) and plain scalars. JSON has none of the first three, and a list where torch expects a
-# tuple (random.setstate, for one) breaks restore, so they are tagged explicitly.
-
-
-def _encode(obj: Any, path: str, tensors: dict[str, Tensor]) -> Any:
-    if isinstance(obj, Tensor):
-        if obj.layout != torch.strided:
-            raise TypeError(f"{path}: {obj.layout} tensors are not supported in checkpoints")
-        if path in tensors:
-            raise ValueError(f"two state entries map to the tensor name {path!r}")
-        tensors[path] = obj.detach().to("cpu").contiguous()
-        return {_T_TENSOR: path}
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, float, str)):
-        return obj
-    if isinstance(obj, np.generic):  # np.float32 metrics etc. in the trainer state
-        return obj.item()
-    if isinstance(obj, tuple):
-        return {_T_TUPLE: [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) for k in obj):
-            return {k: _encode(v, f"{path}/{k}", tensors) for k, v in obj.items()}
-        return {
-            _T_DICT: [
-                [_encode(k, f"{path}/<key>", {}), _encode(v, f"{path}/{k}", tensors)]
-                for k, v in obj.items()
-            ]
-        }
-    raise TypeError(f"{path}: cannot store a {type(obj).__name__} in a checkpoint")
-
-
-def _decode(obj: Any, tensors: Mapping[str, Tensor], used: set[str]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors, used) for v in obj]
-    if isinstance(obj, dict):
-        if len(obj) == 1:
-            ((tag, val),) = obj.items()
-            if tag == _T_TENSOR:
-                if val not in tensors:
-                    raise CheckpointError(
-                        f"{OPTIM_FILE} lacks tensor {val!r} named in {STATE_FILE}"
-                    )
-                used.add(val)
-                return tensors[val]
-            if tag == _T_TUPLE:
-                return tuple(_decode(v, tensors, used) for v in val)
-            if tag == _T_DICT:
-                return {
-                    _hashable(_decode(k, tensors, used)): _decode(v, tensors, used)
-                    for k, v in val
-                }
-        return {k: _decode(v, tensors, used) for k, v in obj.items()}
-    return obj
-
-
-def _hashable(key: Any) -> Any:
-    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
 
 
 # ---- checkpoint directories ------------------------------------------------------------------
@@ -155,51 +86,6 @@ def _is_complete(path: Path) -> bool:
         and path.is_dir()
         and all((path / f).is_file() for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE))
     )
-
-
-# ---- RNG ----------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict[str, Any]:
-    # Python's and numpy's Mersenne Twister states are 624-625 ints: stored as int64 tensors
-    # rather than as thousands of JSON numbers.
-    py_version, py_internal, py_gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "python": {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss_next": py_gauss},
-        "numpy": {
-            "kind": np_kind,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "torch_cpu": torch.get_rng_state(),
-    }
-    # Only when CUDA is already in use: asking would otherwise initialise it on CPU-only runs.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
-                         npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
-    cuda = state.get("torch_cuda")
-    if cuda and torch.cuda.is_available():
-        if torch.cuda.device_count() == len(cuda):
-            torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in cuda])
-        else:
-            warnings.warn(
-                f"checkpoint has CUDA RNG states for {len(cuda)} devices, this process sees "
-                f"{torch.cuda.device_count()}: CUDA RNG not restored",
-                stacklevel=3,
-            )
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
@@ -251,13 +137,13 @@ def save_checkpoint(
         "step": step,
         "torch_version": torch.__version__,
         "optimizers": {
-            n: _encode(o.state_dict(), f"optim/{n}", tensors) for n, o in optimizers.items()
+            n: encode_state(o.state_dict(), f"optim/{n}", tensors) for n, o in optimizers.items()
         },
         "schedulers": {
-            n: _encode(s.state_dict(), f"sched/{n}", tensors) for n, s in schedulers.items()
+            n: encode_state(s.state_dict(), f"sched/{n}", tensors) for n, s in schedulers.items()
         },
-        "trainer_state": _encode(dict(trainer_state), "trainer", tensors),
-        "rng": _encode(_rng_state(), "rng", tensors),
+        "trainer_state": encode_state(dict(trainer_state), "trainer", tensors),
+        "rng": encode_state(rng_state(), "rng", tensors),
     }
 
     root = Path(run_dir) / CHECKPOINTS_DIR
@@ -414,12 +300,12 @@ def load_checkpoint(
     _names_match("schedulers", state["schedulers"], schedulers, path)
     used: set[str] = set()
     try:
-        opt_sds = {n: _decode(state["optimizers"][n], optim_tensors, used) for n in optimizers}
-        sched_sds = {n: _decode(state["schedulers"][n], optim_tensors, used) for n in schedulers}
-        trainer_state = _decode(state["trainer_state"], optim_tensors, used)
-        rng = _decode(state["rng"], optim_tensors, used)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from e
+        opt_sds = {n: decode_state(state["optimizers"][n], optim_tensors, used) for n in optimizers}
+        sched_sds = {n: decode_state(state["schedulers"][n], optim_tensors, used) for n in schedulers}
+        trainer_state = decode_state(state["trainer_state"], optim_tensors, used)
+        rng = decode_state(state["rng"], optim_tensors, used)
+    except MissingTensor as e:
+        raise CheckpointError(f"{path}: {OPTIM_FILE} lacks tensor {e.args[0]!r} named in {STATE_FILE}") from e
     unused = sorted(set(optim_tensors) - used)
     if unused:
         raise CheckpointError(
@@ -446,7 +332,7 @@ def load_checkpoint(
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: restoring state failed ({e})") from e
     if restore_rng:
-        _set_rng_state(rng)
+        set_rng_state(rng)
     return trainer_state
 
 

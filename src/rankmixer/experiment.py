@@ -1,14 +1,17 @@
 """Library functions behind the CLI: prepare data, train, evaluate, predict.
 
-Training writes a run directory (layout: :mod:`rankmixer.core.rundir`); evaluation and
-prediction read it back through :mod:`rankmixer.runs`.
+Training writes a run directory (layout and lock: :mod:`rankmixer.core.rundir`); evaluation and
+prediction read it back through :mod:`rankmixer.runs`. Every output goes through
+:mod:`rankmixer.core.files`: it may not overlap an input, replaces only what rankmixer wrote and
+only when asked (``overwrite``), and is written atomically (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -16,7 +19,29 @@ import pyarrow.parquet as pq
 import torch
 
 from rankmixer.config import ExperimentConfig, dump_config, load_config
-from rankmixer.core.rundir import CONFIG_FILE, FEATURE_MAP_FILE, METRICS_FILE, TRAIN_LOG
+from rankmixer.core.files import (
+    OutputError,
+    atomic_file,
+    check_output,
+    marker_kind,
+    output_format,
+    unique_suffix,
+    write_marker,
+    write_text_atomic,
+)
+from rankmixer.core.rundir import (
+    CONFIG_FILE,
+    FEATURE_MAP_FILE,
+    METRICS_FILE,
+    RUN_KIND,
+    TRAIN_LOG,
+    RunDirError,
+    RunLock,
+    clear_run,
+    foreign_entries,
+    run_entries,
+)
+from rankmixer.core.hardware import pick_device
 from rankmixer.data.config import DataConfig
 from rankmixer.data.datasets.base import RawFiles, get_preset
 from rankmixer.data.feature_map import FeatureMap, SplitInfo
@@ -27,12 +52,23 @@ from rankmixer.models import registry
 from rankmixer.nn.embedding import split_parameters
 from rankmixer.models.flops import forward_flops_per_sample
 from rankmixer.train.distributed import Distributed, init_distributed
-from rankmixer.runs import load_run
+from rankmixer.runs import incomplete_reason, load_run
 from rankmixer.train.trainer import Trainer, seed_everything
 
 
+def _data_inputs(data: DataConfig) -> list[Path]:
+    """The files and folders a data config reads (none of them may be an output)."""
+    paths = [Path(data.raw)] if data.raw else []
+    paths += [Path(p) for files in (data.raw_splits or {}).values() for p in files]
+    if data.schema_file:
+        paths.append(Path(data.schema_file))
+    return paths
+
+
 def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bool = False) -> FeatureMap:
-    """Prepare (or reuse) the dataset a config names, returning its feature map."""
+    """Prepare (or reuse) the dataset a config names, returning its feature map. ``force``
+    (``data prepare --force``) prepares again, and may replace prepared data of another dataset
+    (see :func:`rankmixer.data.prepare.prepare`)."""
     if data.raw and not Path(data.raw).exists():
         # Packaged experiments name the raw data relative to the working directory of a clone.
         raise FileNotFoundError(f"data.raw {data.raw} does not exist (relative paths are read from the working "
@@ -46,11 +82,15 @@ def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bo
             raw = RawFiles(all=[Path(data.raw)])
         else:
             raise ValueError("data.schema_file needs data.raw (a file) or data.raw_splits")
-        return prepare(schema, raw, out, on_bad_row=data.on_bad_row, force=force, log=log)
+        check_output(out, _data_inputs(data), "prepared data directory")
+        return prepare(schema, raw, out, on_bad_row=data.on_bad_row, force=force, log=log,
+                       inputs=[Path(data.schema_file)])
     if not data.dataset:
         raise ValueError("set data.dataset (a preset) or data.schema_file")
     preset = get_preset(data.dataset, **data.preset_options)
     raw_path = Path(data.raw) if data.raw else preset.default_raw_path(out)
+    # Before raw_files: a preset that generates its files (synthetic) must not write into `out`.
+    check_output(out, [raw_path], "prepared data directory")
     return prepare(preset.schema(), preset.raw_files(raw_path), out, preset=preset, raw_path=raw_path,
                    on_bad_row=data.on_bad_row, force=force, log=log)
 
@@ -66,19 +106,39 @@ def _tee(log: Callable[[str], None], path: Path) -> Callable[[str], None]:
     return both
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None] = print, *,
+          overwrite: bool = False) -> dict:
     """Train one experiment. Under ``torchrun`` with several processes every rank runs this;
-    rank 0 alone prepares data first, logs and writes the run directory (docs/distributed.md)."""
+    rank 0 alone prepares data first, logs and writes the run directory (docs/distributed.md).
+
+    The run directory has one owner: rank 0 holds its lock until training ends, and a second
+    writer fails at once naming the holder. A directory that already holds files continues with
+    ``resume`` (the saved config must match; the keys that differ are named), starts over with
+    ``overwrite`` (what training wrote is removed first, other files are kept), and is an error
+    otherwise."""
     run_dir = cfg.resolved_run_dir()
-    if resume and not run_dir.exists():
-        raise FileNotFoundError(f"--resume given but run directory {run_dir} does not exist")
+    pick_device(cfg.train.device)  # device cuda without CUDA: say so before preparing anything
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the run directory, --overwrite starts it over: give one")
+    check_output(run_dir, [cfg.data.prepared_path(), *_data_inputs(cfg.data)], "run directory")
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        what = "does not exist" if not run_dir.exists() else f"holds no run to resume (no {CONFIG_FILE})"
+        raise RunDirError(f"--resume given but run directory {run_dir} {what}")
     env = init_distributed(cfg.train.distributed, cfg.train.device)
     is_main = env is None or env.is_main
     if not is_main:
         log = lambda msg: None  # noqa: E731  (one voice: rank 0's)
     dist_ = None if env is None else Distributed(env, cfg.train.distributed, log=log)
+    lock = None
     try:
         if is_main:
+            lock = RunLock.acquire(run_dir, "train")
+            lock.report_stale(log)
+            if resume:
+                _check_resume_config(cfg, run_dir)
+            else:
+                _start_fresh(run_dir, overwrite, log)
+            write_marker(run_dir, RUN_KIND)
             fm = prepare_data(cfg.data, log=log)
         if dist_ is not None:
             dist_.barrier()  # the others reuse what rank 0 prepared
@@ -86,15 +146,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
                 fm = prepare_data(cfg.data, log=log)
         run_dir.mkdir(parents=True, exist_ok=True)
         if is_main:
-            if resume and (run_dir / CONFIG_FILE).exists():
-                saved = load_config(run_dir / CONFIG_FILE)
-                if saved.model_dump() != cfg.model_dump():
-                    raise ValueError(f"--resume with a config that differs from {run_dir / CONFIG_FILE}")
             log = _tee(log, run_dir / TRAIN_LOG)
             if dist_ is not None:
                 dist_.log = log
-            dump_config(cfg, run_dir / CONFIG_FILE)
-            fm.save(run_dir / FEATURE_MAP_FILE)
+            with atomic_file(run_dir / CONFIG_FILE) as tmp:
+                dump_config(cfg, tmp)
+            with atomic_file(run_dir / FEATURE_MAP_FILE) as tmp:
+                fm.save(tmp)
         seed_everything(cfg.seed)  # model initialisation depends on it (the same on every rank)
         model = registry.build_model(cfg.model_name, fm, cfg.model_params)
         n_params = sum(p.numel() for p in model.parameters())
@@ -112,7 +170,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         if dist_ is not None:
             result["distributed"] = {"world_size": env.world_size, "backend": env.backend, "embeddings": dist_.mode}
         if is_main:
-            (run_dir / METRICS_FILE).write_text(json.dumps(result, indent=2))
+            write_text_atomic(run_dir / METRICS_FILE, json.dumps(result, indent=2))
         return result
     finally:
         if dist_ is not None:
@@ -120,14 +178,62 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
 
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
+        if lock is not None:
+            lock.release()
+
+
+def _start_fresh(run_dir: Path, overwrite: bool, log: Callable[[str], None]) -> None:
+    """A fresh run needs an empty run directory; ``overwrite`` empties it of what training
+    wrote (an older run's checkpoints would otherwise be resumed later), keeping other files."""
+    kind = marker_kind(run_dir)
+    if kind not in (None, RUN_KIND):
+        raise OutputError(f"{run_dir} holds rankmixer output of another kind ({kind}), not a run; "
+                          "choose another run_dir")
+    entries = run_entries(run_dir)
+    if not entries:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:6]) + (f" (+{len(entries) - 6} more)" if len(entries) > 6 else "")
+        raise RunDirError(f"run directory {run_dir} is not empty ({shown}): pass --resume to continue the run "
+                          "in it, --overwrite to start over (removes what training wrote, keeps other files), "
+                          "or choose another run_dir")
+    removed = clear_run(run_dir)
+    kept = foreign_entries(run_dir)
+    log(f"--overwrite: removed {', '.join(removed) or 'nothing'} from {run_dir}"
+        + (f"; kept files rankmixer did not write: {', '.join(kept)}" if kept else ""))
+
+
+_ABSENT = object()
+
+
+def _config_diff(saved: Any, now: Any, key: str = "") -> list[str]:
+    """``key: saved -> now`` for every leaf that differs between two config trees."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for k in sorted(set(saved) | set(now), key=str):
+            out += _config_diff(saved.get(k, _ABSENT), now.get(k, _ABSENT), f"{key}.{k}" if key else str(k))
+        return out
+    if saved == now:
+        return []
+    show = lambda v: "(absent)" if v is _ABSENT else json.dumps(v, default=str)  # noqa: E731
+    return [f"{key}: {show(saved)} in the run, {show(now)} now"]
+
+
+def _check_resume_config(cfg: ExperimentConfig, run_dir: Path) -> None:
+    saved = load_config(run_dir / CONFIG_FILE)
+    diff = _config_diff(saved.model_dump(mode="json"), cfg.model_dump(mode="json"))
+    if diff:
+        raise ValueError(f"--resume with a config that differs from {run_dir / CONFIG_FILE} in "
+                         f"{len(diff)} key(s):\n  " + "\n  ".join(diff)
+                         + "\n(resume with the run's own config, or start a new run)")
 
 
 def _write_sharding_plan(run_dir: Path, d: Distributed) -> None:
     """sharding_plan.txt (TorchRec's printed plan) and sharding_plan.json (the shards each rank
     actually holds, gathered after sharding)."""
     info = {"world_size": d.world_size, "embeddings": d.mode, "placement": d.placement}
-    (run_dir / "sharding_plan.json").write_text(json.dumps(info, indent=2))
-    (run_dir / "sharding_plan.txt").write_text(d.plan_text or f"{d.mode}: every rank holds every table\n")
+    write_text_atomic(run_dir / "sharding_plan.json", json.dumps(info, indent=2))
+    write_text_atomic(run_dir / "sharding_plan.txt", d.plan_text or f"{d.mode}: every rank holds every table\n")
 
 
 def _flops_per_sample(model: torch.nn.Module, fm: FeatureMap, rows: int = 256) -> float:
@@ -137,7 +243,12 @@ def _flops_per_sample(model: torch.nn.Module, fm: FeatureMap, rows: int = 256) -
 
 
 def evaluate(run_dir: str | Path, splits=("valid", "test"), log: Callable[[str], None] = print) -> dict:
+    """Metrics of a run's best model on ``splits``. A run still training, or one that stopped
+    before the end, is evaluated too (its best weights so far), with a warning that says so."""
     run = load_run(run_dir)
+    reason = incomplete_reason(run_dir)
+    if reason:
+        log(f"warning: {reason}; evaluating its best weights so far")
     cfg = load_config(Path(run_dir) / CONFIG_FILE)
     trainer = Trainer(run.model, run.feature_map, cfg.train.model_copy(update={"tensorboard": False, "progress": False}),
                       run_dir, seed=cfg.seed, log=log)
@@ -156,6 +267,43 @@ def _is_prepared(path: Path, fm: FeatureMap) -> bool:
     )
 
 
+# Prediction files: the format follows the suffix. Parquet ones carry this metadata key, so an
+# existing file can be recognised as ours before it is replaced.
+PREDICTION_FORMATS = {".parquet": "parquet", ".csv": "csv"}
+PREDICTIONS_META = ("rankmixer", "predictions")
+
+
+def _prediction_columns(fm: FeatureMap) -> list[str]:
+    return [f"{t}_prob" for t in fm.labels] + list(fm.labels)
+
+
+def _is_our_predictions(path: Path, fmt: str, fm: FeatureMap) -> bool:
+    """An existing output we may replace: a Parquet file with our metadata key, or a CSV file
+    whose header is exactly the prediction columns of this run's tasks."""
+    try:
+        if fmt == "parquet":
+            meta = pq.read_schema(path).metadata or {}
+            key, value = (x.encode() for x in PREDICTIONS_META)
+            return meta.get(key) == value
+        with open(path, "rb") as f:
+            header = f.readline(4096).rstrip(b"\r\n")
+        return header == ",".join(_prediction_columns(fm)).encode()
+    except (OSError, ValueError):
+        return False
+
+
+def _check_prediction_output(path: Path, fmt: str, fm: FeatureMap, overwrite: bool) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() or not path.is_file():
+        raise OutputError(f"--output {path} exists and is not a file; refusing to replace it")
+    if not _is_our_predictions(path, fmt, fm):
+        raise OutputError(f"--output {path} exists and is not a prediction file rankmixer wrote; refusing to "
+                          "replace it: choose another output path")
+    if not overwrite:
+        raise OutputError(f"--output {path} already holds predictions; pass --overwrite to replace them")
+
+
 def predict(
     run_dir: str | Path,
     input_path: str | Path,
@@ -163,27 +311,40 @@ def predict(
     batch_size: int = 8192,
     input_format: str = "auto",
     on_bad_row: str = "fail",
+    *,
+    overwrite: bool = False,
 ) -> int:
     """Batch scoring. The input is either raw rows in the dataset's source format (CSV/TSV/
     Parquet; encoded with the training vocabularies, unseen values -> OOV) or a file in the
     prepared layout (e.g. a split's part file); ``auto`` tells them apart. Raw rows need the
     same columns as the training data, labels included (fill them with 0 when unknown).
-    Writes ``<task>_prob`` per task, plus the labels, as Parquet or CSV (by suffix)."""
-    run = load_run(run_dir)
-    fm, model, data = run.feature_map, run.model, run.data
+    Writes ``<task>_prob`` per task, plus the labels, as Parquet or CSV (by suffix; any other
+    suffix is an error). The output may not be the input nor lie in the run or prepared-data
+    directory; an existing prediction file is replaced only with ``overwrite``, and the new one
+    appears whole (written beside it, then renamed)."""
     input_path, output_path = Path(input_path), Path(output_path)
-    if not input_path.exists():
-        raise FileNotFoundError(f"input not found: {input_path}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    fmt = output_format(output_path, PREDICTION_FORMATS, "--output")
     if input_format not in ("auto", "raw", "prepared"):
         raise ValueError(f"input_format must be auto, raw or prepared, not {input_format!r}")
+    if not input_path.exists():
+        raise FileNotFoundError(f"input not found: {input_path}")
+    run = load_run(run_dir)
+    fm, model, data = run.feature_map, run.model, run.data
+    check_output(output_path, [input_path, Path(run_dir), fm.root], "--output")
+    _check_prediction_output(output_path, fmt, fm, overwrite)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    work = output_path.parent / f".tmp-{output_path.name}-{unique_suffix()}.work"
     encoded = input_path
-    if input_format == "raw" or (input_format == "auto" and not _is_prepared(input_path, fm)):
-        schema = load_schema(fm.root / "schema.yaml")
-        preset = get_preset(data.dataset, **data.preset_options) if not data.schema_file else None
-        encoded = output_path.parent / f".{output_path.stem}.encoded.parquet"
-        encode_raw(fm, schema, [input_path], encoded, preset=preset, raw_path=input_path.parent, on_bad_row=on_bad_row)
     try:
+        if input_format == "raw" or (input_format == "auto" and not _is_prepared(input_path, fm)):
+            schema = load_schema(fm.root / "schema.yaml")
+            preset = get_preset(data.dataset, **data.preset_options) if not data.schema_file else None
+            work.mkdir()
+            encoded = work / "encoded.parquet"
+            encode_raw(fm, schema, [input_path], encoded, preset=preset, raw_path=input_path.parent,
+                       on_bad_row=on_bad_row)
         rows = pq.ParquetFile(encoded).metadata.num_rows
         present = set(pq.ParquetFile(encoded).schema_arrow.names)
         missing = [f.name for f in fm.features if f.name not in present] + [t for t in fm.labels if t not in present]
@@ -198,12 +359,14 @@ def predict(
                 probs.append(torch.sigmoid(model(batch).logits.float()).numpy())
                 labels.append(batch.labels.numpy())
     finally:
-        if encoded != input_path:
-            encoded.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    if not probs:
+        raise ValueError(f"{input_path}: no rows to score")
     p, y = np.concatenate(probs), np.concatenate(labels)
     out = pl.DataFrame({f"{t}_prob": p[:, i] for i, t in enumerate(fm.labels)} | {t: y[:, i] for i, t in enumerate(fm.labels)})
-    if output_path.suffix == ".csv":
-        out.write_csv(output_path)
-    else:
-        out.write_parquet(output_path)
+    with atomic_file(output_path) as tmp:
+        if fmt == "csv":
+            out.write_csv(tmp)
+        else:
+            out.write_parquet(tmp, metadata=dict([PREDICTIONS_META]))
     return out.height

@@ -14,14 +14,22 @@ from typing import Any
 from pydantic import ValidationError
 from torch import nn
 
-from rankmixer.core.rundir import BEST_WEIGHTS, CONFIG_FILE, FEATURE_MAP_FILE, RunDirError, read_run_config
-from rankmixer.core.weights import load_weights
+from rankmixer.core.rundir import (
+    BEST_WEIGHTS,
+    CONFIG_FILE,
+    FEATURE_MAP_FILE,
+    METRICS_FILE,
+    RunDirError,
+    lock_holder,
+    read_run_config,
+)
+from rankmixer.core.weights import WeightsError, load_weights
 from rankmixer.core.yamlio import format_validation_error
 from rankmixer.data.config import DataConfig
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models import registry
 
-__all__ = ["TrainedRun", "load_run"]
+__all__ = ["TrainedRun", "incomplete_reason", "load_run"]
 
 
 @dataclass
@@ -53,15 +61,35 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     name = model_section.pop("name", None)
     if not name:
         raise RunDirError(f"{run_dir / CONFIG_FILE} names no model (model.name)")
-    for f in (FEATURE_MAP_FILE, BEST_WEIGHTS):
-        if not (run_dir / f).is_file():
-            raise RunDirError(f"{run_dir} has no {f}: the run did not finish an evaluation")
-    saved = FeatureMap.load(run_dir / FEATURE_MAP_FILE)
+    if not (run_dir / FEATURE_MAP_FILE).is_file():
+        raise RunDirError(f"{run_dir} has no {FEATURE_MAP_FILE}: the run stopped before its data was prepared")
+    if not (run_dir / BEST_WEIGHTS).is_file():
+        raise RunDirError(f"{run_dir} has no {BEST_WEIGHTS}: the run stopped before its first evaluation "
+                          "(continue it with `rankmixer train --resume`)")
+    try:
+        saved = FeatureMap.load(run_dir / FEATURE_MAP_FILE)
+    except (ValueError, TypeError, KeyError) as e:
+        raise RunDirError(f"{run_dir / FEATURE_MAP_FILE} cannot be read: {e}") from None
     prepared = data.prepared_path()
     fm = FeatureMap.load(prepared) if (prepared / FEATURE_MAP_FILE).exists() else saved
     if fm.schema_hash != saved.schema_hash:
         raise RunDirError(f"prepared data in {prepared} no longer matches the run's feature map")
     model = registry.build_model(name, saved, model_section)
-    load_weights(run_dir / BEST_WEIGHTS, model)
+    try:
+        load_weights(run_dir / BEST_WEIGHTS, model)
+    except WeightsError as e:
+        raise RunDirError(str(e)) from None
     model.eval()
     return TrainedRun(run_dir, config, data, name, model_section, fm, saved, model)
+
+
+def incomplete_reason(run_dir: str | Path) -> str | None:
+    """Why a run is not finished (being trained now, or stopped before the end), or None."""
+    run_dir = Path(run_dir)
+    holder = lock_holder(run_dir)
+    if holder:
+        return f"{run_dir} is being trained right now ({holder})"
+    if not (run_dir / METRICS_FILE).is_file():
+        return (f"{run_dir} is incomplete: its training did not finish (no {METRICS_FILE}; "
+                "continue it with `rankmixer train --resume`)")
+    return None

@@ -160,7 +160,7 @@ def test_checkpoint_files_and_state_json(tmp_path):
     path = save_checkpoint(tmp_path, 12, model=model, optimizers=opts, schedulers=scheds,
                            trainer_state={"epoch": 0})
     assert path == tmp_path / "checkpoints" / "step_00000012"
-    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "optim.safetensors",
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.safetensors", "optim.safetensors",
                                                        "state.json"]
     from safetensors.torch import load_file
 
@@ -171,7 +171,11 @@ def test_checkpoint_files_and_state_json(tmp_path):
     state = json.loads((path / "state.json").read_text())
     assert state["trainer_state"] == {"epoch": 0}
     assert state["step"] == 12
-    assert len(state["files"]["model.safetensors"]["sha256"]) == 64
+    # The manifest covers every other file, state.json included, with sha256 and size.
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["model.safetensors", "optim.safetensors", "state.json"]
+    for name, record in manifest["files"].items():
+        assert record == {"sha256": ckpt.sha256_file(path / name), "bytes": (path / name).stat().st_size}
 
 
 def test_tied_weights_round_trip(tmp_path):
@@ -243,13 +247,19 @@ def test_truncated_file_is_detected(saved, name):
         load_checkpoint(saved, **_fresh())
 
 
-def test_missing_file(saved):
-    (saved / "optim.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"optim\.safetensors: file is missing"):
+@pytest.mark.parametrize("name", ["model.safetensors", "optim.safetensors", "state.json", "manifest.json"])
+def test_missing_file(saved, name):
+    (saved / name).unlink()
+    with pytest.raises(CheckpointError, match=rf"{name}: file is missing"):
         load_checkpoint(saved, **_fresh())
-    (saved / "state.json").unlink()
-    with pytest.raises(CheckpointError, match=r"state\.json: file is missing"):
-        load_checkpoint(saved, **_fresh())
+
+
+def _rehash(saved: Path, name: str) -> None:
+    """Record ``name``'s current sha256 and size in the manifest (a deliberate re-sign)."""
+    manifest = json.loads((saved / "manifest.json").read_text())
+    f = saved / name
+    manifest["files"][name] = {"sha256": ckpt.sha256_file(f), "bytes": f.stat().st_size}
+    (saved / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_unparsable_file_with_matching_hash(saved):
@@ -258,17 +268,35 @@ def test_unparsable_file_with_matching_hash(saved):
     data = bytearray(f.read_bytes())
     data[:8] = (10**12).to_bytes(8, "little")  # absurd header length
     f.write_bytes(bytes(data))
-    state = json.loads((saved / "state.json").read_text())
-    state["files"]["model.safetensors"]["sha256"] = ckpt.sha256_file(f)
-    (saved / "state.json").write_text(json.dumps(state))
+    _rehash(saved, "model.safetensors")
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot be parsed"):
+        load_checkpoint(saved, **_fresh())
+
+
+def test_edited_state_json_is_detected(saved):
+    state = json.loads((saved / "state.json").read_text())
+    state["trainer_state"]["step"] = 3  # valid JSON, plausible, wrong
+    (saved / "state.json").write_text(json.dumps(state, indent=2))
+    with pytest.raises(CheckpointError, match=r"state\.json: .*(sha256 mismatch|bytes, expected)"):
         load_checkpoint(saved, **_fresh())
 
 
 def test_bad_state_json(saved):
     (saved / "state.json").write_text("{not json")
+    _rehash(saved, "state.json")
     with pytest.raises(CheckpointError, match=r"state\.json: cannot be parsed"):
         load_checkpoint(saved, **_fresh())
+
+
+def test_format_1_checkpoint_without_manifest_still_loads(saved):
+    """Checkpoints written before manifests: state.json held the .safetensors hashes."""
+    manifest = json.loads((saved / "manifest.json").read_text())
+    state = json.loads((saved / "state.json").read_text())
+    state["format_version"] = 1
+    state["files"] = {k: v for k, v in manifest["files"].items() if k != "state.json"}
+    (saved / "state.json").write_text(json.dumps(state))
+    (saved / "manifest.json").unlink()
+    assert load_checkpoint(saved, **_fresh()) == {"step": 2}
 
 
 def test_model_mismatch_names_keys_and_shapes(saved):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Mapping
 
@@ -21,6 +20,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+# save_weights writes atomically with these; the one implementation is core/files.py.
+from rankmixer.core.files import fsync_dir, fsync_file, unique_suffix
 
 __all__ = [
     "WeightsError",
@@ -41,33 +43,6 @@ META_DIGEST = "rankmixer.tensor_sha256"
 
 class WeightsError(RuntimeError):
     """A weights file is unusable: missing, corrupted, or not matching the model."""
-
-
-# ---- small file-system helpers ----------------------------------------------------------------
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable; skipped where the OS cannot (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def unique_suffix() -> str:
-    """A name suffix no other process or call picks (temp files beside their target)."""
-    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 # ---- model tensors ----------------------------------------------------------------------------

@@ -26,13 +26,19 @@ class DataConfig(_Strict):
     # Where prepared shards go; default data_cache/<dataset>.
     prepared_dir: str | None = None
     on_bad_row: Literal["fail", "skip"] = "fail"
-    num_workers: int = Field(0, ge=0)
-    shuffle_buffer: int = Field(65_536, ge=1)
+    # Strict: `true` is not a count (pydantic would read it as 1).
+    num_workers: int = Field(0, ge=0, strict=True)
+    shuffle_buffer: int = Field(65_536, ge=1, strict=True)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
         if self.schema_file and self.dataset not in (None, "synthetic"):
             raise ValueError("give either data.dataset (a preset) or data.schema_file, not both")
+        # The synthetic default is for configs that name no data at all: raw files without a
+        # preset or schema would otherwise be ignored (or written over by the generator).
+        if (self.raw or self.raw_splits) and not self.schema_file and "dataset" not in self.model_fields_set:
+            raise ValueError("data.raw is given but nothing says what the raw files hold: set data.dataset "
+                             "(a preset, e.g. movielens-latest) or data.schema_file (your own schema)")
         return self
 
     def prepared_path(self) -> Path:

@@ -5,8 +5,11 @@ bounded by the vocabularies, not by the data. Every statistic (vocabularies, nor
 quantile boundaries) is fitted on the training split only. The result is deterministic: the
 same raw files, schema and seed give byte-identical shards on the same library versions.
 
-Output directory::
+Output directory (a cache of one dataset: built in a temporary sibling and renamed into place;
+refreshed when its inputs change, replaced by another dataset's only with ``force``; never
+written over the inputs nor over a folder rankmixer did not write, see core/files.py)::
 
+    .rankmixer-output       the ownership marker
     feature_map.json        what a model needs (see feature_map.py), plus the report
     schema.yaml             the schema that produced it
     vocab/<feature>.parquet value -> id, for scoring raw values later
@@ -21,12 +24,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rankmixer.core.files import OutputError, atomic_directory, check_output
 from rankmixer.data.datasets.base import DatasetPreset, RawFiles, TransformContext
 from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, FeatureInfo, FeatureMap, SplitInfo
 from rankmixer.data.reader import FILE_COL, ROW_COL, BadInputError, BadRowReport, OnBadRow, read_raw, read_table
@@ -47,6 +52,7 @@ SPLIT_COL = "__split"
 ROW_GROUP_SIZE = 16_384
 # Bumped whenever the encoding itself changes, so old caches are not reused.
 FORMAT_VERSION = 1
+PREPARED_KIND = "prepared data"  # the ownership marker's kind (core/files.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,8 +398,11 @@ def canonical_rows(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPre
         frames.append(lf)
     lf = pl.concat(frames, how="vertical")
     if preset is not None:
+        # Side tables (MovieLens' movies.csv) are checked like the main file, and their skipped
+        # rows are counted in the same report.
         ctx = TransformContext(raw_path=Path(raw_path or "."), on_bad_row=on_bad_row,
-                               read_side_table=lambda p, src: read_table(Path(p), src, on_bad_row))
+                               read_side_table=lambda p, src: read_table(Path(p), src, on_bad_row, report=report),
+                               report=report)
         lf = preset.transform(lf, ctx)
     have = set(lf.collect_schema().names())
     missing = [c for c in schema.canonical_columns() if c not in have]
@@ -429,12 +438,28 @@ def encode_raw(
     return report
 
 
-def _fingerprint(schema: Schema, raw: RawFiles, extra: dict) -> str:
+def _fingerprint(schema: Schema, raw: RawFiles, extra: dict, side: Sequence[Path] = ()) -> str:
     files = [str(p) for p in raw.all] + [f"{k}:{p}" for k, v in sorted(raw.by_split.items()) for p in v]
     stamp = [(f, Path(f.split(":", 1)[-1]).stat().st_size, int(Path(f.split(":", 1)[-1]).stat().st_mtime))
              for f in files]
+    if side:  # a preset's side tables (movies.csv) change the prepared data too
+        extra = {**extra, "side": [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in side]}
     blob = json.dumps({"schema": schema.fingerprint(), "files": stamp, "v": FORMAT_VERSION, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _existing_map(out_dir: Path) -> FeatureMap | None:
+    """The feature map of prepared data already in ``out_dir``, or None."""
+    try:
+        return FeatureMap.load(out_dir / "feature_map.json") if (out_dir / "feature_map.json").is_file() else None
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _legacy_prepared(out_dir: Path) -> bool:
+    """Prepared data written before ownership markers existed: its feature map names its key."""
+    fm = _existing_map(out_dir)
+    return fm is not None and "prepare_key" in fm.extras
 
 
 def prepare(
@@ -448,19 +473,41 @@ def prepare(
     rows_per_shard: int = 2_000_000,
     force: bool = False,
     log=print,
+    inputs: Sequence[Path] = (),
 ) -> FeatureMap:
-    """Prepare a dataset; reuses ``out_dir`` when it was prepared from the same inputs."""
+    """Prepare a dataset into ``out_dir``; reuses it when it was prepared from the same inputs.
+
+    ``out_dir`` may not be, contain or lie inside any input (raw files, side tables, ``raw_path``,
+    ``inputs``). Existing prepared data of the same dataset is refreshed when stale; of another
+    dataset it is replaced only with ``force``; a folder rankmixer did not write is refused.
+    """
     out_dir = Path(out_dir)
-    key = _fingerprint(schema, raw, {"on_bad_row": on_bad_row, "preset": preset.name if preset else None})
-    fm_path = out_dir / "feature_map.json"
-    if fm_path.exists() and not force:
-        fm = FeatureMap.load(fm_path)
-        if fm.extras.get("prepare_key") == key:
-            log(f"reusing prepared data in {out_dir} (same schema and raw files)")
-            return fm
+    side = preset.side_files(Path(raw_path)) if preset is not None and raw_path is not None else []
+    check_output(out_dir, [*raw.all, *(p for v in raw.by_split.values() for p in v), *side, raw_path, *inputs],
+                 "prepared data directory")
+    key = _fingerprint(schema, raw, {"on_bad_row": on_bad_row, "preset": preset.name if preset else None}, side)
+    name = preset.name if preset else schema.name
+    existing = _existing_map(out_dir)
+    if existing is not None and not force and existing.extras.get("prepare_key") == key:
+        log(f"reusing prepared data in {out_dir} (same schema and raw files)")
+        return existing
+    if existing is not None and existing.dataset != name and not force:
+        raise OutputError(f"{out_dir} holds prepared data of {existing.dataset!r}, not {name!r}: choose another "
+                          "output (data.prepared_dir / --out) or pass --force to replace it")
     t0 = time.time()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    with atomic_directory(out_dir, PREPARED_KIND, overwrite=True if existing is not None else force,
+                          legacy=_legacy_prepared, flag="--force") as tmp:
+        fm = _prepare_into(tmp, schema, raw, preset=preset, raw_path=raw_path, on_bad_row=on_bad_row,
+                           rows_per_shard=rows_per_shard, key=key, log=log)
+    fm.root = out_dir
+    log(f"prepared {out_dir} in {time.time() - t0:.1f}s")
+    return fm
+
+
+def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: DatasetPreset | None,
+                  raw_path: Path | None, on_bad_row: OnBadRow, rows_per_shard: int, key: str, log) -> FeatureMap:
+    """Steps 1-4 of the module docstring, writing into the (temporary) directory ``out_dir``."""
+    t0 = time.time()
     work = out_dir / "_work"
     work.mkdir(parents=True)
 
@@ -537,8 +584,7 @@ def prepare(
     )
     shutil.rmtree(work)
     dump_schema(schema, out_dir / "schema.yaml")
-    fm.save(fm_path)
-    log(f"prepared {out_dir} in {time.time() - t0:.1f}s")
+    fm.save(out_dir / "feature_map.json")
     return fm
 
 

@@ -16,7 +16,9 @@ Parquet file), so later checks can still point at the source line.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -49,18 +51,39 @@ class BadRowReport:
     rows_skipped: int = 0
     by_reason: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    # Side tables (MovieLens' movies.csv): file name -> {"rows_read", "rows_skipped"}. Their
+    # skipped rows are in rows_skipped too (reasons prefixed with the file name); their rows
+    # read are kept apart, since rows_read counts the rows of the main files.
+    side_tables: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, reason: str, count: int, example: str) -> None:
+    def add(self, reason: str, count: int, example: str, side_table: str | None = None) -> None:
+        """Count ``count`` skipped rows; ``side_table`` names the side table they came from."""
         self.rows_skipped += count
         self.by_reason[reason] += count
         if len(self.examples) < _MAX_EXAMPLES:
             self.examples.append(example)
+        if side_table is not None:
+            self.side_tables.setdefault(side_table, {"rows_read": 0, "rows_skipped": 0})["rows_skipped"] += count
 
     def merge(self, other: "BadRowReport") -> None:
         self.rows_read += other.rows_read
         self.rows_skipped += other.rows_skipped
         self.by_reason.update(other.by_reason)
         self.examples.extend(other.examples[: max(0, _MAX_EXAMPLES - len(self.examples))])
+        for name, counts in other.side_tables.items():
+            mine = self.side_tables.setdefault(name, {"rows_read": 0, "rows_skipped": 0})
+            for k in mine:
+                mine[k] += counts[k]
+
+    def add_side_table(self, name: str, other: "BadRowReport") -> None:
+        """Count a side table's report (see ``side_tables``)."""
+        self.rows_skipped += other.rows_skipped
+        for reason, n in other.by_reason.items():
+            self.by_reason[f"{name}: {reason}"] += n
+        self.examples.extend(other.examples[: max(0, _MAX_EXAMPLES - len(self.examples))])
+        mine = self.side_tables.setdefault(name, {"rows_read": 0, "rows_skipped": 0})
+        mine["rows_read"] += other.rows_read
+        mine["rows_skipped"] += other.rows_skipped
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +91,7 @@ class BadRowReport:
             "rows_skipped": self.rows_skipped,
             "by_reason": dict(sorted(self.by_reason.items())),
             "examples": self.examples,
+            "side_tables": self.side_tables,
         }
 
 
@@ -132,6 +156,25 @@ def _check_block(
     return out
 
 
+@contextmanager
+def _quiet_undecodable_rows():
+    """pyarrow decodes an invalid row's bytes as UTF-8 before it calls the invalid-row handler;
+    for bytes that are not UTF-8 that decode fails inside pyarrow, which Python reports as an
+    "Exception ignored" traceback on stderr. The read still fails (a BadInputError naming the
+    file and row): this keeps the user's screen to that one message."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, UnicodeDecodeError):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def _csv_blocks(path: Path, source: SourceSpec, on_bad_row: OnBadRow, report: BadRowReport):
     """Yield (polars block with ``__row`` = line number) from a CSV/TSV file."""
     names = [c.name for c in source.columns]
@@ -141,9 +184,13 @@ def _csv_blocks(path: Path, source: SourceSpec, on_bad_row: OnBadRow, report: Ba
     first_error: list[str] = []
 
     def on_invalid(row) -> str:
+        try:
+            text = repr(row.text[:120])
+        except UnicodeDecodeError:  # pyarrow decodes the row's bytes as UTF-8 to show them
+            text = "(not UTF-8 text)"
         msg = (
             f"{path}: line {row.number}: expected {row.expected_columns} fields, "
-            f"got {row.actual_columns}: {row.text[:120]!r}"
+            f"got {row.actual_columns}: {text}"
         )
         if on_bad_row == "fail":
             first_error.append(msg)
@@ -160,10 +207,14 @@ def _csv_blocks(path: Path, source: SourceSpec, on_bad_row: OnBadRow, report: Ba
     )
     parse_opts = pacsv.ParseOptions(delimiter=source.sep, invalid_row_handler=on_invalid)
     if source.has_header:
-        header = pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 16),
-            parse_options=pacsv.ParseOptions(delimiter=source.sep, invalid_row_handler=lambda r: "skip"),
-        ).schema.names
+        try:
+            with _quiet_undecodable_rows():
+                header = pacsv.open_csv(
+                    path, read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 16),
+                    parse_options=pacsv.ParseOptions(delimiter=source.sep, invalid_row_handler=lambda r: "skip"),
+                ).schema.names
+        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            raise BadInputError(f"{path}: cannot read as {source.format}: {e}") from None
         missing = [n for n in names if n not in header]
         if missing:
             raise BadInputError(f"{path}: missing column(s) {missing} (header has {header})")
@@ -174,7 +225,8 @@ def _csv_blocks(path: Path, source: SourceSpec, on_bad_row: OnBadRow, report: Ba
         quoted_strings_can_be_null=False,
     )
     try:
-        reader = pacsv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
+        with _quiet_undecodable_rows():
+            reader = pacsv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
     except pa.ArrowInvalid as e:
         if first_error:
             raise BadInputError(first_error[0] + " (use --on-bad-row skip to skip such rows)") from None
@@ -184,7 +236,8 @@ def _csv_blocks(path: Path, source: SourceSpec, on_bad_row: OnBadRow, report: Ba
     emitted = 0
     while True:
         try:
-            batch = reader.read_next_batch()
+            with _quiet_undecodable_rows():
+                batch = reader.read_next_batch()
         except StopIteration:
             break
         except pa.ArrowInvalid as e:
@@ -272,7 +325,13 @@ def read_raw(
     return outputs, report
 
 
-def read_table(path: Path, source: SourceSpec, on_bad_row: OnBadRow = "fail") -> pl.DataFrame:
-    """Read a small side table (e.g. MovieLens movies.csv) fully into memory, checked."""
-    frames = list(_checked_blocks(path, source, on_bad_row, BadRowReport()))
-    return pl.concat(frames).drop(ROW_COL)
+def read_table(path: Path, source: SourceSpec, on_bad_row: OnBadRow = "fail",
+               report: BadRowReport | None = None) -> pl.DataFrame:
+    """Read a small side table (e.g. MovieLens movies.csv) fully into memory, checked. The
+    frame keeps ``__row`` (line numbers, for messages about its rows); its skipped rows are
+    counted in ``report`` under the file's name (see :meth:`BadRowReport.add_side_table`)."""
+    own = BadRowReport()
+    frames = list(_checked_blocks(path, source, on_bad_row, own))
+    if report is not None:
+        report.add_side_table(Path(path).name, own)
+    return pl.concat(frames)

@@ -10,19 +10,20 @@ a backend. Backends run the graph on encoded arrays:
 * ``eager``: the model rebuilt from the manifest's config by the registry, weights read from
   safetensors. The path for MoE models: their eval forward computes only the active experts.
 
-Every file's sha256 is checked against the manifest before it is read, so a truncated or
-swapped file is refused with its name. Nothing here calls ``pickle`` or ``torch.load``
+The manifest must list every file of the artifact with its sha256, by relative paths inside it;
+every file is checked before it is read, so a truncated, swapped, added or escaping (``..``,
+absolute, symlinked) file is refused with its name. Nothing here calls ``pickle`` or ``torch.load``
 without ``weights_only``.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from rankmixer.core.files import sha256_file
+from rankmixer.core.files import MARKER_FILE, sha256_file
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.serve.preprocess import Preprocessor
 from rankmixer.serve.signature import arrays_to_inputs
@@ -88,24 +89,62 @@ class TorchBackend:
         return out.numpy()
 
 
+_REQUIRED = ("artifact_version", "model", "version", "format", "model_file", "schema_hash", "tasks", "inputs", "sha256")
+
+
+def read_manifest(root: Path) -> dict:
+    """The manifest of the artifact in ``root``, after checking that it lists every file of
+    the artifact with its sha256, by relative paths that stay inside ``root``, and that each
+    file matches; anything else is an :class:`ArtifactError` naming the file."""
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise ArtifactError(f"{root} is not an artifact directory (no manifest.json; run `rankmixer export`)")
+    try:
+        manifest = json.loads(mpath.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise ArtifactError(f"{mpath}: not a readable JSON manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mpath}: must hold a JSON object")
+    if manifest.get("artifact_version") != SUPPORTED_ARTIFACT_VERSION:
+        raise ArtifactError(f"{mpath}: artifact_version {manifest.get('artifact_version')!r}, "
+                            f"this rankmixer reads {SUPPORTED_ARTIFACT_VERSION}")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{mpath}: lacks {missing}")
+    if not isinstance(manifest["model_file"], str) or not isinstance(manifest["format"], str):
+        raise ArtifactError(f"{mpath}: model_file and format must be strings")
+    hashes = manifest["sha256"]
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        raise ArtifactError(f"{mpath}: sha256 must map file paths to hex digests")
+    real_root = root.resolve()
+    for name in hashes:
+        rel = PurePosixPath(name)
+        if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name or name != rel.as_posix():
+            raise ArtifactError(f"{mpath}: {name!r} is not a plain relative path inside the artifact")
+        p = root / rel
+        if p.is_symlink() or not p.resolve().is_relative_to(real_root):
+            raise ArtifactError(f"{p}: a link or a path leading outside the artifact; refused")
+        if not p.is_file():
+            raise ArtifactError(f"{p}: listed in the manifest but missing")
+        if sha256_file(p) != hashes[name]:
+            raise ArtifactError(f"{p}: sha256 differs from the manifest's (corrupted or replaced)")
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir() or p.is_symlink()}
+    unlisted = sorted(present - set(hashes) - {"manifest.json", MARKER_FILE})
+    if unlisted:
+        raise ArtifactError(f"{root}: file(s) {unlisted[:5]} are not in the manifest (added after export?); refused")
+    for f in ("feature_map.json", "preprocess.json", manifest["model_file"]):
+        if f not in hashes:
+            raise ArtifactError(f"{mpath}: {f} is not listed with its sha256")
+    return manifest
+
+
 class Artifact:
     """A loaded artifact: ``score(rows)`` turns checked canonical rows into scores per task."""
 
     def __init__(self, root: str | Path, threads: int | None = None) -> None:
         root = Path(root)
+        manifest = read_manifest(root)
         mpath = root / "manifest.json"
-        if not mpath.exists():
-            raise ArtifactError(f"{root} is not an artifact directory (no manifest.json; run `rankmixer export`)")
-        manifest = json.loads(mpath.read_text())
-        if manifest.get("artifact_version") != SUPPORTED_ARTIFACT_VERSION:
-            raise ArtifactError(f"{mpath}: artifact_version {manifest.get('artifact_version')!r}, "
-                                f"this rankmixer reads {SUPPORTED_ARTIFACT_VERSION}")
-        for name, digest in manifest.get("sha256", {}).items():
-            p = root / name
-            if not p.exists():
-                raise ArtifactError(f"{p}: listed in the manifest but missing")
-            if sha256_file(p) != digest:
-                raise ArtifactError(f"{p}: sha256 differs from the manifest's (corrupted or replaced)")
         self.root = root
         self.manifest = manifest
         self.name: str = manifest["model"]

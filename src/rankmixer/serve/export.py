@@ -16,6 +16,10 @@ Artifact layout (everything a server needs; nothing points back at the run or th
     triton/<model>/config.pbtxt, triton/<model>/1/model.onnx   (format onnx) a Triton model
                          repository entry: scores encoded ids (see docs/serving.md)
 
+manifest.json lists every other file with its sha256 (relative paths inside the artifact); a
+server refuses an artifact with a file missing, changed or unlisted. The folder also holds the
+ownership marker ``.rankmixer-output`` (see core/files.py), which is not content.
+
 The graph scores *encoded* ids (``dense [B, n_dense] float32``, ``sparse [B, n_sparse] int64``,
 one ``[B, max_len] int64`` input per bag / sequence) and returns ``scores [B, n_tasks]``
 probabilities; raw values become ids with preprocess.json (see ``preprocess.py``). The batch
@@ -32,13 +36,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from rankmixer.core.files import sha256_file
+from rankmixer.core.files import atomic_directory, check_output, check_replaceable, sha256_file
 from rankmixer.core.rundir import BEST_WEIGHTS
 from rankmixer.core.weights import save_weights
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.schema import load_schema
-from rankmixer.runs import load_run
+from rankmixer.runs import TrainedRun, incomplete_reason, load_run
 from rankmixer.serve.preprocess import build_spec
 from rankmixer.serve.signature import OUTPUT_NAME, graph_inputs
 
@@ -147,6 +151,17 @@ def _triton_config(name: str, fm: FeatureMap, max_batch: int) -> str:
     return "\n".join(lines)
 
 
+ARTIFACT_KIND = "artifact"  # the ownership marker's kind (core/files.py)
+
+
+def _legacy_artifact(path: Path) -> bool:
+    """An artifact written before ownership markers existed: its manifest names its version."""
+    try:
+        return "artifact_version" in json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def export_run(
     run_dir: str | Path,
     fmt: str,
@@ -154,14 +169,28 @@ def export_run(
     *,
     version: str | None = None,
     triton_max_batch: int = 1024,
+    overwrite: bool = False,
     log=print,
 ) -> Path:
-    """Export a run's best model as an artifact directory (see the module docstring)."""
+    """Export a run's best model as an artifact directory (see the module docstring).
+
+    ``out_dir`` may not be, contain or lie inside the run or its prepared data. An existing
+    artifact there is replaced only with ``overwrite``; a folder of other files never is. The
+    artifact is built in a temporary sibling and renamed into place, so a failed export leaves
+    the old one (or nothing)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if isinstance(triton_max_batch, bool) or not isinstance(triton_max_batch, int) or triton_max_batch < 1:
+        raise ValueError(f"triton_max_batch must be a positive integer, got {triton_max_batch!r}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_output(out_dir, [run_dir], "--out")
     run = load_run(run_dir)
     fm, model = run.feature_map, run.model  # fm: the prepared data's map (vocab/ next to it)
+    check_output(out_dir, [fm.root], "--out")
+    check_replaceable(out_dir, ARTIFACT_KIND, overwrite, legacy=_legacy_artifact)
+    reason = incomplete_reason(run_dir)
+    if reason:
+        log(f"warning: {reason}; exporting its best weights so far")
     if fm.root is None or not (fm.root / "schema.yaml").exists():
         raise FileNotFoundError(f"the run's prepared data ({fm.root}) is needed to export its vocabularies")
     schema = load_schema(fm.root / "schema.yaml")
@@ -173,9 +202,17 @@ def export_run(
             f"model {run.model_name} runs sparse MoE inference (data-dependent: only the active experts "
             f"are computed), which a static graph ({fmt}) cannot hold; export it with --format eager "
             "(torch, sparse inference kept)")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    version = version or f"{run_dir.name}-{sha256_file(run_dir / BEST_WEIGHTS)[:12]}"
+    with atomic_directory(out_dir, ARTIFACT_KIND, overwrite=overwrite, legacy=_legacy_artifact) as tmp:
+        _write_artifact(tmp, run, fm, schema, fmt, version, sparse_moe, triton_max_batch)
+    log(f"exported {run.model_name} ({fmt}) to {out_dir}")
+    return out_dir
+
+
+def _write_artifact(out_dir: Path, run: TrainedRun, fm: FeatureMap, schema, fmt: str, version: str, sparse_moe: bool,
+                    triton_max_batch: int) -> None:
+    """The artifact's files in ``out_dir``; the manifest, written last, lists every one of them."""
+    saved_fm, model, name = run.saved_map, run.model, run.model_name
     module = ScoringModule(model, saved_fm).eval()
     model_path = out_dir / MODEL_FILES[fmt]
     with torch.no_grad():
@@ -191,15 +228,13 @@ def export_run(
     fm_dict["splits"] = {}  # the artifact carries no data files
     (out_dir / "feature_map.json").write_text(json.dumps(fm_dict, indent=2))
     (out_dir / "preprocess.json").write_text(json.dumps(build_spec(fm, schema)))
-    name = run.model_name
-    version = version or f"{run_dir.name}-{sha256_file(run_dir / BEST_WEIGHTS)[:12]}"
-    files = ["feature_map.json", "preprocess.json", MODEL_FILES[fmt]]
     if fmt == "onnx":
         tdir = out_dir / "triton" / name
         (tdir / "1").mkdir(parents=True)
         shutil.copyfile(model_path, tdir / "1" / "model.onnx")
         (tdir / "config.pbtxt").write_text(_triton_config(name, saved_fm, triton_max_batch))
-        files += [f"triton/{name}/config.pbtxt", f"triton/{name}/1/model.onnx"]
+    # Every file, so a loader can refuse anything added, removed or changed (artifact.py).
+    files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     manifest = {
         "artifact_version": ARTIFACT_VERSION,
         "model": name,
@@ -218,8 +253,6 @@ def export_run(
         if fmt == "eager" else None,
         "torch_version": torch.__version__,
         "sha256": {f: sha256_file(out_dir / f) for f in files},
-        "run": str(run_dir),
+        "run": str(run.run_dir),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    log(f"exported {name} ({fmt}) to {out_dir}")
-    return out_dir

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,40 @@ CATEGORY_LIST = "category_list"  # a JSON list of strings / integers
 INT_LIST = "int_list"  # a JSON list of integers (sequence timestamps)
 
 
-class RowError(ValueError):
-    """A request row is malformed; ``field`` names where (e.g. ``candidates[3].movie_id``)."""
+# Dense inputs become float32: a larger magnitude would be inf in the model.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-    def __init__(self, field: str, message: str) -> None:
+
+class RowError(ValueError):
+    """A request row is malformed; ``field`` names where (e.g. ``candidates[3].movie_id``),
+    ``key`` the row key it is about (None when not one key), ``message`` what is wrong, and
+    ``row`` the row's index when the error comes from encoding a list of rows."""
+
+    def __init__(self, field: str, message: str, key: str | None = None, row: int | None = None) -> None:
         super().__init__(f"{field}: {message}")
-        self.field = field
+        self.field, self.message, self.key, self.row = field, message, key, row
+
+
+def field_name(name: Any) -> str:
+    """A client-given key as it may appear in a field path: at most 60 characters, control
+    characters and lone surrogates escaped (so an error message is always valid UTF-8)."""
+    text = str(name)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxdict = 6
+_repr.maxlevel = 3
+
+
+def show_value(v: Any) -> str:
+    """A client's value for a message: its repr, shortened and nesting-limited, ASCII-safe (so
+    a message quoting it is always valid UTF-8 and of bounded size)."""
+    return _repr.repr(v).encode("ascii", "backslashreplace").decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -150,12 +179,23 @@ class Preprocessor:
         type. ``null`` is a missing value (OOV id / the feature's fill value), as in training."""
         if not isinstance(row, dict):
             raise RowError(where, f"expected an object of feature values, got {_json_type(row)}")
+        names = {spec.name for spec in self.inputs}
+        unknown = [k for k in row if k not in names]
+        if unknown:
+            k = unknown[0]
+            raise RowError(f"{where}.{field_name(k)}", "unknown feature; this model reads "
+                           + ", ".join(sorted(names)), key=k)
         out: dict[str, Any] = {}
         for spec in self.inputs:
             field = f"{where}.{spec.name}"
             if spec.name not in row:
-                raise RowError(field, f"missing feature (expected {spec.kind}; send null for an unknown value)")
-            out[spec.name] = _check_value(row[spec.name], spec.kind, field)
+                raise RowError(field, f"missing feature (expected {spec.kind}; send null for an unknown value)",
+                               key=spec.name)
+            try:
+                out[spec.name] = _check_value(row[spec.name], spec.kind, field)
+            except RowError as e:
+                e.key = spec.name
+                raise
         return out
 
     # ---- encoding -------------------------------------------------------------------------
@@ -174,6 +214,14 @@ class Preprocessor:
         lf = split_lists(frame.lazy(), self.schema)
         enc, _ = encode_features(lf, self.schema, self.fitted)
         arrays = table_to_arrays(enc.collect().to_arrow(), self.columns)
+        dense = arrays.get("dense")
+        if dense is not None and dense.size and not np.isfinite(dense).all():
+            # A finite value can still overflow float32 once normalised (a huge value, a tiny std).
+            r, c = (int(x) for x in np.argwhere(~np.isfinite(dense))[0])
+            name = self.columns.dense[c]
+            column = next((i.name for i in self.inputs if name in i.features), name)
+            raise RowError(f"rows[{r}].{column}", "value out of range: it is not a finite float32 once "
+                           "normalised", key=column, row=r)
         oov = np.zeros((len(rows), len(self.oov_features)), dtype=np.int64)
         for k, f in enumerate(self.oov_features):
             ids = arrays["sparse"][:, self.columns.sparse.index(f)] if f in self.columns.sparse else (
@@ -200,11 +248,15 @@ def _category(v: Any, field: str) -> str | None:
     if v is None:
         return None
     if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to lone surrogates
+            raise RowError(field, f"not valid Unicode text (a lone surrogate): {show_value(v)}") from None
         return v
     # bool is an int in Python; a float would become "7.0", a key training never produced.
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)
-    raise RowError(field, f"expected a string or an integer (a category), got {_json_type(v)} {v!r}")
+    raise RowError(field, f"expected a string or an integer (a category), got {_json_type(v)} {show_value(v)}")
 
 
 def _check_value(v: Any, kind: str, field: str) -> Any:
@@ -214,14 +266,18 @@ def _check_value(v: Any, kind: str, field: str) -> Any:
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise RowError(field, f"expected a number, got {_json_type(v)} {v!r}")
+            raise RowError(field, f"expected a number, got {_json_type(v)} {show_value(v)}")
+        if isinstance(v, int) and abs(v) > FLOAT32_MAX:  # float() of a huge int would overflow
+            raise RowError(field, f"number out of range (|x| <= {FLOAT32_MAX:.4g}), got {show_value(v)}")
         if not math.isfinite(v):
             raise RowError(field, f"expected a finite number, got {v!r}")
+        if abs(v) > FLOAT32_MAX:
+            raise RowError(field, f"number out of range (|x| <= {FLOAT32_MAX:.4g}), got {v!r}")
         return float(v)
     if v is None:
         return []
     if not isinstance(v, list):
-        raise RowError(field, f"expected an array, got {_json_type(v)} {v!r}")
+        raise RowError(field, f"expected an array, got {_json_type(v)} {show_value(v)}")
     if kind == CATEGORY_LIST:
         out = []
         for j, x in enumerate(v):
@@ -231,5 +287,7 @@ def _check_value(v: Any, kind: str, field: str) -> Any:
         return out
     for j, x in enumerate(v):
         if isinstance(x, bool) or not isinstance(x, int):
-            raise RowError(f"{field}[{j}]", f"expected an integer, got {_json_type(x)} {x!r}")
+            raise RowError(f"{field}[{j}]", f"expected an integer, got {_json_type(x)} {show_value(x)}")
+        if not INT64_MIN <= x <= INT64_MAX:
+            raise RowError(f"{field}[{j}]", f"integer out of the 64-bit range, got {show_value(x)}")
     return v

@@ -9,44 +9,38 @@ Layout::
                             tensors under ``rng/...``; tensors of the trainer state under
                             ``trainer/...``
         state.json          everything else: the non-tensor parts of those state dicts (with
-                            tensors replaced by ``{"__tensor__": "<name>"}``), the caller's
-                            trainer state, and the sha256 and size of each .safetensors file
+                            tensors replaced by ``{"__tensor__": "<name>"}``) and the caller's
+                            trainer state
+        manifest.json       the sha256 and size of every other file, state.json included
 
 Why not ``torch.save``: unpickling runs arbitrary code, so a checkpoint downloaded or shared
 between users would be a code-execution vector; safetensors files are plain data.
 
 Atomicity: everything is written into a hidden temp directory inside ``checkpoints/``, fsynced,
 then renamed onto ``step_XXXXXXXX`` with one ``os.replace``. A process killed mid-write leaves
-only a ``.tmp-*`` directory, which :func:`latest_checkpoint` never returns. A bit flip or a
-truncated copy is caught on load by the recorded sha256, before anything is modified.
+only a ``.tmp-*`` directory, which :func:`latest_checkpoint` never returns. A bit flip, a
+truncated or missing file or an edited state.json is caught on load by the manifest's sha256,
+before anything is modified; :func:`load_latest` then reports it and falls back to the newest
+intact checkpoint. (Format 1 checkpoints, without a manifest, hashed only the .safetensors files
+in state.json; they still load.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
-import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from rankmixer.core.files import sha256_file
-from rankmixer.core.weights import (
-    WeightsError,
-    fsync_dir,
-    fsync_file,
-    read_safetensors,
-    state_dict_for,
-    unique_suffix,
-    write_model_file,
-)
+from rankmixer.core.files import fsync_dir, fsync_file, sha256_file, unique_suffix
+from rankmixer.core.weights import WeightsError, read_safetensors, state_dict_for, write_model_file
+from rankmixer.train.state_codec import MissingTensor, decode_state, encode_state, rng_state, set_rng_state
 
 __all__ = [
     "CheckpointError",
@@ -54,6 +48,9 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
+    "load_latest",
+    "verify_checkpoint",
+    "MANIFEST_FILE",
     "MODEL_FILE",
     "OPTIM_FILE",
     "STATE_FILE",
@@ -62,81 +59,17 @@ __all__ = [
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.safetensors"
 STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1  # no manifest: state.json holds the hashes of the two .safetensors files
 
 _STEP_DIR = re.compile(r"step_(\d{8,})")
-# Markers of the JSON encoding of state dicts (see _encode).
-_T_TENSOR = "__tensor__"
-_T_TUPLE = "__tuple__"
-_T_DICT = "__dict__"
 
 
-class CheckpointError(WeightsError):
-    """A checkpoint is unusable: missing files, corrupted, or not matching the model."""
-
-
-# ---- JSON encoding of state dicts -----------------------------------------------------------
-#
-# Optimizer and scheduler state dicts mix tensors, tuples (Adam's betas), int dict keys (param
-# indices) and plain scalars. JSON has none of the first three, and a list where torch expects a
-# tuple (random.setstate, for one) breaks restore, so they are tagged explicitly.
-
-
-def _encode(obj: Any, path: str, tensors: dict[str, Tensor]) -> Any:
-    if isinstance(obj, Tensor):
-        if obj.layout != torch.strided:
-            raise TypeError(f"{path}: {obj.layout} tensors are not supported in checkpoints")
-        if path in tensors:
-            raise ValueError(f"two state entries map to the tensor name {path!r}")
-        tensors[path] = obj.detach().to("cpu").contiguous()
-        return {_T_TENSOR: path}
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, float, str)):
-        return obj
-    if isinstance(obj, np.generic):  # np.float32 metrics etc. in the trainer state
-        return obj.item()
-    if isinstance(obj, tuple):
-        return {_T_TUPLE: [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) for k in obj):
-            return {k: _encode(v, f"{path}/{k}", tensors) for k, v in obj.items()}
-        return {
-            _T_DICT: [
-                [_encode(k, f"{path}/<key>", {}), _encode(v, f"{path}/{k}", tensors)]
-                for k, v in obj.items()
-            ]
-        }
-    raise TypeError(f"{path}: cannot store a {type(obj).__name__} in a checkpoint")
-
-
-def _decode(obj: Any, tensors: Mapping[str, Tensor], used: set[str]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors, used) for v in obj]
-    if isinstance(obj, dict):
-        if len(obj) == 1:
-            ((tag, val),) = obj.items()
-            if tag == _T_TENSOR:
-                if val not in tensors:
-                    raise CheckpointError(
-                        f"{OPTIM_FILE} lacks tensor {val!r} named in {STATE_FILE}"
-                    )
-                used.add(val)
-                return tensors[val]
-            if tag == _T_TUPLE:
-                return tuple(_decode(v, tensors, used) for v in val)
-            if tag == _T_DICT:
-                return {
-                    _hashable(_decode(k, tensors, used)): _decode(v, tensors, used)
-                    for k, v in val
-                }
-        return {k: _decode(v, tensors, used) for k, v in obj.items()}
-    return obj
-
-
-def _hashable(key: Any) -> Any:
-    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+class CheckpointError(WeightsError, ValueError):
+    """A checkpoint is unusable: missing files, corrupted, or not matching the model. (A
+    ValueError too: it is the user's file that is wrong, and the CLI reports it in one line.)"""
 
 
 # ---- checkpoint directories ------------------------------------------------------------------
@@ -153,51 +86,6 @@ def _is_complete(path: Path) -> bool:
         and path.is_dir()
         and all((path / f).is_file() for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE))
     )
-
-
-# ---- RNG ----------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict[str, Any]:
-    # Python's and numpy's Mersenne Twister states are 624-625 ints: stored as int64 tensors
-    # rather than as thousands of JSON numbers.
-    py_version, py_internal, py_gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "python": {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss_next": py_gauss},
-        "numpy": {
-            "kind": np_kind,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "torch_cpu": torch.get_rng_state(),
-    }
-    # Only when CUDA is already in use: asking would otherwise initialise it on CPU-only runs.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
-                         npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
-    cuda = state.get("torch_cuda")
-    if cuda and torch.cuda.is_available():
-        if torch.cuda.device_count() == len(cuda):
-            torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in cuda])
-        else:
-            warnings.warn(
-                f"checkpoint has CUDA RNG states for {len(cuda)} devices, this process sees "
-                f"{torch.cuda.device_count()}: CUDA RNG not restored",
-                stacklevel=3,
-            )
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
@@ -249,13 +137,13 @@ def save_checkpoint(
         "step": step,
         "torch_version": torch.__version__,
         "optimizers": {
-            n: _encode(o.state_dict(), f"optim/{n}", tensors) for n, o in optimizers.items()
+            n: encode_state(o.state_dict(), f"optim/{n}", tensors) for n, o in optimizers.items()
         },
         "schedulers": {
-            n: _encode(s.state_dict(), f"sched/{n}", tensors) for n, s in schedulers.items()
+            n: encode_state(s.state_dict(), f"sched/{n}", tensors) for n, s in schedulers.items()
         },
-        "trainer_state": _encode(dict(trainer_state), "trainer", tensors),
-        "rng": _encode(_rng_state(), "rng", tensors),
+        "trainer_state": encode_state(dict(trainer_state), "trainer", tensors),
+        "rng": encode_state(rng_state(), "rng", tensors),
     }
 
     root = Path(run_dir) / CHECKPOINTS_DIR
@@ -267,12 +155,14 @@ def save_checkpoint(
     try:
         write_model_file(tmp / MODEL_FILE, model, digest=False)
         save_file(tensors, str(tmp / OPTIM_FILE), metadata={"format": "pt"})
-        state["files"] = {
-            f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
-            for f in (MODEL_FILE, OPTIM_FILE)
-        }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, allow_nan=True))
-        for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "files": {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
+                      for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE)},
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE, MANIFEST_FILE):
             fsync_file(tmp / f)
         fsync_dir(tmp)
         if final.exists():
@@ -296,31 +186,37 @@ def save_checkpoint(
     return final
 
 
-def _read_state(path: Path) -> dict[str, Any]:
-    f = path / STATE_FILE
+def _read_json(f: Path, what: str) -> Any:
     if not f.is_file():
         raise CheckpointError(f"{f}: file is missing (incomplete or not a checkpoint)")
     try:
-        state = json.loads(f.read_text())
+        return json.loads(f.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{f}: cannot be parsed ({e})") from e
-    needed = ("format_version", "files", "optimizers", "schedulers", "trainer_state", "rng")
+
+
+def _read_state(path: Path, version: int) -> dict[str, Any]:
+    f = path / STATE_FILE
+    state = _read_json(f, "state")
+    needed = ("format_version", "optimizers", "schedulers", "trainer_state", "rng")
+    if version == LEGACY_VERSION:
+        needed += ("files",)
     missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
     if missing:
         raise CheckpointError(f"{f}: malformed, lacks {missing}")
-    if state["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{f}: format version {state['format_version']}, this code reads {FORMAT_VERSION}"
-        )
+    if state["format_version"] != version:
+        raise CheckpointError(f"{f}: format version {state['format_version']!r}, expected {version}")
     return state
 
 
-def _verify_file(path: Path, record: Mapping[str, Any]) -> None:
+def _verify_file(path: Path, record: Any) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing")
+    if not isinstance(record, Mapping):
+        raise CheckpointError(f"{path}: malformed checksum record {record!r}")
     size = path.stat().st_size
     if "bytes" in record and size != record["bytes"]:
-        kind = "truncated" if size < record["bytes"] else "has extra bytes"
+        kind = "truncated" if isinstance(record["bytes"], int) and size < record["bytes"] else "has extra bytes"
         raise CheckpointError(
             f"{path}: {size} bytes, expected {record['bytes']}: file is {kind} (corrupted)"
         )
@@ -330,6 +226,41 @@ def _verify_file(path: Path, record: Mapping[str, Any]) -> None:
             f"{path}: sha256 mismatch (expected {record.get('sha256')}, got {got}): "
             "file is corrupted"
         )
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file of a checkpoint against its manifest (state.json included) and
+    return the parsed state; raises :class:`CheckpointError` naming the first bad file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory is missing")
+    mpath = path / MANIFEST_FILE
+    if not mpath.exists():
+        # Format 1 (no manifest) or a manifest that went missing: state.json tells which.
+        state = _read_json(path / STATE_FILE, "state")
+        if not isinstance(state, dict) or state.get("format_version") != LEGACY_VERSION:
+            raise CheckpointError(f"{mpath}: file is missing (incomplete or corrupted checkpoint)")
+        state = _read_state(path, LEGACY_VERSION)
+        for f in (MODEL_FILE, OPTIM_FILE):
+            if f not in state["files"]:
+                raise CheckpointError(f"{path / STATE_FILE}: no checksum recorded for {f}")
+            _verify_file(path / f, state["files"][f])
+        return state
+    manifest = _read_json(mpath, "manifest")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{mpath}: malformed (expected format_version {FORMAT_VERSION} and files)")
+    for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
+        if f not in files:
+            raise CheckpointError(f"{mpath}: no checksum recorded for {f}")
+    unlisted = sorted(p.name for p in path.iterdir() if p.name != MANIFEST_FILE and p.name not in files)
+    if unlisted:
+        raise CheckpointError(f"{path}: file(s) {unlisted} are not in {MANIFEST_FILE}")
+    for f, record in files.items():
+        if f not in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
+            raise CheckpointError(f"{mpath}: lists an unknown file {f!r}")
+        _verify_file(path / f, record)
+    return _read_state(path, FORMAT_VERSION)
 
 
 def _names_match(
@@ -351,19 +282,12 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizers, schedulers (and RNGs) from a checkpoint; return trainer_state.
 
-    Everything is read and checked first (files present, sha256, parse, keys, shapes, optimizer
+    Everything is read and checked first (files present, sha256 of every file, parse, keys, shapes, optimizer
     and scheduler names, param-group sizes); only then is anything modified, so a
     CheckpointError leaves the caller's objects as they were.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint directory is missing")
-    state = _read_state(path)
-    files = state["files"]
-    for f in (MODEL_FILE, OPTIM_FILE):
-        if f not in files:
-            raise CheckpointError(f"{path / STATE_FILE}: no checksum recorded for {f}")
-        _verify_file(path / f, files[f])
+    state = verify_checkpoint(path)
 
     try:
         model_tensors, meta = read_safetensors(path / MODEL_FILE)
@@ -376,12 +300,12 @@ def load_checkpoint(
     _names_match("schedulers", state["schedulers"], schedulers, path)
     used: set[str] = set()
     try:
-        opt_sds = {n: _decode(state["optimizers"][n], optim_tensors, used) for n in optimizers}
-        sched_sds = {n: _decode(state["schedulers"][n], optim_tensors, used) for n in schedulers}
-        trainer_state = _decode(state["trainer_state"], optim_tensors, used)
-        rng = _decode(state["rng"], optim_tensors, used)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from e
+        opt_sds = {n: decode_state(state["optimizers"][n], optim_tensors, used) for n in optimizers}
+        sched_sds = {n: decode_state(state["schedulers"][n], optim_tensors, used) for n in schedulers}
+        trainer_state = decode_state(state["trainer_state"], optim_tensors, used)
+        rng = decode_state(state["rng"], optim_tensors, used)
+    except MissingTensor as e:
+        raise CheckpointError(f"{path}: {OPTIM_FILE} lacks tensor {e.args[0]!r} named in {STATE_FILE}") from e
     unused = sorted(set(optim_tensors) - used)
     if unused:
         raise CheckpointError(
@@ -408,5 +332,36 @@ def load_checkpoint(
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: restoring state failed ({e})") from e
     if restore_rng:
-        _set_rng_state(rng)
+        set_rng_state(rng)
     return trainer_state
+
+
+def load_latest(
+    run_dir: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    schedulers: Mapping[str, Any],
+    warn: Callable[[str], None],
+    restore_rng: bool = True,
+) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest *intact* checkpoint of a run: (its path, trainer_state), or None when
+    the run has no checkpoint. A newer one that fails its checks (corrupted, truncated, a file
+    missing, an edited state, not matching the model) is reported through ``warn`` and skipped;
+    only when none is usable is it an error, listing why each was refused."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    steps = sorted((p for p in root.iterdir() if _step_of(p) is not None and p.is_dir()),
+                   key=lambda p: _step_of(p) or 0, reverse=True) if root.is_dir() else []
+    refused = []
+    for path in steps:
+        try:
+            state = load_checkpoint(path, model=model, optimizers=optimizers, schedulers=schedulers,
+                                    restore_rng=restore_rng)
+        except CheckpointError as e:
+            refused.append(f"{path.name}: {e}")
+            warn(f"warning: checkpoint {path} is unusable, trying an older one: {e}")
+            continue
+        return path, state
+    if refused:
+        raise CheckpointError(f"no intact checkpoint in {root} to resume from:\n  " + "\n  ".join(refused))
+    return None

@@ -6,7 +6,8 @@ clipping, periodic evaluation with early stopping, checkpoints, and the logs (co
 samples/s, ``metrics.jsonl``, TensorBoard).
 
 Exact resume: a checkpoint holds the model, both optimizers, the scheduler, every RNG and the
-data position (epoch, batches consumed in it). The loader's order is a pure function of
+data position (epoch, batches consumed in it); a corrupted newest checkpoint is reported and the
+newest intact one is used (train/checkpoint.py). The loader's order is a pure function of
 (seed, epoch), so a resumed run re-reads the epoch, drops the consumed batches and continues
 with bit-identical state: its final metrics equal an uninterrupted run's.
 """
@@ -287,14 +288,14 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(self.seed)
         if resume:
-            last = ckpt.latest_checkpoint(self.run_dir)
-            if last is None:
+            model, optimizers = self._views()
+            # The newest intact checkpoint: corrupted newer ones are reported and skipped.
+            found = ckpt.load_latest(self.run_dir, model=model, optimizers=optimizers, schedulers=self.schedulers,
+                                     warn=self.log)
+            if found is None:
                 self.log("no checkpoint to resume from; starting fresh")
             else:
-                model, optimizers = self._views()
-                self.state = ckpt.load_checkpoint(
-                    last, model=model, optimizers=optimizers, schedulers=self.schedulers
-                )
+                last, self.state = found
                 self.log(f"resumed from {last} (epoch {self.state['epoch']}, step {self.state['step']})")
                 saved_world = self.state.get("world_size", 1)
                 if saved_world != self.world_size:

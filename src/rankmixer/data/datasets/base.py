@@ -22,6 +22,7 @@ from typing import Callable
 
 import polars as pl
 
+from rankmixer.data.reader import BadRowReport
 from rankmixer.data.schema import Schema
 
 
@@ -39,9 +40,13 @@ class TransformContext:
     """What a transform may use besides the main frame."""
 
     raw_path: Path  # the directory (or file) the user pointed at
-    # Reads a side table (e.g. MovieLens movies.csv) with the same type checks as the main file.
+    # Reads a side table (e.g. MovieLens movies.csv) with the same type checks as the main file;
+    # the frame keeps ``__row`` (the line of each row) for messages.
     read_side_table: Callable[[Path, object], pl.DataFrame]
     on_bad_row: str = "fail"
+    # The preparation's bad-row report: rows a transform drops from an input for being bad (a
+    # duplicate key in a lookup table, under on_bad_row="skip") are counted here.
+    report: BadRowReport | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,11 @@ class DatasetPreset:
 
     def transform(self, lf: pl.LazyFrame, ctx: TransformContext) -> pl.LazyFrame:
         return lf
+
+    def side_files(self, path: Path) -> list[Path]:
+        """Files besides ``raw_files`` the transform reads (e.g. MovieLens' movies.csv): inputs
+        too, so no output may overwrite them and a change in them means preparing again."""
+        return []
 
     def default_raw_path(self, prepared_dir: Path) -> Path:
         """Raw path used when the config gives none. Real datasets need the user to say where

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from rankmixer.data.datasets.base import RawFiles
-from rankmixer.data.reader import FILE_COL, ROW_COL
+from rankmixer.data.reader import FILE_COL, ROW_COL, BadInputError, BadRowReport
 
 _SPLIT_NAMES = {
     "train": ("train",),
@@ -103,3 +103,26 @@ def split_layout(path: Path, what: str, exts: tuple[str, ...]) -> RawFiles | Non
     if "train" in found:
         return RawFiles(all=[found["train"]])
     return None
+
+
+def unique_lookup(table: pl.DataFrame, key: str, path: Path, on_bad_row: str,
+                  report: BadRowReport | None) -> pl.DataFrame:
+    """A lookup (side) table with each ``key`` once. A repeated key would duplicate every main
+    row that joins on it (rows from nowhere), so it is an error naming both lines; with
+    ``on_bad_row="skip"`` the first line of each key is kept and the repeats are skipped and
+    counted in ``report`` under the table's file name. Line numbers come from ``__row``."""
+    dup = table.filter(pl.col(key).is_duplicated())
+    if dup.height == 0:
+        return table
+    lines = pl.col(ROW_COL) if ROW_COL in table.columns else pl.int_range(pl.len()) + 2  # header = line 1
+    first = (table.with_columns(lines.alias("__line")).filter(pl.col(key).is_duplicated())
+             .sort("__line").group_by(key, maintain_order=True).agg(pl.col("__line").head(2)).row(0))
+    value, (line_a, line_b) = first[0], first[1]
+    msg = f"{path}: line {line_b}: duplicate {key} {value!r} (already on line {line_a})"
+    if on_bad_row == "fail":
+        raise BadInputError(f"{msg}: a repeated key would duplicate the rows that join on it "
+                            "(use --on-bad-row skip to keep the first line of each key and skip the repeats)")
+    kept = table.filter(pl.col(key).is_first_distinct())
+    if report is not None:
+        report.add(f"{Path(path).name}: duplicate {key}", table.height - kept.height, msg, side_table=Path(path).name)
+    return kept

@@ -39,6 +39,9 @@ events are ordered by (timestamp, movieId), so the order is deterministic.
 alphabetically, so this is the alphabetically first one), giving one token per history event
 aligned with ``hist_movies``; a movie without genres (or missing from movies.csv) contributes
 the token "(no genres listed)". The full genre bag of the target movie is in ``genres``.
+
+movies.csv must list each movieId once: a repeated one is an error naming both lines (with
+``on_bad_row="skip"`` the first line is kept and the repeats are counted as skipped rows).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from rankmixer.data.datasets.base import (
     TransformContext,
     register_preset,
 )
-from rankmixer.data.datasets.common import bookkeeping, user_history
+from rankmixer.data.datasets.common import bookkeeping, unique_lookup, user_history
 from rankmixer.data.reader import FILE_COL, ROW_COL
 from rankmixer.data.schema import (
     CategoricalFeature,
@@ -249,8 +252,14 @@ class MovieLensLatestPreset(DatasetPreset):
             .alias("__first_genre"),
         )
 
+    def side_files(self, path: Path) -> list[Path]:
+        return [self.movies_path(path)]
+
     def transform(self, lf: pl.LazyFrame, ctx: TransformContext) -> pl.LazyFrame:
-        movies = ctx.read_side_table(self.movies_path(ctx.raw_path), MOVIES_SOURCE)
+        path = self.movies_path(ctx.raw_path)
+        movies = ctx.read_side_table(path, MOVIES_SOURCE)
+        # One line per movieId: a repeat would duplicate that movie's ratings in the join.
+        movies = unique_lookup(movies, "movieId", path, ctx.on_bad_row, ctx.report)
         return self.transform_with_movies(lf, movies)
 
     def transform_with_movies(

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from rankmixer.core.strict import StrictModel
 from rankmixer.core.yamlio import YamlError, format_validation_error, parse_key_values, read_yaml_mapping
 from rankmixer.data.config import DataConfig
 from rankmixer.train.config import TrainConfig
@@ -51,9 +52,7 @@ class ConfigNotFoundError(ConfigError, FileNotFoundError):
     """A config named on the command line is neither a file nor a packaged config."""
 
 
-class ExperimentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ExperimentConfig(StrictModel):
     seed: int = 42
     run_dir: str | None = None  # default runs/<dataset>-<model>-s<seed>
     data: DataConfig = DataConfig()

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-__all__ = ["YamlError", "read_yaml_mapping", "format_validation_error", "parse_key_values"]
+__all__ = ["YamlError", "format_validation_error", "parse_key_values", "read_yaml_mapping", "validation_messages"]
 
 
 class YamlError(ValueError):
@@ -62,13 +62,21 @@ def read_yaml_mapping(
     return tree
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """A pydantic error as one line per problem: ``  train.batch_size: Input should be ...``."""
-    lines = [f"invalid {where}:"]
+def validation_messages(err: ValidationError) -> list[str]:
+    """One ``where: what`` line per problem of a pydantic error (``train.batch_size: Input
+    should be greater than or equal to 1``); our own validators' messages already name their
+    field, so pydantic's ``Value error,`` prefix is dropped."""
+    out = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """A pydantic error as one line per problem, under ``invalid <where>:``."""
+    return "\n".join([f"invalid {where}:", *(f"  {m}" for m in validation_messages(err))])
 
 
 def parse_key_values(items: Iterable[str], what: str = "option") -> dict[str, Any]:

@@ -6,14 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from rankmixer.core.strict import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     # A dataset preset (`rankmixer data presets` lists them) or a schema file for your own data.
     dataset: str | None = "synthetic"
     schema_file: str | None = None
@@ -26,9 +24,8 @@ class DataConfig(_Strict):
     # Where prepared shards go; default data_cache/<dataset>.
     prepared_dir: str | None = None
     on_bad_row: Literal["fail", "skip"] = "fail"
-    # Strict: `true` is not a count (pydantic would read it as 1).
-    num_workers: int = Field(0, ge=0, strict=True)
-    shuffle_buffer: int = Field(65_536, ge=1, strict=True)
+    num_workers: int = Field(0, ge=0)
+    shuffle_buffer: int = Field(65_536, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
+from rankmixer.core.strict import StrictModel
 
-class ModelConfig(BaseModel):
-    """Base of every model's typed config. Unknown keys are errors (a typo must not pass)."""
 
-    model_config = ConfigDict(extra="forbid")
+class ModelConfig(StrictModel):
+    """Base of every model's typed config. Unknown keys are errors (a typo must not pass), and
+    so is a boolean where a number belongs."""
 
     # Width of every embedding table; models that need equal widths rely on it.
     embedding_dim: int = 16

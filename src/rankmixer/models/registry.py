@@ -20,6 +20,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 from torch import nn
 
+from rankmixer.core.yamlio import validation_messages
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig
 
@@ -103,8 +104,7 @@ def parse_config(name: str, params: dict) -> ModelConfig:
     try:
         return entry.config_cls.model_validate(_deep_merge(entry.defaults, params))
     except ValidationError as e:
-        msgs = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ValueError(f"invalid config for model {name!r}: " + "; ".join(msgs)) from e
+        raise ValueError(f"invalid config for model {name!r}: " + "; ".join(validation_messages(e))) from None
 
 
 def build_model(name: str, feature_map: FeatureMap, params: dict | ModelConfig | None = None) -> nn.Module:

@@ -35,11 +35,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from rankmixer.core.strict import StrictModel
 
-class MoEConfig(BaseModel):
+
+class MoEConfig(StrictModel):
     """Typed config of :class:`PerTokenMoE` (unknown keys are errors).
 
     Routing (``routing``):
@@ -78,8 +80,6 @@ class MoEConfig(BaseModel):
     ``relu_grad_leak`` (off by default) gives the *task* gradient a slope below zero (forward
     value unchanged, the L1 term keeps the true ReLU gradient) so that dead gates can come back.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     num_experts: int = Field(4, ge=1)
     routing: Literal["relu_dtsi", "relu", "topk"] = "relu_dtsi"

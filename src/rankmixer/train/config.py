@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from rankmixer.core.strict import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     name: Literal["adamw", "adam", "rmsprop", "sgd", "adagrad", "sparse_adam"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -24,13 +22,13 @@ class OptimizerConfig(_Strict):
     impl: Literal["auto", "fused", "foreach", "forloop"] = "auto"
 
 
-class EarlyStopping(_Strict):
+class EarlyStopping(StrictModel):
     metric: str = "auc"  # any key of the validation metrics, e.g. auc, logloss, gauc
     patience: int = Field(2, ge=1)  # evaluations without improvement before stopping
     min_delta: float = 0.0
 
 
-class DistributedConfig(_Strict):
+class DistributedConfig(StrictModel):
     """Used only under ``torchrun`` with more than one process (see docs/distributed.md)."""
 
     # auto: TorchRec sharded tables when torchrec imports, else DDP over the plain embedding;
@@ -46,7 +44,7 @@ class DistributedConfig(_Strict):
     timeout_s: int = Field(300, ge=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
     batch_size: int = Field(1024, ge=1)

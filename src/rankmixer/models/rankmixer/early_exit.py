@@ -22,19 +22,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
+from rankmixer.core.strict import StrictModel
 from rankmixer.data.batch import Batch
 
 
-class EarlyExitConfig(BaseModel):
+class EarlyExitConfig(StrictModel):
     """Exit heads after every block. The paper trains its heads jointly but gives no loss
     weights for a ranking model; ``linear`` weighs exit ``i`` (1-based) by ``i`` as PABEE
     (Zhou et al. 2020) does, so deeper, better exits weigh more. Weights are normalised to sum
     to 1, which keeps the loss on the single-head BCE scale."""
-
-    model_config = ConfigDict(extra="forbid")
 
     loss_weights: Literal["linear", "uniform"] | list[float] = Field(
         default="linear", description="per-exit loss weights: linear (i), uniform, or one number per block"

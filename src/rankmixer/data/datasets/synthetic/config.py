@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from rankmixer.core.strict import StrictModel
 
 SPLITS = ("train", "valid", "test")
 META_FILE = "synthetic_meta.json"
@@ -20,10 +22,8 @@ SCHEMA_FILE = "schema.yaml"
 BLOCK_ROWS = 32_768
 
 
-class SyntheticConfig(BaseModel):
+class SyntheticConfig(StrictModel):
     """Everything that defines a synthetic dataset. Same config (seed included) -> same files."""
-
-    model_config = ConfigDict(extra="forbid")
 
     # ---- size and layout -----------------------------------------------------------------
     rows_train: int = Field(200_000, ge=1)

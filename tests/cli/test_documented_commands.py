@@ -6,8 +6,9 @@ every option name, the types of the values and the required options. Cheap ones 
 real in a scratch directory: ``models``, ``data presets``; ``train`` and the ``bench`` commands
 that take experiments, suites or specs run with the expensive library call replaced by a stand-in
 that validates what it was given (every named experiment, suite cell and scaling size resolves
-to a valid config), so the test takes seconds. Commands quoted inline (``rankmixer x --y``) may
-hold placeholders, so only their command path and option names are checked.
+to a valid config), so the test takes seconds. Commands quoted inline (``rankmixer x --y``) and
+``console`` blocks (a session with the user's own files) may hold placeholders, so only their
+command path and option names are checked.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from rankmixer.cli import app
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_SHELL = {"text", "yaml", "yml", "json", "python", "toml", "console-output"}
+# Blocks that show a session with the user's own files (commands followed by what they print):
+# their commands are checked like inline ones, path and option names only.
+TRANSCRIPTS = {"console"}
 SEPARATORS = {";", "&&", "||", "|", "&"}
 TREE = get_command(app)
 
@@ -77,7 +81,11 @@ def documented(text: str) -> tuple[list[tuple[int, list[str]]], list[tuple[int, 
                 i += 1
                 line = line.rstrip()[:-1] + " " + lines[i].strip()
             if lang not in NOT_SHELL and re.search(r"(^|\s)rankmixer(\s|$)", line):
-                fenced += [(start, args) for args in shell_commands(line)]
+                found = [(start, args) for args in shell_commands(line)]
+                if lang in TRANSCRIPTS:  # a session with the user's own files: names, not runs
+                    inline += found
+                else:
+                    fenced += found
         else:
             for span in re.findall(r"`([^`\n]+)`", line):
                 words = span.split()
@@ -203,7 +211,7 @@ def _run_train(path, rest, params, monkeypatch):
 
     seen = []
 
-    def train(cfg, resume=False, log=print):
+    def train(cfg, resume=False, log=print, overwrite=False):
         assert isinstance(cfg, ExperimentConfig)
         seen.append(cfg)
         return {"best_step": 0, "valid": {}, "test": {}}

@@ -1,4 +1,4 @@
-"""Fixtures of the fault-injection suite (builders in helpers.py)."""
+"""Fixtures of the fault-injection suite (builders in tests/factories.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import tiny_config
+from tests.factories import tiny_config
 
 
 @pytest.fixture(scope="session")

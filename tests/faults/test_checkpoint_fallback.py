@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.faults.helpers import tiny_config
+from tests.factories import tiny_config
 
 
 def _truncate(step: Path) -> None:

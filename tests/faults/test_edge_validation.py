@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tests.faults.helpers import tiny_config
+from tests.factories import tiny_config
 
 
 @pytest.mark.parametrize("port", [0, -1, 65536, True, "8000", 80.0])
@@ -53,3 +53,49 @@ def test_predict_batch_size_must_be_positive(tiny_copy, tiny_root):
         with pytest.raises(ValueError, match="batch-size"):
             predict(tiny_copy / "run", rows, tiny_copy / "out.csv", batch_size=bad)
     assert not (tiny_copy / "out.csv").exists()
+
+
+# ---- the command line: a named error (exit 2), never a traceback ------------------------------
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from rankmixer.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("args,says", [
+    (["serve", "--model", "art", "--port", "0"], "--port"),
+    (["serve", "--model", "art", "--port", "65536"], "--port"),
+    (["serve", "--model", "art", "--max-batch-rows", "0"], "--max-batch-rows"),
+    (["serve", "--model", "art", "--max-wait-ms", "-1"], "--max-wait-ms"),
+    (["serve", "--model", "art", "--port", "true"], "--port"),
+    (["predict", "--run", "r", "--input", "i", "--output", "o.csv", "--batch-size", "0"], "--batch-size"),
+    (["bench", "accuracy", "-c", "quickstart", "--seeds", "0"], "--seeds"),
+    (["quickstart", "--rows", "-5"], "--rows"),
+])
+def test_cli_numbers_outside_their_range_are_usage_errors(args, says):
+    res = _cli(*args)
+    assert res.exit_code == 2, res.output
+    assert says in res.output and "Traceback" not in res.output
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\x00\x01\x02")
+    cases = [
+        (["train", "-c", str(empty)], "is empty"),
+        (["train", "-c", str(binary)], "binary"),
+        (["train", "-c", "quickstart", "train.epochs=true"], "train.epochs: expected a number, got the boolean true"),
+        (["serve", "--model", str(tmp_path / "nowhere")], "not an artifact directory"),
+        (["data", "prepare", "--raw", str(tmp_path)], "data.raw is given but nothing says what the raw files hold"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["bench", "speed", "--device", "cuda", "--rounds", "1"], "no CUDA device"))
+    for args, says in cases:
+        res = _cli(*args)
+        assert res.exit_code == 2, (args, res.output)
+        assert says in " ".join(res.output.split()), (args, res.output)
+        assert "Traceback" not in res.output

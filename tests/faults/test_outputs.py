@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.faults.helpers import movielens_folder
+from tests.factories import movielens_folder
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -55,7 +55,7 @@ def test_prepare_refreshes_its_own_output_and_replaces_another_dataset_only_with
     from rankmixer.data.config import DataConfig
     from rankmixer.data.prepare import PREPARED_KIND
     from rankmixer.experiment import prepare_data
-    from tests.faults.helpers import TINY_DATA
+    from tests.factories import TINY_DATA
 
     raw = movielens_folder(tmp_path / "ml")
     out = tmp_path / "prep"

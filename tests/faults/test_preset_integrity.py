@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.helpers import MOVIES, RATINGS, movielens_folder
+from tests.factories import MOVIES, RATINGS, movielens_folder
 
 
 def _prepare(raw, out, on_bad_row="fail"):

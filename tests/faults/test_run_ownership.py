@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import tiny_config
+from tests.factories import tiny_config
 
 
 def _hold_lock_in_child(run_dir: Path) -> subprocess.Popen:

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi", reason="serving tests need the serve extra (fasta
 pytest.importorskip("uvicorn", reason="serving tests need the serve extra (uvicorn)")
 httpx = pytest.importorskip("httpx", reason="serving tests need the serve extra (httpx)")
 
-from tests.faults.helpers import LiveServer  # noqa: E402
+from tests.factories import LiveServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

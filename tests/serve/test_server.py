@@ -10,8 +10,6 @@ import asyncio
 import json
 import random
 import shutil
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ pytest.importorskip("uvicorn", reason="serving tests need the serve extra (uvico
 httpx = pytest.importorskip("httpx", reason="serving tests need the serve extra (httpx)")
 pytest.importorskip("aiohttp", reason="serving tests need the serve extra (aiohttp, the load generator's client)")
 
-from tests.factories import artifact, canonical_test_rows, movielens_run, prepared_dir  # noqa: E402
+from tests.factories import LiveServer, artifact, canonical_test_rows, movielens_run, prepared_dir  # noqa: E402
 
 CONTEXT = ["user_id", "hour", "weekday", "hist_movies", "hist_genres"]
 
@@ -33,39 +31,6 @@ def _format() -> str:
         return "onnx"
     except ImportError:
         return "eager"
-
-
-class LiveServer:
-    """uvicorn in a thread on a free loopback port (the same server `rankmixer serve` runs)."""
-
-    def __init__(self, artifact_dir, **settings) -> None:
-        import uvicorn
-
-        from rankmixer.bench.serve import free_port
-        from rankmixer.serve.server import ServeSettings, create_app
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(str(artifact_dir), ServeSettings(**settings))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        t0 = time.time()
-        while time.time() - t0 < 60:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).json()["status"] in ("ready", "failed"):
-                    return self
-            except (httpx.TransportError, json.JSONDecodeError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def _request(rows: list[dict], **extra) -> dict:

@@ -18,9 +18,9 @@ __all__ = ["accuracy", "distributed", "loader", "moe", "scaling", "serve", "spee
 def loader(
     dataset: str = typer.Option("synthetic"),
     prepared: Optional[Path] = typer.Option(None, help="Prepared directory (default: prepare the preset)."),
-    batch_size: int = typer.Option(4096),
+    batch_size: int = typer.Option(4096, min=1),
     workers: List[int] = typer.Option([0, 1, 2]),
-    max_batches: int = typer.Option(200),
+    max_batches: int = typer.Option(200, min=1),
     json_out: Path = typer.Option(Path("bench_loader.json")),
 ) -> None:
     """Samples/s of the streaming loader alone (no model)."""
@@ -42,8 +42,8 @@ def distributed(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment to train: a packaged name or a YAML file."),
     procs: List[int] = typer.Option([1, 2], help="Process counts to compare."),
     embeddings: List[str] = typer.Option(["ddp", "torchrec"], help="Embedding modes for N > 1."),
-    max_steps: int = typer.Option(300),
-    log_every: int = typer.Option(25),
+    max_steps: int = typer.Option(300, min=1),
+    log_every: int = typer.Option(25, min=1),
     out: Path = typer.Option(Path("bench_out/distributed"), help="Run directories and JSON go here."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides for every case"),
 ) -> None:
@@ -80,7 +80,7 @@ def accuracy(
     datasets: Optional[str] = typer.Option(None, help="Comma-separated dataset names of the suite to run (default: all)."),
     budget: Optional[str] = typer.Option(None, help="Same budget for every cell: epochs=N, steps=N or samples=N "
                                          "(default: each config's own epochs)."),
-    seeds: int = typer.Option(3, help="Seeds per config (0 .. seeds-1)."),
+    seeds: int = typer.Option(3, min=1, help="Seeds per config (0 .. seeds-1)."),
     out: Path = typer.Option(Path("bench_out/accuracy"), help="Output directory (runs, JSON, Markdown)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every config."),
 ) -> None:
@@ -102,7 +102,7 @@ def accuracy(
 
 def scaling(
     spec: Path = typer.Option(Path("scaling"), help="Scaling spec (dataset, budget, families): a packaged name or a YAML file."),
-    seeds: int = typer.Option(1, help="Seeds per point (0 .. seeds-1)."),
+    seeds: int = typer.Option(1, min=1, help="Seeds per point (0 .. seeds-1)."),
     budget: Optional[str] = typer.Option(None, help="Replace the spec's budget: epochs=N, steps=N or samples=N."),
     out: Path = typer.Option(Path("bench_out/scaling"), help="Output directory (runs, JSON, Markdown, PNG)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every run."),
@@ -117,15 +117,15 @@ def scaling(
 
 
 def moe(
-    tokens: int = typer.Option(16, "--tokens", "-T", help="T: tokens."),
-    dim: int = typer.Option(256, "--dim", "-D", help="D: token width."),
+    tokens: int = typer.Option(16, "--tokens", "-T", min=1, help="T: tokens."),
+    dim: int = typer.Option(256, "--dim", "-D", min=1, help="D: token width."),
     expansion: float = typer.Option(4, "--expansion", "-k", help="k: expert hidden width = k * D."),
     experts: List[int] = typer.Option([4, 8], help="Experts per token (repeatable)."),
     ratios: List[float] = typer.Option([0.5, 0.25, 0.125], help="Active-expert ratios (repeatable)."),
     skews: List[float] = typer.Option([0.0], help="Expert imbalance (0 = balanced; repeatable)."),
     impls: List[str] = typer.Option(["loop", "padded"], help="Sparse implementations (repeatable)."),
-    batch_size: int = typer.Option(512),
-    repeats: int = typer.Option(5, help="Interleaved timing rounds."),
+    batch_size: int = typer.Option(512, min=1),
+    repeats: int = typer.Option(5, min=1, help="Interleaved timing rounds."),
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: as set)."),
     json_out: Path = typer.Option(Path("bench_moe.json")),
 ) -> None:
@@ -145,9 +145,9 @@ def serve(
     prepared: Path = typer.Option(Path("data_cache/movielens-latest"), help="Prepared data: request rows come from its "
                                   "test split (relative to the working directory, where training prepares it)."),
     concurrency: List[int] = typer.Option([1, 8, 32, 128], help="Concurrent clients (repeatable)."),
-    requests: int = typer.Option(2000, help="Requests per level at most."),
-    duration: float = typer.Option(20.0, help="Seconds per level at most."),
-    candidates: int = typer.Option(32, help="Candidates (rows) per request at most (one user's)."),
+    requests: int = typer.Option(2000, min=1, help="Requests per level at most."),
+    duration: float = typer.Option(20.0, min=0.1, help="Seconds per level at most."),
+    candidates: int = typer.Option(32, min=1, help="Candidates (rows) per request at most (one user's)."),
     server_threads: Optional[int] = typer.Option(None, help="Model threads of the started server."),
     json_out: Path = typer.Option(Path("bench_out/serve.json"), help="Where to write the JSON report."),
 ) -> None:
@@ -201,7 +201,7 @@ def speed(
     ablations: bool = typer.Option(True, help="Time the 'before' of each speed change alongside."),
     compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile mode: default | reduce-overhead | max-autotune."),
     dcn: bool = typer.Option(True, help="Our DCNv2 vs FuxiCTR's (skipped with a note without fuxictr)."),
-    dcn_vocab: int = typer.Option(10_000, help="DCNv2 comparison: vocabulary per field."),
+    dcn_vocab: int = typer.Option(10_000, min=1, help="DCNv2 comparison: vocabulary per field."),
     moe: bool = typer.Option(True, help="Sparse vs dense MoE inference (bench/moe.py) at ratio 1/4."),
     profile: bool = typer.Option(False, help="torch.profiler over one training step and one inference call."),
     inference_copy: bool = typer.Option(True, help="Time inference on a copy of the model (off: on the trained one, half the memory)."),

@@ -29,8 +29,9 @@ def prepare(
     from rankmixer.experiment import prepare_data
 
     with user_errors():
-        data = DataConfig(dataset=None if schema else (dataset or "synthetic"), schema_file=str(schema) if schema else None,
-                          raw=str(raw) if raw else None, prepared_dir=str(out) if out else None,
+        # No --dataset: the synthetic default applies only when no --raw says otherwise.
+        source = {"schema_file": str(schema), "dataset": None} if schema else ({"dataset": dataset} if dataset else {})
+        data = DataConfig(**source, raw=str(raw) if raw else None, prepared_dir=str(out) if out else None,
                           on_bad_row=on_bad_row, preset_options=parse_key_values(option, "--option"))
         fm = prepare_data(data, log=console.print, force=force)
     table = Table(title=f"prepared {fm.dataset} in {fm.root}")

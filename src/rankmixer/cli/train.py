@@ -28,10 +28,10 @@ def quickstart_overrides(rows: int, model: str, epochs: int, run_dir: Path, thre
 
 
 def quickstart(
-    rows: int = typer.Option(300_000, help="Training rows of the synthetic set."),
+    rows: int = typer.Option(300_000, min=1, help="Training rows of the synthetic set."),
     model: str = typer.Option("dcnv2", help="Model to train (see `rankmixer models`)."),
     run_dir: Path = typer.Option(Path("runs/quickstart"), help="Run directory."),
-    epochs: int = typer.Option(2, help="Training epochs."),
+    epochs: int = typer.Option(2, min=1, help="Training epochs."),
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: all cores)."),
 ) -> None:
     """Generate the built-in synthetic set, train a small model, evaluate, print metrics."""
@@ -60,7 +60,9 @@ def quickstart(
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment: a packaged name (movielens_dcnv2) or a YAML file."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=3"),
-    resume: bool = typer.Option(False, help="Continue from the run directory's last checkpoint."),
+    resume: bool = typer.Option(False, help="Continue from the run directory's last intact checkpoint."),
+    overwrite: bool = typer.Option(False, help="Start over in a run directory that holds a run (removes what "
+                                   "training wrote, keeps other files)."),
     on_bad_row: Optional[str] = typer.Option(None, help="Override data.on_bad_row (fail|skip)."),
 ) -> None:
     """Train a model from a config file."""
@@ -70,7 +72,7 @@ def train(
     with user_errors():
         extra = [f"data.on_bad_row={on_bad_row}"] if on_bad_row else []
         cfg = load_config(config, list(overrides or []) + extra)
-        result = experiment.train(cfg, resume=resume, log=console.print)
+        result = experiment.train(cfg, resume=resume, overwrite=overwrite, log=console.print)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         console.print(metrics_table(f"{cfg.model_name} (best step {result['best_step']})",
                                     {"valid": result["valid"], "test": result["test"]}))
@@ -90,16 +92,17 @@ def evaluate(run: Path = typer.Option(..., "--run", help="Run directory."),
 def predict(
     run: Path = typer.Option(..., "--run"),
     input: Path = typer.Option(..., "--input", help="Raw rows (the dataset's source format) or a prepared Parquet file."),
-    output: Path = typer.Option(..., "--output", help="Output .parquet or .csv"),
-    batch_size: int = typer.Option(8192),
+    output: Path = typer.Option(..., "--output", help="Output .parquet or .csv (the suffix picks the format)."),
+    batch_size: int = typer.Option(8192, min=1),
     input_format: str = typer.Option("auto", help="auto | raw | prepared"),
     on_bad_row: str = typer.Option("fail", help="fail | skip (raw input)"),
+    overwrite: bool = typer.Option(False, help="Replace --output if it is a score file rankmixer wrote."),
 ) -> None:
     """Batch scoring to Parquet or CSV."""
     from rankmixer import experiment
 
     with user_errors():
-        n = experiment.predict(run, input, output, batch_size, input_format, on_bad_row)
+        n = experiment.predict(run, input, output, batch_size, input_format, on_bad_row, overwrite=overwrite)
     console.print(f"scored {n:,} rows -> {output}")
 
 
@@ -107,11 +110,11 @@ def calibrate_exit(
     run: Path = typer.Option(..., "--run", help="Run directory of a RankMixer trained with model.early_exit."),
     split: str = typer.Option("valid", help="Split to calibrate on."),
     max_auc_loss: float = typer.Option(0.001, help="Largest AUC loss allowed relative to the full model."),
-    points: int = typer.Option(20, help="Shared-threshold grid points (quantiles of the exits' confidences)."),
-    batch_size: int = typer.Option(4096, help="Rows per batch (logits and latency)."),
-    latency_batches: int = typer.Option(10, help="Batches timed per setting."),
-    latency_points: int = typer.Option(8, help="Curve points timed (plus the full model and the chosen one)."),
-    repeats: int = typer.Option(3, help="Timing repeats (median)."),
+    points: int = typer.Option(20, min=1, help="Shared-threshold grid points (quantiles of the exits' confidences)."),
+    batch_size: int = typer.Option(4096, min=1, help="Rows per batch (logits and latency)."),
+    latency_batches: int = typer.Option(10, min=1, help="Batches timed per setting."),
+    latency_points: int = typer.Option(8, min=1, help="Curve points timed (plus the full model and the chosen one)."),
+    repeats: int = typer.Option(3, min=1, help="Timing repeats (median)."),
     max_rows: Optional[int] = typer.Option(None, help="Use only the first N rows of the split."),
     check_split: str = typer.Option("test", help="Also evaluate every setting on this split ('none': skip)."),
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: torch's)."),

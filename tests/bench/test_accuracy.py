@@ -99,6 +99,15 @@ def test_benchmark_summary_flops_and_resume(tmp_path):
     again = run_accuracy(load_suite(_suite(tmp_path)), [0, 1], out, log=logs.append)
     assert not any("training" in m for m in logs) and again["summary"] == report["summary"]
 
+    # A cell whose run died before writing its config (its folder holds only what training had
+    # begun) is trained again from scratch, to the same result.
+    lost = out / "runs" / f"{report['summary'][0]['label']}-s1"
+    for f in ("config.yaml", "metrics.json", "best.safetensors"):
+        (lost / f).unlink()
+    logs.clear()
+    third = run_accuracy(load_suite(_suite(tmp_path)), [0, 1], out, log=logs.append)
+    assert sum("training" in m for m in logs) == 1 and third["summary"] == report["summary"]
+
 
 def _result(label, seed, flops, auc):
     metrics = {"auc": auc, "gauc": auc, "logloss": 0.5, "ne": 0.9}

@@ -37,6 +37,7 @@ import yaml
 from rankmixer import experiment
 from rankmixer.config import ConfigError, config_path, load_config, section
 from rankmixer.core.hardware import machine_info
+from rankmixer.core.rundir import CONFIG_FILE
 
 METRICS = ("auc", "gauc", "logloss", "ne")
 
@@ -168,7 +169,9 @@ def run_accuracy(
                 eta = f", about {np.mean(trained_s) * (len(jobs) - i + 1) / 60:.0f} min left"
             log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: training{eta}")
             t0 = time.time()
-            experiment.train(cfg, resume=(run_dir / "checkpoints").exists(), log=lambda *_: None)
+            # Its own run directory: continue a run that got as far as its config, else start over.
+            resume = (run_dir / CONFIG_FILE).is_file()
+            experiment.train(cfg, resume=resume, overwrite=not resume, log=lambda *_: None)
             trained_s.append(time.time() - t0)
             log(f"[{i}/{len(jobs)}] finished in {trained_s[-1]:.0f}s")
         result = json.loads(done.read_text())

@@ -50,7 +50,8 @@ def run_distributed_bench(
     rows = []
     for n, mode, threads in _cases(procs, embeddings, cores):
         run_dir = out_dir / f"p{n}-{mode}-t{threads}"
-        args = ["train", "-c", str(config), f"run_dir={run_dir}", f"train.max_steps={max_steps}",
+        # Each case is timed afresh: --overwrite replaces the case's own run of an earlier call.
+        args = ["train", "-c", str(config), "--overwrite", f"run_dir={run_dir}", f"train.max_steps={max_steps}",
                 f"train.log_every_steps={log_every}", f"train.threads={threads}",
                 "train.progress=false", "train.tensorboard=false", *(overrides or [])]
         if n > 1:

@@ -171,3 +171,24 @@ def test_atomic_directory_keeps_the_old_output_when_writing_fails(tmp_path):
             raise RuntimeError("disk full")
     assert (out / "a.txt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_synthetic_generator_writes_only_into_its_own_folders(tmp_path):
+    """`rankmixer data synthetic DIR` (and the synthetic preset) never deletes a user's files: a
+    folder of other files is refused, its own earlier output is regenerated."""
+    from rankmixer.core.files import OutputError
+    from rankmixer.data.datasets import synthetic
+
+    small = {"rows_train": 300, "rows_valid": 100, "rows_test": 100, "n_users": 20, "n_items": 60,
+             "vocab_max": 50, "n_categorical": 3, "n_dense": 1, "n_tags": 5, "seq_len": 3}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.parquet").write_bytes(b"my own data")
+    with pytest.raises(OutputError, match="did not write"):
+        synthetic.generate(small, mine, progress=False)
+    assert (mine / "train.parquet").read_bytes() == b"my own data"
+
+    out = tmp_path / "syn"
+    first = synthetic.generate(small, out, progress=False)
+    again = synthetic.generate({**small, "seed": 7}, out, progress=False)
+    assert first["config"]["seed"] != again["config"]["seed"] and synthetic.load_meta(out)["config"]["seed"] == 7

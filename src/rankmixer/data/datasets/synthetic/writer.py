@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rankmixer.core.files import check_replaceable, write_marker
 from rankmixer.core.metrics import auc, logloss
 from rankmixer.data.datasets.synthetic.columns import arrow_schema, column_names, schema
 from rankmixer.data.datasets.synthetic.config import (
@@ -37,6 +38,7 @@ from rankmixer.data.datasets.synthetic.generator import Generator
 from rankmixer.data.datasets.synthetic.stream import block, blocks
 from rankmixer.data.schema import dump_schema
 
+OUTPUT_KIND = "synthetic-data"  # the marker kind of a folder this generator wrote
 _MAX_ROW_GROUP = 100_000
 
 
@@ -124,6 +126,7 @@ def _remove_old_files(out_dir: Path, split: str) -> None:
 def generate(cfg: SyntheticConfig | dict | None, out_dir: str | Path, progress: bool = True) -> dict:
     """Write the train / valid / test Parquet files, ``schema.yaml`` and ``synthetic_meta.json``
     into ``out_dir`` and return the meta dict (see the module docstring for the layout).
+    ``out_dir`` is new, empty or an earlier output of this generator (an OutputError otherwise).
 
     Memory: one chunk of ``chunk_rows`` rows (at least one block of ``BLOCK_ROWS``; about
     400 bytes a row with the default columns), the ground-truth tables (about
@@ -136,7 +139,10 @@ def generate(cfg: SyntheticConfig | dict | None, out_dir: str | Path, progress: 
     elif isinstance(cfg, dict):
         cfg = SyntheticConfig.model_validate(cfg)
     out_dir = Path(out_dir)
+    # Only a folder of our own is written over (a user's folder of other files is refused).
+    check_replaceable(out_dir, OUTPUT_KIND, overwrite=True, legacy=lambda p: (p / META_FILE).exists())
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, OUTPUT_KIND)
     # The meta marks a complete data set: gone until this run has written every file.
     (out_dir / META_FILE).unlink(missing_ok=True)
     t0 = time.perf_counter()

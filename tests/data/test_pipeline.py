@@ -14,7 +14,8 @@ from rankmixer.data.datasets.base import RawFiles
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.arrays import pad_lists
 from rankmixer.data.loader import ParquetBatches, make_loader
-from rankmixer.data.prepare import fnv1a64, prepare
+from rankmixer.data.encode import fnv1a64
+from rankmixer.data.prepare import prepare
 from rankmixer.data.reader import BadInputError, read_raw
 from rankmixer.data.schema import OOV_ID, Schema, SchemaError, load_schema
 

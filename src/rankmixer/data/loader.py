@@ -18,7 +18,6 @@ already consumed (in the consumer, so it stays exact whatever order workers fini
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

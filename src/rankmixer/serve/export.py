@@ -194,7 +194,6 @@ def export_run(
     if fm.root is None or not (fm.root / "schema.yaml").exists():
         raise FileNotFoundError(f"the run's prepared data ({fm.root}) is needed to export its vocabularies")
     schema = load_schema(fm.root / "schema.yaml")
-    saved_fm = run.saved_map
     model.eval()
     sparse_moe = uses_sparse_moe(model)
     if sparse_moe and fmt != "eager":

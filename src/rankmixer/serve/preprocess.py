@@ -7,7 +7,7 @@ or normalisation. Dataset-level transforms a preset runs over whole files (Movie
 feature store hands the server the same columns preparation produced.
 
 Encoding is *the same code* preparation and ``rankmixer predict`` run: the rows become a Polars
-frame and go through :func:`rankmixer.data.prepare.encode_features` with the training split's fitted
+frame and go through :func:`rankmixer.data.encode.encode_features` with the training split's fitted
 vocabularies and statistics, then through :func:`rankmixer.data.arrays.table_to_arrays` as the
 loader does. What this module adds is (1) the preprocessing spec, a JSON file holding those
 fitted statistics (so an artifact needs no prepared-data directory, and loading reads no
@@ -32,13 +32,12 @@ import pyarrow as pa
 
 from rankmixer.data.arrays import Columns, table_to_arrays
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.data.prepare import Fitted, encode_features, load_fitted, split_lists
+from rankmixer.data.encode import Fitted, encode_features, load_fitted, split_lists
 from rankmixer.data.schema import (
     FIRST_ID,
     OOV_ID,
     PAD_ID,
     CategoricalFeature,
-    MultiCategoricalFeature,
     NumericalFeature,
     Schema,
     SequenceFeature,

@@ -42,4 +42,5 @@ __all__ = [
     "BLOCK_ROWS",
     "META_FILE",
     "SPLITS",
+    "SCHEMA_FILE",
 ]

@@ -223,9 +223,7 @@ def test_kill_one_rank_fails_clearly_then_resumes_with_one_process(tmp_path):
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
     os.kill(max(workers), signal.SIGKILL)  # the later-started worker: rank 1
-    t0 = time.time()
-    out, _ = proc.communicate(timeout=90)  # no hang: torchrun stops the survivor
-    assert time.time() - t0 < 90
+    out, _ = proc.communicate(timeout=90)  # no hang: torchrun stops the survivor (else TimeoutExpired)
     assert proc.returncode != 0
     assert "ChildFailedError" in out and "SIGKILL" in out, out[-3000:]
     assert not (tmp_path / "run" / "metrics.json").exists()

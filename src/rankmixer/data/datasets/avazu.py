@@ -11,31 +11,7 @@ rows over 10 days, 2014-10-21 .. 2014-10-30) has a header line; the shared sampl
 ``dev.csv``/``test.csv`` have the same 24 columns without one. Kaggle's own ``test.csv`` has no
 ``click`` column and is ignored.
 
-Header or not: the schema's source reads every file *without* a header and with every column
-as a string, so both kinds read the same way: a header line simply arrives as a row, which
-the transform drops (``id == "id"`` and ``click == "click"``; the reader's ``__row`` line
-numbers stay right because the header is line 1 either way). ``raw_files`` checks that a header,
-where there is one, lists the 24 columns in the order above. The click label is checked by
-preparation's label check (file and line named); a malformed ``hour`` stops the transform.
-A reader that wants per-file type checks may use :meth:`AvazuPreset.source_for` instead (typed
-int columns, ``has_header`` detected from the file's first line); the transform accepts both.
-
-Canonical frame (rows in file order; ``__file``/``__row`` kept):
-
-* ``click``: Int64 0/1 (the label)
-* ``hour``: Int64 hour of day 0..23 and ``weekday``: Int64 1 (Monday) .. 7, from ``hour``
-* ``timestamp``: Int64 unix seconds of the YYMMDDHH hour (the time column; hour resolution)
-* the 21 categoricals ``C1``, ``banner_pos``, ``site_*``, ``app_*``, ``device_*``, ``C14`` ..
-  ``C21``: String, the raw values (null when empty)
-
-Group key: ``device_id``. Avazu has no user id; the device id is the closest proxy, but it is
-not a person, and one value (``a99f214a``, an unknown/anonymous device) covers most rows
-(87% of the shared sample), so gAUC over it is dominated by that one group.
-
-Split: by default ratio 0.8/0.1/0.1 (as in the FuxiCTR / BARS Avazu benchmarks);
-``split="time"`` uses the hour timestamp (train on the first days). A folder with train +
-valid (or dev) + test files comes back pre-split (``RawFiles.by_split``), and preparation
-always keeps such files as the splits; ``split="files"`` also records that in the schema.
+The canonical frame and the choices behind it: :class:`AvazuPreset`.
 """
 
 from __future__ import annotations
@@ -127,7 +103,34 @@ class AvazuPreset(DatasetPreset):
     """Options: ``min_count`` (vocabulary threshold, default 2; 1 for small samples),
     ``hash_buckets`` (hash every categorical instead; default None), ``split`` (the schema's
     split method: "ratio" (default) or "time" for a single file list, "files" for a pre-split
-    train/valid(dev)/test folder, which ``raw_files`` then insists on), ``ratios``, ``seed``."""
+    train/valid(dev)/test folder, which ``raw_files`` then insists on), ``ratios``, ``seed``.
+
+    Header or not: the schema's source reads every file *without* a header and with every column
+    as a string, so both kinds read the same way: a header line simply arrives as a row, which
+    the transform drops (``id == "id"`` and ``click == "click"``; the reader's ``__row`` line
+    numbers stay right because the header is line 1 either way). ``raw_files`` checks that a header,
+    where there is one, lists the 24 columns in the order above. The click label is checked by
+    preparation's label check (file and line named); a malformed ``hour`` stops the transform.
+    A reader that wants per-file type checks may use :meth:`AvazuPreset.source_for` instead (typed
+    int columns, ``has_header`` detected from the file's first line); the transform accepts both.
+
+    Canonical frame (rows in file order; ``__file``/``__row`` kept):
+
+    * ``click``: Int64 0/1 (the label)
+    * ``hour``: Int64 hour of day 0..23 and ``weekday``: Int64 1 (Monday) .. 7, from ``hour``
+    * ``timestamp``: Int64 unix seconds of the YYMMDDHH hour (the time column; hour resolution)
+    * the 21 categoricals ``C1``, ``banner_pos``, ``site_*``, ``app_*``, ``device_*``, ``C14`` ..
+      ``C21``: String, the raw values (null when empty)
+
+    Group key: ``device_id``. Avazu has no user id; the device id is the closest proxy, but it is
+    not a person, and one value (``a99f214a``, an unknown/anonymous device) covers most rows
+    (87% of the shared sample), so gAUC over it is dominated by that one group.
+
+    Split: by default ratio 0.8/0.1/0.1 (as in the FuxiCTR / BARS Avazu benchmarks);
+    ``split="time"`` uses the hour timestamp (train on the first days). A folder with train +
+    valid (or dev) + test files comes back pre-split (``RawFiles.by_split``), and preparation
+    always keeps such files as the splits; ``split="files"`` also records that in the schema.
+    """
 
     name = "avazu"
     description = (

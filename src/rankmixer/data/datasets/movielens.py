@@ -10,38 +10,7 @@ Task: ``like`` = 1 when ``rating >= 4`` (0.5 .. 5 stars). This is *not* the BARS
 positives and sampled negatives); ours is a plain, sample-free rating threshold, so numbers are
 not comparable with that benchmark.
 
-Canonical frame (one row per rating; rows keep the file order; ``__file``/``__row`` kept):
-
-=============  ============  ==================================================================
-column         dtype         meaning
-=============  ============  ==================================================================
-like           Int64         rating >= 4
-user_id        Int64         userId (also the group key for gAUC)
-movie_id       Int64         movieId
-genres         List[str]     movies.csv genres split on "|"; "(no genres listed)" -> []
-release_year   Int64         year in the title, "(1995)" (a series "(2007-)" gives its first
-                             year); null when the title has none
-hour           Int64         hour of day of the rating, UTC (0..23)
-weekday        Int64         weekday of the rating, UTC (1 = Monday .. 7 = Sunday)
-hist_movies    List[Int64]   the user's previous movies, oldest first, at most ``max_len``
-hist_genres    List[str]     the first genre of each movie in ``hist_movies`` (same length,
-                             same order: position i describes hist_movies[i])
-timestamp      Int64         unix seconds (the time column)
-=============  ============  ==================================================================
-
-History and leakage: a rating's history holds only the user's ratings with a *strictly earlier*
-timestamp. Ratings that share a second (common: about 22% of the small set's ratings share
-their (user, second) with another rating, from bulk entry on the rating pages) see none of each
-other, since their true order is unknown; they all get the same history. Within the history,
-events are ordered by (timestamp, movieId), so the order is deterministic.
-
-``hist_genres`` uses the *first listed* genre of each previous movie (GroupLens lists genres
-alphabetically, so this is the alphabetically first one), giving one token per history event
-aligned with ``hist_movies``; a movie without genres (or missing from movies.csv) contributes
-the token "(no genres listed)". The full genre bag of the target movie is in ``genres``.
-
-movies.csv must list each movieId once: a repeated one is an error naming both lines (with
-``on_bad_row="skip"`` the first line is kept and the repeats are counted as skipped rows).
+The canonical frame and the choices behind it: :class:`MovieLensLatestPreset`.
 """
 
 from __future__ import annotations
@@ -108,6 +77,39 @@ class MovieLensLatestPreset(DatasetPreset):
     Options: ``max_len`` (history length, default 20), ``min_count`` (for user/movie ids,
     default 1), ``like_threshold`` (default 4.0), ``variant`` ("small" | "full": which zip
     ``download`` fetches and which unpacked folder ``raw_files`` prefers).
+
+    Canonical frame (one row per rating; rows keep the file order; ``__file``/``__row`` kept):
+
+    =============  ============  ==================================================================
+    column         dtype         meaning
+    =============  ============  ==================================================================
+    like           Int64         rating >= 4
+    user_id        Int64         userId (also the group key for gAUC)
+    movie_id       Int64         movieId
+    genres         List[str]     movies.csv genres split on "|"; "(no genres listed)" -> []
+    release_year   Int64         year in the title, "(1995)" (a series "(2007-)" gives its first
+                                 year); null when the title has none
+    hour           Int64         hour of day of the rating, UTC (0..23)
+    weekday        Int64         weekday of the rating, UTC (1 = Monday .. 7 = Sunday)
+    hist_movies    List[Int64]   the user's previous movies, oldest first, at most ``max_len``
+    hist_genres    List[str]     the first genre of each movie in ``hist_movies`` (same length,
+                                 same order: position i describes hist_movies[i])
+    timestamp      Int64         unix seconds (the time column)
+    =============  ============  ==================================================================
+
+    History and leakage: a rating's history holds only the user's ratings with a *strictly earlier*
+    timestamp. Ratings that share a second (common: about 22% of the small set's ratings share
+    their (user, second) with another rating, from bulk entry on the rating pages) see none of each
+    other, since their true order is unknown; they all get the same history. Within the history,
+    events are ordered by (timestamp, movieId), so the order is deterministic.
+
+    ``hist_genres`` uses the *first listed* genre of each previous movie (GroupLens lists genres
+    alphabetically, so this is the alphabetically first one), giving one token per history event
+    aligned with ``hist_movies``; a movie without genres (or missing from movies.csv) contributes
+    the token "(no genres listed)". The full genre bag of the target movie is in ``genres``.
+
+    movies.csv must list each movieId once: a repeated one is an error naming both lines (with
+    ``on_bad_row="skip"`` the first line is kept and the repeats are counted as skipped rows).
     """
 
     name = "movielens-latest"

@@ -15,41 +15,7 @@ with ``t <= t' <= t + horizon_s``. (A same-second event counts; the shared sampl
 Repeated views of one item before a purchase are all positives. Events of any other behaviour
 name are ignored.
 
-Right-censoring: a view less than ``horizon_s`` before the end of the log cannot see its whole
-window, so its labels would be biased towards 0 -- and a time split puts exactly those views in
-the test set. With ``drop_censored=True`` (default) views after ``log_end - horizon_s``
-(``log_end`` = the last valid timestamp in the data) are dropped as examples (the events in
-that last stretch still count for the labels of earlier views), so every kept example, the
-time split's test part included, has its full horizon inside the log. With the default one-day
-horizon that keeps 8 of the 9 days; in the shared sample the delay from a view to the next
-purchase of the same item has a median of about 45 minutes, 75% are within 13 hours and 90%
-within 2 days. ``horizon_s=None`` means "until the end of the log" (nothing dropped;
-censoring then grows towards the end of the log -- avoid it with a time split).
-
-Bad timestamps: the full log holds some events outside the official window (the shared
-84,475-row sample has 35, the earliest in September 2017). With ``drop_bad_timestamps=True``
-(default) they are removed before anything else (neither examples, nor labels, nor history);
-``extras()`` reports how many were dropped (counted on the raw file).
-
-Canonical frame (one row per kept pv event; rows keep the file order; ``__file``/``__row``):
-
-===========  ===========  ====================================================================
-column       dtype        meaning
-===========  ===========  ====================================================================
-buy          Int64        bought within the horizon
-cart         Int64        added to cart within the horizon
-fav          Int64        favourited within the horizon
-user_id      Int64        group key
-item_id      Int64
-category_id  Int64
-hour         Int64        hour of day, China time (UTC+8), 0..23
-weekday      Int64        weekday, China time, 1 = Monday .. 7 = Sunday
-hist_items   List[Int64]  the user's previous *pv* items, strictly earlier timestamps only,
-                          oldest first, the last ``max_len``; pv events sharing a second see
-                          none of each other (ties ordered by file position)
-hist_cats    List[Int64]  the categories of ``hist_items`` (same length and order)
-timestamp    Int64        unix seconds (time column)
-===========  ===========  ====================================================================
+The canonical frame and the choices behind it: :class:`TaobaoUserBehaviorPreset`.
 """
 
 from __future__ import annotations
@@ -100,7 +66,44 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
     """Options: ``horizon_s`` (label window in seconds after the view, default 86400; None =
     to the end of the log), ``drop_censored`` (default True), ``drop_bad_timestamps``
     (default True), ``max_len`` (history length, default 20), ``min_count`` (for the id
-    vocabularies, default 1)."""
+    vocabularies, default 1).
+
+    Right-censoring: a view less than ``horizon_s`` before the end of the log cannot see its whole
+    window, so its labels would be biased towards 0 -- and a time split puts exactly those views in
+    the test set. With ``drop_censored=True`` (default) views after ``log_end - horizon_s``
+    (``log_end`` = the last valid timestamp in the data) are dropped as examples (the events in
+    that last stretch still count for the labels of earlier views), so every kept example, the
+    time split's test part included, has its full horizon inside the log. With the default one-day
+    horizon that keeps 8 of the 9 days; in the shared sample the delay from a view to the next
+    purchase of the same item has a median of about 45 minutes, 75% are within 13 hours and 90%
+    within 2 days. ``horizon_s=None`` means "until the end of the log" (nothing dropped;
+    censoring then grows towards the end of the log -- avoid it with a time split).
+
+    Bad timestamps: the full log holds some events outside the official window (the shared
+    84,475-row sample has 35, the earliest in September 2017). With ``drop_bad_timestamps=True``
+    (default) they are removed before anything else (neither examples, nor labels, nor history);
+    ``extras()`` reports how many were dropped (counted on the raw file).
+
+    Canonical frame (one row per kept pv event; rows keep the file order; ``__file``/``__row``):
+
+    ===========  ===========  ====================================================================
+    column       dtype        meaning
+    ===========  ===========  ====================================================================
+    buy          Int64        bought within the horizon
+    cart         Int64        added to cart within the horizon
+    fav          Int64        favourited within the horizon
+    user_id      Int64        group key
+    item_id      Int64
+    category_id  Int64
+    hour         Int64        hour of day, China time (UTC+8), 0..23
+    weekday      Int64        weekday, China time, 1 = Monday .. 7 = Sunday
+    hist_items   List[Int64]  the user's previous *pv* items, strictly earlier timestamps only,
+                              oldest first, the last ``max_len``; pv events sharing a second see
+                              none of each other (ties ordered by file position)
+    hist_cats    List[Int64]  the categories of ``hist_items`` (same length and order)
+    timestamp    Int64        unix seconds (time column)
+    ===========  ===========  ====================================================================
+    """
 
     name = "taobao-userbehavior"
     description = (

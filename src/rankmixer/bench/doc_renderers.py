@@ -137,25 +137,26 @@ def _seed(run_dir: str) -> str:
     return m.group(1) if m else "-"
 
 
-def exit_depth(reports: list[dict]) -> str:
-    """Accuracy runs of the same early-exit config with and without exits and blocks: per run,
-    its overrides (what changed), parameters, FLOPs/sample (mean over seeds, torch's counter in
-    eval mode), mean valid AUC and test AUC mean ± sd over seeds."""
+def override_runs(reports: list[dict]) -> str:
+    """Accuracy runs of one config, each with its own command-line overrides (one JSON each): per
+    run, what it changed, parameters, FLOPs/sample (mean over seeds; torch's counter in eval
+    mode), and the means over seeds of valid AUC and logloss and test AUC (± sd)."""
     import numpy as np
 
-    lines = ["| dataset | config | overrides | seeds | params | FLOPs/sample | valid AUC (mean) | test AUC (mean ± sd) |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| dataset | config | overrides | seeds | params | FLOPs/sample | valid AUC | valid logloss | test AUC |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for rep in reports:
         cells = rep["cells"]
         first = cells[0]
-        changed = [o for o in rep.get("overrides") or [] if not o.startswith("train.threads")]
+        changed = [f"`{o}`" for o in rep.get("overrides") or [] if not o.startswith("train.threads")]
         valid = np.array([c["valid"]["auc"] for c in cells])
+        valid_ll = np.array([c["valid"]["logloss"] for c in cells])
         test = np.array([c["test"]["auc"] for c in cells])
         flops = [c["flops_per_sample"] for c in cells if c.get("flops_per_sample") is not None]
         sd = f" ± {np.std(test, ddof=1):.4f}" if len(test) > 1 else ""
         lines.append(f"| {first['dataset']} | `{Path(first['config']).stem}` | {' '.join(changed) or '(as configured)'} | "
                      f"{len(cells)} | {first['parameters']:,} | {format_si(float(np.mean(flops)) if flops else None)} | "
-                     f"{valid.mean():.4f} | {test.mean():.4f}{sd} |")
+                     f"{valid.mean():.4f} | {valid_ll.mean():.4f} | {test.mean():.4f}{sd} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """Doc tables that no benchmark prints as such: views derived from kept JSON (ablation deltas,
-the speed targets, the early-exit curve and studies, the quick start) and the named RankMixer
-variants counted from the code. :mod:`rankmixer.bench.doc_tables` maps renderer names to them.
+the speed targets, runs of one config with different overrides, the early-exit curve and its
+per-seed calibration, the quick start) and the named RankMixer variants counted from the code.
+:mod:`rankmixer.bench.doc_tables` maps renderer names to them.
 
 Each says in its docstring how it derives what it shows. Numbers quoted from the RankMixer
 paper (arXiv 2507.15551) are constants here, labelled as the paper's.

@@ -38,7 +38,7 @@ from rankmixer.bench.doc_renderers import (
     variants,
 )
 
-__all__ = ["NOT_RESULTS", "RENDERERS", "Block", "blocks", "check", "doc_files", "regenerate", "render"]
+__all__ = ["NOT_RESULTS", "RENDERERS", "Block", "blocks", "check", "doc_files", "regenerate", "render", "update"]
 
 START = re.compile(r"^<!-- table: (.*?) -->\s*$")
 END = "<!-- /table -->"
@@ -136,6 +136,28 @@ def regenerate(text: str, base: Path) -> str:
 def doc_files(root: Path) -> list[Path]:
     """README.md and docs/*.md of a checkout."""
     return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
+
+
+def update(paths: list[Path], root: Path, write: bool = True) -> tuple[list[Path], list[str]]:
+    """Regenerate (``write``) and check Markdown files; returns (files rewritten, problems).
+    Problems name each file relative to ``root`` where it lies under it, as :data:`NOT_RESULTS`
+    spells them."""
+    rewritten, problems = [], []
+    for path in paths:
+        text = path.read_text()
+        if write:
+            try:
+                new = regenerate(text, path.parent)
+            except (OSError, ValueError, KeyError):
+                new = text  # a bad marker or a missing JSON: check() below names it
+            if new != text:
+                path.write_text(new)
+                rewritten.append(path)
+            text = new
+        full, base = path.resolve(), root.resolve()
+        name = full.relative_to(base).as_posix() if full.is_relative_to(base) else str(path)
+        problems += check(text, path.parent, name)
+    return rewritten, problems
 
 
 def _first_difference(have: str, want: str) -> str:

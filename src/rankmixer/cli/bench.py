@@ -218,25 +218,15 @@ def tables(
 ) -> None:
     """Regenerate the results tables of README.md and docs/*.md from the JSON their markers name
     (docs/results/); --check reports stale tables, missing JSON and unmarked results tables."""
-    from rankmixer.bench.doc_tables import check as check_text
-    from rankmixer.bench.doc_tables import doc_files, regenerate
+    from rankmixer.bench.doc_tables import doc_files, update
 
     paths = list(files or []) or doc_files(root)
     if not paths:
         console.print(f"no README.md or docs/*.md under {root}")
         raise typer.Exit(1)
-    problems = []
-    for path in paths:
-        text = path.read_text()
-        name = path.resolve().relative_to(root.resolve()).as_posix() if path.resolve().is_relative_to(root.resolve()) else str(path)
-        if not check:
-            with user_errors():
-                new = regenerate(text, path.parent)
-            if new != text:
-                path.write_text(new)
-                console.print(f"rewrote {path}")
-            text = new
-        problems += check_text(text, path.parent, name)
+    rewritten, problems = update(paths, root, write=not check)
+    for path in rewritten:
+        console.print(f"rewrote {path}")
     for p in problems:
         console.print(p, markup=False, highlight=False, soft_wrap=True)
     if problems:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from rankmixer.core import metrics as M
+from rankmixer.core.hardware import machine_info
 from rankmixer.data.batch import Batch
 from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.runs import load_run
@@ -272,7 +273,7 @@ def calibrate_run(
         "max_auc_loss": max_auc_loss, "auc_full": result["auc_full"], "logloss_full": result["logloss_full"],
         "flops": flops, "batch_size": batch_size, "latency_batches": min(latency_batches, len(batches)),
         "repeats": repeats, "threads": torch.get_num_threads(), "chosen_index": chosen_k, "curve": curve,
-        "thresholds_file": str(run_dir / THRESHOLDS_FILE),
+        "thresholds_file": str(run_dir / THRESHOLDS_FILE), "machine": machine_info(),
     }
     (run_dir / THRESHOLDS_FILE).write_text(json.dumps(saved, indent=2))
     (run_dir / CURVE_FILE).write_text(json.dumps(report, indent=2))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +203,8 @@ def summarise(results: list[dict]) -> list[dict]:
         row = {k: first[k] for k in ("label", "config", "dataset", "model", "parameters", "dense_parameters")}
         row.update(_flops_over_seeds([r.get("flops_per_sample") for r in group]))
         row["seeds"] = len(group)
+        row["best_step_per_seed"] = [r.get("best_step") for r in group]
+        row["steps_per_seed"] = [r.get("steps") for r in group]
         for m in METRICS:
             vals = np.array([r["test"].get(m, np.nan) for r in group], dtype=float)
             row[m] = float(np.mean(vals))
@@ -239,18 +241,82 @@ def _flops_cell(row: dict) -> str:
     return format_si(row.get("flops_per_sample")) + (f" ± {format_si(std)}" if std else "")
 
 
-def markdown_table(rows: list[dict]) -> str:
-    head = ("| dataset | model | params | dense params | FLOPs/sample | seeds | test AUC | test gAUC | test logloss | NE |\n"
-            "|---|---|---:|---:|---:|---:|---|---|---|---|\n")
-    lines = []
+def _metric_cell(row: dict, m: str) -> str:
+    """Mean ± sd over seeds; the value alone for one seed (no spread to show)."""
+    return f"{row[m]:.4f} ± {row[m + '_std']:.4f}" if row["seeds"] > 1 else f"{row[m]:.4f}"
+
+
+def _steps_cell(row: dict) -> str:
+    """Best step / steps trained, per seed."""
+    pairs = zip(row.get("best_step_per_seed") or [], row.get("steps_per_seed") or [])
+    return ", ".join(f"{b} / {s}" for b, s in pairs) or "-"
+
+
+# name -> (header, Markdown alignment, cell of a summary row)
+COLUMNS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
+    "dataset": ("dataset", "---", lambda r: r["dataset"]),
+    "model": ("model", "---", lambda r: r["model"]),
+    "label": ("label", "---", lambda r: r["label"]),
+    "config": ("config", "---", lambda r: f"`{Path(r['config']).stem}`"),
+    "params": ("params", "---:", lambda r: f"{r['parameters']:,}"),
+    "dense": ("dense params", "---:", lambda r: "-" if r.get("dense_parameters") is None else f"{r['dense_parameters']:,}"),
+    "flops": ("FLOPs/sample", "---:", _flops_cell),
+    "seeds": ("seeds", "---:", lambda r: str(r["seeds"])),
+    "auc": ("test AUC", "---", lambda r: _metric_cell(r, "auc")),
+    "gauc": ("test gAUC", "---", lambda r: _metric_cell(r, "gauc")),
+    "logloss": ("test logloss", "---", lambda r: _metric_cell(r, "logloss")),
+    "ne": ("NE", "---", lambda r: _metric_cell(r, "ne")),
+    "steps": ("best step / steps (per seed)", "---", _steps_cell),
+}
+DEFAULT_COLUMNS = ("dataset", "model", "params", "dense", "flops", "seeds", "auc", "gauc", "logloss", "ne")
+
+
+def _bayes_cells(row: dict, columns: Sequence[str]) -> list[str]:
+    """The planted model's row: its test AUC under the AUC column, its name in the first name
+    column, "-" under the counts, blank under the other metrics."""
+    name_col = next((c for c in columns if c in ("model", "label", "config")), None)
+    cells = []
+    for c in columns:
+        if c == "dataset":
+            cells.append(row["dataset"])
+        elif c == name_col:
+            cells.append("Bayes-optimal (planted model)")
+        elif c == "auc":
+            cells.append(f"{row['bayes_auc']:.4f}")
+        elif c in ("gauc", "logloss", "ne"):
+            cells.append("")
+        else:
+            cells.append("-")
+    return cells
+
+
+def markdown_table(rows: list[dict], columns: Sequence[str] = DEFAULT_COLUMNS, bayes: bool = True) -> str:
+    """The summary rows as a Markdown table (``columns``: names of :data:`COLUMNS`), with the
+    Bayes-optimal AUC after the last row of each dataset that knows it (the synthetic set)."""
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown column(s) {unknown}; expected some of {', '.join(COLUMNS)}")
+    lines = ["| " + " | ".join(COLUMNS[c][0] for c in columns) + " |",
+             "|" + "|".join(COLUMNS[c][1] for c in columns) + "|"]
     bayes_done = set()
-    for r in rows:
-        cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" for m in METRICS]
-        dense = "-" if r.get("dense_parameters") is None else f"{r['dense_parameters']:,}"
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['parameters']:,} | {dense} | {_flops_cell(r)} | "
-                     f"{r['seeds']} | " + " | ".join(cells) + " |")
-        last_of_dataset = r is rows[-1] or rows[rows.index(r) + 1]["dataset"] != r["dataset"]
-        if r.get("bayes_auc") and last_of_dataset and r["dataset"] not in bayes_done:
+    for i, r in enumerate(rows):
+        lines.append("| " + " | ".join(COLUMNS[c][2](r) for c in columns) + " |")
+        last_of_dataset = i == len(rows) - 1 or rows[i + 1]["dataset"] != r["dataset"]
+        if bayes and r.get("bayes_auc") and last_of_dataset and r["dataset"] not in bayes_done:
             bayes_done.add(r["dataset"])
-            lines.append(f"| {r['dataset']} | Bayes-optimal (planted model) | - | - | - | - | {r['bayes_auc']:.4f} | | | |")
-    return head + "\n".join(lines) + "\n"
+            lines.append("| " + " | ".join(_bayes_cells(r, columns)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_table(results: list[dict]) -> str:
+    """One row per (cell, seed): best step / steps trained, test AUC, gAUC, logloss, and every
+    task's AUC where a dataset has several tasks (``<task>/auc``)."""
+    lines = ["| dataset | model | seed | best / steps | AUC | gAUC | logloss | per-task AUC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        t = r["test"]
+        tasks = [k[:-len("/auc")] for k in t if k.endswith("/auc")]
+        per_task = " / ".join(f"{k} {t[k + '/auc']:.4f}" for k in tasks) if len(tasks) > 1 else "-"
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['seed']} | {r['best_step']} / {r['steps']} | "
+                     f"{t['auc']:.4f} | {t['gauc']:.4f} | {t['logloss']:.4f} | {per_task} |")
+    return "\n".join(lines) + "\n"

@@ -7,6 +7,8 @@ machine's cores are split between the processes (``train.threads = cores // N``)
 oversubscribes the CPU: on a 2-core box, 2 processes have one core each. One process runs twice,
 with one thread and with every core, so the N-process cases can be read against both. The load
 average before each case is recorded: on a shared machine it says how much the numbers mean.
+The report (``distributed.json``) holds the rows and the machine (CPU flags, load);
+:func:`markdown_table` is its printed table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from rankmixer.core.hardware import device_name
+from rankmixer.core.hardware import device_name, machine_info
 
 
 def _cases(procs: list[int], embeddings: list[str], cores: int) -> list[tuple[int, str, int]]:
@@ -45,8 +47,10 @@ def run_distributed_bench(
     cores: int | None = None,
     overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
-) -> list[dict]:
+) -> dict:
+    """Run every case; return ``{"machine", "config", "max_steps", "log_every", "overrides", "rows"}``."""
     cores = cores or os.cpu_count() or 1
+    machine = machine_info()
     rows = []
     for n, mode, threads in _cases(procs, embeddings, cores):
         run_dir = out_dir / f"p{n}-{mode}-t{threads}"
@@ -84,4 +88,21 @@ def run_distributed_bench(
     base = next((x["samples_per_s"] for x in reversed(rows) if x["processes"] == 1), None)  # all cores
     for x in rows:
         x["speedup_vs_1"] = None if base is None else round(x["samples_per_s"] / base, 2)
-    return rows
+    return {"machine": machine, "loadavg_end": [round(v, 2) for v in os.getloadavg()], "config": str(config),
+            "max_steps": max_steps, "log_every": log_every, "overrides": list(overrides or []), "rows": rows}
+
+
+def markdown_table(report: dict) -> str:
+    """The cases side by side; ``vs 1 proc`` is against one process with every core."""
+    rows = report["rows"]
+    base = next((x for x in reversed(rows) if x["processes"] == 1), None)
+    vs = "vs 1 proc" + (f", {base['threads_per_process']} threads" if base else "")
+    lines = [f"| procs | embeddings | threads / proc | samples/s | {vs} | valid AUC after {report['max_steps']} steps "
+             "| wall s | load avg before |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mode = "single process" if r["embeddings"] == "single" else r["embeddings"]
+        speed = "-" if r["speedup_vs_1"] is None else f"{r['speedup_vs_1']:.2f}"
+        lines.append(f"| {r['processes']} | {mode} | {r['threads_per_process']} | {r['samples_per_s']:,.0f} | {speed} | "
+                     f"{r['valid_auc']:.4f} | {r['wall_s']:.1f} | {r['load_avg_before']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -219,11 +219,16 @@ def _add_fuxictr_ratios(rows: list[dict]) -> None:
 
 
 def format_dcn_table(dcn: dict) -> str:
+    """The setup line, then :func:`dcn_table`."""
     s = dcn["setup"]
-    lines = [f"DCNv2 ({s['num_fields']} fields, emb {s['emb_dim']}, cross {s['cross_layers']}, DNN "
-             f"{'x'.join(map(str, s['dnn_hidden']))}, batch {s['batch_size']}, vocab {s['vocab_size']}/field), "
-             f"{s['rounds']} interleaved rounds" + (f"; {s['note']}" if "note" in s else ""),
-             "| variant | samples/s best / median | ms best | MFU best / median | vs FuxiCTR same precision "
+    return (f"DCNv2 ({s['num_fields']} fields, emb {s['emb_dim']}, cross {s['cross_layers']}, DNN "
+            f"{'x'.join(map(str, s['dnn_hidden']))}, batch {s['batch_size']}, vocab {s['vocab_size']}/field), "
+            f"{s['rounds']} interleaved rounds" + (f"; {s['note']}" if "note" in s else "") + "\n" + dcn_table(dcn))
+
+
+def dcn_table(dcn: dict) -> str:
+    """Our DCNv2 and FuxiCTR's side by side, as a Markdown table."""
+    lines = ["| variant | samples/s best / median | ms best | MFU best / median | vs FuxiCTR same precision "
              "| vs FuxiCTR fp32 |",
              "|---|---|---|---|---|---|"]
     for r in dcn["rows"]:

@@ -158,19 +158,24 @@ def _run(T, D, k, experts, ratios, B, repeats, impls, skews, seed, log) -> list[
 
 
 def format_table(report: dict) -> str:
+    """The setup line, then :func:`moe_table`."""
     s = report["setup"]
-    head = (f"PerTokenMoE eval, T={s['T']} D={s['D']} k={s['k']} batch={s['batch_size']}, "
-            f"{s['torch_threads']} thread(s), {s['repeats']} interleaved rounds")
+    return (f"PerTokenMoE eval, T={s['T']} D={s['D']} k={s['k']} batch={s['batch_size']}, "
+            f"{s['torch_threads']} thread(s), {s['repeats']} interleaved rounds\n" + moe_table(report))
+
+
+def moe_table(report: dict) -> str:
+    """One row per (experts, ratio, skew, sparse implementation), as a Markdown table."""
     cols = ["E", "ratio", "skew", "impl", "dense samples/s", "sparse samples/s", "speed-up", "median round",
-            "vs batched", "ideal", "rows computed", "loop overhead ms", "max |diff|"]
-    lines = [head, " | ".join(cols), " | ".join("---" for _ in cols)]
+            "vs batched", "ideal", "rows computed", "loop overhead ms", "max \\|diff\\|"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in report["rows"]:
-        lines.append(" | ".join(str(v) for v in [
-            r["E"], f"{r['active_ratio']:.3f}", r["skew"], r["impl"], f"{r['dense_samples_per_s']:.0f}",
-            f"{r['sparse_samples_per_s']:.0f}", f"{r['speedup']:.2f}x",
+        lines.append("| " + " | ".join(str(v) for v in [
+            r["E"], f"{r['active_ratio']:.3f}", r["skew"], r["impl"], f"{r['dense_samples_per_s']:,.0f}",
+            f"{r['sparse_samples_per_s']:,.0f}", f"{r['speedup']:.2f}x",
             f"{r['speedup_median_round']:.2f}x", f"{r['speedup_vs_batched']:.2f}x",
             "-" if r["ideal_speedup"] is None else f"{r['ideal_speedup']:.1f}x",
-            f"{r['expert_rows']}/{r['dense_rows']}",
+            f"{r['expert_rows']:,} / {r['dense_rows']:,}",
             "-" if r["loop_overhead_ms"] is None else f"{r['loop_overhead_ms']:.1f}",
-            f"{r['max_abs_diff']:.1e}"]))
+            f"{r['max_abs_diff']:.1e}"]) + " |")
     return "\n".join(lines)

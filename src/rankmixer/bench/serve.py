@@ -186,6 +186,8 @@ def run_serve_bench(
     log=print,
 ) -> dict:
     """Measure the server at each concurrency level (see the module docstring)."""
+    from rankmixer.core.hardware import machine_info
+
     if prepared is None:
         raise ValueError("--prepared (the prepared data directory of the model's dataset) is needed for real rows")
     bodies = [json.dumps(b).encode() for b in real_requests(model, prepared, candidates, limit=2000)]
@@ -225,7 +227,21 @@ def run_serve_bench(
             stop_server(proc)
     return {"url": url, "model": info.get("model"), "version": info.get("version"), "format": info.get("format"),
             "candidates_per_request": candidates, "max_requests": requests, "max_seconds": duration,
-            "server_args": server_args or [], "cpu_count": os.cpu_count(), "levels": levels}
+            "server_args": server_args or [], "cpu_count": os.cpu_count(), "machine": machine_info(), "levels": levels}
+
+
+def markdown_table(report: dict) -> str:
+    """One row per concurrency level: client-side throughput and latency, server-side rows and
+    time per model call, and the machine's 1-minute load average during the level."""
+    lines = ["| clients | requests | QPS | rows/s | p50 ms | p95 ms | p99 ms | errors | rows/call | encode ms/call "
+             "| model ms/call | load |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["levels"]:
+        rows = f"{r['mean_batch_rows']:.0f}" if r.get("mean_batch_rows") else "-"
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['qps']:.1f} | {r['rows_per_s']:,.0f} | "
+                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['error_rate']:.1%} | {rows} | "
+                     f"{r['encode_ms_per_call']:.1f} | {r['model_ms_per_call']:.1f} | {r['load_average_1m']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _sum_count(text: str, name: str) -> tuple[float, float]:

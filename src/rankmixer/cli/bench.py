@@ -12,7 +12,7 @@ from rich.table import Table
 
 from rankmixer.cli.common import console, user_errors
 
-__all__ = ["accuracy", "distributed", "loader", "moe", "scaling", "serve", "speed"]
+__all__ = ["accuracy", "distributed", "loader", "moe", "scaling", "serve", "speed", "tables"]
 
 
 def loader(
@@ -48,20 +48,15 @@ def distributed(
     overrides: List[str] = typer.Argument(None, help="key=value overrides for every case"),
 ) -> None:
     """Training samples/s of 1 vs N processes under torchrun (same config, same global batch)."""
-    from rankmixer.bench.distributed import run_distributed_bench
+    from rankmixer.bench.distributed import markdown_table, run_distributed_bench
 
     with user_errors():
-        rows = run_distributed_bench(config, procs, embeddings, max_steps, log_every, out,
-                                     overrides=list(overrides or []), log=console.print)
-    table = Table(title=f"training throughput, {config.name}, {max_steps} steps, {rows[0]['cores']} cores")
-    for c in ("procs", "embeddings", "threads", "samples/s", "vs 1 proc", "valid auc", "wall s", "load"):
-        table.add_column(c, justify="right")
-    for r in rows:
-        table.add_row(str(r["processes"]), r["embeddings"], str(r["threads_per_process"]), f"{r['samples_per_s']:,.0f}",
-                      str(r["speedup_vs_1"]), f"{r['valid_auc']:.4f}", str(r["wall_s"]), str(r["load_avg_before"]))
-    console.print(table)
+        report = run_distributed_bench(config, procs, embeddings, max_steps, log_every, out,
+                                       overrides=list(overrides or []), log=console.print)
+    console.print(f"training throughput, {config.name}, {max_steps} steps, {report['rows'][0]['cores']} cores")
+    console.print(markdown_table(report), markup=False, soft_wrap=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "distributed.json").write_text(json.dumps(rows, indent=2))
+    (out / "distributed.json").write_text(json.dumps(report, indent=2))
     console.print(f"wrote {out / 'distributed.json'}")
 
 
@@ -152,22 +147,15 @@ def serve(
     json_out: Path = typer.Option(Path("bench_out/serve.json"), help="Where to write the JSON report."),
 ) -> None:
     """Load-test the scoring server on loopback: QPS, p50/p95/p99 latency, error rate."""
-    from rankmixer.bench.serve import run_serve_bench
+    from rankmixer.bench.serve import markdown_table, run_serve_bench
 
     with user_errors(RuntimeError):
         report = run_serve_bench(model=model, url=url, prepared=prepared, concurrency=list(concurrency),
                                  requests=requests, duration=duration, candidates=candidates,
                                  server_args=["--threads", str(server_threads)] if server_threads else None,
                                  log=console.print)
-    table = Table(title=f"serve {report['model']} ({report['format']}), {candidates} candidates/request")
-    for c in ("clients", "reqs", "QPS", "rows/s", "p50 ms", "p95 ms", "p99 ms", "err", "rows/call", "load"):
-        table.add_column(c, justify="right")
-    for r in report["levels"]:
-        rows = f"{r['mean_batch_rows']:.0f}" if r.get("mean_batch_rows") else "-"
-        table.add_row(str(r["concurrency"]), str(r["requests"]), f"{r['qps']:.1f}", f"{r['rows_per_s']:,.0f}",
-                      f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['error_rate']:.1%}",
-                      rows, f"{r['load_average_1m']:.1f}")
-    console.print(table)
+    console.print(f"serve {report['model']} ({report['format']}), {candidates} candidates/request")
+    console.print(markdown_table(report), markup=False, soft_wrap=True)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {json_out}")
@@ -221,3 +209,26 @@ def speed(
                         dcn_options={"vocab_size": dcn_vocab},
                         moe_bench=moe, profile=profile, inference_copy=inference_copy, out=json_out,
                         log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
+
+
+def tables(
+    files: List[Path] = typer.Argument(None, help="Markdown files (default: README.md and docs/*.md under --root)."),
+    root: Path = typer.Option(Path("."), help="The checkout whose README.md and docs/ to read."),
+    check: bool = typer.Option(False, "--check", help="Only report what differs; exit 1 if anything does."),
+) -> None:
+    """Regenerate the results tables of README.md and docs/*.md from the JSON their markers name
+    (docs/results/); --check reports stale tables, missing JSON and unmarked results tables."""
+    from rankmixer.bench.doc_tables import doc_files, update
+
+    paths = list(files or []) or doc_files(root)
+    if not paths:
+        console.print(f"no README.md or docs/*.md under {root}")
+        raise typer.Exit(1)
+    rewritten, problems = update(paths, root, write=not check)
+    for path in rewritten:
+        console.print(f"rewrote {path}")
+    for p in problems:
+        console.print(p, markup=False, highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{len(paths)} file(s): every results table matches its JSON")

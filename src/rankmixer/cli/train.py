@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -33,14 +34,20 @@ def quickstart(
     run_dir: Path = typer.Option(Path("runs/quickstart"), help="Run directory."),
     epochs: int = typer.Option(2, min=1, help="Training epochs."),
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: all cores)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics, the Bayes-optimal "
+                                            "metrics, the wall time and the machine (CPU flags, load) to this JSON file."),
 ) -> None:
     """Generate the built-in synthetic set, train a small model, evaluate, print metrics."""
     from rankmixer import experiment
     from rankmixer.config import load_config
+    from rankmixer.core.hardware import machine_info
 
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    t0 = time.perf_counter()
     with user_errors():
         cfg = load_config("quickstart", quickstart_overrides(rows, model, epochs, run_dir, threads))
         result = experiment.train(cfg, log=console.print)
+    wall_s = time.perf_counter() - t0
     console.print(metrics_table(f"{model} on synthetic ({rows:,} train rows)",
                                 {"valid": result["valid"], "test": result["test"]}))
     bayes = result.get("bayes") or {}
@@ -54,7 +61,15 @@ def quickstart(
             t.add_row(split, f"{m['auc']:.4f}", f"{b.get('auc', float('nan')):.4f}",
                       f"{m['logloss']:.4f}", f"{b.get('logloss', float('nan')):.4f}")
         console.print(t)
-    console.print(f"run directory: {run_dir}")
+    console.print(f"run directory: {run_dir}; {wall_s:.0f} s (data generation, preparation, training, evaluation)")
+    if json_out is not None:
+        report = {"command": {"rows": rows, "model": model, "epochs": epochs, "threads": threads},
+                  "wall_s": round(wall_s, 1), "loadavg_start": load_start, "machine": machine_info(),
+                  "best_step": result["best_step"], "steps": result.get("steps"),
+                  "valid": result["valid"], "test": result["test"], "bayes": bayes or None}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {json_out}")
 
 
 def train(

@@ -48,6 +48,7 @@ NUMBER = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])|\d%|\d,\d{3}|\b\d+(\.\d+)?x\b|
 # Tables with numbers that are not results: (file, header line).
 NOT_RESULTS: set[tuple[str, str]] = {
     ("docs/serving.md", "| format | graph | loaded by | notes |"),  # "torch 2.13" in a note
+    ("docs/reliability.md", "| fault | before | now | test |"),  # fault cases and their test sizes
 }
 
 

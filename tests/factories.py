@@ -10,6 +10,7 @@ Import them as ``from tests.factories import make_feature_map, random_batch``; f
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib.util
 import shutil
@@ -470,3 +471,22 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def app_client(artifact_dir: Path, **settings):
+    """An in-process client of the scoring app (handler, parser and micro-batcher all run),
+    returned once /readyz says the artifact is loaded."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette's note on its httpx-based test client
+        from starlette.testclient import TestClient
+
+    from rankmixer.serve.server import ServeSettings, create_app
+
+    with TestClient(create_app(str(artifact_dir), ServeSettings(**settings))) as c:
+        deadline = time.monotonic() + 60
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield c

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import random
-import time
-import warnings
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi", reason="serving tests need the serve extra (fastapi)")
+
+from tests.factories import app_client  # noqa: E402
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -33,17 +33,7 @@ needs_hypothesis = pytest.mark.skipif(given is None, reason="hypothesis is not i
 
 @pytest.fixture(scope="module")
 def client(tiny_root):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from starlette.testclient import TestClient
-
-    from rankmixer.serve.server import ServeSettings, create_app
-
-    app = create_app(str(tiny_root / "art"), ServeSettings(max_wait_ms=0, max_candidates=8, max_body_bytes=16 * 1024))
-    with TestClient(app) as c:
-        deadline = time.monotonic() + 60
-        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with app_client(tiny_root / "art", max_wait_ms=0, max_candidates=8, max_body_bytes=16 * 1024) as c:
         yield c
 
 

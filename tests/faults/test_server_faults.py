@@ -8,7 +8,6 @@ import json
 import shutil
 import socket
 import time
-import warnings
 
 import pytest
 
@@ -16,23 +15,12 @@ pytest.importorskip("fastapi", reason="serving tests need the serve extra (fasta
 pytest.importorskip("uvicorn", reason="serving tests need the serve extra (uvicorn)")
 httpx = pytest.importorskip("httpx", reason="serving tests need the serve extra (httpx)")
 
-from tests.factories import LiveServer  # noqa: E402
+from tests.factories import LiveServer, app_client  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client(tiny_root):
-    """An in-process client of the app (the handler, parser and micro-batcher all run)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # starlette's note on its httpx-based test client
-        from starlette.testclient import TestClient
-
-    from rankmixer.serve.server import ServeSettings, create_app
-
-    app = create_app(str(tiny_root / "art"), ServeSettings(max_wait_ms=0, max_candidates=16, max_body_bytes=64 * 1024))
-    with TestClient(app) as c:
-        deadline = time.monotonic() + 60
-        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with app_client(tiny_root / "art", max_wait_ms=0, max_candidates=16, max_body_bytes=64 * 1024) as c:
         yield c
 
 

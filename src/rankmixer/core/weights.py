@@ -21,8 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-# save_weights writes atomically with these; the one implementation is core/files.py.
-from rankmixer.core.files import fsync_dir, fsync_file, unique_suffix
+from rankmixer.core.files import atomic_file
 
 __all__ = [
     "WeightsError",
@@ -31,9 +30,6 @@ __all__ = [
     "write_model_file",
     "read_safetensors",
     "state_dict_for",
-    "fsync_file",
-    "fsync_dir",
-    "unique_suffix",
 ]
 
 # safetensors metadata keys (str -> str) written into model files.
@@ -145,15 +141,8 @@ def save_weights(path: str | os.PathLike, model: nn.Module) -> Path:
     """Write the model's state dict to one safetensors file, atomically (temp file, fsync,
     rename). The file carries a sha256 of its tensors, which :func:`load_weights` checks."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{unique_suffix()}")
-    try:
+    with atomic_file(path) as tmp:
         write_model_file(tmp, model, digest=True)
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
     return path
 
 

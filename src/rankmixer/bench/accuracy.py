@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from rankmixer import experiment
 from rankmixer.config import ConfigError, config_path, load_config, section
 from rankmixer.core.hardware import machine_info
 from rankmixer.core.rundir import CONFIG_FILE
+from rankmixer.core.yamlio import YamlError, read_yaml_mapping
 
 METRICS = ("auc", "gauc", "logloss", "ne")
 
@@ -56,16 +56,13 @@ def cells_from_configs(configs: list[Path | str]) -> list[Cell]:
 
 
 def read_yaml_keys(path: Path | str, what: str, keys: tuple[str, ...]) -> dict:
-    """A benchmark file's YAML mapping; an error naming the file for a missing file or a key
-    outside ``keys`` (a typo must not silently drop a part of the benchmark)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    tree = yaml.safe_load(path.read_text()) or {}
-    unknown = set(tree) - set(keys)
-    if unknown:
-        raise ConfigError(f"{what} {path}: unknown key(s) {sorted(unknown)}; expected {', '.join(keys)}")
-    return tree
+    """A benchmark file's YAML mapping, read by the one reader (``core.yamlio``): a key outside
+    ``keys`` is an error (a typo must not silently drop a part of the benchmark), as a
+    :class:`ConfigError` like every other problem of a suite or spec."""
+    try:
+        return read_yaml_mapping(path, what, keys, allow_empty=True)
+    except YamlError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_suite(path: Path | str) -> list[Cell]:

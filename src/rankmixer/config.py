@@ -32,7 +32,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from rankmixer.core.strict import StrictModel
-from rankmixer.core.yamlio import YamlError, format_validation_error, parse_key_values, read_yaml_mapping
+from rankmixer.core.yamlio import YamlError, deep_merge, format_validation_error, parse_key_values, read_yaml_mapping
 from rankmixer.data.config import DataConfig
 from rankmixer.train.config import TrainConfig
 
@@ -143,14 +143,6 @@ def part_path(ref: str, search: list[Path]) -> Path:
 # ---- composition ----------------------------------------------------------------------------
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` deep-merged onto ``base`` (mappings key by key; anything else replaced)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _read_part(ref: str, search: list[Path]) -> dict[str, Any]:
     path = part_path(ref, search)
     return read_yaml_mapping(path, f"config part {ref}", allow_empty=True)
@@ -167,8 +159,8 @@ def compose(path: str | Path, search: list[Path] | None = None) -> dict[str, Any
     base: dict[str, Any] = {}
     for ref in refs:
         group = ref.partition("/")[0]
-        base = _merge(base, {group: _read_part(ref, roots)})
-    return _merge(base, tree)
+        base = deep_merge(base, {group: _read_part(ref, roots)})
+    return deep_merge(base, tree)
 
 
 def section(group: str, entry: str | dict[str, Any], search: list[Path] | None = None) -> dict[str, Any]:
@@ -190,8 +182,8 @@ def section(group: str, entry: str | dict[str, Any], search: list[Path] | None =
         raise ConfigError(f"'defaults' of a {group} section must be a part name or a list of them")
     base: dict[str, Any] = {}
     for ref in refs:
-        base = _merge(base, section(group, ref, search))
-    return _merge(base, own)
+        base = deep_merge(base, section(group, ref, search))
+    return deep_merge(base, own)
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -13,7 +13,8 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-__all__ = ["YamlError", "format_validation_error", "parse_key_values", "read_yaml_mapping", "validation_messages"]
+__all__ = ["YamlError", "deep_merge", "format_validation_error", "parse_key_values", "read_yaml_mapping",
+           "validation_messages"]
 
 
 class YamlError(ValueError):
@@ -91,4 +92,13 @@ def parse_key_values(items: Iterable[str], what: str = "option") -> dict[str, An
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise YamlError(f"{what} {item!r}: the value is not valid YAML ({e})") from None
+    return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged onto ``base`` the way config layers stack: mappings key by key,
+    anything else (lists included) replaced. Neither input is modified."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 from torch import nn
 
-from rankmixer.core.yamlio import validation_messages
+from rankmixer.core.yamlio import deep_merge, validation_messages
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig
 
@@ -72,13 +72,6 @@ def register_variant(name: str, base_name: str, defaults: dict[str, Any], summar
     _VARIANTS[name] = entry
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _load_all() -> None:
     global _loaded
     if not _loaded:
@@ -102,7 +95,7 @@ def get(name: str) -> ModelEntry:
 def parse_config(name: str, params: dict) -> ModelConfig:
     entry = get(name)
     try:
-        return entry.config_cls.model_validate(_deep_merge(entry.defaults, params))
+        return entry.config_cls.model_validate(deep_merge(entry.defaults, params))
     except ValidationError as e:
         raise ValueError(f"invalid config for model {name!r}: " + "; ".join(validation_messages(e))) from None
 

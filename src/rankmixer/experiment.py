@@ -82,7 +82,6 @@ def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bo
             raw = RawFiles(all=[Path(data.raw)])
         else:
             raise ValueError("data.schema_file needs data.raw (a file) or data.raw_splits")
-        check_output(out, _data_inputs(data), "prepared data directory")
         return prepare(schema, raw, out, on_bad_row=data.on_bad_row, force=force, log=log,
                        inputs=[Path(data.schema_file)])
     if not data.dataset:

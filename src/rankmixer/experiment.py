@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import torch
 
-from rankmixer.config import ExperimentConfig, dump_config, load_config
+from rankmixer.config import ExperimentConfig, dump_config, load_config, validate
 from rankmixer.core.files import (
     OutputError,
     atomic_file,
@@ -248,7 +248,7 @@ def evaluate(run_dir: str | Path, splits=("valid", "test"), log: Callable[[str],
     reason = incomplete_reason(run_dir)
     if reason:
         log(f"warning: {reason}; evaluating its best weights so far")
-    cfg = load_config(Path(run_dir) / CONFIG_FILE)
+    cfg = validate(run.config, f"config {Path(run_dir) / CONFIG_FILE}")  # the mapping load_run read
     trainer = Trainer(run.model, run.feature_map, cfg.train.model_copy(update={"tensorboard": False, "progress": False}),
                       run_dir, seed=cfg.seed, log=log)
     return {s: trainer.evaluate(s) for s in splits}

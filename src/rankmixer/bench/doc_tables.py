@@ -37,6 +37,7 @@ from rankmixer.bench.doc_renderers import (
     speed_targets,
     variants,
 )
+from rankmixer.core.files import write_text_atomic
 
 __all__ = ["NOT_RESULTS", "RENDERERS", "Block", "blocks", "check", "doc_files", "regenerate", "render", "update"]
 
@@ -152,7 +153,7 @@ def update(paths: list[Path], root: Path, write: bool = True) -> tuple[list[Path
             except (OSError, ValueError, KeyError):
                 new = text  # a bad marker or a missing JSON: check() below names it
             if new != text:
-                path.write_text(new)
+                write_text_atomic(path, new)  # only the marked tables differ
                 rewritten.append(path)
             text = new
         full, base = path.resolve(), root.resolve()

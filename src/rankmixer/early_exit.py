@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from rankmixer.core import metrics as M
+from rankmixer.core.files import write_json
 from rankmixer.core.hardware import machine_info
 from rankmixer.data.batch import Batch
 from rankmixer.data.loader import ParquetBatches, make_loader
@@ -275,8 +276,8 @@ def calibrate_run(
         "repeats": repeats, "threads": torch.get_num_threads(), "chosen_index": chosen_k, "curve": curve,
         "thresholds_file": str(run_dir / THRESHOLDS_FILE), "machine": machine_info(),
     }
-    (run_dir / THRESHOLDS_FILE).write_text(json.dumps(saved, indent=2))
-    (run_dir / CURVE_FILE).write_text(json.dumps(report, indent=2))
+    write_json(run_dir / THRESHOLDS_FILE, saved)
+    write_json(run_dir / CURVE_FILE, report)
     return report
 
 

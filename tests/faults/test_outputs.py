@@ -192,3 +192,25 @@ def test_the_synthetic_generator_writes_only_into_its_own_folders(tmp_path):
     first = synthetic.generate(small, out, progress=False)
     again = synthetic.generate({**small, "seed": 7}, out, progress=False)
     assert first["config"]["seed"] != again["config"]["seed"] and synthetic.load_meta(out)["config"]["seed"] == 7
+
+
+def test_a_json_report_never_replaces_an_input(tiny_copy):
+    """Benchmark reports go through core.files.write_json: pointed at a file the command read
+    (here `bench serve --json-out` at the artifact's manifest), it is refused before the
+    benchmark runs and the input is untouched."""
+    from typer.testing import CliRunner
+
+    from rankmixer.cli import app
+    from rankmixer.core.files import OutputError, write_json
+
+    manifest = tiny_copy / "art" / "manifest.json"
+    before = manifest.read_bytes()
+    with pytest.raises(OutputError, match="is also an input"):
+        write_json(manifest, {"x": 1}, inputs=[manifest])
+    with pytest.raises(OutputError, match="lies inside the input"):
+        write_json(manifest, {"x": 1}, inputs=[tiny_copy / "art"])
+    res = CliRunner().invoke(app, ["bench", "serve", "--model", str(tiny_copy / "art"), "--json-out", str(manifest)])
+    assert res.exit_code == 2 and "lies inside the input" in " ".join(res.output.split()), res.output
+    assert manifest.read_bytes() == before
+    write_json(tiny_copy / "report.json", {"x": 1}, inputs=[tiny_copy / "art"])
+    assert (tiny_copy / "report.json").read_text() == '{\n  "x": 1\n}'

@@ -35,6 +35,7 @@ import numpy as np
 
 from rankmixer import experiment
 from rankmixer.config import ConfigError, config_path, load_config, section
+from rankmixer.core.files import write_json, write_text_atomic
 from rankmixer.core.hardware import machine_info
 from rankmixer.core.rundir import CONFIG_FILE
 from rankmixer.core.yamlio import YamlError, read_yaml_mapping
@@ -183,8 +184,8 @@ def run_accuracy(
     summary = summarise(results)
     report = {"machine": machine_info(), "seeds": seeds,
               "overrides": overrides or [], "budget": budget, "cells": results, "summary": summary}
-    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (out_dir / f"{name}.md").write_text(markdown_table(summary))
+    write_json(out_dir / f"{name}.json", report)
+    write_text_atomic(out_dir / f"{name}.md", markdown_table(summary))
     return report
 
 

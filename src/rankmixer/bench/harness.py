@@ -17,7 +17,6 @@ warning when asked for explicitly (:func:`choose_precisions`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -33,7 +32,7 @@ from rankmixer.core.hardware import PRECISIONS, native_low_precision, precision_
 
 __all__ = [
     "DEFAULT_PRECISIONS", "MFU_DEFINITION", "Variant", "best_peaks", "choose_precisions", "interleaved_times",
-    "format_mfu", "peak_variants", "percentile", "run_interleaved", "summary_row", "sync", "time_call", "write_json",
+    "format_mfu", "peak_variants", "percentile", "run_interleaved", "summary_row", "sync", "time_call",
 ]
 
 DEFAULT_PRECISIONS = ("fp32", "bf16")
@@ -269,12 +268,3 @@ def format_mfu(row: dict) -> str:
         return "-"
     peak = row["peak_gflops"]
     return f"{row['achieved_gflops_best'] / peak:.1%} / {row['achieved_gflops_median'] / peak:.1%}"
-
-
-def write_json(report: dict, out: Path | str, log: Callable[[str], None] | None = None) -> None:
-    """Write ``report`` as indented JSON, creating the folder."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    if log is not None:
-        log(f"wrote {out}")

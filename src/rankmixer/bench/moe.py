@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from rankmixer.bench.harness import interleaved_times, write_json
+from rankmixer.bench.harness import interleaved_times
+from rankmixer.core.files import write_json
 from rankmixer.core.hardware import machine_info
 from rankmixer.nn.moe import MoEConfig, PerTokenMoE
 
@@ -92,7 +93,7 @@ def run_moe_bench(
     }
     log(format_table(report))
     if out is not None:
-        write_json(report, out)
+        write_json(out, report)
     return report
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from rankmixer.bench.accuracy import Cell, format_si, model_section, read_yaml_keys, run_accuracy
 from rankmixer.config import ConfigError, config_path
+from rankmixer.core.files import write_json, write_text_atomic
 
 
 def load_spec(path: Path | str) -> tuple[list[Cell], str | None]:
@@ -130,8 +131,8 @@ def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: li
     bayes = next((r["bayes_auc"] for r in rows if r.get("bayes_auc")), None)
     slopes = fit_slopes(rows)
     report.update({"spec": str(spec), "slopes": slopes, "bayes_auc": bayes})
-    (out_dir / "scaling.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "scaling.md").write_text(markdown(rows, slopes, bayes))
+    write_json(out_dir / "scaling.json", report)
+    write_text_atomic(out_dir / "scaling.md", markdown(rows, slopes, bayes))
     plot(rows, bayes, out_dir / "scaling.png",
          f"{Path(spec).name}: budget {budget or 'per config'}, {len(seeds)} seed(s) per point")
     return report

@@ -31,12 +31,13 @@ import torch
 
 from rankmixer.bench.fuxictr_dcnv2 import run_dcn_comparison
 from rankmixer.bench.harness import (
-    MFU_DEFINITION, best_peaks, choose_precisions, peak_variants, run_interleaved, summary_row, write_json,
+    MFU_DEFINITION, best_peaks, choose_precisions, peak_variants, run_interleaved, summary_row,
 )
 from rankmixer.bench.moe import run_moe_bench
 from rankmixer.bench.speed_profile import profile_step
 from rankmixer.bench.speed_table import format_table
 from rankmixer.bench.speed_variants import rankmixer_variants
+from rankmixer.core.files import write_json
 from rankmixer.core.hardware import device_name, machine_info, pick_device
 from rankmixer.models import registry
 from rankmixer.models.rankmixer import RankMixerConfig
@@ -132,7 +133,7 @@ def run_speed_bench(
         torch.set_num_threads(before_threads)
     log(format_table(report))
     if out is not None:
-        write_json(report, out, log)
+        log(f"wrote {write_json(out, report)}")
     return report
 
 

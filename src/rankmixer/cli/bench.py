@@ -3,7 +3,6 @@ JSON. Suites and specs are packaged names (``peers``, ``scaling``) or YAML files
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,6 +10,7 @@ import typer
 from rich.table import Table
 
 from rankmixer.cli.common import console, user_errors
+from rankmixer.core.files import check_output, write_json
 
 __all__ = ["accuracy", "distributed", "loader", "moe", "scaling", "serve", "speed", "tables"]
 
@@ -27,6 +27,7 @@ def loader(
     from rankmixer.bench.loader import run_loader_bench
 
     with user_errors():
+        check_output(json_out, [prepared], "--json-out")
         rows = run_loader_bench(dataset, prepared, batch_size, workers, max_batches, log=console.print)
     table = Table(title=f"loader throughput, batch {batch_size}")
     for c in ("workers", "batches", "samples/s"):
@@ -34,8 +35,7 @@ def loader(
     for r in rows:
         table.add_row(str(r["workers"]), str(r["batches"]), f"{r['samples_per_s']:,.0f}")
     console.print(table)
-    json_out.write_text(json.dumps(rows, indent=2))
-    console.print(f"wrote {json_out}")
+    console.print(f"wrote {write_json(json_out, rows, inputs=[prepared])}")
 
 
 def distributed(
@@ -55,9 +55,7 @@ def distributed(
                                        overrides=list(overrides or []), log=console.print)
     console.print(f"training throughput, {config.name}, {max_steps} steps, {report['rows'][0]['cores']} cores")
     console.print(markdown_table(report), markup=False, soft_wrap=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distributed.json").write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {out / 'distributed.json'}")
+    console.print(f"wrote {write_json(out / 'distributed.json', report)}")
 
 
 def _names(s: str | None) -> list[str] | None:
@@ -150,15 +148,15 @@ def serve(
     from rankmixer.bench.serve import markdown_table, run_serve_bench
 
     with user_errors(RuntimeError):
+        check_output(json_out, [model, prepared], "--json-out")  # before the load test, not after
         report = run_serve_bench(model=model, url=url, prepared=prepared, concurrency=list(concurrency),
                                  requests=requests, duration=duration, candidates=candidates,
                                  server_args=["--threads", str(server_threads)] if server_threads else None,
                                  log=console.print)
     console.print(f"serve {report['model']} ({report['format']}), {candidates} candidates/request")
     console.print(markdown_table(report), markup=False, soft_wrap=True)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {json_out}")
+    with user_errors():
+        console.print(f"wrote {write_json(json_out, report, inputs=[model, prepared])}")
 
 
 def _shape(text: str) -> tuple[int, int, int]:

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from rankmixer.cli.common import console, metrics_table, user_errors
+from rankmixer.core.files import write_json
 
 __all__ = ["calibrate_exit", "evaluate", "predict", "quickstart", "quickstart_overrides", "train"]
 
@@ -67,9 +68,8 @@ def quickstart(
                   "wall_s": round(wall_s, 1), "loadavg_start": load_start, "machine": machine_info(),
                   "best_step": result["best_step"], "steps": result.get("steps"),
                   "valid": result["valid"], "test": result["test"], "bayes": bayes or None}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2))
-        console.print(f"wrote {json_out}")
+        with user_errors():
+            console.print(f"wrote {write_json(json_out, report)}")
 
 
 def train(

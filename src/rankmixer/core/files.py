@@ -32,8 +32,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 __all__ = [
     "MARKER_FILE", "OutputError", "atomic_directory", "atomic_file", "check_output", "check_replaceable",
-    "fsync_dir", "fsync_file", "marker_kind", "output_format", "sha256_file", "unique_suffix", "write_marker",
-    "write_text_atomic",
+    "fsync_dir", "fsync_file", "marker_kind", "output_format", "sha256_file", "unique_suffix", "write_json",
+    "write_marker", "write_text_atomic",
 ]
 
 # The ownership marker our writers put into every directory they create.
@@ -198,6 +198,14 @@ def atomic_file(path: Path | str) -> Iterator[Path]:
 def write_text_atomic(path: Path | str, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def write_json(path: Path | str, obj: object, inputs: Iterable[Path | str | None] = (), what: str = "JSON report") -> Path:
+    """``obj`` as indented JSON in ``path``, atomically; ``path`` may not be, contain or lie
+    inside one of ``inputs`` (the files the command read), so a report never replaces them."""
+    check_output(path, inputs, what)
+    write_text_atomic(path, json.dumps(obj, indent=2))
+    return Path(path)
 
 
 @contextmanager

@@ -214,3 +214,17 @@ def test_a_json_report_never_replaces_an_input(tiny_copy):
     assert manifest.read_bytes() == before
     write_json(tiny_copy / "report.json", {"x": 1}, inputs=[tiny_copy / "art"])
     assert (tiny_copy / "report.json").read_text() == '{\n  "x": 1\n}'
+
+
+def test_a_benchmark_writes_only_into_its_own_folder(tmp_path):
+    """`bench accuracy --out D` (and `bench scaling`) refuse a folder of other files, whose
+    accuracy.json would otherwise be replaced; their own folder is written again (resume)."""
+    from rankmixer.bench.accuracy import Cell, run_accuracy
+    from rankmixer.core.files import OutputError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "accuracy.json").write_text("my notes")
+    with pytest.raises(OutputError, match="did not write"):
+        run_accuracy([Cell("c", "quickstart")], [0], mine, log=lambda m: None)
+    assert (mine / "accuracy.json").read_text() == "my notes"

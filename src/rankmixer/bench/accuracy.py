@@ -35,12 +35,13 @@ import numpy as np
 
 from rankmixer import experiment
 from rankmixer.config import ConfigError, config_path, load_config, section
-from rankmixer.core.files import write_json, write_text_atomic
+from rankmixer.core.files import check_replaceable, write_json, write_marker, write_text_atomic
 from rankmixer.core.hardware import machine_info
 from rankmixer.core.rundir import CONFIG_FILE
 from rankmixer.core.yamlio import YamlError, read_yaml_mapping
 
 METRICS = ("auc", "gauc", "logloss", "ne")
+BENCH_KIND = "benchmark"  # the ownership marker of an output folder (core/files.py)
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,11 @@ def run_accuracy(
     budget: str | None = None,
 ) -> dict:
     """Train (or read) every (cell, seed); write ``<name>.json`` and ``<name>.md`` into
-    ``out_dir`` (runs go to ``out_dir/runs``, so several suites can share their runs)."""
+    ``out_dir`` (runs go to ``out_dir/runs``, so several suites can share their runs). ``out_dir``
+    is new, empty, or a benchmark folder of ours: a folder of other files is refused."""
+    check_replaceable(out_dir, BENCH_KIND, overwrite=True, legacy=lambda p: (p / "runs").is_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, BENCH_KIND)
     if len({c.label for c in cells}) != len(cells):
         raise ValueError("benchmark cells must have distinct labels (two configs with the same file name?)")
     results = []

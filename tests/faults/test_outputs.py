@@ -228,3 +228,9 @@ def test_a_benchmark_writes_only_into_its_own_folder(tmp_path):
     with pytest.raises(OutputError, match="did not write"):
         run_accuracy([Cell("c", "quickstart")], [0], mine, log=lambda m: None)
     assert (mine / "accuracy.json").read_text() == "my notes"
+
+    from rankmixer.bench.distributed import run_distributed_bench
+
+    with pytest.raises(OutputError, match="did not write"):  # before any process starts
+        run_distributed_bench("quickstart", [1], ["ddp"], 2, 1, mine, log=lambda m: None)
+    assert sorted(p.name for p in mine.iterdir()) == ["accuracy.json"]

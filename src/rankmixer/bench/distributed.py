@@ -24,6 +24,8 @@ from typing import Callable
 
 import torch
 
+from rankmixer.bench.accuracy import BENCH_KIND
+from rankmixer.core.files import check_replaceable, write_marker
 from rankmixer.core.hardware import device_name, machine_info
 
 
@@ -49,6 +51,10 @@ def run_distributed_bench(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run every case; return ``{"machine", "config", "max_steps", "log_every", "overrides", "rows"}``."""
+    # Its own folder only (run directories and distributed.json): a folder of other files is refused.
+    check_replaceable(out_dir, BENCH_KIND, overwrite=True, legacy=lambda p: (p / "distributed.json").is_file())
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, BENCH_KIND)
     cores = cores or os.cpu_count() or 1
     machine = machine_info()
     rows = []

@@ -15,8 +15,12 @@ datasets with models::
       dcnv2: model/dcnv2                                   # a part
       dcnv2-wide: {defaults: model/dcnv2, dnn_hidden: [400, 400]}
       rankmixer-no-mixing: {name: rankmixer, token_mixing: none}
+      fuxictr-e2e:dcnv2: {fuxictr_e2e: dcnv2}               # FuxiCTR's whole pipeline
     overrides: [train.epochs=5]   # optional, applied to every cell
 
+A ``{fuxictr_e2e: MODEL, params: {...}}`` entry is trained by FuxiCTR's own pipeline on the
+same splits (bench/fuxictr_e2e.py): its feature processing, training loop and config (its
+``params`` override FuxiCTR's), with only the base experiment's data section and seed from us.
 Every (dataset, model) pair is a cell; configs are packaged names or paths relative to the
 working directory, like ``rankmixer train -c``; model parts are looked up beside the suite,
 then in the package. Resumable: a (cell, seed) whose run directory already has its final
@@ -51,6 +55,8 @@ class Cell:
     overrides: tuple[str, ...] = ()
     model_label: str | None = None  # table's model column (default: the registered model name)
     dataset_label: str | None = None  # table's dataset column (default: the config's data.dataset)
+    fuxictr_e2e: str | None = None  # trained by FuxiCTR's own pipeline: its model name
+    fuxictr_params: str = "{}"  # JSON of FuxiCTR params that replace its config's
 
 
 def cells_from_configs(configs: list[Path | str]) -> list[Cell]:
@@ -76,7 +82,7 @@ def load_suite(path: Path | str) -> list[Cell]:
     if not isinstance(datasets, dict) or not datasets or not isinstance(models, dict) or not models:
         raise ConfigError(f"suite {path}: 'datasets' and 'models' must be non-empty mappings")
     common = tuple(str(o) for o in tree.get("overrides") or [])
-    sections = {label: model_section(entry, [path.parent], f"suite {path}: model {label!r}")
+    sections = {label: _model_entry(entry, [path.parent], f"suite {path}: model {label!r}")
                 for label, entry in models.items()}
     cells = []
     for ds, entry in datasets.items():
@@ -86,10 +92,28 @@ def load_suite(path: Path | str) -> list[Cell]:
                 raise ConfigError(f"suite {path}: dataset {ds!r} must be a config (name or path) or {{config, overrides}}")
             config, ds_overrides = entry["config"], tuple(str(o) for o in entry.get("overrides") or [])
         for label, sec in sections.items():
+            cell_label = f"{ds}-{label.replace(':', '-')}"
+            if "fuxictr_e2e" in sec:
+                cells.append(Cell(cell_label, str(config), (*ds_overrides, *common), label, ds,
+                                  fuxictr_e2e=sec["fuxictr_e2e"], fuxictr_params=json.dumps(sec["params"])))
+                continue
             # JSON is YAML: the override replaces the whole model section of the base config.
             model = f"model={json.dumps(sec)}"
-            cells.append(Cell(f"{ds}-{label}", str(config), (model, *ds_overrides, *common), label, ds))
+            cells.append(Cell(cell_label, str(config), (model, *ds_overrides, *common), label, ds))
     return cells
+
+
+def _model_entry(entry: object, search: list[Path], where: str) -> dict:
+    """A suite's model entry: ``{fuxictr_e2e: MODEL, params: {...}}`` for FuxiCTR's own
+    pipeline, else a model section (:func:`model_section`)."""
+    if isinstance(entry, dict) and "fuxictr_e2e" in entry:
+        if set(entry) - {"fuxictr_e2e", "params"} or not isinstance(entry["fuxictr_e2e"], str):
+            raise ConfigError(f"{where}: expected {{fuxictr_e2e: MODEL, params: {{...}}}}, got keys {sorted(entry)}")
+        params = entry.get("params") or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"{where}: params must be a mapping of FuxiCTR parameters")
+        return {"fuxictr_e2e": entry["fuxictr_e2e"], "params": params}
+    return model_section(entry, search, where)
 
 
 def model_section(entry: object, search: list[Path], where: str) -> dict:
@@ -171,15 +195,22 @@ def run_accuracy(
                 eta = f", about {np.mean(trained_s) * (len(jobs) - i + 1) / 60:.0f} min left"
             log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: training{eta}")
             t0 = time.time()
-            # Its own run directory: continue a run that got as far as its config, else start over.
-            resume = (run_dir / CONFIG_FILE).is_file()
-            experiment.train(cfg, resume=resume, overwrite=not resume, log=lambda *_: None)
+            if cell.fuxictr_e2e:
+                # Imported here: FuxiCTR is an optional extra that only these cells need.
+                from rankmixer.bench.fuxictr_e2e import train_e2e
+
+                train_e2e(cfg, cell.fuxictr_e2e, run_dir, seed, json.loads(cell.fuxictr_params), log=lambda *_: None)
+            else:
+                # Its own run directory: continue a run that got as far as its config, else start over.
+                resume = (run_dir / CONFIG_FILE).is_file()
+                experiment.train(cfg, resume=resume, overwrite=not resume, log=lambda *_: None)
             trained_s.append(time.time() - t0)
             log(f"[{i}/{len(jobs)}] finished in {trained_s[-1]:.0f}s")
         result = json.loads(done.read_text())
         results.append({
             "label": cell.label, "config": cell.config, "overrides": list(cell.overrides),
-            "dataset": cell.dataset_label or cfg.data.dataset, "model": cell.model_label or cfg.model_name, "registered": cfg.model_name,
+            "dataset": cell.dataset_label or cfg.data.dataset, "model": cell.model_label or cfg.model_name,
+            "registered": f"fuxictr-e2e:{cell.fuxictr_e2e}" if cell.fuxictr_e2e else cfg.model_name,
             "seed": seed, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
             "flops_per_sample": result.get("flops_per_sample"),
             "steps": result["steps"], "best_step": result["best_step"],

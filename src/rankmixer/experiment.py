@@ -34,6 +34,7 @@ from rankmixer.core.rundir import (
     FEATURE_MAP_FILE,
     METRICS_FILE,
     RUN_KIND,
+    TEST_PREDICTIONS,
     TRAIN_LOG,
     RunDirError,
     RunLock,
@@ -42,6 +43,8 @@ from rankmixer.core.rundir import (
     run_entries,
 )
 from rankmixer.core.hardware import pick_device
+from rankmixer.core.metrics import compute_metrics
+from rankmixer.core.predictions import count_positives, few_positives, save_predictions
 from rankmixer.data.config import DataConfig
 from rankmixer.data.datasets.base import RawFiles, get_preset
 from rankmixer.data.feature_map import FeatureMap, SplitInfo
@@ -114,7 +117,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
     writer fails at once naming the holder. A directory that already holds files continues with
     ``resume`` (the saved config must match; the keys that differ are named), starts over with
     ``overwrite`` (what training wrote is removed first, other files are kept), and is an error
-    otherwise."""
+    otherwise.
+
+    Besides ``metrics.json`` (with ``positives`` and ``pooled``, see :func:`_prediction_report`)
+    a single-process run writes ``test_predictions.npz`` (:mod:`rankmixer.core.predictions`)."""
     run_dir = cfg.resolved_run_dir()
     pick_device(cfg.train.device)  # device cuda without CUDA: say so before preparing anything
     if resume and overwrite:
@@ -168,7 +174,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         result["bayes"] = fm.extras.get("bayes")
         if dist_ is not None:
             result["distributed"] = {"world_size": env.world_size, "backend": env.backend, "embeddings": dist_.mode}
+        result.update(_prediction_report(trainer.final_predictions, fm, log))
         if is_main:
+            if dist_ is None:  # gathered rows come in rank order; tables need the split's order
+                save_predictions(run_dir / TEST_PREDICTIONS, *trainer.final_predictions["test"])
             write_text_atomic(run_dir / METRICS_FILE, json.dumps(result, indent=2))
         return result
     finally:
@@ -179,6 +188,19 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
                 torch.distributed.destroy_process_group()
         if lock is not None:
             lock.release()
+
+
+def _prediction_report(predictions: dict, fm: FeatureMap, log: Callable[[str], None]) -> dict:
+    """``positives`` per split and task, with a warning for each under ``MIN_POSITIVES``, and
+    ``pooled``: the metrics of valid and test together. Pooled is for reporting on tiny real
+    splits only: early stopping chose the weights on valid, so it is optimistic by valid's part."""
+    positives = {s: count_positives(y, fm.labels) for s, (y, _, _) in predictions.items()}
+    for warning in few_positives(positives):
+        log(f"warning: {warning}")
+    (yv, pv, gv), (yt, pt, gt) = predictions["valid"], predictions["test"]
+    groups = None if gv is None else np.concatenate([gv, gt])
+    pooled = compute_metrics(np.concatenate([yv, yt]), np.concatenate([pv, pt]), groups, fm.labels)
+    return {"positives": positives, "pooled": pooled}
 
 
 def _start_fresh(run_dir: Path, overwrite: bool, log: Callable[[str], None]) -> None:

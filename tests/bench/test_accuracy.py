@@ -14,6 +14,8 @@ import yaml
 
 from rankmixer.bench.accuracy import Cell, cells_from_configs, load_suite, markdown_table, run_accuracy, summarise
 from rankmixer.config import ConfigError
+from rankmixer.core.bootstrap import bootstrap_mean_ci
+from rankmixer.core.predictions import load_predictions
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models import registry
 from rankmixer.models.flops import forward_flops_per_sample
@@ -90,8 +92,18 @@ def test_benchmark_summary_flops_and_resume(tmp_path):
     counts = rankmixer_param_count(cfg, fm)
     assert (by_model["rm"]["parameters"], by_model["rm"]["dense_parameters"]) == (counts["total"], counts["dense"])
 
+    # Every row's interval is the seed-mean bootstrap over its runs' saved test predictions.
+    for row in report["summary"]:
+        preds = [load_predictions(out / "runs" / f"{row['label']}-s{s}" / "test_predictions.npz") for s in (0, 1)]
+        ci = bootstrap_mean_ci(preds[0].labels, [p.probs for p in preds], n_boot=1000, seed=0)
+        assert (row["auc_ci_low"], row["auc_ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+        assert ci.estimate == pytest.approx(row["auc"], abs=1e-9)
+        positives = json.loads((out / "runs" / f"{row['label']}-s0" / "metrics.json").read_text())["positives"]
+        assert row["positives"] == next(iter(positives["test"].values())) < 500
+
     table = markdown_table(report["summary"])
-    assert table.count("\n") == 2 + 3 + 1  # header, 3 rows, one Bayes row for the dataset
+    # header, 3 rows, one Bayes row for the dataset; then the footnote on few positives
+    assert table.count("\n") == 2 + 3 + 1 + 2 and "| AUC 95% CI |" in table and "\n† fewer than 500" in table
     assert json.loads((out / "accuracy.json").read_text())["summary"] == report["summary"]
 
     # A second run reads every finished cell instead of training it again.

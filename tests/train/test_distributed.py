@@ -181,6 +181,10 @@ def test_cli_train_under_torchrun_matches_one_process(tmp_path):
         assert abs(ma[split]["auc"] - mb[split]["auc"]) < 0.015, (split, ma[split], mb[split])
         assert abs(ma[split]["logloss"] - mb[split]["logloss"]) < 0.01, (split, ma[split], mb[split])
     assert mb["distributed"] == {"world_size": 2, "backend": "gloo", "embeddings": "torchrec" if TORCHREC else "ddp"}
+    # Positives count the same rows; only one process saves predictions (gathered rows are in rank order).
+    assert ma["positives"] == mb["positives"] and abs(ma["pooled"]["auc"] - mb["pooled"]["auc"]) < 0.015
+    assert (tmp_path / "one" / "test_predictions.npz").is_file()
+    assert not (tmp_path / "two" / "test_predictions.npz").exists()
     # rank 0 alone wrote the run directory, one line per message
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("model dcnv2:") == 1 and "left out this epoch" in log

@@ -25,6 +25,11 @@ Every (dataset, model) pair is a cell; configs are packaged names or paths relat
 working directory, like ``rankmixer train -c``; model parts are looked up beside the suite,
 then in the package. Resumable: a (cell, seed) whose run directory already has its final
 ``metrics.json`` is read, not rerun; an interrupted one resumes from its checkpoint.
+
+Intervals: each row's seed-mean test AUC gets a 95% bootstrap interval over the test rows, from
+its runs' ``test_predictions.npz`` (:mod:`rankmixer.core.bootstrap`; None for runs that saved
+none), and :func:`rankmixer.bench.intervals.paired_difference` gives the interval of the
+difference between two rows.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from rankmixer import experiment
 from rankmixer.config import ConfigError, config_path, load_config, section
 from rankmixer.core.files import check_replaceable, write_json, write_marker, write_text_atomic
 from rankmixer.core.hardware import machine_info
+from rankmixer.bench.intervals import BOOTSTRAP, INTERVAL_KEYS, seed_mean_interval
+from rankmixer.core.predictions import MIN_POSITIVES
 from rankmixer.core.rundir import CONFIG_FILE
 from rankmixer.core.yamlio import YamlError, read_yaml_mapping
 
@@ -216,7 +223,7 @@ def run_accuracy(
             "steps": result["steps"], "best_step": result["best_step"],
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
         })
-    summary = summarise(results)
+    summary = summarise(results, out_dir / "runs")
     report = {"machine": machine_info(), "seeds": seeds,
               "overrides": overrides or [], "budget": budget, "cells": results, "summary": summary}
     write_json(out_dir / f"{name}.json", report)
@@ -224,11 +231,19 @@ def run_accuracy(
     return report
 
 
-def summarise(results: list[dict]) -> list[dict]:
+def summarise(results: list[dict], runs_dir: Path | None = None, stored: Sequence[dict] = ()) -> list[dict]:
     """One row per cell: mean and sample std over seeds of every test metric, and of the
     forward FLOPs per sample (constant over seeds for most models; a sparse MoE's count follows
     its routing, so it varies: ``flops_per_sample`` is the mean, ``flops_per_sample_std`` the
-    spread, with ``_min`` / ``_max``; None where no run counted FLOPs)."""
+    spread, with ``_min`` / ``_max``; None where no run counted FLOPs).
+
+    From the runs' saved test predictions (:func:`rankmixer.bench.intervals.run_predictions`): ``auc_ci_low`` /
+    ``auc_ci_high``, the 95% bootstrap interval of the seed-mean test AUC (test rows resampled,
+    the same draws for every seed; :data:`BOOTSTRAP`), and ``positives``, the test split's
+    positives of the task the AUC reports. None where a run saved no predictions (older runs)
+    or the seeds' test rows differ, unless ``stored`` (summary rows of an earlier report, e.g.
+    a JSON a doc table reads) has them for the label."""
+    stored_by_label = {r["label"]: r for r in stored if "label" in r}  # old reports lack labels
     rows = []
     for label in dict.fromkeys(r["label"] for r in results):
         group = [r for r in results if r["label"] == label]
@@ -244,6 +259,9 @@ def summarise(results: list[dict]) -> list[dict]:
             row[m + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
         bayes = first.get("bayes") or {}
         row["bayes_auc"] = (bayes.get("test") or {}).get("auc")
+        row.update(seed_mean_interval(group, runs_dir))
+        if row["auc_ci_low"] is None and label in stored_by_label:
+            row.update({k: stored_by_label[label].get(k) for k in INTERVAL_KEYS})
         rows.append(row)
     return rows
 
@@ -279,6 +297,20 @@ def _metric_cell(row: dict, m: str) -> str:
     return f"{row[m]:.4f} ± {row[m + '_std']:.4f}" if row["seeds"] > 1 else f"{row[m]:.4f}"
 
 
+def _few_positives(row: dict) -> bool:
+    return row.get("positives") is not None and row["positives"] < MIN_POSITIVES
+
+
+def _auc_cell(row: dict) -> str:
+    """Mean ± sd, marked † when the test split has too few positives to rank models."""
+    return _metric_cell(row, "auc") + (" †" if _few_positives(row) else "")
+
+
+def _ci_cell(row: dict) -> str:
+    low, high = row.get("auc_ci_low"), row.get("auc_ci_high")
+    return "-" if low is None or high is None else f"{low:.4f} – {high:.4f}"
+
+
 def _steps_cell(row: dict) -> str:
     """Best step / steps trained, per seed."""
     pairs = zip(row.get("best_step_per_seed") or [], row.get("steps_per_seed") or [])
@@ -295,7 +327,9 @@ COLUMNS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     "dense": ("dense params", "---:", lambda r: "-" if r.get("dense_parameters") is None else f"{r['dense_parameters']:,}"),
     "flops": ("FLOPs/sample", "---:", _flops_cell),
     "seeds": ("seeds", "---:", lambda r: str(r["seeds"])),
-    "auc": ("test AUC", "---", lambda r: _metric_cell(r, "auc")),
+    "auc": ("test AUC", "---", _auc_cell),
+    "auc_ci": (f"AUC {BOOTSTRAP['level']:.0%} CI", "---", _ci_cell),
+    "positives": ("test positives", "---:", lambda r: "-" if r.get("positives") is None else f"{r['positives']:,}"),
     "gauc": ("test gAUC", "---", lambda r: _metric_cell(r, "gauc")),
     "logloss": ("test logloss", "---", lambda r: _metric_cell(r, "logloss")),
     "ne": ("NE", "---", lambda r: _metric_cell(r, "ne")),
@@ -323,9 +357,15 @@ def _bayes_cells(row: dict, columns: Sequence[str]) -> list[str]:
     return cells
 
 
-def markdown_table(rows: list[dict], columns: Sequence[str] = DEFAULT_COLUMNS, bayes: bool = True) -> str:
-    """The summary rows as a Markdown table (``columns``: names of :data:`COLUMNS`), with the
-    Bayes-optimal AUC after the last row of each dataset that knows it (the synthetic set)."""
+def markdown_table(rows: list[dict], columns: Sequence[str] | None = None, bayes: bool = True) -> str:
+    """The summary rows as a Markdown table (``columns``: names of :data:`COLUMNS`; default
+    :data:`DEFAULT_COLUMNS`, with the AUC interval after the AUC when some row has one), with
+    the Bayes-optimal AUC after the last row of each dataset that knows it (the synthetic set),
+    and a footnote when an AUC is marked † (fewer than ``MIN_POSITIVES`` test positives)."""
+    if columns is None:
+        columns = list(DEFAULT_COLUMNS)
+        if any(r.get("auc_ci_low") is not None for r in rows):
+            columns.insert(columns.index("auc") + 1, "auc_ci")
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise ValueError(f"unknown column(s) {unknown}; expected some of {', '.join(COLUMNS)}")
@@ -338,6 +378,9 @@ def markdown_table(rows: list[dict], columns: Sequence[str] = DEFAULT_COLUMNS, b
         if bayes and r.get("bayes_auc") and last_of_dataset and r["dataset"] not in bayes_done:
             bayes_done.add(r["dataset"])
             lines.append("| " + " | ".join(_bayes_cells(r, columns)) + " |")
+    if "auc" in columns and any(_few_positives(r) for r in rows):
+        lines += ["", f"† fewer than {MIN_POSITIVES} test positives: the AUC's standard error is about "
+                      "0.3 / sqrt(positives), so differences smaller than that do not rank models."]
     return "\n".join(lines) + "\n"
 
 

@@ -237,8 +237,9 @@ def render_accuracy(reports: list[dict], opts: dict) -> str:
     """``bench accuracy``'s summary table, recomputed from the runs (so FLOPs/sample is the mean
     over seeds). Options: ``datasets``, ``models``, ``rows``, ``columns`` (of
     :data:`rankmixer.bench.accuracy.COLUMNS`), ``bayes=no``."""
-    rows = _select(accuracy.summarise(_cells(reports)), opts)
-    columns = _names(opts, "columns") or accuracy.DEFAULT_COLUMNS
+    stored = [r for rep in reports for r in rep.get("summary") or []]  # the intervals (no runs here)
+    rows = _select(accuracy.summarise(_cells(reports), stored=stored), opts)
+    columns = _names(opts, "columns")
     bayes = opts.pop("bayes", "yes") != "no"
     _done(opts, "accuracy")
     return accuracy.markdown_table(rows, columns, bayes)

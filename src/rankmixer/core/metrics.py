@@ -35,6 +35,7 @@ __all__ = [
     "gauc",
     "uauc",
     "group_auc",
+    "per_group_auc",
     "compute_metrics",
     "StreamingMetrics",
     "higher_is_better",
@@ -264,6 +265,19 @@ def group_auc(labels: Any, scores: Any, groups: Any) -> tuple[float, float]:
     y = _labels_1d(labels)
     s = _scores_1d(scores, y.shape[0])
     return _group_auc_checked(y, s, _groups_1d(groups, y.shape[0]))
+
+
+def per_group_auc(labels: Any, scores: Any, groups: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's AUC (``nan`` where it has one class only) and its row count, groups in
+    ascending id order (that of ``np.unique(groups)``): what gAUC and UAUC average, for callers
+    that re-weight groups (the bootstrap of :mod:`rankmixer.core.bootstrap`)."""
+    y = _labels_1d(labels)
+    s = _scores_1d(scores, y.shape[0])
+    g = _groups_1d(groups, y.shape[0])
+    if y.shape[0] == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    group_aucs, size, _ = _group_auc_arrays(y, s, g)
+    return group_aucs, size
 
 
 def gauc(labels: Any, scores: Any, groups: Any) -> float:

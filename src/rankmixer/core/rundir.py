@@ -7,6 +7,7 @@ A run directory holds everything needed to understand and reuse a run::
     checkpoints/         periodic checkpoints (safetensors) for --resume
     best.safetensors     weights with the best validation metric
     metrics.jsonl        training / validation log; metrics.json: final valid + test metrics
+    test_predictions.npz the best model's test predictions (core/predictions.py)
     train.log            the console log
     tensorboard/         TensorBoard event files
     .lock                the lock of the process training it (see below)
@@ -42,7 +43,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "BEST_WEIGHTS", "CHECKPOINTS_DIR", "CONFIG_FILE", "FEATURE_MAP_FILE", "LOCK_FILE", "METRICS_FILE", "METRICS_LOG",
-    "RUN_KIND", "RUN_OUTPUTS", "RunDirError", "RunLock", "TRAIN_LOG", "clear_run", "foreign_entries",
+    "RUN_KIND", "RUN_OUTPUTS", "RunDirError", "RunLock", "TEST_PREDICTIONS", "TRAIN_LOG", "clear_run", "foreign_entries",
     "lock_holder", "read_run_config", "run_entries",
 ]
 
@@ -51,13 +52,14 @@ FEATURE_MAP_FILE = "feature_map.json"
 BEST_WEIGHTS = "best.safetensors"
 METRICS_FILE = "metrics.json"
 METRICS_LOG = "metrics.jsonl"
+TEST_PREDICTIONS = "test_predictions.npz"
 TRAIN_LOG = "train.log"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 RUN_KIND = "run"  # the ownership marker's kind (core/files.py)
 # Everything training writes: what --overwrite removes (and nothing else).
 RUN_OUTPUTS = (CONFIG_FILE, FEATURE_MAP_FILE, CHECKPOINTS_DIR, BEST_WEIGHTS, METRICS_FILE, METRICS_LOG, TRAIN_LOG,
-               "tensorboard", "sharding_plan.json", "sharding_plan.txt",
+               TEST_PREDICTIONS, "tensorboard", "sharding_plan.json", "sharding_plan.txt",
                "early_exit.json", "early_exit_curve.json")  # calibrate-exit (early_exit.py)
 
 

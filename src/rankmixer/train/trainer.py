@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankmixer.core.hardware import autocast, pick_device, precision_warning
-from rankmixer.core.metrics import StreamingMetrics, higher_is_better
+from rankmixer.core.metrics import StreamingMetrics, compute_metrics, higher_is_better
 from rankmixer.core.weights import load_weights, save_weights
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
@@ -135,6 +135,8 @@ class Trainer:
             "best": None, "best_step": None, "bad_evals": 0, "stopped_early": False,
         }
         self._tb = None
+        # split -> (labels, probs, group) of the best model, set by finish() for the caller to save.
+        self.final_predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
 
     # ---- pieces --------------------------------------------------------------------------
     def _epoch_steps(self) -> int:
@@ -174,46 +176,60 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
         if self.dist is not None:
-            return self._evaluate_distributed(split, max_batches)
-        self.model.eval()
-        data = ParquetBatches(self.fm, split, self.cfg.eval_batch_size, shuffle=False)
+            return compute_metrics(*self.predictions(split, max_batches), self.fm.labels)
         metrics = StreamingMetrics(self.fm.labels)
-        loader = make_loader(data, num_workers=self.num_workers)
-        for batch in itertools.islice(loader, max_batches):
-            batch = batch.to(self.device)
-            with self._autocast():
-                logits = self.model(batch).logits
-            probs = torch.sigmoid(logits.float()).cpu().numpy()
-            metrics.update(batch.labels.cpu().numpy(), probs, None if batch.group is None else batch.group.cpu().numpy())
+        for labels, probs, group in self._scored(split, max_batches, self.num_workers):
+            metrics.update(labels, probs, group)
         return metrics.compute()
 
-    def _evaluate_distributed(self, split: str, max_batches: int | None) -> dict[str, float]:
-        """Each rank scores its share of the split; the metrics are computed over all ranks'
-        predictions together (exact AUC of the whole split, not a mean of per-rank AUCs)."""
+    @torch.no_grad()
+    def predictions(self, split: str, max_batches: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The current model's (labels [N, T], probs [N, T], group [N] or None) on ``split``.
+
+        One process: in the split's own order (read in this process: DataLoader workers would
+        interleave their row groups). Distributed, a collective every rank calls: each rank scores
+        its share and every rank gets all rows, in rank order (the split's rows, not its order).
+        """
+        if self.dist is not None:
+            return self._predictions_distributed(split, max_batches)
+        return self._concat(list(self._scored(split, max_batches, num_workers=0)))
+
+    def _scored(self, split: str, max_batches: int | None, num_workers: int):
+        """(labels, probs, group) of each batch of ``split``, scored in eval mode, one process."""
+        self.model.eval()
+        data = ParquetBatches(self.fm, split, self.cfg.eval_batch_size, shuffle=False)
+        for batch in itertools.islice(make_loader(data, num_workers=num_workers), max_batches):
+            yield self._score(self.model, batch)
+
+    def _score(self, model: nn.Module, batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        batch = batch.to(self.device)
+        with self._autocast():
+            logits = model(batch).logits
+        return (batch.labels.cpu().numpy(), torch.sigmoid(logits.float()).cpu().numpy(),
+                None if batch.group is None else batch.group.cpu().numpy())
+
+    def _concat(self, scored: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]):
+        T = len(self.fm.labels)
+        y = np.concatenate([s[0] for s in scored]) if scored else np.zeros((0, T), np.float32)
+        p = np.concatenate([s[1] for s in scored]) if scored else np.zeros((0, T), np.float32)
+        g = (np.concatenate([s[2] for s in scored]) if scored else np.zeros(0, np.int64)) if self.fm.has_group else None
+        return y, p, g
+
+    def _predictions_distributed(self, split: str, max_batches: int | None):
+        """Each rank scores its share of the split; every rank gets all ranks' predictions, so
+        the metrics are exact over the whole split (not a mean of per-rank AUCs)."""
         assert self.dist is not None
         model = self.dist.eval_model()
         model.eval()
         data = ParquetBatches(self.fm, split, self.cfg.eval_batch_size, shuffle=False,
                               rank=self.dist.rank, world_size=self.world_size)
-        ys, ps, gs = [], [], []
         loader = itertools.islice(make_loader(data, num_workers=self.num_workers), max_batches)
+        scored = []
         for batch, real in self.dist.lockstep(loader):
-            batch = batch.to(self.device)
-            with self._autocast():
-                logits = model(batch).logits
+            out = self._score(model, batch)  # every batch: with sharded tables a forward is a collective
             if real:
-                ps.append(torch.sigmoid(logits.float()).cpu().numpy())
-                ys.append(batch.labels.cpu().numpy())
-                if batch.group is not None:
-                    gs.append(batch.group.cpu().numpy())
-        T = len(self.fm.labels)
-        y = np.concatenate(ys) if ys else np.zeros((0, T), np.float32)
-        p = np.concatenate(ps) if ps else np.zeros((0, T), np.float32)
-        g = (np.concatenate(gs) if gs else np.zeros(0, np.int64)) if self.fm.has_group else None
-        y, p, g = self.dist.gather_eval(y, p, g)
-        metrics = StreamingMetrics(self.fm.labels)
-        metrics.update(y, p, g)
-        return metrics.compute()
+                scored.append(out)
+        return self.dist.gather_eval(*self._concat(scored))
 
     def _write(self, record: dict) -> None:
         if not self.is_main:
@@ -380,15 +396,16 @@ class Trainer:
         return x if self.dist is None else self.dist.mean(x)
 
     def finish(self) -> dict:
-        """Reload the best weights and evaluate valid and test (the caller writes ``metrics.json``)."""
+        """Reload the best weights and evaluate valid and test (the caller writes ``metrics.json``).
+        Each split is scored once, by :meth:`predictions`; they stay in ``final_predictions``."""
         load_weights(self.run_dir / "best.safetensors", self._views()[0])
+        self.final_predictions = {s: self.predictions(s) for s in ("valid", "test")}
         result = {
             "best_step": self.state["best_step"],
             "steps": self.state["step"],
             "samples": self.state["samples"],
             "stopped_early": self.state["stopped_early"],
-            "valid": self.evaluate("valid"),
-            "test": self.evaluate("test"),
+            **{s: compute_metrics(*p, self.fm.labels) for s, p in self.final_predictions.items()},
         }
         if self._tb is not None:
             self._tb.close()

@@ -1,0 +1,83 @@
+"""Confidence intervals of the accuracy tables, from the test predictions every run saves.
+
+A row's interval is the 95% percentile bootstrap interval of its seed-mean test AUC: test rows
+resampled, the same draws for every seed (:mod:`rankmixer.core.bootstrap`, settings in
+:data:`BOOTSTRAP`). It covers test-set sampling, not seed-to-seed spread (the tables' sd).
+:func:`paired_difference` compares two rows on the same resamples, so the noise they share
+cancels: the parity tables' question, "is A within noise of B?".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rankmixer.core.bootstrap import bootstrap_difference_ci, bootstrap_mean_ci
+from rankmixer.core.predictions import Predictions, load_predictions
+from rankmixer.core.rundir import TEST_PREDICTIONS
+
+__all__ = ["BOOTSTRAP", "INTERVAL_KEYS", "paired_difference", "run_predictions", "seed_mean_interval"]
+
+# 95% percentile bootstrap over test rows, 1000 resamples, fixed draws (the same every time).
+BOOTSTRAP = {"n_boot": 1000, "level": 0.95, "seed": 0}
+# What a summary row gains from the predictions.
+INTERVAL_KEYS = ("auc_ci_low", "auc_ci_high", "positives")
+
+
+def run_predictions(result: dict, runs_dir: Path | None) -> Predictions | None:
+    """A (cell, seed)'s saved test predictions: the file its result names under ``predictions``
+    (a runner that writes elsewhere), else ``runs_dir/<label>-s<seed>/test_predictions.npz``;
+    None when there is none."""
+    path = result.get("predictions")
+    if path is None and runs_dir is not None:
+        path = Path(runs_dir) / f"{result['label']}-s{result['seed']}" / TEST_PREDICTIONS
+    return load_predictions(path) if path is not None and Path(path).is_file() else None
+
+
+def seed_mean_interval(results: list[dict], runs_dir: Path | None) -> dict:
+    """``auc_ci_low`` / ``auc_ci_high`` of one row (its seeds' results) and ``positives``, the
+    test positives of the first task; None where a run saved no predictions or the seeds' test
+    rows differ."""
+    preds = [run_predictions(r, runs_dir) for r in results]
+    known = [p for p in preds if p is not None]
+    out = dict.fromkeys(INTERVAL_KEYS)
+    if known:
+        out["positives"] = int(np.count_nonzero(known[0].labels[:, 0] == 1))
+    if known and len(known) == len(preds) and all(np.array_equal(p.labels, known[0].labels) for p in known):
+        ci = bootstrap_mean_ci(known[0].labels, [p.probs for p in known], "auc", **BOOTSTRAP)
+        out["auc_ci_low"], out["auc_ci_high"] = ci.low, ci.high
+    return out
+
+
+def paired_difference(report: dict | Sequence[dict], row_a: str, row_b: str, runs_dir: Path | None = None, *,
+                      metric: str = "auc", n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Row A minus row B (labels): the difference of their seed-mean test metric with a paired
+    bootstrap interval (the same resamples of the same test rows for both; users resampled for
+    ``gauc`` / ``uauc``). ``report``: an accuracy report (or several) whose cells hold both
+    rows; predictions are found as in :func:`run_predictions`. An interval that excludes 0 says
+    the rows differ by more than test-set noise; seed-to-seed spread is not in it."""
+    cells = [c for rep in ([report] if isinstance(report, dict) else report) for c in rep["cells"]]
+    sides = []
+    for label in (row_a, row_b):
+        runs = [c for c in cells if c["label"] == label]
+        if not runs:
+            raise ValueError(f"no row {label!r} in the report (rows: {', '.join(dict.fromkeys(c['label'] for c in cells))})")
+        preds = [run_predictions(c, runs_dir) for c in runs]
+        if any(p is None for p in preds):
+            missing = [f"{c['label']} seed {c['seed']}" for c, p in zip(runs, preds) if p is None]
+            raise ValueError(f"no saved test predictions for {', '.join(missing)}")
+        sides.append(preds)
+    first = sides[0][0]
+    if not all(np.array_equal(p.labels, first.labels) for side in sides for p in side):
+        raise ValueError(f"{row_a} and {row_b}: the runs' test labels differ (not the same test rows in the same order)")
+    group = None
+    if metric != "auc":
+        if any(p.group is None for side in sides for p in side):
+            raise ValueError(f"{metric} needs every run's predictions to carry the group (user) of each row")
+        group = first.group
+    ci = bootstrap_difference_ci(first.labels, [p.probs for p in sides[0]], [p.probs for p in sides[1]], metric,
+                                 n_boot=n_boot, level=level, seed=seed, group=group)
+    return {"a": row_a, "b": row_b, "metric": metric, "seeds_a": len(sides[0]), "seeds_b": len(sides[1]),
+            **ci.as_dict()}

@@ -28,7 +28,7 @@ LAYERS: list[list[str]] = [
     ["rankmixer.train", "rankmixer.runs"],
     ["rankmixer.config"],
     ["rankmixer.experiment", "rankmixer.serve", "rankmixer.early_exit"],
-    ["rankmixer.bench"],
+    ["rankmixer.bench", "rankmixer.tune"],
     ["rankmixer.cli"],
     ["rankmixer.__main__"],
 ]

@@ -265,6 +265,12 @@ def _check_distributed(path, rest, params, monkeypatch):
     load_config(params["config"], list(params["overrides"] or []))
 
 
+def _check_tune(path, rest, params, monkeypatch):
+    from rankmixer.tune import load_space
+
+    load_space(params["space"]).check_against(params["config"], list(params["overrides"] or []))
+
+
 CHECKS = {
     ("models",): _run_models,
     ("data", "presets"): _run_presets,
@@ -274,6 +280,7 @@ CHECKS = {
     ("bench", "accuracy"): _run_accuracy,
     ("bench", "scaling"): _run_scaling,
     ("bench", "distributed"): _check_distributed,
+    ("tune",): _check_tune,
 }
 
 

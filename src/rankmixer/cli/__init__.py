@@ -1,13 +1,13 @@
 """The ``rankmixer`` command line: a thin Typer app. Each command parses its options, calls one
-library function and prints; the commands live by group in this package (``train``, ``data``,
-``models``, ``bench``, ``serve``) and are all registered here, in the order ``--help`` lists them.
+library function and prints; the commands live by group in this package (``train``, ``tune``,
+``data``, ``models``, ``bench``, ``serve``) and are all registered here, in the order ``--help`` lists them.
 """
 
 from __future__ import annotations
 
 import typer
 
-from rankmixer.cli import bench, data, models, serve, train
+from rankmixer.cli import bench, data, models, serve, train, tune
 
 __all__ = ["app"]
 
@@ -20,6 +20,7 @@ app.command()(train.train)
 app.command()(train.evaluate)
 app.command()(train.predict)
 app.command("calibrate-exit")(train.calibrate_exit)
+app.command()(tune.tune)
 app.command()(models.models)
 app.command()(serve.export)
 app.command()(serve.serve)

@@ -1,11 +1,13 @@
 """The training loop. It knows a model only as ``forward(batch) -> ModelOutput``.
 
 What it owns: two optimizers (dense parameters; embedding tables, which see few rows per step
-and do better with Adagrad-style per-row steps), the LR schedule, bf16 autocast, gradient
-clipping, periodic evaluation with early stopping, checkpoints, and the logs (console with
-samples/s, ``metrics.jsonl``, TensorBoard).
+and do better with Adagrad-style per-row steps), the LR schedule and reduce-on-plateau, L2
+penalties (train/regularization.py), bf16 autocast, gradient clipping, periodic evaluation with
+early stopping, checkpoints, and the logs (console with samples/s, ``metrics.jsonl``,
+TensorBoard).
 
-Exact resume: a checkpoint holds the model, both optimizers, the scheduler, every RNG and the
+Exact resume: a checkpoint holds the model, both optimizers, the scheduler, every RNG, the
+trainer's state (best value, evaluations without improvement, learning-rate reductions) and the
 data position (epoch, batches consumed in it); a corrupted newest checkpoint is reported and the
 newest intact one is used (train/checkpoint.py). The loader's order is a pure function of
 (seed, epoch), so a resumed run re-reads the epoch, drops the consumed batches and continues
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankmixer.core.hardware import autocast, pick_device, precision_warning
-from rankmixer.core.metrics import StreamingMetrics, compute_metrics, higher_is_better
+from rankmixer.core.metrics import StreamingMetrics, compute_metrics
 from rankmixer.core.weights import load_weights, save_weights
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
@@ -37,8 +39,9 @@ from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.models.base import ModelOutput
 from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
 from rankmixer.train import checkpoint as ckpt
-from rankmixer.train.config import TrainConfig
-from rankmixer.train.optim import lr_lambda, make_optimizer
+from rankmixer.train.config import EarlyStopping, TrainConfig
+from rankmixer.train.optim import apply_scheduled_lr, lr_lambda, make_optimizer, make_schedulers
+from rankmixer.train.regularization import Regularizer
 
 if TYPE_CHECKING:
     from rankmixer.train.distributed import Distributed
@@ -113,8 +116,13 @@ class Trainer:
             assert cfg.sparse_optimizer is not None
             self.optimizers["sparse"] = make_optimizer(cfg.sparse_optimizer, emb, sparse=cfg.sparse_gradients)
         self.dense_params = dense
+        # Built on the unwrapped model: its hooks sit on the embedding modules themselves.
+        self.regularizer = Regularizer(model, cfg.regularization)
         if dist is not None:
             self.model, self.optimizers = dist.wrap(self.model, self.optimizers, cfg)
+            if dist.mode == "torchrec" and cfg.regularization.embedding_l2:
+                raise ValueError("train.regularization.embedding_l2 does not reach TorchRec's sharded tables; "
+                                 "use train.distributed.embeddings=ddp")
 
         # train.batch_size is the global batch: each of N ranks takes batch_size / N rows.
         if cfg.batch_size % self.world_size:
@@ -129,11 +137,13 @@ class Trainer:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         fn = lr_lambda(cfg.lr_schedule, cfg.warmup_steps, self.total_steps)
-        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, fn) for k, o in self.optimizers.items()}
         self.state = {
             "epoch": 0, "batch_in_epoch": 0, "step": 0, "samples": 0,
-            "best": None, "best_step": None, "bad_evals": 0, "stopped_early": False,
+            "best": None, "best_step": None, "bad_evals": 0, "stopped_early": False, "lr_reductions": 0,
         }
+        # The plateau count is read from self.state at every step, so a resumed state counts.
+        self.schedulers = make_schedulers(self.optimizers, fn, cfg.lr_plateau,
+                                          lambda: self.state.get("lr_reductions", 0))
         self._tb = None
         # split -> (labels, probs, group) of the best model, set by finish() for the caller to save.
         self.final_predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
@@ -163,7 +173,11 @@ class Trainer:
         self.model.train()
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        loss, extra = self._loss(batch)
+        with self.regularizer.recording():
+            loss, extra = self._loss(batch)
+        penalty = self.regularizer.penalty(len(batch))
+        if penalty is not None:
+            loss = loss + penalty  # the logged loss is what is minimised, penalty included
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.dense_params, self.cfg.grad_clip)
@@ -259,20 +273,18 @@ class Trainer:
         )
 
     def _validate(self) -> bool:
-        """Evaluate on valid, keep the best weights; True when early stopping says stop."""
+        """Evaluate on valid, keep the best weights, reduce the learning rate on a plateau (if
+        asked); True when early stopping says stop."""
         t0 = time.time()
         m = self.evaluate("valid")
         rec = {"split": "valid", "step": self.state["step"], "epoch": self.state["epoch"], **m,
                "eval_seconds": round(time.time() - t0, 2)}
         self._write(rec)
         es = self.cfg.early_stopping
-        key = es.metric if es else "auc"
-        if key not in m:
-            raise KeyError(f"early_stopping.metric {key!r} is not a validation metric; have {sorted(m)}")
-        value = m[key]
-        sign = 1 if higher_is_better(key) else -1
+        monitor = es or EarlyStopping()  # without early stopping the best weights are still kept, on AUC
+        value, higher = monitor.monitored(m)
         best = self.state["best"]
-        improved = best is None or sign * (value - best) > (es.min_delta if es else 0.0)
+        improved = best is None or (1 if higher else -1) * (value - best) > monitor.min_delta
         if improved:
             self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
             self._save_best()
@@ -282,6 +294,12 @@ class Trainer:
             f"valid step {self.state['step']}: " + " ".join(f"{k}={m[k]:.5f}" for k in ("auc", "logloss", "gauc") if k in m)
             + ("  (best)" if improved else f"  (no improvement {self.state['bad_evals']}/{es.patience if es else '-'})")
         )
+        if not improved and self.cfg.lr_plateau is not None:
+            self.state["lr_reductions"] = self.state.get("lr_reductions", 0) + 1
+            for sch in self.schedulers.values():
+                apply_scheduled_lr(sch)
+            self.log(f"learning rate reduced on plateau ({self.state['lr_reductions']}x): "
+                     + ", ".join(f"{k} {o.param_groups[0]['lr']:.3g}" for k, o in self.optimizers.items()))
         return bool(es and self.state["bad_evals"] >= es.patience)
 
     def _save_best(self) -> None:

@@ -15,13 +15,15 @@ import numpy as np
 import polars as pl
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
-from tests.factories import movielens_folder, tiny_config
+from tests.factories import make_feature_map, movielens_folder, tiny_config
 
 from rankmixer import experiment
-from rankmixer.bench.fuxictr_e2e import fuxictr_params, train_e2e
+from rankmixer.bench.fuxictr_e2e import MODELS, fuxictr_params, train_e2e
 from rankmixer.bench.fuxictr_export import ROW_ID, ExportError, export_splits
 from rankmixer.config import load_config
 from rankmixer.data.feature_map import GROUP_COLUMN
+from rankmixer.models.fuxictr import fuxictr_feature_map
+from rankmixer.models.fuxictr.zoo import build_zoo_model
 
 NEEDS_FUXICTR = pytest.mark.skipif(importlib.util.find_spec("fuxictr") is None,
                                    reason="FuxiCTR end to end needs the optional extra: pip install -e '.[fuxictr]'")
@@ -117,6 +119,18 @@ def test_params_are_the_zoo_defaults_then_the_dataset_then_overrides():
         fuxictr_params("deepfm", "synthetic", {"embedding_regularizer": 1})
     with pytest.raises(ValueError, match="not one of"):
         fuxictr_params("rankmixer", "synthetic")
+
+
+@NEEDS_FUXICTR
+@pytest.mark.parametrize("model", MODELS)
+def test_every_packaged_setting_builds_its_model(model, tmp_path):
+    """Each packaged default (and dataset entry) is accepted by the zoo mapping and builds."""
+    fm = make_feature_map(num_tasks=1)
+    for dataset in ("synthetic", "frappe"):
+        params, _ = fuxictr_params(model, dataset)
+        zoo = build_zoo_model(model, fuxictr_feature_map(fm, params["embedding_dim"]),
+                              **{**params, "model_root": str(tmp_path), "verbose": 0})
+        assert zoo.net.cfg.embedding_dim == params["embedding_dim"]
 
 
 def test_missing_fuxictr_names_the_extra(monkeypatch, tiny, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,11 +47,11 @@ from rankmixer.core.hardware import pick_device
 from rankmixer.core.metrics import compute_metrics
 from rankmixer.core.predictions import count_positives, few_positives, save_predictions
 from rankmixer.data.config import DataConfig
-from rankmixer.data.datasets.base import RawFiles, get_preset
+from rankmixer.data.datasets.base import DatasetPreset, RawFiles, get_preset
 from rankmixer.data.feature_map import FeatureMap, SplitInfo
 from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.data.prepare import encode_raw, prepare
-from rankmixer.data.schema import load_schema
+from rankmixer.data.schema import Schema, load_schema
 from rankmixer.models import registry
 from rankmixer.nn.embedding import split_parameters
 from rankmixer.models.flops import forward_flops_per_sample
@@ -68,15 +69,25 @@ def _data_inputs(data: DataConfig) -> list[Path]:
     return paths
 
 
-def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bool = False) -> FeatureMap:
-    """Prepare (or reuse) the dataset a config names, returning its feature map. ``force``
-    (``data prepare --force``) prepares again, and may replace prepared data of another dataset
-    (see :func:`rankmixer.data.prepare.prepare`)."""
+@dataclass(frozen=True)
+class DataSource:
+    """What a data config reads: the schema, the raw files, and (for a preset) the preset and its
+    raw path; ``inputs`` are further files read (the schema file)."""
+
+    schema: Schema
+    raw: RawFiles
+    preset: DatasetPreset | None = None
+    raw_path: Path | None = None
+    inputs: tuple[Path, ...] = ()
+
+
+def data_source(data: DataConfig) -> DataSource:
+    """The schema and raw files a data config names (a preset generating its raw files, the
+    synthetic one, writes them here on first use)."""
     if data.raw and not Path(data.raw).exists():
         # Packaged experiments name the raw data relative to the working directory of a clone.
         raise FileNotFoundError(f"data.raw {data.raw} does not exist (relative paths are read from the working "
                                 f"directory, {Path.cwd()}): pass data.raw=PATH with the raw file or folder")
-    out = data.prepared_path()
     if data.schema_file:
         schema = load_schema(data.schema_file)
         if data.raw_splits:
@@ -85,16 +96,24 @@ def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bo
             raw = RawFiles(all=[Path(data.raw)])
         else:
             raise ValueError("data.schema_file needs data.raw (a file) or data.raw_splits")
-        return prepare(schema, raw, out, on_bad_row=data.on_bad_row, force=force, log=log,
-                       inputs=[Path(data.schema_file)])
+        return DataSource(schema, raw, inputs=(Path(data.schema_file),))
     if not data.dataset:
         raise ValueError("set data.dataset (a preset) or data.schema_file")
     preset = get_preset(data.dataset, **data.preset_options)
-    raw_path = Path(data.raw) if data.raw else preset.default_raw_path(out)
-    # Before raw_files: a preset that generates its files (synthetic) must not write into `out`.
-    check_output(out, [raw_path], "prepared data directory")
-    return prepare(preset.schema(), preset.raw_files(raw_path), out, preset=preset, raw_path=raw_path,
-                   on_bad_row=data.on_bad_row, force=force, log=log)
+    raw_path = Path(data.raw) if data.raw else preset.default_raw_path(data.prepared_path())
+    # Before raw_files: a preset that generates its files (synthetic) must not write into the
+    # prepared data directory.
+    check_output(data.prepared_path(), [raw_path], "prepared data directory")
+    return DataSource(preset.schema(), preset.raw_files(raw_path), preset, raw_path)
+
+
+def prepare_data(data: DataConfig, log: Callable[[str], None] = print, force: bool = False) -> FeatureMap:
+    """Prepare (or reuse) the dataset a config names, returning its feature map. ``force``
+    (``data prepare --force``) prepares again, and may replace prepared data of another dataset
+    (see :func:`rankmixer.data.prepare.prepare`)."""
+    src = data_source(data)
+    return prepare(src.schema, src.raw, data.prepared_path(), preset=src.preset, raw_path=src.raw_path,
+                   on_bad_row=data.on_bad_row, force=force, log=log, inputs=list(src.inputs))
 
 
 def _tee(log: Callable[[str], None], path: Path) -> Callable[[str], None]:

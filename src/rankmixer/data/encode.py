@@ -32,7 +32,7 @@ from rankmixer.data.schema import (
     SequenceFeature,
 )
 
-__all__ = ["Fitted", "encode_features", "fit_statistics", "fnv1a64", "load_fitted", "split_lists"]
+__all__ = ["Fitted", "encode_features", "fit_statistics", "fnv1a64", "load_fitted", "signed_log1p", "split_lists"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +83,8 @@ def _log_bucket(expr: pl.Expr) -> pl.Expr:
     return b.cast(pl.Int64).cast(pl.Utf8)
 
 
-def _signed_log1p(expr: pl.Expr) -> pl.Expr:
+def signed_log1p(expr: pl.Expr) -> pl.Expr:
+    """The ``log1p`` normalisation: sign(v) * ln(1 + |v|)."""
     v = expr.cast(pl.Float64)
     return v.sign() * v.abs().log1p()
 
@@ -198,7 +199,7 @@ def fit_statistics(train: pl.LazyFrame, schema: Schema) -> Fitted:
             continue
         filled = col.fill_null(f.fill_missing)
         if f.normalize == "log1p":
-            filled = _signed_log1p(filled)
+            filled = signed_log1p(filled)
         st = train.select(
             filled.mean().alias("mean"),
             filled.std().alias("std"),
@@ -248,7 +249,7 @@ def encode_features(lf: pl.LazyFrame, schema: Schema, fitted: Fitted) -> tuple[p
                 st = fitted.numeric[f.name]
                 v = pl.col(f.column).cast(pl.Float64).fill_null(f.fill_missing)
                 if f.normalize == "log1p":
-                    v = _signed_log1p(v)
+                    v = signed_log1p(v)
                 if f.normalize == "standard":
                     v = (v - st["mean"]) / (st["std"] if st["std"] > 0 else 1.0)
                 elif f.normalize == "minmax":

@@ -131,6 +131,30 @@ def canonical_rows(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPre
     return split_lists(lf, schema), report, raw_names
 
 
+def split_canonical(lf: pl.LazyFrame, schema: Schema, work: Path, *, by_files: bool,
+                    log=print) -> dict[str, pl.LazyFrame]:
+    """The canonical rows (from :func:`canonical_rows`) of each split, in the order preparation
+    encodes them. The canonical frame is materialised once in ``work`` so the splits, fitting and
+    encoding do not rerun the transform (and its joins/windows) several times. ``by_files``: the
+    raw files came one list per split (their ``__split`` column decides)."""
+    canon = work / "canonical.parquet"
+    lf.sink_parquet(canon, row_group_size=ROW_GROUP_SIZE)
+    lf = pl.scan_parquet(canon)
+    if by_files:
+        return {s: lf.filter(pl.col(SPLIT_COL) == s) for s in SPLITS}
+    if schema.split.method == "time":
+        t = pl.col(schema.time_column)
+        r_train, r_valid, _ = schema.split.ratios
+        q = lf.select(t.quantile(r_train, "lower").alias("a"), t.quantile(r_train + r_valid, "lower").alias("b"))
+        a, b = q.collect(engine="streaming").row(0)
+        log(f"time split at {a} / {b}")
+        return {"train": lf.filter(t < a), "valid": lf.filter((t >= a) & (t < b)), "test": lf.filter(t >= b)}
+    r_train, r_valid, _ = schema.split.ratios
+    u = _split_bucket(schema.split.seed)
+    ca, cb = int(round(r_train * 10_000)), int(round((r_train + r_valid) * 10_000))
+    return {"train": lf.filter(u < ca), "valid": lf.filter((u >= ca) & (u < cb)), "test": lf.filter(u >= cb)}
+
+
 def encode_raw(
     fm: FeatureMap,
     schema: Schema,
@@ -235,27 +259,9 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
     # 1-2. Read and type-check, canonical frame, label checks.
     lf, report, raw_names = canonical_rows(schema, raw, work, preset, raw_path, on_bad_row)
     log(f"read {report.rows_read:,} rows ({report.rows_skipped:,} skipped) in {time.time() - t0:.1f}s")
-    by_files = not raw.all
 
-    # 3. Split. Materialise the canonical frame once so the splits, fitting and encoding do not
-    # rerun the transform (and its joins/windows) several times.
-    canon = work / "canonical.parquet"
-    lf.sink_parquet(canon, row_group_size=ROW_GROUP_SIZE)
-    lf = pl.scan_parquet(canon)
-    if by_files:
-        parts = {s: lf.filter(pl.col(SPLIT_COL) == s) for s in SPLITS}
-    elif schema.split.method == "time":
-        t = pl.col(schema.time_column)
-        r_train, r_valid, _ = schema.split.ratios
-        q = lf.select(t.quantile(r_train, "lower").alias("a"), t.quantile(r_train + r_valid, "lower").alias("b"))
-        a, b = q.collect(engine="streaming").row(0)
-        parts = {"train": lf.filter(t < a), "valid": lf.filter((t >= a) & (t < b)), "test": lf.filter(t >= b)}
-        log(f"time split at {a} / {b}")
-    else:
-        r_train, r_valid, _ = schema.split.ratios
-        u = _split_bucket(schema.split.seed)
-        ca, cb = int(round(r_train * 10_000)), int(round((r_train + r_valid) * 10_000))
-        parts = {"train": lf.filter(u < ca), "valid": lf.filter((u >= ca) & (u < cb)), "test": lf.filter(u >= cb)}
+    # 3. Split.
+    parts = split_canonical(lf, schema, work, by_files=not raw.all, log=log)
 
     # 4. Fit on train, encode every split, write shards.
     fitted = fit_statistics(parts["train"], schema)

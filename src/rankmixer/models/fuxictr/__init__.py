@@ -16,6 +16,9 @@ a few lines, following the zoo. Differences from FuxiCTR's ``BaseModel`` trainin
 purpose (the trainer is ours): logits out (no sigmoid inside the model), one output per task
 (FuxiCTR's rank models have one), our optimizers.
 
+Each composition's network is ``logits(X)`` on FuxiCTR's input dict, so ``zoo.py`` can also run
+it inside FuxiCTR's own ``BaseModel`` for the end-to-end runner (``bench/fuxictr_e2e.py``).
+
 Importing this package registers every ``fuxictr-*`` model without importing ``fuxictr``
 (listing models works without the extra); building one imports it. ``docs/peers.md`` compares
 them with ours.

@@ -8,9 +8,7 @@ from types import SimpleNamespace
 from pydantic import Field
 from torch import Tensor, nn
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelOutput
 from rankmixer.models.fuxictr.common import FuxiCTRConfig, FuxiCTRModel
 from rankmixer.models.registry import register
 
@@ -77,7 +75,7 @@ class FuxiAutoInt(FuxiCTRModel):
     def __init__(self, feature_map: FeatureMap, cfg: FuxiAutoIntConfig) -> None:
         super().__init__(feature_map, cfg)
         L = self.fx.layers
-        T = feature_map.num_tasks
+        T = self.num_tasks
         self.lr_layer = L.LogisticRegression(self.fx_map, use_bias=False) if cfg.use_wide else None
         self.dnn = (
             L.MLP_Block(input_dim=self.fx_map.sum_emb_out_dim(), output_dim=T, hidden_units=list(cfg.dnn_hidden),
@@ -93,12 +91,11 @@ class FuxiAutoInt(FuxiCTRModel):
         self.fc = nn.Linear(self.num_fields * cfg.attention_dim, T)
         self.reset_parameters()
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        X = self.inputs(batch)
+    def logits(self, X: dict[str, Tensor]) -> Tensor:
         feature_emb = self.embedding_layer(X)
         y = self.fc(self.self_attention(feature_emb).flatten(start_dim=1))
         if self.dnn is not None:
             y = y + self.dnn(feature_emb.flatten(start_dim=1))
         if self.lr_layer is not None:
             y = y + self.lr_layer(X)
-        return ModelOutput(logits=y)
+        return y

@@ -10,6 +10,10 @@ FuxiCTR ``FeatureMap``, our Batch as FuxiCTR's input dict, and the base class an
   optimizer like our own tables (the numerical ``nn.Linear(1, d)`` go to the dense optimizer).
 * initialisation: FuxiCTR's ``BaseModel.reset_parameters`` (xavier-normal linear weights, zero
   biases, then each layer's ``init_weights``), called on our module.
+* two doors, one network: a model is built from our FeatureMap (trained by our trainer, called
+  with our Batch) or from a FuxiCTR ``FeatureMap`` as its own ``FeatureProcessor`` writes it
+  (trained end to end by FuxiCTR's ``BaseModel``, see ``zoo.py``); either way the network is
+  :meth:`FuxiCTRModel.logits` on FuxiCTR's input dict ``{feature name: tensor}``.
 * ``fuxictr`` is imported by :func:`require_fuxictr` when a model is built, never when this
   module is imported: without the extra, building raises an ImportError saying what to install."""
 
@@ -24,7 +28,7 @@ from torch import Tensor, nn
 
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelConfig
+from rankmixer.models.base import ModelConfig, ModelOutput
 
 INSTALL_HINT = (
     "the fuxictr-* models run FuxiCTR's own layers and need the optional extra: "
@@ -95,19 +99,29 @@ class FuxiCTRConfig(ModelConfig):
 
 class FuxiCTRModel(nn.Module):
     """Shared plumbing of the fuxictr-* models: FuxiCTR feature map, embedding layer (without the
-    ``not_embedded`` features) and the Batch -> dict conversion. Subclasses build their layers,
-    then call :meth:`reset_parameters`."""
+    numeric features unless ``embed_numeric``) and the Batch -> dict conversion. Subclasses build
+    their layers, call :meth:`reset_parameters`, and define :meth:`logits`.
 
-    def __init__(self, feature_map: FeatureMap, cfg: FuxiCTRConfig, not_embedded: list[str] | None = None) -> None:
+    ``feature_map`` is ours (:class:`~rankmixer.data.feature_map.FeatureMap`, described to
+    FuxiCTR by :func:`fuxictr_feature_map`) or already FuxiCTR's (its FeatureProcessor's, for
+    the end-to-end runner); ``num_tasks`` and ``dense_names`` (its numeric features, in order)
+    are read from the FuxiCTR map either way."""
+
+    def __init__(self, feature_map, cfg: FuxiCTRConfig, embed_numeric: bool = True) -> None:
         super().__init__()
         self.fx = require_fuxictr()
         self.cfg = cfg
         self.feature_map = feature_map
-        self.fx_map = fuxictr_feature_map(feature_map, cfg.embedding_dim)
+        if isinstance(feature_map, FeatureMap):
+            self.fx_map = fuxictr_feature_map(feature_map, cfg.embedding_dim)
+        else:
+            self.fx_map = feature_map
+        self.num_tasks = len(self.fx_map.labels)
+        self.dense_names = [n for n, spec in self.fx_map.features.items() if spec["type"] == "numeric"]
         self.num_fields = self.fx_map.num_fields
         self.embedding_layer = self.fx.layers.FeatureEmbedding(
             self.fx_map, cfg.embedding_dim, embedding_initializer=self._initializer(),
-            not_required_feature_columns=not_embedded or None,
+            not_required_feature_columns=None if embed_numeric else (self.dense_names or None),
         )
 
     def _initializer(self) -> str:
@@ -121,9 +135,16 @@ class FuxiCTRModel(nn.Module):
         if self.cfg.numeric_init_std is not None:
             layers = self.embedding_layer.embedding_layer.embedding_layers
             with torch.no_grad():
-                for f in self.feature_map.dense:
-                    if f.name in layers:
-                        nn.init.normal_(layers[f.name].weight, std=self.cfg.numeric_init_std)
+                for name in self.dense_names:
+                    if name in layers:
+                        nn.init.normal_(layers[name].weight, std=self.cfg.numeric_init_std)
 
     def inputs(self, batch: Batch) -> dict[str, Tensor]:
         return batch_to_inputs(self.feature_map, batch)
+
+    def logits(self, X: dict[str, Tensor]) -> Tensor:
+        """The network on FuxiCTR's input dict: logits [B, num_tasks] (no sigmoid)."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        return ModelOutput(logits=self.logits(self.inputs(batch)))

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelOutput
 from rankmixer.models.fuxictr.common import FuxiCTRConfig, FuxiCTRModel
 from rankmixer.models.registry import register
 
@@ -37,12 +35,12 @@ class FuxiDCN(FuxiCTRModel):
         self.dnn = (L.MLP_Block(input_dim=input_dim, output_dim=None, hidden_units=list(cfg.dnn_hidden),
                                 hidden_activations="ReLU", output_activation=None, dropout_rates=cfg.dropout,
                                 batch_norm=cfg.batch_norm) if cfg.dnn_hidden else None)
-        self.fc = nn.Linear(input_dim + (cfg.dnn_hidden[-1] if cfg.dnn_hidden else 0), feature_map.num_tasks)
+        self.fc = nn.Linear(input_dim + (cfg.dnn_hidden[-1] if cfg.dnn_hidden else 0), self.num_tasks)
         self.reset_parameters()
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        emb = self.embedding_layer(self.inputs(batch), flatten_emb=True)
+    def logits(self, X: dict[str, Tensor]) -> Tensor:
+        emb = self.embedding_layer(X, flatten_emb=True)
         out = self.crossnet(emb)
         if self.dnn is not None:
             out = torch.cat([out, self.dnn(emb)], dim=-1)
-        return ModelOutput(logits=self.fc(out))
+        return self.fc(out)

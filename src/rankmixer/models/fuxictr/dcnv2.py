@@ -6,11 +6,9 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelOutput
 from rankmixer.models.fuxictr.common import FuxiCTRConfig, FuxiCTRModel
 from rankmixer.models.registry import register
 
@@ -56,11 +54,10 @@ class FuxiDCNv2(FuxiCTRModel):
         final_dim = {"crossnet_only": input_dim, "stacked": cfg.dnn_hidden[-1],
                      "parallel": input_dim + cfg.dnn_hidden[-1],
                      "stacked_parallel": 2 * cfg.dnn_hidden[-1]}[s]
-        self.fc = nn.Linear(final_dim, feature_map.num_tasks)
+        self.fc = nn.Linear(final_dim, self.num_tasks)
         self.reset_parameters()
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        X = self.inputs(batch)
+    def logits(self, X: dict[str, Tensor]) -> Tensor:
         feature_emb = self.embedding_layer(X, flatten_emb=True)
         cross_out = self.crossnet(feature_emb)
         s = self.cfg.structure
@@ -72,4 +69,4 @@ class FuxiDCNv2(FuxiCTRModel):
             final = torch.cat([cross_out, self.parallel_dnn(feature_emb)], dim=-1)
         else:
             final = torch.cat([self.stacked_dnn(cross_out), self.parallel_dnn(feature_emb)], dim=-1)
-        return ModelOutput(logits=self.fc(final))
+        return self.fc(final)

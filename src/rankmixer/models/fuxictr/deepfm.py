@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
+from torch import Tensor
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelOutput
 from rankmixer.models.fuxictr.common import FuxiCTRConfig, FuxiCTRModel
 from rankmixer.models.registry import register
 
@@ -41,13 +40,11 @@ class FuxiDeepFM(FuxiCTRModel):
             encoders = self.fm.lr_layer.embedding_layer.embedding_layer.feature_encoders
             for name in list(encoders.keys()):
                 encoders[name] = L.MaskedAveragePooling()
-        self.mlp = L.MLP_Block(input_dim=self.fx_map.sum_emb_out_dim(), output_dim=feature_map.num_tasks,
+        self.mlp = L.MLP_Block(input_dim=self.fx_map.sum_emb_out_dim(), output_dim=self.num_tasks,
                                hidden_units=list(cfg.dnn_hidden), hidden_activations="ReLU",
                                output_activation=None, dropout_rates=cfg.dropout, batch_norm=cfg.batch_norm)
         self.reset_parameters()
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        X = self.inputs(batch)
+    def logits(self, X: dict[str, Tensor]) -> Tensor:
         feature_emb = self.embedding_layer(X)
-        y = self.fm(X, feature_emb) + self.mlp(feature_emb.flatten(start_dim=1))
-        return ModelOutput(logits=y)
+        return self.fm(X, feature_emb) + self.mlp(feature_emb.flatten(start_dim=1))

@@ -6,11 +6,9 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelOutput
 from rankmixer.models.fuxictr.common import FuxiCTRConfig, FuxiCTRModel
 from rankmixer.models.registry import register
 
@@ -34,8 +32,8 @@ class FuxiDLRM(FuxiCTRModel):
 
     def __init__(self, feature_map: FeatureMap, cfg: FuxiDLRMConfig) -> None:
         # The zoo embeds only the non-numerical features (the bottom MLP handles the numerical).
-        self.dense_feats = [f.name for f in feature_map.dense]
-        super().__init__(feature_map, cfg, not_embedded=self.dense_feats)
+        super().__init__(feature_map, cfg, embed_numeric=False)
+        self.dense_feats = self.dense_names
         L = self.fx.layers
         d = cfg.embedding_dim
         if self.dense_feats:
@@ -54,19 +52,19 @@ class FuxiDLRM(FuxiCTRModel):
         else:
             self.interact = nn.Flatten(start_dim=1)
             top_in = n_fields * d
-        self.top_mlp = L.MLP_Block(input_dim=top_in, output_dim=feature_map.num_tasks,
+        self.top_mlp = L.MLP_Block(input_dim=top_in, output_dim=self.num_tasks,
                                    hidden_units=list(cfg.top_mlp), hidden_activations="ReLU",
                                    output_activation=None, dropout_rates=cfg.dropout, batch_norm=cfg.batch_norm)
         self.reset_parameters()
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        X = self.inputs(batch)
+    def logits(self, X: dict[str, Tensor]) -> Tensor:
         X_emb = {k: v for k, v in X.items() if k not in self.dense_feats}
         feat_emb = self.embedding_layer(X_emb)
         if self.bottom_mlp is not None:
-            dense_emb = self.bottom_mlp(batch.dense)
+            # [B, n_dense] in map order (float: FuxiCTR's loader gives float64)
+            dense_emb = self.bottom_mlp(torch.stack([X[k] for k in self.dense_feats], dim=1).float())
             feat_emb = torch.cat([feat_emb, dense_emb.unsqueeze(1)], dim=1)
         out = self.interact(feat_emb)
         if self.bottom_mlp is not None and self.cfg.interaction == "dot":
             out = torch.cat([out, dense_emb], dim=-1)
-        return ModelOutput(logits=self.top_mlp(out))
+        return self.top_mlp(out)

@@ -9,9 +9,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelOutput
 from rankmixer.models.fuxictr.common import FuxiCTRConfig, FuxiCTRModel
 from rankmixer.models.registry import register
 
@@ -114,11 +112,10 @@ class FuxiFinalMLP(FuxiCTRModel):
                                                (cfg.fs1_context, cfg.fs2_context), self._initializer())
                           if cfg.use_feature_selection else None)
         self.fusion_module = FuxiInteractionAggregation(cfg.mlp1_hidden[-1], cfg.mlp2_hidden[-1],
-                                                        output_dim=feature_map.num_tasks, num_heads=cfg.num_heads)
+                                                        output_dim=self.num_tasks, num_heads=cfg.num_heads)
         self.reset_parameters()
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        X = self.inputs(batch)
+    def logits(self, X: dict[str, Tensor]) -> Tensor:
         flat_emb = self.embedding_layer(X).flatten(start_dim=1)
         feat1, feat2 = self.fs_module(X, flat_emb) if self.fs_module is not None else (flat_emb, flat_emb)
-        return ModelOutput(logits=self.fusion_module(self.mlp1(feat1), self.mlp2(feat2)))
+        return self.fusion_module(self.mlp1(feat1), self.mlp2(feat2))

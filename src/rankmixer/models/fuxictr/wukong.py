@@ -7,9 +7,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelOutput
 from rankmixer.models.fuxictr.common import FuxiCTRConfig, FuxiCTRModel
 from rankmixer.models.registry import register
 
@@ -75,11 +73,10 @@ class FuxiWuKong(FuxiCTRModel):
             FuxiWuKongLayer(n, d, cfg.project_dim, cfg.fmb_units, cfg.fmb_dim, cfg.compression_dim, cfg.dropout)
             for _ in range(cfg.num_layers)
         ])
-        self.final_mlp = self.fx.layers.MLP_Block(input_dim=n * d, output_dim=feature_map.num_tasks,
+        self.final_mlp = self.fx.layers.MLP_Block(input_dim=n * d, output_dim=self.num_tasks,
                                                   hidden_units=list(cfg.dnn_hidden), hidden_activations="relu",
                                                   output_activation=None)
         self.reset_parameters()
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        x = self.embedding_layer(self.inputs(batch))
-        return ModelOutput(logits=self.final_mlp(self.interaction_layers(x)))
+    def logits(self, X: dict[str, Tensor]) -> Tensor:
+        return self.final_mlp(self.interaction_layers(self.embedding_layer(X)))

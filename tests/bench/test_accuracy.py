@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from rankmixer.bench.accuracy import Cell, cells_from_configs, load_suite, markdown_table, run_accuracy, summarise
+from rankmixer.bench.accuracy import (Cell, cells_from_configs, load_suite, markdown_table, run_accuracy, suite_differences,
+                                      summarise)
 from rankmixer.config import ConfigError
 from rankmixer.core.bootstrap import bootstrap_mean_ci
 from rankmixer.core.predictions import load_predictions
@@ -67,6 +68,30 @@ def test_suite_crosses_datasets_with_models_and_rejects_typos(tmp_path):
     with pytest.raises(ValueError, match="distinct labels"):
         run_accuracy([Cell("a", "x.yaml"), Cell("a", "y.yaml")], [0], tmp_path / "o")
     assert cells_from_configs(["movielens_lr"])[0].label == "movielens_lr"
+
+
+def test_suite_fuxictr_e2e_entries_and_differences(tmp_path):
+    suite = {"datasets": {"synth": str(_base_config(tmp_path))},
+             "models": {"lr": {"name": "lr"}, "fuxictr-e2e:dcnv2": {"fuxictr_e2e": "dcnv2", "params": {"epochs": 2}}},
+             "differences": [["lr", "fuxictr-e2e:dcnv2"]]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    lr, e2e = load_suite(path)
+    assert (lr.fuxictr_e2e, e2e.fuxictr_e2e) == (None, "dcnv2")
+    # The label names the run directories: no colon in it; the model column keeps the suite's name.
+    assert (e2e.label, e2e.model_label, json.loads(e2e.fuxictr_params)) == (
+        "synth-fuxictr-e2e-dcnv2", "fuxictr-e2e:dcnv2", {"epochs": 2})
+    assert not any(o.startswith("model=") for o in e2e.overrides)
+    assert suite_differences(path) == [("lr", "fuxictr-e2e:dcnv2")]
+    for bad_models, bad_diffs, match in (
+        ({"e": {"fuxictr_e2e": "dcnv2", "parms": {}}}, [], "parms"),
+        ({"e": {"fuxictr_e2e": "dcnv2", "params": [1]}}, [], "params must be a mapping"),
+        ({"lr": {"name": "lr"}}, [["lr", "nope"]], "two of its model labels"),
+    ):
+        path.write_text(yaml.safe_dump({"datasets": suite["datasets"], "models": bad_models, "differences": bad_diffs}))
+        with pytest.raises(ConfigError, match=match):
+            load_suite(path)
+            suite_differences(path)
 
 
 def test_benchmark_summary_flops_and_resume(tmp_path):

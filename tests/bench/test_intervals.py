@@ -77,3 +77,19 @@ def test_rows_gain_intervals_positives_and_the_few_positives_mark(tmp_path):
         [(r["auc_ci_low"], r["auc_ci_high"], r["positives"]) for r in rows]
     bare = summarise(report["cells"])
     assert bare[0]["auc_ci_low"] is None and "CI" not in markdown_table(bare) and "†" not in markdown_table(bare)
+
+
+def test_dataset_differences_pair_model_labels_within_each_dataset(tmp_path):
+    from rankmixer.bench.intervals import dataset_differences, differences_table
+
+    report, y, _ = _runs(tmp_path, {"a": 2.0, "b": 0.0})
+    report["summary"] = summarise(report["cells"], tmp_path / "runs")
+    diffs = dataset_differences(report, [("a", "b"), ("a", "missing")], tmp_path / "runs")
+    assert len(diffs) == 1  # a pair whose model has no row in a dataset is skipped
+    d = diffs[0]
+    assert (d["dataset"], d["model_a"], d["model_b"]) == ("d", "a", "b")
+    assert d == {**d, **paired_difference(report, "a", "b", tmp_path / "runs")}
+    # A strong signal against none: the interval excludes 0 on A's side, and the table says so.
+    assert d["low"] > 0
+    table = differences_table(diffs)
+    assert f"| d | a | b | {d['estimate']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] | A higher |" in table

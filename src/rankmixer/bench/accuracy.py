@@ -17,6 +17,8 @@ datasets with models::
       rankmixer-no-mixing: {name: rankmixer, token_mixing: none}
       fuxictr-e2e:dcnv2: {fuxictr_e2e: dcnv2}               # FuxiCTR's whole pipeline
     overrides: [train.epochs=5]   # optional, applied to every cell
+    differences: [[dcnv2, "fuxictr-e2e:dcnv2"]]   # optional: model A minus model B per dataset,
+                                                  # paired bootstrap interval (bench/intervals.py)
 
 A ``{fuxictr_e2e: MODEL, params: {...}}`` entry is trained by FuxiCTR's own pipeline on the
 same splits (bench/fuxictr_e2e.py): its feature processing, training loop and config (its
@@ -50,6 +52,7 @@ from rankmixer.bench.intervals import BOOTSTRAP, INTERVAL_KEYS, seed_mean_interv
 from rankmixer.core.predictions import MIN_POSITIVES
 from rankmixer.core.rundir import CONFIG_FILE
 from rankmixer.core.yamlio import YamlError, read_yaml_mapping
+from rankmixer.bench.intervals import dataset_differences, differences_table
 
 METRICS = ("auc", "gauc", "logloss", "ne")
 BENCH_KIND = "benchmark"  # the ownership marker of an output folder (core/files.py)
@@ -84,7 +87,7 @@ def load_suite(path: Path | str) -> list[Cell]:
     """The cells of a suite (a file, or a packaged suite's name such as ``peers``; see the
     module docstring), datasets outer, models inner."""
     path = config_path(path, kind="bench", what="suite")
-    tree = read_yaml_keys(path, "suite", ("datasets", "models", "overrides"))
+    tree = read_yaml_keys(path, "suite", ("datasets", "models", "overrides", "differences"))
     datasets, models = tree.get("datasets") or {}, tree.get("models") or {}
     if not isinstance(datasets, dict) or not datasets or not isinstance(models, dict) or not models:
         raise ConfigError(f"suite {path}: 'datasets' and 'models' must be non-empty mappings")
@@ -108,6 +111,18 @@ def load_suite(path: Path | str) -> list[Cell]:
             model = f"model={json.dumps(sec)}"
             cells.append(Cell(cell_label, str(config), (model, *ds_overrides, *common), label, ds))
     return cells
+
+
+def suite_differences(path: Path | str) -> list[tuple[str, str]]:
+    """A suite's ``differences``: pairs of its model labels, (A, B) for A minus B."""
+    path = config_path(path, kind="bench", what="suite")
+    tree = read_yaml_keys(path, "suite", ("datasets", "models", "overrides", "differences"))
+    pairs = tree.get("differences") or []
+    models = set(tree.get("models") or {})
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and set(map(str, pair)) <= models):
+            raise ConfigError(f"suite {path}: each of 'differences' must be [A, B], two of its model labels; got {pair!r}")
+    return [(str(a), str(b)) for a, b in pairs]
 
 
 def _model_entry(entry: object, search: list[Path], where: str) -> dict:
@@ -175,10 +190,12 @@ def run_accuracy(
     log: Callable[[str], None] = print,
     name: str = "accuracy",
     budget: str | None = None,
+    differences: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """Train (or read) every (cell, seed); write ``<name>.json`` and ``<name>.md`` into
     ``out_dir`` (runs go to ``out_dir/runs``, so several suites can share their runs). ``out_dir``
-    is new, empty, or a benchmark folder of ours: a folder of other files is refused."""
+    is new, empty, or a benchmark folder of ours: a folder of other files is refused.
+    ``differences``: pairs of model labels, compared per dataset (A minus B, paired bootstrap)."""
     check_replaceable(out_dir, BENCH_KIND, overwrite=True, legacy=lambda p: (p / "runs").is_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir, BENCH_KIND)
@@ -226,8 +243,10 @@ def run_accuracy(
     summary = summarise(results, out_dir / "runs")
     report = {"machine": machine_info(), "seeds": seeds,
               "overrides": overrides or [], "budget": budget, "cells": results, "summary": summary}
+    report["differences"] = dataset_differences(report, differences, out_dir / "runs")
     write_json(out_dir / f"{name}.json", report)
-    write_text_atomic(out_dir / f"{name}.md", markdown_table(summary))
+    write_text_atomic(out_dir / f"{name}.md", markdown_table(summary) + (
+        "\n" + differences_table(report["differences"]) if report["differences"] else ""))
     return report
 
 

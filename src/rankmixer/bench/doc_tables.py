@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rankmixer.bench import accuracy, distributed, fuxictr_dcnv2, moe, scaling, serve, speed_table
+from rankmixer.bench import accuracy, distributed, fuxictr_dcnv2, intervals, moe, scaling, serve, speed_table
 from rankmixer.bench.doc_renderers import (
     ablation_deltas,
     exit_curve,
@@ -38,6 +38,7 @@ from rankmixer.bench.doc_renderers import (
     variants,
 )
 from rankmixer.core.files import write_text_atomic
+from rankmixer.tune.report import trials_markdown
 
 __all__ = ["NOT_RESULTS", "RENDERERS", "Block", "blocks", "check", "doc_files", "regenerate", "render", "update"]
 
@@ -252,6 +253,19 @@ def render_seeds(reports: list[dict], opts: dict) -> str:
     return accuracy.seed_table(cells)
 
 
+def render_differences(reports: list[dict], opts: dict) -> str:
+    """The paired differences a suite's ``differences`` asked for. Options: ``datasets``."""
+    diffs = [d for rep in reports for d in rep.get("differences") or []]
+    wanted = _names(opts, "datasets")
+    if wanted is not None:
+        missing = set(wanted) - {d["dataset"] for d in diffs}
+        if missing:
+            raise ValueError(f"datasets: {sorted(missing)} not in the JSON's differences")
+        diffs = [d for d in diffs if d["dataset"] in wanted]
+    _done(opts, "differences")
+    return intervals.differences_table(diffs)
+
+
 def render_ablations(reports: list[dict], opts: dict) -> str:
     rows = accuracy.summarise(_cells(reports))
     base = opts.pop("base", None)
@@ -325,6 +339,7 @@ def render_variants(reports: list[dict], opts: dict) -> str:
 RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "accuracy": render_accuracy,
     "accuracy-seeds": render_seeds,
+    "differences": render_differences,
     "ablations": render_ablations,
     "scaling": render_scaling,
     "speed": render_speed,
@@ -336,5 +351,6 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "accuracy-overrides": _many(override_runs, "accuracy-overrides"),
     "early-exit-seeds": _many(exit_seeds, "early-exit-seeds"),
     "quickstart": _one(quickstart, "quickstart"),
+    "tune-trials": _one(trials_markdown, "tune-trials"),
     "variants": render_variants,
 }

@@ -18,7 +18,8 @@ from rankmixer.core.bootstrap import bootstrap_difference_ci, bootstrap_mean_ci
 from rankmixer.core.predictions import Predictions, load_predictions
 from rankmixer.core.rundir import TEST_PREDICTIONS
 
-__all__ = ["BOOTSTRAP", "INTERVAL_KEYS", "paired_difference", "run_predictions", "seed_mean_interval"]
+__all__ = ["BOOTSTRAP", "INTERVAL_KEYS", "dataset_differences", "differences_table", "paired_difference",
+           "run_predictions", "seed_mean_interval"]
 
 # 95% percentile bootstrap over test rows, 1000 resamples, fixed draws (the same every time).
 BOOTSTRAP = {"n_boot": 1000, "level": 0.95, "seed": 0}
@@ -81,3 +82,33 @@ def paired_difference(report: dict | Sequence[dict], row_a: str, row_b: str, run
                                  n_boot=n_boot, level=level, seed=seed, group=group)
     return {"a": row_a, "b": row_b, "metric": metric, "seeds_a": len(sides[0]), "seeds_b": len(sides[1]),
             **ci.as_dict()}
+
+
+def dataset_differences(report: dict, pairs: Sequence[tuple[str, str]], runs_dir: Path | None) -> list[dict]:
+    """For each (model A, model B) and each dataset holding both: A minus B as
+    :func:`paired_difference` gives it, with the dataset and the two model labels."""
+    out = []
+    rows = report["summary"]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        label = {r["model"]: r["label"] for r in rows if r["dataset"] == dataset}
+        for a, b in pairs:
+            if a in label and b in label:
+                diff = paired_difference(report, label[a], label[b], runs_dir, **BOOTSTRAP)
+                out.append({"dataset": dataset, "model_a": a, "model_b": b, **diff})
+    return out
+
+
+def differences_table(diffs: list[dict]) -> str:
+    """Markdown: one row per difference, its estimate and 95% interval, and whether the interval
+    holds 0 (within test-set noise) or which side wins."""
+    lines = ["| dataset | A | B | A - B (test AUC) | 95% CI | reading |", "|---|---|---|---:|---|---|"]
+    for d in diffs:
+        if d["low"] > 0:
+            reading = "A higher"
+        elif d["high"] < 0:
+            reading = "B higher"
+        else:
+            reading = "within noise"
+        lines.append(f"| {d['dataset']} | {d['model_a']} | {d['model_b']} | {d['estimate']:+.4f} | "
+                     f"[{d['low']:+.4f}, {d['high']:+.4f}] | {reading} |")
+    return "\n".join(lines) + "\n"

@@ -75,20 +75,23 @@ def accuracy(
                                          "(default: each config's own epochs)."),
     seeds: int = typer.Option(3, min=1, help="Seeds per config (0 .. seeds-1)."),
     out: Path = typer.Option(Path("bench_out/accuracy"), help="Output directory (runs, JSON, Markdown)."),
+    name: Optional[str] = typer.Option(None, help="Stem of the report files (default: the suite's name, or "
+                                       "accuracy): several selections of one suite can share --out and its runs."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every config."),
 ) -> None:
     """Train each config with several seeds; table of test metrics (mean ± std). Resumable."""
-    from rankmixer.bench.accuracy import cells_from_configs, load_suite, markdown_table, run_accuracy, select
+    from rankmixer.bench.accuracy import (cells_from_configs, load_suite, markdown_table, run_accuracy, select,
+                                          suite_differences)
 
     if suite is None and (models or datasets):
         suite = Path("peers")
-    name = suite.stem if suite and not config else "accuracy"
+    name = name or (suite.stem if suite and not config else "accuracy")
     with user_errors():
         cells = cells_from_configs(list(config)) + (select(load_suite(suite), _names(datasets), _names(models)) if suite else [])
         if not cells:
             raise ValueError("give --config/-c experiments or a --suite (or --models/--datasets)")
         report = run_accuracy(cells, list(range(seeds)), out, list(overrides or []), log=console.print, name=name,
-                              budget=budget)
+                              budget=budget, differences=suite_differences(suite) if suite else ())
     console.print(markdown_table(report["summary"]), markup=False)
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
 

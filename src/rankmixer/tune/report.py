@@ -12,7 +12,7 @@ import shlex
 
 from rankmixer.tune.space import SearchSpace
 
-__all__ = ["build_report", "trial_record"]
+__all__ = ["build_report", "trials_markdown", "trial_record"]
 
 
 def trial_record(trial, space: SearchSpace) -> dict:
@@ -60,3 +60,27 @@ def build_report(study, space: SearchSpace, context: dict) -> dict:
         "best_overrides": best["overrides"] if best else [],
         "trials": trials,
     }
+
+
+def _short(value) -> str:
+    """A searched value in a table cell: floats to 3 significant digits, mappings inline."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return "null" if value is None else str(value)
+
+
+def trials_markdown(report: dict, top: int = 10) -> str:
+    """The ``top`` complete trials of a ``tune.json``, best first: the objective's value and each
+    searched key's value (the keys' last dotted part as the header)."""
+    keys = report["searched"]
+    done = sorted((t for t in report["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["value"],
+                  reverse=report["objective"]["direction"] == "maximize")
+    metric = f"{report['objective']['split']} {report['objective']['metric']}"
+    lines = ["| rank | trial | " + metric + " | " + " | ".join(k.rsplit(".", 1)[-1] for k in keys) + " |",
+             "|---:|---:|---:|" + "---|" * len(keys)]
+    for rank, t in enumerate(done[:top], start=1):
+        lines.append(f"| {rank} | {t['number']} | {t['value']:.4f} | "
+                     + " | ".join(_short(t["params"].get(k)) for k in keys) + " |")
+    return "\n".join(lines) + "\n"

@@ -236,7 +236,7 @@ def _run_accuracy(path, rest, params, monkeypatch):
 
     seen = []
 
-    def run_accuracy(cells, seeds, out, overrides, log=print, name="accuracy", budget=None):
+    def run_accuracy(cells, seeds, out, overrides, log=print, name="accuracy", budget=None, differences=()):
         _validate_cells(cells, overrides, budget)
         seen.append(len(cells))
         return {"summary": []}

@@ -312,6 +312,23 @@ WORK = Path(tempfile.mkdtemp(prefix="rankmixer-serving-"))
 atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 
 
+def hide_fuxictr(monkeypatch) -> None:
+    """Make ``import fuxictr`` fail for the rest of the test, as on a machine without the extra."""
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def no_fuxictr(name, *args, **kwargs):
+        if name == "fuxictr" or name.startswith("fuxictr."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    for mod in [m for m in sys.modules if m == "fuxictr" or m.startswith("fuxictr.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_fuxictr)
+
+
 def need_raw() -> None:
     if not (RAW / "ratings.csv").exists():
         pytest.skip(f"MovieLens raw files not found at {RAW}")

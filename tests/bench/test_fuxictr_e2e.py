@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-import builtins
 import importlib.util
 import json
-import sys
 
 import numpy as np
 import polars as pl
 import pytest
 import yaml
 from sklearn.metrics import log_loss, roc_auc_score
-from tests.factories import make_feature_map, movielens_folder, tiny_config
+from tests.factories import hide_fuxictr, make_feature_map, movielens_folder, tiny_config
 
 from rankmixer import experiment
 from rankmixer.bench.fuxictr_e2e import MODELS, fuxictr_params, train_e2e
@@ -140,16 +138,7 @@ def test_every_packaged_setting_builds_its_model(model, tmp_path):
 
 
 def test_missing_fuxictr_names_the_extra(monkeypatch, tiny, tmp_path):
-    real_import = builtins.__import__
-
-    def no_fuxictr(name, *args, **kwargs):
-        if name == "fuxictr" or name.startswith("fuxictr."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    for mod in [m for m in sys.modules if m == "fuxictr" or m.startswith("fuxictr.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setattr(builtins, "__import__", no_fuxictr)
+    hide_fuxictr(monkeypatch)
     with pytest.raises(ImportError, match=r"pip install .*\.\[fuxictr\]"):
         train_e2e(tiny[1], "dcnv2", tmp_path / "run", 1, SMALL, log=quiet)
     assert not (tmp_path / "run").exists()

@@ -5,13 +5,11 @@ reference for ours, and ours for the adapter's plumbing). What every model does 
 
 from __future__ import annotations
 
-import builtins
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.factories import make_feature_map, random_batch, small_model
+from tests.factories import hide_fuxictr, make_feature_map, random_batch, small_model
 
 from rankmixer.models import registry
 from rankmixer.models.fuxictr import FuxiMultiHeadSelfAttention, batch_to_inputs, require_fuxictr
@@ -24,16 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def test_missing_fuxictr_gives_install_hint(monkeypatch, tiny_feature_map):
     """Without the extra, the names are still registered and building one says what to install."""
-    real_import = builtins.__import__
-
-    def no_fuxictr(name, *args, **kwargs):
-        if name == "fuxictr" or name.startswith("fuxictr."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    for mod in [m for m in sys.modules if m == "fuxictr" or m.startswith("fuxictr.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setattr(builtins, "__import__", no_fuxictr)
+    hide_fuxictr(monkeypatch)
     assert "fuxictr-dcnv2" in registry.available()
     with pytest.raises(ImportError, match=r"pip install .*\.\[fuxictr\]"):
         registry.build_model("fuxictr-dcnv2", tiny_feature_map)

@@ -14,28 +14,25 @@ residual adds like to like::
 (pre-norm, the paper's choice; ``norm_placement=post`` puts ``N`` around each sum instead,
 ``none`` drops it). With both FFNs at zero the block is the identity, so the residual path
 keeps all ``TD`` dimensions. ``F_mix`` and ``F`` are the config's FFN sublayer (per-token FFN,
-shared FFN or per-token sparse MoE; see ``models/rankmixer/model.py``) with their own weights.
+shared FFN or per-token sparse MoE; see ``sublayers.py``) with their own weights.
 Where this differs from the paper (SwiGLU experts, ``H != T``) is in ``docs/rankmixer.md``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import Tensor, nn
 
-from rankmixer.models.rankmixer.model import make_block_norm, make_ffn, run_ffn
+from rankmixer.models.rankmixer.sublayers import make_block_norm, make_ffn, run_ffn
 from rankmixer.nn.token_mixing import TokenMixing
-
-if TYPE_CHECKING:
-    from rankmixer.models.rankmixer.model import RankMixerConfig
 
 
 class MixRevertBlock(nn.Module):
     """``forward(x [B, T, D]) -> (x', aux_loss or None, metrics)``, as the module docstring.
     MoE metrics: ``moe/l{i}/mix/...`` for the mixed-layout FFN, ``moe/l{i}/...`` for the other."""
 
-    def __init__(self, cfg: RankMixerConfig, index: int = 0) -> None:
+    def __init__(self, cfg: Any, index: int = 0) -> None:
         super().__init__()
         self.mixer = TokenMixing(cfg.num_tokens, cfg.hidden_dim)
         self.residual = cfg.residual

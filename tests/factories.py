@@ -124,7 +124,9 @@ def check_output_and_gradients(name, model, batch, num_tasks, zero_grad_at_init=
     assert isinstance(out, ModelOutput)
     assert out.logits.shape == (batch.labels.shape[0], num_tasks)
     assert out.logits.dtype == torch.float32
-    loss = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+    from rankmixer.train.trainer import task_loss  # the training loss: every exit / aux head counts
+
+    loss = task_loss(out, batch.labels)
     loss.backward()
     for pname, p in model.named_parameters():
         if not p.requires_grad:  # a constant held as a parameter (e.g. FuxiCTR's triu_mask)

@@ -63,6 +63,8 @@ FLOP_CASES = {
     "shared_ffn": {"ffn": "shared"},
     "no_mixing_no_ln": {"token_mixing": "none", "layer_norm": False},
     "self_attention": {"token_mixing": "self_attention"},
+    "pre_rmsnorm": {"norm_placement": "pre", "norm": "rmsnorm"},
+    "mix_revert_aux": {"block": "mix_revert", "inter_residual": 1, "aux_loss_weight": 0.1},
 }
 
 
@@ -93,3 +95,14 @@ def test_moe_flops_count_the_training_forward():
         model(random_batch(fm, B))
     assert fc.get_total_flops() / B == rankmixer_flops_per_sample(model.cfg, fm)["forward"]
     assert _n_params(model) == rankmixer_param_count(model.cfg, fm)["total"]
+
+
+def test_sparse_pertoken_moe_counts():
+    """tokenmixer-large-moe: parameters equal the built module's; sparse inference (eval, one
+    thread: exactly the k routed experts per token) equals ``forward_active`` on the counter."""
+    fm = make_feature_map(feature_groups=THREE_GROUPS)
+    torch.manual_seed(0)
+    model = registry.build_model("tokenmixer-large-moe", fm, {"num_tokens": 4, "hidden_dim": 16})
+    flops = rankmixer_flops_per_sample(model.cfg, fm)
+    assert _n_params(model) == rankmixer_param_count(model.cfg, fm)["total"]
+    assert forward_flops_per_sample(model, random_batch(fm, 16)) == flops["forward_active"] == flops["forward"]

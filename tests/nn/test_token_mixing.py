@@ -39,3 +39,23 @@ def test_token_mixing_rejects_indivisible_width():
         token_mixing(torch.randn(2, 3, 8))
     with pytest.raises(ValueError, match="divisible"):
         TokenMixing(3, 8)
+
+
+@pytest.mark.parametrize("T,D", [(1, 3), (2, 4), (3, 9), (4, 16), (8, 64)])
+def test_revert_of_mix_restores_the_token_layout_exactly(T, D):
+    """TokenMixer-Large's revert (here the inverse of H = T mixing) undoes the mix bit for bit."""
+    x = torch.randn(5, T, D, generator=torch.Generator().manual_seed(D))
+    mixer = TokenMixing(T, D)
+    assert torch.equal(inverse_token_mixing(token_mixing(x)), x)
+    assert torch.equal(mixer.inverse(mixer(x)), x)
+
+
+@pytest.mark.parametrize("T,D", [(2, 4), (4, 8), (8, 64)])
+def test_rank_of_the_plain_residual_with_token_mixing_is_t_plus_1_d_over_2(T, D):
+    """``x -> x + TM(x)`` as a ``TD x TD`` matrix (float64, on the standard basis): TM swaps
+    head blocks (t, h) and (h, t) of the T x T grid of D/T-wide blocks, so I + TM is 2 on the
+    T(T+1)/2 symmetric block pairs and 0 on the T(T-1)/2 antisymmetric ones: rank
+    T(T+1)/2 * D/T = (T+1)D/2 (288 of 512 at T=8, D=64)."""
+    basis = torch.eye(T * D, dtype=torch.float64).view(T * D, T, D)
+    M = (basis + token_mixing(basis)).reshape(T * D, T * D)
+    assert torch.linalg.matrix_rank(M).item() == (T + 1) * D // 2

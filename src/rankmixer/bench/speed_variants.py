@@ -133,7 +133,8 @@ def _public_baseline(cfg: RankMixerConfig, ours: TokenModel, device: torch.devic
     """The public-style loop on ours's weights, where it computes the same function: the dense
     per-token block with mixing, residuals, LayerNorms, GELU and a plain head."""
     if cfg.moe is not None or cfg.ffn != "per_token" or cfg.token_mixing != "mixing" or not cfg.residual \
-            or not cfg.layer_norm or cfg.activation != "gelu" or cfg.head_hidden:
+            or cfg.norm_placement != "post" or cfg.norm != "layernorm" or cfg.block != "rankmixer" \
+            or cfg.inter_residual or cfg.activation != "gelu" or cfg.head_hidden:
         return None
     T, D = cfg.num_tokens, cfg.hidden_dim
     public = TokenModel(PublicRankMixerBackbone(T, D, cfg.ffn_hidden, cfg.num_layers), D).to(device)

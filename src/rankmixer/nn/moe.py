@@ -39,6 +39,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from rankmixer.core.strict import StrictModel
+from rankmixer.nn.per_token_ffn import PerTokenFFN
 
 
 class MoEConfig(StrictModel):
@@ -77,6 +78,12 @@ class MoEConfig(StrictModel):
         ``aux = w * mean_t E * sum_j f_{t,j} P_{t,j}`` with ``f`` the share of routed slots going
         to expert ``j`` (divided by ``k``) and ``P`` its mean probability (``w`` when balanced).
 
+    TokenMixer-Large's Sparse-Pertoken MoE ("sparse train, sparse infer") is ``topk`` with
+    three switches: ``shared_expert`` (one always-active expert per token, added ungated),
+    ``gate_scale`` (``alpha``: the routed gates are multiplied by it, the paper's gate value
+    scaling, about ``E / k``) and ``sparse_training`` (training computes only the routed
+    experts, as inference does).
+
     ``relu_grad_leak`` (off by default) gives the *task* gradient a slope below zero (forward
     value unchanged, the L1 term keeps the true ReLU gradient) so that dead gates can come back.
     """
@@ -110,6 +117,11 @@ class MoEConfig(StrictModel):
     load_balance_weight: float = Field(0.01, ge=0.0)
     # Eval mode skips inactive experts (False: compute all experts, multiply by the gates).
     sparse_inference: bool = True
+    # Sparse-Pertoken MoE (top-k only): always-active shared expert per token, gate value
+    # scaling alpha on the routed gates, and training that computes only the routed experts.
+    shared_expert: bool = False
+    gate_scale: float = Field(1.0, gt=0.0)
+    sparse_training: bool = False
     sparse_impl: Literal["auto", "loop", "padded"] = "auto"
 
     @model_validator(mode="after")
@@ -118,6 +130,8 @@ class MoEConfig(StrictModel):
             raise ValueError(f"top_k={self.top_k} > num_experts={self.num_experts}")
         if self.l1_lambda_min > self.l1_lambda_max:
             raise ValueError("l1_lambda_min > l1_lambda_max")
+        if self.routing != "topk" and (self.sparse_training or self.gate_scale != 1.0):
+            raise ValueError("sparse_training and gate_scale are for routing=topk (a fixed k routed experts)")
         return self
 
     @property
@@ -203,6 +217,8 @@ class PerTokenMoE(nn.Module):
             nn.init.uniform_(b, -bound, bound)
 
         self.router = PerTokenLinear(T, D, E)  # h_infer for DTSI; the only router otherwise
+        # the shared expert: one more per-token GELU FFN of the experts' width, never gated
+        self.shared = PerTokenFFN(T, D, H / D) if cfg.shared_expert else None
         self.router_train = PerTokenLinear(T, D, E) if cfg.routing == "relu_dtsi" else None
 
         self.register_buffer("l1_lambda", torch.tensor(float(cfg.l1_lambda_init)))
@@ -232,7 +248,7 @@ class PerTokenMoE(nn.Module):
             probs = logits.softmax(-1)
             top_p, top_i = probs.topk(c.k, dim=-1)
             top_p = top_p / top_p.sum(-1, keepdim=True)
-            G = torch.zeros_like(probs).scatter(-1, top_i, top_p)
+            G = torch.zeros_like(probs).scatter(-1, top_i, top_p * c.gate_scale)
             mask = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top_i, True)
             aux = zero
             if self.training and c.load_balance_weight > 0:
@@ -411,10 +427,14 @@ class PerTokenMoE(nn.Module):
             raise ValueError(f"expected [B, {self.num_tokens}, {self.dim}], got {list(x.shape)}")
         c = self.cfg
         G, mask, aux = self.gates(x)
-        if self.training or not c.sparse_inference:
+        if self.training and c.sparse_training:
+            out = self.sparse_experts(x, G, mask, impl="padded")  # "loop" would slice the weights
+        elif self.training or not c.sparse_inference:
             out = self.dense_experts(x, G)
         else:
             out = self.sparse_experts(x, G, mask)
+        if self.shared is not None:
+            out = out + self.shared(x)
         lam = self.l1_lambda.detach().clone()  # before this step's update (what the loss used)
         if c.routing == "topk":
             lam.zero_()

@@ -22,6 +22,7 @@ from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models import registry
 from rankmixer.models.rankmixer.model import RankMixerBackbone, RankMixerConfig
 from rankmixer.nn.embedding import FeatureEmbedding
+from rankmixer.nn.norm import norm_params
 from rankmixer.nn.tokenizer import attention_unit_flops, attention_unit_params, sequence_targets, token_input_widths
 
 
@@ -44,6 +45,11 @@ def _towers(in_dim: int, hidden: Sequence[int], num_tasks: int) -> tuple[int, in
     widths = [in_dim, *hidden, 1]
     pairs = list(zip(widths[:-1], widths[1:]))
     return num_tasks * sum(a * b + b for a, b in pairs), num_tasks * 2 * sum(a * b for a, b in pairs)
+
+
+def _ffns_per_block(cfg: RankMixerConfig) -> int:
+    """FFN sublayers per block: two in TokenMixer-Large's block (mixed and reverted layout)."""
+    return 2 if cfg.block == "mix_revert" else 1
 
 
 def _moe_parts(cfg: RankMixerConfig) -> tuple[int, int, int]:
@@ -85,30 +91,37 @@ def rankmixer_param_count(
     None (backbone and heads only). Keys: ``embedding``, ``sequence_pooling``, ``tokenizer``,
     ``blocks`` (the backbone), ``heads``, ``dense`` (all but the embedding tables), ``total``,
     and ``paper_estimate`` = 2kLTD^2 (the paper's leading term, for comparison); with early
-    exit also ``exit_heads`` (the L-1 intermediate exits; in ``dense``).
+    exit also ``exit_heads`` (the L-1 intermediate exits; in ``dense``), with deep supervision
+    ``aux_heads`` (in ``dense``). TokenMixer-Large's block has two FFN sublayers (``2x``).
     """
     cfg = _as_config(cfg)
     widths, emb, units, tasks = _inputs(cfg, inputs, num_tasks)
     T, D, L, H = cfg.num_tokens, cfg.hidden_dim, cfg.num_layers, cfg.ffn_hidden
-    per_block = 4 * D if cfg.layer_norm else 0
+    norm = norm_params(cfg.norm, D)
+    per_block = 0 if cfg.norm_placement == "none" else 2 * norm
     if cfg.token_mixing == "self_attention":
         per_block += 4 * D * D + 4 * D
     if cfg.moe is not None:
         E, He, R = _moe_parts(cfg)
-        per_block += T * E * (2 * D * He + He + D) + R * T * (D * E + E)
+        ffn = T * E * (2 * D * He + He + D) + R * T * (D * E + E)
+        ffn += T * (2 * D * He + He + D) if cfg.moe.shared_expert else 0
     elif cfg.ffn == "per_token":
-        per_block += T * (2 * D * H + H + D)
+        ffn = T * (2 * D * H + H + D)
     else:
-        per_block += 2 * D * H + H + D
+        ffn = 2 * D * H + H + D
+    per_block += _ffns_per_block(cfg) * ffn
     heads, _ = _towers(D, cfg.head_hidden, tasks)
     out = {
         "embedding": emb,
         "sequence_pooling": sum(p for p, _ in units),
         "tokenizer": sum(w * D + D for w in widths),
-        "blocks": L * per_block,
+        "blocks": L * per_block + (norm if cfg.norm_placement == "pre" else 0),  # + the final norm
         "heads": heads,
     }
     out["dense"] = out["sequence_pooling"] + out["tokenizer"] + out["blocks"] + out["heads"]
+    if cfg.aux_loss_weight > 0:
+        out["aux_heads"] = len(cfg.aux_points) * heads
+        out["dense"] += out["aux_heads"]
     if cfg.early_exit is not None:
         out["exit_heads"] = max(L - 1, 0) * _towers(D, cfg.exit_head_hidden, tasks)[0]
         out["dense"] += out["exit_heads"]
@@ -133,6 +146,9 @@ def rankmixer_flops_per_sample(
     ``blocks_active`` / ``forward_active`` count sparse inference with ``active_ratio`` of the
     experts (default: the config's ``target_active_ratio``) and the inference router only.
 
+    Sparse-Pertoken MoE (``sparse_training``): ``blocks`` = ``blocks_active`` (k of E experts,
+    the shared expert, the router). Deep supervision: ``aux_heads`` is in ``forward``.
+
     Early exit: ``exit_heads`` (the L-1 intermediate exits, which training computes for every
     row) is in ``forward``; :func:`rankmixer_exit_flops` counts inference that stops early.
     """
@@ -146,15 +162,24 @@ def rankmixer_flops_per_sample(
         "tokenizer": 2 * D * sum(widths),
         "heads": head_flops,
     }
+    n = _ffns_per_block(cfg)
     if cfg.moe is not None:
+        m = cfg.moe
         E, He, R = _moe_parts(cfg)
-        ratio = cfg.moe.target_active_ratio if active_ratio is None else active_ratio
-        # dense path: all experts, the routers, and the gate-weighted bias sum_j G_j b2_j (a bmm)
-        out["blocks"] = L * (mix + 4 * T * E * D * He + R * 2 * T * D * E + 2 * T * E * D)
-        out["blocks_active"] = L * (mix + round(4 * T * E * D * He * ratio) + 2 * T * D * E)
+        ratio = (m.k / E if m.routing == "topk" else m.target_active_ratio) if active_ratio is None else active_ratio
+        shared = 4 * T * D * He if m.shared_expert else 0
+        active = round(4 * T * E * D * He * ratio) + 2 * T * D * E + shared
+        out["blocks_active"] = L * (mix + n * active)
+        if m.sparse_training:  # training runs the routed experts only (padding rows not counted)
+            out["blocks"] = out["blocks_active"]
+        else:  # dense path: all experts, the routers, and the gate-weighted bias sum_j G_j b2_j (a bmm)
+            out["blocks"] = L * (mix + n * (4 * T * E * D * He + R * 2 * T * D * E + 2 * T * E * D + shared))
     else:
-        out["blocks"] = L * (mix + 4 * T * D * H)
+        out["blocks"] = L * (mix + n * 4 * T * D * H)
     rest = out["sequence_pooling"] + out["tokenizer"] + out["heads"]
+    if cfg.aux_loss_weight > 0:
+        out["aux_heads"] = len(cfg.aux_points) * head_flops
+        rest += out["aux_heads"]
     if cfg.early_exit is not None:
         out["exit_heads"] = max(L - 1, 0) * _towers(D, cfg.exit_head_hidden, tasks)[1]
         rest += out["exit_heads"]

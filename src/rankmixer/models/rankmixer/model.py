@@ -8,6 +8,13 @@ Recommenders", arXiv 2507.15551): feature tokens, parameter-free token mixing, p
                  X' = LN(PFFN(S) + S)        PFFN: per-token FFN (or per-token sparse MoE)
     mean over the T tokens -> TaskHeads (one logit per task)
 
+``norm_placement`` moves the norms: ``post`` (the paper, above), ``pre`` (``S = X + TM(N(X))``,
+``X' = S + PFFN(N(S))``, one final norm after the last block) or ``none``; ``norm`` picks
+LayerNorm or RMSNorm (``nn/norm.py``). ``layer_norm=False`` is the old spelling of
+``norm_placement=none``. ``block="mix_revert"`` swaps the block for TokenMixer-Large's
+mixing-and-reverting block (``mix_revert.py``); ``inter_residual`` and ``aux_loss_weight`` add
+its inter-layer residuals and deep supervision (the ``tokenmixer-large`` variants).
+
 Where the paper is silent, each choice is a config switch (``docs/rankmixer.md`` gives the
 reasons): the tokenizer (``semantic``: one projection per feature group; ``auto``: concat, pad,
 chunk; see ``nn/tokenizer.py``), sequence pooling (masked mean or DIN-style target attention),
@@ -39,7 +46,9 @@ from rankmixer.models.rankmixer.early_exit import EarlyExitConfig, EarlyExitOutp
 from rankmixer.models.registry import register
 from rankmixer.nn.embedding import FeatureEmbedding
 from rankmixer.nn.heads import TaskHeads
-from rankmixer.nn.per_token_ffn import PerTokenFFN, SharedFFN, ffn_hidden
+from rankmixer.models.rankmixer.sublayers import make_block_norm, make_ffn, run_ffn
+from rankmixer.nn.norm import make_norm
+from rankmixer.nn.per_token_ffn import ffn_hidden
 from rankmixer.nn.token_mixing import TokenMixing
 from rankmixer.nn.tokenizer import SequencePooling, Tokenizer
 
@@ -68,7 +77,20 @@ class RankMixerConfig(ModelConfig):
     attention_heads: int | None = Field(default=None, ge=1, description="self_attention heads (default T)")
     ffn: Literal["per_token", "shared"] = Field(default="per_token", description="ablation switch")
     residual: bool = Field(default=True, description="ablation switch: skip connections")
-    layer_norm: bool = Field(default=True, description="ablation switch: post-norm LayerNorms")
+    layer_norm: bool = Field(default=True, description="old spelling: false == norm_placement none")
+    norm_placement: Literal["post", "pre", "none"] = Field(
+        default="post", description="post: X' = N(f(X) + X) (paper); pre: X' = X + f(N(X)), final norm; none"
+    )
+    norm: Literal["layernorm", "rmsnorm"] = Field(default="layernorm", description="normalisation layer")
+    block: Literal["rankmixer", "mix_revert"] = Field(
+        default="rankmixer", description="mix_revert: TokenMixer-Large's mixing-and-reverting block"
+    )
+    inter_residual: int = Field(
+        default=0, ge=0, description="k > 0: block j (k, 2k, .. < L) adds the output of block j - k"
+    )
+    aux_loss_weight: float = Field(
+        default=0.0, ge=0.0, description="deep supervision: weight of an extra head's BCE at each inter-residual"
+    )
     head_hidden: list[int] = Field(default=[], description="hidden widths of each task's tower")
     early_exit: EarlyExitConfig | None = Field(default=None, description="exit heads after every block")
 
@@ -81,8 +103,33 @@ class RankMixerConfig(ModelConfig):
 
         return v if isinstance(v, MoEConfig) else MoEConfig.model_validate(v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _layer_norm_alias(cls, data: Any) -> Any:
+        """``layer_norm`` and ``norm_placement`` name one setting: either may be given, both
+        must agree, and the validated config carries both consistently."""
+        if not isinstance(data, dict):
+            return data
+        placement, ln = data.get("norm_placement"), data.get("layer_norm")
+        if ln is False:
+            if placement not in (None, "none"):
+                raise ValueError(f"layer_norm=false contradicts norm_placement={placement!r}")
+            return {**data, "norm_placement": "none"}
+        if ln is True and placement == "none":
+            raise ValueError("layer_norm=true contradicts norm_placement='none'")
+        if isinstance(placement, str) and ln is None:
+            return {**data, "layer_norm": placement != "none"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> RankMixerConfig:
+        if self.block == "mix_revert" and self.token_mixing != "mixing":
+            raise ValueError("block=mix_revert mixes and reverts tokens; it needs token_mixing=mixing")
+        if self.aux_loss_weight > 0:
+            if not self.aux_points:
+                raise ValueError("aux_loss_weight > 0 needs inter_residual = k with 0 < k < num_layers")
+            if self.early_exit is not None:
+                raise ValueError("aux_loss_weight and early_exit both set the exit heads; choose one")
         if self.token_mixing == "mixing" and self.hidden_dim % self.num_tokens:
             raise ValueError(
                 f"token mixing needs hidden_dim divisible by num_tokens, got {self.hidden_dim} and {self.num_tokens}"
@@ -107,6 +154,13 @@ class RankMixerConfig(ModelConfig):
         return self.head_hidden if ee is None or ee.head_hidden is None else ee.head_hidden
 
     @property
+    def aux_points(self) -> list[int]:
+        """Blocks (1-based) whose output gets the inter-layer residual (and, with
+        ``aux_loss_weight``, an auxiliary head): ``k, 2k, ...`` below ``L``."""
+        k = self.inter_residual
+        return list(range(k, self.num_layers, k)) if k else []
+
+    @property
     def heads(self) -> int:
         return self.attention_heads or self.num_tokens
 
@@ -127,55 +181,62 @@ class SelfAttentionMixing(nn.Module):
 
 
 class RankMixerBlock(nn.Module):
-    """``S = LN(TM(X) + X); X' = LN(PFFN(S) + S)`` with the config's ablation switches.
-    ``forward(x) -> (x', aux_loss or None, metrics)``."""
+    """``S = N(TM(X) + X); X' = N(PFFN(S) + S)`` (post-norm), or pre-norm
+    ``S = X + TM(N(X)); X' = S + PFFN(N(S))``, with the config's ablation switches.
+    ``forward(x) -> (x', aux_loss or None, metrics)``. ``none`` runs the pre-norm order with
+    identity norms (the two orders agree without norms)."""
 
     def __init__(self, cfg: RankMixerConfig, index: int = 0) -> None:
         super().__init__()
         T, D = cfg.num_tokens, cfg.hidden_dim
         self.residual = cfg.residual
+        self.post = cfg.norm_placement == "post"
         if cfg.token_mixing == "mixing":
             self.mixer: nn.Module | None = TokenMixing(T, D)
         elif cfg.token_mixing == "self_attention":
             self.mixer = SelfAttentionMixing(D, cfg.heads)
         else:
             self.mixer = None
-        self.norm1 = nn.LayerNorm(D) if cfg.layer_norm else nn.Identity()
-        self.norm2 = nn.LayerNorm(D) if cfg.layer_norm else nn.Identity()
+        self.norm1 = make_block_norm(cfg)
+        self.norm2 = make_block_norm(cfg)
         self.is_moe = cfg.moe is not None
-        if self.is_moe:
-            from rankmixer.nn.moe import PerTokenMoE  # lazy: only MoE models need the module
-
-            self.ffn: nn.Module = PerTokenMoE(T, D, cfg.expansion, cfg.moe, metric_prefix=f"moe/l{index}")
-        elif cfg.ffn == "per_token":
-            self.ffn = PerTokenFFN(T, D, cfg.expansion, cfg.activation, impl=cfg.ffn_impl)
-        else:
-            self.ffn = SharedFFN(D, cfg.expansion, cfg.activation)
+        self.ffn = make_ffn(cfg, f"moe/l{index}")
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+        post = self.post
         if self.mixer is None:
-            s = self.norm1(x)
+            s = self.norm1(x) if post else x
         else:
-            m = self.mixer(x)
-            s = self.norm1(m + x if self.residual else m)
-        aux, metrics = None, {}
-        if self.is_moe:
-            v, aux, metrics = self.ffn(s)
-        else:
-            v = self.ffn(s)
+            m = self.mixer(x if post else self.norm1(x))
+            s = m + x if self.residual else m
+            s = self.norm1(s) if post else s
+        v, aux, metrics = run_ffn(self.ffn, self.is_moe, s if post else self.norm2(s))
         v = self.dropout(v)
-        return self.norm2(v + s if self.residual else v), aux, metrics
+        out = v + s if self.residual else v
+        return (self.norm2(out) if post else out), aux, metrics
 
 
 class RankMixerBackbone(nn.Module):
-    """``L`` RankMixer blocks on ``[B, T, D]`` tokens; ``forward(x) -> (x, aux_loss or None,
-    metrics)``. Separate from the model so it can be built without a feature map (e.g. on the
-    meta device, to count the parameters of the big variants)."""
+    """``L`` blocks on ``[B, T, D]`` tokens; ``forward(x) -> (x, aux_loss or None, metrics)``.
+    Separate from the model so it can be built without a feature map (e.g. on the meta device,
+    to count the parameters of the big variants).
+
+    Inter-layer residuals (``inter_residual = k``): the output of block ``j`` in ``k, 2k, ...``
+    below ``L`` becomes ``X_j + X_{j-k}`` (``X_0``: the input tokens), never after the last block.
+    Pre-norm ends with one norm (``final_norm``) on the output and on what ``after_block`` sees."""
 
     def __init__(self, cfg: RankMixerConfig) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(RankMixerBlock(cfg, i) for i in range(cfg.num_layers))
+        if cfg.block == "mix_revert":
+            from rankmixer.models.rankmixer.mix_revert import MixRevertBlock  # lazy: imports this module
+
+            self.blocks = nn.ModuleList(MixRevertBlock(cfg, i) for i in range(cfg.num_layers))
+        else:
+            self.blocks = nn.ModuleList(RankMixerBlock(cfg, i) for i in range(cfg.num_layers))
+        self.final_norm = make_norm(cfg.norm, cfg.hidden_dim) if cfg.norm_placement == "pre" else nn.Identity()
+        self.inter_residual = cfg.inter_residual
+        self.aux_points = set(cfg.aux_points)
         self.is_moe = cfg.moe is not None
 
     def forward(
@@ -185,18 +246,23 @@ class RankMixerBackbone(nn.Module):
         aux: Tensor | None = None
         metrics: dict[str, float] = {}
         ratios = []
+        k = self.inter_residual
+        recent = [x]  # X_{j-k} .. X_{j-1}: what an inter-layer residual may add
         for i, block in enumerate(self.blocks):
             x, a, m = block(x)
+            if i + 1 in self.aux_points:
+                x = x + recent[-k]
+            if k:
+                recent = [*recent, x][-k:]
             if after_block is not None:
-                after_block(i, x)
+                after_block(i, self.final_norm(x))
             if a is not None:
                 aux = a if aux is None else aux + a
             metrics.update(m)
-            if f"moe/l{i}/active_ratio" in m:
-                ratios.append(m[f"moe/l{i}/active_ratio"])
+            ratios += [v for name, v in m.items() if name.endswith("/active_ratio")]
         if ratios:
             metrics["moe/active_ratio"] = sum(ratios) / len(ratios)
-        return x, aux, metrics
+        return self.final_norm(x), aux, metrics
 
 
 @register("rankmixer", RankMixerConfig)
@@ -234,6 +300,12 @@ class RankMixer(nn.Module):
                     f"early_exit.confidence_task={cfg.early_exit.confidence_task} but the data has "
                     f"{feature_map.num_tasks} task(s)"
                 )
+        # Deep supervision (TokenMixer-Large's auxiliary loss): one head per inter-residual point.
+        self.aux_heads: nn.ModuleList | None = None
+        if cfg.aux_loss_weight > 0:
+            self.aux_heads = nn.ModuleList(
+                TaskHeads(cfg.hidden_dim, feature_map.num_tasks, cfg.head_hidden) for _ in cfg.aux_points
+            )
 
     @property
     def num_exits(self) -> int:
@@ -245,6 +317,8 @@ class RankMixer(nn.Module):
         return self.tokenizer(self.embedding(batch))
 
     def forward(self, batch: Batch) -> ModelOutput:
+        if self.aux_heads is not None:
+            return self.forward_deep_supervision(batch)
         if self.exit_heads is None:
             x, aux, metrics = self.backbone(self.tokens(batch))
             return ModelOutput(logits=self.heads(x.mean(dim=1)), aux_loss=aux, metrics=metrics)
@@ -260,6 +334,24 @@ class RankMixer(nn.Module):
         exits.append(logits)
         return ModelOutput(logits=logits, aux_loss=aux, metrics=metrics, exit_logits=exits,
                            exit_loss_weights=self.cfg.early_exit.weights(len(exits)))
+
+    def forward_deep_supervision(self, batch: Batch) -> ModelOutput:
+        """The auxiliary heads' logits (shallowest first) then the final logits as
+        ``exit_logits``, weighted ``aux_loss_weight`` each and 1 for the final head: the
+        trainer's task loss is ``BCE(final) + w * sum_i BCE(aux_i)``."""
+        assert self.aux_heads is not None
+        heads, points = self.aux_heads, self.cfg.aux_points
+        exits: list[Tensor] = []
+
+        def aux_head(i: int, h: Tensor) -> None:
+            if i + 1 in points:
+                exits.append(heads[points.index(i + 1)](h.mean(dim=1)))
+
+        x, aux, metrics = self.backbone(self.tokens(batch), after_block=aux_head)
+        logits = self.heads(x.mean(dim=1))
+        weights = [self.cfg.aux_loss_weight] * len(exits) + [1.0]
+        return ModelOutput(logits=logits, aux_loss=aux, metrics=metrics, exit_logits=[*exits, logits],
+                           exit_loss_weights=weights)
 
     def forward_early_exit(self, batch: Batch, thresholds: Sequence[float | None]) -> EarlyExitOutput:
         """Inference that stops early: one threshold per exit before the final head (``None``:

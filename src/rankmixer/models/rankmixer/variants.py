@@ -4,6 +4,12 @@ The sizes are the paper's (T, D, L) for its 100M and 1B models; the paper never 
 expansion k, and k = 3 puts the two sizes nearest its parameter counts (``docs/rankmixer.md``).
 The MoE variants use the paper's 8 experts at 1/8 activation for the big ones (8x the FFN
 parameters, the dense model's compute at inference) and 4 experts at 1/4 for tiny.
+
+``tokenmixer-large`` (Jiang et al. 2026, arXiv 2602.06563) presets TokenMixer-Large's block
+(mixing and reverting), pre-RMSNorm, an inter-layer residual every 2 blocks with deep
+supervision, over a RankMixer of 4 blocks; ``tokenmixer-large-moe`` adds its Sparse-Pertoken
+MoE (4 experts of a quarter of the dense width each, top-2, shared expert, gate scale 2: the
+paper's "first enlarge, then sparse" at 1:2). ``docs/rankmixer.md`` says what is the paper's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,15 @@ MOE: dict[str, dict[str, Any]] = {
     "1b": {"num_experts": 8, "routing": "relu_dtsi", "target_active_ratio": 0.125},
 }
 
+TOKENMIXER_LARGE: dict[str, Any] = {
+    "block": "mix_revert", "norm_placement": "pre", "norm": "rmsnorm", "num_layers": 4,
+    "inter_residual": 2, "aux_loss_weight": 0.1,
+}
+SP_MOE: dict[str, Any] = {
+    "num_experts": 4, "routing": "topk", "top_k": 2, "expert_hidden_mult": 0.25, "shared_expert": True,
+    "gate_scale": 2.0, "sparse_training": True, "load_balance_weight": 0.01,
+}
+
 
 def register_variants() -> None:
     """Register every size and its MoE version (idempotent: the registry accepts an identical
@@ -37,8 +52,16 @@ def register_variants() -> None:
             f"RankMixer {size}, sparse MoE FFN: {shape}, {moe['num_experts']} experts, "
             f"{moe['routing']}, target active {moe['target_active_ratio']}",
         )
+    register_variant(
+        "tokenmixer-large", "rankmixer", TOKENMIXER_LARGE,
+        "TokenMixer-Large (Jiang et al. 2026): mix-and-revert blocks, pre-RMSNorm, inter-layer residuals, aux loss",
+    )
+    register_variant(
+        "tokenmixer-large-moe", "rankmixer", {**TOKENMIXER_LARGE, "moe": SP_MOE},
+        "TokenMixer-Large with Sparse-Pertoken MoE: 4 experts, top-2 + shared expert, sparse train and infer",
+    )
 
 
 register_variants()
 
-__all__ = ["MOE", "SIZES", "register_variants"]
+__all__ = ["MOE", "SIZES", "SP_MOE", "TOKENMIXER_LARGE", "register_variants"]

@@ -28,7 +28,8 @@ LAYERS: list[list[str]] = [
     ["rankmixer.train", "rankmixer.runs"],
     ["rankmixer.config"],
     ["rankmixer.experiment", "rankmixer.serve", "rankmixer.early_exit"],
-    ["rankmixer.bench", "rankmixer.tune"],
+    ["rankmixer.tune"],
+    ["rankmixer.bench"],
     ["rankmixer.cli"],
     ["rankmixer.__main__"],
 ]

@@ -314,6 +314,11 @@ WORK = Path(tempfile.mkdtemp(prefix="rankmixer-serving-"))
 atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 
 
+def request_inputs(client) -> dict[str, str]:
+    """A served artifact's request inputs: name -> kind (category, number, category_list, ...)."""
+    return {i["name"]: i["kind"] for i in client.get("/v1/model").json()["request_inputs"]}
+
+
 def hide_fuxictr(monkeypatch) -> None:
     """Make ``import fuxictr`` fail for the rest of the test, as on a machine without the extra."""
     import builtins

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="serving tests need the serve extra (fastapi)")
 
-from tests.factories import app_client  # noqa: E402
+from tests.factories import app_client, request_inputs  # noqa: E402
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -39,8 +39,7 @@ def client(tiny_root):
 
 @pytest.fixture(scope="module")
 def inputs(client) -> dict[str, str]:
-    """The artifact's request inputs: name -> kind (category, number, category_list, ...)."""
-    return {i["name"]: i["kind"] for i in client.get("/v1/model").json()["request_inputs"]}
+    return request_inputs(client)
 
 
 def _check_answer(r, body: bytes) -> None:

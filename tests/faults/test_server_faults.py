@@ -15,7 +15,7 @@ pytest.importorskip("fastapi", reason="serving tests need the serve extra (fasta
 pytest.importorskip("uvicorn", reason="serving tests need the serve extra (uvicorn)")
 httpx = pytest.importorskip("httpx", reason="serving tests need the serve extra (httpx)")
 
-from tests.factories import LiveServer, app_client  # noqa: E402
+from tests.factories import LiveServer, app_client, request_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def client(tiny_root):
 
 @pytest.fixture(scope="module")
 def inputs(client) -> dict[str, str]:
-    return {i["name"]: i["kind"] for i in client.get("/v1/model").json()["request_inputs"]}
+    return request_inputs(client)
 
 
 def _row(inputs, **values):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,15 +13,11 @@ from rankmixer.cli.common import console, user_errors
 __all__ = ["tune", "trials_table"]
 
 
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def trials_table(report: dict) -> Table:
     """One row per trial: number, state, value (per seed too) and the searched values; the best
     trial is starred."""
+    from rankmixer.tune.report import format_value
+
     obj = report["objective"]
     searched = report["searched"]
     best = (report.get("best") or {}).get("number")
@@ -33,7 +28,7 @@ def trials_table(report: dict) -> Table:
     for t in report["trials"]:
         value = "-" if t["value"] is None else f"{t['value']:.5f}"
         table.add_row(f"{t['number']}{' *' if t['number'] == best else ''}", t["state"], value,
-                      *(_short(t["params"][k]) if k in t["params"] else "-" for k in searched))
+                      *(format_value(t["params"][k]) if k in t["params"] else "-" for k in searched))
     return table
 
 

@@ -8,11 +8,12 @@ working on the study, not only this one's.
 
 from __future__ import annotations
 
+import json
 import shlex
 
 from rankmixer.tune.space import SearchSpace
 
-__all__ = ["build_report", "trials_markdown", "trial_record"]
+__all__ = ["build_report", "format_value", "trials_markdown", "trial_record"]
 
 
 def trial_record(trial, space: SearchSpace) -> dict:
@@ -62,13 +63,12 @@ def build_report(study, space: SearchSpace, context: dict) -> dict:
     }
 
 
-def _short(value) -> str:
-    """A searched value in a table cell: floats to 3 significant digits, mappings inline."""
+def format_value(value) -> str:
+    """A searched value in a printed or Markdown table: floats to 4 significant digits, text as
+    it is, anything else (lists, mappings, null) as JSON."""
     if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
-    return "null" if value is None else str(value)
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def trials_markdown(report: dict, top: int = 10) -> str:
@@ -82,5 +82,5 @@ def trials_markdown(report: dict, top: int = 10) -> str:
              "|---:|---:|---:|" + "---|" * len(keys)]
     for rank, t in enumerate(done[:top], start=1):
         lines.append(f"| {rank} | {t['number']} | {t['value']:.4f} | "
-                     + " | ".join(_short(t["params"].get(k)) for k in keys) + " |")
+                     + " | ".join(format_value(t["params"].get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"

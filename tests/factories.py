@@ -202,10 +202,12 @@ def model_param(name: str, id: str | None = None):
 
 
 def registered_models() -> list:
-    """Every registered model and variant as a pytest parameter (see :func:`model_param`)."""
+    """Every registered model and variant that builds from any feature map, as a pytest
+    parameter (see :func:`model_param`); models bound to one kind of data (``needs``) have their
+    own tests."""
     from rankmixer.models import registry
 
-    return [model_param(n) for n in registry.available()]
+    return [model_param(n) for n in registry.available(general=True)]
 
 
 def base_model(name: str) -> str:

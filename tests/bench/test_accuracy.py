@@ -94,6 +94,23 @@ def test_suite_fuxictr_e2e_entries_and_differences(tmp_path):
             suite_differences(path)
 
 
+def test_suite_model_restricted_to_some_datasets(tmp_path):
+    base = str(_base_config(tmp_path))
+    suite = {"datasets": {"a": base, "b": base},
+             "models": {"lr": {"name": "lr"}, "oracle": {"model": "model/planted", "datasets": ["b"]}}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    cells = load_suite(path)
+    assert [c.label for c in cells] == ["a-lr", "b-lr", "b-oracle"]
+    assert cells[-1].overrides[0] == 'model={"name": "planted"}'
+    for bad, match in (({"model": "model/planted", "datasets": ["c"]}, r"\['c'\] are not datasets"),
+                       ({"model": "model/planted", "datasets": []}, "expected"),
+                       ({"model": "model/planted", "datasets": ["a"], "x": 1}, "expected")):
+        path.write_text(yaml.safe_dump({"datasets": suite["datasets"], "models": {"o": bad}}))
+        with pytest.raises(ConfigError, match=match):
+            load_suite(path)
+
+
 def test_benchmark_summary_flops_and_resume(tmp_path):
     out = tmp_path / "out"
     logs: list[str] = []

@@ -70,7 +70,7 @@ ZERO_GRAD_AT_INIT = {
 ADDITIVE = {"lr", "fuxictr-lr"}
 
 
-MODELS = registry.available()
+MODELS = registry.available(general=True)  # models bound to one kind of data have their own tests
 
 
 def _test_size_cases() -> list:

@@ -236,3 +236,18 @@ def test_packaged_fuxictr_train_part():
     assert t.lr_plateau == LRPlateau(factor=0.1, min_lr=1e-6) and t.grad_clip == 10.0
     assert (t.early_stopping.metric, t.early_stopping.patience, t.batch_size, t.epochs) == ("auc", 2, 4096, 100)
     assert t.regularization.embedding_scope == "table"
+
+
+@pytest.mark.parametrize("overrides, steps", [
+    (["train.epochs=1"], [1, 2, 3, 4, 5, 6, 7]),                 # 400 rows / 64: 7 steps, 10 asked
+    (["train.epochs=1", "train.one_pass_evals=3"], [3, 5, 7]),   # ceil(7 * i / 3)
+    (["train.epochs=3", "train.max_steps=5", "train.one_pass_evals=2"], [3, 5]),  # budget within one epoch
+    (["train.epochs=2", "train.one_pass_evals=3"], [7, 14]),     # two passes: once per epoch
+    (["train.epochs=1", "train.eval_every_steps=4"], [4]),       # an explicit interval wins
+])
+def test_one_pass_runs_validate_inside_the_pass(root, overrides, steps):
+    name = "pass-" + "-".join(o.split(".")[-1] for o in overrides)
+    trainer = _trainer(root, name, "train.max_steps=null", *overrides)
+    trainer.fit()
+    records = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "valid"] == steps

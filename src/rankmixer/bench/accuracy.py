@@ -16,6 +16,7 @@ datasets with models::
       dcnv2-wide: {defaults: model/dcnv2, dnn_hidden: [400, 400]}
       rankmixer-no-mixing: {name: rankmixer, token_mixing: none}
       fuxictr-e2e:dcnv2: {fuxictr_e2e: dcnv2}               # FuxiCTR's whole pipeline
+      oracle: {model: model/planted, datasets: [synthetic]}  # only on the datasets listed
     overrides: [train.epochs=5]   # optional, applied to every cell
     differences: [[dcnv2, "fuxictr-e2e:dcnv2"]]   # optional: model A minus model B per dataset,
                                                   # paired bootstrap interval (bench/intervals.py)
@@ -92,8 +93,12 @@ def load_suite(path: Path | str) -> list[Cell]:
     if not isinstance(datasets, dict) or not datasets or not isinstance(models, dict) or not models:
         raise ConfigError(f"suite {path}: 'datasets' and 'models' must be non-empty mappings")
     common = tuple(str(o) for o in tree.get("overrides") or [])
-    sections = {label: _model_entry(entry, [path.parent], f"suite {path}: model {label!r}")
-                for label, entry in models.items()}
+    sections, only = {}, {}
+    for label, entry in models.items():
+        where = f"suite {path}: model {label!r}"
+        if isinstance(entry, dict) and "datasets" in entry:
+            entry, only[label] = _restricted_entry(entry, set(datasets), where)
+        sections[label] = _model_entry(entry, [path.parent], where)
     cells = []
     for ds, entry in datasets.items():
         config, ds_overrides = entry, ()
@@ -102,6 +107,8 @@ def load_suite(path: Path | str) -> list[Cell]:
                 raise ConfigError(f"suite {path}: dataset {ds!r} must be a config (name or path) or {{config, overrides}}")
             config, ds_overrides = entry["config"], tuple(str(o) for o in entry.get("overrides") or [])
         for label, sec in sections.items():
+            if label in only and ds not in only[label]:
+                continue
             cell_label = f"{ds}-{label.replace(':', '-')}"
             if "fuxictr_e2e" in sec:
                 cells.append(Cell(cell_label, str(config), (*ds_overrides, *common), label, ds,
@@ -123,6 +130,18 @@ def suite_differences(path: Path | str) -> list[tuple[str, str]]:
         if not (isinstance(pair, list) and len(pair) == 2 and set(map(str, pair)) <= models):
             raise ConfigError(f"suite {path}: each of 'differences' must be [A, B], two of its model labels; got {pair!r}")
     return [(str(a), str(b)) for a, b in pairs]
+
+
+def _restricted_entry(entry: dict, datasets: set[str], where: str) -> tuple[object, list[str]]:
+    """``{model: ENTRY, datasets: [...]}``: a model that runs on the listed datasets only (e.g.
+    the synthetic sets' oracle, ``model/planted``): (ENTRY, the datasets)."""
+    only = entry["datasets"]
+    if set(entry) != {"model", "datasets"} or not isinstance(only, list) or not only:
+        raise ConfigError(f"{where}: expected {{model: ENTRY, datasets: [NAME, ...]}}, got keys {sorted(entry)}")
+    unknown = sorted(set(map(str, only)) - datasets)
+    if unknown:
+        raise ConfigError(f"{where}: datasets {unknown} are not datasets of the suite ({sorted(datasets)})")
+    return entry["model"], [str(d) for d in only]
 
 
 def _model_entry(entry: object, search: list[Path], where: str) -> dict:

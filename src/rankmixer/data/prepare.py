@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from rankmixer.core.files import OutputError, atomic_directory, check_output
+from rankmixer.core.files import OutputError, atomic_directory, check_output, write_text_atomic
 from rankmixer.data.datasets.base import DatasetPreset, RawFiles, TransformContext
 from rankmixer.data.encode import encode_features, fit_statistics, fnv1a64, load_fitted, split_lists
 from rankmixer.data.feature_map import GROUP_COLUMN, FeatureInfo, FeatureMap, SplitInfo
@@ -233,6 +233,11 @@ def prepare(
     existing = _existing_map(out_dir)
     if existing is not None and not force and existing.extras.get("prepare_key") == key:
         log(f"reusing prepared data in {out_dir} (same schema and raw files)")
+        extras = _extras(key, preset, raw_path)
+        if json.loads(json.dumps(extras)) != existing.extras:  # the preset now carries more
+            existing.extras = extras
+            write_text_atomic(out_dir / "feature_map.json", json.dumps(existing.to_dict(), indent=2))
+            log(f"refreshed the dataset's extras in {out_dir / 'feature_map.json'}")
         return existing
     if existing is not None and existing.dataset != name and not force:
         raise OutputError(f"{out_dir} holds prepared data of {existing.dataset!r}, not {name!r}: choose another "
@@ -245,6 +250,11 @@ def prepare(
     fm.root = out_dir
     log(f"prepared {out_dir} in {time.time() - t0:.1f}s")
     return fm
+
+
+def _extras(key: str, preset: DatasetPreset | None, raw_path: Path | None) -> dict:
+    """The feature map's ``extras``: the preparation key and what the preset carries along."""
+    return {"prepare_key": key, **(preset.extras(Path(raw_path)) if preset and raw_path else {})}
 
 
 def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: DatasetPreset | None,
@@ -304,7 +314,7 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
         has_time=schema.time_column is not None,
         splits=splits,
         report={"bad_rows": report.to_dict(), "oov_rate": oov, "seconds": round(time.time() - t0, 2)},
-        extras={"prepare_key": key, **(preset.extras(Path(raw_path)) if preset and raw_path else {})},
+        extras=_extras(key, preset, raw_path),
         root=out_dir,
     )
     shutil.rmtree(work)

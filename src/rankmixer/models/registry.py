@@ -9,6 +9,10 @@ is the base model's config class validated on ``defaults`` deep-merged with the 
 overrides (a nested mapping such as ``moe`` is merged key by key; anything else is replaced), so
 ``build_model("rankmixer-100m", fm, {"dropout": 0.1})`` is rankmixer with the 100m sizes and
 dropout 0.1. ``available()`` lists variants beside the models.
+
+A model that works on one kind of data only says so with ``needs`` (e.g. ``planted``, the
+synthetic sets' model-class oracle, needs a synthetic set's planted form); every other model
+builds from any feature map.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rankmixer.models.base import ModelConfig
 # Model modules imported on first use of the registry, so each file registers itself. A dotted
 # name is a full module path (the peers: their optional library is imported only when built).
 _MODEL_MODULES = ["lr", "dlrm", "deepfm", "dcnv2", "rankmixer", "concat_mlp",
-                  "autoint", "hiformer", "dhen", "wukong", "moe", "finalmlp", "fuxictr"]
+                  "autoint", "hiformer", "dhen", "wukong", "moe", "finalmlp", "fuxictr", "planted"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class ModelEntry:
     # Variants only: the registered model this one presets, and the preset config values.
     base: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
+    # What the model needs of the data beyond a feature map (None: any feature map will do).
+    needs: str | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -46,12 +52,13 @@ _VARIANTS: dict[str, ModelEntry] = {}
 _loaded = False
 
 
-def register(name: str, config_cls: type[ModelConfig]) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register(name: str, config_cls: type[ModelConfig],
+             needs: str | None = None) -> Callable[[type[nn.Module]], type[nn.Module]]:
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
         if (name in _REGISTRY and _REGISTRY[name].model_cls is not cls) or name in _VARIANTS:
             raise ValueError(f"model name {name!r} registered twice")
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        _REGISTRY[name] = ModelEntry(name, config_cls, cls, summary)
+        _REGISTRY[name] = ModelEntry(name, config_cls, cls, summary, needs=needs)
         return cls
 
     return deco
@@ -66,7 +73,8 @@ def register_variant(name: str, base_name: str, defaults: dict[str, Any], summar
     if base_name not in _REGISTRY:
         raise KeyError(f"variant {name!r}: base model {base_name!r} is not registered")
     base = _REGISTRY[base_name]
-    entry = ModelEntry(name, base.config_cls, base.model_cls, summary, base=base_name, defaults=dict(defaults))
+    entry = ModelEntry(name, base.config_cls, base.model_cls, summary, base=base_name, defaults=dict(defaults),
+                       needs=base.needs)
     if name in _VARIANTS and _VARIANTS[name] != entry:
         raise ValueError(f"variant {name!r} registered twice")
     _VARIANTS[name] = entry
@@ -80,9 +88,11 @@ def _load_all() -> None:
         _loaded = True
 
 
-def available() -> dict[str, ModelEntry]:
+def available(general: bool = False) -> dict[str, ModelEntry]:
+    """Every registered model and variant by name; ``general``: only those that build from any
+    feature map (no ``needs``)."""
     _load_all()
-    return dict(sorted({**_REGISTRY, **_VARIANTS}.items()))
+    return dict(sorted((n, e) for n, e in {**_REGISTRY, **_VARIANTS}.items() if not (general and e.needs)))
 
 
 def get(name: str) -> ModelEntry:

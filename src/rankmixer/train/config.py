@@ -117,7 +117,12 @@ class TrainConfig(StrictModel):
     # None: the learning rate follows lr_schedule only.
     lr_plateau: LRPlateau | None = None
     regularization: RegularizationConfig = RegularizationConfig()
-    eval_every_steps: int | None = Field(None, ge=1)  # None: once per epoch
+    # Validate every N steps. None: once per epoch, except in a one-pass run (the whole budget
+    # within one epoch: epochs 1, or max_steps at most one epoch), which validates
+    # one_pass_evals times evenly inside the pass (early stopping and the best checkpoint need
+    # more than the one validation at its end).
+    eval_every_steps: int | None = Field(None, ge=1)
+    one_pass_evals: int = Field(10, ge=1)
     checkpoint_every_steps: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every_steps: int = Field(50, ge=1)

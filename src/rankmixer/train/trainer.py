@@ -136,6 +136,13 @@ class Trainer:
         self.total_steps = steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
+        # When to validate (TrainConfig.eval_every_steps): every eval_every_steps steps; else at
+        # each epoch's end, except in a one-pass run: one_pass_evals steps spread evenly over
+        # the pass, the last one ending it.
+        self.eval_points: set[int] = set()
+        if cfg.eval_every_steps is None and self.total_steps <= steps_per_epoch:
+            n = min(cfg.one_pass_evals, self.total_steps)
+            self.eval_points = {math.ceil(self.total_steps * i / n) for i in range(1, n + 1)}
         fn = lr_lambda(cfg.lr_schedule, cfg.warmup_steps, self.total_steps)
         self.state = {
             "epoch": 0, "batch_in_epoch": 0, "step": 0, "samples": 0,
@@ -388,7 +395,8 @@ class Trainer:
                     if progress is not None:
                         progress.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.0f}")
                     window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros((), device=self.device), 0
-                if cfg.eval_every_steps and st["step"] % cfg.eval_every_steps == 0:
+                every = cfg.eval_every_steps
+                if (every and st["step"] % every == 0) or st["step"] in self.eval_points:
                     if self._validate():
                         st["stopped_early"] = stop = True
                 if cfg.max_steps and st["step"] >= cfg.max_steps:
@@ -400,7 +408,7 @@ class Trainer:
             else:
                 st["epoch"] += 1
                 st["batch_in_epoch"] = 0
-                if not cfg.eval_every_steps and self._validate():
+                if not (cfg.eval_every_steps or self.eval_points) and self._validate():
                     st["stopped_early"] = stop = True
                 self._checkpoint()
         if progress is not None:

@@ -120,7 +120,7 @@ class Generator:
         for n in names:
             importance = rng.uniform(0.2, 1.0)
             self.w1[n] = importance * rng.standard_normal(self.vocab[n])
-        w_tags = 0.6 * rng.standard_normal(cfg.n_tags)
+        self.w_tags = w_tags = 0.6 * rng.standard_normal(cfg.n_tags)
 
         # Latent vectors: every field gets a table; items share their cluster's vector, users
         # their home cluster's, so in-cluster (user, item) pairs have positive affinity.
@@ -130,15 +130,17 @@ class Generator:
             self.lat[n] = rng.standard_normal((self.vocab[n], d)) / math.sqrt(d)
         # A user's (item's) latent vector = its cluster's + its attributes' + its own, so the
         # interactions generalise to rare users and items through their attributes and history.
+        self.latent_attributes: dict[str, list[str]] = {}
         for side, home in (("user", self.user_home), ("item", np.arange(cfg.n_items) % K)):
             attrs = [f.name for f in self.fields[2:] if f.side == side and f.vocab <= cfg.interaction_vocab_max]
+            self.latent_attributes[side] = attrs if cfg.attribute_share else []
             c_share, a_share = cfg.cluster_share, (cfg.attribute_share if attrs else 0.0)
             own = math.sqrt(max(0.0, 1.0 - c_share - a_share)) * self.lat[side]
             self.lat[side] = own + math.sqrt(c_share) * cluster[home]
             if attrs:
                 mix = sum(self.lat[a][self.attr[a]] for a in attrs) / math.sqrt(len(attrs))
                 self.lat[side] += math.sqrt(a_share) * mix
-        lat_tags = rng.standard_normal((cfg.n_tags, d)) / math.sqrt(d)
+        self.lat_tags = lat_tags = rng.standard_normal((cfg.n_tags, d)) / math.sqrt(d)
         # The item's tags, averaged: mean weight and mean latent per item.
         self.item_tag_w = np.zeros(cfg.n_items)
         self.lat["tags"] = np.zeros((cfg.n_items, d))
@@ -355,6 +357,36 @@ class Generator:
         """The true click probability of every row (float64)."""
         return _sigmoid(self.bias + self._logit_no_bias(self._terms(rows)))
 
+    def structure(self) -> dict:
+        """The planted model's functional form without its parameters: which fields, features
+        and constants each term uses (JSON-able). The model-class oracle
+        (``rankmixer.models.planted``) is this form with learned parameters."""
+        cfg = self.cfg
+        scale = {"first": cfg.first_order_scale, "pair": cfg.pairwise_scale, "triple": cfg.triple_scale,
+                 "mlp": cfg.mlp_scale, "dense": cfg.dense_scale, "seq": cfg.seq_scale}
+        names = [f"I{j + 1}" for j in self.dense_pick.tolist()]
+        k = min(_MLP_DENSE, cfg.n_dense)
+        out: dict = {
+            "latent_dim": cfg.latent_dim,
+            "fields": [f.name for f in self.fields],
+            "bag": "tags",
+            "sequence": "hist_items",
+            "dense": [f"I{j + 1}" for j in range(cfg.n_dense)],
+            "groups": [g for g in _GROUPS if scale[g] and (g != "dense" or cfg.n_dense)],
+            # user / item latent = its own (cluster included) + the mean-scaled sum of these
+            # attribute fields' latents (the fields' values on the row)
+            "latent_attributes": self.latent_attributes,
+            "pairs": [list(p) for p in self.pairs],
+            "triple": ["user", "item", self.triple_field],
+            "mlp": {"fields": ["user", "item", self.mlp_field], "dense": names[:k], "hidden": _MLP_HIDDEN},
+            "recency_decay": _RECENCY_DECAY,
+        }
+        if cfg.n_dense:
+            xs = [names[j % cfg.n_dense] for j in range(5)]
+            out["dense_terms"] = {"prod": xs[:2], "step": xs[2], "step_at": 0.5,
+                                  "dcat": [xs[3], self.dcat_field], "square": xs[4]}
+        return out
+
     def summary(self) -> dict:
         """The planted model's choices, for the meta file."""
         return {
@@ -367,6 +399,7 @@ class Generator:
             "vocab_sizes": {f.name: f.vocab for f in self.fields} | {"tags": self.cfg.n_tags},
             "field_side": {f.name: f.side for f in self.fields},
             "dense_missing_rate": [float(v) for v in self.dense_missing],
+            "structure": self.structure(),
         }
 
 

@@ -3,7 +3,9 @@
 Its raw files are generated on first use (into ``<prepared_dir>-raw`` unless ``data.raw`` says
 otherwise) and regenerated only when the generator config changes. The planted model's
 Bayes-optimal metrics per split go into the feature map's ``extras["bayes"]``, so every report
-can print the ceiling next to the model's numbers.
+can print the ceiling next to the model's numbers; its functional form (which fields and
+features each term uses) goes into ``extras["planted"]``, from which the model-class oracle
+(``rankmixer.models.planted``) is built.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from rankmixer.data.datasets.base import DatasetPreset, RawFiles, register_preset
 from rankmixer.data.datasets.synthetic.columns import schema as feature_schema
 from rankmixer.data.datasets.synthetic.config import META_FILE, SPLITS, SyntheticConfig
+from rankmixer.data.datasets.synthetic.generator import Generator
 from rankmixer.data.datasets.synthetic.writer import generate, load_meta, split_files
 from rankmixer.data.schema import Schema
 
@@ -48,9 +51,12 @@ class SyntheticPreset(DatasetPreset):
 
     def extras(self, path: Path) -> dict:
         meta = load_meta(path)
+        # Data generated before the meta kept the form: rebuild it from the config (seconds).
+        structure = meta["planted_model"].get("structure") or Generator(self.cfg).structure()
         return {
             "bayes": {
                 s: {"auc": meta["splits"][s]["bayes_auc"], "logloss": meta["splits"][s]["bayes_logloss"]}
                 for s in SPLITS
-            }
+            },
+            "planted": structure,
         }

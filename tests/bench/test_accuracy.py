@@ -229,6 +229,7 @@ def test_scaling_study_small(tmp_path):
                     {"name": "concat-mlp", "embedding_dim": 8, "dnn_hidden": [64, 64]}],
             "rm": [{**RANKMIXER, "hidden_dim": 8}, {**RANKMIXER, "hidden_dim": 32}],
         },
+        "oracle": "model/planted",
     }
     path = tmp_path / "scaling.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -236,7 +237,8 @@ def test_scaling_study_small(tmp_path):
     report = run_scaling(path, [0], out, log=lambda m: None)
 
     rows = report["summary"]
-    assert [r["label"] for r in rows] == ["scaling-mlp-0", "scaling-mlp-1", "scaling-rm-0", "scaling-rm-1"]
+    assert [r["label"] for r in rows] == ["scaling-mlp-0", "scaling-mlp-1", "scaling-rm-0", "scaling-rm-1",
+                                          "scaling-oracle"]
     assert all(r["steps"] == 3 for r in report["cells"])  # ceil(1200 / 500) steps each
     for family in ("mlp", "rm"):
         small, big = (r for r in rows if r["model"] == family)
@@ -245,10 +247,35 @@ def test_scaling_study_small(tmp_path):
         # slope of AUC on log2(FLOPs) through two points: rise over run
         expect = (big["auc"] - small["auc"]) / (np.log2(big["flops_per_sample"]) - np.log2(small["flops_per_sample"]))
         assert report["slopes"][family]["auc_per_doubling_flops"] == pytest.approx(expect)
-    assert report["bayes_auc"] is not None
+    assert report["bayes_auc"] is not None and "model-class oracle" not in report["slopes"]
+    oracle = rows[-1]["auc"]
+    best = max(rows[:-1], key=lambda r: r["auc"])
+    assert report["gaps"] == {"best_label": best["label"], "best_auc": best["auc"], "oracle_auc": oracle,
+                              "bayes_auc": report["bayes_auc"], "to_oracle": pytest.approx(oracle - best["auc"]),
+                              "oracle_to_bayes": pytest.approx(report["bayes_auc"] - oracle)}
+    # The slopes' intervals against a loop: sklearn's AUC on the same draws of the test rows,
+    # the seed mean per size, numpy's least-squares slope, the 2.5% / 97.5% quantiles.
+    from sklearn.metrics import roc_auc_score
+
+    from rankmixer.bench.intervals import BOOTSTRAP, run_predictions
+    from rankmixer.core.bootstrap import resample_indices
+
+    for family in ("mlp", "rm"):
+        group = [r for r in rows if r["model"] == family]
+        preds = [run_predictions(c, out / "runs") for r in group for c in report["cells"] if c["label"] == r["label"]]
+        y = preds[0].labels[:, 0]
+        lx = np.log2([r["flops_per_sample"] for r in group])
+        slopes = []
+        for b in range(BOOTSTRAP["n_boot"]):
+            idx = resample_indices(len(y), b, BOOTSTRAP["seed"])
+            slopes.append(np.polyfit(lx, [roc_auc_score(y[idx], p.probs[idx, 0]) for p in preds], 1)[0])
+        low, high = report["slopes"][family]["auc_per_doubling_flops_ci"]
+        assert (low, high) == pytest.approx(tuple(np.quantile(slopes, [0.025, 0.975])), abs=1e-9)
+        assert low <= report["slopes"][family]["auc_per_doubling_flops"] <= high
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "scaling.json").read_text())["slopes"] == report["slopes"]
-    assert (out / "scaling.md").read_text().count("| rm |") == 2 + 1  # two sizes + the slope row
+    md = (out / "scaling.md").read_text()
+    assert md.count("| rm |") == 2 + 1 and "| model-class oracle |" in md  # two sizes + the slope row
 
 
 def test_scaling_spec_rejects_typos_and_single_sizes(tmp_path):

@@ -278,7 +278,8 @@ def render_scaling(reports: list[dict], opts: dict) -> str:
     _done(opts, "scaling")
     (rep,) = reports
     rows = accuracy.summarise(_cells(reports))
-    return scaling.markdown(rows, scaling.fit_slopes(rows), rep.get("bayes_auc"))
+    # The stored slopes carry their intervals (computed from the runs' predictions, not kept).
+    return scaling.markdown(rows, rep.get("slopes") or scaling.fit_slopes(rows), rep.get("bayes_auc"))
 
 
 def render_speed(reports: list[dict], opts: dict) -> str:

@@ -23,7 +23,8 @@ PACKAGED = packaged_configs()
 EXPERIMENTS = sorted((PACKAGED / "experiment").glob("*.yaml"))
 NAMES = [p.stem for p in EXPERIMENTS]
 PAIRS = [(n.replace("_fuxictr_", "_"), n) for n in NAMES if "_fuxictr_" in n and n.replace("_fuxictr_", "_") in NAMES]
-SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml") if p.stem != "scaling")
+SCALING_SPECS = ("scaling", "scaling_10m")
+SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml") if p.stem not in SCALING_SPECS)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -73,6 +74,19 @@ def test_packaged_scaling_spec_cells_validate():
     for cell in cells:
         cfg = load_config(cell.config, list(cell.overrides))
         assert cfg.data.preset_options["rows_train"] == 1_000_000
+
+
+def test_packaged_data_rich_scaling_spec_cells_validate():
+    from rankmixer.bench.scaling import ORACLE
+
+    cells, budget = load_spec("scaling_10m")
+    assert budget == "samples=10000000"
+    families = [c.model_label for c in cells if c.model_label != ORACLE]
+    assert len(set(families)) == 8 and all(families.count(f) == 5 for f in set(families))
+    assert [c.model_label for c in cells].count(ORACLE) == 1
+    for cell in cells:
+        cfg = load_config(cell.config, list(cell.overrides))
+        assert cfg.data.preset_options["rows_train"] == 10_000_000
 
 
 def test_names_resolve_from_any_directory(tmp_path, monkeypatch):

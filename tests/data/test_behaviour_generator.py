@@ -138,6 +138,20 @@ def test_deterministic_and_layout_independent(tmp_path):
     assert _read(tmp_path / "e", "train", e).equals(_read(tmp_path / "a", "train", a).head(BLOCK_ROWS))
 
 
+def test_edge_configs(tmp_path):
+    """No histories at all (every history column null), and a return period beyond every
+    history (the term is constant and switched off by its zero spread): still valid data."""
+    base = dict(rows_train=300, rows_valid=10, rows_test=10, n_users=100, n_items=200, n_categories=10)
+    meta = generate(BehaviourConfig(**base, empty_rate=1.0), tmp_path / "empty", progress=False)
+    df = _read(tmp_path / "empty", "train", meta)
+    assert all(df[c].null_count() == df.height for c in HIST)
+    assert 0.0 < df["bayes_p"].min() and df["bayes_p"].max() < 1.0
+    meta = generate(BehaviourConfig(**base, seq_len_max=30, return_period=100), tmp_path / "short", progress=False)
+    df = _read(tmp_path / "short", "train", meta)
+    assert meta["planted_model"]["standardisation"]["return"]["mean"] == 0.0
+    assert np.isfinite(df["bayes_p"].to_numpy()).all() and 0.1 < df["click"].mean() < 0.3
+
+
 def test_bayes_metrics_match_sklearn(default_set):
     cfg, out, meta = default_set
     for split in ("train", "test"):
@@ -201,13 +215,10 @@ def _pooled_features(cfg: BehaviourConfig, df: pl.DataFrame, first: np.ndarray) 
     row = np.repeat(np.arange(n), lengths)
     cand_cat = df["cat"].cast(pl.Int64).to_numpy()
     cand_item = df["item"].cast(pl.Int64).to_numpy()
-    hist_cat = np.zeros((n, C))
-    np.add.at(hist_cat, (row, h["hist_cat"]), 1.0)
-    hist_cat /= np.maximum(lengths, 1)[:, None]
+    per_row = np.maximum(lengths, 1)[:, None]
+    hist_cat = np.bincount(row * C + h["hist_cat"], minlength=n * C).reshape(n, C) / per_row
+    types = np.bincount(row * cfg.n_types + h["hist_type"], minlength=n * cfg.n_types).reshape(n, -1) / per_row
     one_hot = np.eye(C)[cand_cat]
-    types = np.zeros((n, cfg.n_types))
-    np.add.at(types, (row, h["hist_type"]), 1.0)
-    types /= np.maximum(lengths, 1)[:, None]
     same_item = np.bincount(row, weights=h["hist_item"] == cand_item[row], minlength=n)
     share = hist_cat[np.arange(n), cand_cat]
     return np.column_stack([first, one_hot, hist_cat, one_hot * hist_cat, share, np.sqrt(share),

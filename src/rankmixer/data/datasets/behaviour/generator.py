@@ -96,28 +96,31 @@ class Generator:
         length[rng.random(n) < cfg.empty_rate] = 0
         hist = sample_histories(rng, cfg, cat, self.base_interests[user], length)
 
-        # Candidate kind, falling back to popular when the history cannot provide the chosen one.
-        u = rng.random(n)
+        # Candidate kind; popular when the history is too short for the chosen one. Every
+        # kind's draw is made for every row (a fixed number of draws per block).
         edges = np.cumsum([cfg.p_cand_recent, cfg.p_cand_return, cfg.p_cand_interest])
-        kind = np.searchsorted(edges, u, side="right")
+        kind = np.searchsorted(edges, rng.random(n), side="right")
         reach = cfg.return_period + cfg.return_window
         kind[((kind == 0) & (length == 0)) | ((kind == 1) & (length < reach))] = 3
-
         end = hist.offsets[1:]
-        recent = end - 1 - (rng.random(n) * np.minimum(np.maximum(length, 1), cfg.attention_window)).astype(np.int64)
-        lag = cfg.return_period + rng.integers(-cfg.return_window, cfg.return_window + 1, n)
-        back = end - lag
+        window = np.minimum(np.maximum(length, 1), cfg.attention_window)
+        recent = end - 1 - (rng.random(n) * window).astype(np.int64)  # a position in the window
+        back = end - cfg.return_period - rng.integers(-cfg.return_window, cfg.return_window + 1, n)
         slot = rng.integers(0, cfg.n_interests, n)
-        same = rng.random(n) < 0.5
+        same = rng.random(n) < 0.5  # a recent candidate is that very item, else a sibling
+
         item = cat.items(rng, n)  # popular
-        sibling = cat.items_in(rng, cat.category_of(hist.item[np.clip(recent, 0, max(hist.item.size - 1, 0))]))
+        # The rows whose kind needs a history have one, so their indices are in range.
+        recent_item = np.zeros(n, dtype=np.int64)
+        use = kind == 0
+        recent_item[use] = hist.item[recent[use]]
+        sibling = cat.items_in(rng, cat.category_of(recent_item))
         interest = cat.items_in(rng, hist.interests[np.arange(n), slot])
-        if hist.item.size:
-            pick = kind == 0
-            item[pick] = np.where(same, hist.item[np.clip(recent, 0, None)], sibling)[pick]
-            pick = kind == 1
-            item[pick] = hist.item[back[pick]]
-        item[kind == 2] = interest[kind == 2]
+        item[use] = np.where(same, recent_item, sibling)[use]
+        use = kind == 1
+        item[use] = hist.item[back[use]]
+        use = kind == 2
+        item[use] = interest[use]
         return Rows(user, item, kind, hist)
 
     # -- the model --

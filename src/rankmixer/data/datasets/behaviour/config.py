@@ -28,9 +28,9 @@ class BehaviourConfig(StrictModel):
     rows_train: int = Field(100_000, ge=1)
     rows_valid: int = Field(10_000, ge=1)
     rows_test: int = Field(10_000, ge=1)
-    # Rows buffered before each write (the memory bound; about 10 KB a row at the default
-    # lengths). Each write makes equal row groups of at most 100k rows.
-    chunk_rows: int = Field(50_000, ge=1)
+    # Rows buffered before each write (the memory bound: about 8 KB a row in Arrow at the
+    # default lengths). Each write makes equal row groups of at most 100k rows.
+    chunk_rows: int = Field(20_000, ge=1)
     # A split with more rows is written as <split>-00000.parquet, <split>-00001.parquet, ...
     rows_per_file: int = Field(2_000_000, ge=1)
     compression: Literal["zstd", "snappy", "none"] = "zstd"

@@ -39,9 +39,9 @@ def generate(cfg: BehaviourConfig | dict | None, out_dir: str | Path, progress: 
     into ``out_dir`` and return the meta dict (see the module docstring for the layout).
     ``out_dir`` is new, empty or an earlier output of this generator (an OutputError otherwise).
 
-    Memory: one chunk of ``chunk_rows`` rows (about 10 KB a row at the default lengths), one
-    block's flattened histories, and for the exact Bayes AUC about 9 bytes per row of the split
-    being written.
+    Memory: one chunk of ``chunk_rows`` rows (about 8 KB a row at the default lengths), one
+    block's flattened histories (about 100 bytes per behaviour while it is built), and for the
+    exact Bayes AUC about 9 bytes per row of the split being written.
     """
     if cfg is None:
         cfg = BehaviourConfig()

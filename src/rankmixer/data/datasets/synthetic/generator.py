@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rankmixer.data.datasets.calibration import sigmoid, solve_bias
 from rankmixer.data.datasets.synthetic.columns import arrow_schema, fields
 from rankmixer.data.datasets.synthetic.config import SyntheticConfig
 from rankmixer.data.datasets.synthetic.sampling import (
@@ -53,10 +54,6 @@ _MLP_HIDDEN = 16
 _MLP_DENSE = 4
 _STR_TABLE_MAX = 1 << 22
 _GROUPS = ("first", "pair", "triple", "mlp", "dense", "seq")
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
 
 
 @dataclass
@@ -219,7 +216,7 @@ class Generator:
         self.group_std = {g: (float(v.std()) if v.std() > 1e-12 else 1.0) for g, v in raw.items()}
         logit0 = self._logit_no_bias(terms)
         self.bias = 0.0
-        self.bias = _solve_bias(logit0, cfg.target_ctr)
+        self.bias = solve_bias(logit0, cfg.target_ctr)
         self.calib_logit_std = float(logit0.std())
 
     # -- sampling --
@@ -268,7 +265,7 @@ class Generator:
         dense = np.maximum(np.floor(np.exp(logv)) - 1.0, 0.0).astype(np.int64)
         missing = rng.random((n, nd)) < self.dense_missing
         # History: heavier users have longer histories.
-        length = rng.binomial(cfg.seq_len, _sigmoid(act - 0.3))
+        length = rng.binomial(cfg.seq_len, sigmoid(act - 0.3))
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(length, out=offsets[1:])
         hist = self._items(rng, np.repeat(home, length))
@@ -355,7 +352,7 @@ class Generator:
 
     def prob(self, rows: Rows) -> np.ndarray:
         """The true click probability of every row (float64)."""
-        return _sigmoid(self.bias + self._logit_no_bias(self._terms(rows)))
+        return sigmoid(self.bias + self._logit_no_bias(self._terms(rows)))
 
     def structure(self) -> dict:
         """The planted model's functional form without its parameters: which fields, features
@@ -401,16 +398,4 @@ class Generator:
             "dense_missing_rate": [float(v) for v in self.dense_missing],
             "structure": self.structure(),
         }
-
-
-def _solve_bias(logit: np.ndarray, target: float) -> float:
-    """The bias that makes the mean of sigmoid(logit + bias) equal ``target`` (bisection)."""
-    lo, hi = -30.0, 30.0
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if _sigmoid(logit + mid).mean() < target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
 

@@ -268,3 +268,11 @@ def test_schema_refuses_feature_named_like_a_field_column():
 def test_canonical_columns_list_every_field_source():
     cols = Schema.model_validate(schema_dict()).canonical_columns()
     assert {"hist_item", "hist_cat", "hist_type", "hist_dt"} <= set(cols) and "hist" not in cols
+
+
+def test_schema_round_trips_through_its_dump(tmp_path):
+    from rankmixer.data.schema import dump_schema, load_schema
+
+    schema = Schema.model_validate(schema_dict())
+    dump_schema(schema, tmp_path / "s.yaml")
+    assert load_schema(tmp_path / "s.yaml") == schema

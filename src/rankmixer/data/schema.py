@@ -162,17 +162,16 @@ class BehaviourField(Vocabulary):
 
     @model_validator(mode="after")
     def _one_encoding(self) -> "BehaviourField":
-        if self.bucketize is not None:
-            vocab_opts = sorted(k for k in ("share_with", "min_count", "max_size", "hash_buckets")
-                                if k in self.model_fields_set)
-            if vocab_opts:
-                raise ValueError(f"field {self.name!r}: bucketize (numeric) cannot be combined with "
-                                 f"{vocab_opts} (categorical options; log buckets take bucketize.min_count)")
-        if self.share_with is not None:
-            own = sorted(k for k in ("min_count", "max_size", "hash_buckets") if k in self.model_fields_set)
-            if own:
-                raise ValueError(f"field {self.name!r}: shares the vocabulary of {self.share_with!r}, so "
-                                 f"{own} must be set on that feature, not here")
+        # Compared with the defaults (not with the keys given), so a dumped schema reloads.
+        vocab_opts = [k for k, changed in (("min_count", self.min_count != 1), ("max_size", self.max_size is not None),
+                                           ("hash_buckets", self.hash_buckets is not None)) if changed]
+        if self.bucketize is not None and (vocab_opts or self.share_with):
+            raise ValueError(f"field {self.name!r}: bucketize (numeric) cannot be combined with "
+                             f"{vocab_opts + (['share_with'] if self.share_with else [])} (categorical options; "
+                             "log buckets take bucketize.min_count)")
+        if self.share_with is not None and vocab_opts:
+            raise ValueError(f"field {self.name!r}: shares the vocabulary of {self.share_with!r}, so "
+                             f"{vocab_opts} must be set on that feature, not here")
         return self
 
 

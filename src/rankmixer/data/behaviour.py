@@ -75,9 +75,9 @@ def _detail(f: BehaviourFeature, row: dict, source: str) -> str:
             try:
                 x = float(v) if v is not None else 0.0
             except ValueError:
-                return f"value {v!r} is not a number"
+                return f"value {v!r} of field {b.name!r} is not a number"
             if not x >= 0 or x == float("inf"):
-                return f"value {v!r} is not a non-negative finite number (a {b.name} of a behaviour)"
+                return f"value {v!r} of field {b.name!r} is not a non-negative finite number"
     first = f.fields[0]
     n0 = len(row[behaviour_column(f.name, first.name)])
     return (f"{len(values)} values, but column {f.source_of(first)!r} has {n0}: every field of behaviour "

@@ -276,3 +276,20 @@ def test_schema_round_trips_through_its_dump(tmp_path):
     schema = Schema.model_validate(schema_dict())
     dump_schema(schema, tmp_path / "s.yaml")
     assert load_schema(tmp_path / "s.yaml") == schema
+
+
+# ---- models built on a feature map with behaviours keep working (they ignore them for now) -----
+@pytest.mark.parametrize("model", ["dcnv2", "rankmixer"])
+def test_models_build_and_run_beside_behaviours(tmp_path, model):
+    from rankmixer.nn.embedding import FeatureEmbedding
+    from tests.factories import small_model
+
+    fm = prepare(Schema.model_validate(schema_dict()), write_splits(tmp_path), tmp_path / "p", log=lambda *_: None)
+    batch = load(fm, "train")
+    emb = FeatureEmbedding(fm, 4)
+    assert emb.field_names == ["user", "item", "cat"]
+    # The own tables of behaviour fields are rows of the fused weight; shared ones are not added.
+    assert set(emb.table_offsets) == {"user", "item", "cat", "hist__type", "hist__dt"}
+    assert emb.num_rows == 1 + sum(rows - 1 for rows in fm.tables().values())
+    out = small_model(model, fm)(batch)
+    assert out.logits.shape == (len(batch), 1) and torch.isfinite(out.logits).all()

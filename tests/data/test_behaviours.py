@@ -293,3 +293,10 @@ def test_models_build_and_run_beside_behaviours(tmp_path, model):
     assert emb.num_rows == 1 + sum(rows - 1 for rows in fm.tables().values())
     out = small_model(model, fm)(batch)
     assert out.logits.shape == (len(batch), 1) and torch.isfinite(out.logits).all()
+
+
+def test_fuxictr_export_refuses_behaviours_by_name():
+    from rankmixer.bench.fuxictr_export import ExportError, dataset_config
+
+    with pytest.raises(ExportError, match="'hist'"):
+        dataset_config(Schema.model_validate(schema_dict()), "d", "r")

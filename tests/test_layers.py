@@ -20,7 +20,7 @@ LAYERS: list[list[str]] = [
     ["rankmixer.core"],
     ["rankmixer.data", "rankmixer.data.schema", "rankmixer.data.batch", "rankmixer.data.config"],
     ["rankmixer.data.reader", "rankmixer.data.feature_map"],
-    ["rankmixer.data.arrays"],
+    ["rankmixer.data.arrays", "rankmixer.data.behaviour"],
     ["rankmixer.data.datasets", "rankmixer.data.encode"],
     ["rankmixer.data.prepare", "rankmixer.data.loader"],
     ["rankmixer.nn"],

@@ -302,7 +302,7 @@ def _is_prepared(path: Path, fm: FeatureMap) -> bool:
         return False
     names = pq.ParquetFile(path).schema_arrow
     cols = {n: names.field(n).type for n in names.names}
-    return all(f.name in cols for f in fm.features) and all(
+    return all(c in cols for f in fm.features for c in f.columns) and all(
         str(cols[f.name]) == "int32" for f in fm.sparse
     )
 
@@ -387,7 +387,8 @@ def predict(
                        on_bad_row=on_bad_row)
         rows = pq.ParquetFile(encoded).metadata.num_rows
         present = set(pq.ParquetFile(encoded).schema_arrow.names)
-        missing = [f.name for f in fm.features if f.name not in present] + [t for t in fm.labels if t not in present]
+        missing = [c for f in fm.features for c in f.columns if c not in present] + [
+            t for t in fm.labels if t not in present]
         if missing:
             raise ValueError(f"{input_path}: missing column(s) {missing}")
         # A copy of the feature map whose only split is the file to score.

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
@@ -24,7 +26,6 @@ from rankmixer.data.datasets.behaviour import (
     schema_dict,
 )
 from rankmixer.data.datasets.behaviour.generator import Generator
-from rankmixer.data.schema import Schema
 
 HIST = ("hist_item", "hist_cat", "hist_type", "hist_dt")
 # Short histories and a short return period: fast, and every term is reachable.
@@ -259,8 +260,7 @@ def test_pooling_cannot_reach_bayes(default_set):
 
 
 def test_schema_form(default_set):
-    """The schema is issue 15's behaviour layout; everything but the new feature type validates
-    with today's Schema, and the whole of it once the ``behaviour`` type exists."""
+    """The schema is issue 15's behaviour layout and validates as a Schema."""
     cfg, out, meta = default_set
     raw = schema_dict(cfg)
     assert yaml.safe_load((out / SCHEMA_FILE).read_text()) == raw
@@ -276,13 +276,26 @@ def test_schema_form(default_set):
     }
     assert [c["name"] for c in raw["source"]["columns"]] == [c for c in meta["columns"] if c != "bayes_p"]
     assert schema_dict(BehaviourConfig(hist_max_len=200))["features"][-1]["max_len"] == 200
-    rest = {**raw, "features": raw["features"][:-1],
-            "feature_groups": {k: [f for f in v if f != "hist"] for k, v in raw["feature_groups"].items()}}
-    Schema.model_validate(rest)
-    try:
-        full = schema(cfg)
-    except ValueError as e:
-        if "behaviour" not in str(e):
-            raise
-        pytest.skip("the schema has no `behaviour` feature type yet")
-    assert full.feature("hist").max_len == cfg.seq_len_max
+    assert schema(cfg).feature("hist").max_len == cfg.seq_len_max
+
+
+def test_preset_prepares_and_loads_behaviours(tmp_path):
+    """The ``behaviour`` preset end to end: generated on first use, prepared, loaded as a
+    [B, max_len, 4] behaviour tensor whose lengths are the raw histories' (truncated to the most
+    recent max_len), with the Bayes metrics carried in the feature map."""
+    from rankmixer import experiment
+    from rankmixer.config import load_config
+    from rankmixer.data.loader import ParquetBatches, make_loader
+
+    opts = {"rows_train": 600, "rows_valid": 200, "rows_test": 200, "n_users": 100, "n_items": 300,
+            "n_categories": 10, "seq_len_max": 40, "hist_max_len": 16, "return_period": 20, "attention_window": 8}
+    cfg = load_config(None, ["data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}",
+                             f"data.prepared_dir={tmp_path / 'prep'}", f"run_dir={tmp_path / 'run'}"])
+    fm = experiment.prepare_data(cfg.data, log=lambda m: None)
+    assert fm.extras["bayes"]["test"]["auc"] > 0.5
+    raw = pl.read_parquet(tmp_path / "prep-raw" / "train.parquet")
+    lengths = raw["hist_item"].str.split("|").list.len().fill_null(0).to_numpy()
+    batch = next(iter(make_loader(ParquetBatches(fm, "train", len(raw), shuffle=False))))
+    hist = batch.behaviours["hist"]
+    assert hist.shape == (len(raw), 16, 4)
+    np.testing.assert_array_equal((hist[:, :, 0] != 0).sum(dim=1).numpy(), np.minimum(lengths, 16))

@@ -51,7 +51,11 @@ class ExportError(ValueError):
 
 
 def _ordered(schema: Schema) -> list:
-    """Features in our feature map's order: categorical-like, dense, bags, sequences."""
+    """Features in our feature map's order: categorical-like, dense, bags, sequences. Behaviour
+    sequences have no FuxiCTR counterpart here: refused with a message naming them."""
+    behaviours = [f.name for f in schema.features if f.type == "behaviour"]
+    if behaviours:
+        raise ExportError(f"behaviour features {behaviours} cannot be exported to FuxiCTR (not supported yet)")
     def rank(f) -> int:
         if isinstance(f, CategoricalFeature) or (isinstance(f, NumericalFeature) and f.bucketize is not None):
             return 0

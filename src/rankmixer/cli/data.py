@@ -43,8 +43,9 @@ def prepare(
     bad = fm.report.get("bad_rows", {})
     if bad.get("rows_skipped"):
         console.print(f"skipped {bad['rows_skipped']:,} of {bad['rows_read']:,} rows: {bad['by_reason']}")
+    behaviours = f", {len(fm.behaviours)} behaviours" if fm.behaviours else ""
     console.print(f"features: {len(fm.features)} ({len(fm.sparse)} sparse, {len(fm.dense)} dense, "
-                  f"{len(fm.bags)} bags, {len(fm.sequences)} sequences)")
+                  f"{len(fm.bags)} bags, {len(fm.sequences)} sequences{behaviours})")
 
 
 def presets() -> None:

@@ -6,7 +6,7 @@ process that runs ONNX Runtime need not import it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,8 @@ class Columns:
     labels: list[str]
     group: bool
     time: bool
+    # behaviour name -> (max_len, its field columns in tensor order)
+    behaviours: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
 
     @classmethod
     def from_feature_map(cls, fm: FeatureMap) -> "Columns":
@@ -53,10 +55,12 @@ class Columns:
             labels=list(fm.labels),
             group=fm.has_group,
             time=fm.has_time,
+            behaviours={f.name: (f.max_len, f.columns[:-1]) for f in fm.behaviours},
         )
 
     def names(self) -> list[str]:
         cols = self.sparse + self.dense + list(self.bags) + list(self.sequences) + self.labels
+        cols += [c for _, fields in self.behaviours.values() for c in fields]
         return cols + ([GROUP_COLUMN] if self.group else []) + ([TIME_COLUMN] if self.time else [])
 
 
@@ -67,6 +71,8 @@ def _stack(table: pa.Table, names: list[str], dtype) -> np.ndarray:
 
 
 def table_to_arrays(table: pa.Table, cols: Columns) -> dict[str, np.ndarray]:
+    """Arrays keyed by Batch field: ``sparse``, ``dense``, ``labels``, ``bag:<name>``,
+    ``seq:<name>``, ``beh:<name>`` ([n, max_len, n_fields]), ``group`` and ``timestamp``."""
     arrays = {
         "sparse": _stack(table, cols.sparse, np.int64),
         "dense": _stack(table, cols.dense, np.float32),
@@ -76,6 +82,9 @@ def table_to_arrays(table: pa.Table, cols: Columns) -> dict[str, np.ndarray]:
         arrays["bag:" + name] = pad_lists(table.column(name), max_len)
     for name, max_len in cols.sequences.items():
         arrays["seq:" + name] = pad_lists(table.column(name), max_len)
+    for name, (max_len, fields) in cols.behaviours.items():
+        # [n, max_len, n_fields]: the fields of a row have equal lengths, so their pads line up.
+        arrays["beh:" + name] = np.stack([pad_lists(table.column(c), max_len) for c in fields], axis=2)
     if cols.group:
         arrays["group"] = table.column(GROUP_COLUMN).to_numpy().astype(np.int64, copy=False)
     if cols.time:

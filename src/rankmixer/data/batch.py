@@ -19,6 +19,10 @@ class Batch:
     labels:    [B, n_tasks] float32 in {0, 1}
     group:     [B] int64 group ids for gAUC, or None
     timestamp: [B] int64, or None
+    behaviours: name -> [B, max_len, n_fields] int64 ids of each behaviour's per-position fields
+               (fields in the feature map's order), oldest first, padded with 0 at the end:
+               position i holds a behaviour iff i < its length (every field of a real position
+               is non-zero, a missing value being the OOV id 1)
     """
 
     dense: Tensor
@@ -28,6 +32,7 @@ class Batch:
     sequences: dict[str, Tensor] = field(default_factory=dict)
     group: Tensor | None = None
     timestamp: Tensor | None = None
+    behaviours: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -52,5 +57,8 @@ class Batch:
 
     @staticmethod
     def lengths(padded: Tensor) -> Tensor:
-        """Number of real (non-padding) ids per row of a padded bag or sequence."""
+        """Number of real (non-padding) ids per row of a padded bag or sequence; for a behaviour
+        ``[B, L, F]`` its number of positions."""
+        if padded.dim() == 3:
+            padded = padded[..., 0]
         return (padded != 0).sum(dim=1)

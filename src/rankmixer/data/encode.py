@@ -9,6 +9,9 @@ request's raw values exactly as preparation encoded the training rows).
   between versions) modulo the bucket count.
 * Numerical features: normalised with training mean/std (optionally after a signed log1p), or
   bucketized (Criteo's log buckets through a vocabulary, or training quantiles).
+* Behaviour features: each per-position field like a sequence of its kind (a categorical field
+  through its own or a shared vocabulary, a numeric one through its buckets), every field cut
+  to the same most recent ``max_len`` positions; the behaviour's own column is that length.
 """
 
 from __future__ import annotations
@@ -20,11 +23,21 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, FeatureInfo, FeatureMap
+from rankmixer.data.behaviour import split_behaviour
+from rankmixer.data.feature_map import (
+    GROUP_COLUMN,
+    TIME_COLUMN,
+    BehaviourFieldInfo,
+    FeatureInfo,
+    FeatureMap,
+    behaviour_column,
+)
 from rankmixer.data.reader import BadInputError
 from rankmixer.data.schema import (
     FIRST_ID,
     OOV_ID,
+    BehaviourFeature,
+    BehaviourField,
     CategoricalFeature,
     MultiCategoricalFeature,
     NumericalFeature,
@@ -112,7 +125,13 @@ def _value_expr(schema: Schema, f) -> tuple[pl.Expr, bool]:
 
 
 def split_lists(lf: pl.LazyFrame, schema: Schema) -> pl.LazyFrame:
-    """Bags and sequences as List[str] under the feature's name (strings split on separator)."""
+    """Bags and sequences as List[str] under the feature's name (strings split on separator);
+    each field of a behaviour as an aligned List[str] under its prepared column name (see
+    :func:`rankmixer.data.behaviour.split_behaviour`)."""
+    behaviours = [f for f in schema.features if isinstance(f, BehaviourFeature)]
+    if behaviours:
+        dtypes = lf.collect_schema()
+        lf = lf.with_columns([e for f in behaviours for e in split_behaviour(f, dtypes)])
     exprs = []
     for f in schema.features:
         if isinstance(f, (MultiCategoricalFeature, SequenceFeature)):
@@ -139,29 +158,67 @@ def split_lists(lf: pl.LazyFrame, schema: Schema) -> pl.LazyFrame:
     return lf.with_columns(fix)
 
 
+def _vocab_options(owner) -> tuple[int, int | None, int | None]:
+    """(min_count, max_size, hash_buckets) of a table's owner: a feature or a behaviour field
+    (log-bucketized ones take the bucketizer's min_count and are never capped nor hashed)."""
+    if isinstance(owner, (NumericalFeature, BehaviourField)) and owner.bucketize is not None:
+        return owner.bucketize.min_count, None, None
+    return owner.min_count, owner.max_size, owner.hash_buckets
+
+
+def _vocab_sources(schema: Schema) -> dict[str, tuple[object, list[tuple[pl.Expr, bool]]]]:
+    """Every table that needs a vocabulary (or hashing) -> (its owner, the values counted into
+    it as (expression, is a list)): a shared table gets its owner's and its sharers' values."""
+    owners = {f.name: f for f in schema.features}
+    tables: dict[str, tuple[object, list[tuple[pl.Expr, bool]]]] = {}
+
+    def add(table: str, owner, expr: pl.Expr, is_list: bool) -> None:
+        tables.setdefault(table, (owner, []))[1].append((expr, is_list))
+
+    for f in schema.features:
+        if isinstance(f, BehaviourFeature):
+            for b in f.fields:
+                col = behaviour_column(f.name, b.name)
+                if b.bucketize is None:
+                    add(b.share_with or col, owners[b.share_with] if b.share_with else b, pl.col(col), True)
+                elif b.bucketize.method == "log":
+                    add(col, b, pl.col(col).list.eval(_log_bucket(pl.element())), True)
+            continue
+        if isinstance(f, NumericalFeature) and (f.bucketize is None or f.bucketize.method == "quantile"):
+            continue
+        table = getattr(f, "share_with", None) or f.name
+        add(table, owners[table], *_value_expr(schema, f))
+    return tables
+
+
+def _quantile_boundaries(values: pl.LazyFrame, num_buckets: int) -> list[float]:
+    """Distinct training quantiles at 1/n .. (n-1)/n of the single column ``v`` of ``values``."""
+    qs = [i / num_buckets for i in range(1, num_buckets)]
+    row = values.select([pl.col("v").quantile(q, "nearest").alias(str(i)) for i, q in enumerate(qs)]).collect(
+        engine="streaming"
+    )
+    return sorted({float(v) for v in row.row(0) if v is not None})
+
+
+def _quantile_ids(v: pl.Expr, bounds: list[float]) -> pl.Expr:
+    """Bucket id of the number ``v``: FIRST_ID + how many boundaries it exceeds; null -> OOV."""
+    idx = pl.lit(0, pl.Int32)
+    for b in bounds:  # few boundaries: a sum of comparisons is simple and streams
+        idx = idx + (v > b).cast(pl.Int32)
+    return pl.when(v.is_null()).then(OOV_ID).otherwise(idx + FIRST_ID).cast(pl.Int32)
+
+
 def fit_statistics(train: pl.LazyFrame, schema: Schema) -> Fitted:
     """Vocabularies (counted over the owner's and its sharers' values) and numerical
     statistics of the training split, as the schema asks for them."""
     vocabs: dict[str, pl.DataFrame] = {}
     numeric: dict[str, dict] = {}
-    owners = {f.name: f for f in schema.features}
-    # Values of features that share a table are counted together with the owner's.
-    sources: dict[str, list] = {}
-    for f in schema.features:
-        if isinstance(f, NumericalFeature) and f.bucketize is None:
-            continue
-        if isinstance(f, NumericalFeature) and f.bucketize.method == "quantile":
-            continue
-        table = getattr(f, "share_with", None) or f.name
-        sources.setdefault(table, []).append(f)
-
-    for table, feats in sources.items():
-        owner = owners[table]
-        if getattr(owner, "hash_buckets", None):
+    for table, (owner, sources) in _vocab_sources(schema).items():
+        min_count, max_size, hash_buckets = _vocab_options(owner)
+        if hash_buckets:
             continue  # hashing needs no vocabulary
         parts = []
-        for f in feats:
-            expr, is_list = _value_expr(schema, f)
+        for expr, is_list in sources:
             q = train.select(expr.alias("value"))
             if is_list:
                 q = q.explode("value", empty_as_null=True)
@@ -173,9 +230,7 @@ def fit_statistics(train: pl.LazyFrame, schema: Schema) -> Fitted:
             .agg(pl.len().alias("count"))
             .collect(engine="streaming")
         )
-        min_count = owner.bucketize.min_count if isinstance(owner, NumericalFeature) else owner.min_count
         counts = counts.filter(pl.col("count") >= min_count).sort(["count", "value"], descending=[True, False])
-        max_size = getattr(owner, "max_size", None)
         if max_size:
             counts = counts.head(max_size)
         vocabs[table] = counts.with_columns(
@@ -183,16 +238,22 @@ def fit_statistics(train: pl.LazyFrame, schema: Schema) -> Fitted:
         ).select("value", "id", "count")
 
     for f in schema.features:
+        if not isinstance(f, BehaviourFeature):
+            continue
+        for b in f.fields:
+            if b.bucketize is not None and b.bucketize.method == "quantile":
+                col = behaviour_column(f.name, b.name)
+                values = train.select(pl.col(col).list.eval(pl.element().cast(pl.Float64))
+                                     .explode(empty_as_null=True).alias("v"))
+                numeric[col] = {"boundaries": _quantile_boundaries(values, b.bucketize.num_buckets),
+                                "missing_rate": None}
+
+    for f in schema.features:
         if not isinstance(f, NumericalFeature):
             continue
         col = pl.col(f.column).cast(pl.Float64)
         if f.bucketize is not None and f.bucketize.method == "quantile":
-            nb = f.bucketize.num_buckets
-            qs = [i / nb for i in range(1, nb)]
-            row = train.select([col.quantile(q, "nearest").alias(str(i)) for i, q in enumerate(qs)]).collect(
-                engine="streaming"
-            )
-            bounds = sorted({float(v) for v in row.row(0) if v is not None})
+            bounds = _quantile_boundaries(train.select(col.alias("v")), f.bucketize.num_buckets)
             numeric[f.name] = {"boundaries": bounds, "missing_rate": None}
             continue
         if f.bucketize is not None:
@@ -220,6 +281,9 @@ def load_fitted(prepared_dir: Path, fm: FeatureMap) -> Fitted:
             numeric[f.name] = {k: f.stats[k] for k in ("mean", "std", "min", "max", "missing_rate")}
         elif f.stats.get("bucketize") == "quantile":
             numeric[f.name] = {"boundaries": f.stats["boundaries"]}
+        for b in f.fields:  # a behaviour's quantile-bucketized fields
+            if b.stats.get("bucketize") == "quantile":
+                numeric[b.table] = {"boundaries": b.stats["boundaries"]}
     return Fitted(vocabs, numeric)
 
 
@@ -241,9 +305,14 @@ def encode_features(lf: pl.LazyFrame, schema: Schema, fitted: Fitted) -> tuple[p
     with the training split's statistics: the one encoder of preparation, ``predict`` and
     serving. Returns the encoded frame and each feature's :class:`FeatureInfo`."""
     owners = {f.name: f for f in schema.features}
-    sparse, dense, bags, seqs = [], [], [], []
+    sparse, dense, bags, seqs, behaviours = [], [], [], [], []
     exprs = []
     for f in schema.features:
+        if isinstance(f, BehaviourFeature):
+            field_exprs, info = _encode_behaviour(f, fitted, owners)
+            exprs += field_exprs
+            behaviours.append(info)
+            continue
         if isinstance(f, NumericalFeature):
             if f.bucketize is None:
                 st = fitted.numeric[f.name]
@@ -260,11 +329,7 @@ def encode_features(lf: pl.LazyFrame, schema: Schema, fitted: Fitted) -> tuple[p
                 continue
             if f.bucketize.method == "quantile":
                 bounds = fitted.numeric[f.name]["boundaries"]
-                v = pl.col(f.column).cast(pl.Float64)
-                idx = pl.lit(0, pl.Int32)
-                for b in bounds:  # few boundaries: a sum of comparisons is simple and streams
-                    idx = idx + (v > b).cast(pl.Int32)
-                exprs.append(pl.when(v.is_null()).then(OOV_ID).otherwise(idx + FIRST_ID).cast(pl.Int32).alias(f.name))
+                exprs.append(_quantile_ids(pl.col(f.column).cast(pl.Float64), bounds).alias(f.name))
                 sparse.append(
                     FeatureInfo(f.name, "sparse", vocab_size=FIRST_ID + len(bounds) + 1,
                                 stats={"bucketize": "quantile", "boundaries": bounds})
@@ -305,4 +370,36 @@ def encode_features(lf: pl.LazyFrame, schema: Schema, fitted: Fitted) -> tuple[p
         exprs.append(g.alias(GROUP_COLUMN))
     if schema.time_column:
         exprs.append(pl.col(schema.time_column).cast(pl.Int64).alias(TIME_COLUMN))
-    return lf.select(exprs), sparse + dense + bags + seqs
+    return lf.select(exprs), sparse + dense + bags + seqs + behaviours
+
+
+def _encode_behaviour(f: BehaviourFeature, fitted: Fitted, owners: dict) -> tuple[list[pl.Expr], FeatureInfo]:
+    """The id columns of a behaviour's fields (split lists in, most recent ``max_len`` ids out)
+    and its length column, with its :class:`FeatureInfo`."""
+    exprs, fields = [], []
+    for b in f.fields:
+        col = behaviour_column(f.name, b.name)
+        if b.bucketize is not None and b.bucketize.method == "quantile":
+            bounds = fitted.numeric[col]["boundaries"]
+            ids = pl.col(col).list.eval(_quantile_ids(pl.element().cast(pl.Float64), bounds))
+            info = BehaviourFieldInfo(b.name, col, FIRST_ID + len(bounds) + 1,
+                                      stats={"bucketize": "quantile", "boundaries": bounds})
+        elif b.bucketize is not None:
+            vocab = fitted.vocabs[col]
+            ids = _encode_ids(pl.col(col).list.eval(_log_bucket(pl.element())), vocab, None, True)
+            info = BehaviourFieldInfo(b.name, col, FIRST_ID + vocab.height,
+                                      stats={"bucketize": "log", "vocab_size": vocab.height})
+        else:
+            table = b.share_with or col
+            buckets = (owners[b.share_with] if b.share_with else b).hash_buckets
+            vocab = fitted.vocabs.get(table)
+            ids = _encode_ids(pl.col(col), vocab, buckets, True)
+            info = BehaviourFieldInfo(b.name, table, FIRST_ID + (buckets if buckets else vocab.height),
+                                      share_with=b.share_with,
+                                      stats={"hash_buckets": buckets} if buckets else {"vocab_size": vocab.height})
+        # Raw lists are oldest first: the most recent positions are the last ones.
+        exprs.append(ids.list.tail(f.max_len).alias(col))
+        fields.append(info)
+    first = behaviour_column(f.name, f.fields[0].name)
+    exprs.append(pl.col(first).list.len().clip(upper_bound=f.max_len).cast(pl.Int32).alias(f.name))
+    return exprs, FeatureInfo(f.name, "behaviour", max_len=f.max_len, fields=fields)

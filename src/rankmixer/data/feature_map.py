@@ -10,6 +10,9 @@ Prepared Parquet layout (one row per example):
 * ``dense`` features (normalised numerical): float32 column
 * ``bag`` (multi-valued categorical) and ``sequence`` features: list<int32> column, at most
   ``max_len`` ids, sequences oldest first; ``<name>__ts``: list<int64> timestamps if given
+* ``behaviour`` features: one list<int32> column per field, ``<name>__<field>`` (see
+  :func:`behaviour_column`), at most ``max_len`` ids, oldest first, every field of a row with
+  the same length; ``<name>``: int32 number of positions kept
 * labels: float32 columns named after the label
 * ``__group``: int64 group id for gAUC (if the schema has a group key)
 * ``__ts``: int64 timestamp (if the schema has a time column)
@@ -22,10 +25,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["sparse", "dense", "bag", "sequence"]
+Kind = Literal["sparse", "dense", "bag", "sequence", "behaviour"]
 
 GROUP_COLUMN = "__group"
 TIME_COLUMN = "__ts"
+
+
+def behaviour_column(behaviour: str, field: str) -> str:
+    """The prepared column of one field of a behaviour sequence (and the name of the field's
+    own table, when it has one)."""
+    return f"{behaviour}__{field}"
+
+
+@dataclass
+class BehaviourFieldInfo:
+    """One per-position field of a behaviour feature: where its ids come from."""
+
+    name: str
+    # Embedding table the ids index: the field's own (``<behaviour>__<field>``) or, when the
+    # field shares, the categorical feature named by ``share_with``.
+    table: str
+    # Rows of that table (padding and OOV included).
+    vocab_size: int
+    share_with: str | None = None
+    # Fitted statistics (vocabulary size, hash buckets, bucketize method and boundaries).
+    stats: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -34,17 +58,28 @@ class FeatureInfo:
     kind: Kind
     # Rows of the embedding table (padding and OOV included); 0 for dense features.
     vocab_size: int = 0
-    # bag / sequence: the padded length.
+    # bag / sequence / behaviour: the padded length.
     max_len: int = 0
     # bag / sequence: name of the sparse feature whose table (and vocabulary) this one uses.
     share_with: str | None = None
     # Fitted statistics, for reporting and for scoring raw values at serving time.
     stats: dict = field(default_factory=dict)
+    # behaviour: its per-position fields, in the order of the Batch tensor's last axis. A
+    # behaviour has no table of its own (vocab_size 0): each field names its table.
+    fields: list[BehaviourFieldInfo] = field(default_factory=list)
 
     @property
     def table(self) -> str:
-        """Name of the embedding table this feature looks up."""
+        """Name of the embedding table this feature looks up (not meaningful for a behaviour,
+        whose fields each have one)."""
         return self.share_with or self.name
+
+    @property
+    def columns(self) -> list[str]:
+        """The prepared Parquet columns of this feature (see the module docstring)."""
+        if self.kind == "behaviour":
+            return [behaviour_column(self.name, f.name) for f in self.fields] + [self.name]
+        return [self.name]
 
 
 @dataclass
@@ -91,6 +126,10 @@ class FeatureMap:
         return self.of_kind("sequence")
 
     @property
+    def behaviours(self) -> list[FeatureInfo]:
+        return self.of_kind("behaviour")
+
+    @property
     def num_tasks(self) -> int:
         return len(self.labels)
 
@@ -101,8 +140,15 @@ class FeatureMap:
         raise KeyError(f"unknown feature {name!r}; known: {[f.name for f in self.features]}")
 
     def tables(self) -> dict[str, int]:
-        """Embedding tables to create: table name -> rows. Shared features add no table."""
-        return {f.name: f.vocab_size for f in self.features if f.kind != "dense" and not f.share_with}
+        """Embedding tables to create: table name -> rows. Shared features (and behaviour fields)
+        add no table; a behaviour field with its own vocabulary adds its own."""
+        out = {}
+        for f in self.features:
+            if f.kind == "behaviour":
+                out.update({b.table: b.vocab_size for b in f.fields if not b.share_with})
+            elif f.kind != "dense" and not f.share_with:
+                out[f.name] = f.vocab_size
+        return out
 
     def split_files(self, split: str) -> list[Path]:
         if split not in self.splits:
@@ -122,7 +168,8 @@ class FeatureMap:
     @classmethod
     def from_dict(cls, d: dict, root: Path | None = None) -> "FeatureMap":
         d = dict(d)
-        d["features"] = [FeatureInfo(**f) for f in d["features"]]
+        d["features"] = [FeatureInfo(**{**f, "fields": [BehaviourFieldInfo(**b) for b in f.get("fields", [])]})
+                         for f in d["features"]]
         d["splits"] = {k: SplitInfo(**v) for k, v in d.get("splits", {}).items()}
         return cls(**d, root=root)
 

@@ -9,7 +9,8 @@ Order of work, chosen so that memory is bounded and every step is vectorised:
 2. Each reader fills a window of ``shuffle_buffer`` rows, permutes it and emits full batches;
    the remainder (less than one batch) rolls into the next window. Columns stay numpy arrays
    the whole time: a permutation is one fancy-index per column, not a Python loop over rows.
-3. Bags and sequences are padded to their ``max_len`` once, when the row group is read.
+3. Bags, sequences and behaviours are padded to their ``max_len`` once, when the row group is
+   read.
 
 Exact resume: for a given (seed, epoch, rank, world size, worker count) the batch stream is a
 pure function of the data, so a resumed run re-reads the epoch and drops the batches it had
@@ -40,6 +41,7 @@ def _arrays_to_batch(a: dict[str, np.ndarray]) -> Batch:
         sequences={k[4:]: t(v) for k, v in a.items() if k.startswith("seq:")},
         group=t(a["group"]) if "group" in a else None,
         timestamp=t(a["timestamp"]) if "timestamp" in a else None,
+        behaviours={k[4:]: t(v) for k, v in a.items() if k.startswith("beh:")},
     )
 
 

@@ -30,6 +30,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from rankmixer.core.files import OutputError, atomic_directory, check_output, write_text_atomic
+from rankmixer.data.behaviour import check_behaviours
 from rankmixer.data.datasets.base import DatasetPreset, RawFiles, TransformContext
 from rankmixer.data.encode import encode_features, fit_statistics, fnv1a64, load_fitted, split_lists
 from rankmixer.data.feature_map import GROUP_COLUMN, FeatureInfo, FeatureMap, SplitInfo
@@ -101,7 +102,7 @@ def _check_labels(lf: pl.LazyFrame, schema: Schema, on_bad_row: OnBadRow, raw_na
 def canonical_rows(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPreset | None, raw_path: Path | None,
                    on_bad_row: OnBadRow) -> tuple[pl.LazyFrame, BadRowReport, list[str]]:
     """Read and type-check the raw files, apply the preset's transform, check the canonical
-    columns and labels. Per-split raw files get a ``__split`` column."""
+    columns, labels and behaviour sequences. Per-split raw files get a ``__split`` column."""
     report = BadRowReport()
     frames, raw_names = [], []
     groups = [("all", raw.all)] if raw.all else [(s, raw.by_split.get(s, [])) for s in SPLITS]
@@ -128,7 +129,8 @@ def canonical_rows(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPre
     if missing:
         raise BadInputError(f"columns named in the schema are missing from the data: {missing} (have {sorted(have)})")
     lf = _check_labels(lf, schema, on_bad_row, raw_names, report)
-    return split_lists(lf, schema), report, raw_names
+    lf = check_behaviours(split_lists(lf, schema), schema, on_bad_row, raw_names, report)
+    return lf, report, raw_names
 
 
 def split_canonical(lf: pl.LazyFrame, schema: Schema, work: Path, *, by_files: bool,
@@ -292,16 +294,21 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
         enc.sink_parquet(tmp, row_group_size=ROW_GROUP_SIZE)
         files = _reshard(tmp, split_dir, rows_per_shard)
         scan = pl.scan_parquet([split_dir / f for f in files])
+        # OOV rates: of sparse ids per row, of behaviour field ids per position.
+        oov_cols = [i.name for i in infos if i.kind == "sparse"]
+        beh_cols = [c for i in infos if i.kind == "behaviour" for c in i.columns[:-1]]
         stats = scan.select(
             [pl.len().alias("rows")]
             + [pl.col(lab.name).mean().alias(lab.name) for lab in schema.labels]
-            + [(pl.col(i.name) == OOV_ID).mean().alias(i.name) for i in infos if i.kind == "sparse"]
+            + [(pl.col(c) == OOV_ID).mean().alias(c) for c in oov_cols]
+            + [((pl.col(c).list.eval(pl.element() == OOV_ID).list.sum().sum())
+                / pl.col(c).list.len().sum().clip(lower_bound=1)).alias(c) for c in beh_cols]
         ).collect().row(0, named=True)
         if stats["rows"] == 0:
             raise BadInputError(f"split {split!r} is empty after preparation")
         splits[split] = SplitInfo(files=[f"{split}/{f}" for f in files], rows=int(stats["rows"]),
                                   label_means=[float(stats[lab.name]) for lab in schema.labels])
-        oov[split] = {i.name: round(float(stats[i.name]), 6) for i in infos if i.kind == "sparse"}
+        oov[split] = {c: round(float(stats[c]), 6) for c in oov_cols + beh_cols}
         log(f"{split}: {stats['rows']:,} rows, label means {splits[split].label_means}")
 
     fm = FeatureMap(

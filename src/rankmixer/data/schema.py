@@ -7,6 +7,9 @@ A schema is a YAML file (or a dataset preset's built-in one) with three parts:
   reported with its file, row and column before anything else runs.
 * ``labels`` and ``features``: the *canonical* columns a dataset preset produces from the raw
   ones (for a plain CSV they are the raw columns themselves), each with its encoding.
+  Feature types: categorical, numerical, multi_categorical (a bag), sequence (one ordered
+  history of ids) and behaviour (an ordered history of several parallel per-position fields,
+  e.g. item, category, type and time gap: see :class:`BehaviourFeature`).
 * ``feature_groups``: named sets of features. RankMixer's semantic tokenizer makes one token
   source per group; other models ignore them.
 
@@ -139,8 +142,76 @@ class SequenceFeature(_FeatureBase, Vocabulary):
     timestamps: str | None = None
 
 
+class BehaviourField(Vocabulary):
+    """One per-position field of a behaviour sequence (the item, its category, the behaviour
+    type, the time gap to the request, ...).
+
+    Categorical by default: a vocabulary of its own (the :class:`Vocabulary` options), or, with
+    ``share_with``, the vocabulary and embedding table of a categorical feature (the candidate
+    item's, so a history item and the candidate look up the same row). With ``bucketize`` it is
+    numeric instead: each value a non-negative number (a time gap, a count, a duration), turned
+    into a bucket id as :class:`NumericalFeature` does.
+    """
+
+    name: str
+    # Raw column holding the field's values joined by the behaviour's separator; defaults to
+    # ``<behaviour>_<field>`` (e.g. ``hist_item``).
+    source: str | None = None
+    share_with: str | None = None
+    bucketize: Bucketize | None = None
+
+    @model_validator(mode="after")
+    def _one_encoding(self) -> "BehaviourField":
+        # Compared with the defaults (not with the keys given), so a dumped schema reloads.
+        vocab_opts = [k for k, changed in (("min_count", self.min_count != 1), ("max_size", self.max_size is not None),
+                                           ("hash_buckets", self.hash_buckets is not None)) if changed]
+        if self.bucketize is not None and (vocab_opts or self.share_with):
+            raise ValueError(f"field {self.name!r}: bucketize (numeric) cannot be combined with "
+                             f"{vocab_opts + (['share_with'] if self.share_with else [])} (categorical options; "
+                             "log buckets take bucketize.min_count)")
+        if self.share_with is not None and vocab_opts:
+            raise ValueError(f"field {self.name!r}: shares the vocabulary of {self.share_with!r}, so "
+                             f"{vocab_opts} must be set on that feature, not here")
+        return self
+
+
+class BehaviourFeature(_Strict):
+    """A behaviour sequence: parallel per-position fields sharing one length, oldest first.
+
+    Each field reads its own raw column (values joined by ``separator``); all the fields of a row
+    must hold the same number of values (a missing value at a position is an empty string
+    between separators and becomes the OOV id). Histories longer than ``max_len`` keep their
+    most recent ``max_len`` positions (the end of the raw list). Prepared, a behaviour is a
+    ``[max_len, n_fields]`` block of ids per example (see ``Batch.behaviours``).
+    """
+
+    type: Literal["behaviour"] = "behaviour"
+    name: str
+    max_len: int = Field(50, ge=1)
+    separator: str = "|"
+    # Per-position fields, in the order of the tensor's last axis.
+    fields: list[BehaviourField] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_fields(self) -> "BehaviourFeature":
+        names = [f.name for f in self.fields]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"behaviour {self.name!r}: duplicate field names {dup}")
+        return self
+
+    def source_of(self, field: BehaviourField) -> str:
+        """The raw (canonical) column of one of this behaviour's fields."""
+        return field.source or f"{self.name}_{field.name}"
+
+    @property
+    def columns(self) -> list[str]:
+        """The canonical columns this behaviour reads, in field order."""
+        return [self.source_of(f) for f in self.fields]
+
+
 Feature = Annotated[
-    Union[CategoricalFeature, NumericalFeature, MultiCategoricalFeature, SequenceFeature],
+    Union[CategoricalFeature, NumericalFeature, MultiCategoricalFeature, SequenceFeature, BehaviourFeature],
     Field(discriminator="type"),
 ]
 
@@ -185,15 +256,19 @@ class Schema(_Strict):
         if clash:
             raise ValueError(f"names used both as label and feature: {clash}")
         by_name = {f.name: f for f in self.features}
-        for f in self.features:
-            share = getattr(f, "share_with", None)
-            if share is not None:
-                if share not in by_name:
-                    raise ValueError(f"feature {f.name!r}: share_with={share!r} is not a feature")
-                if not isinstance(by_name[share], CategoricalFeature):
-                    raise ValueError(
-                        f"feature {f.name!r}: share_with={share!r} must name a categorical feature"
-                    )
+        sharers = [(f"feature {f.name!r}", f.share_with) for f in self.features if getattr(f, "share_with", None)]
+        sharers += [(f"behaviour {f.name!r} field {b.name!r}", b.share_with) for f in self.features
+                    if isinstance(f, BehaviourFeature) for b in f.fields if b.share_with]
+        for who, share in sharers:
+            if share not in by_name:
+                raise ValueError(f"{who}: share_with={share!r} is not a feature")
+            if not isinstance(by_name[share], CategoricalFeature):
+                raise ValueError(f"{who}: share_with={share!r} must name a categorical feature")
+        # A behaviour's prepared columns are ``<behaviour>__<field>``: no feature may be called so.
+        clash = sorted({f"{f.name}__{b.name}" for f in self.features if isinstance(f, BehaviourFeature)
+                        for b in f.fields} & set(names + label_names))
+        if clash:
+            raise ValueError(f"names {clash} are taken by behaviour fields' prepared columns (<behaviour>__<field>)")
         for group, members in self.feature_groups.items():
             unknown = [m for m in members if m not in by_name]
             if unknown:
@@ -211,8 +286,9 @@ class Schema(_Strict):
 
     def canonical_columns(self) -> list[str]:
         """Columns the canonical frame must have (after a preset's transform)."""
-        cols = [lab.name for lab in self.labels] + [f.column for f in self.features]
+        cols = [lab.name for lab in self.labels]
         for f in self.features:
+            cols += f.columns if isinstance(f, BehaviourFeature) else [f.column]
             if isinstance(f, SequenceFeature) and f.timestamps:
                 cols.append(f.timestamps)
         for extra in (self.group_key, self.time_column):

@@ -20,6 +20,11 @@ Ids must lie in ``[0, vocab_size)`` of their table (the data pipeline guarantees
 the end would read the next table's rows, so :meth:`FeatureEmbedding.check_ids` exists for tests
 and debugging (not called in ``forward``: it would sync the device).
 
+Behaviour sequences (``Batch.behaviours``) are not looked up here yet: ``forward`` ignores them
+and no field comes from them. Their fields' own tables (``feature_map.tables()``) are rows of the
+fused weight all the same, so a model that attends over behaviours can look a field up with
+``table_offsets[field.table]`` (shared fields index their owner's table).
+
 Initialisation: ``normal(0, 1e-2)`` for every row but the pad row: small, so initial dot
 products and FM terms are about 0 and logits start near the bias (FuxiCTR uses std 1e-4; DLRM's
 reference uniform(+-1/sqrt(rows))).
@@ -153,9 +158,10 @@ class FeatureEmbedding(nn.Module):
             torch.arange(self.numeric_offset, self.numeric_offset + n_numeric_rows, dtype=torch.long),
             persistent=False,
         )
-        # feature name -> the table it looks up (itself, or the sparse feature it shares with)
+        # feature name -> the table it looks up (itself, or the sparse feature it shares with);
+        # a behaviour has one table per field, not one of its own (see the module docstring).
         self.feature_table: dict[str, str] = {
-            f.name: f.table for f in feature_map.features if f.kind != "dense"
+            f.name: f.table for f in feature_map.features if f.kind not in ("dense", "behaviour")
         }
         self._offset_of: dict[str, int] = {
             n: self.table_offsets[self.feature_table[n]] for n in self.bag_names + self.sequence_names

@@ -37,6 +37,7 @@ from rankmixer.data.schema import (
     FIRST_ID,
     OOV_ID,
     PAD_ID,
+    BehaviourFeature,
     CategoricalFeature,
     NumericalFeature,
     Schema,
@@ -50,6 +51,11 @@ CATEGORY = "category"  # a string or an integer (vocabulary keys are strings: 7 
 NUMBER = "number"  # a finite int or float
 CATEGORY_LIST = "category_list"  # a JSON list of strings / integers
 INT_LIST = "int_list"  # a JSON list of integers (sequence timestamps)
+# A behaviour field: one value per position, oldest first, null where the value is missing (the
+# OOV id, as an empty value between separators in a raw file); every field of one behaviour
+# must have the same number of values.
+CATEGORY_POSITIONS = "category_positions"  # a JSON list of strings / integers / nulls
+NUMBER_POSITIONS = "number_positions"  # a JSON list of non-negative finite numbers / nulls
 
 
 # Dense inputs become float32: a larger magnitude would be inf in the model.
@@ -105,6 +111,15 @@ class InputSpec:
 def _inputs_of(schema: Schema) -> list[InputSpec]:
     cols: dict[str, dict[str, Any]] = {}
     for f in schema.features:
+        if isinstance(f, BehaviourFeature):
+            for b in f.fields:
+                kind = NUMBER_POSITIONS if b.bucketize is not None else CATEGORY_POSITIONS
+                c = cols.setdefault(f.source_of(b), {"kind": kind, "features": [], "max_len": f.max_len})
+                if c["kind"] != kind:
+                    raise ValueError(f"column {f.source_of(b)!r} is read as both {c['kind']} and {kind}; "
+                                     "cannot serve it")
+                c["features"].append(f.name)
+            continue
         if isinstance(f, NumericalFeature):
             kind, max_len = NUMBER, 0
         elif isinstance(f, CategoricalFeature):
@@ -165,7 +180,9 @@ class Preprocessor:
         cols.group = cols.time = False
         self.columns = cols
         # Features whose ids count towards the per-feature OOV metric.
-        self.oov_features = cols.sparse + list(cols.bags) + list(cols.sequences)
+        self.oov_features = cols.sparse + list(cols.bags) + list(cols.sequences) + list(cols.behaviours)
+        # behaviour -> its fields' input columns, whose lengths must agree on every row.
+        self.behaviour_inputs = {f.name: f.columns for f in self.schema.features if isinstance(f, BehaviourFeature)}
 
     @classmethod
     def load(cls, path: str | Path, fm: FeatureMap) -> "Preprocessor":
@@ -195,17 +212,24 @@ class Preprocessor:
             except RowError as e:
                 e.key = spec.name
                 raise
+        for name, columns in self.behaviour_inputs.items():
+            n0 = len(out[columns[0]])
+            for c in columns[1:]:
+                if len(out[c]) != n0:
+                    raise RowError(f"{where}.{c}", f"{len(out[c])} values, but {columns[0]} has {n0}: every "
+                                   f"field of behaviour {name!r} needs one value per position", key=c)
         return out
 
     # ---- encoding -------------------------------------------------------------------------
     def encode(self, rows: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Checked rows -> (arrays per Batch field as the loader builds them, OOV counts
-        ``[rows, len(oov_features)]``: ids equal to the OOV id per row and feature; a bag or a
-        sequence counts each of its values)."""
+        ``[rows, len(oov_features)]``: ids equal to the OOV id per row and feature; a bag, a
+        sequence or a behaviour counts each of its values)."""
         # Columns go through pyarrow: building list columns from Python lists is C there,
         # while polars' constructor makes one Series per sub-list.
         types = {CATEGORY: pa.string(), NUMBER: pa.float64(), CATEGORY_LIST: pa.list_(pa.string()),
-                 INT_LIST: pa.list_(pa.int64())}
+                 INT_LIST: pa.list_(pa.int64()), CATEGORY_POSITIONS: pa.list_(pa.string()),
+                 NUMBER_POSITIONS: pa.list_(pa.float64())}
         data = {spec.name: pa.array([r[spec.name] for r in rows], type=types[spec.kind]) for spec in self.inputs}
         for lab in self.schema.labels:
             data[lab.name] = pa.array(np.zeros(len(rows)))
@@ -223,8 +247,11 @@ class Preprocessor:
                            "normalised", key=column, row=r)
         oov = np.zeros((len(rows), len(self.oov_features)), dtype=np.int64)
         for k, f in enumerate(self.oov_features):
-            ids = arrays["sparse"][:, self.columns.sparse.index(f)] if f in self.columns.sparse else (
-                arrays[("bag:" if f in self.columns.bags else "seq:") + f])
+            if f in self.columns.sparse:
+                ids = arrays["sparse"][:, self.columns.sparse.index(f)]
+            else:
+                prefix = "bag:" if f in self.columns.bags else "seq:" if f in self.columns.sequences else "beh:"
+                ids = arrays[prefix + f]
             oov[:, k] = (ids == OOV_ID).reshape(len(rows), -1).sum(axis=1)
         return arrays, oov
 
@@ -277,6 +304,17 @@ def _check_value(v: Any, kind: str, field: str) -> Any:
         return []
     if not isinstance(v, list):
         raise RowError(field, f"expected an array, got {_json_type(v)} {show_value(v)}")
+    if kind == CATEGORY_POSITIONS:
+        return [None if x is None else _category(x, f"{field}[{j}]") for j, x in enumerate(v)]
+    if kind == NUMBER_POSITIONS:
+        out = []
+        for j, x in enumerate(v):
+            x = _check_value(x, NUMBER, f"{field}[{j}]")
+            if x is not None and x < 0:
+                raise RowError(f"{field}[{j}]", f"expected a non-negative number (a behaviour's gap or count), "
+                               f"got {show_value(v[j])}")
+            out.append(x)
+        return out
     if kind == CATEGORY_LIST:
         out = []
         for j, x in enumerate(v):

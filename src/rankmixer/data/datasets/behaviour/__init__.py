@@ -19,7 +19,8 @@ One job per module:
 * :mod:`.generator`: the planted model (parameters, row sampler, true click probability);
 * :mod:`.columns`: the columns (names, Arrow types) and the feature schema;
 * :mod:`.stream`: rows as Arrow record batches, one seeded block at a time;
-* :mod:`.writer`: Parquet files, ``schema.yaml`` and ``behaviour_meta.json``.
+* :mod:`.writer`: Parquet files, ``schema.yaml`` and ``behaviour_meta.json``;
+* :mod:`.preset`: the registered ``behaviour`` dataset preset.
 
 ``docs/sequence.md`` ("The synthetic behaviour set") describes the data for users.
 """

@@ -20,10 +20,10 @@ Ids must lie in ``[0, vocab_size)`` of their table (the data pipeline guarantees
 the end would read the next table's rows, so :meth:`FeatureEmbedding.check_ids` exists for tests
 and debugging (not called in ``forward``: it would sync the device).
 
-Behaviour sequences (``Batch.behaviours``) are not looked up here yet: ``forward`` ignores them
-and no field comes from them. Their fields' own tables (``feature_map.tables()``) are rows of the
-fused weight all the same, so a model that attends over behaviours can look a field up with
-``table_offsets[field.table]`` (shared fields index their owner's table).
+Behaviour sequences (``Batch.behaviours``) give no field: ``forward`` leaves them out, and a
+model that reads them calls :meth:`FeatureEmbedding.behaviours` for their unpooled
+``[B, L, F, dim]`` vectors (each per-position field looked up in its own table, or in the table of
+the feature it shares, e.g. the candidate item's).
 
 Initialisation: ``normal(0, 1e-2)`` for every row but the pad row: small, so initial dot
 products and FM terms are about 0 and logits start near the bias (FuxiCTR uses std 1e-4; DLRM's
@@ -167,6 +167,14 @@ class FeatureEmbedding(nn.Module):
             n: self.table_offsets[self.feature_table[n]] for n in self.bag_names + self.sequence_names
         }
 
+        # Behaviours: per field the offset of the table it looks up ([F] per behaviour).
+        self.behaviour_names = [f.name for f in feature_map.behaviours]
+        self.behaviour_fields: dict[str, list] = {f.name: list(f.fields) for f in feature_map.behaviours}
+        for f in feature_map.behaviours:
+            self.register_buffer(f"behaviour_offsets_{f.name}",
+                                 torch.tensor([self.table_offsets[b.table] for b in f.fields], dtype=torch.long),
+                                 persistent=False)
+
         self.weight = nn.Parameter(torch.empty(self.num_rows, dim))
         self.reset_parameters()
         # Bags pool with the fused embedding_bag kernel. Export to ONNX sets this to False: the
@@ -262,6 +270,17 @@ class FeatureEmbedding(nn.Module):
 
         fields = join_fields(parts, self.weight, B, self.dim)
         return EmbeddedFeatures(fields=fields, field_names=list(self.field_names), dense=batch.dense, sequences=sequences)
+
+    def behaviours(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
+        """Every behaviour's vectors: name -> (``[B, L, F, dim]``, mask ``[B, L]``, True where a
+        behaviour sits). Pad positions are zero vectors; a missing value at a real position is
+        its field's OOV row."""
+        out = {}
+        for name in self.behaviour_names:
+            ids = batch.behaviours[name]  # [B, L, F]
+            emb = self._lookup(self._globalise(ids, getattr(self, f"behaviour_offsets_{name}")))
+            out[name] = (emb, (ids != 0).any(dim=-1))
+        return out
 
     def extra_repr(self) -> str:
         return (

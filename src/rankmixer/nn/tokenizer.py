@@ -61,6 +61,20 @@ def sequence_targets(
     return out
 
 
+def activation_weights(unit: nn.Module, hist: Tensor, mask: Tensor, target: Tensor, softmax: bool) -> Tensor:
+    """DIN's activation unit (Zhou et al. 2018) over a history: ``[B, L]`` weights
+    ``a(h_l, q) = unit([h_l, q, h_l - q, h_l * q])`` of every position of ``hist`` ``[B, L, w]``
+    against the target ``q`` ``[B, w]``, zero at pad positions (``mask`` ``[B, L]`` False); with
+    ``softmax`` normalised over the real positions (an all-pad row gets zeros), else DIN's
+    unnormalised scores."""
+    q = target.unsqueeze(1).expand_as(hist)
+    scores = unit(torch.cat([hist, q, hist - q, hist * q], dim=-1)).squeeze(-1)  # [B, L]
+    if softmax:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return scores.softmax(dim=-1) * mask  # an all-pad row: uniform * 0 = 0
+    return scores * mask
+
+
 class SequencePooling(nn.Module):
     """Sets the field vectors of sequence features. ``forward(emb) -> fields [B, F, d]`` in
     ``emb.field_names`` order.
@@ -69,8 +83,8 @@ class SequencePooling(nn.Module):
     * ``target_attention``: DIN-style attention of the history against a target feature's
       embedding (Zhou et al. 2018). For history ``h_1..h_L`` (pad slots masked) and target ``q``,
       an activation unit ``a(h, q) = MLP([h, q, h - q, h * q])`` (hidden ``attention_hidden``,
-      ReLU, one output) scores every position; the pooled vector is ``sum_l w_l h_l`` with
-      ``w = softmax(a)`` over the real positions (``attention_softmax=True``: the scale of the
+      ``activation``, one output; :func:`activation_weights`) scores every position; the pooled
+      vector is ``sum_l w_l h_l`` with ``w = softmax(a)`` over the real positions (``attention_softmax=True``: the scale of the
       mean it replaces) or ``w = a`` masked (DIN's unnormalised form). An all-pad sequence pools
       to zero. The target of sequence ``s`` is ``targets[s]`` if given, else the sparse feature
       it ``share_with``; a sequence with neither keeps mean pooling (``mean_sequences``). Each
@@ -87,6 +101,7 @@ class SequencePooling(nn.Module):
         targets: Mapping[str, str] | None = None,
         attention_hidden: Sequence[int] = (32,),
         softmax: bool = True,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         if mode not in ("mean", "target_attention"):
@@ -104,17 +119,12 @@ class SequencePooling(nn.Module):
         self.seq_field_index = [index[s] for s in self.attended]
         self.target_field_index = [index[self.targets[s]] for s in self.attended]
         self.units = nn.ModuleDict(
-            {s: MLP(4 * dim, list(attention_hidden), 1, activation="relu") for s in self.attended}
+            {s: MLP(4 * dim, list(attention_hidden), 1, activation=activation) for s in self.attended}
         )
 
     def attention_weights(self, name: str, hist: Tensor, mask: Tensor, target: Tensor) -> Tensor:
         """``[B, L]`` pooling weights of sequence ``name`` (zero at pad positions)."""
-        q = target.unsqueeze(1).expand_as(hist)
-        scores = self.units[name](torch.cat([hist, q, hist - q, hist * q], dim=-1)).squeeze(-1)  # [B, L]
-        if self.softmax:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            return scores.softmax(dim=-1) * mask  # an all-pad row: uniform * 0 = 0
-        return scores * mask
+        return activation_weights(self.units[name], hist, mask, target, self.softmax)
 
     def forward(self, emb: EmbeddedFeatures) -> Tensor:
         fields = emb.fields

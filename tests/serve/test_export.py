@@ -218,3 +218,41 @@ def test_tampered_or_incomplete_artifact_is_refused(tmp_path):
         Artifact(bad)
     with pytest.raises(ArtifactError, match="no manifest.json"):
         Artifact(tmp_path)
+
+
+def test_behaviours_export_and_serve_like_pytorch(tmp_path):
+    """A DIN trained on behaviour sequences, exported to ONNX: raw histories in requests (one
+    array per field) score as the PyTorch model scores the prepared test rows."""
+    pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
+    pytest.importorskip("onnxscript", reason="ONNX export tests need the onnx extra (onnxscript)")
+    import polars as pl
+
+    from rankmixer import experiment
+    from rankmixer.config import load_config
+    from rankmixer.serve.artifact import Artifact
+    from rankmixer.serve.export import export_run
+
+    opts = {"rows_train": 300, "rows_valid": 100, "rows_test": 100, "n_users": 50, "n_items": 120,
+            "n_categories": 8, "seq_len_max": 12, "hist_max_len": 8, "return_period": 6, "attention_window": 4}
+    cfg = load_config(None, [
+        "data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}", f"data.prepared_dir={tmp_path / 'prep'}",
+        f"run_dir={tmp_path / 'run'}", "model.name=din", "model.embedding_dim=4", "model.attention_hidden=[8]",
+        "model.dnn_hidden=[16]", "train.max_steps=3", "train.batch_size=64", "train.tensorboard=false",
+        "train.progress=false", "train.early_stopping=null", "train.threads=1",
+    ])
+    experiment.train(cfg, log=lambda m: None)
+    art = Artifact(export_run(tmp_path / "run", "onnx", tmp_path / "art", log=lambda m: None))
+    assert [i["name"] for i in art.manifest["inputs"]][-1] == "beh__hist"
+    raw = pl.read_parquet(tmp_path / "prep-raw" / "test.parquet").to_dicts()
+    rows = []
+    for r in raw:
+        row = {k: r[k] for k in ("user", "item", "cat")}
+        for f in ("item", "cat", "type", "dt"):
+            values = r[f"hist_{f}"].split("|") if r[f"hist_{f}"] else []
+            row[f"hist_{f}"] = [int(v) for v in values] if f == "dt" else values
+        rows.append(row)
+    batch, ref = _reference(tmp_path / "run", len(rows))
+    arrays, _ = _encoded(art, rows)
+    assert np.array_equal(arrays["beh:hist"], batch.behaviours["hist"].numpy())
+    got, _ = art.score([art.preprocessor.check_row(r, "r") for r in rows])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)

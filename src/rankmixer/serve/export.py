@@ -61,6 +61,7 @@ class ScoringModule(nn.Module):
         self.model = model
         self.names = [n for n, _, _ in graph_inputs(fm)]
         self.n_dense, self.n_sparse, self.n_tasks = len(fm.dense), len(fm.sparse), fm.num_tasks
+        self.behaviour_shape = {f.name: (f.max_len, len(f.fields)) for f in fm.behaviours}
 
     def forward(self, *inputs: Tensor) -> Tensor:
         by_name = dict(zip(self.names, inputs))
@@ -72,6 +73,8 @@ class ScoringModule(nn.Module):
             dense=dense, sparse=sparse, labels=dense.new_zeros((B, self.n_tasks)),
             bags={n[5:]: t for n, t in by_name.items() if n.startswith("bag__")},
             sequences={n[5:]: t for n, t in by_name.items() if n.startswith("seq__")},
+            behaviours={n[5:]: t.reshape(t.shape[0], *self.behaviour_shape[n[5:]])
+                        for n, t in by_name.items() if n.startswith("beh__")},
         )
         return torch.sigmoid(self.model(batch).logits.float())
 

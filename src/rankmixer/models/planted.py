@@ -64,16 +64,15 @@ class PlantedModel(nn.Module):
         st = cfg.structure if cfg.structure is not None else feature_map.extras.get("planted")
         if st is None:
             raise ValueError(
-                "model 'planted' needs the planted model's form: prepare a synthetic dataset "
-                "(its feature map carries extras['planted']; re-prepare data prepared before it did, "
-                "e.g. delete the prepared folder) or give model.structure"
+                "model 'planted' needs the planted model's form: train it on a synthetic dataset "
+                "(its feature map carries extras['planted']; preparing again refreshes an older map) "
+                "or give model.structure"
             )
         if feature_map.num_tasks != 1:
             raise ValueError(f"model 'planted' predicts one task; the data has {feature_map.num_tasks}")
         self.st = st
         self.groups = set(st["groups"])
         d = int(st["latent_dim"])
-        self.d = d
 
         sparse = [f.name for f in feature_map.sparse]
         self.col = {n: i for i, n in enumerate(sparse)}

@@ -271,7 +271,7 @@ def test_schema_form(default_set):
             {"name": "item", "source": "hist_item", "share_with": "item"},
             {"name": "cat", "source": "hist_cat", "share_with": "cat"},
             {"name": "type", "source": "hist_type"},
-            {"name": "dt", "source": "hist_dt", "bucketize": {"method": "log"}},
+            {"name": "dt", "source": "hist_dt", "bucketize": {"method": "log"}, "order": "non_increasing"},
         ],
     }
     assert [c["name"] for c in raw["source"]["columns"]] == [c for c in meta["columns"] if c != "bayes_p"]

@@ -236,6 +236,28 @@ def test_bad_time_gaps_fail(tmp_path, dt, what):
     assert f"line/row {len(bad) + 1}" in msg and "'hist_dt'" in msg and what in msg
 
 
+def test_time_gaps_out_of_order_fail_or_are_counted(tmp_path):
+    """With ``order: non_increasing`` on the gap to the request, a history whose newer behaviour
+    is further from the request than an older one is not sorted oldest first: a bad row."""
+    d = schema_dict()
+    d["features"][3]["fields"][3]["order"] = "non_increasing"
+    schema = Schema.model_validate(d)
+    bad = TRAIN + ["10,1,u1,i1,c1,i1|i2|i3,c1|c2|c1,view|view|view,9||12"]  # 9, missing, 12: out of order
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    raw = write_splits(tmp_path / "a", train=bad)
+    with pytest.raises(BadInputError) as e:
+        prepare(schema, raw, tmp_path / "a" / "p", log=lambda *_: None)
+    msg = str(e.value)
+    assert f"line/row {len(bad) + 1}" in msg and "'hist_dt'" in msg and "must not increase" in msg and "9|12" in msg
+    fm = prepare(schema, write_splits(tmp_path / "b", train=bad), tmp_path / "b" / "p", on_bad_row="skip",
+                 log=lambda *_: None)
+    assert fm.report["bad_rows"]["by_reason"] == {"behaviour hist: field dt out of order": 1}
+    assert fm.splits["train"].rows == len(TRAIN)  # every sorted row kept (row 4's gap is missing)
+    with pytest.raises(ValueError, match="numeric"):
+        Schema.model_validate(with_fields({"name": "x", "order": "non_decreasing"}))
+
+
 # ---- schema validation --------------------------------------------------------------------------
 def with_fields(*fields, **feature) -> dict:
     d = schema_dict()

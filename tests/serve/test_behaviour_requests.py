@@ -66,3 +66,17 @@ def test_bad_behaviours_are_refused_naming_the_field(pre, change, field, message
     with pytest.raises(RowError) as e:
         pre.check_row({**row, **change}, "r")
     assert e.value.field == field and message in e.value.message
+
+
+def test_out_of_order_gaps_are_refused_when_the_schema_orders_them(tmp_path):
+    d = schema_dict()
+    d["features"][3]["fields"][3]["order"] = "non_increasing"
+    schema = Schema.model_validate(d)
+    fm = prepare(schema, write_splits(tmp_path), tmp_path / "p", log=lambda *_: None)
+    pre = Preprocessor(build_spec(fm, schema), fm)
+    row = {"user": "u1", "item": "i1", "cat": "c1", "hist_item": ["i1", "i2", "i3"], "hist_cat": ["c1", "c2", "c1"],
+           "hist_type": ["view", "buy", "view"], "hist_dt": [9, None, 4]}
+    pre.check_row(row, "r")  # sorted (a missing gap is skipped)
+    with pytest.raises(RowError) as e:
+        pre.check_row({**row, "hist_dt": [9, None, 12]}, "r")
+    assert e.value.field == "r.hist_dt" and "must not increase" in e.value.message

@@ -8,9 +8,10 @@ empty value between separators is a missing value at that position (``null``, la
 id), not a dropped one. A null or empty raw string is an empty history.
 
 :func:`check_behaviours` finds the rows preparation must not encode: fields of one behaviour
-with different numbers of values (the positions would no longer line up), and values of a
-numeric (bucketized) field that are not non-negative finite numbers (a time gap or a count is
-never negative). Like every bad row, they stop the run with an error naming the file, the
+with different numbers of values (the positions would no longer line up), values of a numeric
+(bucketized) field that are not non-negative finite numbers (a time gap or a count is never
+negative), and values of a field with an ``order`` that break it (behaviours not sorted oldest
+first; missing values are skipped). Like every bad row, they stop the run with an error naming the file, the
 line/row and the raw column, or, with ``on_bad_row="skip"``, are dropped and counted.
 """
 
@@ -62,6 +63,10 @@ def _problems(f: BehaviourFeature) -> list[tuple[pl.Expr, str, str]]:
         bad = (el.is_not_null() & num.is_null()) | (num.is_not_null() & (~num.is_finite() | (num < 0)))
         out.append((pl.col(c).list.eval(bad).list.any(), f.source_of(b),
                     f"behaviour {f.name}: field {b.name} not a non-negative number"))
+        if b.order is not None:
+            step = pl.col(c).list.eval(num.drop_nulls().diff().drop_nulls())
+            wrong = step.list.eval(el > 0 if b.order == "non_increasing" else el < 0).list.any()
+            out.append((wrong, f.source_of(b), f"behaviour {f.name}: field {b.name} out of order"))
     return out
 
 
@@ -71,6 +76,7 @@ def _detail(f: BehaviourFeature, row: dict, source: str) -> str:
     b = by_source[source]
     values = row[behaviour_column(f.name, b.name)]
     if b.bucketize is not None:
+        numbers = []
         for v in values:
             try:
                 x = float(v) if v is not None else 0.0
@@ -78,6 +84,12 @@ def _detail(f: BehaviourFeature, row: dict, source: str) -> str:
                 return f"value {v!r} of field {b.name!r} is not a number"
             if not x >= 0 or x == float("inf"):
                 return f"value {v!r} of field {b.name!r} is not a non-negative finite number"
+            if v is not None:
+                numbers.append(v)
+        if b.order is not None and len(values) == len(row[behaviour_column(f.name, f.fields[0].name)]):
+            rule = "must not increase" if b.order == "non_increasing" else "must not decrease"
+            return (f"values {'|'.join(numbers)} of field {b.name!r} {rule} from the oldest position to the "
+                    "newest (behaviours oldest first)")
     first = f.fields[0]
     n0 = len(row[behaviour_column(f.name, first.name)])
     return (f"{len(values)} values, but column {f.source_of(first)!r} has {n0}: every field of behaviour "

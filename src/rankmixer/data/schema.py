@@ -159,9 +159,15 @@ class BehaviourField(Vocabulary):
     source: str | None = None
     share_with: str | None = None
     bucketize: Bucketize | None = None
+    # Numeric fields only: the order the values must keep from the oldest position to the newest
+    # (``non_increasing`` for a gap to the request, ``non_decreasing`` for a timestamp); a row
+    # out of order is a bad row (its behaviours are not sorted oldest first).
+    order: Literal["non_increasing", "non_decreasing"] | None = None
 
     @model_validator(mode="after")
     def _one_encoding(self) -> "BehaviourField":
+        if self.order is not None and self.bucketize is None:
+            raise ValueError(f"field {self.name!r}: order applies to numeric (bucketize) fields only")
         # Compared with the defaults (not with the keys given), so a dumped schema reloads.
         vocab_opts = [k for k, changed in (("min_count", self.min_count != 1), ("max_size", self.max_size is not None),
                                            ("hash_buckets", self.hash_buckets is not None)) if changed]

@@ -183,6 +183,9 @@ class Preprocessor:
         self.oov_features = cols.sparse + list(cols.bags) + list(cols.sequences) + list(cols.behaviours)
         # behaviour -> its fields' input columns, whose lengths must agree on every row.
         self.behaviour_inputs = {f.name: f.columns for f in self.schema.features if isinstance(f, BehaviourFeature)}
+        # input column -> the order its values keep, oldest position first (BehaviourField.order)
+        self.ordered_inputs = {f.source_of(b): b.order for f in self.schema.features
+                               if isinstance(f, BehaviourFeature) for b in f.fields if b.order is not None}
 
     @classmethod
     def load(cls, path: str | Path, fm: FeatureMap) -> "Preprocessor":
@@ -218,6 +221,12 @@ class Preprocessor:
                 if len(out[c]) != n0:
                     raise RowError(f"{where}.{c}", f"{len(out[c])} values, but {columns[0]} has {n0}: every "
                                    f"field of behaviour {name!r} needs one value per position", key=c)
+        for c, order in self.ordered_inputs.items():
+            values = [v for v in out[c] if v is not None]
+            if any((b > a) if order == "non_increasing" else (b < a) for a, b in zip(values, values[1:])):
+                rule = "must not increase" if order == "non_increasing" else "must not decrease"
+                raise RowError(f"{where}.{c}", f"values {rule} from the oldest position to the newest "
+                               "(behaviours oldest first)", key=c)
         return out
 
     # ---- encoding -------------------------------------------------------------------------

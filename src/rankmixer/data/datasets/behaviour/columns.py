@@ -61,7 +61,7 @@ def schema_dict(cfg: BehaviourConfig | None = None) -> dict:
             {"name": "item", "source": "hist_item", "share_with": "item"},
             {"name": "cat", "source": "hist_cat", "share_with": "cat"},
             {"name": "type", "source": "hist_type"},
-            {"name": "dt", "source": "hist_dt", "bucketize": {"method": "log"}},
+            {"name": "dt", "source": "hist_dt", "bucketize": {"method": "log"}, "order": "non_increasing"},
         ],
     }
     return {

@@ -1,5 +1,7 @@
-"""Writing one split of a generated data set: seeded blocks streamed into Parquet, plus its
-exact Bayes-optimal metrics. Shared by the synthetic generators (``synthetic``, ``behaviour``).
+"""Writing a generated data set: seeded blocks streamed into Parquet, with exact Bayes-optimal
+metrics. Shared by the synthetic generators (``synthetic``, ``behaviour``): :func:`write_dataset`
+writes a whole set (schema, splits, meta), :func:`read_meta` reads its meta back, and
+:class:`GeneratedPreset` is the dataset preset both put in front of their generator.
 
 A split of ``rows`` rows is ``split.parquet``, or, above ``rows_per_file`` rows,
 ``split-00000.parquet``, ``split-00001.parquet``, ... (each at most ``rows_per_file`` rows, in
@@ -15,16 +17,23 @@ ranks float32 p (ties count 1/2).
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rankmixer.core.files import check_replaceable, write_marker, write_text_atomic
 from rankmixer.core.metrics import auc, logloss
+from rankmixer.data.datasets.base import DatasetPreset, RawFiles
+
+SPLITS = ("train", "valid", "test")
 
 MAX_ROW_GROUP = 100_000
 Compression = Literal["zstd", "snappy", "none"]
@@ -163,3 +172,125 @@ def write_split(
         "bayes_auc": None if math.isnan(bayes_auc) else bayes_auc,
         "bayes_logloss": ll_sum / rows,
     }
+
+
+Block = tuple[pa.RecordBatch, np.ndarray, np.ndarray]
+
+
+def write_dataset(
+    out_dir: Path,
+    cfg: Any,
+    *,
+    name: str,
+    kind: str,
+    meta_file: str,
+    columns: list[str],
+    schema: pa.Schema,
+    make_generator: Callable[[], Any],
+    blocks_of: Callable[[Any, str], Iterable[Block]],
+    write_schema: Callable[[], None],
+    legacy: Callable[[Path], bool] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write a generated set into ``out_dir`` and return its meta: the schema
+    (``write_schema()``), every split's files (``blocks_of(generator, split)``, sized by
+    ``cfg.rows(split)`` and ``cfg``'s ``chunk_rows`` / ``rows_per_file`` / ``compression``) and,
+    last, ``meta_file``, whose presence marks a complete set. ``out_dir`` is new, empty or an
+    earlier output of this generator (marker ``kind``; ``legacy``: how to recognise one written
+    before markers existed); anything else is refused with an OutputError."""
+    check_replaceable(out_dir, kind, overwrite=True, legacy=legacy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, kind)
+    # The meta marks a complete data set: gone until this run has written every file.
+    (out_dir / meta_file).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    gen = make_generator()
+    t_setup = time.perf_counter() - t0
+    write_schema()
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(cfg.rows(s) for s in SPLITS), unit="rows", unit_scale=True, desc=name, file=sys.stderr)
+    splits: dict[str, dict] = {}
+    try:
+        for split in SPLITS:
+            if bar is not None:
+                bar.set_description(f"{name} {split}", refresh=False)
+            splits[split] = write_split(out_dir, split, cfg.rows(split), blocks_of(gen, split), schema,
+                                        chunk_rows=cfg.chunk_rows, rows_per_file=cfg.rows_per_file,
+                                        compression=cfg.compression, bar=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    seconds = time.perf_counter() - t0
+    meta = {
+        "dataset": name,
+        "format_version": 1,
+        "config": cfg.model_dump(mode="json"),
+        "columns": columns,
+        "label": "click",
+        "prob_column": "bayes_p",
+        "splits": splits,
+        "planted_model": gen.summary(),
+        "generation_seconds": round(seconds, 3),
+        "setup_seconds": round(t_setup, 3),
+        "rows_per_second": round(sum(s["rows"] for s in splits.values()) / seconds, 1),
+    }
+    write_text_atomic(out_dir / meta_file, json.dumps(meta, indent=2))
+    return meta
+
+
+def read_meta(out_dir: str | Path, meta_file: str, how: str) -> dict:
+    """The meta file of a generated directory; ``how``: how to generate one, for the error."""
+    path = Path(out_dir) / meta_file
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: generate the data first ({how})")
+    return json.loads(path.read_text())
+
+
+class GeneratedPreset(DatasetPreset):
+    """A generator behind the dataset preset interface. Its raw files are generated on first use
+    (into ``<prepared_dir>-raw`` unless ``data.raw`` says otherwise: beside, not inside, the
+    prepared directory, which re-preparing empties), again only when the generator config
+    changes; the planted model's Bayes-optimal metrics per split go into the feature map's
+    ``extras["bayes"]``. A subclass names its config class and meta file and gives its
+    generator's ``generate``, ``split_files`` and ``load_meta``."""
+
+    config_cls: type
+    meta_file: str
+
+    def __init__(self, **options):
+        self.cfg = self.config_cls.model_validate(options)
+
+    def generate(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def split_files(self, split: str) -> list[str]:
+        raise NotImplementedError
+
+    def load_meta(self, path: Path) -> dict:
+        raise NotImplementedError
+
+    def default_raw_path(self, prepared_dir: Path) -> Path:
+        return Path(f"{prepared_dir}-raw")
+
+    def _up_to_date(self, path: Path) -> bool:
+        meta = path / self.meta_file
+        return meta.exists() and json.loads(meta.read_text()).get("config") == self.cfg.model_dump(mode="json")
+
+    def raw_files(self, path: Path) -> RawFiles:
+        path = Path(path)
+        if not self._up_to_date(path):
+            self.generate(path)
+        return RawFiles(by_split={s: [path / f for f in self.split_files(s)] for s in SPLITS})
+
+    def extras(self, path: Path) -> dict:
+        return self.extras_from(self.load_meta(path))
+
+    def extras_from(self, meta: dict) -> dict:
+        """The feature map's extras from the set's meta: the Bayes-optimal metrics per split."""
+        return {"bayes": {s: {"auc": meta["splits"][s]["bayes_auc"], "logloss": meta["splits"][s]["bayes_logloss"]}
+                          for s in SPLITS}}

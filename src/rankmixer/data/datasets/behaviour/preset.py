@@ -8,44 +8,31 @@ changes, and the planted model's Bayes-optimal metrics per split go into the fea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from rankmixer.data.datasets.base import DatasetPreset, RawFiles, register_preset
+from rankmixer.data.datasets.base import register_preset
 from rankmixer.data.datasets.behaviour.columns import schema as feature_schema
 from rankmixer.data.datasets.behaviour.config import META_FILE, BehaviourConfig
 from rankmixer.data.datasets.behaviour.writer import generate, load_meta, split_files
-from rankmixer.data.datasets.synthetic.config import SPLITS
+from rankmixer.data.datasets.generated import GeneratedPreset
 from rankmixer.data.schema import Schema
 
 
 @register_preset
-class BehaviourPreset(DatasetPreset):
+class BehaviourPreset(GeneratedPreset):
     name = "behaviour"
     description = "synthetic behaviour sequences (up to 1,000 positions) from a planted sequence model with known Bayes-optimal AUC"
-
-    def __init__(self, **options):
-        self.cfg = BehaviourConfig.model_validate(options)
+    config_cls = BehaviourConfig
+    meta_file = META_FILE
 
     def schema(self) -> Schema:
         return feature_schema(self.cfg)
 
-    def default_raw_path(self, prepared_dir: Path) -> Path:
-        return Path(f"{prepared_dir}-raw")
+    def generate(self, path: Path) -> None:
+        generate(self.cfg, path)
 
-    def _up_to_date(self, path: Path) -> bool:
-        meta = path / META_FILE
-        if not meta.exists():
-            return False
-        return json.loads(meta.read_text()).get("config") == self.cfg.model_dump(mode="json")
+    def split_files(self, split: str) -> list[str]:
+        return split_files(self.cfg, split)
 
-    def raw_files(self, path: Path) -> RawFiles:
-        path = Path(path)
-        if not self._up_to_date(path):
-            generate(self.cfg, path)
-        return RawFiles(by_split={s: [path / f for f in split_files(self.cfg, s)] for s in SPLITS})
-
-    def extras(self, path: Path) -> dict:
-        meta = load_meta(path)
-        return {"bayes": {s: {"auc": meta["splits"][s]["bayes_auc"], "logloss": meta["splits"][s]["bayes_logloss"]}
-                          for s in SPLITS}}
+    def load_meta(self, path: Path) -> dict:
+        return load_meta(path)

@@ -13,18 +13,14 @@ Files written into ``out_dir`` by :func:`generate`:
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from pathlib import Path
 
-from rankmixer.core.files import check_replaceable, write_marker, write_text_atomic
+from rankmixer.core.files import write_text_atomic
 from rankmixer.data.datasets.behaviour.columns import arrow_schema, column_names, schema_yaml
 from rankmixer.data.datasets.behaviour.config import META_FILE, SCHEMA_FILE, BehaviourConfig
 from rankmixer.data.datasets.behaviour.generator import Generator
 from rankmixer.data.datasets.behaviour.stream import block, blocks
-from rankmixer.data.datasets.generated import split_file_names, write_split
-from rankmixer.data.datasets.synthetic.config import SPLITS
+from rankmixer.data.datasets.generated import read_meta, split_file_names, write_dataset
 
 OUTPUT_KIND = "behaviour-data"  # the marker kind of a folder this generator wrote
 
@@ -48,65 +44,17 @@ def generate(cfg: BehaviourConfig | dict | None, out_dir: str | Path, progress: 
     elif isinstance(cfg, dict):
         cfg = BehaviourConfig.model_validate(cfg)
     out_dir = Path(out_dir)
-    # Only a folder of our own is written over (a user's folder of other files is refused).
-    check_replaceable(out_dir, OUTPUT_KIND, overwrite=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(out_dir, OUTPUT_KIND)
-    # The meta marks a complete data set: gone until this run has written every file.
-    (out_dir / META_FILE).unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    gen = Generator(cfg)
-    t_setup = time.perf_counter() - t0
-    write_text_atomic(out_dir / SCHEMA_FILE, schema_yaml(cfg))
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(cfg.rows(s) for s in SPLITS), unit="rows", unit_scale=True,
-                   desc="behaviour", file=sys.stderr)
-    splits: dict[str, dict] = {}
-    try:
-        for split in SPLITS:
-            if bar is not None:
-                bar.set_description(f"behaviour {split}", refresh=False)
-            splits[split] = write_split(
-                out_dir, split, cfg.rows(split),
-                (block(gen, split, index, n) for index, n in blocks(cfg.rows(split))),
-                arrow_schema(), chunk_rows=cfg.chunk_rows, rows_per_file=cfg.rows_per_file,
-                compression=cfg.compression, bar=bar,
-            )
-    finally:
-        if bar is not None:
-            bar.close()
-
-    seconds = time.perf_counter() - t0
-    meta = {
-        "dataset": "behaviour",
-        "format_version": 1,
-        "config": cfg.model_dump(mode="json"),
-        "columns": column_names(),
-        "label": "click",
-        "prob_column": "bayes_p",
-        "splits": splits,
-        "planted_model": gen.summary(),
-        "generation_seconds": round(seconds, 3),
-        "setup_seconds": round(t_setup, 3),
-        "rows_per_second": round(sum(s["rows"] for s in splits.values()) / seconds, 1),
-    }
-    write_text_atomic(out_dir / META_FILE, json.dumps(meta, indent=2))
-    return meta
+    return write_dataset(
+        out_dir, cfg, name="behaviour", kind=OUTPUT_KIND, meta_file=META_FILE, columns=column_names(),
+        schema=arrow_schema(), make_generator=lambda: Generator(cfg),
+        blocks_of=lambda gen, split: (block(gen, split, index, n) for index, n in blocks(cfg.rows(split))),
+        write_schema=lambda: write_text_atomic(out_dir / SCHEMA_FILE, schema_yaml(cfg)), progress=progress,
+    )
 
 
 def load_meta(out_dir: str | Path) -> dict:
     """The ``behaviour_meta.json`` of a generated directory (see :func:`generate`)."""
-    path = Path(out_dir) / META_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: generate the data first "
-            "(rankmixer.data.datasets.behaviour.generate(cfg, out_dir))"
-        )
-    return json.loads(path.read_text())
+    return read_meta(out_dir, META_FILE, "rankmixer.data.datasets.behaviour.generate(cfg, out_dir)")
 
 
 def config_from_dir(out_dir: str | Path) -> BehaviourConfig:

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rankmixer.core.strict import StrictModel
+from rankmixer.data.datasets.generated import SPLITS  # noqa: F401  (re-exported: the split names)
 
-SPLITS = ("train", "valid", "test")
 META_FILE = "synthetic_meta.json"
 SCHEMA_FILE = "schema.yaml"
 # Rows per independent random stream. Fixed (not a config field) so that the chunk size never

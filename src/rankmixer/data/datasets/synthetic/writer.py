@@ -15,20 +15,11 @@ Files written into ``out_dir`` by :func:`generate`:
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from pathlib import Path
 
-from rankmixer.core.files import check_replaceable, write_marker
-from rankmixer.data.datasets.generated import split_file_names, write_split
+from rankmixer.data.datasets.generated import read_meta, split_file_names, write_dataset
 from rankmixer.data.datasets.synthetic.columns import arrow_schema, column_names, schema
-from rankmixer.data.datasets.synthetic.config import (
-    META_FILE,
-    SCHEMA_FILE,
-    SPLITS,
-    SyntheticConfig,
-)
+from rankmixer.data.datasets.synthetic.config import META_FILE, SCHEMA_FILE, SyntheticConfig
 from rankmixer.data.datasets.synthetic.generator import Generator
 from rankmixer.data.datasets.synthetic.stream import block, blocks
 from rankmixer.data.schema import dump_schema
@@ -57,68 +48,19 @@ def generate(cfg: SyntheticConfig | dict | None, out_dir: str | Path, progress: 
     elif isinstance(cfg, dict):
         cfg = SyntheticConfig.model_validate(cfg)
     out_dir = Path(out_dir)
-    # Only a folder of our own is written over (a user's folder of other files is refused).
-    check_replaceable(out_dir, OUTPUT_KIND, overwrite=True, legacy=lambda p: (p / META_FILE).exists())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(out_dir, OUTPUT_KIND)
-    # The meta marks a complete data set: gone until this run has written every file.
-    (out_dir / META_FILE).unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    gen = Generator(cfg)
-    t_setup = time.perf_counter() - t0
-    dump_schema(schema(cfg), out_dir / SCHEMA_FILE)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.rows_train + cfg.rows_valid + cfg.rows_test, unit="rows", unit_scale=True,
-                   desc="synthetic", file=sys.stderr)
-    splits: dict[str, dict] = {}
-    try:
-        for split in SPLITS:
-            if bar is not None:
-                bar.set_description(f"synthetic {split}", refresh=False)
-            splits[split] = write_split(
-                out_dir, split, cfg.rows(split),
-                (block(gen, split, index, n) for index, n in blocks(cfg.rows(split))),
-                arrow_schema(cfg), chunk_rows=cfg.chunk_rows, rows_per_file=cfg.rows_per_file,
-                compression=cfg.compression, bar=bar,
-            )
-    finally:
-        if bar is not None:
-            bar.close()
-
-    seconds = time.perf_counter() - t0
-    total = sum(s["rows"] for s in splits.values())
-    meta = {
-        "dataset": "synthetic",
-        "format_version": 1,
-        "config": cfg.model_dump(mode="json"),
-        "columns": column_names(cfg),
-        "label": "click",
-        "prob_column": "bayes_p",
-        "splits": splits,
-        "planted_model": gen.summary(),
-        "generation_seconds": round(seconds, 3),
-        "setup_seconds": round(t_setup, 3),
-        "rows_per_second": round(total / seconds, 1),
-    }
-    tmp = out_dir / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(out_dir / META_FILE)
-    return meta
+    return write_dataset(
+        out_dir, cfg, name="synthetic", kind=OUTPUT_KIND, meta_file=META_FILE, columns=column_names(cfg),
+        schema=arrow_schema(cfg), make_generator=lambda: Generator(cfg),
+        blocks_of=lambda gen, split: (block(gen, split, index, n) for index, n in blocks(cfg.rows(split))),
+        write_schema=lambda: dump_schema(schema(cfg), out_dir / SCHEMA_FILE),
+        legacy=lambda p: (p / META_FILE).exists(), progress=progress,
+    )
 
 
 def load_meta(out_dir: str | Path) -> dict:
     """The ``synthetic_meta.json`` of a generated directory (see :func:`generate`)."""
-    path = Path(out_dir) / META_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: generate the data first (`rankmixer data synthetic {out_dir}` or "
-            "rankmixer.data.datasets.synthetic.generate)"
-        )
-    return json.loads(path.read_text())
+    return read_meta(out_dir, META_FILE,
+                     f"`rankmixer data synthetic {out_dir}` or rankmixer.data.datasets.synthetic.generate")
 
 
 def config_from_dir(out_dir: str | Path) -> SyntheticConfig:

@@ -66,12 +66,12 @@ def test_behaviour_pooling_matches_a_float64_loop(behaviour_data, softmax):
         model.embedding.weight[0].zero_()
     batch = next(iter(make_loader(ParquetBatches(fm, "train", 64, shuffle=False))))
     ids = batch.behaviours["hist"]  # [B, L, 4]: item, cat, type, dt
-    assert model.keys["hist"] == [0, 1]  # item and cat share the candidate's tables
+    assert model.specs[0].keys == (0, 1)  # item and cat share the candidate's tables
     emb = model.embedding
     names = emb.field_names
     with torch.no_grad():
         got = model.pooled_behaviours(batch, emb(batch).fields)[0]
-        unit = model.units["hist"]
+        unit = model.encoders["hist"].unit
         fields_meta = emb.behaviour_fields["hist"]
         for r in range(ids.shape[0]):
             q = torch.cat([emb.weight[emb.global_ids(n, batch.sparse[r, names.index(n)])] for n in ("item", "cat")])

@@ -13,7 +13,9 @@ from rankmixer.models.registry import register
 from rankmixer.nn.embedding import FeatureEmbedding
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.mlp import MLP
-from rankmixer.nn.tokenizer import SequencePooling, activation_weights
+from rankmixer.nn.sequence import behaviour_inputs, behaviour_specs, build_encoder
+from rankmixer.nn.sequence.pooling import DINEncoderConfig
+from rankmixer.nn.tokenizer import SequencePooling
 
 
 class DINConfig(ModelConfig):
@@ -37,10 +39,8 @@ class DIN(nn.Module):
     * a sequence feature (one id per position) against the feature it shares its table with
       (the candidate item), as RankMixer's ``target_attention`` pooling does;
     * a behaviour (``Batch.behaviours``, several fields per position) against the candidate's
-      fields it shares: the keys are the concatenated vectors of the behaviour's fields that
-      ``share_with`` a feature (item, category, ...), the query the concatenated vectors of those
-      features, the pooled value every field of the position (type and time gap included), so
-      ``[F * dim]`` per behaviour. A behaviour without shared fields is mean-pooled.
+      fields it shares, by :class:`~rankmixer.nn.sequence.pooling.DINEncoder` (``[F * dim]`` per
+      behaviour; a behaviour without shared fields is mean-pooled).
 
     The fields (pooled histories in place of their masked means), flattened, with the pooled
     behaviours, go through an MLP (``dnn_hidden``, PReLU: the paper's Dice is not built) to the
@@ -56,21 +56,11 @@ class DIN(nn.Module):
         self.pooling = SequencePooling(feature_map, names, d, mode="target_attention",
                                        attention_hidden=cfg.attention_hidden, softmax=cfg.softmax,
                                        activation=cfg.attention_activation)
-        index = {n: i for i, n in enumerate(names)}
-        # Per behaviour: positions of its fields that share a table with a field of the row, and
-        # those fields' positions among the row's fields (the query).
-        self.keys: dict[str, list[int]] = {}
-        self.query: dict[str, list[int]] = {}
-        units = {}
-        width = 0
-        for f in feature_map.behaviours:
-            shared = [(k, b.share_with) for k, b in enumerate(f.fields) if b.share_with in index]
-            self.keys[f.name] = [k for k, _ in shared]
-            self.query[f.name] = [index[t] for _, t in shared]
-            if shared:
-                units[f.name] = MLP(4 * len(shared) * d, cfg.attention_hidden, 1, activation=cfg.attention_activation)
-            width += len(f.fields) * d
-        self.units = nn.ModuleDict(units)
+        self.specs = behaviour_specs(feature_map, names)
+        unit = DINEncoderConfig(attention_hidden=cfg.attention_hidden, attention_activation=cfg.attention_activation,
+                                softmax=cfg.softmax)
+        self.encoders = nn.ModuleDict({s.name: build_encoder("din", unit, d, s, len(names)) for s in self.specs})
+        width = sum(e.out_dim for e in self.encoders.values())
         self.mlp = MLP(len(names) * d + width, cfg.dnn_hidden, activation=cfg.dnn_activation, dropout=cfg.dropout)
         if self.mlp.in_features == 0:
             raise ValueError("DIN needs at least one feature")
@@ -78,18 +68,8 @@ class DIN(nn.Module):
 
     def pooled_behaviours(self, batch: Batch, fields: Tensor) -> list[Tensor]:
         """Every behaviour pooled against the candidate: ``[B, F * dim]`` each."""
-        out = []
-        for name, (emb, mask) in self.embedding.behaviours(batch).items():
-            B, L, F, d = emb.shape
-            values = emb.reshape(B, L, F * d)
-            if name in self.units:
-                keys = emb[:, :, self.keys[name]].reshape(B, L, -1)
-                query = fields[:, self.query[name]].reshape(B, -1)
-                w = activation_weights(self.units[name], keys, mask, query, self.cfg.softmax)
-            else:
-                w = mask / mask.sum(dim=1, keepdim=True).clamp_min(1)
-            out.append((w.unsqueeze(-1).to(values.dtype) * values).sum(dim=1))
-        return out
+        inputs = behaviour_inputs(self.embedding.behaviours(batch), fields, self.specs)
+        return [self.encoders[s.name](inputs[s.name]).tokens.flatten(1) for s in self.specs]
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embedding(batch)

@@ -1,0 +1,25 @@
+"""Behaviour-sequence encoders: one behaviour ``[B, L, F, d]`` seen from the candidate -> a few
+vectors (``base.py`` has the interface and the registry; one file per encoder family)."""
+
+from rankmixer.nn.sequence.base import (
+    BehaviourInput,
+    BehaviourSpec,
+    EncoderOutput,
+    behaviour_inputs,
+    behaviour_specs,
+    build_encoder,
+    encoder_names,
+    register_encoder,
+)
+from rankmixer.nn.sequence import pooling  # noqa: F401  (registers mean, din)
+
+__all__ = [
+    "BehaviourInput",
+    "BehaviourSpec",
+    "EncoderOutput",
+    "behaviour_inputs",
+    "behaviour_specs",
+    "build_encoder",
+    "encoder_names",
+    "register_encoder",
+]

@@ -286,6 +286,9 @@ class Tokenizer(nn.Module):
         hidden_dim: D.
         mode: ``semantic`` | ``auto``.
         pooling: a :class:`SequencePooling` (None: fields as embedded, i.e. mean pooling).
+        feature_groups: the groups of the semantic plan (default ``feature_map.feature_groups``);
+            a model that adds fields of its own (RankMixer's sequence tokens) passes groups
+            naming them, and hands their vectors to ``forward`` as ``extra``.
     """
 
     def __init__(
@@ -297,6 +300,7 @@ class Tokenizer(nn.Module):
         hidden_dim: int,
         mode: TokenizerMode = "semantic",
         pooling: SequencePooling | None = None,
+        feature_groups: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         self.mode = mode
@@ -305,7 +309,8 @@ class Tokenizer(nn.Module):
         self.pooling = pooling
         F, d, T, D = len(self.field_names), embedding_dim, num_tokens, hidden_dim
         if mode == "semantic":
-            order, self.sources = plan_semantic_sources(self.field_names, feature_map.feature_groups, d, T)
+            groups = feature_map.feature_groups if feature_groups is None else feature_groups
+            order, self.sources = plan_semantic_sources(self.field_names, groups, d, T)
             index = {n: i for i, n in enumerate(self.field_names)}
             perm = [index[n] for n in order]
             self.identity_order = perm == list(range(F))
@@ -330,8 +335,12 @@ class Tokenizer(nn.Module):
             return [s.width for s in self.sources]
         return [self.chunk] * self.num_tokens
 
-    def forward(self, emb: EmbeddedFeatures) -> Tensor:
+    def forward(self, emb: EmbeddedFeatures, extra: Tensor | None = None) -> Tensor:
+        """Tokens of the embedded fields (sequences pooled), followed in field order by the
+        ``extra`` fields ``[B, S, d]`` a model appended to ``field_names``."""
         fields = self.pooling(emb) if self.pooling is not None else emb.fields  # [B, F, d]
+        if extra is not None:
+            fields = torch.cat([fields, extra], dim=1)
         B = fields.shape[0]
         if self.mode == "semantic":
             if not self.identity_order:

@@ -64,6 +64,11 @@ def _inputs(cfg: RankMixerConfig, inputs: FeatureMap | Sequence[int] | None, num
     if inputs is None:
         return [], 0, [], num_tasks or 1
     if isinstance(inputs, FeatureMap):
+        if inputs.behaviours:
+            raise ValueError(
+                "the closed-form count does not cover sequence modules (the data has behaviours "
+                f"{[f.name for f in inputs.behaviours]}); count with rankmixer.models.flops.count_flops"
+            )
         names, rows = _field_names(inputs, cfg.embedding_dim)
         widths = token_input_widths(cfg.tokenizer, names, inputs.feature_groups, cfg.embedding_dim, cfg.num_tokens)
         units = []

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput
+from rankmixer.models.rankmixer.sequence_tokens import SequenceFields
 from rankmixer.models.rankmixer.early_exit import EarlyExitConfig, EarlyExitOutput, forward_early_exit
 from rankmixer.models.registry import register
 from rankmixer.nn.embedding import FeatureEmbedding
@@ -68,6 +69,11 @@ class RankMixerConfig(ModelConfig):
     sequence_targets: dict[str, str] = Field(
         default={}, description="target attention: sequence -> target feature (default: its share_with)"
     )
+    sequence_module: str = Field(
+        default="mean", description="encoder of behaviour sequences, whose outputs become fields "
+        "(mean | din | dien | interformer | pyramid; rankmixer.nn.sequence)"
+    )
+    sequence_options: dict[str, Any] = Field(default={}, description="the sequence module's config")
     attention_hidden: list[int] = Field(default=[32], description="hidden widths of the DIN activation unit")
     attention_softmax: bool = Field(default=True, description="softmax-normalise target-attention weights")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the FFN output")
@@ -265,6 +271,11 @@ class RankMixerBackbone(nn.Module):
         return self.final_norm(x), aux, metrics
 
 
+def add_losses(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a + b`` where either may be absent."""
+    return b if a is None else a if b is None else a + b
+
+
 @register("rankmixer", RankMixerConfig)
 class RankMixer(nn.Module):
     """RankMixer: feature tokens, multi-head token mixing and per-token FFNs (Zhu et al. 2025, "RankMixer: Scaling Up Ranking Models in Industrial Recommenders").
@@ -285,7 +296,14 @@ class RankMixer(nn.Module):
                 feature_map, names, d, "target_attention", cfg.sequence_targets, cfg.attention_hidden,
                 cfg.attention_softmax,
             )
-        self.tokenizer = Tokenizer(feature_map, names, d, cfg.num_tokens, cfg.hidden_dim, cfg.tokenizer, pooling)
+        # Behaviour sequences: encoded by the sequence module, appended as fields of their own.
+        self.sequence: SequenceFields | None = None
+        groups = None
+        if feature_map.behaviours:
+            self.sequence = SequenceFields(feature_map, names, d, cfg.sequence_module, cfg.sequence_options)
+            names, groups = [*names, *self.sequence.names], self.sequence.feature_groups
+        self.tokenizer = Tokenizer(feature_map, names, d, cfg.num_tokens, cfg.hidden_dim, cfg.tokenizer, pooling,
+                                   groups)
         self.backbone = RankMixerBackbone(cfg)
         self.heads = TaskHeads(cfg.hidden_dim, feature_map.num_tasks, cfg.head_hidden)
         # Early exit: heads after blocks 1 .. L-1; after block L the final head is the last exit.
@@ -314,14 +332,23 @@ class RankMixer(nn.Module):
 
     def tokens(self, batch: Batch) -> Tensor:
         """The input tokens ``X0 [B, T, D]``."""
-        return self.tokenizer(self.embedding(batch))
+        return self.encode(batch)[0]
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """(``X0 [B, T, D]``, the sequence module's auxiliary loss or None)."""
+        emb = self.embedding(batch)
+        if self.sequence is None:
+            return self.tokenizer(emb), None
+        extra, aux = self.sequence(self.embedding, batch, emb.fields)
+        return self.tokenizer(emb, extra), aux
 
     def forward(self, batch: Batch) -> ModelOutput:
         if self.aux_heads is not None:
             return self.forward_deep_supervision(batch)
+        x0, seq_aux = self.encode(batch)
         if self.exit_heads is None:
-            x, aux, metrics = self.backbone(self.tokens(batch))
-            return ModelOutput(logits=self.heads(x.mean(dim=1)), aux_loss=aux, metrics=metrics)
+            x, aux, metrics = self.backbone(x0)
+            return ModelOutput(logits=self.heads(x.mean(dim=1)), aux_loss=add_losses(aux, seq_aux), metrics=metrics)
         exits: list[Tensor] = []
         heads = self.exit_heads
 
@@ -329,10 +356,10 @@ class RankMixer(nn.Module):
             if i < len(heads):
                 exits.append(heads[i](h.mean(dim=1)))
 
-        x, aux, metrics = self.backbone(self.tokens(batch), after_block=exit_head)
+        x, aux, metrics = self.backbone(x0, after_block=exit_head)
         logits = self.heads(x.mean(dim=1))
         exits.append(logits)
-        return ModelOutput(logits=logits, aux_loss=aux, metrics=metrics, exit_logits=exits,
+        return ModelOutput(logits=logits, aux_loss=add_losses(aux, seq_aux), metrics=metrics, exit_logits=exits,
                            exit_loss_weights=self.cfg.early_exit.weights(len(exits)))
 
     def forward_deep_supervision(self, batch: Batch) -> ModelOutput:
@@ -347,10 +374,12 @@ class RankMixer(nn.Module):
             if i + 1 in points:
                 exits.append(heads[points.index(i + 1)](h.mean(dim=1)))
 
-        x, aux, metrics = self.backbone(self.tokens(batch), after_block=aux_head)
+        x0, seq_aux = self.encode(batch)
+        x, aux, metrics = self.backbone(x0, after_block=aux_head)
         logits = self.heads(x.mean(dim=1))
         weights = [self.cfg.aux_loss_weight] * len(exits) + [1.0]
-        return ModelOutput(logits=logits, aux_loss=aux, metrics=metrics, exit_logits=[*exits, logits],
+        return ModelOutput(logits=logits, aux_loss=add_losses(aux, seq_aux), metrics=metrics,
+                           exit_logits=[*exits, logits],
                            exit_loss_weights=weights)
 
     def forward_early_exit(self, batch: Batch, thresholds: Sequence[float | None]) -> EarlyExitOutput:

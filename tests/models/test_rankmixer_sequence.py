@@ -118,3 +118,30 @@ def test_bad_sequence_module_is_a_clear_error(behaviour_data):
 def test_closed_form_count_refuses_behaviours(behaviour_data):
     with pytest.raises(ValueError, match="does not cover sequence modules"):
         rankmixer_flops_per_sample(SMALL, behaviour_data)
+
+
+def test_models_without_an_encoder_see_behaviours_mean_pooled(behaviour_data):
+    """``FeatureEmbedding(pool_behaviours=True)``: one field per per-position field, its mean
+    over the real positions (float64 loop), after the other fields."""
+    from rankmixer.nn.embedding import FeatureEmbedding
+
+    fm = behaviour_data
+    emb = FeatureEmbedding(fm, 3).double()
+    with torch.no_grad():
+        emb.weight.normal_(0.0, 1.0)
+        emb.weight[0].zero_()
+    names = emb.field_names
+    assert names[-4:] == ["hist.item", "hist.cat", "hist.type", "hist.dt"]
+    batch = first_batch(fm)
+    with torch.no_grad():
+        fields = emb(batch).fields
+    ids = batch.behaviours["hist"]
+    for r in range(ids.shape[0]):
+        positions = [p for p in range(ids.shape[1]) if (ids[r, p] != 0).any()]
+        for k, b in enumerate(emb.behaviour_fields["hist"]):
+            rows = [emb.weight[ids[r, p, k] + emb.table_offsets[b.table]] if ids[r, p, k] else torch.zeros(3, dtype=torch.float64)
+                    for p in positions]
+            expected = sum(rows) / len(rows) if rows else torch.zeros(3, dtype=torch.float64)
+            torch.testing.assert_close(fields[r, len(names) - 4 + k], expected, rtol=1e-10, atol=1e-12)
+    dcn = registry.build_model("dcnv2", fm, {"embedding_dim": 3})
+    assert dcn.embedding.field_names[-4:] == names[-4:]  # a model that knows nothing of behaviours

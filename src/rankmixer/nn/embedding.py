@@ -20,10 +20,13 @@ Ids must lie in ``[0, vocab_size)`` of their table (the data pipeline guarantees
 the end would read the next table's rows, so :meth:`FeatureEmbedding.check_ids` exists for tests
 and debugging (not called in ``forward``: it would sync the device).
 
-Behaviour sequences (``Batch.behaviours``) give no field: ``forward`` leaves them out, and a
-model that reads them calls :meth:`FeatureEmbedding.behaviours` for their unpooled
-``[B, L, F, dim]`` vectors (each per-position field looked up in its own table, or in the table of
-the feature it shares, e.g. the candidate item's).
+Behaviour sequences (``Batch.behaviours``): :meth:`FeatureEmbedding.behaviours` gives their
+unpooled ``[B, L, F, dim]`` vectors (each per-position field looked up in its own table, or in the
+table of the feature it shares, e.g. the candidate item's) to a model that encodes them itself
+(DIN, RankMixer's sequence module...), which builds its embedding with ``pool_behaviours=False``.
+For every other model (``pool_behaviours=True``, the default) each per-position field of a
+behaviour also becomes a field ``<behaviour>.<field>``, its masked mean over the real positions,
+after the sequences: a model that knows nothing of behaviours still sees them, mean-pooled.
 
 Initialisation: ``normal(0, 1e-2)`` for every row but the pad row: small, so initial dot
 products and FM terms are about 0 and logits start near the bias (FuxiCTR uses std 1e-4; DLRM's
@@ -107,6 +110,7 @@ class FeatureEmbedding(nn.Module):
         sparse: bool = False,
         numeric_as_field: bool = True,
         init_std: float = 1e-2,
+        pool_behaviours: bool = True,
     ) -> None:
         super().__init__()
         if dim < 1:
@@ -145,6 +149,9 @@ class FeatureEmbedding(nn.Module):
             + self.bag_names
             + self.sequence_names
         )
+        self.pool_behaviours = pool_behaviours
+        if pool_behaviours:
+            self.field_names += [f"{f.name}.{b.name}" for f in feature_map.behaviours for b in f.fields]
 
         def offsets_of(names: list[str]) -> Tensor:
             return torch.tensor(
@@ -267,6 +274,12 @@ class FeatureEmbedding(nn.Module):
             emb = self._lookup(self._globalise(ids, self._offset_of[name]))  # pad rows are zero
             sequences[name] = (emb, mask)
             parts.append(masked_mean(emb, mask).unsqueeze(1))
+
+        # Behaviours (pool_behaviours): every per-position field's masked mean.
+        if self.pool_behaviours:
+            for emb, mask in self.behaviours(batch).values():
+                B, L, n, d = emb.shape
+                parts.append(masked_mean(emb.reshape(B, L, n * d), mask).view(B, n, d))
 
         fields = join_fields(parts, self.weight, B, self.dim)
         return EmbeddedFeatures(fields=fields, field_names=list(self.field_names), dense=batch.dense, sequences=sequences)

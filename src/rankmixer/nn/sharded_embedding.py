@@ -63,6 +63,11 @@ class TorchRecFeatureEmbedding(nn.Module):
 
     def __init__(self, source: FeatureEmbedding) -> None:
         super().__init__()
+        if source.behaviour_names:
+            raise ValueError(
+                f"sharded (TorchRec) embeddings do not hold behaviour sequences yet "
+                f"({source.behaviour_names}); train models on behaviour data with train.embeddings=ddp"
+            )
         from torchrec import EmbeddingCollection, EmbeddingConfig
 
         self.dim = source.dim

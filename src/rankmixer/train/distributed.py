@@ -132,7 +132,8 @@ class Distributed:
         return self.env.is_main
 
     # ---- model -----------------------------------------------------------------------------
-    def _want_torchrec(self, train: TrainConfig) -> tuple[bool, str]:
+    def _want_torchrec(self, train: TrainConfig, model: nn.Module) -> tuple[bool, str]:
+        from rankmixer.nn.embedding import FeatureEmbedding
         from rankmixer.nn.sharded_embedding import torchrec_available
 
         choice = self.cfg.embeddings
@@ -152,6 +153,11 @@ class Distributed:
             if choice == "torchrec":
                 raise ValueError(reason)
             return False, reason
+        if any(isinstance(m, FeatureEmbedding) and m.behaviour_names for m in model.modules()):
+            reason = "TorchRec tables do not hold behaviour sequences yet"
+            if choice == "torchrec":
+                raise ValueError(f"train.distributed.embeddings=torchrec: {reason}")
+            return False, reason
         return True, ""
 
     def wrap(
@@ -160,7 +166,7 @@ class Distributed:
         """The model to train (DDP or DMP) and the optimizers to step. ``optimizers`` are the
         trainer's single-process ones; under TorchRec the sparse one is replaced by the fused
         optimizer (and kept as the template of the checkpoint layout)."""
-        use_torchrec, why = self._want_torchrec(train)
+        use_torchrec, why = self._want_torchrec(train, model)
         if not use_torchrec:
             self.mode = "ddp"
             if train.sparse_gradients:

@@ -288,7 +288,7 @@ class RankMixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True, pool_behaviours=False)
         names = self.embedding.field_names
         pooling = None
         if cfg.sequence_pooling == "target_attention":

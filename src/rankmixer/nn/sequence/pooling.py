@@ -9,15 +9,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from rankmixer.core.strict import StrictModel
+from rankmixer.nn.embedding import masked_mean
 from rankmixer.nn.mlp import MLP
 from rankmixer.nn.sequence.base import BehaviourInput, BehaviourSpec, EncoderOutput, register_encoder
 from rankmixer.nn.tokenizer import activation_weights
-
-
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """``[B, L, w] -> [B, w]``: the mean over the real positions (zero for an empty history)."""
-    w = mask.to(values.dtype) / mask.sum(dim=1, keepdim=True).clamp_min(1).to(values.dtype)
-    return (w.unsqueeze(-1) * values).sum(dim=1)
 
 
 class MeanConfig(StrictModel):

@@ -12,7 +12,7 @@ from rich.table import Table
 from rankmixer.cli.common import console, user_errors
 from rankmixer.core.files import check_output, write_json
 
-__all__ = ["accuracy", "distributed", "loader", "moe", "scaling", "serve", "speed", "tables"]
+__all__ = ["accuracy", "distributed", "loader", "moe", "scaling", "sequence_length", "serve", "speed", "tables"]
 
 
 def loader(
@@ -110,6 +110,26 @@ def scaling(
         run_scaling(spec, list(range(seeds)), out, list(overrides or []), log=console.print, budget=budget)
     console.print((out / "scaling.md").read_text(), markup=False)
     console.print(f"wrote {out / 'scaling.json'}, {out / 'scaling.md'} and {out / 'scaling.png'}")
+
+
+def sequence_length(
+    spec: Path = typer.Option(Path("sequence_length"), help="Spec (lengths, batch size, models): a packaged name or a YAML file."),
+    out: Path = typer.Option(Path("bench_out/sequence_length.json"), help="Report JSON (a PNG plot is written beside it)."),
+    lengths: Optional[str] = typer.Option(None, help="Comma-separated history lengths (default: the spec's)."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model labels of the spec (default: all)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Rows per training step (default: the spec's)."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved timing rounds."),
+    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Training samples/s, peak memory and FLOPs per sample of sequence models against history length."""
+    from rankmixer.bench.sequence_length import run_sequence_length_bench
+
+    with user_errors():
+        check_output(out, [spec], "--out")
+        run_sequence_length_bench(spec, out, _ints(lengths.split(",")) if lengths else None, _names(models),
+                                  batch_size, rounds, precision, device, log=console.print)
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 def moe(

@@ -1,0 +1,43 @@
+"""``bench sequence-length`` on a tiny spec: every (model, length) row is there, histories are
+full, FLOPs grow with L where the model attends and stay flat where it mean-pools."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rankmixer.bench.sequence_length import run_sequence_length_bench
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_tiny_length_sweep(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "lengths: [4, 8, 16]\nbatch_size: 8\nmodels:\n"
+        "  dcnv2: {defaults: model/dcnv2, embedding_dim: 4, dnn_hidden: [8]}\n"
+        "  din: {defaults: model/din, embedding_dim: 4, attention_hidden: [8], dnn_hidden: [8]}\n"
+    )
+    out = tmp_path / "r.json"
+    run_sequence_length_bench(spec, out, rounds=1, device="cpu", log=lambda m: None)
+    report = json.loads(out.read_text())
+    assert (tmp_path / "r.png").stat().st_size > 0
+    assert report["machine"]["cpu_flags"] is not None or "cpu" in json.dumps(report["machine"]).lower()
+    rows = {(r["model"], r["length"]): r for r in report["rows"]}
+    assert set(rows) == {(m, L) for m in ("dcnv2", "din") for L in (4, 8, 16)}
+    for r in rows.values():
+        assert r["samples_per_s_median"] > 0 and r["batch"] == 8
+    # Mean pooling is not a matmul: DCNv2's counted FLOPs do not depend on L.
+    assert rows[("dcnv2", 16)]["forward_flops_per_sample"] == rows[("dcnv2", 4)]["forward_flops_per_sample"]
+    # DIN's activation unit runs once per position: FLOPs = a + b L, so doubling L adds b L.
+    f4, f8, f16 = (rows[("din", L)]["forward_flops_per_sample"] for L in (4, 8, 16))
+    assert f16 - f8 == pytest.approx(2 * (f8 - f4)) and f8 > f4
+    assert rows[("din", 8)]["forward_flops_per_sample_growth"] == pytest.approx(f8 / f4, abs=1e-3)
+
+
+def test_unknown_model_is_an_error(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("lengths: [4]\nbatch_size: 4\nmodels:\n  din: model/din\n")
+    with pytest.raises(ValueError, match="not in"):
+        run_sequence_length_bench(spec, tmp_path / "r.json", models=["dien"], log=lambda m: None)

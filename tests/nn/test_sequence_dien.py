@@ -86,7 +86,8 @@ def reference_states(enc, x):
             z = sum(math.exp(v) for v in logits)
             a = [math.exp(v) / z for v in logits]
         w = (aug.input.weight, aug.hidden.weight, aug.input.bias, aug.hidden.bias)
-        final = gru_loop(states, *(t.detach() for t in w), attention=a)[-1] if n else torch.zeros(enc.out_dim, dtype=torch.float64)
+        final = (gru_loop(states, *(t.detach() for t in w), attention=a)[-1] if n
+                 else torch.zeros(enc.out_dim, dtype=torch.float64))
         out.append((e, states, final))
     return out
 
@@ -127,7 +128,8 @@ def test_augru_function_against_the_loop():
     for b, n in enumerate(lengths):
         w = (inp.weight, hid.weight, inp.bias, hid.bias)
         ref = gru_loop(x[b, :n], *(t.detach() for t in w), attention=a[b, :n].tolist())
-        torch.testing.assert_close(got[b], ref[-1] if n else torch.zeros(H, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+        expected = ref[-1] if n else torch.zeros(H, dtype=torch.float64)
+        torch.testing.assert_close(got[b], expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("hidden", [None, 4])

@@ -37,7 +37,9 @@ from rankmixer.nn.sequence.base import BehaviourInput, BehaviourSpec, EncoderOut
 __all__ = ["AUGRU", "DIENEncoder", "DIENEncoderConfig", "augru", "interest_aux_loss", "negative_rows"]
 
 
-def negative_rows(batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+def negative_rows(
+    batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> Tensor:
     """``[B]`` row indices: row ``b``'s negatives come from row ``(b + k) % B``, ``k`` drawn
     uniformly from ``[1, B)`` (so never the row itself; ``B = 1`` gives itself)."""
     k = int(torch.randint(1, batch_size, (1,), generator=generator)) if batch_size > 1 else 0

@@ -4,7 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
+
+
+class Dice(nn.Module):
+    """DIN's data-adaptive activation (Zhou et al. 2018): ``f(s) = p(s) s + (1 - p(s)) alpha s``,
+    ``p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps))`` per unit, with batch statistics in
+    training and running ones at inference (a ``BatchNorm1d`` without affine; ``eps`` 1e-9 and
+    momentum 0.01 as DIN's code and FuxiCTR's ``Dice``); ``alpha`` per unit, starting at 0.
+    Inputs ``[..., width]``: the statistics run over every leading position."""
+
+    def __init__(self, width: int, eps: float = 1e-9, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(width, affine=False, eps=eps, momentum=momentum)
+        self.alpha = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = torch.sigmoid(self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape))
+        return p * x + (1 - p) * self.alpha * x
+
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -19,13 +38,18 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str, width: int | None = None) -> nn.Module:
     """A fresh activation module by name (relu, gelu, silu/swish, tanh, sigmoid, leaky_relu,
-    prelu, identity)."""
+    prelu, identity, and dice, which needs the ``width`` of its input for its per-unit
+    statistics)."""
+    if name.lower() == "dice":
+        if width is None:
+            raise ValueError("activation 'dice' needs the layer width; this layer does not give it")
+        return Dice(width)
     try:
         return _ACTIVATIONS[name.lower()]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(_ACTIVATIONS)}") from None
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join([*_ACTIVATIONS, 'dice'])}") from None
 
 
 class MLP(nn.Module):
@@ -55,7 +79,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(d, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(make_activation(activation))
+            layers.append(make_activation(activation, h))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             d = h

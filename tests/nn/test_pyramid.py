@@ -278,3 +278,9 @@ def test_flops_grow_linearly_in_length():
     assert counts[0] > 0
     assert counts[1] / counts[0] == pytest.approx(2.0, rel=0.02)
     assert counts[2] / counts[1] == pytest.approx(2.0, rel=0.02)
+
+
+def test_unknown_options_are_errors_naming_the_encoder():
+    spec = BehaviourSpec("hist", 2, 4, keys=(), query=())
+    with pytest.raises(ValueError, match="(?s)'pyramid'.*windw"):
+        build_encoder("pyramid", {"windw": 3}, 4, spec, num_context=1)

@@ -81,8 +81,9 @@ class PositionMixing(nn.Module):
     def __init__(self, window: int, expansion: int, activation: str) -> None:
         super().__init__()
         self.window = window
-        self.fc1, self.act, self.fc2 = nn.Linear(window, expansion * window), make_activation(activation), \
-            nn.Linear(expansion * window, window)
+        self.fc1 = nn.Linear(window, expansion * window)
+        self.act = make_activation(activation)
+        self.fc2 = nn.Linear(expansion * window, window)
 
     def forward(self, x: Tensor) -> Tensor:
         B, L, F, D = x.shape
@@ -127,7 +128,8 @@ class PyramidConfig(StrictModel):
     levels: int = Field(default=3, ge=1, description="pyramid levels; level k averages pairs k times (2^k behaviours "
                         "per position) and gives one output vector")
     blocks_per_level: int = Field(default=1, ge=1, description="mixer blocks at each level")
-    window: int = Field(default=8, ge=1, description="positions mixed together by the position MLP (cost O(L * window))")
+    window: int = Field(default=8, ge=1, description="positions mixed together by the position MLP "
+                        "(cost O(L * window))")
     position_expansion: int = Field(default=2, ge=1, description="hidden width of the position MLP, times window")
     field_expansion: int = Field(default=2, ge=1, description="hidden width of the field MLP, times F")
     channel_expansion: int = Field(default=2, ge=1, description="hidden width of the channel MLP, times D")

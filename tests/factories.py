@@ -178,6 +178,8 @@ SMALL: dict[str, dict] = {
     "finalmlp": {"embedding_dim": 8, "mlp1_hidden": [32, 16], "mlp2_hidden": [16], "num_heads": 2},
     "din": {"embedding_dim": 8, "attention_hidden": [16], "dnn_hidden": [32, 16]},
     "dien": {"embedding_dim": 8, "attention_hidden": [16], "dnn_hidden": [32, 16]},
+    "pyramid_mixer": {"embedding_dim": 8, "pyramid": {"levels": 2, "window": 2, "attention_hidden": [8]},
+                      "dnn_hidden": [16]},
     "fuxictr-lr": {},
     "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
     "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},

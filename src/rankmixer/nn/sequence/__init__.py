@@ -13,6 +13,7 @@ from rankmixer.nn.sequence.base import (
 )
 from rankmixer.nn.sequence import pooling  # noqa: F401  (registers mean, din)
 from rankmixer.nn.sequence import dien  # noqa: F401  (registers dien)
+from rankmixer.nn.sequence import pyramid  # noqa: F401  (registers pyramid)
 
 __all__ = [
     "BehaviourInput",

@@ -24,7 +24,7 @@ EXPERIMENTS = sorted((PACKAGED / "experiment").glob("*.yaml"))
 NAMES = [p.stem for p in EXPERIMENTS]
 PAIRS = [(n.replace("_fuxictr_", "_"), n) for n in NAMES if "_fuxictr_" in n and n.replace("_fuxictr_", "_") in NAMES]
 SCALING_SPECS = ("scaling", "scaling_10m")
-SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml") if p.stem not in SCALING_SPECS)
+SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml") if p.stem not in (*SCALING_SPECS, "sequence_length"))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,6 +66,20 @@ def test_packaged_suite_cells_validate(suite):
     assert cells
     for cell in cells:
         load_config(cell.config, list(cell.overrides))
+
+
+def test_packaged_sequence_length_spec_models_validate():
+    import json
+
+    from rankmixer.bench.accuracy import model_section, read_yaml_keys
+
+    path = PACKAGED / "bench" / "sequence_length.yaml"
+    spec = read_yaml_keys(path, "spec", ("lengths", "batch_size", "models"))
+    assert spec["lengths"] == [50, 200, 1000]
+    for label, entry in spec["models"].items():
+        section = model_section(entry, [path.parent], label)
+        cfg = load_config("behaviour_din", [f"model={json.dumps(section)}"])
+        assert cfg.model["name"] == section["name"]
 
 
 def test_packaged_scaling_spec_cells_validate():

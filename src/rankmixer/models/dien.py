@@ -52,7 +52,7 @@ class DIEN(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True, pool_behaviours=False)
         names = self.embedding.field_names
         self.pooling = SequencePooling(feature_map, names, d, mode="target_attention",
                                        attention_hidden=cfg.attention_hidden, softmax=cfg.softmax,

@@ -43,7 +43,7 @@ class DIN(nn.Module):
       behaviour; a behaviour without shared fields is mean-pooled).
 
     The fields (pooled histories in place of their masked means), flattened, with the pooled
-    behaviours, go through an MLP (``dnn_hidden``, PReLU: the paper's Dice is not built) to the
+    behaviours, go through an MLP (``dnn_hidden``, PReLU, or the paper's Dice with ``dnn_activation: dice``) to the
     task heads. Without histories DIN is embedding + MLP.
     """
 

@@ -47,7 +47,7 @@ class PyramidMixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True)
+        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True, pool_behaviours=False)
         names = self.embedding.field_names
         self.pooling = SequencePooling(feature_map, names, d, mode=cfg.sequence_pooling,
                                        attention_hidden=cfg.pyramid.attention_hidden, softmax=cfg.pyramid.softmax,

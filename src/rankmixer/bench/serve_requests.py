@@ -190,13 +190,16 @@ def real_requests(artifact_dir: str | Path, prepared_dir: str | Path, candidates
         picked.append(same)
     if not picked:
         return []
-    rows = df[np.concatenate(picked)]
-    cols = {name: dec(rows) for name, dec in decoders.items()}
+    # Context columns (histories included: the heavy ones) are decoded for each group's first row only.
+    firsts = df[[int(same[0]) for same in picked]]
+    rows = df[np.concatenate(picked).tolist()]
+    ctx_cols = {n: dec(firsts) for n, dec in decoders.items() if n in context_cols}
+    cand_cols = {n: dec(rows) for n, dec in decoders.items() if n not in context_cols}
     bodies: list[dict[str, Any]] = []
     at = 0
-    for same in picked:
-        ctx = {c: cols[c][at] for c in cols if c in context_cols}
-        cands = [{c: cols[c][at + k] for c in cols if c not in context_cols} for k in range(len(same))]
+    for g, same in enumerate(picked):
+        ctx = {c: v[g] for c, v in ctx_cols.items()}
+        cands = [{c: v[at + k] for c, v in cand_cols.items()} for k in range(len(same))]
         bodies.append({"context": ctx, "candidates": cands})
         at += len(same)
     return bodies

@@ -6,9 +6,12 @@ until the level has sent ``requests`` requests or run ``duration`` seconds, whic
 first. Latency is measured per request in the client (send to full response), so it includes
 HTTP, JSON, queueing and micro-batching. Errors are non-2xx answers and transport failures.
 
-Request bodies are built from real rows: the prepared test split of the artifact's dataset,
-decoded back to raw values (ids -> vocabulary values), grouped by user, ``candidates`` rows per
-request, so every request is one user's candidate list, as a ranking call would be.
+Request bodies are built from real rows (serve_requests.py): the prepared test split of the
+artifact's dataset, decoded back to raw values (ids -> vocabulary values, behaviour histories
+as per-field arrays with each row's own length), grouped by user, ``candidates`` rows per
+request, so every request is one user's candidate list, as a ranking call would be. The report
+gives what the bodies weigh (``payload``: bytes per request, rows, history lengths) and the
+bytes each level sent.
 
 ``--model`` names the artifact (its preprocess.json decodes the ids). Without ``--url`` the
 server is started here, in a child process (``rankmixer serve``), on a free loopback port, and
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rankmixer.bench.harness import percentile
+from rankmixer.bench.serve_requests import payload_stats, real_requests
 
 
 def free_port() -> int:
@@ -78,53 +82,6 @@ def stop_server(proc: subprocess.Popen) -> str:
     return proc.stdout.read() if proc.stdout else ""
 
 
-def real_requests(artifact_dir: str | Path, prepared_dir: str | Path, candidates: int, limit: int,
-                  split: str = "test") -> list[dict[str, Any]]:
-    """Request bodies from a prepared split, ids decoded back to the raw values they encode.
-
-    Every input column of the artifact must be a feature of the same name here (true for the
-    presets); an OOV id decodes to a value no vocabulary holds, so it stays OOV when scored."""
-    import polars as pl
-
-    from rankmixer.data.feature_map import FeatureMap
-    from rankmixer.data.schema import OOV_ID
-
-    spec = json.loads((Path(artifact_dir) / "preprocess.json").read_text())
-    fm = FeatureMap.load(prepared_dir)
-    if fm.schema_hash != spec["schema_hash"]:
-        raise ValueError(f"{prepared_dir} was prepared with another schema than the artifact's")
-    inv = {t: dict(zip(v["ids"], v["values"])) for t, v in spec["vocabularies"].items()}
-    df = pl.read_parquet(fm.split_files(split))
-    by_name = {f.name: f for f in fm.features}
-    context_cols = set(fm.feature_groups.get("user", [])) | set(fm.feature_groups.get("context", []))
-    cols: dict[str, list] = {}
-    for inp in spec["inputs"]:
-        f = by_name.get(inp["name"])
-        if f is None or f.kind == "dense" or f.table not in inv:
-            raise ValueError(f"cannot decode input {inp['name']!r} from the prepared data for a benchmark")
-        table = inv[f.table]
-
-        def dec(i: int, table=table):
-            return table.get(i, f"__unseen_{i}") if i != OOV_ID else "__oov__"
-
-        vals = df.get_column(f.name).to_list()
-        cols[inp["name"]] = [[dec(i) for i in v] for v in vals] if inp["kind"] == "category_list" else [
-            dec(v) for v in vals]
-    groups = df.get_column("__group").to_numpy() if fm.has_group else np.arange(df.height) // candidates
-    bodies: list[dict[str, Any]] = []
-    order = np.argsort(groups, kind="stable")
-    start = 0
-    while start < len(order) and len(bodies) < limit:
-        idx = order[start : start + candidates]
-        same = idx[groups[idx] == groups[idx[0]]]
-        start += len(same)
-        first = int(same[0])
-        ctx = {c: cols[c][first] for c in cols if c in context_cols}
-        cands = [{c: cols[c][int(i)] for c in cols if c not in context_cols} for i in same]
-        bodies.append({"context": ctx, "candidates": cands})
-    return bodies
-
-
 async def _level(url: str, bodies: list[bytes], concurrency: int, max_requests: int, max_seconds: float) -> dict:
     # aiohttp, not httpx, drives the load: on 2 cores httpx's async client spent more CPU per
     # request than the server at 32+ connections and capped the measured QPS (see docs/serving.md).
@@ -134,6 +91,7 @@ async def _level(url: str, bodies: list[bytes], concurrency: int, max_requests: 
     errors = 0
     sent = 0
     rows = 0
+    sent_bytes = 0
     headers = {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -141,10 +99,11 @@ async def _level(url: str, bodies: list[bytes], concurrency: int, max_requests: 
         t_end = time.perf_counter() + max_seconds
 
         async def worker() -> None:
-            nonlocal sent, errors, rows
+            nonlocal sent, errors, rows, sent_bytes
             while sent < max_requests and time.perf_counter() < t_end:
                 body = bodies[sent % len(bodies)]
                 sent += 1
+                sent_bytes += len(body)
                 t0 = time.perf_counter()
                 try:
                     async with session.post("/v1/score", data=body, headers=headers) as r:
@@ -168,6 +127,7 @@ async def _level(url: str, bodies: list[bytes], concurrency: int, max_requests: 
         "p95_ms": percentile(lat, 95) if lat else float("nan"),
         "p99_ms": percentile(lat, 99) if lat else float("nan"),
         "error_rate": errors / max(len(latencies), 1),
+        "sent_bytes": sent_bytes, "sent_mb_per_s": sent_bytes / 1e6 / wall if wall else 0.0,
     }
 
 
@@ -190,7 +150,11 @@ def run_serve_bench(
 
     if prepared is None:
         raise ValueError("--prepared (the prepared data directory of the model's dataset) is needed for real rows")
-    bodies = [json.dumps(b).encode() for b in real_requests(model, prepared, candidates, limit=2000)]
+    decoded = real_requests(model, prepared, candidates, limit=2000)
+    if not decoded:
+        raise ValueError(f"{prepared}: the test split has no rows to build requests from")
+    bodies = [json.dumps(b).encode() for b in decoded]
+    payload = payload_stats(decoded, bodies, json.loads((Path(model) / "preprocess.json").read_text()))
     proc = None
     if url is None:
         port = free_port()
@@ -203,6 +167,10 @@ def run_serve_bench(
         info = httpx.get(f"{url}/v1/model", timeout=10).json()
         log(f"{len(bodies)} request bodies from {prepared} (up to {candidates} candidates of one user each); "
             f"serving {ready.get('model')} {ready.get('model_version')} ({ready.get('format')})")
+        log(f"request bodies: {payload['bytes_mean']:,.0f} bytes on average (p95 {payload['bytes_p95']:,.0f}, "
+            f"max {payload['bytes_max']:,}), {payload['rows_mean']:.1f} rows"
+            + "".join(f"; {name}: {b['positions_mean']:.1f} positions on average (max {b['positions_max']}, "
+                      f"max_len {b['max_len']})" for name, b in payload["behaviours"].items()))
         asyncio.run(_level(url, bodies, 4, warmup, 30.0))
         levels = []
         for c in concurrency:
@@ -226,7 +194,7 @@ def run_serve_bench(
         if proc is not None:
             stop_server(proc)
     return {"url": url, "model": info.get("model"), "version": info.get("version"), "format": info.get("format"),
-            "candidates_per_request": candidates, "max_requests": requests, "max_seconds": duration,
+            "candidates_per_request": candidates, "payload": payload, "max_requests": requests, "max_seconds": duration,
             "server_args": server_args or [], "cpu_count": os.cpu_count(), "machine": machine_info(), "levels": levels}
 
 

@@ -56,6 +56,8 @@ INT_LIST = "int_list"  # a JSON list of integers (sequence timestamps)
 # must have the same number of values.
 CATEGORY_POSITIONS = "category_positions"  # a JSON list of strings / integers / nulls
 NUMBER_POSITIONS = "number_positions"  # a JSON list of non-negative finite numbers / nulls
+# A behaviour field's column may be left out of a row: no positions, like null or [].
+POSITIONS = (CATEGORY_POSITIONS, NUMBER_POSITIONS)
 
 
 # Dense inputs become float32: a larger magnitude would be inf in the model.
@@ -195,7 +197,9 @@ class Preprocessor:
     def check_row(self, row: Any, where: str) -> dict[str, Any]:
         """The row's values as the encoder wants them (categories as strings); raises
         :class:`RowError` naming ``where.field`` for a missing field or a value of the wrong
-        type. ``null`` is a missing value (OOV id / the feature's fill value), as in training."""
+        type. ``null`` is a missing value (OOV id / the feature's fill value), as in training.
+        A behaviour's field may be left out, ``null`` or ``[]``: no positions (all its fields so:
+        an empty history; only some: the positions do not line up, refused)."""
         if not isinstance(row, dict):
             raise RowError(where, f"expected an object of feature values, got {_json_type(row)}")
         names = {spec.name for spec in self.inputs}
@@ -207,6 +211,9 @@ class Preprocessor:
         out: dict[str, Any] = {}
         for spec in self.inputs:
             field = f"{where}.{spec.name}"
+            if spec.name not in row and spec.kind in POSITIONS:
+                out[spec.name] = []  # a behaviour field left out: no positions (an empty history)
+                continue
             if spec.name not in row:
                 raise RowError(field, f"missing feature (expected {spec.kind}; send null for an unknown value)",
                                key=spec.name)
@@ -219,7 +226,9 @@ class Preprocessor:
             n0 = len(out[columns[0]])
             for c in columns[1:]:
                 if len(out[c]) != n0:
-                    raise RowError(f"{where}.{c}", f"{len(out[c])} values, but {columns[0]} has {n0}: every "
+                    given = f"{len(out[c])} values" if c in row else "left out (no values)"
+                    first = f"{columns[0]} has {n0}" if columns[0] in row else f"{columns[0]} was left out"
+                    raise RowError(f"{where}.{c}", f"{given}, but {first}: every "
                                    f"field of behaviour {name!r} needs one value per position", key=c)
         for c, order in self.ordered_inputs.items():
             values = [v for v in out[c] if v is not None]

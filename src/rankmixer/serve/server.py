@@ -7,7 +7,8 @@ Request (``POST /v1/score``): the candidates of one user / context::
      "candidates": [{"movie_id": 1, "genres": ["Comedy"], "release_year": 1995}, ...]}
 
 Each candidate row is ``context`` plus the candidate's own fields (a field in both is an
-error); every input column of the artifact must be in one of them (``null`` = unknown value).
+error); every input column of the artifact must be in one of them (``null`` = unknown value; a
+behaviour field may be left out: no positions).
 Response: ``{"model", "model_version", "tasks", "scores": {task: [p per candidate]}, "oov":
 {feature: values mapped to OOV in this request}}``.
 

@@ -12,6 +12,7 @@ from rankmixer.nn.sequence.base import (
     register_encoder,
 )
 from rankmixer.nn.sequence import pooling  # noqa: F401  (registers mean, din)
+from rankmixer.nn.sequence import interformer  # noqa: F401  (registers interformer)
 
 __all__ = [
     "BehaviourInput",

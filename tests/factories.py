@@ -177,6 +177,8 @@ SMALL: dict[str, dict] = {
     "moe": {"embedding_dim": 8, "num_experts": 3, "expert_hidden": [32, 16]},
     "finalmlp": {"embedding_dim": 8, "mlp1_hidden": [32, 16], "mlp2_hidden": [16], "num_heads": 2},
     "din": {"embedding_dim": 8, "attention_hidden": [16], "dnn_hidden": [32, 16]},
+    "interformer": {"embedding_dim": 8, "seq_dim": 8, "num_layers": 2, "interaction_hidden": [16],
+                    "output_hidden": [16], "masknet_hidden": [8]},
     "fuxictr-lr": {},
     "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
     "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},

@@ -1,7 +1,6 @@
 """InterFormer's sequence side (Zeng et al. 2024, Meta, arXiv 2411.09852) and the encoder "interformer".
 
-Shapes: ``B`` rows, ``L`` positions (oldest first, pad at the END), ``d_s`` sequence width, ``N``
-non-sequence tokens of width ``d``. The layers, each testable alone:
+``L`` positions (oldest first, pad at the END) of width ``d_s``; ``N`` non-sequence tokens of width ``d``.
 
 * :func:`rope`: rotary positions, pair ``(2i, 2i+1)`` of a head turned by ``p * base^(-2i/d_h)``.
   Positions count back from the request: the most recent behaviour sits at -1 (``i - length``),
@@ -27,11 +26,10 @@ non-sequence tokens of width ``d``. The layers, each testable alone:
   merged length is the longest), their vectors concatenated, ``Linear(z * MLP(z))`` (MaskNet's
   instance-guided mask) to ``d_s``.
 
-The encoder ("interformer") runs the sequence side over one behaviour with the row's fields
-(``BehaviourInput.context``) as the non-sequence side, kept fixed (the host model, e.g. RankMixer,
-does the interaction): per layer ``X_sum`` from the context, the sequence arch, then a last cross
-arch gives the gated ``S_sum`` tokens. The full model (``models/interformer.py``) interleaves
-the interaction arch between these.
+The encoder ("interformer") runs the sequence side over one behaviour, the row's fields
+(``BehaviourInput.context``) as a fixed non-sequence side (its host, e.g. RankMixer, does the
+interaction), and returns the last cross arch's gated ``S_sum``; ``models/interformer.py``
+interleaves the interaction arch between the layers.
 """
 
 from __future__ import annotations
@@ -266,7 +264,7 @@ class InterFormerEncoderConfig(StrictModel):
     num_layers: int = Field(default=2, ge=1, description="InterFormer layers")
     num_heads: int = Field(default=2, ge=1, description="attention heads (seq_dim / num_heads even, for RoPE)")
     num_cls: int = Field(default=4, ge=0, description="CLS tokens prepended to the sequence")
-    num_pma: int = Field(default=2, ge=0, description="PMA tokens (attention pooling with learned + personalised queries)")
+    num_pma: int = Field(default=2, ge=0, description="PMA tokens (attention pooling, queries learned + personalised)")
     num_recent: int = Field(default=2, ge=0, description="most recent real positions taken as summary tokens")
     num_summary: int = Field(default=4, ge=1, description="tokens of the non-sequence summary X_sum")
     summary_hidden: list[int] = Field(default=[], description="hidden widths of the MLP in X_sum = Gating(MLP(X))")

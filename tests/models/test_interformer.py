@@ -12,8 +12,9 @@ import torch
 from tests.factories import check_output_and_gradients, make_feature_map, random_batch, small_model
 
 from rankmixer.data.feature_map import BehaviourFieldInfo, FeatureInfo
+from rankmixer.models import registry
 from rankmixer.models.flops import count_flops
-from rankmixer.models.interformer import InterFormer
+from rankmixer.models.interformer import InteractionArch, InterFormer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -51,6 +52,32 @@ def test_every_interaction_trains_with_behaviours(interaction, num_behaviours):
     model = small_model("interformer", fm, interaction=interaction).train()
     assert (model.merge is not None) == (num_behaviours > 1)
     check_output_and_gradients("interformer", model, behaviour_batch(fm), fm.num_tasks)
+
+
+@pytest.mark.parametrize("kind", ["dot", "dcnv2"])
+def test_interaction_arch_matches_its_formula(kind):
+    """``X' = LN(X + MLP(Interaction([X || S_sum W])))`` written out per row in float64."""
+    torch.manual_seed(0)
+    n, m, d, ds = 3, 2, 4, 6
+    cfg = registry.parse_config("interformer", {"embedding_dim": d, "seq_dim": ds, "interaction": kind,
+                                                "interaction_hidden": [5]})
+    arch = InteractionArch(n, m, d, cfg).double()
+    x, s_sum = torch.randn(2, n, d, dtype=torch.float64), torch.randn(2, m, ds, dtype=torch.float64)
+    got = arch(x, s_sum)
+    lin1, lin2 = arch.mlp.layers[0], arch.mlp.layers[2]
+    for b in range(2):
+        tokens = [x[b, i] for i in range(n)] + [arch.project.weight @ s_sum[b, j] + arch.project.bias for j in range(m)]
+        flat = torch.cat(tokens)
+        if kind == "dot":
+            pairs = [tokens[i] @ tokens[j] for i in range(n + m) for j in range(i + 1, n + m)]
+            y = torch.cat([flat, torch.stack(pairs)])
+        else:
+            y = flat * (arch.op.w.weight @ flat + arch.op.w.bias) + flat
+        out = lin2.weight @ torch.relu(lin1.weight @ y + lin1.bias) + lin2.bias
+        for i in range(n):
+            z = x[b, i] + out[i * d : (i + 1) * d]
+            expected = (z - z.mean()) / torch.sqrt(z.var(unbiased=False) + 1e-5)
+            torch.testing.assert_close(got[b, i], expected)
 
 
 def double_model(fm, **overrides):

@@ -31,7 +31,8 @@ from rankmixer.models.base import ModelConfig
 # Model modules imported on first use of the registry, so each file registers itself. A dotted
 # name is a full module path (the peers: their optional library is imported only when built).
 _MODEL_MODULES = ["lr", "dlrm", "deepfm", "dcnv2", "rankmixer", "concat_mlp",
-                  "autoint", "hiformer", "dhen", "wukong", "moe", "finalmlp", "din", "dien", "pyramid_mixer", "fuxictr", "planted"]
+                  "autoint", "hiformer", "dhen", "wukong", "moe", "finalmlp", "din", "dien", "pyramid_mixer",
+                  "interformer", "fuxictr", "planted"]
 
 
 @dataclass(frozen=True)

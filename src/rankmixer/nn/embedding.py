@@ -302,10 +302,11 @@ class FeatureEmbedding(nn.Module):
         )
 
 
-def field_embedding(feature_map: FeatureMap, dim: int, model: str) -> FeatureEmbedding:
+def field_embedding(feature_map: FeatureMap, dim: int, model: str, pool_behaviours: bool = True) -> FeatureEmbedding:
     """The embedding of a model that treats every feature, numerical ones included, as a field
-    of ``dim`` values, with the error such a model gives when the schema has no field at all."""
-    emb = FeatureEmbedding(feature_map, dim, numeric_as_field=True)
+    of ``dim`` values, with the error such a model gives when the schema has no field at all
+    (``pool_behaviours=False``: the model encodes behaviours itself)."""
+    emb = FeatureEmbedding(feature_map, dim, numeric_as_field=True, pool_behaviours=pool_behaviours)
     if not emb.field_names:
         raise ValueError(f"{model} needs at least one feature")
     return emb

@@ -65,7 +65,7 @@ def test_mean_sequence_fields_match_a_float64_loop(behaviour_data):
             torch.testing.assert_close(got[r, k], expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("module", ["mean", "din"])
+@pytest.mark.parametrize("module", ["mean", "din", "dien", "pyramid", "interformer"])
 def test_pad_positions_do_not_change_the_scores(behaviour_data, module):
     fm = behaviour_data
     torch.manual_seed(0)
@@ -95,6 +95,16 @@ def test_din_sequence_module_differs_from_mean_and_trains(behaviour_data):
     unit = model.sequence.encoders["hist"].unit
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in unit.parameters())
     opt.step()
+
+
+def test_dien_auxiliary_loss_is_added_in_training_only(behaviour_data):
+    torch.manual_seed(0)
+    model = registry.build_model("rankmixer", behaviour_data, {**SMALL, "sequence_module": "dien"})
+    batch = first_batch(behaviour_data)
+    out = model(batch)
+    assert out.aux_loss is not None and float(out.aux_loss) > 0  # BCE of the interest extractor
+    model.eval()
+    assert model(batch).aux_loss is None
 
 
 def test_encoder_aux_loss_reaches_the_model_output(behaviour_data):

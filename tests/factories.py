@@ -190,6 +190,7 @@ SMALL: dict[str, dict] = {
     "fuxictr-dcn": {"embedding_dim": 8, "dnn_hidden": [16]},
     "fuxictr-finalmlp": {"embedding_dim": 8, "mlp1_hidden": [16], "mlp2_hidden": [8]},
     "fuxictr-wukong": {"embedding_dim": 8, "num_layers": 2, "fmb_units": [16], "dnn_hidden": [16]},
+    "fuxictr-din": {"embedding_dim": 8, "attention_hidden": [8], "dnn_hidden": [16]},
 }
 
 

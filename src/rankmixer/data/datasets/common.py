@@ -67,6 +67,39 @@ def user_history(
     return lf.drop(g, start, first)
 
 
+def behaviour_history(
+    lf: pl.LazyFrame,
+    *,
+    user: str,
+    time: str,
+    fields: dict[str, str],
+    max_len: int,
+    dt: str,
+    tiebreak: tuple[str, ...] = (),
+    separator: str = "|",
+) -> pl.LazyFrame:
+    """Add a behaviour sequence in the raw behaviour layout: for every row, one string column
+    per per-position field (``fields`` maps the output column to the source column) holding the
+    same user's values from rows with a strictly smaller ``time`` (as :func:`user_history`:
+    oldest first, the most recent ``max_len``) joined by ``separator``, and ``dt``: the seconds
+    (time units) from each of those rows to this one, so every gap is positive and the gaps do
+    not increase from the oldest position to the newest. An empty history is ``""``; a null
+    source value is an empty value at its position (missing, so the fields stay aligned).
+    Returns the frame in :func:`user_history`'s sorted order."""
+    tmp = {f"__bh_{out}": src for out, src in fields.items()}
+    when = "__bh_time"
+    lf = user_history(lf, user=user, time=time, columns={**tmp, when: time}, max_len=max_len,
+                      tiebreak=tiebreak)
+
+    def joined(e: pl.Expr) -> pl.Expr:
+        return e.list.eval(pl.element().cast(pl.Utf8).fill_null("")).list.join(separator)
+
+    return lf.with_columns(
+        *(joined(pl.col(t)).alias(out) for out, t in zip(fields, tmp)),
+        joined(pl.col(time) - pl.col(when)).alias(dt),
+    ).drop(*tmp, when)
+
+
 def _stack(exprs: list[pl.Expr]) -> pl.Expr:
     """Columns -> one list column. concat_arr (fixed width) is ~10x faster than concat_list
     on millions of rows; it is marked unstable in polars, so fall back when it is missing."""

@@ -27,9 +27,17 @@ from rankmixer.data.datasets.base import (
     TransformContext,
     register_preset,
 )
-from rankmixer.data.datasets.common import bookkeeping, unique_lookup, user_history
+from rankmixer.data.datasets.common import (
+    behaviour_history,
+    bookkeeping,
+    unique_lookup,
+    user_history,
+)
 from rankmixer.data.reader import FILE_COL, ROW_COL
 from rankmixer.data.schema import (
+    BehaviourFeature,
+    BehaviourField,
+    Bucketize,
     CategoricalFeature,
     LabelSpec,
     MultiCategoricalFeature,
@@ -76,7 +84,9 @@ class MovieLensLatestPreset(DatasetPreset):
 
     Options: ``max_len`` (history length, default 20), ``min_count`` (for user/movie ids,
     default 1), ``like_threshold`` (default 4.0), ``variant`` ("small" | "full": which zip
-    ``download`` fetches and which unpacked folder ``raw_files`` prefers).
+    ``download`` fetches and which unpacked folder ``raw_files`` prefers), ``behaviours``
+    (default False: add the behaviour sequence ``hist``, below) and ``behaviour_max_len``
+    (its length, default 50).
 
     Canonical frame (one row per rating; rows keep the file order; ``__file``/``__row`` kept):
 
@@ -108,6 +118,16 @@ class MovieLensLatestPreset(DatasetPreset):
     aligned with ``hist_movies``; a movie without genres (or missing from movies.csv) contributes
     the token "(no genres listed)". The full genre bag of the target movie is in ``genres``.
 
+    With ``behaviours=True`` the frame also has the behaviour sequence ``hist`` (schema type
+    ``behaviour``) in the raw behaviour layout, one string column per per-position field, values
+    joined by "|", oldest first, the same strictly earlier ratings in the same order as
+    ``hist_movies`` but the most recent ``behaviour_max_len``: ``hist_item`` (movieId; shares
+    ``movie_id``'s table), ``hist_genre`` (first genre as in ``hist_genres``; own vocabulary,
+    since the candidate's genres are a bag, not a categorical feature to share with),
+    ``hist_rating`` (the earlier rating's stars, e.g. "3.5": known at request time because the
+    rating is strictly earlier; own vocabulary) and ``hist_dt`` (seconds from the earlier
+    rating to this one, positive; log buckets). The existing columns are unchanged.
+
     movies.csv must list each movieId once: a repeated one is an error naming both lines (with
     ``on_bad_row="skip"`` the first line is kept and the repeats are counted as skipped rows).
     """
@@ -133,9 +153,15 @@ class MovieLensLatestPreset(DatasetPreset):
         min_count: int = 1,
         like_threshold: float = 4.0,
         variant: str = "small",
+        behaviours: bool = False,
+        behaviour_max_len: int = 50,
     ) -> None:
         if variant not in _ZIP_DIRS:
             raise ValueError(f"variant must be one of {sorted(_ZIP_DIRS)}, got {variant!r}")
+        if behaviour_max_len < 1:
+            raise ValueError(f"behaviour_max_len must be at least 1, got {behaviour_max_len}")
+        self.behaviours = behaviours
+        self.behaviour_max_len = behaviour_max_len
         self.max_len = max_len
         self.min_count = min_count
         self.like_threshold = like_threshold
@@ -152,8 +178,22 @@ class MovieLensLatestPreset(DatasetPreset):
         )
 
     # ---- schema --------------------------------------------------------------------------
+    def behaviour(self) -> BehaviourFeature:
+        """The behaviour sequence ``hist`` added by ``behaviours=True``."""
+        return BehaviourFeature(
+            name="hist",
+            max_len=self.behaviour_max_len,
+            fields=[
+                BehaviourField(name="item", share_with="movie_id"),
+                BehaviourField(name="genre"),
+                BehaviourField(name="rating"),
+                BehaviourField(name="dt", bucketize=Bucketize(method="log"), order="non_increasing"),
+            ],
+        )
+
     def schema(self) -> Schema:
         m = self.max_len
+        behaviours = [self.behaviour()] if self.behaviours else []
         return Schema(
             name=self.name,
             source=RATINGS_SOURCE,
@@ -167,11 +207,12 @@ class MovieLensLatestPreset(DatasetPreset):
                 CategoricalFeature(name="weekday"),
                 SequenceFeature(name="hist_movies", max_len=m, share_with="movie_id"),
                 SequenceFeature(name="hist_genres", max_len=m),
+                *behaviours,
             ],
             group_key="user_id",
             time_column="timestamp",
             feature_groups={
-                "user": ["user_id", "hist_movies", "hist_genres"],
+                "user": ["user_id", "hist_movies", "hist_genres", *(b.name for b in behaviours)],
                 "item": ["movie_id", "genres", "release_year"],
                 "context": ["hour", "weekday"],
             },
@@ -277,6 +318,7 @@ class MovieLensLatestPreset(DatasetPreset):
             pl.col("userId").cast(pl.Int64).alias("user_id"),
             pl.col("movieId").cast(pl.Int64).alias("movie_id"),
             ts.alias("timestamp"),
+            *([pl.col("rating").cast(pl.Float64).alias("__rating")] if self.behaviours else []),
             when.dt.hour().cast(pl.Int64).alias("hour"),
             when.dt.weekday().cast(pl.Int64).alias("weekday"),
         )
@@ -292,6 +334,20 @@ class MovieLensLatestPreset(DatasetPreset):
             columns={"hist_movies": "movie_id", "hist_genres": "__first_genre"},
             max_len=self.max_len,
         )
+        behaviour_columns = []
+        if self.behaviours:
+            hist = self.behaviour()
+            lf = behaviour_history(
+                lf,
+                user="user_id",
+                time="timestamp",
+                tiebreak=("movie_id",),
+                fields={"hist_item": "movie_id", "hist_genre": "__first_genre",
+                        "hist_rating": "__rating"},
+                dt="hist_dt",
+                max_len=hist.max_len,
+            )
+            behaviour_columns = hist.columns
         return lf.sort([FILE_COL, ROW_COL]).select(
             *keep,
             "like",
@@ -303,6 +359,7 @@ class MovieLensLatestPreset(DatasetPreset):
             "weekday",
             "hist_movies",
             "hist_genres",
+            *behaviour_columns,
             "timestamp",
         )
 

@@ -30,9 +30,12 @@ from rankmixer.data.datasets.base import (
     TransformContext,
     register_preset,
 )
-from rankmixer.data.datasets.common import bookkeeping, user_history
+from rankmixer.data.datasets.common import behaviour_history, bookkeeping, user_history
 from rankmixer.data.reader import FILE_COL, ROW_COL
 from rankmixer.data.schema import (
+    BehaviourFeature,
+    BehaviourField,
+    Bucketize,
     CategoricalFeature,
     LabelSpec,
     RawColumn,
@@ -47,6 +50,7 @@ LOG_START = 1511539200
 LOG_END = 1512316800
 CHINA_UTC_OFFSET_S = 8 * 3600
 TARGETS = ("buy", "cart", "fav")
+BEHAVIOUR_TYPES = ("pv", *TARGETS)
 
 SOURCE = SourceSpec(
     format="csv",
@@ -66,7 +70,8 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
     """Options: ``horizon_s`` (label window in seconds after the view, default 86400; None =
     to the end of the log), ``drop_censored`` (default True), ``drop_bad_timestamps``
     (default True), ``max_len`` (history length, default 20), ``min_count`` (for the id
-    vocabularies, default 1).
+    vocabularies, default 1), ``behaviours`` (default False: add the behaviour sequence
+    ``hist``, below) and ``behaviour_max_len`` (its length, default 50).
 
     Right-censoring: a view less than ``horizon_s`` before the end of the log cannot see its whole
     window, so its labels would be biased towards 0 -- and a time split puts exactly those views in
@@ -103,6 +108,16 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
     hist_cats    List[Int64]  the categories of ``hist_items`` (same length and order)
     timestamp    Int64        unix seconds (time column)
     ===========  ===========  ====================================================================
+
+    With ``behaviours=True`` the frame also has the behaviour sequence ``hist`` (schema type
+    ``behaviour``) in the raw behaviour layout, one string column per per-position field, values
+    joined by "|", oldest first: the user's previous events of *every* type (pv, cart, fav, buy;
+    other names ignored), strictly earlier timestamps only (events sharing the view's second,
+    e.g. a same-second purchase, are left out: their order is unknown and they may be the
+    label), ties ordered by file position, the most recent ``behaviour_max_len``:
+    ``hist_item`` (shares ``item_id``'s table), ``hist_cat`` (shares ``category_id``'s),
+    ``hist_type`` (own vocabulary) and ``hist_dt`` (seconds from the event to the view,
+    positive; log buckets). The existing columns are unchanged.
     """
 
     name = "taobao-userbehavior"
@@ -125,17 +140,37 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
         drop_bad_timestamps: bool = True,
         max_len: int = 20,
         min_count: int = 1,
+        behaviours: bool = False,
+        behaviour_max_len: int = 50,
     ) -> None:
         if horizon_s is not None and horizon_s <= 0:
             raise ValueError(f"horizon_s must be positive or None, got {horizon_s}")
+        if behaviour_max_len < 1:
+            raise ValueError(f"behaviour_max_len must be at least 1, got {behaviour_max_len}")
+        self.behaviours = behaviours
+        self.behaviour_max_len = behaviour_max_len
         self.horizon_s = horizon_s
         self.drop_censored = drop_censored
         self.drop_bad_timestamps = drop_bad_timestamps
         self.max_len = max_len
         self.min_count = min_count
 
+    def behaviour(self) -> BehaviourFeature:
+        """The behaviour sequence ``hist`` added by ``behaviours=True``."""
+        return BehaviourFeature(
+            name="hist",
+            max_len=self.behaviour_max_len,
+            fields=[
+                BehaviourField(name="item", share_with="item_id"),
+                BehaviourField(name="cat", share_with="category_id"),
+                BehaviourField(name="type"),
+                BehaviourField(name="dt", bucketize=Bucketize(method="log"), order="non_increasing"),
+            ],
+        )
+
     def schema(self) -> Schema:
         mc = self.min_count
+        behaviours = [self.behaviour()] if self.behaviours else []
         return Schema(
             name=self.name,
             source=SOURCE,
@@ -150,11 +185,12 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
                 SequenceFeature(
                     name="hist_cats", max_len=self.max_len, share_with="category_id"
                 ),
+                *behaviours,
             ],
             group_key="user_id",
             time_column="timestamp",
             feature_groups={
-                "user": ["user_id", "hist_items", "hist_cats"],
+                "user": ["user_id", "hist_items", "hist_cats", *(b.name for b in behaviours)],
                 "item": ["item_id", "category_id"],
                 "context": ["hour", "weekday"],
             },
@@ -191,8 +227,23 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
         lf = lf.with_columns(
             pl.coalesce(ts.filter(in_window).max(), ts.max()).alias("__log_end")
         )
+        behaviour_columns, examples = [], lf
+        if self.behaviours:
+            # Histories over every event type; only the pv rows (the examples) are kept below.
+            hist = self.behaviour()
+            examples = behaviour_history(
+                lf.filter(pl.col("behavior_type").is_in(BEHAVIOUR_TYPES)),
+                user="user_id",
+                time="timestamp",
+                tiebreak=(FILE_COL, ROW_COL),
+                fields={"hist_item": "item_id", "hist_cat": "category_id",
+                        "hist_type": "behavior_type"},
+                dt="hist_dt",
+                max_len=hist.max_len,
+            )
+            behaviour_columns = hist.columns
 
-        pv = lf.filter(pl.col("behavior_type") == "pv").sort("timestamp")
+        pv = examples.filter(pl.col("behavior_type") == "pv").sort("timestamp")
         for target in TARGETS:
             tcol = f"__t_{target}"
             events = (
@@ -236,6 +287,7 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
             local.dt.weekday().cast(pl.Int64).alias("weekday"),
             "hist_items",
             "hist_cats",
+            *behaviour_columns,
             "timestamp",
         )
 

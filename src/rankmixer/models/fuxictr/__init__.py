@@ -7,7 +7,9 @@ our trainer with the same optimizers, budget, early stopping and metrics. Inside
 from the classes of the installed ``fuxictr`` wheel (2.3.10): its embeddings and initialisation
 (``common.py``), ``CrossNetV2``, ``CrossNetMix``, ``CrossNet``, ``FactorizationMachine``,
 ``InnerProductInteraction``, ``LogisticRegression``, ``ScaledDotProductAttention``,
-``MLP_Block``.
+``DIN_Attention``, ``Dice``, ``MLP_Block``. The wheel has no GRU layers (no ``AGRUCell``,
+``AUGRUCell`` or ``DynamicGRU``: those live only in the zoo's ``model_zoo/DIEN/src/DIEN.py``), so
+there is no ``fuxictr-dien``.
 
 Each module follows ``model_zoo/<Model>/src/<Model>.py`` of github.com/reczoo/FuxiCTR (the zoo
 is not in the wheel); where the zoo defines a layer in the model file rather than in the wheel
@@ -36,6 +38,7 @@ from rankmixer.models.fuxictr.common import (
 from rankmixer.models.fuxictr.dcn import FuxiDCN, FuxiDCNConfig
 from rankmixer.models.fuxictr.dcnv2 import FuxiDCNv2, FuxiDCNv2Config
 from rankmixer.models.fuxictr.deepfm import FuxiDeepFM, FuxiDeepFMConfig
+from rankmixer.models.fuxictr.din import FuxiDIN, FuxiDINConfig
 from rankmixer.models.fuxictr.dlrm import FuxiDLRM, FuxiDLRMConfig
 from rankmixer.models.fuxictr.finalmlp import (
     FuxiFeatureSelection,
@@ -48,7 +51,8 @@ from rankmixer.models.fuxictr.wukong import FuxiWuKong, FuxiWuKongConfig, FuxiWu
 
 __all__ = [
     "INSTALL_HINT", "FuxiAutoInt", "FuxiAutoIntConfig", "FuxiCTRConfig", "FuxiCTRModel", "FuxiDCN", "FuxiDCNConfig",
-    "FuxiDCNv2", "FuxiDCNv2Config", "FuxiDLRM", "FuxiDLRMConfig", "FuxiDeepFM", "FuxiDeepFMConfig",
+    "FuxiDCNv2", "FuxiDCNv2Config", "FuxiDIN", "FuxiDINConfig", "FuxiDLRM", "FuxiDLRMConfig", "FuxiDeepFM",
+    "FuxiDeepFMConfig",
     "FuxiFeatureSelection", "FuxiFinalMLP", "FuxiFinalMLPConfig", "FuxiInteractionAggregation", "FuxiLR",
     "FuxiMultiHeadSelfAttention", "FuxiWuKong", "FuxiWuKongConfig", "FuxiWuKongLayer", "batch_to_inputs",
     "fuxictr_feature_map", "require_fuxictr",

@@ -122,8 +122,6 @@ def test_trains_through_our_trainer(behaviour_data, tmp_path):
 
 
 @NEEDS_FUXICTR
-@pytest.mark.xfail(strict=True, reason="serve/export.py exports with torch.onnx's optimize=True, whose rewriter "
-                   "drops the '+ 1e-12' of FuxiCTR's MaskedAveragePooling: an empty history scores NaN in ONNX")
 def test_onnx_scores_raw_histories_like_pytorch(tmp_path):
     """Exported to ONNX, raw histories in requests (one array per field, some empty) score as
     the PyTorch model scores the prepared test rows."""

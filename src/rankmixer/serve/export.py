@@ -117,10 +117,13 @@ def _export_onnx(module: ScoringModule, fm: FeatureMap, path: Path) -> None:
 
     # The exporter logs a line per op library it skips (e.g. torchvision): not our concern.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # optimize=False: torch.onnx's rewriter folds ``x / (n + 1e-12)`` into ``x / n`` (FuxiCTR's
+    # masked mean pooling), so an empty history would score NaN; onnxruntime optimises the graph
+    # itself when it loads it.
     prog = torch.onnx.export(
         module, example_inputs(fm), dynamo=True, input_names=names, output_names=[OUTPUT_NAME],
         dynamic_shapes={"inputs": tuple({0: batch} for _ in names)},
-        optimize=True, verbose=False,
+        optimize=False, verbose=False,
     )
     prog.save(str(path))
 

@@ -300,7 +300,7 @@ def test_schema_round_trips_through_its_dump(tmp_path):
     assert load_schema(tmp_path / "s.yaml") == schema
 
 
-# ---- models built on a feature map with behaviours keep working (they ignore them for now) -----
+# ---- models built on a feature map with behaviours: mean-pooled fields or a sequence module ----
 @pytest.mark.parametrize("model", ["dcnv2", "rankmixer"])
 def test_models_build_and_run_beside_behaviours(tmp_path, model):
     from rankmixer.nn.embedding import FeatureEmbedding
@@ -309,7 +309,9 @@ def test_models_build_and_run_beside_behaviours(tmp_path, model):
     fm = prepare(Schema.model_validate(schema_dict()), write_splits(tmp_path), tmp_path / "p", log=lambda *_: None)
     batch = load(fm, "train")
     emb = FeatureEmbedding(fm, 4)
-    assert emb.field_names == ["user", "item", "cat"]
+    # Every per-position field of a behaviour is also a mean-pooled field (pool_behaviours).
+    assert emb.field_names == ["user", "item", "cat", *(f"hist.{f.name}" for f in fm.feature("hist").fields)]
+    assert FeatureEmbedding(fm, 4, pool_behaviours=False).field_names == ["user", "item", "cat"]
     # The own tables of behaviour fields are rows of the fused weight; shared ones are not added.
     assert set(emb.table_offsets) == {"user", "item", "cat", "hist__type", "hist__dt"}
     assert emb.num_rows == 1 + sum(rows - 1 for rows in fm.tables().values())

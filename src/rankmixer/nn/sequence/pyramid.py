@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from rankmixer.core.strict import StrictModel
 from rankmixer.nn.mlp import MLP, make_activation
 from rankmixer.nn.sequence.base import BehaviourInput, BehaviourSpec, EncoderOutput, register_encoder
-from rankmixer.nn.sequence.pooling import masked_mean
+from rankmixer.nn.embedding import masked_mean
 from rankmixer.nn.tokenizer import activation_weights
 
 

@@ -35,7 +35,8 @@ class DLRMConfig(ModelConfig):
         default="torch",
         description="initialisation of every linear layer (bottom MLP, top MLP, heads): 'torch' = "
         "PyTorch's default (kaiming-uniform weights, uniform biases); 'xavier' = xavier-normal "
-        "weights and zero biases, as FuxiCTR's BaseModel.reset_parameters",
+        "weights and zero biases, as FuxiCTR's BaseModel.reset_parameters (the DLRM reference code, "
+        "facebookresearch/dlrm, draws the same xavier-normal weights, its biases normal(0, 1/sqrt(fan_out)))",
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -25,6 +27,17 @@ class DLRMConfig(ModelConfig):
     top_mlp: list[int] = Field(default=[512, 256], description="hidden widths of the top MLP")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout after each top-MLP layer")
     head_hidden: list[int] = Field(default=[], description="hidden widths of each task's tower")
+    embedding_init_std: float = Field(
+        default=1e-2, gt=0,
+        description="std of the normal initialisation of the embedding rows (FuxiCTR's default: 1e-4)",
+    )
+    dense_init: Literal["torch", "xavier"] = Field(
+        default="torch",
+        description="initialisation of every linear layer (bottom MLP, top MLP, heads): 'torch' = "
+        "PyTorch's default (kaiming-uniform weights, uniform biases); 'xavier' = xavier-normal "
+        "weights and zero biases, as FuxiCTR's BaseModel.reset_parameters (the DLRM reference code, "
+        "facebookresearch/dlrm, draws the same xavier-normal weights, its biases normal(0, 1/sqrt(fan_out)))",
+    )
 
 
 @register("dlrm", DLRMConfig)
@@ -41,7 +54,7 @@ class DLRM(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=False)
+        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=False, init_std=cfg.embedding_init_std)
         n_dense = len(feature_map.dense)
         self.bottom = MLP(n_dense, [*cfg.bottom_mlp, d]) if n_dense else None
         n_fields = len(self.embedding.field_names) + (1 if self.bottom is not None else 0)
@@ -51,6 +64,11 @@ class DLRM(nn.Module):
         top_in = self.interaction.out_features + (d if self.bottom is not None else 0)
         self.top = MLP(top_in, cfg.top_mlp, dropout=cfg.dropout)
         self.heads = TaskHeads(self.top.out_features, feature_map.num_tasks, cfg.head_hidden)
+        if cfg.dense_init == "xavier":
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_normal_(m.weight)
+                    nn.init.zeros_(m.bias)
 
     def forward(self, batch: Batch) -> ModelOutput:
         fields = self.embedding(batch).fields  # [B, F, d]

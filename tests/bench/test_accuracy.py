@@ -293,3 +293,19 @@ def test_scaling_spec_rejects_typos_and_single_sizes(tmp_path):
     cells, budget = load_spec("scaling")
     assert len(cells) == 16 and budget == "samples=500000"
     assert {c.model_label for c in cells} == {"dlrm-mlp", "dcnv2", "wukong", "rankmixer"}
+
+
+def test_train_throughput_is_the_median_of_the_logged_windows(tmp_path):
+    from rankmixer.bench.accuracy import train_throughput
+
+    assert train_throughput(tmp_path) is None  # no log (e.g. FuxiCTR's own pipeline)
+    lines = [{"split": "train", "step": 10, "samples_per_s": 100.0},
+             {"split": "valid", "step": 10, "auc": 0.7},
+             {"split": "train", "step": 20, "samples_per_s": 40.0},  # a window that held an evaluation
+             {"split": "train", "step": 30, "samples_per_s": 120.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + '\n{"split": "tr')
+    assert train_throughput(tmp_path) == 100.0
+    results = [_result("m", s, 1.0, 0.7) | {"train_samples_per_s": v} for s, v in enumerate([100.0, 200.0, None])]
+    row = summarise(results)[0]
+    assert row["train_samples_per_s"] == 150.0
+    assert "| 150 |" in markdown_table([row], ["model", "sps"])

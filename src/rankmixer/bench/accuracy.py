@@ -256,6 +256,7 @@ def run_accuracy(
             "registered": f"fuxictr-e2e:{cell.fuxictr_e2e}" if cell.fuxictr_e2e else cfg.model_name,
             "seed": seed, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
             "flops_per_sample": result.get("flops_per_sample"),
+            "train_samples_per_s": train_throughput(run_dir),
             "steps": result["steps"], "best_step": result["best_step"],
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
         })
@@ -267,6 +268,24 @@ def run_accuracy(
     write_text_atomic(out_dir / f"{name}.md", markdown_table(summary) + (
         "\n" + differences_table(report["differences"]) if report["differences"] else ""))
     return report
+
+
+def train_throughput(run_dir: Path) -> float | None:
+    """Training samples/s of a run: the median over the trainer's logged windows
+    (``metrics.jsonl``, ``split: train``), so a window that also held an evaluation or a
+    checkpoint moves it little; None without such records (e.g. FuxiCTR's own pipeline)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rates = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by an interruption
+        if rec.get("split") == "train" and rec.get("samples_per_s"):
+            rates.append(float(rec["samples_per_s"]))
+    return float(np.median(rates)) if rates else None
 
 
 def summarise(results: list[dict], runs_dir: Path | None = None, stored: Sequence[dict] = ()) -> list[dict]:
@@ -289,6 +308,8 @@ def summarise(results: list[dict], runs_dir: Path | None = None, stored: Sequenc
         row = {k: first[k] for k in ("label", "config", "dataset", "model", "parameters", "dense_parameters")}
         row.update(_flops_over_seeds([r.get("flops_per_sample") for r in group]))
         row["seeds"] = len(group)
+        rates = [r["train_samples_per_s"] for r in group if r.get("train_samples_per_s") is not None]
+        row["train_samples_per_s"] = float(np.mean(rates)) if rates else None
         row["best_step_per_seed"] = [r.get("best_step") for r in group]
         row["steps_per_seed"] = [r.get("steps") for r in group]
         for m in METRICS:
@@ -372,6 +393,8 @@ COLUMNS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     "logloss": ("test logloss", "---", lambda r: _metric_cell(r, "logloss")),
     "ne": ("NE", "---", lambda r: _metric_cell(r, "ne")),
     "steps": ("best step / steps (per seed)", "---", _steps_cell),
+    "sps": ("train samples/s", "---:", lambda r: "-" if r.get("train_samples_per_s") is None
+            else f"{r['train_samples_per_s']:,.0f}"),
 }
 DEFAULT_COLUMNS = ("dataset", "model", "params", "dense", "flops", "seeds", "auc", "gauc", "logloss", "ne")
 

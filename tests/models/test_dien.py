@@ -5,27 +5,14 @@ tests/nn/test_sequence_dien.py)."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
-from rankmixer import experiment
-from rankmixer.config import load_config
 from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.models import registry
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def behaviour_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dien")
-    opts = {"rows_train": 300, "rows_valid": 100, "rows_test": 100, "n_users": 50, "n_items": 120,
-            "n_categories": 8, "seq_len_max": 12, "return_period": 6, "attention_window": 4}
-    cfg = load_config(None, ["data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}",
-                             f"data.prepared_dir={root / 'prep'}", f"run_dir={root / 'run'}"])
-    return experiment.prepare_data(cfg.data, log=lambda m: None)
 
 
 def batches(fm, n):
@@ -75,10 +62,10 @@ def test_behaviour_vectors_reach_the_encoder_and_weight_zero_disables_aux(behavi
     # Changing one row's history changes only that row's evolved interest.
     emb = model.embedding
     with torch.no_grad():
-        before = model.evolved_interests(batch, emb(batch).fields)[0].tokens
+        before = model.encode_behaviours(batch, emb(batch).fields)[0].tokens
         lengths = (batch.behaviours["hist"] != 0).any(-1).sum(1)
         r = int(torch.nonzero(lengths > 0)[0])
         batch.behaviours["hist"][r, 0, 0] = 2 if batch.behaviours["hist"][r, 0, 0] != 2 else 3
-        after = model.evolved_interests(batch, emb(batch).fields)[0].tokens
+        after = model.encode_behaviours(batch, emb(batch).fields)[0].tokens
     changed = (before - after).abs().flatten(1).sum(1) > 0
     assert changed.tolist() == [i == r for i in range(len(changed))]

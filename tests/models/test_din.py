@@ -3,14 +3,11 @@ pooling of multi-field behaviours against a float64 loop over rows and positions
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 from tests.factories import NEEDS_FUXICTR
 
-from rankmixer import experiment
-from rankmixer.config import load_config
 from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.models import registry
 from rankmixer.nn.mlp import MLP
@@ -45,16 +42,6 @@ def test_activation_unit_matches_fuxictr(softmax):
     torch.testing.assert_close((w.unsqueeze(-1) * hist).sum(dim=1), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def behaviour_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("din")
-    opts = {"rows_train": 300, "rows_valid": 100, "rows_test": 100, "n_users": 50, "n_items": 120,
-            "n_categories": 8, "seq_len_max": 12, "return_period": 6, "attention_window": 4}
-    cfg = load_config(None, ["data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}",
-                             f"data.prepared_dir={root / 'prep'}", f"run_dir={root / 'run'}"])
-    return experiment.prepare_data(cfg.data, log=lambda m: None)
-
-
 @pytest.mark.parametrize("softmax", [False, True])
 def test_behaviour_pooling_matches_a_float64_loop(behaviour_data, softmax):
     fm = behaviour_data
@@ -70,7 +57,7 @@ def test_behaviour_pooling_matches_a_float64_loop(behaviour_data, softmax):
     emb = model.embedding
     names = emb.field_names
     with torch.no_grad():
-        got = model.pooled_behaviours(batch, emb(batch).fields)[0]
+        got = model.encode_behaviours(batch, emb(batch).fields)[0].tokens.flatten(1)
         unit = model.encoders["hist"].unit
         fields_meta = emb.behaviour_fields["hist"]
         for r in range(ids.shape[0]):

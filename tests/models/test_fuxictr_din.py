@@ -25,23 +25,23 @@ OPTS = {"rows_train": 3000, "rows_valid": 500, "rows_test": 500, "n_users": 50, 
 
 
 @pytest.fixture(scope="module")
-def behaviour_data(tmp_path_factory):
+def behaviour_3k(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuxictr_din")
     cfg = load_config(None, ["data.dataset=behaviour", f"data.preset_options={json.dumps(OPTS)}",
                              f"data.prepared_dir={root / 'prep'}", f"run_dir={root / 'run'}"])
     return root, experiment.prepare_data(cfg.data, log=lambda m: None)
 
 
-def test_missing_fuxictr_gives_install_hint(monkeypatch, behaviour_data):
+def test_missing_fuxictr_gives_install_hint(monkeypatch, behaviour_3k):
     hide_fuxictr(monkeypatch)
     with pytest.raises(ImportError, match=r"pip install .*\.\[fuxictr\]"):
-        registry.build_model("fuxictr-din", behaviour_data[1])
+        registry.build_model("fuxictr-din", behaviour_3k[1])
 
 
 @NEEDS_FUXICTR
 @pytest.mark.parametrize("softmax", [False, True])
-def test_matches_a_float64_loop(behaviour_data, softmax):
-    fm = behaviour_data[1]
+def test_matches_a_float64_loop(behaviour_3k, softmax):
+    fm = behaviour_3k[1]
     torch.manual_seed(0)
     model = registry.build_model("fuxictr-din", fm, {"embedding_dim": 4, "attention_hidden": [8], "dnn_hidden": [8],
                                                      "softmax": softmax}).double()
@@ -81,10 +81,10 @@ def test_matches_a_float64_loop(behaviour_data, softmax):
 
 
 @NEEDS_FUXICTR
-def test_pad_positions_do_not_matter(behaviour_data):
+def test_pad_positions_do_not_matter(behaviour_3k):
     """Ids at pad positions of the non-key fields change nothing in eval mode (the mask is the
     key field's; mean pooling skips zero vectors)."""
-    fm = behaviour_data[1]
+    fm = behaviour_3k[1]
     torch.manual_seed(0)
     model = registry.build_model("fuxictr-din", fm, {"embedding_dim": 4, "attention_hidden": [8],
                                                      "dnn_hidden": [8]}).eval()
@@ -108,8 +108,8 @@ def test_pad_positions_do_not_matter(behaviour_data):
 
 
 @NEEDS_FUXICTR
-def test_trains_through_our_trainer(behaviour_data, tmp_path):
-    root, fm = behaviour_data
+def test_trains_through_our_trainer(behaviour_3k, tmp_path):
+    root, fm = behaviour_3k
     cfg = load_config("behaviour_fuxictr_din", [
         f"data.preset_options={json.dumps(OPTS)}", f"data.prepared_dir={root / 'prep'}", f"run_dir={tmp_path / 'run'}",
         "model.embedding_dim=8", "model.attention_hidden=[16]", "model.dnn_hidden=[32]",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.models.test_din import behaviour_data  # noqa: F401  (fixture)
 from torch import nn
 
 from rankmixer.core.strict import StrictModel

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
-from torch import Tensor, nn
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelConfig, ModelOutput
+from rankmixer.models.base import ModelConfig
+from rankmixer.models.encoder_mlp import EncoderMLP
 from rankmixer.models.registry import register
-from rankmixer.nn.embedding import FeatureEmbedding
-from rankmixer.nn.heads import TaskHeads
-from rankmixer.nn.mlp import MLP
-from rankmixer.nn.sequence import EncoderOutput, behaviour_inputs, behaviour_specs, build_encoder
 from rankmixer.nn.sequence.dien import DIENEncoderConfig
-from rankmixer.nn.tokenizer import SequencePooling
 
 
 class DIENConfig(ModelConfig):
@@ -34,7 +27,7 @@ class DIENConfig(ModelConfig):
 
 
 @register("dien", DIENConfig)
-class DIEN(nn.Module):
+class DIEN(EncoderMLP):
     """DIEN: a GRU interest extractor with an auxiliary loss and an attention-gated GRU (AUGRU) for interest evolution towards the candidate (Zhou et al. 2019, "Deep Interest Evolution Network for Click-Through Rate Prediction").
 
     Every feature is embedded (``embedding_dim``). Each behaviour (``Batch.behaviours``) goes
@@ -49,32 +42,6 @@ class DIEN(nn.Module):
     """
 
     def __init__(self, feature_map: FeatureMap, cfg: DIENConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True, pool_behaviours=False)
-        names = self.embedding.field_names
-        self.pooling = SequencePooling(feature_map, names, d, mode="target_attention",
-                                       attention_hidden=cfg.attention_hidden, softmax=cfg.softmax,
-                                       activation=cfg.attention_activation)
-        self.specs = behaviour_specs(feature_map, names)
         enc = DIENEncoderConfig(hidden=cfg.gru_hidden, aux_loss_weight=cfg.aux_loss_weight)
-        self.encoders = nn.ModuleDict({s.name: build_encoder("dien", enc, d, s, len(names)) for s in self.specs})
-        width = sum(e.out_dim for e in self.encoders.values())
-        self.mlp = MLP(len(names) * d + width, cfg.dnn_hidden, activation=cfg.dnn_activation, dropout=cfg.dropout)
-        if self.mlp.in_features == 0:
-            raise ValueError("DIEN needs at least one feature")
-        self.heads = TaskHeads(self.mlp.out_features, feature_map.num_tasks, [])
-
-    def evolved_interests(self, batch: Batch, fields: Tensor) -> list[EncoderOutput]:
-        """Every behaviour through its encoder: tokens ``[B, 1, gru_hidden]`` and aux loss."""
-        inputs = behaviour_inputs(self.embedding.behaviours(batch), fields, self.specs)
-        return [self.encoders[s.name](inputs[s.name]) for s in self.specs]
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        emb = self.embedding(batch)
-        fields = self.pooling(emb)  # sequences pooled against their targets
-        outs = self.evolved_interests(batch, emb.fields)
-        x = torch.cat([fields.flatten(1), *(o.tokens.flatten(1) for o in outs)], dim=1)
-        aux = [o.aux_loss for o in outs if o.aux_loss is not None]
-        return ModelOutput(logits=self.heads(self.mlp(x)), aux_loss=sum(aux[1:], aux[0]) if aux else None)
+        super().__init__(feature_map, cfg, "dien", enc, "target_attention",
+                         (cfg.attention_hidden, cfg.softmax, cfg.attention_activation), "DIEN")

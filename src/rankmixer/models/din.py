@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
-from torch import Tensor, nn
 
-from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelConfig, ModelOutput
+from rankmixer.models.base import ModelConfig
+from rankmixer.models.encoder_mlp import EncoderMLP
 from rankmixer.models.registry import register
-from rankmixer.nn.embedding import FeatureEmbedding
-from rankmixer.nn.heads import TaskHeads
-from rankmixer.nn.mlp import MLP
-from rankmixer.nn.sequence import behaviour_inputs, behaviour_specs, build_encoder
 from rankmixer.nn.sequence.pooling import DINEncoderConfig
-from rankmixer.nn.tokenizer import SequencePooling
 
 
 class DINConfig(ModelConfig):
@@ -29,7 +22,7 @@ class DINConfig(ModelConfig):
 
 
 @register("din", DINConfig)
-class DIN(nn.Module):
+class DIN(EncoderMLP):
     """DIN: target attention of the user's history against the candidate through a local activation unit (Zhou et al. 2018, "Deep Interest Network for Click-Through Rate Prediction").
 
     Every feature is embedded (``embedding_dim``); a history is pooled by the activation unit
@@ -48,31 +41,7 @@ class DIN(nn.Module):
     """
 
     def __init__(self, feature_map: FeatureMap, cfg: DINConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.embedding_dim
-        self.embedding = FeatureEmbedding(feature_map, d, numeric_as_field=True, pool_behaviours=False)
-        names = self.embedding.field_names
-        self.pooling = SequencePooling(feature_map, names, d, mode="target_attention",
-                                       attention_hidden=cfg.attention_hidden, softmax=cfg.softmax,
-                                       activation=cfg.attention_activation)
-        self.specs = behaviour_specs(feature_map, names)
         unit = DINEncoderConfig(attention_hidden=cfg.attention_hidden, attention_activation=cfg.attention_activation,
                                 softmax=cfg.softmax)
-        self.encoders = nn.ModuleDict({s.name: build_encoder("din", unit, d, s, len(names)) for s in self.specs})
-        width = sum(e.out_dim for e in self.encoders.values())
-        self.mlp = MLP(len(names) * d + width, cfg.dnn_hidden, activation=cfg.dnn_activation, dropout=cfg.dropout)
-        if self.mlp.in_features == 0:
-            raise ValueError("DIN needs at least one feature")
-        self.heads = TaskHeads(self.mlp.out_features, feature_map.num_tasks, [])
-
-    def pooled_behaviours(self, batch: Batch, fields: Tensor) -> list[Tensor]:
-        """Every behaviour pooled against the candidate: ``[B, F * dim]`` each."""
-        inputs = behaviour_inputs(self.embedding.behaviours(batch), fields, self.specs)
-        return [self.encoders[s.name](inputs[s.name]).tokens.flatten(1) for s in self.specs]
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        emb = self.embedding(batch)
-        fields = self.pooling(emb)  # sequences pooled against their targets
-        x = torch.cat([fields.flatten(1), *self.pooled_behaviours(batch, emb.fields)], dim=1)
-        return ModelOutput(logits=self.heads(self.mlp(x)))
+        super().__init__(feature_map, cfg, "din", unit, "target_attention",
+                         (cfg.attention_hidden, cfg.softmax, cfg.attention_activation), "DIN")

@@ -6,7 +6,7 @@ Both give one vector per behaviour, every field of every position pooled: ``[B, 
 from __future__ import annotations
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 from rankmixer.core.strict import StrictModel
 from rankmixer.nn.embedding import masked_mean

@@ -27,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rankmixer.bench import accuracy, distributed, fuxictr_dcnv2, intervals, moe, scaling, serve, speed_table
+from rankmixer.bench import (
+    accuracy, distributed, fuxictr_dcnv2, intervals, moe, scaling, sequence_length, serve, speed_table,
+)
 from rankmixer.bench.doc_renderers import (
     ablation_deltas,
     exit_curve,
@@ -353,5 +355,6 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "early-exit-seeds": _many(exit_seeds, "early-exit-seeds"),
     "quickstart": _one(quickstart, "quickstart"),
     "tune-trials": _one(trials_markdown, "tune-trials"),
+    "sequence-length": _one(lambda rep: sequence_length.markdown(rep["rows"]), "sequence-length"),
     "variants": render_variants,
 }

@@ -220,9 +220,15 @@ def test_tampered_or_incomplete_artifact_is_refused(tmp_path):
         Artifact(tmp_path)
 
 
-def test_behaviours_export_and_serve_like_pytorch(tmp_path):
-    """A DIN trained on behaviour sequences, exported to ONNX: raw histories in requests (one
-    array per field) score as the PyTorch model scores the prepared test rows."""
+@pytest.mark.parametrize("model", [
+    ["model.name=din", "model.embedding_dim=4", "model.attention_hidden=[8]", "model.dnn_hidden=[16]"],
+    # RankMixer with DIEN's outputs as sequence tokens: the GRU, the AUGRU loop and the tokens
+    ["model.name=rankmixer", "model.embedding_dim=4", "model.num_tokens=4", "model.hidden_dim=8",
+     "model.num_layers=1", "model.sequence_module=dien"],
+], ids=["din", "rankmixer-dien"])
+def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
+    """A sequence model trained on behaviour sequences, exported to ONNX: raw histories in
+    requests (one array per field) score as the PyTorch model scores the prepared test rows."""
     pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
     pytest.importorskip("onnxscript", reason="ONNX export tests need the onnx extra (onnxscript)")
     import polars as pl
@@ -236,8 +242,7 @@ def test_behaviours_export_and_serve_like_pytorch(tmp_path):
             "n_categories": 8, "seq_len_max": 12, "hist_max_len": 8, "return_period": 6, "attention_window": 4}
     cfg = load_config(None, [
         "data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}", f"data.prepared_dir={tmp_path / 'prep'}",
-        f"run_dir={tmp_path / 'run'}", "model.name=din", "model.embedding_dim=4", "model.attention_hidden=[8]",
-        "model.dnn_hidden=[16]", "train.max_steps=3", "train.batch_size=64", "train.tensorboard=false",
+        f"run_dir={tmp_path / 'run'}", *model, "train.max_steps=3", "train.batch_size=64", "train.tensorboard=false",
         "train.progress=false", "train.early_stopping=null", "train.threads=1",
     ])
     experiment.train(cfg, log=lambda m: None)

@@ -69,13 +69,15 @@ def augru(gates_x: Tensor, mask: Tensor, attention: Tensor, hidden: nn.Linear) -
     ``u' = a * u``, ``h' = (1 - u') h + u' h~``; where ``mask`` is False the state is kept."""
     B, L, three_h = gates_x.shape
     h = gates_x.new_zeros(B, three_h // 3)
-    for t in range(L):
-        x_r, x_u, x_n = gates_x[:, t].chunk(3, dim=-1)
+    # unbind, not gates_x[:, t]: indexing one position per step would make the backward write a
+    # zero-filled [B, L, 3H] gradient per step (quadratic in L); unbind's backward stacks once.
+    for g_t, a_t, m_t in zip(gates_x.unbind(1), attention.unbind(1), mask.unbind(1)):
+        x_r, x_u, x_n = g_t.chunk(3, dim=-1)
         h_r, h_u, h_n = hidden(h).chunk(3, dim=-1)
         r, u = torch.sigmoid(x_r + h_r), torch.sigmoid(x_u + h_u)
         cand = torch.tanh(x_n + r * h_n)
-        u = attention[:, t, None] * u
-        h = torch.where(mask[:, t, None], (1 - u) * h + u * cand, h)
+        u = a_t.unsqueeze(-1) * u
+        h = torch.where(m_t.unsqueeze(-1), (1 - u) * h + u * cand, h)
     return h
 
 

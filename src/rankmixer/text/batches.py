@@ -1,0 +1,55 @@
+"""Sentences -> padded tensors for the GTS model: word ids, lengths, mask and gold grids.
+
+A batch is padded to its longest sentence only (grids cost n^2, so batching sentences of
+similar length would save more; shuffled batches keep training as the reference runs it).
+Padding cells of the grid are ``IGNORE`` like the lower triangle, so the loss skips them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rankmixer.text.aste import Sentence
+from rankmixer.text.grid import IGNORE, Task, encode_grid
+from rankmixer.text.vocab import Vocabulary
+
+__all__ = ["GridBatch", "iterate_batches", "make_batch"]
+
+
+@dataclass
+class GridBatch:
+    tokens: Tensor    # [B, n] word ids, 0 = padding
+    lengths: Tensor   # [B] words per sentence
+    mask: Tensor      # [B, n] 1.0 on words, 0.0 on padding
+    tags: Tensor      # [B, n, n] gold tags, IGNORE below the diagonal and on padding
+    index: list[int]  # position of each row in the split
+
+
+def make_batch(sentences: Sequence[Sentence], index: Sequence[int], vocab: Vocabulary, task: Task) -> GridBatch:
+    n = max(len(s.tokens) for s in sentences)
+    tokens = np.zeros((len(sentences), n), dtype=np.int64)
+    tags = np.full((len(sentences), n, n), IGNORE, dtype=np.int64)
+    for b, s in enumerate(sentences):
+        m = len(s.tokens)
+        tokens[b, :m] = vocab.ids(s.tokens)
+        tags[b, :m, :m] = encode_grid(m, s.triplets, task)
+    lengths = torch.tensor([len(s.tokens) for s in sentences])
+    mask = (torch.arange(n)[None, :] < lengths[:, None]).float()
+    return GridBatch(torch.from_numpy(tokens), lengths, mask, torch.from_numpy(tags), list(index))
+
+
+def iterate_batches(
+    sentences: Sequence[Sentence], vocab: Vocabulary, task: Task, batch_size: int,
+    generator: torch.Generator | None = None,
+) -> Iterator[GridBatch]:
+    """Batches in order, or shuffled when a ``generator`` is given."""
+    order = torch.randperm(len(sentences), generator=generator).tolist() if generator is not None \
+        else list(range(len(sentences)))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield make_batch([sentences[i] for i in idx], idx, vocab, task)

@@ -48,5 +48,5 @@ def tiny_aste(tmp_path_factory):
 def tiny_config(tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
     path.write_text("model:\n  embedding_dim: 16\n  lstm_dim: 8\n  cnn_dim: 16\n"
-                    "train:\n  batch_size: 8\n  lr: 0.01\n  epochs: 2\n")
+                    "train:\n  max_len: 12\n  batch_size: 8\n  lr: 0.01\n  epochs: 2\n")
     return path

@@ -62,14 +62,16 @@ def test_an_existing_directory_is_not_replaced(trained, tiny_aste, tiny_config, 
 def test_extract_writes_one_line_per_review(trained, tmp_path):
     out, _ = trained
     csv = tmp_path / "reviews.csv"
-    csv.write_text('id,body\n1,"The food was great, the service was rude."\n2,   \n3,Café crème: top notch!\n',
+    long = " ".join(["very"] * 20)  # the model's max_len is 12 words
+    csv.write_text(f'id,body\n1,"The food was great, the service was rude."\n2,   \n3,Café crème: top notch!\n4,{long}\n',
                    encoding="utf-8")
     dest = tmp_path / "triplets.jsonl"
     r = runner.invoke(app, ["text", "extract", "--model", str(out), "--input", str(csv), "--column", "body",
                             "--out", str(dest)])
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in dest.read_text(encoding="utf-8").splitlines()]
-    assert [x["row"] for x in lines] == [0, 2]
+    assert [x["row"] for x in lines] == [0, 2, 3]
+    assert lines[2]["tokens"] == ["very"] * 12 and "truncated 1" in r.output
     assert lines[0]["tokens"] == ["The", "food", "was", "great", ",", "the", "service", "was", "rude", "."]
     assert lines[1]["tokens"][:2] == ["Café", "crème"]
     for line in lines:

@@ -50,6 +50,9 @@ def test_config_refuses_unknown_keys_and_bad_values(tmp_path):
     path.write_text("model:\n  rounds: -1\n")
     with pytest.raises(ValidationError, match="rounds"):
         load_gts_config(path)
+    path.write_text("train:\n  device: gpu0\n")
+    with pytest.raises(ValidationError, match="not a torch device"):
+        load_gts_config(path)
     path.write_text("optim: {}\n")
     with pytest.raises(ValueError, match="optim"):
         load_gts_config(path)

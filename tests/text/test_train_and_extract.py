@@ -132,3 +132,11 @@ def test_commands_parse():
     assert r.exit_code == 2 and "--out" in r.output
     r = runner.invoke(app, ["text", "train-gts", "--data", "x", "--out", "y", "--encoder", "gru"])
     assert r.exit_code == 2 and "encoder" in r.output
+
+
+def test_an_unusable_device_is_a_user_error(tiny_aste, tiny_config, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = runner.invoke(app, ["text", "train-gts", "--data", str(tiny_aste), "--out", str(tmp_path / "m"),
+                            "-c", str(tiny_config), "--device", "cuda"])
+    assert r.exit_code == 2 and "no CUDA device" in r.output and not (tmp_path / "m").exists()

@@ -24,17 +24,18 @@ def train_gts(
     seed: Optional[int] = typer.Option(None, help="Seed (default: the config's)."),
     epochs: Optional[int] = typer.Option(None, help="Most epochs (default: the config's)."),
     rounds: Optional[int] = typer.Option(None, help="k, feedback inference rounds (default: the config's)."),
+    device: Optional[str] = typer.Option(None, help="Torch device to train on, e.g. cuda (default: the config's, cpu)."),
     overwrite: bool = typer.Option(False, help="Replace an existing GTS model directory."),
 ) -> None:
     """Train GTS (grid tagging) on one ASTE-Data-V2 dataset; print dev/test P/R/F1."""
-    from rankmixer.text.config import default_config, load_gts_config
+    from rankmixer.text.config import GTSConfig, default_config, load_gts_config
     from rankmixer.text.train import train_gts as run
 
     with user_errors():
         cfg = load_gts_config(config) if config else default_config()
         over = {k: v for k, v in (("encoder", encoder), ("rounds", rounds)) if v is not None}
-        train_over = {k: v for k, v in (("seed", seed), ("epochs", epochs)) if v is not None}
-        cfg = cfg.model_validate({"model": {**cfg.model.model_dump(), **over},
+        train_over = {k: v for k, v in (("seed", seed), ("epochs", epochs), ("device", device)) if v is not None}
+        cfg = GTSConfig.model_validate({"model": {**cfg.model.model_dump(), **over},
                                   "train": {**cfg.train.model_dump(), **train_over}})
         metrics = run(cfg, data, out, overwrite=overwrite, log=console.print)
     table = Table(title=f"GTS-{cfg.model.encoder} on {data} (best epoch {metrics['best_epoch']})")

@@ -24,10 +24,13 @@ __all__ = ["GridBatch", "iterate_batches", "make_batch"]
 @dataclass
 class GridBatch:
     tokens: Tensor    # [B, n] word ids, 0 = padding
-    lengths: Tensor   # [B] words per sentence
+    lengths: Tensor   # [B] words per sentence (stays on the CPU, as packing wants it)
     mask: Tensor      # [B, n] 1.0 on words, 0.0 on padding
     tags: Tensor      # [B, n, n] gold tags, IGNORE below the diagonal and on padding
     index: list[int]  # position of each row in the split
+
+    def to(self, device: torch.device | str) -> "GridBatch":
+        return GridBatch(self.tokens.to(device), self.lengths, self.mask.to(device), self.tags.to(device), self.index)
 
 
 def make_batch(sentences: Sequence[Sentence], index: Sequence[int], vocab: Vocabulary, task: Task) -> GridBatch:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+import torch
+from pydantic import Field, field_validator
 
 from rankmixer.core.strict import StrictModel
 from rankmixer.core.yamlio import read_yaml_mapping
@@ -52,7 +53,19 @@ class TrainSection(StrictModel):
     epochs: int = Field(default=100, ge=1, description="most epochs")
     patience: int = Field(default=10, ge=1, description="stop after this many epochs without a better dev triplet F1")
     seed: int = Field(default=0, description="seeds shuffling, initialisation and dropout")
+    device: str = Field(default="cpu", description="torch device to train on (cpu, cuda, cuda:1); the saved "
+                                                   "weights are device-free. Bit-for-bit reruns are promised "
+                                                   "on the CPU only")
     limit_train: int | None = Field(default=None, ge=1, description="use only the first N train sentences (smoke runs)")
+
+    @field_validator("device")
+    @classmethod
+    def _a_torch_device(cls, value: str) -> str:
+        try:
+            torch.device(value)
+        except RuntimeError as e:
+            raise ValueError(f"not a torch device: {value!r} ({e})") from e
+        return value
 
 
 class GTSConfig(StrictModel):

@@ -17,14 +17,18 @@ __all__ = ["evaluate", "predict"]
 
 
 @torch.no_grad()
-def predict(model: GTSModel, sentences: Sequence[Sentence], vocab: Vocabulary, batch_size: int = 32) -> list[Extraction]:
-    """The decoded argmax grid of the last inference round, one extraction per sentence."""
+def predict(model: GTSModel, sentences: Sequence[Sentence], vocab: Vocabulary,
+            batch_size: int = 32) -> list[Extraction]:
+    """The decoded argmax grid of the last inference round, one extraction per sentence (on
+    the device the model's parameters are on)."""
     was_training = model.training
     model.eval()
     task: Task = model.cfg.task
+    device = next(model.parameters()).device
     out: list[Extraction | None] = [None] * len(sentences)
     for batch in iterate_batches(sentences, vocab, task, batch_size):
-        grids = model(batch.tokens, batch.lengths, batch.mask)[-1].argmax(dim=-1).numpy()
+        batch = batch.to(device)
+        grids = model(batch.tokens, batch.lengths, batch.mask)[-1].argmax(dim=-1).cpu().numpy()
         for row, k in enumerate(batch.index):
             out[k] = decode(grids[row], int(batch.lengths[row]), task)
     model.train(was_training)

@@ -7,8 +7,9 @@ the pair task) are kept, and training stops after ``patience`` epochs without im
 kept model is then scored on dev and test and written, with its vocabulary, config and metrics,
 to the output directory (rankmixer.text.artifact).
 
-Seeded: the same config, data and seed give the same model on the same machine (shuffling,
-initialisation and dropout draw from the seed; CPU kernels are deterministic).
+Seeded: the same config, data and seed give the same model on the same machine's CPU
+(shuffling, initialisation and dropout draw from the seed; CPU kernels are deterministic; GPU
+LSTM and convolution kernels need not be).
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def train_gts(
     torch.manual_seed(t.seed)
     shuffle = torch.Generator().manual_seed(t.seed)
     vocab = Vocabulary.build((s.tokens for s in train), t.lowercase, t.min_freq)
-    model = GTSModel(len(vocab), cfg.model)
+    device = torch.device(t.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {t.device}, but this torch sees no CUDA device")
+    model = GTSModel(len(vocab), cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     key = "triplet" if cfg.model.task == "triplet" else "pair"
     log(f"GTS-{cfg.model.encoder} ({cfg.model.task}, k={cfg.model.rounds}) on {data_dir}: "
@@ -70,6 +74,7 @@ def train_gts(
         model.train()
         total, batches = 0.0, 0
         for batch in iterate_batches(train, vocab, cfg.model.task, t.batch_size, shuffle):
+            batch = batch.to(device)
             logits = model(batch.tokens, batch.lengths, batch.mask)[-1]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tags.reshape(-1), ignore_index=IGNORE)
             optimizer.zero_grad()
@@ -95,6 +100,7 @@ def train_gts(
         "rounds": cfg.model.rounds,
         "data": str(data_dir),
         "seed": t.seed,
+        "device": t.device,
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "train_seconds": time.perf_counter() - started,

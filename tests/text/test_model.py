@@ -97,3 +97,15 @@ def test_model_shapes(name):
     assert len(out) == 3 and out[-1].shape == (2, 4, 4, 6)
     pair = GTSModel(20, cfg.model_copy(update={"task": "pair", "rounds": 0}))
     assert pair(tokens, lengths, (tokens > 0).float())[-1].shape == (2, 4, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["bilstm", "cnn"])
+def test_a_sentence_predicts_the_same_in_any_batch(name):
+    """Whole model (encoder, attention, k-round feedback): padding changes nothing."""
+    torch.manual_seed(0)
+    model = GTSModel(30, ModelSection(encoder=name, embedding_dim=8, lstm_dim=4, cnn_dim=8, rounds=2)).double().eval()
+    tokens = torch.tensor([[2, 3, 4, 0, 0, 0], [5, 6, 7, 8, 9, 10]])
+    lengths = torch.tensor([3, 6])
+    together = model(tokens, lengths, (tokens > 0).double())[-1]
+    alone = model(tokens[:1, :3], lengths[:1], torch.ones(1, 3, dtype=torch.float64))[-1]
+    torch.testing.assert_close(together[0, :3, :3], alone[0])

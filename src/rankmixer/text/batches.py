@@ -1,8 +1,12 @@
 """Sentences -> padded tensors for the GTS model: word ids, lengths, mask and gold grids.
 
-A batch is padded to its longest sentence only (grids cost n^2, so batching sentences of
-similar length would save more; shuffled batches keep training as the reference runs it).
-Padding cells of the grid are ``IGNORE`` like the lower triangle, so the loss skips them.
+A batch is padded to its longest sentence, and a grid costs n^2 cells, so a batch of one long
+and many short sentences is mostly padding. Training batches are therefore drawn from pools:
+the shuffled split is cut into pools of ``pool`` batches, each pool is sorted by length and cut
+into batches, and the batch order is shuffled (``pool=0``: plain shuffled batches, as the
+reference code). Evaluation batches run in length order; a sentence's prediction does not
+depend on its batch (padding is masked everywhere). Padding cells of the grid are ``IGNORE``
+like the lower triangle, so the loss skips them.
 """
 
 from __future__ import annotations
@@ -48,11 +52,22 @@ def make_batch(sentences: Sequence[Sentence], index: Sequence[int], vocab: Vocab
 
 def iterate_batches(
     sentences: Sequence[Sentence], vocab: Vocabulary, task: Task, batch_size: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, pool: int = 0,
 ) -> Iterator[GridBatch]:
-    """Batches in order, or shuffled when a ``generator`` is given."""
-    order = torch.randperm(len(sentences), generator=generator).tolist() if generator is not None \
-        else list(range(len(sentences)))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    """Batches in length order, or, given a ``generator``, shuffled from length-sorted pools of
+    ``pool`` batches (0: no pools)."""
+    def length(i: int) -> int:
+        return len(sentences[i].tokens)
+
+    if generator is None:
+        groups = [sorted(range(len(sentences)), key=length)]
+    else:
+        order = torch.randperm(len(sentences), generator=generator).tolist()
+        size = pool * batch_size if pool > 0 else len(order)
+        groups = [sorted(order[s:s + size], key=length) if pool > 0 else order[s:s + size]
+                  for s in range(0, len(order), size)]
+    batches = [g[s:s + batch_size] for g in groups for s in range(0, len(g), batch_size)]
+    if generator is not None and pool > 0:
+        batches = [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
+    for idx in batches:
         yield make_batch([sentences[i] for i in idx], idx, vocab, task)

@@ -49,6 +49,10 @@ class TrainSection(StrictModel):
     lowercase: bool = Field(default=True, description="lower-case words before the vocabulary lookup")
     min_freq: int = Field(default=1, ge=1, description="train-split count a word needs to get its own id")
     batch_size: int = Field(default=32, ge=1)
+    pool: int = Field(default=10, ge=0, description="draw training batches from length-sorted pools of this many "
+                                                    "batches (grids cost n^2, so far less padding; larger pools "
+                                                    "cut more but vary batches less); 0 = plain shuffled "
+                                                    "batches, as the reference code")
     lr: float = Field(default=1e-3, gt=0.0, description="Adam learning rate")
     epochs: int = Field(default=100, ge=1, description="most epochs")
     patience: int = Field(default=10, ge=1, description="stop after this many epochs without a better dev triplet F1")

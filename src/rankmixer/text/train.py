@@ -73,7 +73,7 @@ def train_gts(
     for epoch in range(t.epochs):
         model.train()
         total, batches = 0.0, 0
-        for batch in iterate_batches(train, vocab, cfg.model.task, t.batch_size, shuffle):
+        for batch in iterate_batches(train, vocab, cfg.model.task, t.batch_size, shuffle, t.pool):
             batch = batch.to(device)
             logits = model(batch.tokens, batch.lengths, batch.mask)[-1]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tags.reshape(-1), ignore_index=IGNORE)

@@ -36,7 +36,7 @@ def train_gts(
         over = {k: v for k, v in (("encoder", encoder), ("rounds", rounds)) if v is not None}
         train_over = {k: v for k, v in (("seed", seed), ("epochs", epochs), ("device", device)) if v is not None}
         cfg = GTSConfig.model_validate({"model": {**cfg.model.model_dump(), **over},
-                                  "train": {**cfg.train.model_dump(), **train_over}})
+                                        "train": {**cfg.train.model_dump(), **train_over}})
         metrics = run(cfg, data, out, overwrite=overwrite, log=console.print)
     table = Table(title=f"GTS-{cfg.model.encoder} on {data} (best epoch {metrics['best_epoch']})")
     for c in ("split", "scores", "precision", "recall", "F1"):

@@ -1,16 +1,17 @@
-"""The GTS pair classifier with k rounds of feedback inference (Wu et al. 2020, section 3.2).
+"""The GTS pair classifier with k rounds of feedback inference (Wu et al. 2020).
 
-Round 0 classifies every cell from its pair feature z_ij = [h_i; h_j]: P^0_ij = W_s z_ij + b_s
-(logits; the softmax is in the loss). Each further round t = 1..k summarises, for every word i,
-what the grid currently says about it: the element-wise max of P^{t-1} over row i and column i
-of the upper triangle (padding excluded), p_i. A cell's feature is then updated from its own
-prediction and both words' summaries, and classified again by the same classifier:
+Round 0 classifies every cell from its pair feature z_ij = [h_i; h_j]: logits
+L^0_ij = W_s z_ij + b_s. Each further round t = 1..k reads the current predictions
+S^{t-1} = softmax(L^{t-1}) (the paper's equations; ``feedback="logits"`` uses L^{t-1} itself,
+as the reference code does) and summarises them per word: p_i is the element-wise max of
+S^{t-1} over row i and column i of the upper triangle (padding excluded). A cell's feature is
+updated from its own prediction and both words' summaries, and classified again by the same
+classifier:
 
-    z^t_ij = W_q [z^{t-1}_ij; p_i; p_j; P^{t-1}_ij] + b_q,    P^t_ij = W_s z^t_ij + b_s
+    z^t_ij = W_q [z^{t-1}_ij; p_i; p_j; S^{t-1}_ij] + b_q,    L^t_ij = W_s z^t_ij + b_s
 
 so that, say, a word that is confidently part of an aspect somewhere tells its other cells.
-What is pooled is the softmax of the logits (the paper's equations) or the logits themselves
-(the reference code); with k = 0 this is exactly the plain pair classifier.
+With k = 0 this is exactly the plain pair classifier.
 """
 
 from __future__ import annotations

@@ -123,6 +123,17 @@ def test_same_seed_same_model(trained, tiny_aste, tiny_config, tmp_path):
         assert torch.equal(x, y), k
 
 
+def test_pair_task_trains_and_reports_no_triplets(tiny_aste, tiny_config, tmp_path):
+    out = tmp_path / "pair"
+    r = runner.invoke(app, ["text", "train-gts", "--data", str(tiny_aste), "--out", str(out), "-c", str(tiny_config),
+                            "--task", "pair", "--encoder", "cnn", "--rounds", "0", "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "pair" and metrics["rounds"] == 0
+    assert "triplet" not in metrics["test"] and "pair" in metrics["test"]
+    assert "dev_pair_f1" in metrics["history"][0]
+
+
 def test_commands_parse():
     r = runner.invoke(app, ["text", "--help"])
     assert r.exit_code == 0 and "train-gts" in r.output and "extract" in r.output

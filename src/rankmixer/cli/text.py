@@ -24,6 +24,8 @@ def train_gts(
     seed: Optional[int] = typer.Option(None, help="Seed (default: the config's)."),
     epochs: Optional[int] = typer.Option(None, help="Most epochs (default: the config's)."),
     rounds: Optional[int] = typer.Option(None, help="k, feedback inference rounds (default: the config's)."),
+    task: Optional[str] = typer.Option(None, help="triplet or pair: the tag set trained (default: the config's, "
+                                                  "triplet)."),
     device: Optional[str] = typer.Option(None, help="Torch device to train on, e.g. cuda (default: the config's, cpu)."),
     overwrite: bool = typer.Option(False, help="Replace an existing GTS model directory."),
 ) -> None:
@@ -33,7 +35,7 @@ def train_gts(
 
     with user_errors():
         cfg = load_gts_config(config) if config else default_config()
-        over = {k: v for k, v in (("encoder", encoder), ("rounds", rounds)) if v is not None}
+        over = {k: v for k, v in (("encoder", encoder), ("rounds", rounds), ("task", task)) if v is not None}
         train_over = {k: v for k, v in (("seed", seed), ("epochs", epochs), ("device", device)) if v is not None}
         cfg = GTSConfig.model_validate({"model": {**cfg.model.model_dump(), **over},
                                         "train": {**cfg.train.model_dump(), **train_over}})

@@ -55,7 +55,7 @@ class TrainSection(StrictModel):
                                                     "batches, as the reference code")
     lr: float = Field(default=1e-3, gt=0.0, description="Adam learning rate")
     epochs: int = Field(default=100, ge=1, description="most epochs")
-    patience: int = Field(default=10, ge=1, description="stop after this many epochs without a better dev triplet F1")
+    patience: int = Field(default=20, ge=1, description="stop after this many epochs without a better dev triplet F1")
     seed: int = Field(default=0, description="seeds shuffling, initialisation and dropout")
     device: str = Field(default="cpu", description="torch device to train on (cpu, cuda, cuda:1); the saved "
                                                    "weights are device-free. Bit-for-bit reruns are promised "

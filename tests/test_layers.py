@@ -24,6 +24,7 @@ LAYERS: list[list[str]] = [
     ["rankmixer.data.datasets", "rankmixer.data.encode"],
     ["rankmixer.data.prepare", "rankmixer.data.loader"],
     ["rankmixer.nn"],
+    ["rankmixer.text"],  # reads its own data; may use core and nn, nothing of ranking above
     ["rankmixer.models"],
     ["rankmixer.train", "rankmixer.runs"],
     ["rankmixer.config"],

@@ -1,19 +1,20 @@
 """The ``rankmixer`` command line: a thin Typer app. Each command parses its options, calls one
 library function and prints; the commands live by group in this package (``train``, ``tune``,
-``data``, ``models``, ``bench``, ``serve``) and are all registered here, in the order ``--help`` lists them.
+``data``, ``models``, ``bench``, ``serve``, ``text``) and are all registered here, in the order ``--help`` lists them.
 """
 
 from __future__ import annotations
 
 import typer
 
-from rankmixer.cli import bench, data, models, serve, train, tune
+from rankmixer.cli import bench, data, models, serve, text, train, tune
 
 __all__ = ["app"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve ranking models.")
 data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table and write JSON.")
+text_app = typer.Typer(no_args_is_help=True, help="Aspect-sentiment triplets from review text (GTS).")
 
 app.command()(train.quickstart)
 app.command()(train.train)
@@ -41,3 +42,7 @@ bench_app.command("moe")(bench.moe)
 bench_app.command("serve")(bench.serve)
 bench_app.command("speed")(bench.speed)
 bench_app.command("tables")(bench.tables)
+
+app.add_typer(text_app, name="text")
+text_app.command("train-gts")(text.train_gts)
+text_app.command("extract")(text.extract)

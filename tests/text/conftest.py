@@ -1,5 +1,7 @@
 """A tiny ASTE-V2 dataset written to a temporary directory: 30 train, 8 dev and 8 test
-sentences from a few templates (multi-word aspects, opinions before and after the aspect)."""
+sentences from a few templates (multi-word aspects, opinions before and after the aspect), a
+tiny config, and a GTS-BiLSTM trained two epochs on them through the CLI (``trained``: the model
+directory and the command's output; shared by the extraction and review-feature tests)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import json
 import random
 
 import pytest
+from typer.testing import CliRunner
+
+from rankmixer.cli import app
 
 ASPECTS = ["food", "service", "hot dogs", "wine list", "staff", "battery life", "screen", "price"]
 GOOD = ["great", "top notch", "friendly", "excellent"]
@@ -50,3 +55,12 @@ def tiny_config(tmp_path_factory):
     path.write_text("model:\n  embedding_dim: 16\n  lstm_dim: 8\n  cnn_dim: 16\n"
                     "train:\n  max_len: 12\n  batch_size: 8\n  lr: 0.01\n  epochs: 2\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_aste, tiny_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "gts"
+    r = CliRunner().invoke(app, ["text", "train-gts", "--data", str(tiny_aste), "--encoder", "bilstm", "--out",
+                                 str(out), "--seed", "3", "--epochs", "2", "-c", str(tiny_config)])
+    assert r.exit_code == 0, r.output
+    return out, r.output

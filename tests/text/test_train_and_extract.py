@@ -19,15 +19,6 @@ from rankmixer.text.predict import evaluate
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_aste, tiny_config, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "gts"
-    r = runner.invoke(app, ["text", "train-gts", "--data", str(tiny_aste), "--encoder", "bilstm", "--out", str(out),
-                            "--seed", "3", "--epochs", "2", "-c", str(tiny_config)])
-    assert r.exit_code == 0, r.output
-    return out, r.output
-
-
 def test_training_writes_the_model_directory(trained, tiny_aste):
     out, output = trained
     assert {"weights.safetensors", "vocab.json", "config.json", "metrics.json", MARKER_FILE} <= {p.name for p in out.iterdir()}

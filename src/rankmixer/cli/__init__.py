@@ -1,13 +1,14 @@
 """The ``rankmixer`` command line: a thin Typer app. Each command parses its options, calls one
 library function and prints; the commands live by group in this package (``train``, ``tune``,
-``data``, ``models``, ``bench``, ``serve``, ``text``) and are all registered here, in the order ``--help`` lists them.
+``data``, ``models``, ``bench``, ``serve``, ``text``,
+``features``) and are all registered here, in the order ``--help`` lists them.
 """
 
 from __future__ import annotations
 
 import typer
 
-from rankmixer.cli import bench, data, models, serve, text, train, tune
+from rankmixer.cli import bench, data, features, models, serve, text, train, tune
 
 __all__ = ["app"]
 
@@ -15,6 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evalu
 data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table and write JSON.")
 text_app = typer.Typer(no_args_is_help=True, help="Aspect-sentiment triplets from review text (GTS).")
+features_app = typer.Typer(no_args_is_help=True, help="Build feature tables to join into a dataset.")
 
 app.command()(train.quickstart)
 app.command()(train.train)
@@ -46,3 +48,6 @@ bench_app.command("tables")(bench.tables)
 app.add_typer(text_app, name="text")
 text_app.command("train-gts")(text.train_gts)
 text_app.command("extract")(text.extract)
+
+app.add_typer(features_app, name="features")
+features_app.command("reviews")(features.reviews)

@@ -22,10 +22,12 @@ from typing import Literal
 from rankmixer.core.files import atomic_file, check_output, output_format
 from rankmixer.text.artifact import load_model_dir
 from rankmixer.text.aste import Sentence
+from rankmixer.text.model import GTSModel
 from rankmixer.text.predict import predict
 from rankmixer.text.tokenize import tokenize
+from rankmixer.text.vocab import Vocabulary
 
-__all__ = ["ReviewInputError", "ReviewTexts", "extract_triplets", "read_review_texts"]
+__all__ = ["ReviewInputError", "ReviewTexts", "extract_triplets", "read_review_texts", "triplet_records"]
 
 OnBadRow = Literal["fail", "skip"]
 
@@ -72,6 +74,25 @@ def read_review_texts(path: Path | str, column: str = "text", on_bad_row: OnBadR
     return out
 
 
+def triplet_records(model: GTSModel, vocab: Vocabulary, max_len: int, texts: list[str],
+                    batch_size: int = 64) -> tuple[list, int]:
+    """The triplets of each text (``None`` for a text with no words) and how many texts were cut
+    to ``max_len`` words. A triplet record holds the aspect and opinion words, their [first,
+    last] word indices and the sentiment. Shared by ``text extract`` and ``features reviews``."""
+    tokens = [tokenize(text) for text in texts]
+    keep = [k for k, ts in enumerate(tokens) if ts]
+    sentences = [Sentence(tuple(tokens[k][:max_len])) for k in keep]
+    truncated = sum(len(tokens[k]) > max_len for k in keep)
+    out: list = [None] * len(texts)
+    for k, sentence, extraction in zip(keep, sentences, predict(model, sentences, vocab, batch_size)):
+        words = sentence.tokens
+        out[k] = (words, [{"aspect": " ".join(words[t.aspect[0]:t.aspect[1] + 1]), "aspect_span": list(t.aspect),
+                           "opinion": " ".join(words[t.opinion[0]:t.opinion[1] + 1]),
+                           "opinion_span": list(t.opinion), "sentiment": t.sentiment}
+                          for t in extraction.triplets])
+    return out, truncated
+
+
 def extract_triplets(
     model_dir: Path | str,
     input_path: Path | str,
@@ -85,20 +106,17 @@ def extract_triplets(
     check_output(out, [input_path, model_dir], "triplets output")
     model, vocab, cfg = load_model_dir(model_dir)
     texts = read_review_texts(input_path, column, on_bad_row)
-    max_len = cfg.train.max_len
-    tokens = [tokenize(text) for _, text in texts.rows]
-    keep = [k for k, ts in enumerate(tokens) if ts]  # defensive: blank texts were counted already
-    skipped = dict(texts.skipped, empty=texts.skipped["empty"] + len(tokens) - len(keep))
-    sentences = [Sentence(tuple(tokens[k][:max_len])) for k in keep]
-    truncated = sum(len(tokens[k]) > max_len for k in keep)
-    extractions = predict(model, sentences, vocab, batch_size)
+    records, truncated = triplet_records(model, vocab, cfg.train.max_len, [t for _, t in texts.rows], batch_size)
+    # defensive: blank texts were counted already
+    skipped = dict(texts.skipped, empty=texts.skipped["empty"] + sum(r is None for r in records))
+    written = n_triplets = 0
     with atomic_file(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for k, sentence, extraction in zip(keep, sentences, extractions):
-            words = sentence.tokens
-            triplets = [{"aspect": " ".join(words[t.aspect[0]:t.aspect[1] + 1]), "aspect_span": list(t.aspect),
-                         "opinion": " ".join(words[t.opinion[0]:t.opinion[1] + 1]), "opinion_span": list(t.opinion),
-                         "sentiment": t.sentiment} for t in extraction.triplets]
-            f.write(json.dumps({"row": texts.rows[k][0], "tokens": list(words), "triplets": triplets},
-                               ensure_ascii=False) + "\n")
-    return {"input": str(input_path), "output": str(out), "written": len(sentences), "skipped": skipped,
-            "truncated": truncated, "triplets": sum(len(e.triplets) for e in extractions)}
+        for (row, _), record in zip(texts.rows, records):
+            if record is None:
+                continue
+            words, triplets = record
+            f.write(json.dumps({"row": row, "tokens": list(words), "triplets": triplets}, ensure_ascii=False) + "\n")
+            written += 1
+            n_triplets += len(triplets)
+    return {"input": str(input_path), "output": str(out), "written": written, "skipped": skipped,
+            "truncated": truncated, "triplets": n_triplets}

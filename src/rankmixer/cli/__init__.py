@@ -51,3 +51,4 @@ text_app.command("extract")(text.extract)
 
 app.add_typer(features_app, name="features")
 features_app.command("reviews")(features.reviews)
+features_app.command("amazon-reviews")(features.amazon_reviews)

@@ -1,4 +1,5 @@
-"""Feature commands: ``features reviews`` (per-item review features from a trained GTS model)."""
+"""Feature commands: ``features reviews`` (per-item review features from a trained GTS model)
+and ``features amazon-reviews`` (Amazon review JSON lines -> the reviews table it reads)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import typer
 
 from rankmixer.cli.common import console, user_errors
 
-__all__ = ["reviews"]
+__all__ = ["amazon_reviews", "reviews"]
 
 
 def reviews(
@@ -35,7 +36,25 @@ def reviews(
                                  on_bad_row, batch_size)  # type: ignore[arg-type]
     console.print(f"wrote {report['items']:,} items from {report['reviews_extracted']:,} reviews "
                   f"({report['triplets']:,} triplets) to {out}; skipped {report['skipped']}, "
-                  f"truncated {report['truncated']}")
+                  f"truncated {report['truncated']}", soft_wrap=True)
     rate = report["reviews_per_second"]
     console.print(f"extraction: {report['extraction_seconds']:.2f} s, "
-                  f"{'-' if rate is None else f'{rate:,.1f}'} reviews/s on {report['device']}")
+                  f"{'-' if rate is None else f'{rate:,.1f}'} reviews/s on {report['device']}", soft_wrap=True)
+
+
+def amazon_reviews(
+    input: Path = typer.Option(..., "--input", help="Amazon reviews as JSON lines (reviewerID, asin, reviewText, "
+                                                    "overall, unixReviewTime); .gz is read compressed."),
+    out: Path = typer.Option(..., help="Output .parquet: the reviews table (item, text, user, rating, time)."),
+    on_bad_row: str = typer.Option("fail", help="fail: stop at a bad line, naming it; skip: drop it and count."),
+) -> None:
+    """Amazon review JSON lines -> the reviews table `features reviews` reads."""
+    from rankmixer.data.datasets.reviews import write_amazon_reviews
+
+    with user_errors():
+        if on_bad_row not in ("fail", "skip"):
+            raise ValueError(f"--on-bad-row must be fail or skip, not {on_bad_row!r}")
+        report = write_amazon_reviews(input, out, on_bad_row)  # type: ignore[arg-type]
+    skipped = report["skipped"]
+    console.print(f"wrote {report['reviews']:,} reviews of {report['items']:,} items to {out}; "
+                  f"skipped {skipped['bad_lines']} bad lines" + (f" (first: {skipped['first']})" if skipped["first"] else ""), soft_wrap=True)

@@ -13,6 +13,8 @@ One job per module, read in the order data flows:
 * :mod:`~rankmixer.text.config`, :mod:`~rankmixer.text.artifact` (the model directory),
   :mod:`~rankmixer.text.train` (the training loop), :mod:`~rankmixer.text.predict` and
   :mod:`~rankmixer.text.reviews` (``rankmixer text extract``) orchestrate.
+* :mod:`~rankmixer.text.features` aggregates triplets into per-item review features (pure);
+  :mod:`~rankmixer.text.review_features` is ``rankmixer features reviews`` (Parquet in and out).
 
 This package may import ``rankmixer.core`` and ``rankmixer.nn`` and nothing above them; it
 does not use the ranking trainer (its batches, losses and metrics are CTR-specific).

@@ -96,8 +96,19 @@ def reviews_table(path, text_type=pa.string(), texts=None):
     return items, bodies
 
 
-def test_features_reviews_end_to_end(trained, tmp_path):
-    model, _ = trained
+@pytest.fixture(scope="module")
+def extracting(tiny_aste, tiny_config, tmp_path_factory):
+    """A tiny model trained long enough (20 epochs, about a second) to extract triplets; the
+    shared two-epoch ``trained`` model finds none."""
+    out = tmp_path_factory.mktemp("runs") / "gts20"
+    r = runner.invoke(app, ["text", "train-gts", "--data", str(tiny_aste), "--out", str(out), "--seed", "3",
+                            "--epochs", "20", "-c", str(tiny_config)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_features_reviews_end_to_end(extracting, tmp_path):
+    model = extracting
     src = tmp_path / "reviews.parquet"
     items, bodies = reviews_table(src)
     out = tmp_path / "feats" / "features.parquet"
@@ -105,7 +116,11 @@ def test_features_reviews_end_to_end(trained, tmp_path):
                             "--item-column", "asin", "--text-column", "body", "--top-k", "3"])
     assert r.exit_code == 0, r.output
     assert "reviews/s" in r.output
-    table = pq.read_table(out).to_pydict()
+    arrow = pq.read_table(out)
+    assert arrow.schema.field("review_aspects").type == pa.string()  # even if no item had a triplet
+    assert arrow.schema.field("review_sentiment").type == pa.float64()
+    assert arrow.schema.field("review_count").type == pa.int64()
+    table = arrow.to_pydict()
     assert table["asin"] == ["i0", "i1", "i2", "i3", "i4"]
     # per item: rows with a non-null item and non-blank text, counted by hand from the input
     expected = {i: sum(1 for it, b in zip(items, bodies) if it == i and b.strip()) for i in table["asin"]}
@@ -114,21 +129,30 @@ def test_features_reviews_end_to_end(trained, tmp_path):
     assert report["skipped"] == {"null_item": 1, "empty": 1, "non_utf8": 0}
     assert report["reviews_extracted"] == 18 and report["items"] == 5 and report["reviews_per_second"] > 0
     assert report["triplets"] == sum(table["review_triplets"])
-    # the triplets are what `text extract` finds for the same texts
+    assert report["triplets"] > 0 and report["top_aspects"]
+    # the features are the triplets `text extract` finds for the same texts, aggregated by hand
     csv = tmp_path / "r.csv"
     csv.write_text("text\n" + "\n".join(b if b.strip() else "x" for b in bodies) + "\n")
     jsonl = tmp_path / "t.jsonl"
     assert runner.invoke(app, ["text", "extract", "--model", str(model), "--input", str(csv),
                                "--out", str(jsonl)]).exit_code == 0
-    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
-    per_item: dict[str, int] = {}
-    for line in lines:
+    triplets: dict[str, list] = {i: [] for i in table["asin"]}
+    for line in map(json.loads, jsonl.read_text().splitlines()):
         k = line["row"]
         if items[k] is not None and bodies[k].strip():
-            per_item[items[k]] = per_item.get(items[k], 0) + len(line["triplets"])
-    assert dict(zip(table["asin"], table["review_triplets"])) == {i: per_item.get(i, 0) for i in table["asin"]}
-    for stem in (f"review_{a.replace(' ', '_')}" for a in report["top_aspects"]):
-        assert all(f"{stem}_{s}" in table for s in ("pos", "neu", "neg"))
+            triplets[items[k]] += [(t["aspect"].lower(), t["sentiment"]) for t in line["triplets"]]
+    value = {"positive": 1, "neutral": 0, "negative": -1}
+    for row, item in enumerate(table["asin"]):
+        got = triplets[item]
+        assert table["review_triplets"][row] == len(got)
+        if got:
+            assert table["review_sentiment"][row] == pytest.approx(sum(value[s] for _, s in got) / len(got))
+        else:
+            assert table["review_sentiment"][row] is None
+        for aspect in report["top_aspects"]:
+            for sentiment, short in (("positive", "pos"), ("neutral", "neu"), ("negative", "neg")):
+                column = f"review_{aspect.replace(' ', '_')}_{short}"
+                assert table[column][row] == got.count((aspect, sentiment)), (item, column)
     snippet = yaml.safe_load((tmp_path / "feats" / "features.schema.yaml").read_text())
     assert {f["name"] for f in snippet["features"]} == set(table) - {"asin"} and snippet["join_on"] == "asin"
 

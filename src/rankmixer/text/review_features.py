@@ -101,15 +101,20 @@ def review_features(model_dir: Path | str, reviews: Path | str, out: Path | str,
     by_review = [(items[k], None) for k, t in enumerate(texts) if t is None and items[k] is not None]
     no_words = 0
     for k, record in zip(kept, records):
-        if record is None:  # only punctuation-free blanks get here; counted as empty
+        if record is None:  # defensive: a non-blank text always has a token; counted as empty
             no_words += 1
         by_review.append((items[k], None if record is None else
                           [(t["aspect"], t["opinion"], t["sentiment"]) for t in record[1]]))
     skipped["empty"] += no_words
     features = aggregate(by_review, top_k, max_terms, item_column)
+    snippet = schema_snippet(features, item_column)
+    # explicit types: a column that is null on every row would otherwise be written as type null
+    arrow = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+    types = {c["name"]: arrow[c["type"]] for c in snippet["columns"]}
     with atomic_file(out) as tmp:
-        pq.write_table(pa.table(features.columns), tmp)
-    write_text_atomic(snippet_path, yaml.safe_dump(schema_snippet(features, item_column), sort_keys=False))
+        pq.write_table(pa.table({name: pa.array(values, types.get(name)) for name, values in features.columns.items()}),
+                       tmp)
+    write_text_atomic(snippet_path, yaml.safe_dump(snippet, sort_keys=False))
     report = {
         "reviews": str(reviews), "model": str(model_dir), "output": str(out), "schema_snippet": str(snippet_path),
         "rows_read": len(items), "reviews_extracted": len(kept) - no_words, "items": len(features.columns[item_column]),

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from rankmixer.bench.sequence_length import run_sequence_length_bench
+import torch
+
+from rankmixer.bench.sequence_length import run_sequence_length_bench, saved_activation_bytes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -34,6 +36,18 @@ def test_tiny_length_sweep(tmp_path):
     f4, f8, f16 = (rows[("din", L)]["forward_flops_per_sample"] for L in (4, 8, 16))
     assert f16 - f8 == pytest.approx(2 * (f8 - f4)) and f8 > f4
     assert rows[("din", 8)]["forward_flops_per_sample_growth"] == pytest.approx(f8 / f4, abs=1e-3)
+    # DIN saves activations per position: more with every L
+    a4, a8, a16 = (rows[("din", L)]["activation_mb"] for L in (4, 8, 16))
+    assert a4 < a8 < a16
+
+
+def test_saved_activations_are_counted_once_per_storage():
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(3, 2, requires_grad=True)
+    # mm saves both inputs: 12 + 6 float32 values; sum saves none
+    assert saved_activation_bytes(lambda: (x @ w).sum()) == (12 + 6) * 4
+    # x and w saved by two matmuls: each storage counted once (scaling by a number saves nothing)
+    assert saved_activation_bytes(lambda: ((x @ w) * 2).sum() + (x @ w).sum()) == (12 + 6) * 4
 
 
 def test_unknown_model_is_an_error(tmp_path):

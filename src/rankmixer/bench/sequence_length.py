@@ -6,8 +6,11 @@ auxiliary loss) on a batch whose every row has ``L`` real behaviours, timed in i
 rounds (:mod:`rankmixer.bench.harness`), with
 
 * training samples/s (best call and median round);
-* peak memory: the increase of the process's peak RSS over its RSS before the variant's
-  warm-up (CPU) or the allocator's peak (CUDA);
+* activation memory: the bytes of the tensors one training forward saves for its backward
+  (:func:`saved_activation_bytes`, counted through autograd's saved-tensor hooks, each storage
+  once): what grows with L and bounds the batch; exact and the same on every machine, where a
+  process's peak RSS on CPU mostly shows the allocator's reuse of earlier variants' memory. On
+  CUDA the allocator's peak of the variant is reported too;
 * matmul FLOPs per sample of the forward (:func:`rankmixer.models.flops.forward_flops_per_sample`,
   the one counter) and of the training step;
 * the growth of each from one length to the next (``x L`` is linear).
@@ -39,7 +42,7 @@ from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models import registry
 from rankmixer.models.flops import count_flops, forward_flops_per_sample
 
-__all__ = ["full_history_batch", "run_sequence_length_bench", "with_length"]
+__all__ = ["full_history_batch", "run_sequence_length_bench", "saved_activation_bytes", "with_length"]
 
 
 def with_length(fm: FeatureMap, length: int) -> FeatureMap:
@@ -58,6 +61,21 @@ def full_history_batch(fm: FeatureMap, like: Batch, length: int, seed: int = 0) 
         cols = [torch.randint(2, max(3, b.vocab_size), (B, length, 1), generator=g) for b in f.fields]
         behaviours[f.name] = torch.cat(cols, dim=-1)
     return dataclasses.replace(like, behaviours=behaviours)
+
+
+def saved_activation_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd saves for the backward while ``fn()`` runs a forward, each
+    storage counted once (views of one tensor share it)."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen.setdefault((st.data_ptr(), t.device), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
 
 
 def _small_behaviour_data(root: Path, max_length: int, rows: int, log: Callable[[str], None]) -> tuple[FeatureMap, Batch]:
@@ -88,12 +106,15 @@ def _train_variant(label: str, section: dict, fm: FeatureMap, batch: Batch, leng
         return out.logits, out.aux_loss
 
     step = make_train_step(forward, labels, [optimizer], precision, device)
+    model.train()
+    activations = saved_activation_bytes(forward)
     fwd = forward_flops_per_sample(model, batch)
     model.train()
     train_flops = count_flops(step)
     dense = sum(p.numel() for n, p in model.named_parameters() if "embedding" not in n)
     return Variant(f"{label}/L{length}", "train", step, batch=len(batch), flops=train_flops, precision=precision,
                    info={"model": label, "length": length, "forward_flops_per_sample": fwd,
+                         "activation_mb": round(activations / 2**20, 2),
                          "train_flops_per_sample": train_flops / len(batch), "dense_parameters": dense})
 
 
@@ -138,12 +159,10 @@ def run_sequence_length_bench(
     rows = []
     for v in variants:
         r = summary_row(v)
-        mem = v.memory
-        base = mem.get("rss_before_mb", mem.get("allocated_before_mb"))
-        r["peak_memory_mb"] = (round(mem["peak_mb"] - base, 1) if dev.type == "cpu" and mem.get("peak_mb") is not None
-                               else mem.get("peak_mb"))
+        if dev.type == "cuda":
+            r["cuda_peak_mb"] = v.memory.get("peak_mb")
         rows.append(r)
-    for key in ("samples_per_s_median", "forward_flops_per_sample", "peak_memory_mb"):
+    for key in ("samples_per_s_median", "forward_flops_per_sample", "activation_mb"):
         growth(rows, key)
     report = {"machine": machine_info(), "device": device_name(dev), "precision": precision, "batch_size": batch_size,
               "rounds": rounds, "lengths": lengths, "spec": str(spec_path), "models": sections, "rows": rows}
@@ -155,7 +174,7 @@ def run_sequence_length_bench(
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | L | samples/s (median) | x prev | forward FLOPs/sample | x prev | peak memory MB | x prev |",
+    lines = ["| model | L | train samples/s (median) | x prev | forward FLOPs/sample | x prev | activations MB/batch | x prev |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def g(r: dict, key: str) -> str:
@@ -164,7 +183,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['model']} | {r['length']} | {r['samples_per_s_median']:.0f} | {g(r, 'samples_per_s_median')} | "
                      f"{r['forward_flops_per_sample'] / 1e6:.2f}M | {g(r, 'forward_flops_per_sample')} | "
-                     f"{r['peak_memory_mb']} | {g(r, 'peak_memory_mb')} |")
+                     f"{r['activation_mb']:.1f} | {g(r, 'activation_mb')} |")
     return "\n".join(lines)
 
 
@@ -174,13 +193,15 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (("samples_per_s_median", "training samples/s (median round)"),
+              ("forward_flops_per_sample", "forward FLOPs per sample"),
+              ("activation_mb", "saved activations per batch (MB)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
     for model in dict.fromkeys(r["model"] for r in rows):
         group = sorted((r for r in rows if r["model"] == model), key=lambda r: r["length"])
-        x = [r["length"] for r in group]
-        axes[0].plot(x, [r["samples_per_s_median"] for r in group], marker="o", label=model)
-        axes[1].plot(x, [r["forward_flops_per_sample"] for r in group], marker="o", label=model)
-    for ax, ylabel in ((axes[0], "training samples/s (median round)"), (axes[1], "forward FLOPs per sample")):
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot([r["length"] for r in group], [r[key] for r in group], marker="o", label=model)
+    for ax, (_, ylabel) in zip(axes, panels):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("history length L")

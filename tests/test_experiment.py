@@ -146,6 +146,7 @@ def test_quickstart_evaluate_predict(tmp_path, monkeypatch):
 
 
 # ---- real data ----------------------------------------------------------------------------------
+@pytest.mark.slow  # a full MovieLens training; learning is covered by the planted-problem tests
 @pytest.mark.skipif(not (SHARED / "movielens-latest-small").exists(), reason="../shared/data/movielens-latest-small absent")
 def test_movielens_dcnv2_learns(tmp_path):
     r = _cli("train", "-c", "movielens_dcnv2", f"data.raw={SHARED / 'movielens-latest-small'}",

@@ -215,6 +215,7 @@ def test_select_and_budget(tmp_path):
             budget_overrides(bad, 512)
 
 
+@pytest.mark.slow  # trains a small scaling study; run with -m slow
 def test_scaling_study_small(tmp_path):
     """The scaling benchmark end to end at toy sizes: every point trained with the same sample
     budget, FLOPs growing with size, slopes equal to an independent least-squares fit, a PNG."""

@@ -151,6 +151,7 @@ def e2e_run(tiny):
     return root / "run", result, fm
 
 
+@pytest.mark.slow  # FuxiCTR's whole pipeline in a subprocess (~45 s); run with -m slow
 @NEEDS_FUXICTR
 def test_run_writes_our_run_shape(e2e_run):
     run, result, fm = e2e_run
@@ -170,6 +171,7 @@ def test_run_writes_our_run_shape(e2e_run):
     assert fx["feature_cols"][-1]["name"] == ROW_ID and fx["train_data"] == "data/train.parquet"
 
 
+@pytest.mark.slow  # shares the ~45 s FuxiCTR run above
 @NEEDS_FUXICTR
 def test_test_predictions_are_aligned_with_our_test_rows(e2e_run):
     """The saved predictions are in our test split's order: labels and groups are the prepared

@@ -95,6 +95,7 @@ def test_flops_per_sample_grow_linearly_in_max_len():
     assert second / first == pytest.approx(2.0, rel=0.02)
 
 
+@pytest.mark.slow  # train + ONNX export; DIN and InterFormer cover the path by default
 def test_onnx_artifact_scores_raw_histories_as_the_model_does(tmp_path):
     """Trained a few steps on a tiny behaviour set, exported to ONNX, fed raw request rows
     (histories as lists): the artifact's scores equal the PyTorch model's on the prepared rows."""

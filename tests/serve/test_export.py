@@ -223,8 +223,8 @@ def test_tampered_or_incomplete_artifact_is_refused(tmp_path):
 @pytest.mark.parametrize("model", [
     ["model.name=din", "model.embedding_dim=4", "model.attention_hidden=[8]", "model.dnn_hidden=[16]"],
     # RankMixer with DIEN's outputs as sequence tokens: the GRU, the AUGRU loop and the tokens
-    ["model.name=rankmixer", "model.embedding_dim=4", "model.num_tokens=4", "model.hidden_dim=8",
-     "model.num_layers=1", "model.sequence_module=dien"],
+    pytest.param(["model.name=rankmixer", "model.embedding_dim=4", "model.num_tokens=4", "model.hidden_dim=8",
+                  "model.num_layers=1", "model.sequence_module=dien"], marks=pytest.mark.slow),
 ], ids=["din", "rankmixer-dien"])
 def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
     """A sequence model trained on behaviour sequences, exported to ONNX: raw histories in

@@ -163,6 +163,7 @@ def test_torchrec_two_ranks_equal_one_process_tables_on_both_ranks(equivalence):
         assert split, f"{kind} put no table on both ranks"
 
 
+@pytest.mark.distributed  # two torchrun trainings; the DDP equivalence above stays in the default suite
 def test_cli_train_under_torchrun_matches_one_process(tmp_path):
     """`rankmixer train` unchanged under torchrun: same loss curve (within the noise of a
     different row order: each rank reads its own row groups) and final metrics as one process."""

@@ -256,23 +256,26 @@ class GeneratedPreset(DatasetPreset):
     (into ``<prepared_dir>-raw`` unless ``data.raw`` says otherwise: beside, not inside, the
     prepared directory, which re-preparing empties), again only when the generator config
     changes; the planted model's Bayes-optimal metrics per split go into the feature map's
-    ``extras["bayes"]``. A subclass names its config class and meta file and gives its
-    generator's ``generate``, ``split_files`` and ``load_meta``."""
+    ``extras["bayes"]``. A subclass names its config class (with ``rows(split)`` and
+    ``rows_per_file``), its meta file, and its writer's ``generate(cfg, path)`` and
+    ``load_meta(path)`` (as ``staticmethod``s: ``writer`` and ``meta_reader``)."""
 
     config_cls: type
     meta_file: str
+    writer: Callable[..., Any]
+    meta_reader: Callable[[Path], dict]
 
     def __init__(self, **options):
         self.cfg = self.config_cls.model_validate(options)
 
     def generate(self, path: Path) -> None:
-        raise NotImplementedError
+        self.writer(self.cfg, path)
 
     def split_files(self, split: str) -> list[str]:
-        raise NotImplementedError
+        return split_file_names(split, self.cfg.rows(split), self.cfg.rows_per_file)
 
     def load_meta(self, path: Path) -> dict:
-        raise NotImplementedError
+        return self.meta_reader(path)
 
     def default_raw_path(self, prepared_dir: Path) -> Path:
         return Path(f"{prepared_dir}-raw")

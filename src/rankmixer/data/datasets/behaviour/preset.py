@@ -8,12 +8,10 @@ changes, and the planted model's Bayes-optimal metrics per split go into the fea
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rankmixer.data.datasets.base import register_preset
 from rankmixer.data.datasets.behaviour.columns import schema as feature_schema
 from rankmixer.data.datasets.behaviour.config import META_FILE, BehaviourConfig
-from rankmixer.data.datasets.behaviour.writer import generate, load_meta, split_files
+from rankmixer.data.datasets.behaviour.writer import generate, load_meta
 from rankmixer.data.datasets.generated import GeneratedPreset
 from rankmixer.data.schema import Schema
 
@@ -24,15 +22,8 @@ class BehaviourPreset(GeneratedPreset):
     description = "synthetic behaviour sequences (up to 1,000 positions) from a planted sequence model with known Bayes-optimal AUC"
     config_cls = BehaviourConfig
     meta_file = META_FILE
+    writer = staticmethod(generate)
+    meta_reader = staticmethod(load_meta)
 
     def schema(self) -> Schema:
         return feature_schema(self.cfg)
-
-    def generate(self, path: Path) -> None:
-        generate(self.cfg, path)
-
-    def split_files(self, split: str) -> list[str]:
-        return split_files(self.cfg, split)
-
-    def load_meta(self, path: Path) -> dict:
-        return load_meta(path)

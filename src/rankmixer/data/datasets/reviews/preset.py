@@ -24,7 +24,7 @@ from rankmixer.data.datasets.common import unique_lookup
 from rankmixer.data.datasets.generated import GeneratedPreset
 from rankmixer.data.datasets.reviews.columns import schema as feature_schema
 from rankmixer.data.datasets.reviews.config import META_FILE, ReviewsConfig
-from rankmixer.data.datasets.reviews.writer import generate, load_meta, split_files
+from rankmixer.data.datasets.reviews.writer import generate, load_meta
 from rankmixer.data.schema import RawColumn, Schema, SourceSpec
 
 
@@ -35,6 +35,8 @@ class ReviewsPreset(GeneratedPreset):
                    "reviews' aspect sentiments (known Bayes-optimal AUC)")
     config_cls = ReviewsConfig
     meta_file = META_FILE
+    writer = staticmethod(generate)
+    meta_reader = staticmethod(load_meta)
 
     def __init__(self, review_features: str | None = None, **options):
         super().__init__(**options)
@@ -59,15 +61,6 @@ class ReviewsPreset(GeneratedPreset):
 
     def schema(self) -> Schema:
         return feature_schema(self.cfg.n_aspects, self.snippet)
-
-    def generate(self, path: Path) -> None:
-        generate(self.cfg, path)
-
-    def split_files(self, split: str) -> list[str]:
-        return split_files(self.cfg, split)
-
-    def load_meta(self, path: Path) -> dict:
-        return load_meta(path)
 
     def side_files(self, path: Path) -> list[Path]:
         return [self.features_path] if self.features_path else []

@@ -10,14 +10,12 @@ features each term uses) goes into ``extras["planted"]``, from which the model-c
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rankmixer.data.datasets.base import register_preset
 from rankmixer.data.datasets.generated import GeneratedPreset
 from rankmixer.data.datasets.synthetic.columns import schema as feature_schema
 from rankmixer.data.datasets.synthetic.config import META_FILE, SyntheticConfig
 from rankmixer.data.datasets.synthetic.generator import Generator
-from rankmixer.data.datasets.synthetic.writer import generate, load_meta, split_files
+from rankmixer.data.datasets.synthetic.writer import generate, load_meta
 from rankmixer.data.schema import Schema
 
 
@@ -27,18 +25,11 @@ class SyntheticPreset(GeneratedPreset):
     description = "Criteo-like synthetic CTR data from a planted model with known Bayes-optimal AUC"
     config_cls = SyntheticConfig
     meta_file = META_FILE
+    writer = staticmethod(generate)
+    meta_reader = staticmethod(load_meta)
 
     def schema(self) -> Schema:
         return feature_schema(self.cfg)
-
-    def generate(self, path: Path) -> None:
-        generate(self.cfg, path)
-
-    def split_files(self, split: str) -> list[str]:
-        return split_files(self.cfg, split)
-
-    def load_meta(self, path: Path) -> dict:
-        return load_meta(path)
 
     def extras_from(self, meta: dict) -> dict:
         # Data generated before the meta kept the form: rebuild it from the config (seconds).

@@ -4,9 +4,7 @@ counter against a hand count, and ONNX export scoring raw histories like PyTorch
 
 from __future__ import annotations
 
-import json
 
-import numpy as np
 import pytest
 import torch
 from tests.factories import check_output_and_gradients, make_feature_map, random_batch, small_model
@@ -165,43 +163,3 @@ def test_typed_config_and_errors():
     with pytest.raises(ValueError, match="at least 1"):
         small_model("interformer", fm, num_cls=0, num_pma=0, num_recent=0)
     assert isinstance(small_model("interformer", fm), InterFormer)
-
-
-def test_exports_to_onnx_and_scores_raw_histories_like_pytorch(tmp_path):
-    pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
-    pytest.importorskip("onnxscript", reason="ONNX export tests need the onnx extra (onnxscript)")
-    import polars as pl
-
-    from rankmixer import experiment
-    from rankmixer.config import load_config
-    from rankmixer.data.loader import ParquetBatches, make_loader
-    from rankmixer.runs import load_run
-    from rankmixer.serve.artifact import Artifact
-    from rankmixer.serve.export import export_run
-
-    opts = {"rows_train": 300, "rows_valid": 100, "rows_test": 100, "n_users": 50, "n_items": 120,
-            "n_categories": 8, "seq_len_max": 12, "hist_max_len": 8, "return_period": 6, "attention_window": 4}
-    cfg = load_config(None, [
-        "data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}", f"data.prepared_dir={tmp_path / 'prep'}",
-        f"run_dir={tmp_path / 'run'}", "model.name=interformer", "model.embedding_dim=4", "model.seq_dim=8",
-        "model.num_layers=1", "model.interaction_hidden=[8]", "model.output_hidden=[8]",
-        "train.max_steps=3", "train.batch_size=64", "train.tensorboard=false",
-        "train.progress=false", "train.early_stopping=null", "train.threads=1",
-    ])
-    experiment.train(cfg, log=lambda m: None)
-    art = Artifact(export_run(tmp_path / "run", "onnx", tmp_path / "art", log=lambda m: None))
-    assert art.manifest["format"] == "onnx"
-    raw = pl.read_parquet(tmp_path / "prep-raw" / "test.parquet").to_dicts()
-    rows = []
-    for r in raw:
-        row = {k: r[k] for k in ("user", "item", "cat")}
-        for f in ("item", "cat", "type", "dt"):
-            values = r[f"hist_{f}"].split("|") if r[f"hist_{f}"] else []
-            row[f"hist_{f}"] = [int(v) for v in values] if f == "dt" else values
-        rows.append(row)
-    loaded = load_run(tmp_path / "run")
-    batch = next(iter(make_loader(ParquetBatches(loaded.feature_map, "test", len(rows), shuffle=False))))
-    with torch.no_grad():
-        ref = torch.sigmoid(loaded.model(batch).logits.float()).numpy()
-    got, _ = art.score([art.preprocessor.check_row(r, "r") for r in rows])
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)

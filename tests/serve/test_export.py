@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.factories import WORK, artifact, canonical_test_rows, moe_run, movielens_run, synthetic_run
+from tests.factories import NEEDS_FUXICTR, WORK, artifact, canonical_test_rows, moe_run, movielens_run, synthetic_run
 
 from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.runs import load_run
@@ -220,19 +220,50 @@ def test_tampered_or_incomplete_artifact_is_refused(tmp_path):
         Artifact(tmp_path)
 
 
-@pytest.mark.parametrize("model", [
-    ["model.name=din", "model.embedding_dim=4", "model.attention_hidden=[8]", "model.dnn_hidden=[16]"],
-    # RankMixer with DIEN's outputs as sequence tokens: the GRU, the AUGRU loop and the tokens
-    pytest.param(["model.name=rankmixer", "model.embedding_dim=4", "model.num_tokens=4", "model.hidden_dim=8",
-                  "model.num_layers=1", "model.sequence_module=dien"], marks=pytest.mark.slow),
-], ids=["din", "rankmixer-dien"])
-def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
-    """A sequence model trained on behaviour sequences, exported to ONNX: raw histories in
-    requests (one array per field) score as the PyTorch model scores the prepared test rows."""
-    pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
-    pytest.importorskip("onnxscript", reason="ONNX export tests need the onnx extra (onnxscript)")
+def _raw_behaviour_rows(raw_test) -> list[dict]:
+    """The behaviour set's raw test rows as a client sends them: each history field an array
+    (oldest first), gaps as integers, an empty history as []."""
     import polars as pl
 
+    rows = []
+    for r in pl.read_parquet(raw_test).to_dicts():
+        row = {k: r[k] for k in ("user", "item", "cat")}
+        for f in ("item", "cat", "type", "dt"):
+            values = r[f"hist_{f}"].split("|") if r[f"hist_{f}"] else []
+            row[f"hist_{f}"] = [int(v) for v in values] if f == "dt" else values
+        rows.append(row)
+    return rows
+
+
+_SEQUENCE_MODELS = {
+    "din": ["model.name=din", "model.embedding_dim=4", "model.attention_hidden=[8]", "model.dnn_hidden=[16]"],
+    # RankMixer with DIEN's outputs as sequence tokens: the GRU, the AUGRU loop and the tokens
+    "rankmixer-dien": ["model.name=rankmixer", "model.embedding_dim=4", "model.num_tokens=4", "model.hidden_dim=8",
+                       "model.num_layers=1", "model.sequence_module=dien"],
+    "interformer": ["model.name=interformer", "model.embedding_dim=4", "model.seq_dim=8", "model.num_layers=1",
+                    "model.interaction_hidden=[8]", "model.output_hidden=[8]"],
+    # windows of 3 over 8 positions: the pyramid pads to a multiple of the window
+    "pyramid_mixer": ["model.name=pyramid_mixer", "model.embedding_dim=4",
+                      'model.pyramid={"levels": 2, "window": 3, "attention_hidden": [8]}', "model.dnn_hidden=[16]"],
+    # FuxiCTR's masked mean divides by (n + 1e-12): an empty history must not score NaN
+    "fuxictr-din": ["model.name=fuxictr-din", "model.embedding_dim=4", "model.attention_hidden=[8]",
+                    "model.dnn_hidden=[16]"],
+}
+
+
+@pytest.mark.parametrize("model", [
+    "din",
+    pytest.param("rankmixer-dien", marks=pytest.mark.slow),
+    "interformer",
+    pytest.param("pyramid_mixer", marks=pytest.mark.slow),
+    pytest.param("fuxictr-din", marks=NEEDS_FUXICTR),
+])
+def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
+    """A sequence model trained on behaviour sequences, exported to ONNX: raw histories in
+    requests (one array per field, some empty, some shorter than max_len) score as the PyTorch
+    model scores the prepared test rows."""
+    pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
+    pytest.importorskip("onnxscript", reason="ONNX export tests need the onnx extra (onnxscript)")
     from rankmixer import experiment
     from rankmixer.config import load_config
     from rankmixer.serve.artifact import Artifact
@@ -242,21 +273,18 @@ def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
             "n_categories": 8, "seq_len_max": 12, "hist_max_len": 8, "return_period": 6, "attention_window": 4}
     cfg = load_config(None, [
         "data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}", f"data.prepared_dir={tmp_path / 'prep'}",
-        f"run_dir={tmp_path / 'run'}", *model, "train.max_steps=3", "train.batch_size=64", "train.tensorboard=false",
+        f"run_dir={tmp_path / 'run'}", *_SEQUENCE_MODELS[model], "train.max_steps=3",
+        "train.batch_size=64", "train.tensorboard=false",
         "train.progress=false", "train.early_stopping=null", "train.threads=1",
     ])
     experiment.train(cfg, log=lambda m: None)
     art = Artifact(export_run(tmp_path / "run", "onnx", tmp_path / "art", log=lambda m: None))
+    assert art.format == "onnx"
     assert [i["name"] for i in art.manifest["inputs"]][-1] == "beh__hist"
-    raw = pl.read_parquet(tmp_path / "prep-raw" / "test.parquet").to_dicts()
-    rows = []
-    for r in raw:
-        row = {k: r[k] for k in ("user", "item", "cat")}
-        for f in ("item", "cat", "type", "dt"):
-            values = r[f"hist_{f}"].split("|") if r[f"hist_{f}"] else []
-            row[f"hist_{f}"] = [int(v) for v in values] if f == "dt" else values
-        rows.append(row)
+    rows = _raw_behaviour_rows(tmp_path / "prep-raw" / "test.parquet")
     batch, ref = _reference(tmp_path / "run", len(rows))
+    assert any(not r["hist_item"] for r in rows)  # empty histories are among them
+    assert (batch.behaviours["hist"][:, -1, 0] == 0).any()  # and histories shorter than max_len
     arrays, _ = _encoded(art, rows)
     assert np.array_equal(arrays["beh:hist"], batch.behaviours["hist"].numpy())
     got, _ = art.score([art.preprocessor.check_row(r, "r") for r in rows])

@@ -37,10 +37,14 @@ from rankmixer.bench.steps import make_optimizer, make_train_step
 from rankmixer.config import config_path
 from rankmixer.core.files import write_json
 from rankmixer.core.hardware import device_name, machine_info, pick_device
+from rankmixer import experiment
 from rankmixer.data.batch import Batch
+from rankmixer.data.config import DataConfig
 from rankmixer.data.feature_map import FeatureMap
+from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.models import registry
 from rankmixer.models.flops import count_flops, forward_flops_per_sample
+from rankmixer.nn.embedding import split_parameters
 
 __all__ = ["full_history_batch", "run_sequence_length_bench", "saved_activation_bytes", "with_length"]
 
@@ -79,16 +83,12 @@ def saved_activation_bytes(fn: Callable[[], object]) -> int:
 
 
 def _small_behaviour_data(root: Path, max_length: int, rows: int, log: Callable[[str], None]) -> tuple[FeatureMap, Batch]:
-    from rankmixer import experiment
-    from rankmixer.config import load_config
-    from rankmixer.data.loader import ParquetBatches, make_loader
-    import json
-
+    """A small behaviour set with histories up to ``max_length`` (its vocabularies) and its first
+    ``rows`` training rows."""
     opts = {"rows_train": rows, "rows_valid": 64, "rows_test": 64, "n_users": 500, "n_items": 5000,
             "n_categories": 50, "seq_len_max": max_length, "hist_max_len": max_length}
-    cfg = load_config(None, ["data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}",
-                             f"data.prepared_dir={root / 'prepared'}", f"run_dir={root / 'run'}"])
-    fm = experiment.prepare_data(cfg.data, log=log)
+    data = DataConfig(dataset="behaviour", preset_options=opts, prepared_dir=str(root / "prepared"))
+    fm = experiment.prepare_data(data, log=log)
     batch = next(iter(make_loader(ParquetBatches(fm, "train", rows, shuffle=False))))
     return fm, batch
 
@@ -111,7 +111,7 @@ def _train_variant(label: str, section: dict, fm: FeatureMap, batch: Batch, leng
     fwd = forward_flops_per_sample(model, batch)
     model.train()
     train_flops = count_flops(step)
-    dense = sum(p.numel() for n, p in model.named_parameters() if "embedding" not in n)
+    dense = sum(p.numel() for p in split_parameters(model)[1])  # all but the tables
     return Variant(f"{label}/L{length}", "train", step, batch=len(batch), flops=train_flops, precision=precision,
                    info={"model": label, "length": length, "forward_flops_per_sample": fwd,
                          "activation_mb": round(activations / 2**20, 2),

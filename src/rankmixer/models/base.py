@@ -17,6 +17,12 @@ class ModelConfig(StrictModel):
     embedding_dim: int = 16
 
 
+def add_losses(*losses: Tensor | None) -> Tensor | None:
+    """The sum of the losses present (auxiliary losses of a model's parts), None if none is."""
+    present = [x for x in losses if x is not None]
+    return sum(present[1:], present[0]) if present else None
+
+
 @dataclass
 class ModelOutput:
     """logits: [B, n_tasks]; aux_loss: added to the task loss by the trainer (MoE sparsity,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from rankmixer.core.strict import StrictModel
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelConfig, ModelOutput
+from rankmixer.models.base import ModelConfig, ModelOutput, add_losses
 from rankmixer.nn.embedding import FeatureEmbedding
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.mlp import MLP
@@ -63,5 +63,4 @@ class EncoderMLP(nn.Module):
         fields = self.pooling(emb)  # sequences pooled against their targets
         outs = self.encode_behaviours(batch, emb.fields)
         x = torch.cat([fields.flatten(1), *(o.tokens.flatten(1) for o in outs)], dim=1)
-        aux = [o.aux_loss for o in outs if o.aux_loss is not None]
-        return ModelOutput(logits=self.heads(self.mlp(x)), aux_loss=sum(aux[1:], aux[0]) if aux else None)
+        return ModelOutput(logits=self.heads(self.mlp(x)), aux_loss=add_losses(*(o.aux_loss for o in outs)))

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from rankmixer.models.base import add_losses
 from rankmixer.models.rankmixer.sublayers import make_block_norm, make_ffn, run_ffn
 from rankmixer.nn.token_mixing import TokenMixing
 
@@ -56,6 +57,4 @@ class MixRevertBlock(nn.Module):
         h, aux_mix, m_mix = self._sublayer(self.ffn_mix, self.norm1, h, h)
         r = self.mixer.inverse(h)
         out, aux, metrics = self._sublayer(self.ffn, self.norm2, r, x)
-        if aux_mix is not None:
-            aux = aux_mix if aux is None else aux + aux_mix
-        return out, aux, {**m_mix, **metrics}
+        return out, add_losses(aux, aux_mix), {**m_mix, **metrics}

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
-from rankmixer.models.base import ModelConfig, ModelOutput
+from rankmixer.models.base import ModelConfig, ModelOutput, add_losses
 from rankmixer.models.rankmixer.sequence_tokens import SequenceFields
 from rankmixer.models.rankmixer.early_exit import EarlyExitConfig, EarlyExitOutput, forward_early_exit
 from rankmixer.models.registry import register
@@ -262,18 +262,12 @@ class RankMixerBackbone(nn.Module):
                 recent = [*recent, x][-k:]
             if after_block is not None:
                 after_block(i, self.final_norm(x))
-            if a is not None:
-                aux = a if aux is None else aux + a
+            aux = add_losses(aux, a)
             metrics.update(m)
             ratios += [v for name, v in m.items() if name.endswith("/active_ratio")]
         if ratios:
             metrics["moe/active_ratio"] = sum(ratios) / len(ratios)
         return self.final_norm(x), aux, metrics
-
-
-def add_losses(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    """``a + b`` where either may be absent."""
-    return b if a is None else a if b is None else a + b
 
 
 @register("rankmixer", RankMixerConfig)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
+from rankmixer.models.base import add_losses
 from rankmixer.nn.embedding import FeatureEmbedding
 from rankmixer.nn.sequence import behaviour_inputs, behaviour_specs, build_encoder
 
@@ -64,6 +65,5 @@ class SequenceFields(nn.Module):
             enc = self.encoders[spec.name](inputs[spec.name])
             tokens = self.proj[spec.name](enc.tokens)  # [B, n, k d]
             out.append(tokens.reshape(tokens.shape[0], -1, self.dim))
-            if enc.aux_loss is not None:
-                aux = enc.aux_loss if aux is None else aux + enc.aux_loss
+            aux = add_losses(aux, enc.aux_loss)
         return torch.cat(out, dim=1), aux

@@ -28,7 +28,7 @@ def test_trains_with_the_aux_loss_reaching_the_extractor(behaviour_data, activat
                                               "dnn_activation": activation})
     enc = model.encoders["hist"]
     assert enc.out_dim == 4 * 4  # item, cat, type, dt: F * d, as the paper
-    assert model.specs[0].keys == (0, 1)  # attention against the candidate's item and cat
+    assert model.encoders.specs[0].keys == (0, 1)  # attention against the candidate's item and cat
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for batch in batches(fm, 4):

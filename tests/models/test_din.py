@@ -53,7 +53,7 @@ def test_behaviour_pooling_matches_a_float64_loop(behaviour_data, softmax):
         model.embedding.weight[0].zero_()
     batch = next(iter(make_loader(ParquetBatches(fm, "train", 64, shuffle=False))))
     ids = batch.behaviours["hist"]  # [B, L, 4]: item, cat, type, dt
-    assert model.specs[0].keys == (0, 1)  # item and cat share the candidate's tables
+    assert model.encoders.specs[0].keys == (0, 1)  # item and cat share the candidate's tables
     emb = model.embedding
     names = emb.field_names
     with torch.no_grad():

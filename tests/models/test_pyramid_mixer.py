@@ -52,7 +52,7 @@ def build(max_len: int, seed: int = 0):
 
 def test_the_candidate_is_the_query_and_every_level_feeds_the_mlp():
     model = build(10)
-    spec = model.specs[0]
+    spec = model.encoders.specs[0]
     assert spec.keys == (0, 1) and spec.query == (0, 1)  # item and cat share the row's tables
     enc = model.encoders["hist"]
     assert (enc.num_outputs, enc.out_dim) == (3, 3 * 4)

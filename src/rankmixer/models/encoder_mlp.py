@@ -23,7 +23,7 @@ from rankmixer.models.base import ModelConfig, ModelOutput, add_losses
 from rankmixer.nn.embedding import FeatureEmbedding
 from rankmixer.nn.heads import TaskHeads
 from rankmixer.nn.mlp import MLP
-from rankmixer.nn.sequence import EncoderOutput, behaviour_inputs, behaviour_specs, build_encoder
+from rankmixer.nn.sequence import BehaviourEncoders, EncoderOutput
 from rankmixer.nn.tokenizer import PoolingMode, SequencePooling
 
 __all__ = ["EncoderMLP"]
@@ -44,9 +44,7 @@ class EncoderMLP(nn.Module):
         hidden, softmax, activation = attention
         self.pooling = SequencePooling(feature_map, names, d, mode=pooling, attention_hidden=hidden,
                                        softmax=softmax, activation=activation)
-        self.specs = behaviour_specs(feature_map, names)
-        self.encoders = nn.ModuleDict({s.name: build_encoder(encoder, encoder_cfg, d, s, len(names))
-                                       for s in self.specs})
+        self.encoders = BehaviourEncoders(feature_map, names, d, encoder, encoder_cfg)
         width = sum(e.num_outputs * e.out_dim for e in self.encoders.values())
         self.mlp = MLP(len(names) * d + width, cfg.dnn_hidden, activation=cfg.dnn_activation, dropout=cfg.dropout)
         if self.mlp.in_features == 0:
@@ -55,8 +53,7 @@ class EncoderMLP(nn.Module):
 
     def encode_behaviours(self, batch: Batch, fields: Tensor) -> list[EncoderOutput]:
         """Every behaviour through its encoder, against the row's fields ``[B, F, d]``."""
-        inputs = behaviour_inputs(self.embedding.behaviours(batch), fields, self.specs)
-        return [self.encoders[s.name](inputs[s.name]) for s in self.specs]
+        return self.encoders.encode(self.embedding.behaviours(batch), fields)
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embedding(batch)

@@ -26,7 +26,7 @@ from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import add_losses
 from rankmixer.nn.embedding import FeatureEmbedding
-from rankmixer.nn.sequence import behaviour_inputs, behaviour_specs, build_encoder
+from rankmixer.nn.sequence import BehaviourEncoders
 
 __all__ = ["SequenceFields"]
 
@@ -39,15 +39,13 @@ class SequenceFields(nn.Module):
                  options: dict) -> None:
         super().__init__()
         self.dim = dim
-        self.specs = behaviour_specs(feature_map, field_names)
-        self.encoders = nn.ModuleDict()
+        self.encoders = BehaviourEncoders(feature_map, field_names, dim, module, options)
         self.proj = nn.ModuleDict()
         self.names: list[str] = []
         self.fields_of: dict[str, list[str]] = {}
-        for spec in self.specs:
-            enc = build_encoder(module, options, dim, spec, len(field_names))
+        for spec in self.encoders.specs:
+            enc = self.encoders[spec.name]
             k = math.ceil(enc.out_dim / dim)
-            self.encoders[spec.name] = enc
             self.proj[spec.name] = nn.Identity() if enc.out_dim == k * dim else nn.Linear(enc.out_dim, k * dim)
             names = [f"{spec.name}.{i}" for i in range(enc.num_outputs * k)]
             self.fields_of[spec.name] = names
@@ -59,10 +57,8 @@ class SequenceFields(nn.Module):
 
     def forward(self, embedding: FeatureEmbedding, batch: Batch, fields: Tensor) -> tuple[Tensor, Tensor | None]:
         """(extra fields ``[B, S, d]``, summed auxiliary loss or None) for the row fields ``fields``."""
-        inputs = behaviour_inputs(embedding.behaviours(batch), fields, self.specs)
         out, aux = [], None
-        for spec in self.specs:
-            enc = self.encoders[spec.name](inputs[spec.name])
+        for spec, enc in zip(self.encoders.specs, self.encoders.encode(embedding.behaviours(batch), fields)):
             tokens = self.proj[spec.name](enc.tokens)  # [B, n, k d]
             out.append(tokens.reshape(tokens.shape[0], -1, self.dim))
             aux = add_losses(aux, enc.aux_loss)

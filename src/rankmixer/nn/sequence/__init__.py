@@ -2,6 +2,7 @@
 vectors (``base.py`` has the interface and the registry; one file per encoder family)."""
 
 from rankmixer.nn.sequence.base import (
+    BehaviourEncoders,
     BehaviourInput,
     BehaviourSpec,
     EncoderOutput,
@@ -17,6 +18,7 @@ from rankmixer.nn.sequence import pyramid  # noqa: F401  (registers pyramid)
 from rankmixer.nn.sequence import interformer  # noqa: F401  (registers interformer)
 
 __all__ = [
+    "BehaviourEncoders",
     "BehaviourInput",
     "BehaviourSpec",
     "EncoderOutput",

@@ -34,6 +34,7 @@ from rankmixer.core.strict import StrictModel
 from rankmixer.data.feature_map import FeatureMap
 
 __all__ = [
+    "BehaviourEncoders",
     "BehaviourInput",
     "BehaviourSpec",
     "EncoderOutput",
@@ -140,3 +141,20 @@ def build_encoder(
         except Exception as e:
             raise ValueError(f"sequence module {name!r}: bad options: {e}") from e
     return cls(cfg, dim, spec, num_context)
+
+
+class BehaviourEncoders(nn.ModuleDict):
+    """One encoder (registered ``name``, config ``options``) per behaviour of ``feature_map``,
+    keyed by the behaviour's name, with their ``specs`` (in the feature map's order)."""
+
+    def __init__(self, feature_map: FeatureMap, field_names: Sequence[str], dim: int, name: str,
+                 options: Mapping[str, Any] | StrictModel | None) -> None:
+        specs = behaviour_specs(feature_map, field_names)
+        super().__init__({s.name: build_encoder(name, options, dim, s, len(field_names)) for s in specs})
+        self.specs = specs
+
+    def encode(self, embedded: Mapping[str, tuple[Tensor, Tensor]], fields: Tensor) -> list[EncoderOutput]:
+        """Every behaviour through its encoder, in ``specs`` order: ``embedded`` is
+        ``FeatureEmbedding.behaviours(batch)``, ``fields [B, N, d]`` the row's field vectors."""
+        inputs = behaviour_inputs(embedded, fields, self.specs)
+        return [self[s.name](inputs[s.name]) for s in self.specs]

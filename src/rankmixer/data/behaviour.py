@@ -5,7 +5,8 @@ per per-position field, each a string of values joined by the separator (or, fro
 request, a list). :func:`split_behaviour` turns every field into a ``List[str]`` column named
 ``<behaviour>__<field>`` that keeps one element per position, so the fields stay aligned: an
 empty value between separators is a missing value at that position (``null``, later the OOV
-id), not a dropped one. A null or empty raw string is an empty history.
+id), not a dropped one. A null or empty raw string is an empty history. A derived session field (``sessions:``) is
+computed here from its time field, so preparation and serving cut sessions the same way.
 
 :func:`check_behaviours` finds the rows preparation must not encode: fields of one behaviour
 with different numbers of values (the positions would no longer line up), values of a numeric
@@ -21,19 +22,36 @@ import polars as pl
 
 from rankmixer.data.feature_map import behaviour_column
 from rankmixer.data.reader import FILE_COL, ROW_COL, BadInputError, BadRowReport, OnBadRow
-from rankmixer.data.schema import BehaviourFeature, Schema
+from rankmixer.data.schema import BehaviourFeature, Schema, SessionSplit
 
-__all__ = ["check_behaviours", "split_behaviour"]
+__all__ = ["check_behaviours", "session_index", "split_behaviour"]
 
 _EMPTY = pl.lit([], dtype=pl.List(pl.Utf8))
 
 
+def session_index(split: pl.Expr, s: SessionSplit) -> pl.Expr:
+    """Each position's session index counted from the newest (see
+    :class:`~rankmixer.data.schema.SessionSplit`), from the split list of the time field
+    ``split`` (``List[str]``): a ``List[Int32]`` of the same length."""
+    el = pl.element()
+    t = el.cast(pl.Float64, strict=False).forward_fill()
+    cut = (t.diff().abs() > s.gap).fill_null(False)
+    if s.max_session_len is not None:
+        idx = pl.int_range(pl.len())
+        start = pl.when(cut | (idx == 0)).then(idx).otherwise(None).forward_fill()
+        pos = idx - start
+        cut = cut | ((pos % s.max_session_len == 0) & (pos > 0))
+    from_oldest = cut.cast(pl.Int32).cum_sum()
+    return split.list.eval((from_oldest.max() - from_oldest).clip(upper_bound=s.max_sessions - 1))
+
+
 def split_behaviour(f: BehaviourFeature, dtypes: pl.Schema) -> list[pl.Expr]:
     """One ``List[str]`` expression per field of ``f`` (aliased ``<behaviour>__<field>``), one
-    element per position, ``null`` where the value is missing. ``dtypes``: the frame's schema,
-    to tell string columns (split here) from list columns (Parquet, requests)."""
-    out = []
-    for b in f.fields:
+    element per position, ``null`` where the value is missing; a session field (derived) is its
+    ``List[Int32]`` of session indices. ``dtypes``: the frame's schema, to tell string columns
+    (split here) from list columns (Parquet, requests)."""
+    split: dict[str, pl.Expr] = {}
+    for b in f.read_fields:
         src = f.source_of(b)
         dt = dtypes[src]
         if isinstance(dt, pl.List):
@@ -45,8 +63,9 @@ def split_behaviour(f: BehaviourFeature, dtypes: pl.Schema) -> list[pl.Expr]:
         else:
             raise BadInputError(f"behaviour {f.name!r} field {b.name!r}: column {src!r} must be a string or "
                                 f"a list, got {dt}")
-        out.append(e.fill_null(_EMPTY).alias(behaviour_column(f.name, b.name)))
-    return out
+        split[b.name] = e.fill_null(_EMPTY)
+    return [(session_index(split[b.sessions.of], b.sessions) if b.sessions is not None else split[b.name])
+            .alias(behaviour_column(f.name, b.name)) for b in f.fields]
 
 
 def _problems(f: BehaviourFeature) -> list[tuple[pl.Expr, str, str]]:

@@ -177,7 +177,7 @@ def _vocab_sources(schema: Schema) -> dict[str, tuple[object, list[tuple[pl.Expr
 
     for f in schema.features:
         if isinstance(f, BehaviourFeature):
-            for b in f.fields:
+            for b in f.read_fields:
                 col = behaviour_column(f.name, b.name)
                 if b.bucketize is None:
                     add(b.share_with or col, owners[b.share_with] if b.share_with else b, pl.col(col), True)
@@ -379,7 +379,11 @@ def _encode_behaviour(f: BehaviourFeature, fitted: Fitted, owners: dict) -> tupl
     exprs, fields = [], []
     for b in f.fields:
         col = behaviour_column(f.name, b.name)
-        if b.bucketize is not None and b.bucketize.method == "quantile":
+        if b.sessions is not None:  # session index i -> id FIRST_ID + i (already capped)
+            ids = pl.col(col).list.eval(pl.element() + FIRST_ID).cast(pl.List(pl.Int32))
+            info = BehaviourFieldInfo(b.name, col, FIRST_ID + b.sessions.max_sessions,
+                                      stats={"sessions": b.sessions.model_dump()})
+        elif b.bucketize is not None and b.bucketize.method == "quantile":
             bounds = fitted.numeric[col]["boundaries"]
             ids = pl.col(col).list.eval(_quantile_ids(pl.element().cast(pl.Float64), bounds))
             info = BehaviourFieldInfo(b.name, col, FIRST_ID + len(bounds) + 1,

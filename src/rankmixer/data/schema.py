@@ -142,6 +142,25 @@ class SequenceFeature(_FeatureBase, Vocabulary):
     timestamps: str | None = None
 
 
+class SessionSplit(_Strict):
+    """How a behaviour's positions are cut into sessions (a derived per-position field).
+
+    Reading the numeric field ``of`` (a time gap to the request or a timestamp: a field with an
+    ``order``), a new session starts where two neighbouring positions lie more than ``gap``
+    units apart, and a session longer than ``max_session_len`` positions is cut into pieces of
+    that length counted from its oldest position. The derived field's value at a position is its
+    session's index counted from the newest (0: the session of the newest behaviour, 1: the one
+    before, ...), capped at ``max_sessions - 1``; its id is ``FIRST_ID + index``. Sessions are cut
+    on the whole raw history, before ``max_len`` keeps the most recent positions, so truncation
+    never changes an index. A missing time value continues the session of the position before it.
+    """
+
+    of: str
+    gap: float = Field(gt=0)
+    max_session_len: int | None = Field(None, ge=1)
+    max_sessions: int = Field(64, ge=1)
+
+
 class BehaviourField(Vocabulary):
     """One per-position field of a behaviour sequence (the item, its category, the behaviour
     type, the time gap to the request, ...).
@@ -163,9 +182,18 @@ class BehaviourField(Vocabulary):
     # (``non_increasing`` for a gap to the request, ``non_decreasing`` for a timestamp); a row
     # out of order is a bad row (its behaviours are not sorted oldest first).
     order: Literal["non_increasing", "non_decreasing"] | None = None
+    # Derived: the session index of each position (see :class:`SessionSplit`); reads no raw
+    # column and takes no other encoding option.
+    sessions: SessionSplit | None = None
 
     @model_validator(mode="after")
     def _one_encoding(self) -> "BehaviourField":
+        if self.sessions is not None:
+            given = [k for k in ("source", "share_with", "bucketize", "order", "max_size", "hash_buckets")
+                     if getattr(self, k) is not None] + (["min_count"] if self.min_count != 1 else [])
+            if given:
+                raise ValueError(f"field {self.name!r}: a sessions field is derived from field "
+                                 f"{self.sessions.of!r} and takes no {given}")
         if self.order is not None and self.bucketize is None:
             raise ValueError(f"field {self.name!r}: order applies to numeric (bucketize) fields only")
         # Compared with the defaults (not with the keys given), so a dumped schema reloads.
@@ -204,6 +232,16 @@ class BehaviourFeature(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"behaviour {self.name!r}: duplicate field names {dup}")
+        by_name = {f.name: f for f in self.fields}
+        for f in self.fields:
+            if f.sessions is None:
+                continue
+            src = by_name.get(f.sessions.of)
+            if src is None or src.order is None:
+                raise ValueError(f"behaviour {self.name!r} field {f.name!r}: sessions.of={f.sessions.of!r} must "
+                                 "name a numeric field of this behaviour with an order (a time gap or a timestamp)")
+        if all(f.sessions is not None for f in self.fields):
+            raise ValueError(f"behaviour {self.name!r}: needs at least one field read from a raw column")
         return self
 
     def source_of(self, field: BehaviourField) -> str:
@@ -211,9 +249,14 @@ class BehaviourFeature(_Strict):
         return field.source or f"{self.name}_{field.name}"
 
     @property
+    def read_fields(self) -> list[BehaviourField]:
+        """The fields read from raw columns (every field but the derived session fields)."""
+        return [f for f in self.fields if f.sessions is None]
+
+    @property
     def columns(self) -> list[str]:
         """The canonical columns this behaviour reads, in field order."""
-        return [self.source_of(f) for f in self.fields]
+        return [self.source_of(f) for f in self.read_fields]
 
 
 Feature = Annotated[

@@ -114,7 +114,7 @@ def _inputs_of(schema: Schema) -> list[InputSpec]:
     cols: dict[str, dict[str, Any]] = {}
     for f in schema.features:
         if isinstance(f, BehaviourFeature):
-            for b in f.fields:
+            for b in f.read_fields:
                 kind = NUMBER_POSITIONS if b.bucketize is not None else CATEGORY_POSITIONS
                 c = cols.setdefault(f.source_of(b), {"kind": kind, "features": [], "max_len": f.max_len})
                 if c["kind"] != kind:

@@ -180,6 +180,8 @@ SMALL: dict[str, dict] = {
     "dien": {"embedding_dim": 8, "attention_hidden": [16], "dnn_hidden": [32, 16]},
     "pyramid_mixer": {"embedding_dim": 8, "pyramid": {"levels": 2, "window": 2, "attention_hidden": [8]},
                       "dnn_hidden": [16]},
+    "mos": {"embedding_dim": 8, "mos": {"backbone": "din", "themes": 2, "short_term": 3,
+                                        "backbone_options": {"attention_hidden": [8]}}, "dnn_hidden": [16]},
     "interformer": {"embedding_dim": 8, "seq_dim": 8, "num_layers": 2, "interaction_hidden": [16],
                     "output_hidden": [16], "masknet_hidden": [8]},
     "fuxictr-lr": {},

@@ -53,7 +53,7 @@ class EncoderMLP(nn.Module):
 
     def encode_behaviours(self, batch: Batch, fields: Tensor) -> list[EncoderOutput]:
         """Every behaviour through its encoder, against the row's fields ``[B, F, d]``."""
-        return self.encoders.encode(self.embedding.behaviours(batch), fields)
+        return self.encoders.encode(self.embedding.behaviours(batch), fields, batch.behaviours)
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embedding(batch)

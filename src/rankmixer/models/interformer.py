@@ -127,7 +127,7 @@ class InterFormer(nn.Module):
 
     def sequence_input(self, batch: Batch, fields: Tensor) -> tuple[Tensor, Tensor]:
         """The merged sequence ``S [B, L, seq_dim]`` and its mask ``[B, L]``."""
-        inputs = behaviour_inputs(self.embedding.behaviours(batch), fields, self.specs)
+        inputs = behaviour_inputs(self.embedding.behaviours(batch), fields, self.specs, batch.behaviours)
         seqs = []
         for spec in self.specs:
             x = inputs[spec.name]

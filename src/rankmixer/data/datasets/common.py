@@ -8,6 +8,7 @@ import polars as pl
 
 from rankmixer.data.datasets.base import RawFiles
 from rankmixer.data.reader import FILE_COL, ROW_COL, BadInputError, BadRowReport
+from rankmixer.data.schema import BehaviourField, SessionSplit
 
 _SPLIT_NAMES = {
     "train": ("train",),
@@ -159,3 +160,12 @@ def unique_lookup(table: pl.DataFrame, key: str, path: Path, on_bad_row: str,
     if report is not None:
         report.add(f"{Path(path).name}: duplicate {key}", table.height - kept.height, msg, side_table=Path(path).name)
     return kept
+
+
+def session_fields(gap: float | None, max_sessions: int = 16) -> list[BehaviourField]:
+    """The derived ``session`` field of a preset's behaviour ``hist`` (sessions cut where two
+    behaviours lie more than ``gap`` seconds apart, from its ``dt`` field), or none without a gap."""
+    if gap is None:
+        return []
+    return [BehaviourField(name="session", sessions=SessionSplit(of="dt", gap=gap, max_sessions=max_sessions))]
+

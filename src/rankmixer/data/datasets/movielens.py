@@ -30,6 +30,7 @@ from rankmixer.data.datasets.base import (
 from rankmixer.data.datasets.common import (
     behaviour_history,
     bookkeeping,
+    session_fields,
     unique_lookup,
     user_history,
 )
@@ -155,6 +156,7 @@ class MovieLensLatestPreset(DatasetPreset):
         variant: str = "small",
         behaviours: bool = False,
         behaviour_max_len: int = 50,
+        session_gap: float | None = None,
     ) -> None:
         if variant not in _ZIP_DIRS:
             raise ValueError(f"variant must be one of {sorted(_ZIP_DIRS)}, got {variant!r}")
@@ -162,6 +164,9 @@ class MovieLensLatestPreset(DatasetPreset):
             raise ValueError(f"behaviour_max_len must be at least 1, got {behaviour_max_len}")
         self.behaviours = behaviours
         self.behaviour_max_len = behaviour_max_len
+        if session_gap is not None and session_gap <= 0:
+            raise ValueError(f"session_gap must be positive seconds, got {session_gap}")
+        self.session_gap = session_gap
         self.max_len = max_len
         self.min_count = min_count
         self.like_threshold = like_threshold
@@ -188,6 +193,7 @@ class MovieLensLatestPreset(DatasetPreset):
                 BehaviourField(name="genre"),
                 BehaviourField(name="rating"),
                 BehaviourField(name="dt", bucketize=Bucketize(method="log"), order="non_increasing"),
+                *session_fields(self.session_gap),
             ],
         )
 

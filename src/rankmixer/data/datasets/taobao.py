@@ -30,7 +30,7 @@ from rankmixer.data.datasets.base import (
     TransformContext,
     register_preset,
 )
-from rankmixer.data.datasets.common import behaviour_history, bookkeeping, user_history
+from rankmixer.data.datasets.common import behaviour_history, bookkeeping, session_fields, user_history
 from rankmixer.data.reader import FILE_COL, ROW_COL
 from rankmixer.data.schema import (
     BehaviourFeature,
@@ -142,6 +142,7 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
         min_count: int = 1,
         behaviours: bool = False,
         behaviour_max_len: int = 50,
+        session_gap: float | None = None,
     ) -> None:
         if horizon_s is not None and horizon_s <= 0:
             raise ValueError(f"horizon_s must be positive or None, got {horizon_s}")
@@ -149,6 +150,9 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
             raise ValueError(f"behaviour_max_len must be at least 1, got {behaviour_max_len}")
         self.behaviours = behaviours
         self.behaviour_max_len = behaviour_max_len
+        if session_gap is not None and session_gap <= 0:
+            raise ValueError(f"session_gap must be positive seconds, got {session_gap}")
+        self.session_gap = session_gap
         self.horizon_s = horizon_s
         self.drop_censored = drop_censored
         self.drop_bad_timestamps = drop_bad_timestamps
@@ -165,6 +169,7 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
                 BehaviourField(name="cat", share_with="category_id"),
                 BehaviourField(name="type"),
                 BehaviourField(name="dt", bucketize=Bucketize(method="log"), order="non_increasing"),
+                *session_fields(self.session_gap),
             ],
         )
 

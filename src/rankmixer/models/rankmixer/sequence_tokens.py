@@ -58,7 +58,7 @@ class SequenceFields(nn.Module):
     def forward(self, embedding: FeatureEmbedding, batch: Batch, fields: Tensor) -> tuple[Tensor, Tensor | None]:
         """(extra fields ``[B, S, d]``, summed auxiliary loss or None) for the row fields ``fields``."""
         out, aux = [], None
-        for spec, enc in zip(self.encoders.specs, self.encoders.encode(embedding.behaviours(batch), fields)):
+        for spec, enc in zip(self.encoders.specs, self.encoders.encode(embedding.behaviours(batch), fields, batch.behaviours)):
             tokens = self.proj[spec.name](enc.tokens)  # [B, n, k d]
             out.append(tokens.reshape(tokens.shape[0], -1, self.dim))
             aux = add_losses(aux, enc.aux_loss)

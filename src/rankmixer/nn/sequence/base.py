@@ -28,10 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from rankmixer.core.strict import StrictModel
 from rankmixer.data.feature_map import FeatureMap
+from rankmixer.data.schema import FIRST_ID
 
 __all__ = [
     "BehaviourEncoders",
@@ -55,6 +57,8 @@ class BehaviourSpec:
     max_len: int
     keys: tuple[int, ...]  # behaviour field positions that share a table with a row field
     query: tuple[int, ...]  # those row fields' positions among the row's fields
+    session: int | None = None  # position of the derived session field (data.schema.SessionSplit)
+    max_sessions: int = 0  # its cap on session indices (0 without one)
 
 
 @dataclass
@@ -67,6 +71,9 @@ class BehaviourInput:
     mask: Tensor
     query: Tensor
     context: Tensor
+    # [B, L] each position's session index from the newest (-1 at pads), where the behaviour
+    # has a session field and the caller passed the ids; None otherwise.
+    sessions: Tensor | None = None
 
     @property
     def lengths(self) -> Tensor:
@@ -87,22 +94,30 @@ def behaviour_specs(feature_map: FeatureMap, field_names: Sequence[str]) -> list
     specs = []
     for f in feature_map.behaviours:
         shared = [(k, index[b.share_with]) for k, b in enumerate(f.fields) if b.share_with in index]
+        session = next((k for k, b in enumerate(f.fields) if "sessions" in b.stats), None)
         specs.append(BehaviourSpec(
             name=f.name, num_fields=len(f.fields), max_len=f.max_len,
-            keys=tuple(k for k, _ in shared), query=tuple(q for _, q in shared),
+            keys=tuple(k for k, _ in shared), query=tuple(q for _, q in shared), session=session,
+            max_sessions=f.fields[session].stats["sessions"]["max_sessions"] if session is not None else 0,
         ))
     return specs
 
 
 def behaviour_inputs(
-    embedded: Mapping[str, tuple[Tensor, Tensor]], fields: Tensor, specs: Sequence[BehaviourSpec]
+    embedded: Mapping[str, tuple[Tensor, Tensor]], fields: Tensor, specs: Sequence[BehaviourSpec],
+    ids: Mapping[str, Tensor] | None = None,
 ) -> dict[str, BehaviourInput]:
     """name -> :class:`BehaviourInput` from ``FeatureEmbedding.behaviours(batch)`` and the row's
-    field vectors ``fields [B, N, d]``."""
+    field vectors ``fields [B, N, d]``; ``ids`` (``Batch.behaviours``) gives the session indices
+    of behaviours with a session field."""
     out = {}
     for spec in specs:
         hist, mask = embedded[spec.name]
-        out[spec.name] = BehaviourInput(hist=hist, mask=mask, query=fields[:, list(spec.query)], context=fields)
+        sessions = None
+        if ids is not None and spec.session is not None:
+            sessions = torch.where(mask, ids[spec.name][:, :, spec.session] - FIRST_ID, -1)
+        out[spec.name] = BehaviourInput(hist=hist, mask=mask, query=fields[:, list(spec.query)], context=fields,
+                                        sessions=sessions)
     return out
 
 
@@ -153,8 +168,10 @@ class BehaviourEncoders(nn.ModuleDict):
         super().__init__({s.name: build_encoder(name, options, dim, s, len(field_names)) for s in specs})
         self.specs = specs
 
-    def encode(self, embedded: Mapping[str, tuple[Tensor, Tensor]], fields: Tensor) -> list[EncoderOutput]:
+    def encode(self, embedded: Mapping[str, tuple[Tensor, Tensor]], fields: Tensor,
+               ids: Mapping[str, Tensor] | None = None) -> list[EncoderOutput]:
         """Every behaviour through its encoder, in ``specs`` order: ``embedded`` is
-        ``FeatureEmbedding.behaviours(batch)``, ``fields [B, N, d]`` the row's field vectors."""
-        inputs = behaviour_inputs(embedded, fields, self.specs)
+        ``FeatureEmbedding.behaviours(batch)``, ``fields [B, N, d]`` the row's field vectors,
+        ``ids`` ``Batch.behaviours`` (for session indices)."""
+        inputs = behaviour_inputs(embedded, fields, self.specs, ids)
         return [self[s.name](inputs[s.name]) for s in self.specs]

@@ -13,7 +13,8 @@ One row per impression:
   schema, so preparation drops it.
 
 The schema declares ``hist`` as a ``behaviour`` feature with fields item (vocabulary shared
-with ``item``), cat (shared with ``cat``), type and dt (log-bucketized).
+with ``item``), cat (shared with ``cat``), type and dt (log-bucketized), and, with
+``session_gap``, the derived session index ``session``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def schema_dict(cfg: BehaviourConfig | None = None) -> dict:
             {"name": "dt", "source": "hist_dt", "bucketize": {"method": "log"}, "order": "non_increasing"},
         ],
     }
+    if cfg.session_gap is not None:
+        hist["fields"].append({"name": "session",
+                               "sessions": {"of": "dt", "gap": cfg.session_gap, "max_sessions": cfg.max_sessions}})
     return {
         "name": "behaviour",
         "source": {"format": "parquet", "columns": columns},

@@ -82,6 +82,10 @@ class BehaviourConfig(StrictModel):
     # max_len of the `hist` feature (None: seq_len_max). The return term needs at least
     # return_period + return_window positions.
     hist_max_len: int | None = Field(None, ge=1)
+    # With a gap (seconds), ``hist`` also gets the derived field ``session`` (sessions cut where
+    # two behaviours lie more than ``session_gap`` apart; data.schema.SessionSplit), for MoS.
+    session_gap: float | None = Field(None, gt=0.0)
+    max_sessions: int = Field(32, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> BehaviourConfig:

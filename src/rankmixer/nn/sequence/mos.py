@@ -1,0 +1,181 @@
+"""MoS, Mixture of Sequence (Lin et al., WWW'26, arXiv 2604.20858): a theme-aware mixture of
+experts around any behaviour encoder.
+
+"Session hopping": a user's interest is stable inside a session, shifts across sessions and
+returns sessions later. MoS wraps a backbone encoder (``din``, ``dien``, ``interformer``,
+``pyramid``, ...) and fuses three kinds of experts with a gate:
+
+* **global**: the backbone over the whole history;
+* **short-term**: the backbone over the ``short_term`` most recent behaviours;
+* **theme** (one per theme, ``themes`` = K): the backbone over the theme-coherent subsequence
+  of the sessions the router assigns to that theme.
+
+The paper publishes neither the router nor its loss; this is our design (ablated in
+``docs/sessions_pages.md``):
+
+* sessions come from the data (the behaviour's derived session field,
+  :class:`~rankmixer.data.schema.SessionSplit`); a session's vector is the mean of its
+  positions' vectors (every field), projected to ``dim`` and layer-normalised;
+* the router scores each session against K learned theme prototypes,
+  ``s_{j,k} = <LN(W e_j), p_k> / (sqrt(dim) * temperature)``, and assigns by a softmax over
+  themes (``routing: soft``), or top-1 (``hard``: the one-hot assignment forward, the softmax's
+  gradient backward, a straight-through estimator);
+* theme k's subsequence: with hard routing, the positions of the sessions assigned to k (moved
+  to the front in their order, so backbones that read lengths see a plain shorter history),
+  their vectors scaled by the straight-through weight 1 (which carries the router's gradient);
+  with soft routing, every position, its vectors scaled by its session's weight for k;
+* every theme runs through one shared theme backbone in one batched call (K x B rows); the
+  global and short-term experts have backbones of their own;
+* the gate is a softmax over the experts from the row's field vectors (``context``); the
+  output is the gated sum of the experts' tokens, the backbone's shape;
+* a balance term ``balance_weight * (K * sum_k u_k^2 - 1)``, ``u_k`` the batch's mean
+  assignment to theme k over real sessions (0 when usage is uniform, K - 1 when one theme
+  takes every session), keeps themes from collapsing; added to the backbones' own auxiliary
+  losses.
+
+``theme_experts: false``, ``short_term: 0`` and ``global_expert: false`` remove an expert kind
+(the ablations). MoS needs a behaviour with a session field; without one it is an error naming
+the behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from rankmixer.core.strict import StrictModel
+from rankmixer.nn.sequence.base import BehaviourInput, BehaviourSpec, EncoderOutput, build_encoder, register_encoder
+
+
+class MoSConfig(StrictModel):
+    backbone: str = Field(default="din", description="the wrapped encoder (any registered one but mos)")
+    backbone_options: dict[str, Any] = Field(default_factory=dict, description="the backbone's config")
+    themes: int = Field(default=4, ge=1, description="latent themes K (theme experts)")
+    short_term: int = Field(default=10, ge=0, description="behaviours the short-term expert sees (0: none)")
+    theme_experts: bool = Field(default=True, description="the K theme experts (false: ablation)")
+    global_expert: bool = Field(default=True, description="the expert over the whole history")
+    routing: Literal["soft", "hard"] = Field(default="soft", description="soft weights or top-1 (straight-through)")
+    temperature: float = Field(default=1.0, gt=0.0, description="of the router's softmax")
+    balance_weight: float = Field(default=0.01, ge=0.0, description="weight of the theme-usage balance term")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoSConfig":
+        if self.backbone == "mos":
+            raise ValueError("MoS cannot wrap itself")
+        if not (self.theme_experts or self.global_expert or self.short_term):
+            raise ValueError("MoS needs at least one expert (theme_experts, global_expert or short_term > 0)")
+        return self
+
+
+def left_align(hist: Tensor, mask: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """The positions where ``keep`` ([B, L] bool) moved to the front in their order:
+    ``hist [B, L, ...]`` gathered, and the new mask."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    index = order.view(*order.shape, *([1] * (hist.dim() - 2))).expand_as(hist)
+    return hist.gather(1, index), (keep & mask).gather(1, order)
+
+
+def recent(x: BehaviourInput, n: int) -> BehaviourInput:
+    """The ``n`` most recent behaviours of ``x`` (real positions first, so the last real ones)."""
+    B, L = x.mask.shape
+    n = min(n, L)
+    start = (x.lengths - n).clamp(min=0)
+    pos = start.unsqueeze(1) + torch.arange(n, device=x.mask.device)  # [B, n]
+    mask = torch.arange(n, device=x.mask.device).unsqueeze(0) < x.lengths.clamp(max=n).unsqueeze(1)
+    pos = torch.where(mask, pos, torch.zeros_like(pos))
+    index = pos.view(B, n, 1, 1).expand(B, n, *x.hist.shape[2:])
+    hist = x.hist.gather(1, index) * mask.view(B, n, 1, 1).to(x.hist.dtype)
+    return BehaviourInput(hist=hist, mask=mask, query=x.query, context=x.context)
+
+
+@register_encoder("mos", MoSConfig)
+class MoSEncoder(nn.Module):
+    """See the module docstring: global, short-term and theme experts around a backbone."""
+
+    def __init__(self, cfg: MoSConfig, dim: int, spec: BehaviourSpec, num_context: int) -> None:
+        super().__init__()
+        if cfg.theme_experts and spec.session is None:
+            raise ValueError(f"MoS: behaviour {spec.name!r} has no session field; declare one "
+                             "(a field with sessions: {of: <time field>, gap: ...}) or set theme_experts: false")
+        self.cfg, self.dim, self.max_sessions = cfg, dim, spec.max_sessions
+
+        def backbone() -> nn.Module:
+            return build_encoder(cfg.backbone, cfg.backbone_options, dim, spec, num_context)
+
+        self.global_expert = backbone() if cfg.global_expert else None
+        self.short_expert = backbone() if cfg.short_term else None
+        self.theme_expert = backbone() if cfg.theme_experts else None
+        first = next(e for e in (self.global_expert, self.short_expert, self.theme_expert) if e is not None)
+        self.num_outputs, self.out_dim = first.num_outputs, first.out_dim
+        K = cfg.themes if cfg.theme_experts else 0
+        if K:
+            self.session_proj = nn.Linear(spec.num_fields * dim, dim)
+            self.session_norm = nn.LayerNorm(dim)
+            self.prototypes = nn.Parameter(torch.randn(K, dim) / math.sqrt(dim))
+        self.num_experts = int(cfg.global_expert) + int(bool(cfg.short_term)) + K
+        self.gate = nn.Linear(num_context * dim, self.num_experts)
+
+    def route(self, x: BehaviourInput) -> tuple[Tensor, Tensor]:
+        """(session one-hot ``[B, L, S]``, soft assignment ``[B, S, K]``) of ``x``'s sessions."""
+        assert x.sessions is not None, "MoS needs session indices (pass Batch.behaviours as ids)"
+        B, L = x.mask.shape
+        S = self.max_sessions
+        onehot = (x.sessions.unsqueeze(-1) == torch.arange(S, device=x.mask.device)).to(x.hist.dtype)
+        values = x.hist.reshape(B, L, -1)
+        count = onehot.sum(dim=1)  # [B, S]
+        sessions = onehot.transpose(1, 2) @ values / count.clamp(min=1).unsqueeze(-1)  # [B, S, F d]
+        r = self.session_norm(self.session_proj(sessions))
+        scores = r @ self.prototypes.t() / (math.sqrt(self.dim) * self.cfg.temperature)
+        return onehot, torch.softmax(scores, dim=-1)
+
+    def themes(self, x: BehaviourInput) -> tuple[list[Tensor], Tensor | None, Tensor]:
+        """The K theme experts' tokens, their auxiliary loss and the balance term."""
+        onehot, assign = self.route(x)
+        B, L = x.mask.shape
+        K = self.cfg.themes
+        if self.cfg.routing == "hard":
+            hard = F.one_hot(assign.argmax(dim=-1), K).to(assign.dtype)
+            weight = onehot @ (hard + assign - assign.detach())  # [B, L, K]: 1 forward on the theme
+            keep = (onehot @ hard) > 0
+        else:
+            weight = onehot @ assign
+            keep = x.mask.unsqueeze(-1).expand(B, L, K)
+        hists, masks = [], []
+        for k in range(K):
+            h = x.hist * weight[:, :, k, None, None]
+            if self.cfg.routing == "hard":
+                h, m = left_align(h, x.mask, keep[:, :, k])
+            else:
+                m = x.mask
+            hists.append(h)
+            masks.append(m)
+        stacked = BehaviourInput(hist=torch.cat(hists), mask=torch.cat(masks), query=x.query.repeat(K, 1, 1),
+                                 context=x.context.repeat(K, 1, 1))
+        out = self.theme_expert(stacked)
+        tokens = list(out.tokens.reshape(K, B, *out.tokens.shape[1:]).unbind(0))
+        real = (onehot.sum(dim=1) > 0).to(assign.dtype)  # [B, S] sessions present
+        usage = (assign * real.unsqueeze(-1)).sum(dim=(0, 1)) / real.sum().clamp(min=1)
+        balance = self.cfg.balance_weight * (K * (usage ** 2).sum() - 1.0)
+        return tokens, out.aux_loss, balance
+
+    def forward(self, x: BehaviourInput) -> EncoderOutput:
+        experts: list[Tensor] = []
+        losses: list[Tensor] = []
+        for expert, inp in ((self.global_expert, x), (self.short_expert, recent(x, self.cfg.short_term) if self.cfg.short_term else None)):
+            if expert is not None:
+                out = expert(inp)
+                experts.append(out.tokens)
+                if out.aux_loss is not None:
+                    losses.append(out.aux_loss)
+        if self.theme_expert is not None:
+            tokens, aux, balance = self.themes(x)
+            experts += tokens
+            losses += [balance] + ([aux] if aux is not None else [])
+        gate = torch.softmax(self.gate(x.context.flatten(1)), dim=-1)  # [B, E]
+        fused = (torch.stack(experts, dim=1) * gate.view(*gate.shape, 1, 1).to(experts[0].dtype)).sum(dim=1)
+        return EncoderOutput(fused, sum(losses) if losses else None)

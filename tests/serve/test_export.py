@@ -248,6 +248,9 @@ _SEQUENCE_MODELS = {
     # FuxiCTR's masked mean divides by (n + 1e-12): an empty history must not score NaN
     "fuxictr-din": ["model.name=fuxictr-din", "model.embedding_dim=4", "model.attention_hidden=[8]",
                     "model.dnn_hidden=[16]"],
+    # MoS with hard routing: sessions cut from the request's gaps at serving, as in preparation
+    "mos": ["model.name=mos", "model.embedding_dim=4", "model.dnn_hidden=[16]",
+            'model.mos={"backbone": "din", "themes": 2, "short_term": 3, "routing": "hard"}'],
 }
 
 
@@ -257,6 +260,7 @@ _SEQUENCE_MODELS = {
     "interformer",
     pytest.param("pyramid_mixer", marks=pytest.mark.slow),
     pytest.param("fuxictr-din", marks=NEEDS_FUXICTR),
+    "mos",
 ])
 def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
     """A sequence model trained on behaviour sequences, exported to ONNX: raw histories in
@@ -270,7 +274,8 @@ def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
     from rankmixer.serve.export import export_run
 
     opts = {"rows_train": 300, "rows_valid": 100, "rows_test": 100, "n_users": 50, "n_items": 120,
-            "n_categories": 8, "seq_len_max": 12, "hist_max_len": 8, "return_period": 6, "attention_window": 4}
+            "n_categories": 8, "seq_len_max": 12, "hist_max_len": 8, "return_period": 6, "attention_window": 4,
+            **({"session_gap": 900, "max_sessions": 6} if model == "mos" else {})}
     cfg = load_config(None, [
         "data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}", f"data.prepared_dir={tmp_path / 'prep'}",
         f"run_dir={tmp_path / 'run'}", *_SEQUENCE_MODELS[model], "train.max_steps=3",

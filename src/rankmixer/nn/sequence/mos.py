@@ -75,9 +75,15 @@ class MoSConfig(StrictModel):
 def left_align(hist: Tensor, mask: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """The positions where ``keep`` ([B, L] bool) moved to the front in their order:
     ``hist [B, L, ...]`` gathered, and the new mask."""
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-    index = order.view(*order.shape, *([1] * (hist.dim() - 2))).expand_as(hist)
-    return hist.gather(1, index), (keep & mask).gather(1, order)
+    keep = keep & mask
+    kept = keep.long().cumsum(dim=1)
+    total = kept[:, -1:]
+    # Each position's new place: the kept ones first, the others after them, both in order (a
+    # permutation, so a scatter; ONNX has no stable sort).
+    target = torch.where(keep, kept - 1, total + (~keep).long().cumsum(dim=1) - 1)
+    index = target.view(*target.shape, *([1] * (hist.dim() - 2))).expand_as(hist)
+    new_mask = torch.arange(keep.shape[1], device=keep.device).unsqueeze(0) < total
+    return torch.zeros_like(hist).scatter(1, index, hist), new_mask
 
 
 def recent(x: BehaviourInput, n: int) -> BehaviourInput:

@@ -260,7 +260,7 @@ _SEQUENCE_MODELS = {
     "interformer",
     pytest.param("pyramid_mixer", marks=pytest.mark.slow),
     pytest.param("fuxictr-din", marks=NEEDS_FUXICTR),
-    "mos",
+    pytest.param("mos", marks=pytest.mark.slow),
 ])
 def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
     """A sequence model trained on behaviour sequences, exported to ONNX: raw histories in

@@ -153,3 +153,17 @@ def test_trains_with_every_routing_and_ablation(session_data, opts):
     enc = model.encoders["hist"]
     if enc.theme_expert is not None:  # the router learns, through soft weights or straight-through
         assert enc.prototypes.grad is not None and enc.prototypes.grad.abs().sum() > 0
+
+
+def test_rankmixer_takes_mos_tokens(session_data):
+    """RankMixer's sequence_module: mos (the tokens of the MoS fusion), trained one step."""
+    torch.manual_seed(0)
+    model = registry.build_model("rankmixer", session_data, {
+        **SMALL["rankmixer"], "sequence_module": "mos",
+        "sequence_options": {"themes": 2, "short_term": 3, "routing": "hard", "backbone_options": {"attention_hidden": [8]}}})
+    batch = batch_of(session_data)
+    out = model(batch)
+    assert torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+    protos = [p for n, p in model.named_parameters() if n.endswith("prototypes")]
+    assert protos and protos[0].grad is not None and protos[0].grad.abs().sum() > 0

@@ -142,22 +142,19 @@ class MoSEncoder(nn.Module):
     def themes(self, x: BehaviourInput) -> tuple[list[Tensor], Tensor | None, Tensor]:
         """The K theme experts' tokens, their auxiliary loss and the balance term."""
         onehot, assign = self.route(x)
-        B, L = x.mask.shape
+        B = x.mask.shape[0]
         K = self.cfg.themes
-        if self.cfg.routing == "hard":
-            hard = F.one_hot(assign.argmax(dim=-1), K).to(assign.dtype)
-            weight = onehot @ (hard + assign - assign.detach())  # [B, L, K]: 1 forward on the theme
-            keep = (onehot @ hard) > 0
+        hard = self.cfg.routing == "hard"
+        if hard:
+            top = F.one_hot(assign.argmax(dim=-1), K).to(assign.dtype)
+            weight = onehot @ (top + assign - assign.detach())  # [B, L, K]: 1 forward on the theme
+            keep = (onehot @ top) > 0
         else:
             weight = onehot @ assign
-            keep = x.mask.unsqueeze(-1).expand(B, L, K)
         hists, masks = [], []
         for k in range(K):
             h = x.hist * weight[:, :, k, None, None]
-            if self.cfg.routing == "hard":
-                h, m = left_align(h, x.mask, keep[:, :, k])
-            else:
-                m = x.mask
+            h, m = left_align(h, x.mask, keep[:, :, k]) if hard else (h, x.mask)
             hists.append(h)
             masks.append(m)
         stacked = BehaviourInput(hist=torch.cat(hists), mask=torch.cat(masks), query=x.query.repeat(K, 1, 1),

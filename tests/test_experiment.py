@@ -156,3 +156,17 @@ def test_movielens_dcnv2_learns(tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     # A like/dislike task on a time split: far above chance after one epoch (0.5 = chance).
     assert m["test"]["auc"] > 0.6 and m["test"]["gauc"] > 0.55
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_train_on_cuda_counts_flops_and_scores(tmp_path):
+    """A run on CUDA end to end: training, the FLOP count on the trained model (its batch must
+    reach the model's device) and the test metrics, equal to scikit-learn's on the predictions."""
+    from rankmixer import experiment
+    from tests.factories import tiny_config
+
+    cfg = tiny_config(tmp_path, "run", "train.device=cuda")
+    result = experiment.train(cfg, log=lambda m: None)
+    assert result["flops_per_sample"] > 0
+    assert 0.0 <= result["test"]["auc"] <= 1.0

@@ -277,9 +277,11 @@ def _write_sharding_plan(run_dir: Path, d: Distributed) -> None:
 
 
 def _flops_per_sample(model: torch.nn.Module, fm: FeatureMap, rows: int = 256) -> float:
-    """Forward matmul FLOPs per sample of the trained model on the first validation rows."""
+    """Forward matmul FLOPs per sample of the trained model on the first validation rows
+    (moved to the model's device: a model trained on CUDA is counted there)."""
     batch = next(iter(ParquetBatches(fm, "valid" if "valid" in fm.splits else "train", rows)))
-    return forward_flops_per_sample(model, batch)
+    device = next(model.parameters()).device
+    return forward_flops_per_sample(model, batch.to(device))
 
 
 def evaluate(run_dir: str | Path, splits=("valid", "test"), log: Callable[[str], None] = print) -> dict:

@@ -55,3 +55,16 @@ def test_unknown_model_is_an_error(tmp_path):
     spec.write_text("lengths: [4]\nbatch_size: 4\nmodels:\n  din: model/din\n")
     with pytest.raises(ValueError, match="not in"):
         run_sequence_length_bench(spec, tmp_path / "r.json", models=["dien"], log=lambda m: None)
+
+
+def test_cuda_step_memory_is_the_peak_above_what_was_resident():
+    from rankmixer.bench.sequence_length import markdown, step_memory_mb
+
+    base = {"model": "din", "length": 50, "samples_per_s_median": 10.0, "forward_flops_per_sample": 1e6,
+            "activation_mb": 2.0}
+    cuda_row = {**base, "cuda_peak_mb": 1300.0, "memory": {"peak_mb": 1300.0, "allocated_before_mb": 1000.0}}
+    assert step_memory_mb(cuda_row) == 300.0
+    assert step_memory_mb({**base, "memory": {"peak_mb": 5.0, "rss_before_mb": 1.0}}) is None  # CPU rows
+    table = markdown([cuda_row])
+    assert "CUDA step peak MB" in table and table.splitlines()[-1].endswith("| 300 |")
+    assert "CUDA" not in markdown([{**base, "memory": {"peak_mb": 5.0, "rss_before_mb": 1.0}}])

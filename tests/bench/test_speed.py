@@ -306,3 +306,28 @@ def test_bench_speed_profiles_every_precision(tmp_path):
             top = prof[what]["top"]
             assert top and 0 < sum(e["share"] for e in top) <= 1.0 + 1e-6
             assert any("mm" in e["op"] for e in top)  # the matmuls are among the ops it names
+
+
+@pytest.mark.slow  # five CLI stages (~40 s alone on 2 cores)
+def test_gpu_checks_script_stages_on_cpu(tmp_path):
+    """scripts/gpu_checks.sh on CPU with tiny sizes: every stage runs, writes its JSON, and the
+    packed archive holds them (what comes back from a GPU machine even when a stage times out)."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_checks.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SMALL": "1", "OUT": str(tmp_path),
+           "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    stages = (tmp_path / "gpu_checks" / "stages.txt").read_text()
+    for name in ("env", "speed_100m", "speed_1b", "seqlen", "moe"):
+        assert f"{name} rc=0" in stages, stages
+    with tarfile.open(tmp_path / "gpu_checks.tgz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"speed_100m.json", "speed_1b.json", "sequence_length.json", "speed_100m_moe.json"} <= names
+    rep = json.loads((tmp_path / "gpu_checks" / "speed_1b.json").read_text())
+    assert {r["precision"] for r in rep["rows"] if r["kind"] == "train"} == {"fp32", "bf16"}

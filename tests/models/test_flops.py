@@ -3,6 +3,7 @@ and without input gradients, attention on its math path, state restored."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -35,3 +36,29 @@ def test_attention_is_counted_on_its_math_path():
     scores = 2 * 2 * L * L * E  # Q K^T and A V over all heads
     assert counted == B * (projections + scores)
     assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def _gru_flops_by_hand(B: int, L: int, n_in: int, h: int) -> int:
+    # per step: input projection [n_in -> 3h] and hidden projection [h -> 3h], 2 FLOPs per MAC
+    return B * L * 2 * 3 * h * (n_in + h)
+
+
+def test_gru_is_counted_as_its_matmuls():
+    B, L, n_in, h = 3, 5, 4, 6
+    gru = nn.GRU(n_in, h, batch_first=True).eval()
+    x = torch.randn(B, L, n_in)
+    with torch.no_grad():
+        assert count_flops(lambda: gru(x)) == _gru_flops_by_hand(B, L, n_in, h)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gru_on_cuda_is_counted_like_on_cpu():
+    """On CUDA nn.GRU runs cuDNN's fused kernel, which the counter cannot see: counting switches
+    cuDNN off, so the count is the CPU's (the hand count)."""
+    B, L, n_in, h = 3, 5, 4, 6
+    gru = nn.GRU(n_in, h, batch_first=True).eval().cuda()
+    x = torch.randn(B, L, n_in, device="cuda")
+    with torch.no_grad():
+        assert count_flops(lambda: gru(x)) == _gru_flops_by_hand(B, L, n_in, h)
+    assert torch.backends.cudnn.enabled  # restored

@@ -44,11 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rankmixer import experiment
 from rankmixer.config import ConfigError, config_path, load_config, section
 from rankmixer.core.files import check_replaceable, write_json, write_marker, write_text_atomic
-from rankmixer.core.hardware import machine_info
+from rankmixer.core.hardware import machine_info, pick_device
 from rankmixer.bench.intervals import BOOTSTRAP, INTERVAL_KEYS, seed_mean_interval
 from rankmixer.core.predictions import MIN_POSITIVES
 from rankmixer.core.rundir import CONFIG_FILE
@@ -254,14 +255,16 @@ def run_accuracy(
             "label": cell.label, "config": cell.config, "overrides": list(cell.overrides),
             "dataset": cell.dataset_label or cfg.data.dataset, "model": cell.model_label or cfg.model_name,
             "registered": f"fuxictr-e2e:{cell.fuxictr_e2e}" if cell.fuxictr_e2e else cfg.model_name,
-            "seed": seed, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
+            "seed": seed, "device": pick_device(cfg.train.device).type, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
             "flops_per_sample": result.get("flops_per_sample"),
             "train_samples_per_s": train_throughput(run_dir),
             "steps": result["steps"], "best_step": result["best_step"],
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
         })
     summary = summarise(results, out_dir / "runs")
-    report = {"machine": machine_info(), "seeds": seeds,
+    # The machine as the runs saw it: their training device (CUDA where train.device picks it).
+    devices = sorted({r["device"] for r in results})
+    report = {"machine": machine_info(torch.device("cuda" if "cuda" in devices else "cpu")), "seeds": seeds,
               "overrides": overrides or [], "budget": budget, "cells": results, "summary": summary}
     report["differences"] = dataset_differences(report, differences, out_dir / "runs")
     write_json(out_dir / f"{name}.json", report)

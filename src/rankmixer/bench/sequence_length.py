@@ -46,7 +46,7 @@ from rankmixer.models import registry
 from rankmixer.models.flops import count_flops, forward_flops_per_sample
 from rankmixer.nn.embedding import split_parameters
 
-__all__ = ["full_history_batch", "run_sequence_length_bench", "saved_activation_bytes", "with_length"]
+__all__ = ["full_history_batch", "run_sequence_length_bench", "saved_activation_bytes", "step_memory_mb", "with_length"]
 
 
 def with_length(fm: FeatureMap, length: int) -> FeatureMap:
@@ -161,6 +161,7 @@ def run_sequence_length_bench(
         r = summary_row(v)
         if dev.type == "cuda":
             r["cuda_peak_mb"] = v.memory.get("peak_mb")
+            r["cuda_step_mb"] = step_memory_mb(r)
         rows.append(r)
     for key in ("samples_per_s_median", "forward_flops_per_sample", "activation_mb"):
         growth(rows, key)
@@ -173,9 +174,22 @@ def run_sequence_length_bench(
     return report
 
 
+def step_memory_mb(row: dict) -> float | None:
+    """CUDA: the allocator's peak during the variant's steps above what was allocated before
+    them (every variant's model, optimizer state and batch stay resident through the run), so
+    what one training step of this model at this length adds: activations, gradients, workspace."""
+    m = row.get("memory") or {}
+    if m.get("peak_mb") is None or m.get("allocated_before_mb") is None:
+        return None
+    return round(m["peak_mb"] - m["allocated_before_mb"], 1)
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | L | train samples/s (median) | x prev | forward FLOPs/sample | x prev | activations MB/batch | x prev |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """The rows as a Markdown table; on CUDA, with each step's allocator peak (:func:`step_memory_mb`)."""
+    cuda = any(step_memory_mb(r) is not None and r.get("cuda_peak_mb") is not None for r in rows)
+    lines = ["| model | L | train samples/s (median) | x prev | forward FLOPs/sample | x prev | activations MB/batch | x prev |"
+             + (" CUDA step peak MB |" if cuda else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cuda else "")]
 
     def g(r: dict, key: str) -> str:
         return "-" if r.get(f"{key}_growth") is None else f"{r[f'{key}_growth']:.2f}"
@@ -183,7 +197,8 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['model']} | {r['length']} | {r['samples_per_s_median']:.0f} | {g(r, 'samples_per_s_median')} | "
                      f"{r['forward_flops_per_sample'] / 1e6:.2f}M | {g(r, 'forward_flops_per_sample')} | "
-                     f"{r['activation_mb']:.1f} | {g(r, 'activation_mb')} |")
+                     f"{r['activation_mb']:.1f} | {g(r, 'activation_mb')} |"
+                     + (f" {step_memory_mb(r):,.0f} |" if cuda else ""))
     return "\n".join(lines)
 
 

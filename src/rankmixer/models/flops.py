@@ -9,8 +9,10 @@ papers' FLOPs columns.
 
 The counter sees only the aten ops it has formulas for: the fused CPU attention kernels that
 ``nn.MultiheadAttention`` (its eval "fast path") and ``scaled_dot_product_attention`` pick count
-as zero. :func:`count_flops` therefore runs with the fast path off and SDPA on its math backend,
-which computes the same attention with plain matmuls.
+as zero, and so does cuDNN's fused RNN kernel (``_cudnn_rnn``, what ``nn.GRU`` runs on CUDA).
+:func:`count_flops` therefore runs with the fast path off, SDPA on its math backend and cuDNN
+off, so attention and recurrent layers compute the same function with plain matmuls, counted
+alike on every device.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def count_flops(fn: Callable[[], object]) -> int:
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        with sdpa_kernel(SDPBackend.MATH), torch.backends.cudnn.flags(enabled=False), \
+                FlopCounterMode(display=False) as counter:
             fn()
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)

@@ -182,6 +182,8 @@ SMALL: dict[str, dict] = {
                       "dnn_hidden": [16]},
     "mos": {"embedding_dim": 8, "mos": {"backbone": "din", "themes": 2, "short_term": 3,
                                         "backbone_options": {"attention_hidden": [8]}}, "dnn_hidden": [16]},
+    "racp": {"embedding_dim": 8, "racp": {"hidden": 8, "context_hidden": [8], "attention_dim": 8,
+                                          "page_attention_hidden": [8]}, "dnn_hidden": [16]},
     "interformer": {"embedding_dim": 8, "seq_dim": 8, "num_layers": 2, "interaction_hidden": [16],
                     "output_hidden": [16], "masknet_hidden": [8]},
     "fuxictr-lr": {},

@@ -244,6 +244,7 @@ def _peak_growth_mb(rows: int, out: Path) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # generates 2M rows (~10 s on 2 cores)
 def test_memory_bounded(tmp_path):
     """Peak memory stays far below the data size: only the chunk buffers, the block temporaries
     and about 9 bytes/row for the exact Bayes AUC (float32 p, bool label, a sorted copy: 18 MB

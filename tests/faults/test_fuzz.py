@@ -130,6 +130,7 @@ def _body(rng: random.Random, inputs: dict[str, str]) -> bytes:
     return body
 
 
+@pytest.mark.slow  # 2,500 requests (~12 s); test_request_path_hypothesis fuzzes the same path by default
 def test_request_path_seeded_fuzz(client, inputs):
     rng = random.Random(20240613)
     ctypes = [None, "application/json", "text/plain", "application/octet-stream", "multipart/form-data"]

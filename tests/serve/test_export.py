@@ -257,7 +257,7 @@ _SEQUENCE_MODELS = {
 @pytest.mark.parametrize("model", [
     "din",
     pytest.param("rankmixer-dien", marks=pytest.mark.slow),
-    "interformer",
+    pytest.param("interformer", marks=pytest.mark.slow),
     pytest.param("pyramid_mixer", marks=pytest.mark.slow),
     pytest.param("fuxictr-din", marks=NEEDS_FUXICTR),
     pytest.param("mos", marks=pytest.mark.slow),

@@ -19,7 +19,8 @@ datasets with models::
       oracle: {model: model/planted, datasets: [synthetic]}  # only on the datasets listed
     overrides: [train.epochs=5]   # optional, applied to every cell
     differences: [[dcnv2, "fuxictr-e2e:dcnv2"]]   # optional: model A minus model B per dataset,
-                                                  # paired bootstrap interval (bench/intervals.py)
+                                                  # paired bootstrap interval (bench/intervals.py);
+                                                  # DATASET/MODEL pairs rows across datasets
 
 A ``{fuxictr_e2e: MODEL, params: {...}}`` entry is trained by FuxiCTR's own pipeline on the
 same splits (bench/fuxictr_e2e.py): its feature processing, training loop and config (its
@@ -127,9 +128,12 @@ def suite_differences(path: Path | str) -> list[tuple[str, str]]:
     tree = read_yaml_keys(path, "suite", ("datasets", "models", "overrides", "differences"))
     pairs = tree.get("differences") or []
     models = set(tree.get("models") or {})
+    # a side is a model label, or DATASET/MODEL: one dataset's row (a pair across datasets)
+    known = models | {f"{d}/{m}" for d in (tree.get("datasets") or {}) for m in models}
     for pair in pairs:
-        if not (isinstance(pair, list) and len(pair) == 2 and set(map(str, pair)) <= models):
-            raise ConfigError(f"suite {path}: each of 'differences' must be [A, B], two of its model labels; got {pair!r}")
+        if not (isinstance(pair, list) and len(pair) == 2 and set(map(str, pair)) <= known):
+            raise ConfigError(f"suite {path}: each of 'differences' must be [A, B], two of its model labels "
+                              f"(or DATASET/MODEL); got {pair!r}")
     return [(str(a), str(b)) for a, b in pairs]
 
 

@@ -86,9 +86,22 @@ def paired_difference(report: dict | Sequence[dict], row_a: str, row_b: str, run
 
 def dataset_differences(report: dict, pairs: Sequence[tuple[str, str]], runs_dir: Path | None) -> list[dict]:
     """For each (model A, model B) and each dataset holding both: A minus B as
-    :func:`paired_difference` gives it, with the dataset and the two model labels."""
+    :func:`paired_difference` gives it, with the dataset and the two model labels.
+
+    A side written ``dataset/model`` names a row of one dataset, so a pair can cross datasets
+    whose test rows are the same (two views of one data set, e.g. the same impressions with page
+    or click histories): one difference, its dataset ``A's / B's``; :func:`paired_difference`
+    refuses runs whose test labels differ."""
     out = []
     rows = report["summary"]
+    by_row = {f"{r['dataset']}/{r['model']}": r for r in rows}
+    for a, b in pairs:
+        if "/" in a or "/" in b:
+            ra, rb = by_row.get(a), by_row.get(b)
+            if ra is not None and rb is not None:
+                diff = paired_difference(report, ra["label"], rb["label"], runs_dir, **BOOTSTRAP)
+                out.append({"dataset": f"{ra['dataset']} / {rb['dataset']}", "model_a": ra["model"],
+                            "model_b": rb["model"], **diff})
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         label = {r["model"]: r["label"] for r in rows if r["dataset"] == dataset}
         for a, b in pairs:

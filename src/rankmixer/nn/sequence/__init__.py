@@ -17,6 +17,7 @@ from rankmixer.nn.sequence import dien  # noqa: F401  (registers dien)
 from rankmixer.nn.sequence import pyramid  # noqa: F401  (registers pyramid)
 from rankmixer.nn.sequence import interformer  # noqa: F401  (registers interformer)
 from rankmixer.nn.sequence import mos  # noqa: F401  (registers mos; after the backbones it wraps)
+from rankmixer.nn.sequence import racp  # noqa: F401  (registers racp)
 
 __all__ = [
     "BehaviourEncoders",

@@ -57,6 +57,23 @@ class BehaviourConfig(StrictModel):
     return_rate: float = Field(0.1, ge=0.0, le=1.0)
     dt_mean_gap: float = Field(600.0, gt=0.0)  # mean seconds between two behaviours
 
+    # ---- session hopping (``history: sessions``; :mod:`.history`) ---------------------------
+    # ``drift``: the drifting interests above. ``sessions``: the history is a run of sessions,
+    # each on one of the user's ``n_interests`` themes (a category), drawn by the user's own
+    # theme weights, so themes come back session after session; no drift, no periodic returns.
+    history: Literal["drift", "sessions"] = "drift"
+    session_len_mean: float = Field(6.0, ge=1.0)  # behaviours per session (geometric)
+    within_gap_mean: float = Field(60.0, gt=0.0)  # seconds between two behaviours of a session
+    # Seconds between sessions: session_pause_min + Exponential(session_pause_mean). With a
+    # minimum far above any within-session gap, a splitter with a gap between the two (e.g.
+    # 1800 s) recovers the sessions exactly.
+    session_pause_min: float = Field(3_600.0, gt=0.0)
+    session_pause_mean: float = Field(21_600.0, gt=0.0)
+    theme_noise: float = Field(0.1, ge=0.0, le=1.0)  # a behaviour off its session's theme
+    # A session that explores a popular category off the user's themes (a one-off visit)
+    explore_rate: float = Field(0.2, ge=0.0, le=1.0)
+    theme_sessions: int = Field(8, ge=1)  # the theme term looks at the last N sessions
+
     # ---- candidates (the item whose click is predicted) ----------------------------------
     # Drawn from a recent behaviour's category (half the time its very item), from the
     # behaviour return_period positions back (+-return_window), from the user's current
@@ -76,6 +93,10 @@ class BehaviourConfig(StrictModel):
     attention_scale: float = Field(1.0, ge=0.0)
     recency_scale: float = Field(1.0, ge=0.0)
     return_scale: float = Field(1.0, ge=0.0)
+    # Session terms (``history: sessions`` only; :mod:`.terms`): the share of the last
+    # ``theme_sessions`` sessions on the candidate's theme, and whether the newest session is.
+    theme_scale: float = Field(0.0, ge=0.0)
+    session_scale: float = Field(0.0, ge=0.0)
     target_ctr: float = Field(0.2, gt=0.0, lt=1.0)
 
     # ---- schema --------------------------------------------------------------------------
@@ -94,6 +115,11 @@ class BehaviourConfig(StrictModel):
         mix = self.p_cand_recent + self.p_cand_return + self.p_cand_interest
         if mix > 1.0 + 1e-12:
             raise ValueError(f"p_cand_recent + p_cand_return + p_cand_interest = {mix} > 1")
+        if self.history == "drift" and (self.theme_scale or self.session_scale):
+            raise ValueError("theme_scale and session_scale need history: sessions (they read the sessions' themes)")
+        if self.history == "sessions" and self.session_pause_min <= 30 * self.within_gap_mean:
+            raise ValueError(f"session_pause_min ({self.session_pause_min}) must exceed 30 x within_gap_mean "
+                             f"({self.within_gap_mean}), or sessions cannot be told apart by their gaps")
         if self.return_window >= self.return_period:
             raise ValueError(f"return_window ({self.return_window}) must be < return_period "
                              f"({self.return_period})")

@@ -1,6 +1,6 @@
 """The planted model: parameters from the seed, the row sampler and the true click probability.
 
-``logit = bias + sum_g scale_g * (term_g - mean_g) / std_g`` over four groups, each
+``logit = bias + sum_g scale_g * (term_g - mean_g) / std_g`` over six groups (those with a scale of 0 drop out), each
 standardised on a fixed calibration sample (so a scale is the group's logit standard
 deviation), with ``bias`` solved so that the mean CTR is ``target_ctr``:
 
@@ -8,7 +8,9 @@ deviation), with ``bias`` solved so that the mean CTR is ``target_ctr``:
   no history can learn;
 * ``attention``, ``recency``, ``return``: the sequence terms of :mod:`.terms` (target attention
   over the last ``attention_window`` behaviours, the decayed last-``last_k`` category match,
-  the periodic return ``return_period`` positions back).
+  the periodic return ``return_period`` positions back);
+* ``theme``, ``session``: the session terms of :mod:`.terms` (``history: sessions`` only; zero
+  otherwise): the share of recent sessions on the candidate's theme, and whether the newest is.
 
 A row: a Zipf-drawn user; a history (:mod:`.history`) whose length is 0 with probability
 ``empty_rate``, else 1 + Binomial(seq_len_max - 1, sigmoid(2 a - 0.5)) for the user's activity
@@ -31,11 +33,11 @@ import numpy as np
 from rankmixer.data.datasets.behaviour.catalog import Catalog
 from rankmixer.data.datasets.calibration import sigmoid, solve_bias
 from rankmixer.data.datasets.behaviour.config import BLOCK_ROWS, BehaviourConfig
-from rankmixer.data.datasets.behaviour.history import History, sample_histories, type_probs
-from rankmixer.data.datasets.behaviour.terms import TERMS, sequence_terms, type_weights
+from rankmixer.data.datasets.behaviour.history import History, sample_histories, sample_session_histories, type_probs
+from rankmixer.data.datasets.behaviour.terms import SESSION_TERMS, TERMS, sequence_terms, session_terms, type_weights
 from rankmixer.data.datasets.synthetic.sampling import CALIB_KEY, PARAM_KEY, ZipfSampler, seeded_rng
 
-GROUPS = ("first", *TERMS)
+GROUPS = ("first", *TERMS, *SESSION_TERMS)
 _CALIB_ROWS = BLOCK_ROWS
 CANDIDATE_KINDS = ("recent", "return", "interest", "popular")
 
@@ -68,7 +70,11 @@ class Generator:
         self.item_bias = rng.standard_normal(cfg.n_items)
         self.cat_bias = rng.standard_normal(cfg.n_categories)
         self.scales = {"first": cfg.first_order_scale, "attention": cfg.attention_scale,
-                       "recency": cfg.recency_scale, "return": cfg.return_scale}
+                       "recency": cfg.recency_scale, "return": cfg.return_scale,
+                       "theme": cfg.theme_scale, "session": cfg.session_scale}
+        # history: sessions: each user's weights over its themes (drawn last, so the drift
+        # set's parameters are the same draws as without them).
+        self.theme_weights = rng.dirichlet(np.ones(cfg.n_interests), cfg.n_users) if cfg.history == "sessions" else None
         self._calibrate()
 
     def _calibrate(self) -> None:
@@ -94,7 +100,10 @@ class Generator:
         user = self._users(rng.random(n))
         length = 1 + rng.binomial(cfg.seq_len_max - 1, sigmoid(2.0 * self.activity[user] - 0.5))
         length[rng.random(n) < cfg.empty_rate] = 0
-        hist = sample_histories(rng, cfg, cat, self.base_interests[user], length)
+        if cfg.history == "sessions":
+            hist = sample_session_histories(rng, cfg, cat, self.base_interests[user], self.theme_weights[user], length)
+        else:
+            hist = sample_histories(rng, cfg, cat, self.base_interests[user], length)
 
         # Candidate kind; popular when the history is too short for the chosen one. Every
         # kind's draw is made for every row (a fixed number of draws per block).
@@ -129,7 +138,12 @@ class Generator:
         """Every group's raw (unstandardised) value per row."""
         h = rows.hist
         first = self.user_bias[rows.user] + self.item_bias[rows.item] + self.cat_bias[self.catalog.category_of(rows.item)]
-        return {"first": first, **sequence_terms(self.cfg, h.offsets, h.item, h.type, rows.item)}
+        terms = {"first": first, **sequence_terms(self.cfg, h.offsets, h.item, h.type, rows.item)}
+        if h.session is not None:
+            terms.update(session_terms(self.cfg, h.offsets, h.session, h.session_theme, self.catalog.category_of(rows.item)))
+        else:
+            terms.update({t: np.zeros(rows.n) for t in SESSION_TERMS})
+        return terms
 
     def logit_no_bias(self, terms: dict[str, np.ndarray]) -> np.ndarray:
         out = np.zeros(next(iter(terms.values())).shape[0])
@@ -156,6 +170,9 @@ class Generator:
             "attention": {"window": cfg.attention_window, "same_category_match": cfg.same_category_match},
             "recency": {"last_k": cfg.last_k, "decay": cfg.recency_decay},
             "return": {"period": cfg.return_period, "window": cfg.return_window, "rate": cfg.return_rate},
+            "history": cfg.history,
+            "sessions": {"len_mean": cfg.session_len_mean, "theme_sessions": cfg.theme_sessions,
+                         "theme_noise": cfg.theme_noise} if cfg.history == "sessions" else None,
             "calibration_logit_std": self.calib_logit_std,
             "calibration_sample": self.calib_summary,
         }

@@ -12,6 +12,15 @@ every ``return_period`` positions). The type is t with probability proportional 
 newest behaviour plus exponential gaps of mean ``dt_mean_gap`` between behaviours, floored to
 integers: non-negative and non-decreasing toward the oldest.
 
+With ``history: sessions`` (:func:`sample_session_histories`) the history is instead a run of
+sessions: a new session starts at each position with probability ``1 / session_len_mean``
+(the first position always); each session draws one of the user's themes (the ``n_interests``
+base categories) by the user's own theme weights, or, with probability ``explore_rate``, explores
+a popular category off them (a one-off visit); its behaviours are items of that category, except
+a ``theme_noise`` share of popular items from anywhere. Gaps are exponential
+of mean ``within_gap_mean`` inside a session and ``session_pause_min`` + exponential of mean
+``session_pause_mean`` between sessions.
+
 Everything is vectorised over a block's flattened positions (no loop over rows or positions).
 """
 
@@ -37,6 +46,10 @@ class History:
     type: np.ndarray  # [T] int64 in [0, n_types)
     dt: np.ndarray  # [T] int64 seconds before the request
     interests: np.ndarray  # [n, n_interests] the slots' categories after the newest behaviour
+    # history: sessions only. Per position: its session counted from the row's newest (0), and
+    # the category its session is on (the latent theme; the behaviour itself may be noise).
+    session: np.ndarray | None = None  # [T] int64
+    session_theme: np.ndarray | None = None  # [T] int64
 
 
 def type_probs(n_types: int) -> np.ndarray:
@@ -86,10 +99,53 @@ def sample_histories(
     item = item[src]
 
     types = rng.choice(cfg.n_types, size=total, p=type_probs(cfg.n_types))
-    # dt: the newest behaviour's gap plus every gap after position j within its row.
     newest = rng.exponential(cfg.dt_mean_gap, n)
     gaps = rng.exponential(cfg.dt_mean_gap, total)
+    return History(offsets, item, types.astype(np.int64), _time_gaps(newest, gaps, row, last_pos), interests)
+
+
+def _time_gaps(newest: np.ndarray, gaps: np.ndarray, row: np.ndarray, last_pos: np.ndarray) -> np.ndarray:
+    """dt of every position: its row's newest gap plus every gap after it within the row
+    (``gaps[k]`` lies between positions k - 1 and k), floored to whole seconds."""
     csum = np.cumsum(gaps)
-    after = csum[last_pos[row]] - csum if total else gaps
-    dt = np.floor(newest[row] + after).astype(np.int64)
-    return History(offsets, item, types.astype(np.int64), dt, interests)
+    after = csum[last_pos[row]] - csum if gaps.size else gaps
+    return np.floor(newest[row] + after).astype(np.int64)
+
+
+def sample_session_histories(
+    rng: np.random.Generator, cfg: BehaviourConfig, catalog: Catalog, themes: np.ndarray,
+    theme_weights: np.ndarray, length: np.ndarray,
+) -> History:
+    """Session-hopping histories of ``length[r]`` behaviours for rows whose users' themes are
+    ``themes`` ([n, K] categories) drawn with probabilities ``theme_weights`` ([n, K])."""
+    n, k = themes.shape
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(length, out=offsets[1:])
+    total = int(offsets[-1])
+    row = np.repeat(np.arange(n), length)
+    first = np.zeros(total, dtype=bool)
+    first[offsets[:-1][length > 0]] = True
+    start = first | (rng.random(total) < 1.0 / cfg.session_len_mean)
+    sid = np.cumsum(start) - 1  # the block's sessions, oldest first within each row
+    n_sessions = int(sid[-1]) + 1 if total else 0
+    s_row = row[start]
+    # Each session's theme: inverse CDF of its user's weights.
+    cdf = np.cumsum(theme_weights[s_row], axis=1)
+    slot = np.minimum((rng.random(n_sessions)[:, None] > cdf).sum(axis=1), k - 1)
+    s_theme = np.where(rng.random(n_sessions) < cfg.explore_rate, catalog.categories(rng, n_sessions),
+                       themes[s_row, slot])
+    theme = s_theme[sid]
+    noise = rng.random(total) < cfg.theme_noise
+    cat = np.where(noise, catalog.categories(rng, total), theme)
+    item = catalog.items_in(rng, cat)
+    types = rng.choice(cfg.n_types, size=total, p=type_probs(cfg.n_types))
+    # The request comes during the newest session; a session's first behaviour follows a pause.
+    newest = rng.exponential(cfg.within_gap_mean, n)
+    gaps = np.where(start, cfg.session_pause_min + rng.exponential(cfg.session_pause_mean, total),
+                    rng.exponential(cfg.within_gap_mean, total))
+    dt = _time_gaps(newest, gaps, row, offsets[1:] - 1)
+    last_sid = np.full(n, -1, dtype=np.int64)
+    nonempty = length > 0
+    last_sid[nonempty] = sid[offsets[1:][nonempty] - 1]
+    session = last_sid[row] - sid
+    return History(offsets, item, types.astype(np.int64), dt, themes.copy(), session, theme)

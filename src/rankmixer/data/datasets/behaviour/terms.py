@@ -15,6 +15,16 @@ newest), 2, ...:
 
 Each depends on *where* in the history a behaviour sits, so no function of the history as an
 unordered bag (mean or sum pooling, attention without positions) can compute it.
+
+Session-hopping histories (``history: sessions``) add two terms over the latent session themes
+(:func:`session_terms`), where ``c`` is the candidate's category:
+
+* ``theme`` = the share of the last ``theme_sessions`` sessions whose theme is ``c``: how often
+  the user came back to the theme, however long each visit was (0 for an empty history);
+* ``session`` = 1 if the newest session's theme is ``c``, else 0: the interest of the moment.
+
+Both count sessions, not behaviours: a long session weighs what a short one does, so a model
+must see where sessions begin and end (or infer their themes) to compute them.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import numpy as np
 from rankmixer.data.datasets.behaviour.config import BehaviourConfig
 
 TERMS = ("attention", "recency", "return")
+SESSION_TERMS = ("theme", "session")
 
 
 def type_weights(n_types: int) -> np.ndarray:
@@ -61,3 +72,26 @@ def sequence_terms(
     m = same_item & (np.abs(lag - cfg.return_period) <= cfg.return_window)
     ret[row[m]] = 1.0
     return {"attention": att, "recency": rec, "return": ret}
+
+
+def session_terms(
+    cfg: BehaviourConfig, offsets: np.ndarray, session: np.ndarray, session_theme: np.ndarray, cand_cat: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The two session terms (float64 [n]) from each position's session index counted from the
+    newest (``session``) and its session's theme (``session_theme``)."""
+    n = cand_cat.shape[0]
+    length = np.diff(offsets)
+    row = np.repeat(np.arange(n), length)
+    # One position per session stands for it: the session's newest position (its index
+    # changes, or the row ends, right after it).
+    nxt = np.ones(session.shape[0], dtype=bool)
+    nxt[:-1] = session[1:] != session[:-1]
+    nxt[offsets[1:][length > 0] - 1] = True
+    rep = nxt & (session < cfg.theme_sessions)
+    seen = np.bincount(row[rep], minlength=n)
+    on_theme = np.bincount(row[rep], weights=(session_theme == cand_cat[row])[rep], minlength=n)
+    theme = np.divide(on_theme, seen, out=np.zeros(n), where=seen > 0)
+    now = np.zeros(n)
+    m = (session == 0) & (session_theme == cand_cat[row])
+    now[row[m]] = 1.0
+    return {"theme": theme, "session": now}

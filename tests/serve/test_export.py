@@ -294,3 +294,44 @@ def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
     assert np.array_equal(arrays["beh:hist"], batch.behaviours["hist"].numpy())
     got, _ = art.score([art.preprocessor.check_row(r, "r") for r in rows])
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow  # trains and exports RACP (~30 s)
+def test_racp_exports_and_serves_page_histories_like_pytorch(tmp_path):
+    """RACP on the impressions preset, exported to ONNX: requests with raw pages (item, cat,
+    click and page age per exposure; the page index cut from the ages at serving, as in
+    preparation) score as the PyTorch model scores the prepared test rows."""
+    pytest.importorskip("onnxruntime", reason="ONNX export tests need the onnx extra (onnxruntime)")
+    pytest.importorskip("onnxscript", reason="ONNX export tests need the onnx extra (onnxscript)")
+    import polars as pl
+
+    from rankmixer import experiment
+    from rankmixer.config import load_config
+    from rankmixer.serve.artifact import Artifact
+    from rankmixer.serve.export import export_run
+
+    opts = {"rows_train": 600, "rows_valid": 200, "rows_test": 200, "max_pages": 3, "page_size": 4,
+            "n_items": 200, "n_categories": 10, "behaviours": "pages"}
+    cfg = load_config(None, [
+        "data.dataset=impressions", f"data.preset_options={json.dumps(opts)}", f"data.prepared_dir={tmp_path / 'prep'}",
+        f"run_dir={tmp_path / 'run'}", "model.name=racp", "model.embedding_dim=4", "model.dnn_hidden=[16]",
+        'model.racp={"hidden": 8, "context_hidden": [8], "attention_dim": 8, "page_attention_hidden": [8]}',
+        "train.max_steps=3", "train.batch_size=64", "train.tensorboard=false", "train.progress=false",
+        "train.early_stopping=null", "train.threads=1",
+    ])
+    experiment.train(cfg, log=lambda m: None)
+    art = Artifact(export_run(tmp_path / "run", "onnx", tmp_path / "art", log=lambda m: None))
+    assert art.format == "onnx"
+    rows = []
+    for r in pl.read_parquet(tmp_path / "prep-raw" / "test.parquet").to_dicts():
+        row = {k: r[k] for k in ("item", "cat")}  # the user is the group key, not a feature
+        for c in ("page_item", "page_cat", "page_click", "page_ago"):
+            values = r[c].split("|") if r[c] else []
+            row[c] = [int(v) for v in values] if c == "page_ago" else values
+        rows.append(row)
+    batch, ref = _reference(tmp_path / "run", len(rows))
+    assert any(not r["page_item"] for r in rows) and any(len(set(r["page_ago"])) == 3 for r in rows)
+    arrays, _ = _encoded(art, rows)
+    assert np.array_equal(arrays["beh:pages"], batch.behaviours["pages"].numpy())
+    got, _ = art.score([art.preprocessor.check_row(r, "r") for r in rows])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)

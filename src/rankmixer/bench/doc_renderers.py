@@ -220,3 +220,13 @@ def variants(names: list[str] | None = None) -> str:
         lines.append(f"| `{name}` | {cfg['num_tokens']} | {cfg['hidden_dim']} | {cfg['num_layers']} | "
                      f"{cfg['expansion']:g} | {p} | {f} | {PAPER_SIZES.get(name, '')} |")
     return "\n".join(lines) + "\n"
+
+
+def mean_sd_rows(rep: dict) -> str:
+    """A report's ``rows`` of ``{features, auc_mean, auc_sd}`` (e.g. the impressions headroom,
+    ``scripts/impressions_headroom.py``): one line each, mean +- sd over its draws."""
+    n = len(rep.get("draws", []))
+    lines = [f"| features of the history | test AUC ({n} draws) |", "|---|---|"]
+    for r in rep["rows"]:
+        lines.append(f"| {r['features']} | {r['auc_mean']:.4f} ± {r['auc_sd']:.4f} |")
+    return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ from rankmixer.bench.doc_renderers import (
     ablation_deltas,
     exit_curve,
     exit_seeds,
+    mean_sd_rows,
     override_runs,
     quickstart,
     speed_targets,
@@ -356,5 +357,6 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "quickstart": _one(quickstart, "quickstart"),
     "tune-trials": _one(trials_markdown, "tune-trials"),
     "sequence-length": _one(lambda rep: sequence_length.markdown(rep["rows"]), "sequence-length"),
+    "mean-sd": _one(mean_sd_rows, "mean-sd"),
     "variants": render_variants,
 }

@@ -22,10 +22,11 @@ def page_grid(values: Tensor, mask: Tensor, pages: Tensor, num_pages: int, page_
     grid_mask [B, P, I])``."""
     B, L = mask.shape
     idx = torch.arange(L, device=mask.device).expand(B, L)
-    prev = torch.cat([torch.full_like(pages[:, :1], -1), pages[:, :-1]], dim=1)
-    start = mask & ((pages != prev) | (idx == 0))
-    first = torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), dim=1).values
-    slot = idx - first
+    # A page's first position is the number of real positions of older pages before it (pages
+    # are contiguous, oldest first), so an item's slot is its position minus that count: an
+    # [L, L] comparison (L = P * I is small), where a running maximum would not export to ONNX.
+    older = (mask.unsqueeze(1) & (pages.unsqueeze(1) > pages.unsqueeze(2))).sum(-1)
+    slot = idx - older
     keep = mask & (pages >= 0) & (pages < num_pages) & (slot < page_size)
     dump = num_pages * page_size  # one extra cell that takes every position left out
     cell = torch.where(keep, (num_pages - 1 - pages) * page_size + slot, torch.full_like(idx, dump))

@@ -83,10 +83,14 @@ def test_suite_fuxictr_e2e_entries_and_differences(tmp_path):
         "synth-fuxictr-e2e-dcnv2", "fuxictr-e2e:dcnv2", {"epochs": 2})
     assert not any(o.startswith("model=") for o in e2e.overrides)
     assert suite_differences(path) == [("lr", "fuxictr-e2e:dcnv2")]
+    # DATASET/MODEL sides name one dataset's row (pairs across datasets)
+    path.write_text(yaml.safe_dump({**suite, "differences": [[f"{next(iter(suite['datasets']))}/lr", "lr"]]}))
+    assert suite_differences(path)[0][1] == "lr"
     for bad_models, bad_diffs, match in (
         ({"e": {"fuxictr_e2e": "dcnv2", "parms": {}}}, [], "parms"),
         ({"e": {"fuxictr_e2e": "dcnv2", "params": [1]}}, [], "params must be a mapping"),
         ({"lr": {"name": "lr"}}, [["lr", "nope"]], "two of its model labels"),
+        ({"lr": {"name": "lr"}}, [["lr", "nodataset/lr"]], "two of its model labels"),
     ):
         path.write_text(yaml.safe_dump({"datasets": suite["datasets"], "models": bad_models, "differences": bad_diffs}))
         with pytest.raises(ConfigError, match=match):

@@ -93,3 +93,20 @@ def test_dataset_differences_pair_model_labels_within_each_dataset(tmp_path):
     assert d["low"] > 0
     table = differences_table(diffs)
     assert f"| d | a | b | {d['estimate']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] | A higher |" in table
+
+
+def test_dataset_differences_across_two_views_of_the_same_rows(tmp_path):
+    """``DATASET/MODEL`` sides pair rows of two datasets (the same test rows seen two ways): one
+    difference, equal to the paired difference of the two rows; unknown sides are skipped."""
+    from rankmixer.bench.intervals import dataset_differences
+
+    report, _, _ = _runs(tmp_path, {"a": 2.0, "b": 0.0})
+    report["summary"] = summarise(report["cells"], tmp_path / "runs")
+    for r in report["summary"]:
+        if r["label"] == "b":
+            r["dataset"] = "e"  # the second view
+    diffs = dataset_differences(report, [("d/a", "e/b"), ("d/a", "e/missing"), ("a", "b")], tmp_path / "runs")
+    assert len(diffs) == 1  # a and b are no longer in one dataset
+    d = diffs[0]
+    assert (d["dataset"], d["model_a"], d["model_b"]) == ("d / e", "a", "b")
+    assert d == {**d, **paired_difference(report, "a", "b", tmp_path / "runs")}

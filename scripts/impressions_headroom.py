@@ -34,7 +34,7 @@ USERS = 8_000
 
 def one_draw(sim: Simulator, seed: int) -> dict[str, float]:
     cfg = sim.cfg
-    out = sim._simulate(np.random.default_rng(seed), USERS)
+    out = sim.simulate(np.random.default_rng(seed), USERS)
     T, I, P = cfg.requests_per_user, cfg.page_size, cfg.max_pages
     cat, click = out["cat"], out["click"]
     clicked = np.zeros(cat.shape)

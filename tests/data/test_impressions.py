@@ -131,7 +131,7 @@ def test_avito_bad_input(tmp_path):
 def test_simulated_context_against_a_loop():
     cfg = ImpressionConfig(page_size=4, max_pages=3, requests_per_user=6, n_items=80, n_categories=8)
     sim = Simulator(cfg)
-    out = sim._simulate(np.random.default_rng(3), 40)
+    out = sim.simulate(np.random.default_rng(3), 40)
     I = cfg.page_size
     for u in range(40):
         for t in range(cfg.requests_per_user):

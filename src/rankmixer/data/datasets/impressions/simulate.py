@@ -63,7 +63,7 @@ class Simulator:
         rng = seeded_rng(cfg.seed, PARAM_KEY)
         self.planted = Planted(item_bias=rng.standard_normal(cfg.n_items))
         for _ in range(2):  # fixed point: standardise and solve the bias on the calibration run
-            sim = self._simulate(seeded_rng(cfg.seed, CALIB_KEY), CALIB_USERS)
+            sim = self.simulate(seeded_rng(cfg.seed, CALIB_KEY), CALIB_USERS)
             clean = ~sim["noisy"]
             ctx, liked = sim["ctx"][clean], sim["liked"][clean].astype(float)
             p = self.planted
@@ -81,7 +81,7 @@ class Simulator:
                 + cfg.context_scale * (ctx - p.ctx_mean) / p.ctx_std
                 + cfg.interest_scale * (liked - p.liked_mean) / p.liked_std)
 
-    def _simulate(self, rng: np.random.Generator, n_users: int) -> dict[str, np.ndarray]:
+    def simulate(self, rng: np.random.Generator, n_users: int) -> dict[str, np.ndarray]:
         """Every user's timeline, vectorised over users: arrays ``[U, T, I]`` (``noisy`` [U, T])."""
         cfg = self.cfg
         U, T, I, P = n_users, cfg.requests_per_user, cfg.page_size, cfg.max_pages
@@ -119,7 +119,7 @@ class Simulator:
         cfg = self.cfg
         U, T, I = cfg.users(split), cfg.requests_per_user, cfg.page_size
         rng = seeded_rng(cfg.seed, SPLIT_KEY[split])
-        sim = self._simulate(rng, U)
+        sim = self.simulate(rng, U)
         times = np.cumsum(np.floor(rng.exponential(MEAN_GAP_S, (U, T))) + 1, axis=1).astype(np.int64)
         rho = cfg.noisy_page_rate
         offset = {"train": 0, "valid": 10_000_000, "test": 20_000_000}[split]

@@ -99,6 +99,7 @@ def test_kill_mid_run_then_resume_gives_same_final_metrics(tmp_path):
             assert resumed[split][key] == pytest.approx(reference[split][key], abs=1e-9), (split, key)
 
 
+@pytest.mark.slow  # ~11 s; test_kill_mid_run_then_resume_gives_same_final_metrics stays by default
 def test_resume_from_corrupted_checkpoint_fails_clearly(tmp_path):
     cfg = _config(tmp_path, max_steps=20, epochs=1)
     assert _cli("train", "-c", str(cfg), cwd=tmp_path).returncode == 0

@@ -81,6 +81,7 @@ def test_auc_one_class_is_nan():
     assert math.isnan(auc([0, 0], [0.1, 0.2]))
 
 
+@pytest.mark.slow  # ~4 s; the per-group and small-sample checks stay
 def test_one_million_rows_match_sklearn():
     y, p, g = _data(1_000_000, 0.03, seed=3, decimals=3, n_groups=1_000)
     assert auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-10)

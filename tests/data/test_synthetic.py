@@ -107,6 +107,7 @@ def test_files_rows_and_columns(small):
     assert len(hist_ids & items) > 0.5 * len(hist_ids)  # histories use the item vocabulary
 
 
+@pytest.mark.slow  # ~5 s: generates the set twice
 def test_deterministic_and_layout_independent(tmp_path, small):
     # One full block of BLOCK_ROWS plus a partial one.
     cfg = SyntheticConfig(**{**SMALL, "rows_train": 36_000, "rows_valid": 3_000, "rows_test": 3_000})

@@ -159,9 +159,9 @@ def test_sparse_embedding_step(name, tiny_feature_map, generator):
     check_sparse_embedding_step(small_model(name, tiny_feature_map), tiny_feature_map, generator, tables=tables)
 
 
-# Fitting these takes 8-20 s each on 2 cores: run with -m slow (their other checks stay in the
+# Fitting these takes 4-20 s each on 2 cores: run with -m slow (their other checks stay in the
 # default suite, and the dense RankMixer and the small MoE cases fit by default).
-SLOW_TO_FIT = {"tokenmixer-large", "tokenmixer-large-moe", "rankmixer-100m-moe"}
+SLOW_TO_FIT = {"tokenmixer-large", "tokenmixer-large-moe", "rankmixer-100m-moe", "dhen", "wukong"}
 FIT_CASES = [pytest.param(*c.values, id=c.id, marks=[*c.marks, pytest.mark.slow]) if c.values[0] in SLOW_TO_FIT else c
              for c in CASES]
 

@@ -36,7 +36,7 @@ def _formats() -> list:
         import onnxscript  # noqa: F401
     except ImportError:
         return ["eager", pytest.param("onnx", marks=pytest.mark.skip(reason="needs the onnx extra"))]
-    return ["eager", "onnx"]
+    return ["eager", pytest.param("onnx", marks=pytest.mark.slow)]  # ~9 s: trains and exports
 
 
 def _request(row: dict, history_in_context: bool = True) -> dict:

@@ -108,6 +108,7 @@ def test_onnx_matches_pytorch_on_real_rows_with_dynamic_batch():
     assert "Loop" not in ops  # bags pool with Gather + ReduceSum, not a per-row loop
 
 
+@pytest.mark.slow  # ~5 s; the real-rows ONNX test stays in the default suite
 def test_dense_features_synthetic_onnx_matches_pytorch():
     """Synthetic data has dense (normalised numerical) features: the ``dense`` graph input and
     the number inputs of a request, which MovieLens does not exercise."""

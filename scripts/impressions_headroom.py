@@ -66,6 +66,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("docs/results/impressions_headroom.json"))
     args = ap.parse_args()
+    if args.out.exists():  # replace only a report this script wrote
+        try:
+            ours = {"draws", "rows", "users"} <= set(json.loads(args.out.read_text()))
+        except (ValueError, UnicodeDecodeError, TypeError):
+            ours = False
+        if not ours:
+            raise SystemExit(f"{args.out}: exists and is not a report of this script; refusing to overwrite it")
     cfg = ImpressionConfig()
     sim = Simulator(cfg)
     draws = [one_draw(sim, seed) for seed in (11, 12, 13)]

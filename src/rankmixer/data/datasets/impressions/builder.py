@@ -76,18 +76,18 @@ def build_rows(log: pl.DataFrame, max_pages: int, page_size: int, where: str = "
     kept = ordered.with_columns(pl.int_range(pl.len()).over("request").alias("slot")).filter(pl.col("slot") < page_size)
     truncated = ordered.height - kept.height
     clicked = pl.col("click") == 1
+    page_lists = ("page_item", "page_cat", "page_click", "click_item", "click_cat")  # page_ago: from the lag
     pages = kept.group_by("user", "k", maintain_order=True).agg(
         pl.col("item").alias("page_item"), pl.col("cat").alias("page_cat"), pl.col("click").cast(pl.Int64).alias("page_click"),
-        pl.col("item").alias("page_ago"),  # replaced per lag below
         pl.col("item").filter(clicked).alias("click_item"), pl.col("cat").filter(clicked).alias("click_cat"))
     hist = requests.select("user", "k")
     lists: dict[str, list[pl.Expr]] = {c: [] for c in HISTORY_COLUMNS}
     for lag in range(max_pages, 0, -1):  # oldest page first
-        p = pages.with_columns((pl.col("k") + lag).alias("k")).rename({c: f"{c}_{lag}" for c in HISTORY_COLUMNS})
+        p = pages.with_columns((pl.col("k") + lag).alias("k")).rename({c: f"{c}_{lag}" for c in page_lists})
         hist = hist.join(p, on=["user", "k"], how="left")
-        for c in HISTORY_COLUMNS:
-            v = pl.col(f"{c}_{lag}").cast(pl.List(pl.Int64)).fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
-            lists[c].append(v.list.eval(pl.lit(lag, dtype=pl.Int64)) if c == "page_ago" else v)
+        for c in page_lists:
+            lists[c].append(pl.col(f"{c}_{lag}").cast(pl.List(pl.Int64)).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
+        lists["page_ago"].append(lists["page_item"][-1].list.eval(pl.lit(lag, dtype=pl.Int64)))
     hist = hist.with_columns([_joined(pl.concat_list(lists[c])).alias(c) for c in HISTORY_COLUMNS])
     hist = hist.select("user", "k", *HISTORY_COLUMNS)
     rows = ordered.join(hist, on=["user", "k"], how="left").drop("k")

@@ -67,6 +67,7 @@ def test_cli_reports_config_error_without_traceback(tmp_path):
 
 
 # ---- kill and resume --------------------------------------------------------------------------
+@pytest.mark.slow  # ~20 s (three CLI trainings); tests/train/test_checkpoint.py::test_resume_is_bit_identical stays by default
 def test_kill_mid_run_then_resume_gives_same_final_metrics(tmp_path):
     ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
     ref_dir.mkdir(), killed_dir.mkdir()
@@ -99,7 +100,7 @@ def test_kill_mid_run_then_resume_gives_same_final_metrics(tmp_path):
             assert resumed[split][key] == pytest.approx(reference[split][key], abs=1e-9), (split, key)
 
 
-@pytest.mark.slow  # ~11 s; test_kill_mid_run_then_resume_gives_same_final_metrics stays by default
+@pytest.mark.slow  # ~11 s; tests/faults/ check corrupted checkpoints by default
 def test_resume_from_corrupted_checkpoint_fails_clearly(tmp_path):
     cfg = _config(tmp_path, max_steps=20, epochs=1)
     assert _cli("train", "-c", str(cfg), cwd=tmp_path).returncode == 0

@@ -43,7 +43,7 @@ from rankmixer.core.rundir import (
     foreign_entries,
     run_entries,
 )
-from rankmixer.core.hardware import pick_device
+from rankmixer.core.hardware import machine_info, pick_device
 from rankmixer.core.metrics import compute_metrics
 from rankmixer.core.predictions import count_positives, few_positives, save_predictions
 from rankmixer.data.config import DataConfig
@@ -191,6 +191,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         # Counted in one process only: under torchrun every forward of sharded tables is a collective.
         result["flops_per_sample"] = _flops_per_sample(model, fm) if dist_ is None else None
         result["bayes"] = fm.extras.get("bayes")
+        # Where it trained: a benchmark report may be made on another machine.
+        result["machine"] = machine_info(next(model.parameters()).device)
         if dist_ is not None:
             result["distributed"] = {"world_size": env.world_size, "backend": env.backend, "embeddings": dist_.mode}
         result.update(_prediction_report(trainer.final_predictions, fm, log))

@@ -300,6 +300,34 @@ def test_scaling_spec_rejects_typos_and_single_sizes(tmp_path):
     assert {c.model_label for c in cells} == {"dlrm-mlp", "dcnv2", "wukong", "rankmixer"}
 
 
+def test_scaling_families_pick_cells_in_the_order_given():
+    from rankmixer.bench.scaling import ORACLE, load_spec, pick_families
+
+    cells, _ = load_spec("scaling_10m")
+    picked = pick_families(cells, ["wukong", "oracle", "dcnv2"])
+    assert [c.model_label for c in picked] == ["wukong"] * 5 + [ORACLE] + ["dcnv2"] * 5
+    assert [c.label for c in picked[:5]] == [f"scaling-wukong-{i}" for i in range(5)]
+    with pytest.raises(ConfigError, match="dcn2"):
+        pick_families(cells, ["dcn2"])
+
+
+@pytest.mark.slow  # spawns worker processes (each imports torch)
+def test_parallel_runs_equal_serial_runs(tmp_path):
+    """``processes=2`` trains the same runs as the serial loop: same steps and test metrics
+    (one thread each, so both are deterministic), and a second call reads them back."""
+    cells = load_suite(_suite(tmp_path))[:2]
+    serial = run_accuracy(cells, [0, 1], tmp_path / "serial", log=lambda m: None)
+    logs: list[str] = []
+    parallel = run_accuracy(cells, [0, 1], tmp_path / "parallel", log=logs.append, processes=2)
+    assert sum("finished" in m for m in logs) == 4
+    for a, b in zip(serial["cells"], parallel["cells"]):
+        assert (a["label"], a["seed"], a["steps"]) == (b["label"], b["seed"], b["steps"])
+        assert a["test"]["auc"] == pytest.approx(b["test"]["auc"], abs=1e-6)
+    logs.clear()
+    run_accuracy(cells, [0, 1], tmp_path / "parallel", log=logs.append, processes=2)
+    assert any("4 of 4 runs done before" in m for m in logs)
+
+
 def test_train_throughput_is_the_median_of_the_logged_windows(tmp_path):
     from rankmixer.bench.accuracy import train_throughput
 

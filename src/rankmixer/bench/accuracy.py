@@ -39,7 +39,10 @@ difference between two rows.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,66 +218,133 @@ def run_accuracy(
     name: str = "accuracy",
     budget: str | None = None,
     differences: Sequence[tuple[str, str]] = (),
+    processes: int = 1,
+    report_only: bool = False,
 ) -> dict:
     """Train (or read) every (cell, seed); write ``<name>.json`` and ``<name>.md`` into
     ``out_dir`` (runs go to ``out_dir/runs``, so several suites can share their runs). ``out_dir``
     is new, empty, or a benchmark folder of ours: a folder of other files is refused.
-    ``differences``: pairs of model labels, compared per dataset (A minus B, paired bootstrap)."""
+    ``differences``: pairs of model labels, compared per dataset (A minus B, paired bootstrap).
+    ``processes`` > 1 trains that many runs at once (:func:`_train_in_parallel`).
+    ``report_only``: train nothing; report the runs finished so far (a long study, looked at
+    while it runs, or reported where it ran)."""
     check_replaceable(out_dir, BENCH_KIND, overwrite=True, legacy=lambda p: (p / "runs").is_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir, BENCH_KIND)
     if len({c.label for c in cells}) != len(cells):
         raise ValueError("benchmark cells must have distinct labels (two configs with the same file name?)")
-    results = []
-    jobs = [(c, s) for c in cells for s in seeds]
-    trained_s: list[float] = []
-    for i, (cell, seed) in enumerate(jobs, start=1):
+    jobs = []
+    for cell, seed in ((c, s) for c in cells for s in seeds):
         run_dir = out_dir / "runs" / f"{cell.label}-s{seed}"
-        done = run_dir / "metrics.json"
         extra = [*cell.overrides, *(overrides or []), f"seed={seed}", f"run_dir={run_dir}", "train.progress=false"]
         if budget:
             extra += budget_overrides(budget, load_config(cell.config, extra).train.batch_size)
-        cfg = load_config(cell.config, extra)
-        if done.exists() and "test" in json.loads(done.read_text()):
-            log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: done before, reading {done}")
-        else:
+        jobs.append((cell, seed, run_dir, load_config(cell.config, extra)))
+    if report_only:
+        missing = [f"{c.label} seed {s}" for c, s, r, _ in jobs if not _finished(r)]
+        if len(missing) == len(jobs):
+            raise ValueError(f"no finished run in {out_dir / 'runs'} to report")
+        if missing:
+            log(f"reporting {len(jobs) - len(missing)} of {len(jobs)} runs; not finished: {', '.join(missing)}")
+        jobs = [j for j in jobs if _finished(j[2])]
+    elif processes > 1:
+        _train_in_parallel(jobs, processes, log)
+    else:
+        trained_s: list[float] = []
+        for i, (cell, seed, run_dir, cfg) in enumerate(jobs, start=1):
+            if _finished(run_dir):
+                log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: done before, reading {run_dir / 'metrics.json'}")
+                continue
             eta = ""
             if trained_s:  # the mean so far, over the jobs left (all cells may not cost the same)
                 eta = f", about {np.mean(trained_s) * (len(jobs) - i + 1) / 60:.0f} min left"
             log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: training{eta}")
-            t0 = time.time()
-            if cell.fuxictr_e2e:
-                # Imported here: FuxiCTR is an optional extra that only these cells need.
-                from rankmixer.bench.fuxictr_e2e import train_e2e
-
-                train_e2e(cfg, cell.fuxictr_e2e, run_dir, seed, json.loads(cell.fuxictr_params), log=lambda *_: None)
-            else:
-                # Its own run directory: continue a run that got as far as its config, else start over.
-                resume = (run_dir / CONFIG_FILE).is_file()
-                experiment.train(cfg, resume=resume, overwrite=not resume, log=lambda *_: None)
-            trained_s.append(time.time() - t0)
+            trained_s.append(_train_one(cell, seed, run_dir, cfg))
             log(f"[{i}/{len(jobs)}] finished in {trained_s[-1]:.0f}s")
+    results = []
+    for cell, seed, run_dir, cfg in jobs:
+        done = run_dir / "metrics.json"
         result = json.loads(done.read_text())
         results.append({
             "label": cell.label, "config": cell.config, "overrides": list(cell.overrides),
             "dataset": cell.dataset_label or cfg.data.dataset, "model": cell.model_label or cfg.model_name,
             "registered": f"fuxictr-e2e:{cell.fuxictr_e2e}" if cell.fuxictr_e2e else cfg.model_name,
-            "seed": seed, "device": pick_device(cfg.train.device).type, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
+            "seed": seed, "device": (result.get("machine") or {}).get("device") or pick_device(cfg.train.device).type, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
             "flops_per_sample": result.get("flops_per_sample"),
             "train_samples_per_s": train_throughput(run_dir),
             "steps": result["steps"], "best_step": result["best_step"],
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
         })
     summary = summarise(results, out_dir / "runs")
-    # The machine as the runs saw it: their training device (CUDA where train.device picks it).
-    devices = sorted({r["device"] for r in results})
-    report = {"machine": machine_info(torch.device("cuda" if "cuda" in devices else "cpu")), "seeds": seeds,
+    report = {"machine": _machine(results, [j[2] for j in jobs]), "seeds": seeds,
               "overrides": overrides or [], "budget": budget, "cells": results, "summary": summary}
     report["differences"] = dataset_differences(report, differences, out_dir / "runs")
     write_json(out_dir / f"{name}.json", report)
     write_text_atomic(out_dir / f"{name}.md", markdown_table(summary) + (
         "\n" + differences_table(report["differences"]) if report["differences"] else ""))
     return report
+
+
+def _machine(results: list[dict], run_dirs: list[Path]) -> dict:
+    """Where the runs trained: the machine their ``metrics.json`` records when they all name the
+    same device and CPU, else this machine with the runs' training device (and ``run_machines``:
+    each distinct one the runs record)."""
+    recorded = [json.loads((d / "metrics.json").read_text()).get("machine") for d in run_dirs]
+    kinds = {json.dumps({k: m[k] for k in ("device_name", "cpu_flags", "cpus", "torch")}, sort_keys=True)
+             for m in recorded if m}
+    if len(kinds) == 1 and all(recorded):
+        return recorded[-1]
+    devices = sorted({r["device"] for r in results})
+    here = machine_info(torch.device("cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu"))
+    return {**here, "run_machines": [json.loads(k) for k in sorted(kinds)]} if kinds else here
+
+
+def _finished(run_dir: Path) -> bool:
+    done = run_dir / "metrics.json"
+    return done.exists() and "test" in json.loads(done.read_text())
+
+
+def _train_one(cell: Cell, seed: int, run_dir: Path, cfg) -> float:
+    """Train one (cell, seed) into ``run_dir``; the seconds it took."""
+    t0 = time.time()
+    if cell.fuxictr_e2e:
+        # Imported here: FuxiCTR is an optional extra that only these cells need.
+        from rankmixer.bench.fuxictr_e2e import train_e2e
+
+        train_e2e(cfg, cell.fuxictr_e2e, run_dir, seed, json.loads(cell.fuxictr_params), log=lambda *_: None)
+    else:
+        # Its own run directory: continue a run that got as far as its config, else start over.
+        resume = (run_dir / CONFIG_FILE).is_file()
+        experiment.train(cfg, resume=resume, overwrite=not resume, log=lambda *_: None)
+    return time.time() - t0
+
+
+def _train_in_parallel(jobs: list[tuple], processes: int, log: Callable[[str], None]) -> None:
+    """Train the unfinished jobs in ``processes`` worker processes, in order of the list (a
+    many-core machine, or one GPU that a single small model leaves mostly idle). Each prepared
+    data set is made first, once, so that no two workers prepare it at the same time; each
+    worker gets ``cores // processes`` threads unless the config sets ``train.threads``. A
+    failed run stops the benchmark (after the runs in flight end)."""
+    todo = [j for j in jobs if not _finished(j[2])]
+    log(f"{len(jobs) - len(todo)} of {len(jobs)} runs done before; training {len(todo)} in {processes} processes")
+    prepared = set()
+    for _, _, _, cfg in todo:
+        if cfg.data.prepared_path() not in prepared:
+            experiment.prepare_data(cfg.data, log=log)
+            prepared.add(cfg.data.prepared_path())
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    todo = [(c, s, r, cfg if cfg.train.threads else cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"threads": threads})})) for c, s, r, cfg in todo]
+    # spawn, not fork: CUDA and torch's thread pools do not survive a fork.
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {pool.submit(_train_one, *job): job for job in todo}
+        for n, fut in enumerate(as_completed(running), start=1):
+            cell, seed = running[fut][:2]
+            if fut.exception() is not None:
+                log(f"[{n}/{len(todo)}] {cell.label} seed {seed}: failed; stopping after the runs in flight")
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise fut.exception()
+            log(f"[{n}/{len(todo)}] {cell.label} seed {seed}: finished in {fut.result():.0f}s")
 
 
 def train_throughput(run_dir: Path) -> float | None:

@@ -193,11 +193,29 @@ def markdown(rows: list[dict], slopes: dict[str, dict], bayes_auc: float | None)
     return "\n".join(lines) + "\n"
 
 
+def pick_families(cells: list[Cell], families: list[str]) -> list[Cell]:
+    """The cells of ``families`` (``oracle``: the oracle run), in that order: the order in
+    which parallel runs start. An unknown name is an error naming the spec's families."""
+    have = list(dict.fromkeys(c.model_label for c in cells))
+    wanted = [ORACLE if f == "oracle" else f for f in families]
+    unknown = [f for f in wanted if f not in have]
+    if unknown:
+        raise ConfigError(f"unknown families {unknown}; the spec has {have} (the oracle as 'oracle')")
+    return [c for f in dict.fromkeys(wanted) for c in cells if c.model_label == f]
+
+
 def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: list[str] | None = None,
-                log: Callable[[str], None] = print, budget: str | None = None) -> dict:
+                log: Callable[[str], None] = print, budget: str | None = None, families: list[str] | None = None,
+                processes: int = 1, report_only: bool = False) -> dict:
+    """Train (or read) the spec's runs, all of them or those of ``families``, ``processes`` at
+    a time (``report_only``: the finished ones only, nothing trained); write the report files
+    into ``out_dir`` (see the module docstring)."""
     cells, spec_budget = load_spec(spec)
+    if families:
+        cells = pick_families(cells, families)
     budget = budget or spec_budget
-    report = run_accuracy(cells, seeds, out_dir, overrides, log=log, name="scaling_runs", budget=budget)
+    report = run_accuracy(cells, seeds, out_dir, overrides, log=log, name="scaling_runs", budget=budget,
+                          processes=processes, report_only=report_only)
     rows = report["summary"]
     bayes = next((r["bayes_auc"] for r in rows if r.get("bayes_auc")), None)
     slopes = fit_slopes(rows, report["cells"], out_dir / "runs")

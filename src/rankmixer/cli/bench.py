@@ -77,6 +77,9 @@ def accuracy(
     out: Path = typer.Option(Path("bench_out/accuracy"), help="Output directory (runs, JSON, Markdown)."),
     name: Optional[str] = typer.Option(None, help="Stem of the report files (default: the suite's name, or "
                                        "accuracy): several selections of one suite can share --out and its runs."),
+    processes: int = typer.Option(1, min=1, help="Runs trained at once, each in its own process (many cores, or "
+                                  "one GPU that a small model leaves idle)."),
+    report_only: bool = typer.Option(False, help="Train nothing: report the runs finished so far."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every config."),
 ) -> None:
     """Train each config with several seeds; table of test metrics (mean ± std). Resumable."""
@@ -91,7 +94,8 @@ def accuracy(
         if not cells:
             raise ValueError("give --config/-c experiments or a --suite (or --models/--datasets)")
         report = run_accuracy(cells, list(range(seeds)), out, list(overrides or []), log=console.print, name=name,
-                              budget=budget, differences=suite_differences(suite) if suite else ())
+                              budget=budget, differences=suite_differences(suite) if suite else (),
+                              processes=processes, report_only=report_only)
     console.print(markdown_table(report["summary"]), markup=False)
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
 
@@ -101,13 +105,18 @@ def scaling(
     seeds: int = typer.Option(1, min=1, help="Seeds per point (0 .. seeds-1)."),
     budget: Optional[str] = typer.Option(None, help="Replace the spec's budget: epochs=N, steps=N or samples=N."),
     out: Path = typer.Option(Path("bench_out/scaling"), help="Output directory (runs, JSON, Markdown, PNG)."),
+    families: Optional[str] = typer.Option(None, help="Comma-separated families of the spec to run, in this order "
+                                           "(`oracle` for the spec's oracle; default: all, in the spec's order)."),
+    processes: int = typer.Option(1, min=1, help="Runs trained at once, each in its own process."),
+    report_only: bool = typer.Option(False, help="Train nothing: report the runs finished so far."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every run."),
 ) -> None:
     """Test AUC against dense parameters and FLOPs per sample, per model family. Resumable."""
     from rankmixer.bench.scaling import run_scaling
 
     with user_errors():
-        run_scaling(spec, list(range(seeds)), out, list(overrides or []), log=console.print, budget=budget)
+        run_scaling(spec, list(range(seeds)), out, list(overrides or []), log=console.print, budget=budget,
+                    families=_names(families), processes=processes, report_only=report_only)
     console.print((out / "scaling.md").read_text(), markup=False)
     console.print(f"wrote {out / 'scaling.json'}, {out / 'scaling.md'} and {out / 'scaling.png'}")
 

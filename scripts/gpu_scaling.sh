@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The data-rich scaling study (bench/scaling_10m, docs/scaling.md) on one GPU machine, in calls
+# of at most ten minutes: prepare the 10M-row synthetic set once, then train the spec's runs
+# PROCS at a time (small models leave one GPU mostly idle) until DEADLINE seconds after the
+# start, families in priority order. Runs are resumable: a second call on the same machine
+# finishes what the first left (each run from its last checkpoint). After each stage the
+# finished runs (without checkpoints) and the logs are packed into $OUT/scaling_10m.tgz; the
+# report (bootstrap intervals: minutes of CPU) is made where they are unpacked:
+#   rankmixer bench scaling --spec scaling_10m --report-only --out DIR   (DIR/runs = the runs)
+#
+#   OUT=/tmp/gpu bash scripts/gpu_scaling.sh                     # on a CUDA machine
+#   SMALL=1 PROCS=2 OUT=/tmp/gpu bash scripts/gpu_scaling.sh     # tiny data and budget, any machine
+set -uo pipefail
+PY=${PYTHON:-python3}
+OUT=${OUT:?set OUT}
+BENCH=${BENCH:-bench_out/scaling_10m}
+PROCS=${PROCS:-8}
+DEADLINE=${DEADLINE:-540}
+SMALL=${SMALL:-0}
+FAMILIES=${FAMILIES:-rankmixer-post,dcnv2,wukong,tokenmixer-large,rankmixer-none,oracle,rankmixer-pre,dlrm-mlp,hiformer}
+RESULTS=$OUT/scaling_10m
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1
+
+DATA=()
+BUDGET=()
+if [ "$SMALL" = "1" ]; then
+  DATA=(data.preset_options.rows_train=40000 data.preset_options.rows_valid=4000 data.preset_options.rows_test=4000
+        data.prepared_dir=data_cache/synthetic-scaling-small train.checkpoint_every_steps=2)
+  BUDGET=(--budget samples=16384)
+fi
+
+pack() {  # the finished and partial runs without their checkpoints, and the logs
+  if [ -d "$BENCH/runs" ]; then
+    tar czf "$RESULTS/runs.tgz" --exclude='checkpoints' --exclude='*.pt' --exclude='*.safetensors' --exclude='tensorboard' -C "$BENCH" runs 2>/dev/null || true
+  fi
+  tar czf "$OUT/scaling_10m.tgz" -C "$RESULTS" . 2>/dev/null || true
+}
+
+stage() {  # stage NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== stage $name (limit ${limit}s)"
+  timeout --signal=INT --kill-after=20 "$limit" "$@" >>"$RESULTS/$name.log" 2>&1
+  local rc=$?
+  pkill -INT -f 'multiprocessing.spawn' 2>/dev/null; sleep 2; pkill -KILL -f 'multiprocessing.spawn' 2>/dev/null
+  echo "$name rc=$rc ${SECONDS}s total, $((SECONDS - t0))s" | tee -a "$RESULTS/stages.txt"
+  tail -n 30 "$RESULTS/$name.log"
+  pack
+}
+
+stage env 30 bash -c "nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true; nproc; free -g | head -2"
+stage prepare 300 "$PY" -c "
+import sys, time
+from rankmixer.config import load_config
+from rankmixer.experiment import prepare_data
+t0 = time.time()
+fm = prepare_data(load_config('synthetic_dcnv2', ['data=synthetic_10m', *sys.argv[1:]]).data)
+print('prepared', fm.splits['train'].rows, 'training rows in', round(time.time() - t0), 's')
+" "${DATA[@]}"
+left=$((DEADLINE - SECONDS))
+if [ "$left" -gt 30 ]; then
+  stage train "$left" "$PY" -m rankmixer bench scaling --spec scaling_10m --families "$FAMILIES" \
+    --processes "$PROCS" --out "$BENCH" "${BUDGET[@]}" "${DATA[@]}"
+fi
+ls "$BENCH/runs" 2>/dev/null | while read -r r; do
+  [ -f "$BENCH/runs/$r/metrics.json" ] && echo "finished $r" || echo "unfinished $r"
+done | sort | tee "$RESULTS/runs.txt" | tail -n 50
+echo "wrote $OUT/scaling_10m.tgz"

@@ -235,6 +235,7 @@ def test_scaling_study_small(tmp_path):
             "rm": [{**RANKMIXER, "hidden_dim": 8}, {**RANKMIXER, "hidden_dim": 32}],
         },
         "oracle": "model/planted",
+        "differences": [["rm", "mlp"]],
     }
     path = tmp_path / "scaling.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -253,6 +254,13 @@ def test_scaling_study_small(tmp_path):
         expect = (big["auc"] - small["auc"]) / (np.log2(big["flops_per_sample"]) - np.log2(small["flops_per_sample"]))
         assert report["slopes"][family]["auc_per_doubling_flops"] == pytest.approx(expect)
     assert report["bayes_auc"] is not None and "model-class oracle" not in report["slopes"]
+    # rm minus mlp at each size: the difference of the two runs' test AUCs, as a paired interval
+    by_label = {r["label"]: r["auc"] for r in rows}
+    assert [d["dataset"] for d in report["differences"]] == ["size 0", "size 1"]
+    for d in report["differences"]:
+        size = d["dataset"].split()[1]
+        assert d["estimate"] == pytest.approx(by_label[f"scaling-rm-{size}"] - by_label[f"scaling-mlp-{size}"])
+        assert d["low"] <= d["estimate"] <= d["high"]
     oracle = rows[-1]["auc"]
     best = max(rows[:-1], key=lambda r: r["auc"])
     assert report["gaps"] == {"best_label": best["label"], "best_auc": best["auc"], "oracle_auc": oracle,
@@ -280,7 +288,8 @@ def test_scaling_study_small(tmp_path):
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "scaling.json").read_text())["slopes"] == report["slopes"]
     md = (out / "scaling.md").read_text()
-    assert md.count("| rm |") == 2 + 1 and "| model-class oracle |" in md  # two sizes + the slope row
+    # two sizes + the slope row + the two rows of differences
+    assert md.count("| rm |") == 2 + 1 + 2 and "| model-class oracle |" in md and "| size 1 | rm | mlp |" in md
 
 
 def test_scaling_spec_rejects_typos_and_single_sizes(tmp_path):
@@ -295,6 +304,13 @@ def test_scaling_spec_rejects_typos_and_single_sizes(tmp_path):
         load_spec(bad)
     with pytest.raises(FileNotFoundError, match="scaling spec"):
         load_spec(tmp_path / "missing.yaml")
+    from rankmixer.bench.scaling import spec_differences
+
+    bad.write_text(yaml.safe_dump({"dataset": {"config": "x.yaml"}, "families": {"a": ["model/lr", "model/lr"]},
+                                   "differences": [["a", "b"]]}))
+    with pytest.raises(ConfigError, match="two of its families"):
+        spec_differences(bad)
+    assert ("rankmixer-post", "dcnv2") in spec_differences("scaling_10m")
     cells, budget = load_spec("scaling")
     assert len(cells) == 16 and budget == "samples=500000"
     assert {c.model_label for c in cells} == {"dlrm-mlp", "dcnv2", "wukong", "rankmixer"}

@@ -236,7 +236,8 @@ def _run_accuracy(path, rest, params, monkeypatch):
 
     seen = []
 
-    def run_accuracy(cells, seeds, out, overrides, log=print, name="accuracy", budget=None, differences=()):
+    def run_accuracy(cells, seeds, out, overrides, log=print, name="accuracy", budget=None, differences=(),
+                     processes=1, report_only=False):
         _validate_cells(cells, overrides, budget)
         seen.append(len(cells))
         return {"summary": []}
@@ -249,8 +250,11 @@ def _run_accuracy(path, rest, params, monkeypatch):
 def _run_scaling(path, rest, params, monkeypatch):
     from rankmixer.bench import scaling
 
-    def run_scaling(spec, seeds, out, overrides=None, log=print, budget=None):
+    def run_scaling(spec, seeds, out, overrides=None, log=print, budget=None, families=None, processes=1,
+                    report_only=False):
         cells, spec_budget = scaling.load_spec(spec)
+        if families:
+            cells = scaling.pick_families(cells, families)
         _validate_cells(cells, overrides or [], budget or spec_budget)
         out.mkdir(parents=True, exist_ok=True)
         (out / "scaling.md").write_text("")

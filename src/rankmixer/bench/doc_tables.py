@@ -282,7 +282,8 @@ def render_scaling(reports: list[dict], opts: dict) -> str:
     (rep,) = reports
     rows = accuracy.summarise(_cells(reports))
     # The stored slopes carry their intervals (computed from the runs' predictions, not kept).
-    return scaling.markdown(rows, rep.get("slopes") or scaling.fit_slopes(rows), rep.get("bayes_auc"))
+    return scaling.markdown(rows, rep.get("slopes") or scaling.fit_slopes(rows), rep.get("bayes_auc"),
+                            rep.get("differences"))
 
 
 def render_speed(reports: list[dict], opts: dict) -> str:

@@ -111,10 +111,10 @@ def dataset_differences(report: dict, pairs: Sequence[tuple[str, str]], runs_dir
     return out
 
 
-def differences_table(diffs: list[dict]) -> str:
+def differences_table(diffs: list[dict], first: str = "dataset") -> str:
     """Markdown: one row per difference, its estimate and 95% interval, and whether the interval
-    holds 0 (within test-set noise) or which side wins."""
-    lines = ["| dataset | A | B | A - B (test AUC) | 95% CI | reading |", "|---|---|---|---:|---|---|"]
+    holds 0 (within test-set noise) or which side wins. ``first``: the first column's header."""
+    lines = [f"| {first} | A | B | A - B (test AUC) | 95% CI | reading |", "|---|---|---|---:|---|---|"]
     for d in diffs:
         if d["low"] > 0:
             reading = "A higher"

@@ -13,6 +13,7 @@ A spec file names the dataset, the budget and the sizes of every family::
         - {name: rankmixer, hidden_dim: 32, ...}
         - {name: rankmixer, hidden_dim: 64, ...}
     oracle: model/planted          # optional: the model-class oracle, one more run (synthetic sets)
+    differences: [[rankmixer, dcnv2]]  # optional: A minus B at each size (paired bootstrap)
 
 Every (family, size, seed) is one run of :func:`rankmixer.bench.accuracy.run_accuracy`, so the
 study is resumable the same way (a finished run is read, not retrained) and reports progress
@@ -24,7 +25,9 @@ family's sizes, each with a 95% bootstrap interval: the test rows resampled (the
 every size and seed), every size's seed-mean AUC and the slope refitted per draw. It covers
 test-set noise, not seed-to-seed spread (the table's sd). With an ``oracle`` the report also
 gives the best model's gap to it and its gap to the Bayes-optimal AUC: what is left to the
-architecture, and what is not learnable from the budget at all.
+architecture, and what is not learnable from the budget at all. The spec's ``differences``
+compare two families size by size (size i of every family is FLOP-matched in the specs we
+ship): family A minus family B with a paired bootstrap interval over the same test rows.
 
 Outputs in ``out``: ``scaling.json`` (every run, the per-family summary, the fitted slopes and
 the gaps), ``scaling.md`` (the table) and ``scaling.png`` (the two plots, with the dataset's
@@ -40,12 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from rankmixer.bench.accuracy import Cell, format_si, model_section, read_yaml_keys, run_accuracy
-from rankmixer.bench.intervals import BOOTSTRAP, run_predictions
+from rankmixer.bench.intervals import BOOTSTRAP, differences_table, paired_difference, run_predictions
 from rankmixer.config import ConfigError, config_path
 from rankmixer.core.bootstrap import bootstrap_distribution
 from rankmixer.core.files import write_json, write_text_atomic
 
 ORACLE = "model-class oracle"  # the model column of the spec's ``oracle`` run
+SPEC_KEYS = ("dataset", "budget", "families", "oracle", "differences")
 SLOPE_KEYS = {"flops_per_sample": "auc_per_doubling_flops", "dense_parameters": "auc_per_doubling_params"}
 
 
@@ -54,7 +58,7 @@ def load_spec(path: Path | str) -> tuple[list[Cell], str | None]:
     families outer, sizes inner, and its budget. A size is a model section: a mapping, or a part
     name (``model/dcnv2``), or a mapping with ``defaults: model/<part>``."""
     path = config_path(path, kind="bench", what="scaling spec")
-    tree = read_yaml_keys(path, "scaling spec", ("dataset", "budget", "families", "oracle"))
+    tree = read_yaml_keys(path, "scaling spec", SPEC_KEYS)
     ds, families = tree.get("dataset"), tree.get("families")
     if not isinstance(ds, dict) or "config" not in ds:
         raise ConfigError(f"scaling spec {path}: 'dataset' must be a mapping with a 'config'")
@@ -74,6 +78,35 @@ def load_spec(path: Path | str) -> tuple[list[Cell], str | None]:
         cells.append(Cell("scaling-oracle", str(ds["config"]), (f"model={json.dumps(model)}", *ds_overrides),
                           ORACLE, "scaling"))
     return cells, tree.get("budget")
+
+
+def spec_differences(path: Path | str) -> list[tuple[str, str]]:
+    """A spec's ``differences``: pairs of its families, (A, B) for A minus B at each size."""
+    path = config_path(path, kind="bench", what="scaling spec")
+    tree = read_yaml_keys(path, "scaling spec", SPEC_KEYS)
+    families = set(tree.get("families") or {})
+    pairs = tree.get("differences") or []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and set(map(str, pair)) <= families):
+            raise ConfigError(f"scaling spec {path}: each of 'differences' must be [A, B], two of its families; "
+                              f"got {pair!r}")
+    return [(str(a), str(b)) for a, b in pairs]
+
+
+def size_differences(report: dict, pairs: list[tuple[str, str]], runs_dir: Path | None) -> list[dict]:
+    """Family A minus family B at each size both have (size i of one spec is FLOP-matched
+    across families): the paired bootstrap difference of test AUC (``paired_difference``),
+    labelled ``size i``."""
+    rows = {r["label"]: r for r in report["summary"]}
+    out = []
+    for a, b in pairs:
+        for label_a in (lab for lab, r in rows.items() if r["model"] == a):
+            size = label_a.rsplit("-", 1)[1]
+            label_b = f"scaling-{b}-{size}"
+            if label_b in rows:
+                diff = paired_difference(report, label_a, label_b, runs_dir, **BOOTSTRAP)
+                out.append({"dataset": f"size {size}", "model_a": a, "model_b": b, **diff})
+    return out
 
 
 def _slopes(log2x: np.ndarray, auc: np.ndarray) -> np.ndarray:
@@ -163,7 +196,8 @@ def plot(rows: list[dict], bayes_auc: float | None, path: Path, title: str) -> N
     plt.close(fig)
 
 
-def markdown(rows: list[dict], slopes: dict[str, dict], bayes_auc: float | None) -> str:
+def markdown(rows: list[dict], slopes: dict[str, dict], bayes_auc: float | None,
+             differences: list[dict] | None = None) -> str:
     lines = ["| family | size | dense params | FLOPs/sample | seeds | test AUC | test logloss |",
              "|---|---:|---:|---:|---:|---|---|"]
     def spread(r: dict, m: str) -> str:  # no spread from one seed
@@ -190,6 +224,8 @@ def markdown(rows: list[dict], slopes: dict[str, dict], bayes_auc: float | None)
         bayes = "" if g["oracle_to_bayes"] is None else f"; oracle to Bayes-optimal {g['oracle_to_bayes']:+.4f}"
         lines += ["", f"Best model {g['best_label']} ({g['best_auc']:.4f}) to the model-class oracle "
                       f"({g['oracle_auc']:.4f}): {g['to_oracle']:+.4f}{bayes}."]
+    if differences:
+        lines += ["", differences_table(differences, first="size").rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -219,9 +255,10 @@ def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: li
     rows = report["summary"]
     bayes = next((r["bayes_auc"] for r in rows if r.get("bayes_auc")), None)
     slopes = fit_slopes(rows, report["cells"], out_dir / "runs")
-    report.update({"spec": str(spec), "slopes": slopes, "bayes_auc": bayes, "gaps": gaps(rows, bayes)})
+    report.update({"spec": str(spec), "slopes": slopes, "bayes_auc": bayes, "gaps": gaps(rows, bayes),
+                   "differences": size_differences(report, spec_differences(spec), out_dir / "runs")})
     write_json(out_dir / "scaling.json", report)
-    write_text_atomic(out_dir / "scaling.md", markdown(rows, slopes, bayes))
+    write_text_atomic(out_dir / "scaling.md", markdown(rows, slopes, bayes, report["differences"]))
     plot(rows, bayes, out_dir / "scaling.png",
          f"{Path(spec).name}: budget {budget or 'per config'}, {len(seeds)} seed(s) per point")
     return report

@@ -3,7 +3,11 @@ reach: logistic regressions (scikit-learn) on per-exposure features built from t
 own arrays, fitted on half the exposures of 8,000 simulated users and scored on the other half,
 for three independent draws. Writes docs/results/impressions_headroom.json.
 
-    python scripts/impressions_headroom.py [--out docs/results/impressions_headroom.json]
+    python scripts/impressions_headroom.py [--out docs/results/impressions_headroom.json] [--option KEY=VALUE ...]
+
+``--option`` sets a field of the impressions config (the generator's planted model), as
+``rankmixer data prepare --dataset impressions -o KEY=VALUE`` does, so a variant of the set can
+be checked before it is benchmarked.
 
 Feature sets (each with its squares and log1p, so monotone shapes are reachable):
 * ``first``: the item's bias and whether its category is one of the user's (what no history gives
@@ -22,6 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -65,7 +70,15 @@ def one_draw(sim: Simulator, seed: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("docs/results/impressions_headroom.json"))
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an impressions config field (repeatable)")
     args = ap.parse_args()
+    options = {}
+    for opt in args.option:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            raise SystemExit(f"--option {opt!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
     if args.out.exists():  # replace only a report this script wrote
         try:
             ours = {"draws", "rows", "users"} <= set(json.loads(args.out.read_text()))
@@ -73,7 +86,7 @@ def main() -> None:
             ours = False
         if not ours:
             raise SystemExit(f"{args.out}: exists and is not a report of this script; refusing to overwrite it")
-    cfg = ImpressionConfig()
+    cfg = ImpressionConfig.model_validate(options)
     sim = Simulator(cfg)
     draws = [one_draw(sim, seed) for seed in (11, 12, 13)]
     rows = [{"features": k, "auc_mean": float(np.mean([d[k] for d in draws])), "auc_sd": float(np.std([d[k] for d in draws], ddof=1))}

@@ -42,8 +42,8 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,13 +263,14 @@ def run_accuracy(
             log(f"[{i}/{len(jobs)}] finished in {trained_s[-1]:.0f}s")
     results = []
     for cell, seed, run_dir, cfg in jobs:
-        done = run_dir / "metrics.json"
-        result = json.loads(done.read_text())
+        result = json.loads((run_dir / "metrics.json").read_text())
+        device = (result.get("machine") or {}).get("device") or pick_device(cfg.train.device).type
         results.append({
             "label": cell.label, "config": cell.config, "overrides": list(cell.overrides),
             "dataset": cell.dataset_label or cfg.data.dataset, "model": cell.model_label or cfg.model_name,
             "registered": f"fuxictr-e2e:{cell.fuxictr_e2e}" if cell.fuxictr_e2e else cfg.model_name,
-            "seed": seed, "device": (result.get("machine") or {}).get("device") or pick_device(cfg.train.device).type, "parameters": result.get("parameters"), "dense_parameters": result.get("dense_parameters"),
+            "seed": seed, "device": device, "parameters": result.get("parameters"),
+            "dense_parameters": result.get("dense_parameters"),
             "flops_per_sample": result.get("flops_per_sample"),
             "train_samples_per_s": train_throughput(run_dir),
             "steps": result["steps"], "best_step": result["best_step"],

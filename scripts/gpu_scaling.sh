@@ -3,10 +3,10 @@
 # of at most ten minutes: prepare the 10M-row synthetic set once, then train the spec's runs
 # PROCS at a time (small models leave one GPU mostly idle) until DEADLINE seconds after the
 # start, families in priority order. Runs are resumable: a second call on the same machine
-# finishes what the first left (each run from its last checkpoint). After each stage the
-# finished runs (without checkpoints) and the logs are packed into $OUT/scaling_10m.tgz; the
-# report (bootstrap intervals: minutes of CPU) is made where they are unpacked:
-#   rankmixer bench scaling --spec scaling_10m --report-only --out DIR   (DIR/runs = the runs)
+# finishes what the first left (each run from its last checkpoint). After each stage the runs
+# finished so far in this call and the logs are packed into $OUT (see pack below); the report
+# (bootstrap intervals: minutes of CPU) is made where they are unpacked into DIR/runs:
+#   rankmixer bench scaling --spec scaling_10m --report-only --out DIR
 #
 #   OUT=/tmp/gpu bash scripts/gpu_scaling.sh                     # on a CUDA machine
 #   SMALL=1 PROCS=2 OUT=/tmp/gpu bash scripts/gpu_scaling.sh     # tiny data and budget, any machine
@@ -18,8 +18,8 @@ PROCS=${PROCS:-8}
 DEADLINE=${DEADLINE:-540}
 SMALL=${SMALL:-0}
 FAMILIES=${FAMILIES:-rankmixer-post,dcnv2,wukong,tokenmixer-large,rankmixer-none,oracle,rankmixer-pre,dlrm-mlp,hiformer}
-RESULTS=$OUT/scaling_10m
-mkdir -p "$RESULTS"
+RESULTS=${RESULTS:-/tmp/scaling_10m_logs}  # logs; packed into $OUT/logs.tgz
+mkdir -p "$RESULTS" "$OUT"
 export PYTHONUNBUFFERED=1
 
 DATA=()
@@ -30,11 +30,27 @@ if [ "$SMALL" = "1" ]; then
   BUDGET=(--budget samples=16384)
 fi
 
-pack() {  # the finished and partial runs without their checkpoints, and the logs
+# What comes back from a call is at most 8 files of 16 MiB, 64 MiB in all: the runs that finished
+# during this call (PACK_ALL=1: every finished run) go into up to 6 archives of 7 runs each
+# (about 2 MB a run: its metrics, logged windows, config and test predictions), the logs into one.
+touch "$RESULTS/.call_start"
+pack() {
+  rm -f "$OUT"/runs_*.tgz
   if [ -d "$BENCH/runs" ]; then
-    tar czf "$RESULTS/runs.tgz" --exclude='checkpoints' --exclude='*.pt' --exclude='*.safetensors' --exclude='tensorboard' -C "$BENCH" runs 2>/dev/null || true
+    local list=$RESULTS/.to_pack
+    for r in $(ls "$BENCH/runs"); do
+      local m=$BENCH/runs/$r/metrics.json
+      if [ -f "$m" ] && { [ "${PACK_ALL:-0}" = "1" ] || [ "$m" -nt "$RESULTS/.call_start" ]; }; then echo "$r"; fi
+    done | head -n 42 > "$list"
+    split -l 7 -d "$list" "$RESULTS/.part_"
+    for part in "$RESULTS"/.part_*; do
+      [ -s "$part" ] || continue
+      tar czf "$OUT/runs_${part##*_}.tgz" -C "$BENCH/runs" $(sed 's|$|/metrics.json|' "$part") \
+        $(sed 's|$|/metrics.jsonl|' "$part") $(sed 's|$|/config.yaml|' "$part") $(sed 's|$|/test_predictions.npz|' "$part")
+    done
+    rm -f "$RESULTS"/.part_*
   fi
-  tar czf "$OUT/scaling_10m.tgz" -C "$RESULTS" . 2>/dev/null || true
+  tar czf "$OUT/logs.tgz" -C "$RESULTS" --exclude='./.*' . 2>/dev/null || true
 }
 
 stage() {  # stage NAME LIMIT_S COMMAND...
@@ -66,4 +82,5 @@ fi
 ls "$BENCH/runs" 2>/dev/null | while read -r r; do
   [ -f "$BENCH/runs/$r/metrics.json" ] && echo "finished $r" || echo "unfinished $r"
 done | sort | tee "$RESULTS/runs.txt" | tail -n 50
-echo "wrote $OUT/scaling_10m.tgz"
+pack
+ls -la "$OUT"

@@ -241,12 +241,14 @@ def run_accuracy(
             extra += budget_overrides(budget, load_config(cell.config, extra).train.batch_size)
         jobs.append((cell, seed, run_dir, load_config(cell.config, extra)))
     if report_only:
-        missing = [f"{c.label} seed {s}" for c, s, r, _ in jobs if not _finished(r)]
-        if len(missing) == len(jobs):
+        finished = [j for j in jobs if _finished(j[2])]
+        if not finished:
             raise ValueError(f"no finished run in {out_dir / 'runs'} to report")
-        if missing:
-            log(f"reporting {len(jobs) - len(missing)} of {len(jobs)} runs; not finished: {', '.join(missing)}")
-        jobs = [j for j in jobs if _finished(j[2])]
+        if len(finished) < len(jobs):
+            done = {j[2] for j in finished}
+            missing = [f"{c.label} seed {s}" for c, s, r, _ in jobs if r not in done]
+            log(f"reporting {len(finished)} of {len(jobs)} runs; not finished: {', '.join(missing)}")
+        jobs = finished
     elif processes > 1:
         _train_in_parallel(jobs, processes, log)
     else:
@@ -261,9 +263,10 @@ def run_accuracy(
             log(f"[{i}/{len(jobs)}] {cell.label} seed {seed}: training{eta}")
             trained_s.append(_train_one(cell, seed, run_dir, cfg))
             log(f"[{i}/{len(jobs)}] finished in {trained_s[-1]:.0f}s")
-    results = []
+    results, machines = [], []
     for cell, seed, run_dir, cfg in jobs:
         result = json.loads((run_dir / "metrics.json").read_text())
+        machines.append(result.get("machine"))
         device = (result.get("machine") or {}).get("device") or pick_device(cfg.train.device).type
         results.append({
             "label": cell.label, "config": cell.config, "overrides": list(cell.overrides),
@@ -277,7 +280,7 @@ def run_accuracy(
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
         })
     summary = summarise(results, out_dir / "runs")
-    report = {"machine": _machine(results, [j[2] for j in jobs]), "seeds": seeds,
+    report = {"machine": _machine(results, machines), "seeds": seeds,
               "overrides": overrides or [], "budget": budget, "cells": results, "summary": summary}
     report["differences"] = dataset_differences(report, differences, out_dir / "runs")
     write_json(out_dir / f"{name}.json", report)
@@ -286,11 +289,10 @@ def run_accuracy(
     return report
 
 
-def _machine(results: list[dict], run_dirs: list[Path]) -> dict:
-    """Where the runs trained: the machine their ``metrics.json`` records when they all name the
-    same device and CPU, else this machine with the runs' training device (and ``run_machines``:
-    each distinct one the runs record)."""
-    recorded = [json.loads((d / "metrics.json").read_text()).get("machine") for d in run_dirs]
+def _machine(results: list[dict], recorded: list[dict | None]) -> dict:
+    """Where the runs trained: the machine their ``metrics.json`` records (``recorded``, one per
+    result) when they all name the same device and CPU, else this machine with the runs'
+    training device (and ``run_machines``: each distinct one the runs record)."""
     kinds = {json.dumps({k: m[k] for k in ("device_name", "cpu_flags", "cpus", "torch")}, sort_keys=True)
              for m in recorded if m}
     if len(kinds) == 1 and all(recorded):

@@ -53,6 +53,11 @@ SPEC_KEYS = ("dataset", "budget", "families", "oracle", "differences")
 SLOPE_KEYS = {"flops_per_sample": "auc_per_doubling_flops", "dense_parameters": "auc_per_doubling_params"}
 
 
+def cell_label(family: str, size: int | str) -> str:
+    """The label (and run directory stem) of a family's size ``size``."""
+    return f"scaling-{family}-{size}"
+
+
 def load_spec(path: Path | str) -> tuple[list[Cell], str | None]:
     """The cells of a scaling spec (a file, or a packaged spec's name such as ``scaling``),
     families outer, sizes inner, and its budget. A size is a model section: a mapping, or a part
@@ -71,7 +76,7 @@ def load_spec(path: Path | str) -> tuple[list[Cell], str | None]:
             raise ConfigError(f"scaling spec {path}: family {family!r} needs a list of at least two model sections")
         for i, entry in enumerate(sizes):
             model = model_section(entry, [path.parent], f"scaling spec {path}: {family!r} size {i}")
-            cells.append(Cell(f"scaling-{family}-{i}", str(ds["config"]), (f"model={json.dumps(model)}", *ds_overrides),
+            cells.append(Cell(cell_label(family, i), str(ds["config"]), (f"model={json.dumps(model)}", *ds_overrides),
                               family, "scaling"))
     if tree.get("oracle") is not None:
         model = model_section(tree["oracle"], [path.parent], f"scaling spec {path}: oracle")
@@ -102,7 +107,7 @@ def size_differences(report: dict, pairs: list[tuple[str, str]], runs_dir: Path 
     for a, b in pairs:
         for label_a in (lab for lab, r in rows.items() if r["model"] == a):
             size = label_a.rsplit("-", 1)[1]
-            label_b = f"scaling-{b}-{size}"
+            label_b = cell_label(b, size)
             if label_b in rows:
                 diff = paired_difference(report, label_a, label_b, runs_dir, **BOOTSTRAP)
                 out.append({"dataset": f"size {size}", "model_a": a, "model_b": b, **diff})

@@ -1,5 +1,6 @@
-"""The GTS network: the k-round inference against a slow per-cell loop, k = 0 as the plain
-classifier, shapes, and encoders whose output does not depend on batch padding."""
+"""The GTS network: the k-round inference against a slow per-cell loop and against the
+unfactored per-round equations (pair features materialised), k = 0 as the plain classifier,
+shapes, and encoders whose output does not depend on batch padding."""
 
 from __future__ import annotations
 
@@ -9,8 +10,30 @@ import torch.nn.functional as F
 
 from rankmixer.text.config import ModelSection
 from rankmixer.text.encoders import BiLSTMEncoder, CNNEncoder
-from rankmixer.text.inference import GridClassifier, pair_features, upper_mask, word_summary
+from rankmixer.text.inference import GridClassifier, upper_mask, word_summary
 from rankmixer.text.model import GTSModel
+
+
+def pair_features(h):
+    """[B, n, d] -> [B, n, n, 2d]: cell (i, j) is [h_i; h_j]."""
+    n = h.shape[1]
+    return torch.cat([h[:, :, None, :].expand(-1, -1, n, -1), h[:, None, :, :].expand(-1, n, -1, -1)], dim=-1)
+
+
+def unfactored(net, h, mask):
+    """The paper's equations round by round on the materialised feature grid [B, n, n, 2d]."""
+    cells = upper_mask(mask)
+    n = h.shape[1]
+    z = pair_features(h)
+    logits = net.classifier(z)
+    out = [logits]
+    for _ in range(net.rounds):
+        s = torch.softmax(logits, -1) if net.feedback == "probs" else logits
+        p = word_summary(s, cells)
+        z = net.update(torch.cat([z, p[:, :, None, :].expand(-1, -1, n, -1), p[:, None, :, :].expand(-1, n, -1, -1), s], -1))
+        logits = net.classifier(z)
+        out.append(logits)
+    return out
 
 
 def inputs(lengths=(5, 3), d=6, seed=0):
@@ -23,7 +46,7 @@ def inputs(lengths=(5, 3), d=6, seed=0):
 
 def test_rounds_give_one_grid_each():
     h, mask = inputs()
-    out = GridClassifier(12, 6, rounds=2).double()(pair_features(h), mask)
+    out = GridClassifier(12, 6, rounds=2).double()(h, mask)
     assert len(out) == 3 and all(o.shape == (2, 5, 5, 6) for o in out)
 
 
@@ -33,12 +56,12 @@ def test_k0_is_the_plain_classifier():
     k2 = GridClassifier(12, 6, rounds=2).double()
     k0 = GridClassifier(12, 6, rounds=0).double()
     k0.classifier.load_state_dict(k2.classifier.state_dict())
-    (plain,) = k0(pair_features(h), mask)
+    (plain,) = k0(h, mask)
     w, bias = k2.classifier.weight, k2.classifier.bias
     by_hand = torch.stack([torch.stack([torch.stack([F.linear(torch.cat([h[b, i], h[b, j]]), w, bias)
                                                      for j in range(5)]) for i in range(5)]) for b in range(2)])
     torch.testing.assert_close(plain, by_hand)
-    torch.testing.assert_close(k2(pair_features(h), mask)[0], plain)
+    torch.testing.assert_close(k2(h, mask)[0], plain)
     assert k0.update is None
 
 
@@ -48,7 +71,7 @@ def test_one_feedback_round_against_a_per_cell_loop(feedback):
     torch.manual_seed(1)
     net = GridClassifier(12, 4, rounds=1, feedback=feedback).double()
     z = pair_features(h)
-    out = net(z, mask)
+    out = net(h, mask)
     p0 = out[0].softmax(-1) if feedback == "probs" else out[0]
     lengths = mask.sum(1).long().tolist()
     for b, m in enumerate(lengths):
@@ -64,6 +87,29 @@ def test_one_feedback_round_against_a_per_cell_loop(feedback):
                 q = torch.cat([z[b, i, j], summary[i], summary[j], p0[b, i, j]])
                 want = net.classifier(net.update(q))
                 torch.testing.assert_close(out[1][b, i, j], want)
+
+
+@pytest.mark.parametrize("feedback", ["probs", "logits"])
+def test_three_rounds_equal_the_unfactored_equations(feedback):
+    h, mask = inputs(lengths=(6, 2, 4), d=5, seed=3)
+    torch.manual_seed(2)
+    net = GridClassifier(10, 6, rounds=3, feedback=feedback).double()
+    factored, reference = net(h, mask), unfactored(net, h, mask)
+    assert len(factored) == 4
+    for a, b in zip(factored, reference):
+        torch.testing.assert_close(a, b)
+    # and the gradients of every parameter and of the words agree
+    h.requires_grad_(True)
+    g1 = torch.autograd.grad(net(h, mask)[-1].square().sum(), [h, *net.parameters()])
+    g2 = torch.autograd.grad(unfactored(net, h, mask)[-1].square().sum(), [h, *net.parameters()])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_pair_width_that_does_not_match_is_an_error():
+    h, mask = inputs(d=6)
+    with pytest.raises(ValueError, match="width 6"):
+        GridClassifier(10, 6, rounds=1).double()(h, mask)
 
 
 def test_word_summary_excludes_padding_and_lower_triangle():

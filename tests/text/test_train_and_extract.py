@@ -142,3 +142,19 @@ def test_an_unusable_device_is_a_user_error(tiny_aste, tiny_config, tmp_path):
     r = runner.invoke(app, ["text", "train-gts", "--data", str(tiny_aste), "--out", str(tmp_path / "m"),
                             "-c", str(tiny_config), "--device", "cuda"])
     assert r.exit_code == 2 and "no CUDA device" in r.output and not (tmp_path / "m").exists()
+
+
+def test_the_bio_baseline_trains_saves_and_extracts(tiny_aste, tiny_config, tmp_path):
+    out = tmp_path / "bio"
+    r = runner.invoke(app, ["text", "train-gts", "--data", str(tiny_aste), "--out", str(out), "-c", str(tiny_config),
+                            "--tagger", "bio", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "bio-bilstm" and metrics["rounds"] is None and "triplet" in metrics["test"]
+    model, _, cfg = load_model_dir(out)
+    assert cfg.model.tagger == "bio" and type(model).__name__ == "BIOTagger"
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("text\nthe food was great .\n")
+    r = runner.invoke(app, ["text", "extract", "--model", str(out), "--input", str(csv), "--out", str(tmp_path / "t.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "t.jsonl").read_text())["tokens"] == ["the", "food", "was", "great", "."]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankmixer.bench import (
-    accuracy, distributed, fuxictr_dcnv2, intervals, moe, scaling, sequence_length, serve, speed_table,
+    accuracy, distributed, fuxictr_dcnv2, gts, intervals, moe, scaling, sequence_length, serve, speed_table,
 )
 from rankmixer.bench.doc_renderers import (
     ablation_deltas,
@@ -286,6 +286,14 @@ def render_scaling(reports: list[dict], opts: dict) -> str:
                             rep.get("differences"))
 
 
+def render_gts(reports: list[dict], opts: dict) -> str:
+    """``bench gts``'s table, optionally only some ``datasets=`` and ``models=``."""
+    datasets, models = _names(opts, "datasets"), _names(opts, "models")
+    _done(opts, "gts")
+    (rep,) = reports
+    return gts.markdown_table(rep, datasets, models)
+
+
 def render_speed(reports: list[dict], opts: dict) -> str:
     """A part of a ``bench speed`` report: ``part=rankmixer`` (default), ``part=profile``
     (``precision=``, ``what=train|infer``, ``top=``), ``part=dcn`` or ``part=moe``."""
@@ -347,6 +355,7 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "differences": render_differences,
     "ablations": render_ablations,
     "scaling": render_scaling,
+    "gts": render_gts,
     "speed": render_speed,
     "speed-targets": _one(speed_targets, "speed-targets"),
     "moe": _one(moe.moe_table, "moe"),

@@ -12,7 +12,7 @@ from rich.table import Table
 from rankmixer.cli.common import console, user_errors
 from rankmixer.core.files import check_output, write_json
 
-__all__ = ["accuracy", "distributed", "loader", "moe", "scaling", "sequence_length", "serve", "speed", "tables"]
+__all__ = ["accuracy", "distributed", "gts", "loader", "moe", "scaling", "sequence_length", "serve", "speed", "tables"]
 
 
 def loader(
@@ -119,6 +119,32 @@ def scaling(
                     families=_names(families), processes=processes, report_only=report_only)
     console.print((out / "scaling.md").read_text(), markup=False)
     console.print(f"wrote {out / 'scaling.json'}, {out / 'scaling.md'} and {out / 'scaling.png'}")
+
+
+def gts(
+    spec: Path = typer.Option(Path("gts"), help="Spec (data directory, datasets, models, rounds, published scores): "
+                                                 "a packaged name or a YAML file."),
+    seeds: int = typer.Option(3, min=1, help="Seeds per cell (0 .. seeds-1)."),
+    datasets: Optional[str] = typer.Option(None, help="Comma-separated datasets of the spec (default: all)."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated models of the spec (default: all)."),
+    rounds: Optional[str] = typer.Option(None, help="Comma-separated inference rounds k for the grid models "
+                                                    "(default: the spec's)."),
+    out: Path = typer.Option(Path("bench_out/gts"), help="Output directory (runs, JSON, Markdown)."),
+    name: str = typer.Option("gts", help="Stem of the report files: several selections can share --out and its runs."),
+    processes: int = typer.Option(1, min=1, help="Runs trained at once, each in its own process."),
+    report_only: bool = typer.Option(False, help="Train nothing: report the runs finished so far."),
+    device: Optional[str] = typer.Option(None, help="Torch device to train on, e.g. cuda (default: the spec's, cpu)."),
+) -> None:
+    """Triplet and pair F1 of GTS and the BIO baseline on the ASTE-Data-V2 test sets (mean ± sd over
+    seeds), beside the published numbers. Resumable."""
+    from rankmixer.bench.gts import markdown_table, run_gts_bench
+
+    with user_errors():
+        report = run_gts_bench(spec, list(range(seeds)), out, name, _names(datasets), _names(models),
+                               _ints([rounds]) if rounds else None, processes, report_only, device,
+                               log=console.print)
+    console.print(markdown_table(report), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
 
 
 def sequence_length(

@@ -19,6 +19,8 @@ def train_gts(
                                         "(e.g. ../shared/data/aste-v2/res14)."),
     out: Path = typer.Option(..., help="Model directory to write (weights, vocabulary, config, metrics.json)."),
     encoder: Optional[str] = typer.Option(None, help="bilstm or cnn (default: the config's, bilstm)."),
+    tagger: Optional[str] = typer.Option(None, help="grid (GTS) or bio (the baseline: BIO tags and nearest-span "
+                                                    "pairing) (default: the config's, grid)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="GTS config YAML (default: the packaged "
                                                                        "configs/text/gts.yaml)."),
     seed: Optional[int] = typer.Option(None, help="Seed (default: the config's)."),
@@ -29,18 +31,19 @@ def train_gts(
     device: Optional[str] = typer.Option(None, help="Torch device to train on, e.g. cuda (default: the config's, cpu)."),
     overwrite: bool = typer.Option(False, help="Replace an existing GTS model directory."),
 ) -> None:
-    """Train GTS (grid tagging) on one ASTE-Data-V2 dataset; print dev/test P/R/F1."""
+    """Train GTS (grid tagging) or the BIO baseline on one ASTE-Data-V2 dataset; print dev/test P/R/F1."""
     from rankmixer.text.config import GTSConfig, default_config, load_gts_config
-    from rankmixer.text.train import train_gts as run
+    from rankmixer.text.train import model_name, train_gts as run
 
     with user_errors():
         cfg = load_gts_config(config) if config else default_config()
-        over = {k: v for k, v in (("encoder", encoder), ("rounds", rounds), ("task", task)) if v is not None}
+        over = {k: v for k, v in (("encoder", encoder), ("tagger", tagger), ("rounds", rounds), ("task", task))
+                if v is not None}
         train_over = {k: v for k, v in (("seed", seed), ("epochs", epochs), ("device", device)) if v is not None}
         cfg = GTSConfig.model_validate({"model": {**cfg.model.model_dump(), **over},
                                         "train": {**cfg.train.model_dump(), **train_over}})
         metrics = run(cfg, data, out, overwrite=overwrite, log=console.print)
-    table = Table(title=f"GTS-{cfg.model.encoder} on {data} (best epoch {metrics['best_epoch']})")
+    table = Table(title=f"{model_name(cfg)} on {data} (best epoch {metrics['best_epoch']})")
     for c in ("split", "scores", "precision", "recall", "F1"):
         table.add_column(c, justify="right" if c in ("precision", "recall", "F1") else "left")
     for split in ("dev", "test"):

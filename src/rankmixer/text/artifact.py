@@ -16,7 +16,7 @@ from torch import nn
 from rankmixer.core.files import atomic_directory
 from rankmixer.core.weights import load_weights, save_weights
 from rankmixer.text.config import GTSConfig
-from rankmixer.text.model import GTSModel
+from rankmixer.text.model import TextTagger, build_model
 from rankmixer.text.vocab import Vocabulary
 
 __all__ = ["FILES", "KIND", "load_model_dir", "save_model_dir"]
@@ -35,7 +35,7 @@ def save_model_dir(out: Path | str, model: nn.Module, vocab: Vocabulary, cfg: GT
     return Path(out)
 
 
-def load_model_dir(path: Path | str) -> tuple[GTSModel, Vocabulary, GTSConfig]:
+def load_model_dir(path: Path | str) -> tuple[TextTagger, Vocabulary, GTSConfig]:
     """The model (in eval mode), its vocabulary and config; a missing or damaged file is an
     error naming it."""
     path = Path(path)
@@ -49,6 +49,6 @@ def load_model_dir(path: Path | str) -> tuple[GTSModel, Vocabulary, GTSConfig]:
     except (ValueError, OSError) as e:
         raise ValueError(f"{path / FILES['config']}: not a GTS config ({e})") from e
     vocab = Vocabulary.load(path / FILES["vocab"])
-    model = GTSModel(len(vocab), cfg.model)
+    model = build_model(len(vocab), cfg.model)
     load_weights(path / FILES["weights"], model)
     return model.eval(), vocab, cfg

@@ -25,10 +25,15 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "text" / "gts
 
 
 class ModelSection(StrictModel):
-    """The network: encoder, sizes and the number of feedback inference rounds."""
+    """The network: tagger, encoder, sizes and the number of feedback inference rounds."""
 
     task: Literal["triplet", "pair"] = Field(
         default="triplet", description="triplet: tags N, A, O, NEG, NEU, POS; pair: N, A, O, PAIR")
+    tagger: Literal["grid", "bio"] = Field(
+        default="grid", description="grid: GTS (word-pair grid, k feedback rounds); bio: the baseline, one BIO "
+                                    "tag per word (aspects carry their sentiment) and each span paired with the "
+                                    "nearest span of the other kind (rankmixer.text.bio; rounds and feedback "
+                                    "unused)")
     encoder: Literal["bilstm", "cnn"] = Field(default="bilstm", description="word encoder")
     embedding_dim: int = Field(default=100, ge=1, description="word embedding width (trained from scratch)")
     lstm_dim: int = Field(default=50, ge=1, description="BiLSTM units per direction")

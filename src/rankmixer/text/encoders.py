@@ -1,7 +1,8 @@
 """The word encoders of GTS-CNN and GTS-BiLSTM: word vectors [B, n, E] -> contextual word
 representations h [B, n, d], each refined by a residual self-attention over the sentence as in
 the reference implementation (dot-product attention after the BiLSTM, additive attention after
-the CNN).
+the CNN). :class:`WordModel` puts trained-from-scratch word embeddings in front: the part every
+tagger here (GTS's grid, the BIO baseline) shares.
 
 Padding never leaks into a word's representation: padded keys are masked out of the
 attention, and the CNN zeroes padded positions after every layer (so a sentence's output does
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["BiLSTMEncoder", "CNNEncoder", "masked_attention"]
+from rankmixer.text.config import ModelSection
+
+__all__ = ["BiLSTMEncoder", "CNNEncoder", "WordModel", "masked_attention"]
 
 
 def masked_attention(scores: Tensor, values: Tensor, mask: Tensor) -> Tensor:
@@ -65,3 +68,24 @@ class CNNEncoder(nn.Module):
         # score(i, j) = v . tanh(Wq h_i + Wk h_j)
         scores = self.v(torch.tanh(self.w_query(h)[:, :, None, :] + self.w_key(h)[:, None, :, :])).squeeze(-1)
         return h + masked_attention(scores, h, mask)
+
+
+class WordModel(nn.Module):
+    """Word ids -> contextual word representations: embeddings trained from scratch (id 0,
+    padding, stays zero), dropout, then the configured encoder. Taggers subclass it and add
+    their head."""
+
+    def __init__(self, vocab_size: int, cfg: ModelSection) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.encoder == "bilstm":
+            self.encoder: nn.Module = BiLSTMEncoder(cfg.embedding_dim, cfg.lstm_dim)
+        else:
+            self.encoder = CNNEncoder(cfg.embedding_dim, cfg.cnn_dim, cfg.dropout)
+
+    def words(self, tokens: Tensor, lengths: Tensor, mask: Tensor) -> Tensor:
+        """h [B, n, encoder.out_dim] of every word (padding rows zero-masked on the input)."""
+        x = self.dropout(self.embedding(tokens)) * mask[..., None]
+        return self.encoder(x, lengths, mask)

@@ -22,7 +22,7 @@ from typing import Literal
 from rankmixer.core.files import atomic_file, check_output, output_format
 from rankmixer.text.artifact import load_model_dir
 from rankmixer.text.aste import Sentence
-from rankmixer.text.model import GTSModel
+from rankmixer.text.model import TextTagger
 from rankmixer.text.predict import predict
 from rankmixer.text.tokenize import tokenize
 from rankmixer.text.vocab import Vocabulary
@@ -74,7 +74,7 @@ def read_review_texts(path: Path | str, column: str = "text", on_bad_row: OnBadR
     return out
 
 
-def triplet_records(model: GTSModel, vocab: Vocabulary, max_len: int, texts: list[str],
+def triplet_records(model: TextTagger, vocab: Vocabulary, max_len: int, texts: list[str],
                     batch_size: int = 64) -> tuple[list, int]:
     """The triplets of each text (``None`` for a text with no words) and how many texts were cut
     to ``max_len`` words. A triplet record holds the aspect and opinion words, their [first,

@@ -1,7 +1,8 @@
-"""Training GTS on one ASTE-Data-V2 dataset: ``rankmixer text train-gts``.
+"""Training GTS (or the BIO baseline) on one ASTE-Data-V2 dataset: ``rankmixer text train-gts``.
 
-Adam on the cross-entropy of the last inference round's logits over the upper-triangle cells
-of every sentence (lower triangle and padding ignored), as the reference code trains. After
+Adam on the model's loss (GTS: the cross-entropy of the last inference round's logits over the
+upper-triangle cells of every sentence, lower triangle and padding ignored, as the reference
+code trains; the baseline: the cross-entropy of every word's BIO tag). After
 each epoch the model is scored on dev; the weights with the best dev triplet F1 (pair F1 for
 the pair task) are kept, and training stops after ``patience`` epochs without improvement. The
 kept model is then scored on dev and test and written, with its vocabulary, config and metrics,
@@ -21,19 +22,22 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from rankmixer.core.files import check_output, check_replaceable
 from rankmixer.text.artifact import KIND, save_model_dir
 from rankmixer.text.aste import read_aste_dir
 from rankmixer.text.batches import iterate_batches
 from rankmixer.text.config import GTSConfig
-from rankmixer.text.grid import IGNORE
-from rankmixer.text.model import GTSModel
+from rankmixer.text.model import build_model
 from rankmixer.text.predict import evaluate
 from rankmixer.text.vocab import Vocabulary
 
-__all__ = ["train_gts"]
+__all__ = ["model_name", "train_gts"]
+
+
+def model_name(cfg: GTSConfig) -> str:
+    """``gts-bilstm``, ``gts-cnn``, ``bio-bilstm``, ``bio-cnn``."""
+    return f"{'gts' if cfg.model.tagger == 'grid' else 'bio'}-{cfg.model.encoder}"
 
 
 def train_gts(
@@ -62,10 +66,11 @@ def train_gts(
     device = torch.device(t.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device is {t.device}, but this torch sees no CUDA device")
-    model = GTSModel(len(vocab), cfg.model).to(device)
+    model = build_model(len(vocab), cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     key = "triplet" if cfg.model.task == "triplet" else "pair"
-    log(f"GTS-{cfg.model.encoder} ({cfg.model.task}, k={cfg.model.rounds}) on {data_dir}: "
+    rounds = f", k={cfg.model.rounds}" if cfg.model.tagger == "grid" else ""
+    log(f"{model_name(cfg)} ({cfg.model.task}{rounds}) on {data_dir}: "
         f"{len(train)} train / {len(dev)} dev / {len(test)} test sentences, vocabulary {len(vocab)}")
 
     best_f1, best_epoch, best_state, history = -1.0, -1, None, []
@@ -74,9 +79,7 @@ def train_gts(
         model.train()
         total, batches = 0.0, 0
         for batch in iterate_batches(train, vocab, cfg.model.task, t.batch_size, shuffle, t.pool):
-            batch = batch.to(device)
-            logits = model(batch.tokens, batch.lengths, batch.mask)[-1]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tags.reshape(-1), ignore_index=IGNORE)
+            loss = model.loss(batch.to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -95,9 +98,9 @@ def train_gts(
 
     model.load_state_dict(best_state)
     metrics = {
-        "model": f"gts-{cfg.model.encoder}",
+        "model": model_name(cfg),
         "task": cfg.model.task,
-        "rounds": cfg.model.rounds,
+        "rounds": cfg.model.rounds if cfg.model.tagger == "grid" else None,
         "data": str(data_dir),
         "seed": t.seed,
         "device": t.device,

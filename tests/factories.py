@@ -186,6 +186,17 @@ SMALL: dict[str, dict] = {
                                           "page_attention_hidden": [8]}, "dnn_hidden": [16]},
     "interformer": {"embedding_dim": 8, "seq_dim": 8, "num_layers": 2, "interaction_hidden": [16],
                     "output_hidden": [16], "masknet_hidden": [8]},
+    # every block type and every way inputs combine (sets of two widths, a vector into a set block)
+    "searched": {"embedding_dim": 8, "blocks": [
+        {"name": "att", "type": "attention", "width": 4, "heads": 2},
+        {"name": "cmp", "type": "compress", "inputs": ["emb", "att"], "width": 3},
+        {"name": "rm", "type": "rankmixer", "inputs": ["cmp"], "tokens": 2, "width": 8},
+        {"name": "dh", "type": "dhen", "inputs": ["emb"]},
+        {"name": "cr", "type": "cross", "inputs": ["emb"], "depth": 2, "rank": 4},
+        {"name": "mlp", "type": "mlp", "inputs": ["cr", "rm"], "width": 16},
+        {"name": "gt", "type": "gating", "inputs": ["mlp"]},
+        {"name": "dt", "type": "dot", "inputs": ["dh", "gt"]},
+        {"name": "fm", "type": "fm", "inputs": ["emb", "rm"]}]},
     "fuxictr-lr": {},
     "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
     "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},

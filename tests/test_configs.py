@@ -24,7 +24,8 @@ EXPERIMENTS = sorted((PACKAGED / "experiment").glob("*.yaml"))
 NAMES = [p.stem for p in EXPERIMENTS]
 PAIRS = [(n.replace("_fuxictr_", "_"), n) for n in NAMES if "_fuxictr_" in n and n.replace("_fuxictr_", "_") in NAMES]
 SCALING_SPECS = ("scaling", "scaling_10m")
-SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml") if p.stem not in (*SCALING_SPECS, "sequence_length"))
+SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml")
+                if p.stem not in (*SCALING_SPECS, "sequence_length", "gts"))  # gts: tests/text/test_gts_bench.py
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -30,6 +30,7 @@ LAYERS: list[list[str]] = [
     ["rankmixer.config"],
     ["rankmixer.experiment", "rankmixer.serve", "rankmixer.early_exit"],
     ["rankmixer.tune"],
+    ["rankmixer.search"],  # an architecture search runs as a tuning study
     ["rankmixer.bench"],
     ["rankmixer.cli"],
     ["rankmixer.__main__"],

@@ -1,6 +1,6 @@
 """The ``rankmixer`` command line: a thin Typer app. Each command parses its options, calls one
 library function and prints; the commands live by group in this package (``train``, ``tune``,
-``data``, ``models``, ``bench``, ``serve``, ``text``,
+``search``, ``data``, ``models``, ``bench``, ``serve``, ``text``,
 ``features``) and are all registered here, in the order ``--help`` lists them.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from rankmixer.cli import bench, data, features, models, serve, text, train, tune
+from rankmixer.cli import bench, data, features, models, search, serve, text, train, tune
 
 __all__ = ["app"]
 
@@ -24,6 +24,7 @@ app.command()(train.evaluate)
 app.command()(train.predict)
 app.command("calibrate-exit")(train.calibrate_exit)
 app.command()(tune.tune)
+app.command()(search.search)
 app.command()(models.models)
 app.command()(serve.export)
 app.command()(serve.serve)

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from rankmixer.core.files import atomic_file, check_output, output_format, write_json, write_text_atomic
+from rankmixer.core.hardware import machine_info
 from rankmixer.text.artifact import load_model_dir
 from rankmixer.text.features import aggregate, schema_snippet
 from rankmixer.text.reviews import OnBadRow, ReviewInputError, triplet_records
@@ -122,6 +123,7 @@ def review_features(model_dir: Path | str, reviews: Path | str, out: Path | str,
         "triplets": sum(features.columns["review_triplets"]), "top_aspects": features.aspects,
         "extraction_seconds": round(seconds, 4), "reviews_per_second": round(len(kept) / seconds, 1) if seconds else None,
         "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
+        "machine": machine_info(next(model.parameters()).device),
     }
     write_json(report_path, report, inputs=[reviews, model_dir], what="features report")
     return report

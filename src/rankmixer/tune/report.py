@@ -29,6 +29,7 @@ def trial_record(trial, space: SearchSpace) -> dict:
         "run_dirs": trial.user_attrs.get("run_dirs"),
         "retry_of": origin if origin != trial.number else None,
         "interrupted": bool(trial.user_attrs.get("interrupted")),
+        "error": trial.user_attrs.get("error"),
         "started": start.isoformat(timespec="seconds") if start else None,
         "finished": end.isoformat(timespec="seconds") if end else None,
         "duration_s": round((end - start).total_seconds(), 1) if start and end else None,

@@ -49,9 +49,9 @@ class TrialRunner:
     """The objective Optuna calls: one trial's training runs and its value."""
 
     def __init__(self, config: Path, overrides: list[str], space: SearchSpace, seeds: list[int], out_dir: Path,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], catch_errors: bool = False):
         self.config, self.overrides, self.space, self.seeds = config, overrides, space, seeds
-        self.out_dir, self.log = out_dir, log
+        self.out_dir, self.log, self.catch_errors = out_dir, log, catch_errors
         self.failures_in_a_row = 0
         self.progress = ""  # "3/20": this trial's place in the study's target, for the log
 
@@ -62,7 +62,7 @@ class TrialRunner:
         trial.set_user_attr("interrupted", False)
         values = self.space.suggest(trial)
         again = f" (retry of trial {origin})" if origin != trial.number else ""
-        self.log(f"trial {trial.number} [{self.progress}]{again}: " + " ".join(self.space.overrides(values)))
+        self.log(f"trial {trial.number} [{self.progress}]{again}: " + self.space.summary(values))
         scores, runs = [], []
         try:
             for seed in self.seeds:
@@ -76,6 +76,14 @@ class TrialRunner:
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # the next run queues it again (study.retry_interrupted)
             raise
+        except Exception as e:  # noqa: BLE001 - a trial's own failure (out of memory, a diverged run ...)
+            if not self.catch_errors:
+                raise
+            reason = f"{type(e).__name__}: {e}"
+            trial.set_user_attr("error", reason[:2000])
+            self.log(f"trial {trial.number}: failed ({reason.splitlines()[0][:200]})")
+            self.failures_in_a_row += 1
+            return math.nan  # Optuna records the trial as failed; the study goes on
         value = float(np.mean(scores))
         obj = self.space.objective
         self.log(f"trial {trial.number}: valid {obj.metric} {value:.5f}"
@@ -113,17 +121,23 @@ def run_tune(
     study_name: str = "tune",
     log: Callable[[str], None] = print,
     heartbeat_s: int = 60,
+    catch_errors: bool = False,
+    max_failures_in_a_row: int = MAX_FAILURES_IN_A_ROW,
 ) -> dict:
     """Run trials until the study holds ``trials`` complete ones; write and return the report.
 
     ``config`` is an experiment (packaged name or file), ``space`` a space file, packaged space
-    or :class:`SearchSpace`, ``overrides`` apply to every trial before the space's values;
-    ``storage`` an Optuna RDB URL or journal file (default ``sqlite:///OUT/study.db``)."""
+    or a space object (:class:`SearchSpace`, or one with its methods, such as the architecture
+    space of rankmixer.search), ``overrides`` apply to every trial before the space's values;
+    ``storage`` an Optuna RDB URL or journal file (default ``sqlite:///OUT/study.db``).
+    ``catch_errors``: a trial whose training raises is recorded as failed with the error (its
+    ``error`` attribute) and the study goes on, until ``max_failures_in_a_row`` trials in a row
+    have failed."""
     optuna = import_optuna()
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
     out_dir = Path(out_dir)
-    space = space if isinstance(space, SearchSpace) else load_space(space)
+    space = load_space(space) if isinstance(space, (str, Path)) else space
     config_file = config_path(config)
     overrides = list(overrides or [])
     inputs = [config_file, space.file]
@@ -140,7 +154,7 @@ def run_tune(
     for number in retry_interrupted(study):
         log(f"trial {number} was interrupted: queued again with the same parameters")
     seeds = list(space.seeds or [base.seed])
-    runner = TrialRunner(config_file, overrides, space, seeds, out_dir, log)
+    runner = TrialRunner(config_file, overrides, space, seeds, out_dir, log, catch_errors)
     context = {"config": str(config), "overrides": overrides, "space_file": str(space.file) if space.file else None,
                "storage": public_url(url), "study": study_name, "trials_target": trials, "seeds": seeds,
                "base_config": base.model_dump(mode="json"), "machine": machine_info(pick_device(base.train.device))}
@@ -161,7 +175,7 @@ def run_tune(
             study.optimize(runner, n_trials=1)
         finally:
             report()
-        if runner.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+        if runner.failures_in_a_row >= max_failures_in_a_row:
             raise TuneError(f"{runner.failures_in_a_row} trials in a row gave no finite valid {space.objective.metric} "
-                            f"(diverged?); see their run directories under {out_dir / 'trials'}")
+                            f"(diverged or failed?); see tune.json and their run directories under {out_dir / 'trials'}")
     return report()

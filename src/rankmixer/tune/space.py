@@ -35,7 +35,7 @@ from rankmixer.core.strict import StrictModel
 from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
 
 __all__ = ["Objective", "Param", "SamplerConfig", "SearchSpace", "SpaceError", "format_override", "load_space",
-           "parse_space"]
+           "parse_distribution", "parse_space"]
 
 RESERVED = ("objective", "seeds", "sampler")
 KINDS = {"float": ("log", "step"), "int": ("log", "step"), "choice": (), "fixed": ()}  # kind -> its options
@@ -183,6 +183,10 @@ class SearchSpace:
     def overrides(self, values: dict[str, Any]) -> list[str]:
         return [format_override(k, v) for k, v in values.items()]
 
+    def summary(self, values: dict[str, Any]) -> str:
+        """A trial's values in one line of the log."""
+        return " ".join(self.overrides(values))
+
     def describe(self) -> dict:
         """The space as a space file writes it (also what identifies a study's space)."""
         return {"objective": self.objective.model_dump(), "seeds": list(self.seeds) if self.seeds else None,
@@ -267,6 +271,7 @@ def _looks_numeric(text: str) -> bool:
 
 
 def _param(key: Any, spec: Any, where: str) -> Param:
+    """A config key's entry: the key checked, then its distribution."""
     here = f"{where}: {key}"
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise SpaceError(f"{where}: {key!r} is not a config key (dotted names such as train.dense_optimizer.lr), "
@@ -277,6 +282,12 @@ def _param(key: Any, spec: Any, where: str) -> Param:
         raise SpaceError(f"{here}: the tuner sets keys of the {', '.join(GROUPS)} sections only"
                          + (" (each trial has its own run directory)" if key == "run_dir" else "")
                          + f"; the space's own keys are {', '.join(RESERVED)}")
+    return parse_distribution(key, spec, here)
+
+
+def parse_distribution(key: str, spec: Any, here: str) -> Param:
+    """One entry's distribution (``{float: ...}``, ``{int: ...}``, ``{choice: ...}`` or
+    ``{fixed: ...}``) as the :class:`Param` of ``key``; errors name ``here``."""
     kinds = [k for k in KINDS if isinstance(spec, dict) and k in spec]
     if len(kinds) != 1:
         raise SpaceError(f"{here}: expected a mapping with exactly one of {', '.join(KINDS)} "

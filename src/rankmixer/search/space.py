@@ -1,0 +1,219 @@
+"""The declarative architecture search space: which blocks, how many, their sizes, their inputs.
+
+A space file (YAML; packaged ones in ``configs/search/``) says::
+
+    objective: {metric: auc}          # as a tuning space: validation metric, its direction
+    seeds: [0]                        # each trial trains once per seed
+    sampler: {name: tpe, seed: 0}     # tpe or random (`rankmixer search --strategy` replaces it)
+    model: {embedding_dim: 16}        # the searched model's other keys, the same in every trial
+    blocks: {int: [1, 4]}             # how many blocks
+    max_inputs: 2                     # each block reads 1 .. max_inputs of emb and the earlier blocks
+    types:                            # the block types that may be drawn, and their sizes
+      mlp: {width: {int: [32, 512], log: true}, depth: {int: [1, 3]}}
+      cross: {depth: {int: [1, 4]}, rank: {choice: [null, 16]}}
+      attention: {head_width: {choice: [8, 16]}, heads: {choice: [1, 2]}}
+      dot: {}
+
+Sizes are written as tuning-space entries (``{int: ...}``, ``{float: ...}``, ``{choice: ...}``,
+``{fixed: ...}``). Each type's keys are the block's parameters (rankmixer.models.searched),
+except that attention takes ``head_width`` and ``heads`` (width = their product) and
+rankmixer ``tokens`` and ``token_width`` (width = their product), so every draw divides
+evenly. A parameter left out takes the block's default; the ones a block cannot do without
+(mlp, compress: width; attention: head_width; rankmixer: tokens, token_width) must be given.
+
+A trial draws, define-by-run: the number of blocks; for block i its type (``b{i}.type``), its
+sizes (``b{i}.{type}.{key}``), how many inputs (``b{i}.inputs``) and each input
+(``b{i}.in{s}``, one of ``emb`` and the blocks before it; repeats collapse). What it draws is
+one ``searched`` model section, the trial's ``model=...`` override; a drawn architecture
+always builds (the model's combination rules make any inputs fit).
+
+The class offers the methods of :class:`rankmixer.tune.SearchSpace`, so a search runs as a
+tuning study (storage, resume, retries, report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from pydantic import ValidationError
+
+from rankmixer.config import ConfigError, config_path, load_config
+from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
+from rankmixer.models.searched import BLOCK_PARAMS, SOURCE, BlockSpec, SearchedConfig, describe_blocks
+from rankmixer.tune.space import Objective, Param, SamplerConfig, SpaceError, format_override, parse_distribution
+
+__all__ = ["SPACE_PARAMS", "ArchitectureSpace", "load_architecture_space", "parse_architecture_space"]
+
+KEYS = ("objective", "seeds", "sampler", "model", "blocks", "max_inputs", "types")
+# The sizes a space may draw per block type (attention and rankmixer draw factors of the width).
+SPACE_PARAMS: dict[str, tuple[str, ...]] = {
+    **BLOCK_PARAMS, "attention": ("head_width", "heads", "depth"), "rankmixer": ("tokens", "token_width", "depth"),
+}
+NEEDED = {"mlp": ("width",), "compress": ("width",), "attention": ("head_width",), "rankmixer": ("tokens", "token_width")}
+
+
+def block_spec(name: str, block_type: str, sizes: dict[str, Any], inputs: list[str]) -> dict:
+    """A drawn block as the model's spec: factors multiplied into the width."""
+    sizes = dict(sizes)
+    if block_type == "attention":
+        sizes["width"] = sizes.pop("head_width") * sizes.get("heads", 1)
+    elif block_type == "rankmixer":
+        sizes["width"] = sizes.pop("token_width") * sizes["tokens"]
+    return {"name": name, "type": block_type, "inputs": inputs, **sizes}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitectureSpace:
+    types: dict[str, dict[str, Param]]
+    blocks: Param
+    max_inputs: int
+    model: dict[str, Any]
+    tree: dict[str, Any]  # the sizes as the file gives them (what identifies a study's space)
+    objective: Objective = dataclasses.field(default_factory=Objective)
+    seeds: tuple[int, ...] | None = None
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    where: str = "search space"
+    file: Path | None = None
+
+    @property
+    def searched(self) -> tuple:
+        """What a report lists per trial: the model section."""
+        return (SimpleNamespace(key="model"),)
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """``{"model": the drawn searched model section}`` for an Optuna trial (or a
+        ``FixedTrial`` replaying a finished one)."""
+        n = self.blocks.suggest(trial)
+        types = list(self.types)
+        blocks = []
+        for i in range(n):
+            t = trial.suggest_categorical(f"b{i}.type", types) if len(types) > 1 else types[0]
+            sizes = {k: dataclasses.replace(p, key=f"b{i}.{t}.{k}").suggest(trial) for k, p in self.types[t].items()}
+            candidates = [SOURCE] + [f"b{j}" for j in range(i)]
+            most = min(self.max_inputs, len(candidates))
+            count = trial.suggest_int(f"b{i}.inputs", 1, most) if most > 1 else 1
+            inputs = [trial.suggest_categorical(f"b{i}.in{s}", candidates) if len(candidates) > 1 else SOURCE
+                      for s in range(count)]
+            blocks.append(block_spec(f"b{i}", t, sizes, list(dict.fromkeys(inputs))))
+        return {"model": {"name": "searched", **self.model, "blocks": blocks}}
+
+    def values(self, optuna_params: dict[str, Any]) -> dict[str, Any]:
+        """The model section a finished trial drew (replayed from its Optuna params)."""
+        import optuna
+
+        try:
+            return self.suggest(optuna.trial.FixedTrial(optuna_params))
+        except ValueError:  # a trial cut off while drawing: its params are incomplete
+            return {"model": None}
+
+    def overrides(self, values: dict[str, Any]) -> list[str]:
+        return [format_override("model", values["model"])]
+
+    def summary(self, values: dict[str, Any]) -> str:
+        return describe_blocks(values["model"]["blocks"])
+
+    def describe(self) -> dict:
+        return {"objective": self.objective.model_dump(), "seeds": list(self.seeds) if self.seeds else None,
+                "sampler": self.sampler.model_dump(), **self.tree}
+
+    def probes(self) -> list[dict]:
+        """Architectures that together use every type at every bound: one block per type
+        reading ``emb``, all sizes at their first probe, then at their last."""
+        out = []
+        for pick in (0, -1):
+            blocks = [block_spec(f"b{i}", t, {k: p.probes()[pick] for k, p in params.items()}, [SOURCE])
+                      for i, (t, params) in enumerate(self.types.items())]
+            out.append({"name": "searched", **self.model, "blocks": blocks})
+        return out
+
+    def check_against(self, config: str | Path, overrides: list[str]) -> None:
+        """The probe architectures give a valid config with ``config`` plus ``overrides``;
+        an override of the model (which the search sets) is refused."""
+        clash = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] == "model"]
+        if clash:
+            raise SpaceError(f"{self.where}: the override(s) {clash} set the model, which the search draws; "
+                             "put fixed model keys under the space's model:")
+        for probe in self.probes():
+            try:
+                load_config(config, [*overrides, format_override("model", probe)])
+            except ConfigError as e:
+                raise SpaceError(f"{self.where}: an architecture of this space does not give a valid config "
+                                 f"({config}):\n{e}") from None
+
+
+def load_architecture_space(path: str | Path) -> ArchitectureSpace:
+    """A space file, by path or as the name of a packaged space (``configs/search/``)."""
+    file = config_path(path, kind="search", what="architecture search space")
+    return parse_architecture_space(read_yaml_mapping(file, "architecture search space", KEYS), f"search space {file}",
+                                    file)
+
+
+def _int(tree: dict, key: str, where: str, low: int) -> int:
+    value = tree.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpaceError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def parse_architecture_space(tree: dict[str, Any], where: str = "search space",
+                             file: Path | None = None) -> ArchitectureSpace:
+    for key in ("blocks", "types"):
+        if key not in tree:
+            raise SpaceError(f"{where}: {key!r} is missing")
+    blocks = parse_distribution("blocks", tree["blocks"], f"{where}: blocks")
+    if blocks.kind not in ("int", "fixed") or any(not isinstance(v, int) or v < 1 for v in blocks.probes()):
+        raise SpaceError(f"{where}: blocks must be {{int: [low, high]}} or {{fixed: n}} with n >= 1")
+    max_inputs = _int(tree, "max_inputs", where, 1) if "max_inputs" in tree else 2
+    model = tree.get("model") or {}
+    if not isinstance(model, dict) or {"name", "blocks"} & set(model):
+        raise SpaceError(f"{where}: model must be a mapping of the searched model's other keys (not name or blocks)")
+    raw_types = tree["types"]
+    if not isinstance(raw_types, dict) or not raw_types:
+        raise SpaceError(f"{where}: types must map block types to their sizes")
+    types: dict[str, dict[str, Param]] = {}
+    for t, sizes in raw_types.items():
+        here = f"{where}: types.{t}"
+        if t not in SPACE_PARAMS:
+            raise SpaceError(f"{here}: unknown block type; known: {', '.join(SPACE_PARAMS)}")
+        sizes = sizes or {}
+        if not isinstance(sizes, dict):
+            raise SpaceError(f"{here}: expected a mapping of sizes, got {sizes!r}")
+        unknown = sorted(set(sizes) - set(SPACE_PARAMS[t]))
+        if unknown:
+            raise SpaceError(f"{here}: unknown size(s) {unknown}; a {t} block draws {', '.join(SPACE_PARAMS[t]) or 'none'}")
+        missing = [k for k in NEEDED.get(t, ()) if k not in sizes]
+        if missing:
+            raise SpaceError(f"{here}: a {t} block needs {', '.join(missing)}")
+        types[t] = {k: parse_distribution(k, spec, f"{here}.{k}") for k, spec in sizes.items()}
+        for k, param in types[t].items():  # every bound and choice must make a valid block
+            first = {kk: pp.probes()[0] for kk, pp in types[t].items()}
+            for probe in param.probes():
+                try:
+                    BlockSpec.model_validate(block_spec("probe", t, {**first, k: probe}, [SOURCE]))
+                except (ValueError, TypeError, KeyError) as e:
+                    raise SpaceError(f"{here}.{k}: the value {probe!r} does not make a valid {t} block: "
+                                     f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}") from None
+    sections = {}
+    for key, model_cls in (("objective", Objective), ("sampler", SamplerConfig)):
+        try:
+            sections[key] = model_cls.model_validate(tree.get(key) or {})
+        except ValidationError as e:
+            raise SpaceError(format_validation_error(e, f"{where}: {key}")) from None
+    objective, sampler = sections["objective"], sections["sampler"]
+    seeds = tree.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise SpaceError(f"{where}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    described = json.loads(json.dumps({k: tree[k] for k in ("model", "blocks", "max_inputs", "types") if k in tree}))
+    space = ArchitectureSpace(types, blocks, max_inputs, dict(model), described, objective,
+                              tuple(seeds) if seeds else None, sampler, where, file)
+    for probe in space.probes():  # the model's own keys (embedding_dim, head_hidden) are valid
+        try:
+            SearchedConfig.model_validate({k: v for k, v in probe.items() if k != "name"})
+        except ValidationError as e:
+            raise SpaceError(format_validation_error(e, f"{where}: model")) from None
+    return space

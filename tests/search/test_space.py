@@ -1,0 +1,92 @@
+"""The architecture space: parsing with errors that name the key, what a draw gives (always a
+valid searched model), replaying a finished trial's draw from its params, and the probes."""
+
+from __future__ import annotations
+
+import pytest
+
+from rankmixer.models.searched import SearchedConfig
+from rankmixer.search.space import load_architecture_space, parse_architecture_space
+from rankmixer.tune import SpaceError
+
+optuna = pytest.importorskip("optuna", reason="rankmixer search needs the 'tune' extra (optuna)")
+
+TREE = {
+    "model": {"embedding_dim": 8},
+    "blocks": {"int": [1, 4]},
+    "max_inputs": 2,
+    "types": {"mlp": {"width": {"int": [8, 64], "log": True}, "depth": {"int": [1, 2]}},
+              "attention": {"head_width": {"choice": [2, 4]}, "heads": {"choice": [1, 3]}},
+              "rankmixer": {"tokens": {"choice": [2, 4]}, "token_width": {"fixed": 4}},
+              "dot": {}, "cross": {"rank": {"choice": [None, 4]}}},
+}
+
+
+def with_(**changes):
+    return {**TREE, **changes}
+
+
+@pytest.mark.parametrize("tree, message", [
+    (with_(types={"conv": {}}), "types.conv: unknown block type"),
+    (with_(types={"mlp": {"width": {"int": [8, 16]}, "heads": {"fixed": 2}}}), "types.mlp: unknown size"),
+    (with_(types={"mlp": {"depth": {"fixed": 2}}}), "types.mlp: a mlp block needs width"),
+    (with_(types={"attention": {"heads": {"fixed": 2}}}), "needs head_width"),
+    (with_(types={"mlp": {"width": {"int": [8, 100000]}}}), "types.mlp.width: the value 100000"),
+    (with_(types={"mlp": {"width": {"int": [8]}}}), "types.mlp.width"),
+    (with_(types={"cross": {"depth": {"int": [0, 3]}}}), "types.cross.depth: the value 0"),
+    (with_(blocks={"int": [0, 3]}), "blocks must be"),
+    (with_(max_inputs=0), "max_inputs must be an integer >= 1"),
+    (with_(model={"name": "dcnv2"}), "model must be a mapping"),
+    (with_(model={"embeding_dim": 8}), "model:"),
+    (with_(sampler={"name": "grid"}), "sampler"),
+    ({"blocks": {"int": [1, 2]}}, "'types' is missing"),
+])
+def test_a_bad_space_names_the_key(tree, message):
+    with pytest.raises(SpaceError, match=message):
+        parse_architecture_space(tree)
+
+
+def draw(space, seed: int):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    trial = study.ask()
+    return trial, space.suggest(trial)
+
+
+def test_every_draw_is_a_valid_searched_model_and_replays_from_its_params():
+    space = parse_architecture_space(TREE)
+    seen_types, seen_multi_input = set(), False
+    for seed in range(60):
+        trial, values = draw(space, seed)
+        model = values["model"]
+        assert model["name"] == "searched" and model["embedding_dim"] == 8
+        cfg = SearchedConfig.model_validate({k: v for k, v in model.items() if k != "name"})
+        assert 1 <= len(cfg.blocks) <= 4
+        for i, b in enumerate(cfg.blocks):
+            assert b.name == f"b{i}" and 1 <= len(b.inputs) <= 2
+            assert set(b.inputs) <= {"emb", *(f"b{j}" for j in range(i))}
+            seen_types.add(b.type)
+            seen_multi_input |= len(b.inputs) == 2
+            if b.type == "attention":
+                assert b.width in (2, 4, 6, 12) and b.width % b.heads == 0
+            if b.type == "rankmixer":
+                assert b.width == 4 * b.tokens
+        assert space.values(trial.params) == values  # a finished trial's draw, replayed
+    assert seen_types == {"mlp", "attention", "rankmixer", "dot", "cross"} and seen_multi_input
+
+
+def test_overrides_summary_and_probes():
+    space = parse_architecture_space(TREE)
+    _, values = draw(space, 0)
+    (override,) = space.overrides(values)
+    assert override.startswith("model={") and "searched" in override
+    assert space.summary(values).startswith("b0=")
+    low, high = space.probes()
+    assert [b["type"] for b in low["blocks"]] == list(TREE["types"])
+    assert low["blocks"][0]["width"] == 8 and high["blocks"][0]["width"] == 64
+    assert high["blocks"][1]["width"] == 4 * 3  # attention: head_width x heads
+
+
+def test_the_packaged_space_loads():
+    space = load_architecture_space("default")
+    assert set(space.types) == {"mlp", "cross", "gating", "dot", "fm", "attention", "rankmixer", "compress", "dhen"}
+    assert space.describe()["types"]["mlp"]["width"] == {"int": [32, 512], "log": True}

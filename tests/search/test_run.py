@@ -6,6 +6,7 @@ Pareto front against a brute-force check."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -126,3 +127,15 @@ def test_the_command_prints_the_trials(tiny, tmp_path):
     r = CliRunner().invoke(app, ["search", "-c", str(tiny), "--strategy", "grid", "--budget", "1",
                                  "--out", str(tmp_path / "o2")])
     assert r.exit_code == 2 and "unknown strategy" in r.output
+
+
+@pytest.mark.slow  # spawns worker processes (each imports torch)
+def test_worker_processes_share_one_study(tiny, tmp_path):
+    out = tmp_path / "out"
+    report = run_search(tiny, space_file(tmp_path), "random", 4, out, seed=3, workers=2, log=lambda *_: None)
+    complete = [t for t in report["trials"] if t["state"] == "COMPLETE"]
+    assert len(complete) >= 4  # two processes starting the last trials may finish one more
+    dirs = [t["run_dirs"][0] for t in complete]
+    assert len(set(dirs)) == len(dirs) and all((out / d / "metrics.json").is_file() for d in dirs)
+    assert all(yaml.safe_load((out / d / "config.yaml").read_text())["train"]["threads"] == max(1, (os.cpu_count() or 1) // 2)
+               for d in dirs)

@@ -28,6 +28,8 @@ def search(
     study: Optional[str] = typer.Option(None, help="Study name inside the storage (default: the strategy)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the strategy's sampler (default: the space's)."),
     heartbeat: int = typer.Option(60, min=1, help="Seconds between a running trial's heartbeats (RDB storages)."),
+    workers: int = typer.Option(1, min=1, help="Processes working on the study at once (each trial with "
+                                "cores/workers threads unless train.threads is given)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every trial (not model.*)."),
 ) -> None:
     """Search ranking architectures on the validation split: each trial trains a drawn architecture;
@@ -41,7 +43,7 @@ def search(
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         report = run_search(config, space, strategy, budget, out, list(overrides or []), storage, study, seed,
-                            log=console.print, heartbeat_s=heartbeat)
+                            log=console.print, heartbeat_s=heartbeat, workers=workers)
     console.print(markdown_table(report), markup=False, soft_wrap=True)
     best = report["best"]
     if best:

@@ -12,8 +12,8 @@ estimator, define-by-run over the conditional space), at the same trial budget.
 
 ``workers`` > 1 runs the trials in that many processes working on the one study (Optuna's own
 way to parallelise: every process asks the shared storage for its next trial; no scheduler of
-ours), each training with ``cores // workers`` threads unless the overrides set
-``train.threads``.
+ours), each training with ``cores // workers`` threads unless the config sets
+``train.threads``. The data are prepared and the study created once before they start.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from rankmixer import experiment
+from rankmixer.config import config_path, load_config
 from rankmixer.core.files import write_json
 from rankmixer.search.report import search_report
 from rankmixer.search.space import ArchitectureSpace, load_architecture_space
@@ -35,6 +37,15 @@ __all__ = ["MAX_FAILED_IN_A_ROW", "SEARCH_REPORT", "STRATEGIES", "run_search"]
 STRATEGIES = ("random", "tpe")
 SEARCH_REPORT = "search.json"
 MAX_FAILED_IN_A_ROW = 10
+
+
+def _worker(threads: int, args: tuple, heartbeat_s: int) -> None:
+    """One worker process: its trials at ``threads`` torch threads (the trainer sets its own only
+    when ``train.threads`` is given), the study's other arguments unchanged."""
+    import torch
+
+    torch.set_num_threads(threads)
+    run_tune(*args, log=print, heartbeat_s=heartbeat_s, catch_errors=True, max_failures_in_a_row=MAX_FAILED_IN_A_ROW)
 
 
 def run_search(
@@ -63,20 +74,19 @@ def run_search(
     space = dataclasses.replace(space, sampler=sampler)
     out_dir = Path(out_dir)
     overrides = list(overrides or [])
+    args = (config, space, budget, out_dir, overrides, storage, study or strategy)
     if workers > 1:
-        threads = [] if any(o.startswith("train.threads=") for o in overrides) \
-            else [f"train.threads={max(1, (os.cpu_count() or 1) // workers)}"]
-        log(f"{workers} processes on one study, each trial with {threads[0] if threads else 'the given threads'}")
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        log(f"{workers} processes on one study, each with {threads} torch thread(s) unless train.threads is set")
+        experiment.prepare_data(load_config(config_path(config), overrides).data, log=log)  # once, not per worker
+        run_tune(*args[:2], 0, *args[3:], log=log, heartbeat_s=heartbeat_s)  # the storage and study, once
         # spawn, not fork: torch's thread pools do not survive a fork
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_tune, config, space, budget, out_dir, overrides + threads, storage,
-                                   study or strategy, print, heartbeat_s, True, MAX_FAILED_IN_A_ROW)
-                       for _ in range(workers)]
-            for fut in as_completed(futures):
+            for fut in as_completed([pool.submit(_worker, threads, args, heartbeat_s) for _ in range(workers)]):
                 fut.result()  # a worker's error (TuneError ...) ends the search here
         log("the workers are done")
-    tune = run_tune(config, space, budget, out_dir, overrides, storage, study or strategy, log, heartbeat_s,
-                    catch_errors=True, max_failures_in_a_row=MAX_FAILED_IN_A_ROW)
+    tune = run_tune(*args, log=log, heartbeat_s=heartbeat_s, catch_errors=True,
+                    max_failures_in_a_row=MAX_FAILED_IN_A_ROW)
     report = search_report(tune, out_dir, strategy)
     write_json(out_dir / SEARCH_REPORT, report, [space.file], "search report")
     return report

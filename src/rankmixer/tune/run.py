@@ -124,7 +124,8 @@ def run_tune(
     catch_errors: bool = False,
     max_failures_in_a_row: int = MAX_FAILURES_IN_A_ROW,
 ) -> dict:
-    """Run trials until the study holds ``trials`` complete ones; write and return the report.
+    """Run trials until the study holds ``trials`` complete ones (0: only create or open the
+    study); write and return the report.
 
     ``config`` is an experiment (packaged name or file), ``space`` a space file, packaged space
     or a space object (:class:`SearchSpace`, or one with its methods, such as the architecture
@@ -134,8 +135,8 @@ def run_tune(
     ``error`` attribute) and the study goes on, until ``max_failures_in_a_row`` trials in a row
     have failed."""
     optuna = import_optuna()
-    if trials < 1:
-        raise ValueError(f"trials must be at least 1, got {trials}")
+    if trials < 0:
+        raise ValueError(f"trials must be at least 0 (0: open the study and report it), got {trials}")
     out_dir = Path(out_dir)
     space = load_space(space) if isinstance(space, (str, Path)) else space
     config_file = config_path(config)
@@ -167,7 +168,7 @@ def run_tune(
     def complete() -> int:  # over every process working on the study
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
-    if complete() >= trials:
+    if complete() >= trials > 0:
         log(f"study {study_name!r} already holds {complete()} complete trials (asked for {trials}): nothing to run")
     while complete() < trials:
         runner.progress = f"{complete() + 1}/{trials}"

@@ -470,6 +470,15 @@ def tiny_config(root: Path, run: str = "run", *extra: str):
     ])
 
 
+def tiny_config_file(root: Path) -> Path:
+    """:func:`tiny_config` written as ``root/tiny.yaml`` (for commands that take a config file)."""
+    from rankmixer.config import dump_config
+
+    path = root / "tiny.yaml"
+    dump_config(tiny_config(root), path)
+    return path
+
+
 RATINGS = "userId,movieId,rating,timestamp\n" + "".join(
     f"{u},{m},{(u * 7 + m) % 5 + 1}.0,{1_000_000 + 97 * i}\n"
     for i, (u, m) in enumerate((u, m) for u in range(1, 13) for m in (1, 2, 3, 4, 5)))

@@ -15,10 +15,9 @@ from typer.testing import CliRunner
 
 from rankmixer import experiment
 from rankmixer.cli import app
-from rankmixer.config import dump_config
 from rankmixer.search import pareto_front, run_search
 from rankmixer.tune import SpaceError
-from tests.factories import tiny_config
+from tests.factories import tiny_config_file
 
 optuna = pytest.importorskip("optuna", reason="rankmixer search needs the 'tune' extra (optuna)")
 
@@ -32,10 +31,7 @@ SPACE = {
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("search")
-    path = root / "tiny.yaml"
-    dump_config(tiny_config(root), path)
-    return path
+    return tiny_config_file(tmp_path_factory.mktemp("search"))
 
 
 def space_file(folder: Path, **changes) -> Path:

@@ -16,11 +16,11 @@ import yaml
 from typer.testing import CliRunner
 
 from rankmixer import experiment
-from rankmixer.config import ConfigError, dump_config
+from rankmixer.config import ConfigError
 from rankmixer.core.files import OutputError
 from rankmixer.train.trainer import Trainer
 from rankmixer.tune import SpaceError, TuneError, format_override, load_space, run_tune
-from tests.factories import tiny_config
+from tests.factories import tiny_config_file
 
 optuna = pytest.importorskip("optuna", reason="rankmixer tune needs the 'tune' extra (optuna)")
 
@@ -36,10 +36,7 @@ SPACE = {
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """The tiny DCNv2 experiment as a config file (its data prepared once for the module)."""
-    root = tmp_path_factory.mktemp("tune")
-    path = root / "tiny.yaml"
-    dump_config(tiny_config(root), path)
-    return path
+    return tiny_config_file(tmp_path_factory.mktemp("tune"))
 
 
 def space_file(folder: Path, **changes) -> Path:

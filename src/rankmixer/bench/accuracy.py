@@ -338,16 +338,23 @@ def _train_in_parallel(jobs: list[tuple], processes: int, log: Callable[[str], N
     threads = max(1, (os.cpu_count() or 1) // processes)
     todo = [(c, s, r, cfg if cfg.train.threads else cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"threads": threads})})) for c, s, r, cfg in todo]
+    run_in_processes([(f"{job[0].label} seed {job[1]}", _train_one, job) for job in todo], processes, log)
+
+
+def run_in_processes(jobs: list[tuple[str, Callable[..., float], tuple]], processes: int,
+                     log: Callable[[str], None]) -> None:
+    """Run ``(label, function, args)`` jobs in ``processes`` spawned worker processes, in order
+    of the list, logging each label with the seconds its function returns. A failed job stops
+    the rest (after the jobs in flight end) and its error is raised here."""
     # spawn, not fork: CUDA and torch's thread pools do not survive a fork.
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = {pool.submit(_train_one, *job): job for job in todo}
+        running = {pool.submit(fn, *args): label for label, fn, args in jobs}
         for n, fut in enumerate(as_completed(running), start=1):
-            cell, seed = running[fut][:2]
             if fut.exception() is not None:
-                log(f"[{n}/{len(todo)}] {cell.label} seed {seed}: failed; stopping after the runs in flight")
+                log(f"[{n}/{len(jobs)}] {running[fut]}: failed; stopping after the runs in flight")
                 pool.shutdown(wait=True, cancel_futures=True)
-                raise fut.exception()
-            log(f"[{n}/{len(todo)}] {cell.label} seed {seed}: finished in {fut.result():.0f}s")
+                raise fut.exception()  # type: ignore[misc]
+            log(f"[{n}/{len(jobs)}] {running[fut]}: finished in {fut.result():.0f}s")
 
 
 def train_throughput(run_dir: Path) -> float | None:

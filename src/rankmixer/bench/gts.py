@@ -20,17 +20,15 @@ results on separate pair datasets; these are the triplet runs scored on pairs).
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import statistics
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rankmixer.bench.accuracy import read_yaml_keys
+from rankmixer.bench.accuracy import read_yaml_keys, run_in_processes
 from rankmixer.config import ConfigError, config_path
 from rankmixer.core.files import write_json, write_text_atomic
 from rankmixer.core.hardware import machine_info
@@ -175,16 +173,8 @@ def run_gts_bench(
         threads = max(1, (os.cpu_count() or 1) // processes)
         log(f"{len(jobs) - len(todo)} of {len(jobs)} runs done before; training {len(todo)} "
             f"in {processes} processes of {threads} thread(s)")
-        # spawn, not fork: torch's thread pools do not survive a fork.
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            running = {pool.submit(_train, c, spec["data_dir"], runs / c.run_name, threads): c for c in todo}
-            for n, fut in enumerate(as_completed(running), start=1):
-                c = running[fut]
-                if fut.exception() is not None:
-                    log(f"[{n}/{len(todo)}] {c.run_name}: failed; stopping after the runs in flight")
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise fut.exception()  # type: ignore[misc]
-                log(f"[{n}/{len(todo)}] {c.run_name}: finished in {fut.result():.0f}s")
+        run_in_processes([(c.run_name, _train, (c, spec["data_dir"], runs / c.run_name, threads)) for c in todo],
+                         processes, log)
     results = []
     for c in jobs:
         m = json.loads((runs / c.run_name / FILES["metrics"]).read_text())

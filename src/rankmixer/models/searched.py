@@ -31,6 +31,7 @@ are the outputs: flattened, concatenated and fed to the task heads.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -177,7 +178,7 @@ class Block(nn.Module):
         self.adapters = nn.ModuleList()
         width = n = w = 0
         if not self.reads_set:  # every input flattened and concatenated
-            width = sum(_numel(shape) for _, shape in sources)
+            width = sum(math.prod(shape) for _, shape in sources)
         else:  # sets at the first set's width, vectors as one entity each
             sets = [shape for _, shape in sources if len(shape) == 2]
             w = sets[0][1] if sets else embedding_dim
@@ -229,13 +230,6 @@ class Block(nn.Module):
         return self.op(x)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
-
-
 @register("searched", SearchedConfig)
 class SearchedModel(nn.Module):
     """Searched: a DAG of interaction blocks (MLP, DCN cross, gating, dot, FM, self-attention, RankMixer, linear compress, DHEN) from a spec, the space of Rankitect (Wen et al. 2023) and DistDNAS (Zhang et al. 2023).
@@ -256,7 +250,7 @@ class SearchedModel(nn.Module):
             self.blocks.append(block)
         read = {s for b in cfg.blocks for s in b.inputs}
         self.outputs = [b.name for b in cfg.blocks if b.name not in read]
-        self.heads = TaskHeads(sum(_numel(shapes[o]) for o in self.outputs), feature_map.num_tasks, cfg.head_hidden)
+        self.heads = TaskHeads(sum(math.prod(shapes[o]) for o in self.outputs), feature_map.num_tasks, cfg.head_hidden)
 
     def forward(self, batch: Batch) -> ModelOutput:
         values: dict[str, Tensor] = {SOURCE: self.embedding(batch).fields}

@@ -44,7 +44,8 @@ from pydantic import ValidationError
 from rankmixer.config import ConfigError, config_path, load_config
 from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
 from rankmixer.models.searched import BLOCK_PARAMS, SOURCE, BlockSpec, SearchedConfig, describe_blocks
-from rankmixer.tune.space import Objective, Param, SamplerConfig, SpaceError, format_override, parse_distribution
+from rankmixer.tune.space import (Objective, Param, SamplerConfig, SpaceError, format_override, parse_distribution,
+                                  parse_section, parse_seeds)
 
 __all__ = ["SPACE_PARAMS", "ArchitectureSpace", "load_architecture_space", "parse_architecture_space"]
 
@@ -189,28 +190,19 @@ def parse_architecture_space(tree: dict[str, Any], where: str = "search space",
         if missing:
             raise SpaceError(f"{here}: a {t} block needs {', '.join(missing)}")
         types[t] = {k: parse_distribution(k, spec, f"{here}.{k}") for k, spec in sizes.items()}
+        first = {k: p.probes()[0] for k, p in types[t].items()}
         for k, param in types[t].items():  # every bound and choice must make a valid block
-            first = {kk: pp.probes()[0] for kk, pp in types[t].items()}
             for probe in param.probes():
                 try:
                     BlockSpec.model_validate(block_spec("probe", t, {**first, k: probe}, [SOURCE]))
                 except (ValueError, TypeError, KeyError) as e:
                     raise SpaceError(f"{here}.{k}: the value {probe!r} does not make a valid {t} block: "
                                      f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}") from None
-    sections = {}
-    for key, model_cls in (("objective", Objective), ("sampler", SamplerConfig)):
-        try:
-            sections[key] = model_cls.model_validate(tree.get(key) or {})
-        except ValidationError as e:
-            raise SpaceError(format_validation_error(e, f"{where}: {key}")) from None
-    objective, sampler = sections["objective"], sections["sampler"]
-    seeds = tree.get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise SpaceError(f"{where}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
     described = json.loads(json.dumps({k: tree[k] for k in ("model", "blocks", "max_inputs", "types") if k in tree}))
-    space = ArchitectureSpace(types, blocks, max_inputs, dict(model), described, objective,
-                              tuple(seeds) if seeds else None, sampler, where, file)
+    space = ArchitectureSpace(types, blocks, max_inputs, dict(model), described,
+                              parse_section(Objective, tree.get("objective"), "objective", where),
+                              parse_seeds(tree.get("seeds"), where),
+                              parse_section(SamplerConfig, tree.get("sampler"), "sampler", where), where, file)
     for probe in space.probes():  # the model's own keys (embedding_dim, head_hidden) are valid
         try:
             SearchedConfig.model_validate({k: v for k, v in probe.items() if k != "name"})

@@ -35,7 +35,7 @@ from rankmixer.core.strict import StrictModel
 from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
 
 __all__ = ["Objective", "Param", "SamplerConfig", "SearchSpace", "SpaceError", "format_override", "load_space",
-           "parse_distribution", "parse_space"]
+           "parse_distribution", "parse_section", "parse_seeds", "parse_space"]
 
 RESERVED = ("objective", "seeds", "sampler")
 KINDS = {"float": ("log", "step"), "int": ("log", "step"), "choice": (), "fixed": ()}  # kind -> its options
@@ -227,17 +227,23 @@ def parse_space(tree: dict[str, Any], where: str = "search space", file: Path | 
         for b in keys:
             if b.startswith(a + "."):
                 raise SpaceError(f"{where}: {a!r} and {b!r} overlap (one sets part of the other); keep one")
-    seeds = tree.get("seeds")
-    if seeds is not None:
-        if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                                for s in seeds) or len(set(seeds)) != len(seeds)):
-            raise SpaceError(f"{where}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
-        seeds = tuple(seeds)
-    return SearchSpace(params, _section(Objective, tree.get("objective"), "objective", where), seeds,
-                       _section(SamplerConfig, tree.get("sampler"), "sampler", where), where, file)
+    return SearchSpace(params, parse_section(Objective, tree.get("objective"), "objective", where),
+                       parse_seeds(tree.get("seeds"), where),
+                       parse_section(SamplerConfig, tree.get("sampler"), "sampler", where), where, file)
 
 
-def _section(model, value: Any, name: str, where: str):
+def parse_seeds(seeds: Any, where: str) -> tuple[int, ...] | None:
+    """A space's ``seeds``: None (the config's own seed) or a non-empty list of distinct integers."""
+    if seeds is None:
+        return None
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in seeds) or len(set(seeds)) != len(seeds)):
+        raise SpaceError(f"{where}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    return tuple(seeds)
+
+
+def parse_section(model, value: Any, name: str, where: str):
+    """A space's ``objective`` or ``sampler`` mapping as its model (None: the defaults)."""
     if value is None:
         return model()
     if not isinstance(value, dict):

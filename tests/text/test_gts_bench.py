@@ -134,3 +134,12 @@ def test_an_unusable_device_is_a_user_error(tiny_aste, tmp_path):
     assert r.exit_code == 2 and "no CUDA device" in r.output
     r = runner.invoke(app, ["bench", "gts", "--spec", str(spec), "--out", str(tmp_path / "out"), "--device", "tpu9"])
     assert r.exit_code == 2 and "tpu9" in r.output
+
+
+def test_an_output_at_the_data_or_the_spec_is_refused(tiny_aste, tmp_path):
+    spec = write_spec(tmp_path, BASE.format(d=tiny_aste.parent) + "train: {epochs: 1, max_len: 12}\n")
+    for out in (tiny_aste, tiny_aste.parent, tmp_path):
+        r = runner.invoke(app, ["bench", "gts", "--spec", str(spec), "--seeds", "1", "--models", "bio-bilstm",
+                                "--out", str(out), "--name", "train"])
+        assert r.exit_code == 2 and "input" in r.output, out
+    assert json.loads((tiny_aste / "train.json").read_text())  # untouched

@@ -30,7 +30,7 @@ import torch
 
 from rankmixer.bench.accuracy import read_yaml_keys, run_in_processes
 from rankmixer.config import ConfigError, config_path
-from rankmixer.core.files import write_json, write_text_atomic
+from rankmixer.core.files import check_output, write_json, write_text_atomic
 from rankmixer.core.hardware import machine_info
 from rankmixer.text.artifact import FILES
 from rankmixer.text.config import GTSConfig, ModelSection, TrainSection, default_config
@@ -151,10 +151,12 @@ def run_gts_bench(
         spec["train"] = {**(spec.get("train") or {}), "device": device}
         TrainSection.model_validate(spec["train"])
     jobs = cells(spec, seeds, datasets, models, rounds)
-    for dataset in {c.dataset for c in jobs}:
-        if not (Path(spec["data_dir"]) / dataset / "train.json").is_file():
-            raise FileNotFoundError(f"{Path(spec['data_dir']) / dataset}: no ASTE-Data-V2 train.json "
+    data_dirs = sorted({Path(spec["data_dir"]) / c.dataset for c in jobs})
+    for data_dir in data_dirs:
+        if not (data_dir / "train.json").is_file():
+            raise FileNotFoundError(f"{data_dir}: no ASTE-Data-V2 train.json "
                                     f"(data_dir is relative to the working directory)")
+    check_output(out, [config_path(spec_path, "bench", "GTS benchmark spec"), *data_dirs], "benchmark output")
     runs = out / "runs"
     todo = [c for c in jobs if not _finished(runs / c.run_name)]
     if report_only:

@@ -197,6 +197,10 @@ SMALL: dict[str, dict] = {
         {"name": "gt", "type": "gating", "inputs": ["mlp"]},
         {"name": "dt", "type": "dot", "inputs": ["dh", "gt"]},
         {"name": "fm", "type": "fm", "inputs": ["emb", "rm"]}]},
+    # vector and set candidates, the zero op, and the cost term in the loss
+    "supernet": {"embedding_dim": 8, "choice_blocks": 2, "set_size": 3, "cost_weight": 0.1, "candidates": [
+        {"type": "mlp", "width": 8}, {"type": "cross", "rank": 2}, {"type": "dot"},
+        {"type": "attention", "width": 4, "heads": 2}, {"type": "zero"}]},
     "fuxictr-lr": {},
     "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
     "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},

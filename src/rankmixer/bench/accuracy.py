@@ -39,11 +39,9 @@ difference between two rows.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +54,7 @@ from rankmixer.core.files import check_replaceable, write_json, write_marker, wr
 from rankmixer.core.hardware import machine_info, pick_device
 from rankmixer.bench.intervals import BOOTSTRAP, INTERVAL_KEYS, seed_mean_interval
 from rankmixer.core.predictions import MIN_POSITIVES
+from rankmixer.core.processes import run_in_processes
 from rankmixer.core.rundir import CONFIG_FILE
 from rankmixer.core.yamlio import YamlError, read_yaml_mapping
 from rankmixer.bench.intervals import dataset_differences, differences_table
@@ -339,22 +338,6 @@ def _train_in_parallel(jobs: list[tuple], processes: int, log: Callable[[str], N
     todo = [(c, s, r, cfg if cfg.train.threads else cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"threads": threads})})) for c, s, r, cfg in todo]
     run_in_processes([(f"{job[0].label} seed {job[1]}", _train_one, job) for job in todo], processes, log)
-
-
-def run_in_processes(jobs: list[tuple[str, Callable[..., float], tuple]], processes: int,
-                     log: Callable[[str], None]) -> None:
-    """Run ``(label, function, args)`` jobs in ``processes`` spawned worker processes, in order
-    of the list, logging each label with the seconds its function returns. A failed job stops
-    the rest (after the jobs in flight end) and its error is raised here."""
-    # spawn, not fork: CUDA and torch's thread pools do not survive a fork.
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = {pool.submit(fn, *args): label for label, fn, args in jobs}
-        for n, fut in enumerate(as_completed(running), start=1):
-            if fut.exception() is not None:
-                log(f"[{n}/{len(jobs)}] {running[fut]}: failed; stopping after the runs in flight")
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise fut.exception()  # type: ignore[misc]
-            log(f"[{n}/{len(jobs)}] {running[fut]}: finished in {fut.result():.0f}s")
 
 
 def train_throughput(run_dir: Path) -> float | None:

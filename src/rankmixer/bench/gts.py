@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from rankmixer.bench.accuracy import read_yaml_keys, run_in_processes
+from rankmixer.bench.accuracy import read_yaml_keys
+from rankmixer.core.processes import run_in_processes
 from rankmixer.config import ConfigError, config_path
 from rankmixer.core.files import check_output, write_json, write_text_atomic
 from rankmixer.core.hardware import machine_info

@@ -147,6 +147,32 @@ def gts(
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
 
 
+def sigeo(
+    config: Path = typer.Option(..., "--config", "-c", help="Experiment whose data and recipe every run uses."),
+    space: Path = typer.Option(Path("default"), "--space", help="Architecture space with the supernet (docs/search.md)."),
+    warmups: str = typer.Option("0,0.01,0.1", help="Comma-separated shares of the training rows to warm up on."),
+    subnets: int = typer.Option(32, min=2, help="Paths of the supernet scored and trained from scratch."),
+    seeds: int = typer.Option(1, min=1, help="From-scratch seeds per path (0 .. seeds-1)."),
+    proxy_batches: int = typer.Option(8, min=2, help="Training batches the proxies are computed on."),
+    search_seed: int = typer.Option(0, help="Seed that draws the paths."),
+    out: Path = typer.Option(Path("bench_out/sigeo"), help="Output directory (searches, runs, JSON, Markdown)."),
+    name: str = typer.Option("sigeo", help="Stem of the report files."),
+    processes: int = typer.Option(1, min=1, help="From-scratch runs trained at once, each in its own process."),
+    overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every run (not model.*)."),
+) -> None:
+    """Rank correlation (Spearman, Kendall) between SiGeo's proxy (and each of its terms) and the test
+    AUC of the same subnets trained from scratch, at each warm-up. Resumable."""
+    from rankmixer.bench.sigeo import markdown_table, run_sigeo_bench
+
+    with user_errors():
+        shares = [float(x) for x in warmups.split(",") if x.strip()]
+        report = run_sigeo_bench(config, space, out, list(overrides or []), warmups=shares, subnets=subnets,
+                                 seeds=list(range(seeds)), batches=proxy_batches, search_seed=search_seed,
+                                 processes=processes, name=name, log=console.print)
+    console.print(markdown_table(report), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
 def sequence_length(
     spec: Path = typer.Option(Path("sequence_length"), help="Spec (lengths, batch size, models): a packaged name or a YAML file."),
     out: Path = typer.Option(Path("bench_out/sequence_length.json"), help="Report JSON (a PNG plot is written beside it)."),

@@ -17,9 +17,19 @@ def search(
                                 "uses: a packaged name (movielens_dcnv2) or a YAML file; the search draws its model."),
     space: Path = typer.Option(Path("default"), "--space", help="Architecture space: a YAML file or a packaged space "
                                "(docs/search.md)."),
-    strategy: str = typer.Option("tpe", help="random (random search) or tpe (Optuna's TPE)."),
-    budget: int = typer.Option(..., "--budget", min=1, help="Complete trials the study should hold in total (a "
-                               "study that has some already runs only the rest)."),
+    strategy: str = typer.Option("tpe", help="random (random search), tpe (Optuna's TPE), distdnas (the space's "
+                                 "supernet searched on each day's data, weights aggregated) or sigeo (the supernet "
+                                 "warmed up on a share of the data, subnets ranked by a proxy); docs/search.md."),
+    budget: Optional[int] = typer.Option(None, "--budget", min=1, help="random, tpe: complete trials the study should "
+                                         "hold in total (a study that has some already runs only the rest)."),
+    keep: int = typer.Option(1, min=1, help="distdnas: candidates kept per choice block."),
+    epochs_per_day: int = typer.Option(1, min=1, help="distdnas: passes over each day's rows."),
+    cost_weight: Optional[float] = typer.Option(None, min=0.0, help="distdnas: lambda of the expected-FLOPs loss "
+                                                "(default: the space's supernet.cost_weight)."),
+    warmup: float = typer.Option(0.01, min=0.0, max=1.0, help="sigeo: share of the training rows the supernet "
+                                 "warms up on (0: none)."),
+    subnets: int = typer.Option(32, min=1, help="sigeo: paths of the supernet scored."),
+    proxy_batches: int = typer.Option(8, min=2, help="sigeo: training batches the proxies are computed on."),
     out: Optional[Path] = typer.Option(None, "--out", help="Search folder: new, empty or one of ours (trials' run "
                                        "directories, search.json, tune.json, the default storage study.db). "
                                        "Default: runs/search-STRATEGY."),
@@ -33,12 +43,43 @@ def search(
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every trial (not model.*)."),
 ) -> None:
     """Search ranking architectures on the validation split: each trial trains a drawn architecture;
-    writes OUT/search.json (every trial with its FLOPs and parameters, the Pareto front, the best)."""
+    writes OUT/search.json (every trial with its FLOPs and parameters, the Pareto front, the best).
+    distdnas trains the space's supernet once per day and writes OUT/distdnas.json."""
     from rankmixer.search import run_search
     from rankmixer.search.report import markdown_table
     from rankmixer.tune import MissingExtra, TuneError, import_optuna
 
     out = out or Path(f"runs/search-{strategy}")
+    if strategy == "distdnas":
+        from rankmixer.search.distdnas import DISTDNAS_REPORT, run_distdnas, weights_table
+
+        with user_errors():
+            found = run_distdnas(config, space, out, list(overrides or []), keep=keep, epochs=epochs_per_day,
+                                 cost_weight=cost_weight, workers=workers, log=console.print)
+        for day in found["days"]:
+            console.print(f"day {day['day']}: supernet valid auc {day['valid_auc']:.5f}, "
+                          f"expected FLOPs/sample {day['expected_flops']:,.0f}")
+        console.print(weights_table(found), markup=False, soft_wrap=True)
+        console.print(f"derived: {found['derived']['architecture']}", markup=False, soft_wrap=True)
+        console.print(f"  {found['derived']['train_command']}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"wrote {out / DISTDNAS_REPORT}")
+        return
+    if strategy == "sigeo":
+        from rankmixer.search.sigeo import SIGEO_REPORT, run_sigeo
+
+        with user_errors():
+            found = run_sigeo(config, space, out, list(overrides or []), warmup=warmup, subnets=subnets,
+                              batches=proxy_batches, seed=seed or 0, log=console.print)
+        console.print("| rank | sigeo | zico | fisher_rao | -loss | architecture |\n|---|---|---|---|---|---|",
+                      markup=False)
+        for i, p in enumerate(found["paths"][:10], start=1):
+            console.print(f"| {i} | {p['sigeo']:.3f} | {p['zico']:.3f} | {p['fisher_rao']:.3f} | {p['neg_loss']:.4f} "
+                          f"| {p['architecture']} |", markup=False, soft_wrap=True)
+        console.print(f"  {found['best']['train_command']}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"wrote {out / SIGEO_REPORT}")
+        return
+    if budget is None:
+        raise typer.BadParameter("random and tpe need --budget (the number of complete trials)", param_hint="--budget")
     with user_errors(MissingExtra, TuneError):
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)

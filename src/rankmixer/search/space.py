@@ -29,6 +29,22 @@ always builds (the model's combination rules make any inputs fit).
 
 The class offers the methods of :class:`rankmixer.tune.SearchSpace`, so a search runs as a
 tuning study (storage, resume, retries, report).
+
+The ``supernet`` section (optional) gives the one-shot strategies (DistDNAS) their supernet
+(``rankmixer.models.supernet``) over the same space::
+
+    supernet:
+      choice_blocks: 3        # each reads emb and every choice block before it
+      set_size: 8             # a choice block's output: set_size entities of embedding_dim
+      cost_weight: 0.1        # lambda of the expected-FLOPs loss
+      zero: true              # offer the zero op (drops a choice block)
+      candidates:             # per type of `types`, the sizes of its candidate ops
+        mlp: [{width: 64}, {width: 256}]
+        dot: [{}]
+
+Every candidate size must lie in its type's range under ``types``. Without ``candidates``, each
+type of ``types`` offers its sizes at their lower and at their upper bounds (one candidate for
+a type without sizes).
 """
 
 from __future__ import annotations
@@ -44,12 +60,14 @@ from pydantic import ValidationError
 from rankmixer.config import ConfigError, config_path, load_config
 from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
 from rankmixer.models.searched import BLOCK_PARAMS, SOURCE, BlockSpec, SearchedConfig, describe_blocks
+from rankmixer.models.supernet import ZERO, SupernetConfig
 from rankmixer.tune.space import (Objective, Param, SamplerConfig, SpaceError, format_override, parse_distribution,
                                   parse_section, parse_seeds)
 
-__all__ = ["SPACE_PARAMS", "ArchitectureSpace", "load_architecture_space", "parse_architecture_space"]
+__all__ = ["SPACE_PARAMS", "ArchitectureSpace", "load_architecture_space", "parse_architecture_space", "parse_supernet"]
 
-KEYS = ("objective", "seeds", "sampler", "model", "blocks", "max_inputs", "types")
+KEYS = ("objective", "seeds", "sampler", "model", "blocks", "max_inputs", "types", "supernet")
+SUPERNET_KEYS = ("choice_blocks", "set_size", "cost_weight", "temperature", "arch_lr_multiplier", "zero", "candidates")
 # The sizes a space may draw per block type (attention and rankmixer draw factors of the width).
 SPACE_PARAMS: dict[str, tuple[str, ...]] = {
     **BLOCK_PARAMS, "attention": ("head_width", "heads", "depth"), "rankmixer": ("tokens", "token_width", "depth"),
@@ -79,6 +97,7 @@ class ArchitectureSpace:
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     where: str = "search space"
     file: Path | None = None
+    supernet: dict[str, Any] | None = None  # the supernet model section (one-shot strategies)
 
     @property
     def searched(self) -> tuple:
@@ -146,6 +165,56 @@ class ArchitectureSpace:
                                  f"({config}):\n{e}") from None
 
 
+def parse_supernet(tree: Any, types: dict[str, dict[str, Param]], model: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``supernet`` section as a ``supernet`` model section (see the module docstring)."""
+    here = f"{where}: supernet"
+    tree = tree or {}
+    if not isinstance(tree, dict):
+        raise SpaceError(f"{here}: expected a mapping, got {tree!r}")
+    unknown = sorted(set(tree) - set(SUPERNET_KEYS))
+    if unknown:
+        raise SpaceError(f"{here}: unknown key(s) {unknown}; known: {', '.join(SUPERNET_KEYS)}")
+    given = tree.get("candidates")
+    if given is None:  # each type at its lower, then at its upper bounds
+        given = {}
+        for t, params in types.items():
+            picks = [tuple((k, p.probes()[end]) for k, p in params.items()) for end in (0, -1)]
+            given[t] = [dict(pick) for pick in dict.fromkeys(picks)]
+    if not isinstance(given, dict) or not given:
+        raise SpaceError(f"{here}.candidates: expected a mapping of block types to lists of sizes")
+    candidates = []
+    for t, entries in given.items():
+        if t not in types:
+            raise SpaceError(f"{here}.candidates.{t}: not a type of this space's types ({', '.join(types)})")
+        if not isinstance(entries, list) or not entries:
+            raise SpaceError(f"{here}.candidates.{t}: expected a list of sizes, e.g. [{{}}]")
+        for j, sizes in enumerate(entries):
+            at = f"{here}.candidates.{t}[{j}]"
+            sizes = sizes or {}
+            if not isinstance(sizes, dict):
+                raise SpaceError(f"{at}: expected a mapping of sizes, got {sizes!r}")
+            for k, v in sizes.items():
+                if k not in types[t]:
+                    raise SpaceError(f"{at}.{k}: the space's {t} blocks draw no {k} "
+                                     f"(they draw {', '.join(types[t]) or 'nothing'})")
+                if not types[t][k].contains(v):
+                    raise SpaceError(f"{at}.{k}: {v!r} lies outside the space's range {types[t][k].spec()}")
+            missing = [k for k in NEEDED.get(t, ()) if k not in sizes]
+            if missing:
+                raise SpaceError(f"{at}: a {t} candidate needs {', '.join(missing)}")
+            spec = block_spec("candidate", t, sizes, [SOURCE])
+            candidates.append({"type": t, **{k: v for k, v in spec.items() if k not in ("name", "type", "inputs")}})
+    if tree.get("zero", True):
+        candidates.append({"type": ZERO})
+    section = {"name": "supernet", **model, "candidates": candidates,
+               **{k: tree[k] for k in SUPERNET_KEYS if k in tree and k not in ("zero", "candidates")}}
+    try:
+        SupernetConfig.model_validate({k: v for k, v in section.items() if k != "name"})
+    except ValidationError as e:
+        raise SpaceError(format_validation_error(e, here)) from None
+    return section
+
+
 def load_architecture_space(path: str | Path) -> ArchitectureSpace:
     """A space file, by path or as the name of a packaged space (``configs/search/``)."""
     file = config_path(path, kind="search", what="architecture search space")
@@ -199,10 +268,12 @@ def parse_architecture_space(tree: dict[str, Any], where: str = "search space",
                     raise SpaceError(f"{here}.{k}: the value {probe!r} does not make a valid {t} block: "
                                      f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}") from None
     described = json.loads(json.dumps({k: tree[k] for k in ("model", "blocks", "max_inputs", "types") if k in tree}))
+    supernet = parse_supernet(tree.get("supernet"), types, dict(model), where)
     space = ArchitectureSpace(types, blocks, max_inputs, dict(model), described,
                               parse_section(Objective, tree.get("objective"), "objective", where),
                               parse_seeds(tree.get("seeds"), where),
-                              parse_section(SamplerConfig, tree.get("sampler"), "sampler", where), where, file)
+                              parse_section(SamplerConfig, tree.get("sampler"), "sampler", where), where, file,
+                              supernet)
     for probe in space.probes():  # the model's own keys (embedding_dim, head_hidden) are valid
         try:
             SearchedConfig.model_validate({k: v for k, v in probe.items() if k != "name"})

@@ -281,8 +281,15 @@ class GeneratedPreset(DatasetPreset):
         return Path(f"{prepared_dir}-raw")
 
     def _up_to_date(self, path: Path) -> bool:
+        """Whether ``path`` holds this config's set. Compared as configs, so a set written before a
+        config field with a default existed still counts as the same set."""
         meta = path / self.meta_file
-        return meta.exists() and json.loads(meta.read_text()).get("config") == self.cfg.model_dump(mode="json")
+        if not meta.exists():
+            return False
+        try:
+            return self.config_cls.model_validate(json.loads(meta.read_text()).get("config")) == self.cfg
+        except ValueError:  # a config this version cannot read: generate anew
+            return False
 
     def raw_files(self, path: Path) -> RawFiles:
         path = Path(path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 from pydantic import Field, model_validator
 
 from rankmixer.core.strict import StrictModel
@@ -79,6 +81,18 @@ class SyntheticConfig(StrictModel):
     seq_scale: float = Field(0.6, ge=0.0)
     target_ctr: float = Field(0.2, gt=0.0, lt=1.0)
 
+    # ---- days and drift ------------------------------------------------------------------
+    # The train split spans days 0 .. days-1 in equal contiguous parts, in order; valid and test
+    # are drawn on day ``days`` (the day after training, as in production). On day d every
+    # component's scale is ``scale * max(0, 1 + drift * d * u_g)`` with one fixed u_g in [-1, 1]
+    # per component, and the bias is solved again so that the mean CTR stays ``target_ctr``:
+    # which interactions matter shifts from day to day. drift 0: one law for every day.
+    days: int = Field(1, ge=1)
+    drift: float = Field(0.0, ge=0.0)
+    # Only this day's rows in the train split (rows_train // days of them, from streams of
+    # their own): the shard of one day, for searches run day by day (DistDNAS). None: all days.
+    train_day: int | None = Field(None, ge=0)
+
     # ---- schema --------------------------------------------------------------------------
     # Fields with a larger vocabulary are hashed in the schema (None: never).
     hash_above: int | None = Field(50_000, ge=1)
@@ -100,7 +114,24 @@ class SyntheticConfig(StrictModel):
             raise ValueError("cluster_share + attribute_share must be <= 1")
         if self.n_item_clusters > self.n_items:
             raise ValueError(f"n_item_clusters ({self.n_item_clusters}) > n_items ({self.n_items})")
+        if self.train_day is not None and self.train_day >= self.days:
+            raise ValueError(f"train_day {self.train_day} is not one of the {self.days} training days (0 .. {self.days - 1})")
+        if self.rows_train < self.days:
+            raise ValueError(f"rows_train ({self.rows_train}) is less than one row per day ({self.days} days)")
         return self
 
     def rows(self, split: str) -> int:
+        if split == "train" and self.train_day is not None:
+            return self.rows_train // self.days
         return {"train": self.rows_train, "valid": self.rows_valid, "test": self.rows_test}[split]
+
+    def row_days(self, split: str, start: int, n: int) -> np.ndarray | int:
+        """The day of rows ``start .. start + n`` of ``split``: an array for the train split of
+        several days, else one day for all of them."""
+        if split != "train":
+            return self.days if self.days > 1 else 0
+        if self.train_day is not None:
+            return self.train_day
+        if self.days == 1:
+            return 0
+        return (np.arange(start, start + n, dtype=np.int64) * self.days) // self.rows_train

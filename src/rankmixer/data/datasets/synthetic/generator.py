@@ -15,6 +15,11 @@ calibration sample and ``bias`` is solved so that the mean CTR is ``target_ctr``
 * ``seq``: the dot product of the target item's latent with the recency-weighted mean latent
   of the history items (weight ``0.8 ** age``).
 
+Days and drift (``days``, ``drift``): on day d the scale of component g is
+``scale_g * max(0, 1 + drift * d * u_g)``, u_g fixed in [-1, 1] per component (its own random
+stream), and the bias is solved again on the calibration sample, so the mean CTR stays
+``target_ctr`` while the mix of interactions shifts. Day 0 is the law without drift.
+
 Items belong to ``n_item_clusters`` clusters; every user has a home cluster, and targets and
 history items come from it with probability ``cluster_affinity``, so history, user and item
 are correlated as in real logs. A user's (item's) latent vector is the sum of its cluster's
@@ -41,6 +46,7 @@ from rankmixer.data.datasets.synthetic.columns import arrow_schema, fields
 from rankmixer.data.datasets.synthetic.config import SyntheticConfig
 from rankmixer.data.datasets.synthetic.sampling import (
     CALIB_KEY,
+    DRIFT_KEY,
     PARAM_KEY,
     ZipfSampler,
     seeded_rng,
@@ -197,6 +203,8 @@ class Generator:
         self.mlp_b1 = 0.5 * rng.standard_normal(_MLP_HIDDEN)
         self.mlp_w2 = rng.standard_normal(_MLP_HIDDEN)
 
+        self.drift_direction = seeded_rng(cfg.seed, DRIFT_KEY).uniform(-1.0, 1.0, len(_GROUPS))
+        self._day_bias: dict[int, float] = {}
         with single_thread_blas():
             self._calibrate()
 
@@ -214,9 +222,10 @@ class Generator:
         self.group_std = {g: 1.0 for g in _GROUPS}
         raw = self._group_values(terms)
         self.group_std = {g: (float(v.std()) if v.std() > 1e-12 else 1.0) for g, v in raw.items()}
-        logit0 = self._logit_no_bias(terms)
-        self.bias = 0.0
+        self._calib_values = self._group_values(terms)
+        logit0 = self._logit_no_bias(self._calib_values, 0)
         self.bias = solve_bias(logit0, cfg.target_ctr)
+        self._day_bias[0] = self.bias
         self.calib_logit_std = float(logit0.std())
 
     # -- sampling --
@@ -333,26 +342,39 @@ class Generator:
             out[g] = acc / self.group_std[g]
         return out
 
-    def _logit_no_bias(self, terms: dict[str, np.ndarray]) -> np.ndarray:
+    def scales(self, day: int = 0) -> dict[str, float]:
+        """Each component's scale on ``day`` (see the module docstring; day 0: the config's)."""
         cfg = self.cfg
-        scale = {
-            "first": cfg.first_order_scale,
-            "pair": cfg.pairwise_scale,
-            "triple": cfg.triple_scale,
-            "mlp": cfg.mlp_scale,
-            "dense": cfg.dense_scale,
-            "seq": cfg.seq_scale,
-        }
-        values = self._group_values(terms)
-        out = np.zeros(next(iter(terms.values())).shape[0])
+        base = {"first": cfg.first_order_scale, "pair": cfg.pairwise_scale, "triple": cfg.triple_scale,
+                "mlp": cfg.mlp_scale, "dense": cfg.dense_scale, "seq": cfg.seq_scale}
+        if not cfg.drift or not day:
+            return base
+        return {g: base[g] * max(0.0, 1.0 + cfg.drift * day * float(u)) for g, u in zip(_GROUPS, self.drift_direction)}
+
+    def day_bias(self, day: int) -> float:
+        """The bias that keeps the mean CTR at ``target_ctr`` on ``day`` (solved once per day)."""
+        if day not in self._day_bias:
+            self._day_bias[day] = solve_bias(self._logit_no_bias(self._calib_values, day), self.cfg.target_ctr)
+        return self._day_bias[day]
+
+    def _logit_no_bias(self, values: dict[str, np.ndarray], day: int) -> np.ndarray:
+        scale = self.scales(day)
+        out = np.zeros(next(iter(values.values())).shape[0])
         for g, v in values.items():
             if scale[g]:
                 out += scale[g] * v
         return out
 
-    def prob(self, rows: Rows) -> np.ndarray:
-        """The true click probability of every row (float64)."""
-        return sigmoid(self.bias + self._logit_no_bias(self._terms(rows)))
+    def prob(self, rows: Rows, day: int | np.ndarray = 0) -> np.ndarray:
+        """The true click probability of every row (float64) on ``day`` (one day, or one per row)."""
+        values = self._group_values(self._terms(rows))
+        if np.ndim(day) == 0:
+            return sigmoid(self.day_bias(int(day)) + self._logit_no_bias(values, int(day)))
+        out = np.empty(rows.n)
+        for d in np.unique(day):
+            on = day == d
+            out[on] = sigmoid(self.day_bias(int(d)) + self._logit_no_bias({g: v[on] for g, v in values.items()}, int(d)))
+        return out
 
     def structure(self) -> dict:
         """The planted model's functional form without its parameters: which fields, features
@@ -397,5 +419,7 @@ class Generator:
             "field_side": {f.name: f.side for f in self.fields},
             "dense_missing_rate": [float(v) for v in self.dense_missing],
             "structure": self.structure(),
+            **({"days": [{"day": d, "scales": self.scales(d), "bias": self.day_bias(d)}
+                         for d in range(self.cfg.days + 1)]} if self.cfg.drift else {}),
         }
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-PARAM_KEY, CALIB_KEY = 0, 4
+PARAM_KEY, CALIB_KEY, DRIFT_KEY, DAY_SHARD_KEY = 0, 4, 5, 6
 SPLIT_KEY = {"train": 1, "valid": 2, "test": 3}
 
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from rankmixer.data.datasets.synthetic.config import BLOCK_ROWS, SyntheticConfig
 from rankmixer.data.datasets.synthetic.generator import Generator, Rows
-from rankmixer.data.datasets.synthetic.sampling import SPLIT_KEY, seeded_rng, single_thread_blas
+from rankmixer.data.datasets.synthetic.sampling import DAY_SHARD_KEY, SPLIT_KEY, seeded_rng, single_thread_blas
 
 
 def blocks(split_rows: int) -> Iterator[tuple[int, int]]:
@@ -27,11 +27,16 @@ def blocks(split_rows: int) -> Iterator[tuple[int, int]]:
 
 
 def block(gen: Generator, split: str, index: int, n: int) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray]:
-    """Rows ``index * BLOCK_ROWS ..`` of ``split``: (record batch, p float64, label uint8)."""
+    """Rows ``index * BLOCK_ROWS ..`` of ``split``: (record batch, p float64, label uint8). The
+    shard of one training day (``train_day``) draws from streams of its own."""
+    cfg = gen.cfg
     with single_thread_blas():
-        rng = seeded_rng(gen.cfg.seed, SPLIT_KEY[split], index)
+        if split == "train" and cfg.train_day is not None:
+            rng = seeded_rng(cfg.seed, SPLIT_KEY[split], index, DAY_SHARD_KEY, cfg.train_day)
+        else:
+            rng = seeded_rng(cfg.seed, SPLIT_KEY[split], index)
         rows = gen.sample(rng, n)
-        p = gen.prob(rows)
+        p = gen.prob(rows, cfg.row_days(split, index * BLOCK_ROWS, n))
         label = (rng.random(n) < p).astype(np.uint8)
         return record_batch(gen, rows, p, label), p, label
 

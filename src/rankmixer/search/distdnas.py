@@ -1,0 +1,166 @@
+"""DistDNAS (Zhang et al. 2023): a differentiable, cost-aware search run separately on each day's
+data, the architecture weights aggregated, the top operators kept and retrained from scratch.
+
+1. **One supernet search per day.** The space's supernet (``rankmixer.models.supernet``: choice
+   blocks mixing every candidate block by softmax(alpha), loss = BCE + lambda x expected FLOPs)
+   trains on one day's shard of the experiment's data: the synthetic preset's ``train_day``, in
+   a data folder of the search's own (``OUT/data/day-D``). The recipe is the experiment's, the
+   model weights and alpha trained together on the day's rows (single-level, as a streaming
+   trainer sees each day once): ``epochs`` passes (default one). The days run in parallel
+   worker processes (``workers``), each a normal, resumable training run (``OUT/days/day-D``).
+2. **Aggregation.** Each day's alpha is read back from its run's best weights as
+   softmax(alpha / temperature); the architecture weights are their mean over days.
+3. **Derivation.** :func:`rankmixer.models.supernet.derive_blocks` keeps the ``keep`` heaviest
+   candidates per choice block (a block whose heaviest candidate is zero is left out) as a
+   ``searched`` model, which ``rankmixer train`` retrains from scratch on the whole data.
+
+Writes ``OUT/distdnas.json``: the context (config, overrides, machine, the supernet), per day
+its run, validation AUC, weights and expected FLOPs, the aggregated weights, the derived model
+section and its ``rankmixer train`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rankmixer import experiment
+from rankmixer.config import ConfigError, config_path, load_config
+from rankmixer.core.files import check_output, check_replaceable, write_json, write_marker
+from rankmixer.core.hardware import machine_info
+from rankmixer.core.processes import run_in_processes
+from rankmixer.core.rundir import CONFIG_FILE, METRICS_FILE
+from rankmixer.models.searched import describe_blocks
+from rankmixer.models.supernet import SupernetConfig, candidate_label, derive_blocks, selection
+from rankmixer.runs import load_run
+from rankmixer.search.space import ArchitectureSpace, load_architecture_space
+from rankmixer.tune.space import format_override
+
+__all__ = ["DISTDNAS_REPORT", "day_overrides", "run_distdnas", "weights_table"]
+
+DISTDNAS_REPORT = "distdnas.json"
+DISTDNAS_KIND = "distdnas"  # the ownership marker of a search folder (core/files.py)
+
+
+def day_overrides(out_dir: Path, day: int) -> list[str]:
+    """The overrides that make an experiment train on one day's shard, in the search's folder."""
+    return [f"data.preset_options.train_day={day}", f"data.prepared_dir={out_dir / 'data' / f'day-{day}'}",
+            f"run_dir={out_dir / 'days' / f'day-{day}'}", "train.progress=false"]
+
+
+def _days_of(cfg) -> int:
+    data = cfg.data
+    days = int(data.preset_options.get("days", 1)) if data.dataset == "synthetic" and not data.schema_file else 0
+    if days < 2:
+        raise ConfigError("DistDNAS searches day by day: the experiment's data must be the synthetic preset over "
+                          f"several days (preset_options.days >= 2, e.g. -c synthetic_drift_dcnv2); {data.name} "
+                          f"has {days or 'no'} days")
+    return days
+
+
+def _train_day(cfg) -> float:
+    """One day's supernet run (resumed if it got as far as its config); the seconds it took."""
+    t0 = time.time()
+    run_dir = cfg.resolved_run_dir()
+    if not (run_dir / METRICS_FILE).is_file():
+        resume = (run_dir / CONFIG_FILE).is_file()
+        experiment.train(cfg, resume=resume, overwrite=not resume, log=lambda *_: None)
+    return time.time() - t0
+
+
+def run_distdnas(
+    config: str | Path,
+    space: str | Path | ArchitectureSpace,
+    out_dir: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    keep: int = 1,
+    epochs: int = 1,
+    cost_weight: float | None = None,
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the per-day searches (resumable), aggregate, derive; write and return ``distdnas.json``.
+    ``cost_weight`` replaces the space's lambda."""
+    space = space if isinstance(space, ArchitectureSpace) else load_architecture_space(space)
+    out_dir = Path(out_dir)
+    overrides = list(overrides or [])
+    if any(o.partition("=")[0].strip().split(".")[0] == "model" for o in overrides):
+        raise ConfigError("the search sets the model (the space's supernet); put fixed model keys under the space's model:")
+    if workers < 1 or keep < 1 or epochs < 1:
+        raise ValueError(f"workers, keep and epochs must be at least 1, got {workers}, {keep}, {epochs}")
+    supernet = dict(space.supernet or {})
+    if cost_weight is not None:
+        supernet["cost_weight"] = cost_weight
+    net_cfg = SupernetConfig.model_validate({k: v for k, v in supernet.items() if k != "name"})
+    path = config_path(config)
+    base = load_config(path, overrides)
+    days = _days_of(base)
+    check_output(out_dir, [path, *([space.file] if space.file else []), base.data.prepared_path()], "search folder")
+    check_replaceable(out_dir, DISTDNAS_KIND, overwrite=True)  # new, empty or ours: continue it
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, DISTDNAS_KIND)
+    model = format_override("model", supernet)
+    cfgs = [load_config(path, [*overrides, model, f"train.epochs={epochs}", *day_overrides(out_dir, d)])
+            for d in range(days)]
+
+    todo = [c for c in cfgs if not (c.resolved_run_dir() / METRICS_FILE).is_file()]
+    log(f"DistDNAS: {days} days, {len(space.supernet['candidates'])} candidates x {net_cfg.choice_blocks} choice "
+        f"blocks, lambda {net_cfg.cost_weight}; {days - len(todo)} day(s) searched before")
+    for c in todo:  # each day's data once, before any worker starts
+        experiment.prepare_data(c.data, log=log)
+    threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(todo))))
+    todo = [c if c.train.threads else c.model_copy(update={"train": c.train.model_copy(update={"threads": threads})})
+            for c in todo]
+    t0 = time.time()
+    if workers > 1 and len(todo) > 1:
+        run_in_processes([(f"day {c.data.preset_options['train_day']}", _train_day, (c,)) for c in todo],
+                         workers, log)
+    else:
+        for c in todo:
+            log(f"day {c.data.preset_options['train_day']}: finished in {_train_day(c):.0f}s")
+    seconds = time.time() - t0
+
+    per_day, weights = [], []
+    for d, c in enumerate(cfgs):
+        run = load_run(c.resolved_run_dir())
+        w = run.model.architecture_weights().detach().double()
+        metrics = json.loads((c.resolved_run_dir() / METRICS_FILE).read_text())
+        weights.append(w.numpy())
+        per_day.append({"day": d, "run_dir": str(c.resolved_run_dir()), "valid_auc": metrics["valid"].get("auc"),
+                        "weights": w.tolist(), "expected_flops": float(run.model.expected_flops(w))})
+    mean = np.mean(weights, axis=0)
+    blocks = derive_blocks(net_cfg, mean, keep)
+    derived = {"name": "searched", "embedding_dim": net_cfg.embedding_dim, "blocks": blocks,
+               **({"head_hidden": net_cfg.head_hidden} if net_cfg.head_hidden else {})}
+    report = {
+        "context": {"config": str(path), "overrides": overrides, "space": str(space.file or space.where),
+                    "machine": machine_info(), "days": days, "epochs_per_day": epochs, "keep": keep,
+                    "workers": workers, "supernet": supernet, "search_seconds_this_call": seconds},
+        "candidates": [candidate_label(c) for c in net_cfg.candidates],
+        "days": per_day,
+        "weights": mean.tolist(),
+        "kept": selection(net_cfg, mean, keep),
+        "derived": {"model": derived, "architecture": describe_blocks(blocks),
+                    "train_command": f"rankmixer train -c {config} '{format_override('model', derived)}'"},
+    }
+    write_json(out_dir / DISTDNAS_REPORT, report, [path], "DistDNAS report")
+    return report
+
+
+def weights_table(report: dict) -> str:
+    """The aggregated architecture weights as a markdown table: a row per candidate, a column
+    per choice block, the kept candidates starred."""
+    w = np.asarray(report["weights"])
+    kept = {(i, k) for i, ks in enumerate(report["kept"]) for k in ks}
+    rows = ["| candidate | " + " | ".join(f"block {i}" for i in range(w.shape[0])) + " |",
+            "|---" * (w.shape[0] + 1) + "|"]
+    for k, name in enumerate(report["candidates"]):
+        cells = [f"{w[i, k]:.3f}{' *' if (i, k) in kept else ''}" for i in range(w.shape[0])]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

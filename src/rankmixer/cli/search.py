@@ -19,17 +19,24 @@ def search(
                                "(docs/search.md)."),
     strategy: str = typer.Option("tpe", help="random (random search), tpe (Optuna's TPE), distdnas (the space's "
                                  "supernet searched on each day's data, weights aggregated) or sigeo (the supernet "
-                                 "warmed up on a share of the data, subnets ranked by a proxy); docs/search.md."),
+                                 "warmed up on a share of the data, subnets ranked by a proxy) or rankitect (a "
+                                 "REINFORCE controller over the supernet's paths, rewards against a co-trained "
+                                 "baseline); docs/search.md."),
     budget: Optional[int] = typer.Option(None, "--budget", min=1, help="random, tpe: complete trials the study should "
                                          "hold in total (a study that has some already runs only the rest)."),
     keep: int = typer.Option(1, min=1, help="distdnas: candidates kept per choice block."),
-    epochs_per_day: int = typer.Option(1, min=1, help="distdnas: passes over each day's rows."),
+    epochs_per_day: int = typer.Option(1, min=1, help="distdnas: passes over each day's rows; rankitect: passes over "
+                                       "the training split."),
     cost_weight: Optional[float] = typer.Option(None, min=0.0, help="distdnas: lambda of the expected-FLOPs loss "
-                                                "(default: the space's supernet.cost_weight)."),
+                                                "(default: the space's supernet.cost_weight); rankitect: weight of "
+                                                "the FLOPs share in the reward (default 0)."),
     warmup: float = typer.Option(0.01, min=0.0, max=1.0, help="sigeo: share of the training rows the supernet "
                                  "warms up on (0: none)."),
     subnets: int = typer.Option(32, min=1, help="sigeo: paths of the supernet scored."),
     proxy_batches: int = typer.Option(8, min=2, help="sigeo: training batches the proxies are computed on."),
+    samples: int = typer.Option(8, min=2, help="rankitect: paths scored per controller update."),
+    update_every: int = typer.Option(5, min=1, help="rankitect: training steps between controller updates."),
+    controller_lr: float = typer.Option(0.5, min=0.0, help="rankitect: the controller's step size."),
     out: Optional[Path] = typer.Option(None, "--out", help="Search folder: new, empty or one of ours (trials' run "
                                        "directories, search.json, tune.json, the default storage study.db). "
                                        "Default: runs/search-STRATEGY."),
@@ -63,6 +70,18 @@ def search(
         console.print(f"derived: {found['derived']['architecture']}", markup=False, soft_wrap=True)
         console.print(f"  {found['derived']['train_command']}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"wrote {out / DISTDNAS_REPORT}")
+        return
+    if strategy == "rankitect":
+        from rankmixer.search.rankitect import RANKITECT_REPORT, run_rankitect
+
+        with user_errors():
+            found = run_rankitect(config, space, out, list(overrides or []), epochs=epochs_per_day, samples=samples,
+                                  update_every=update_every, controller_lr=controller_lr, cost_weight=cost_weight or 0.0,
+                                  log=console.print)
+        console.print(f"valid NE: chosen path {found['valid_ne']['path']:.5f}, baseline {found['valid_ne']['baseline']:.5f}")
+        console.print(f"chosen: {found['best']['architecture']}", markup=False, soft_wrap=True)
+        console.print(f"  {found['best']['train_command']}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"wrote {out / RANKITECT_REPORT}")
         return
     if strategy == "sigeo":
         from rankmixer.search.sigeo import SIGEO_REPORT, run_sigeo

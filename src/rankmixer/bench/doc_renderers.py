@@ -230,3 +230,19 @@ def mean_sd_rows(rep: dict) -> str:
     for r in rep["rows"]:
         lines.append(f"| {r['features']} | {r['auc_mean']:.4f} ± {r['auc_sd']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def drift_days(meta: dict) -> str:
+    """A synthetic set's days (its ``synthetic_meta.json``): each component's scale and the
+    bias per day, the last day being valid and test's, then the Bayes AUC of train and test."""
+    days = meta["planted_model"]["days"]
+    last = len(days) - 1
+    lines = ["| component | " + " | ".join(f"day {d['day']}" + (" (valid, test)" if d['day'] == last else "")
+                                         for d in days) + " |",
+             "|---" * (len(days) + 1) + "|"]
+    for g in days[0]["scales"]:
+        lines.append(f"| {g} | " + " | ".join(f"{d['scales'][g]:.2f}" for d in days) + " |")
+    lines.append("| bias | " + " | ".join(f"{d['bias']:.2f}" for d in days) + " |")
+    splits = meta["splits"]
+    return "\n".join(lines) + (f"\n\nBayes AUC: train (days 0 to {last - 1}) {splits['train']['bayes_auc']:.4f}, "
+                               f"test (day {last}) {splits['test']['bayes_auc']:.4f}.\n")

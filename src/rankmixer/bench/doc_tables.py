@@ -32,6 +32,7 @@ from rankmixer.bench import (
 )
 from rankmixer.bench.doc_renderers import (
     ablation_deltas,
+    drift_days,
     exit_curve,
     exit_seeds,
     mean_sd_rows,
@@ -368,5 +369,6 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "tune-trials": _one(trials_markdown, "tune-trials"),
     "sequence-length": _one(lambda rep: sequence_length.markdown(rep["rows"]), "sequence-length"),
     "mean-sd": _one(mean_sd_rows, "mean-sd"),
+    "drift-days": _one(drift_days, "drift-days"),
     "variants": render_variants,
 }

@@ -268,15 +268,13 @@ def parse_architecture_space(tree: dict[str, Any], where: str = "search space",
                     raise SpaceError(f"{here}.{k}: the value {probe!r} does not make a valid {t} block: "
                                      f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}") from None
     described = json.loads(json.dumps({k: tree[k] for k in ("model", "blocks", "max_inputs", "types") if k in tree}))
-    supernet = parse_supernet(tree.get("supernet"), types, dict(model), where)
     space = ArchitectureSpace(types, blocks, max_inputs, dict(model), described,
                               parse_section(Objective, tree.get("objective"), "objective", where),
                               parse_seeds(tree.get("seeds"), where),
-                              parse_section(SamplerConfig, tree.get("sampler"), "sampler", where), where, file,
-                              supernet)
+                              parse_section(SamplerConfig, tree.get("sampler"), "sampler", where), where, file)
     for probe in space.probes():  # the model's own keys (embedding_dim, head_hidden) are valid
         try:
             SearchedConfig.model_validate({k: v for k, v in probe.items() if k != "name"})
         except ValidationError as e:
             raise SpaceError(format_validation_error(e, f"{where}: model")) from None
-    return space
+    return dataclasses.replace(space, supernet=parse_supernet(tree.get("supernet"), types, dict(model), where))

@@ -80,7 +80,8 @@ def test_one_search_per_day_aggregated_and_derived(tmp_path):
 
     # a second call finds every day searched and gives the same report
     again = run_distdnas(config, space_file(tmp_path), out, log=lambda *_: None)
-    assert again["weights"] == report["weights"] and again["context"]["search_seconds_this_call"] < 5
+    assert again["weights"] == report["weights"]
+    assert again["context"]["search_seconds"] - report["context"]["search_seconds"] < 5  # nothing trained again
 
 
 def test_distdnas_needs_days_and_its_own_folder(tmp_path):

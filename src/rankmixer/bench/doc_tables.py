@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankmixer.bench import (
-    accuracy, distributed, fuxictr_dcnv2, gts, intervals, moe, scaling, sequence_length, serve, speed_table,
+    accuracy, distributed, fuxictr_dcnv2, gts, intervals, moe, scaling, sequence_length, serve, sigeo, speed_table,
 )
 from rankmixer.bench.doc_renderers import (
     ablation_deltas,
@@ -42,6 +42,7 @@ from rankmixer.bench.doc_renderers import (
     variants,
 )
 from rankmixer.core.files import write_text_atomic
+from rankmixer.search import distdnas
 from rankmixer.tune.report import trials_markdown
 
 __all__ = ["NOT_RESULTS", "RENDERERS", "Block", "blocks", "check", "doc_files", "regenerate", "render", "update"]
@@ -370,5 +371,8 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "sequence-length": _one(lambda rep: sequence_length.markdown(rep["rows"]), "sequence-length"),
     "mean-sd": _one(mean_sd_rows, "mean-sd"),
     "drift-days": _one(drift_days, "drift-days"),
+    "distdnas": _many(distdnas.searches_table, "distdnas"),
+    "distdnas-weights": _one(distdnas.weights_table, "distdnas-weights"),
+    "sigeo": _one(sigeo.markdown_table, "sigeo"),
     "variants": render_variants,
 }

@@ -14,7 +14,8 @@ data, the architecture weights aggregated, the top operators kept and retrained 
    candidates per choice block (a block whose heaviest candidate is zero is left out) as a
    ``searched`` model, which ``rankmixer train`` retrains from scratch on the whole data.
 
-Writes ``OUT/distdnas.json``: the context (config, overrides, machine, the supernet), per day
+Writes ``OUT/distdnas.json``: the context (config, overrides, machine, the supernet, the wall time
+spent training supernets over every call), per day
 its run, validation AUC, weights and expected FLOPs, the aggregated weights, the derived model
 section and its ``rankmixer train`` command.
 """
@@ -125,6 +126,9 @@ def run_distdnas(
         for c in todo:
             log(f"day {c.data.preset_options['train_day']}: finished in {_train_day(c):.0f}s")
     seconds = time.time() - t0
+    before = out_dir / DISTDNAS_REPORT  # an earlier call's searching time counts too
+    if before.is_file():
+        seconds += json.loads(before.read_text())["context"].get("search_seconds", 0.0)
 
     per_day, weights = [], []
     for d, c in enumerate(cfgs):
@@ -141,7 +145,7 @@ def run_distdnas(
     report = {
         "context": {"config": str(path), "overrides": overrides, "space": str(space.file or space.where),
                     "machine": machine_info(), "days": days, "epochs_per_day": epochs, "keep": keep,
-                    "workers": workers, "supernet": supernet, "search_seconds_this_call": seconds},
+                    "workers": workers, "supernet": supernet, "search_seconds": seconds},
         "candidates": [candidate_label(c) for c in net_cfg.candidates],
         "days": per_day,
         "weights": mean.tolist(),
@@ -163,4 +167,19 @@ def weights_table(report: dict) -> str:
     for k, name in enumerate(report["candidates"]):
         cells = [f"{w[i, k]:.3f}{' *' if (i, k) in kept else ''}" for i in range(w.shape[0])]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n"
+
+
+def searches_table(reports: list[dict]) -> str:
+    """One row per DistDNAS search: its seed and lambda, each day's supernet validation AUC and
+    expected FLOPs, the derived architecture and the wall time spent training supernets."""
+    lines = ["| seed | lambda | supernet valid AUC per day | expected FLOPs/sample per day | derived architecture "
+             "| search wall time |", "|---|---|---|---|---|---|"]
+    for r in reports:
+        c = r["context"]
+        seed = next((o.split("=", 1)[1] for o in c["overrides"] if o.startswith("seed=")), "config's")
+        auc = ", ".join(f"{d['valid_auc']:.4f}" for d in r["days"])
+        flops = ", ".join(f"{d['expected_flops'] / 1e3:.0f}k" for d in r["days"])
+        lines.append(f"| {seed} | {c['supernet'].get('cost_weight', 0):g} | {auc} | {flops} | "
+                     f"`{r['derived']['architecture']}` | {c['search_seconds']:.0f} s |")
+    return "\n".join(lines) + "\n"

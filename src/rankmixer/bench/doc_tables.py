@@ -42,7 +42,7 @@ from rankmixer.bench.doc_renderers import (
     variants,
 )
 from rankmixer.core.files import write_text_atomic
-from rankmixer.search import distdnas
+from rankmixer.search import distdnas, rankitect
 from rankmixer.tune.report import trials_markdown
 
 __all__ = ["NOT_RESULTS", "RENDERERS", "Block", "blocks", "check", "doc_files", "regenerate", "render", "update"]
@@ -374,5 +374,6 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "distdnas": _many(distdnas.searches_table, "distdnas"),
     "distdnas-weights": _one(distdnas.weights_table, "distdnas-weights"),
     "sigeo": _one(sigeo.markdown_table, "sigeo"),
+    "rankitect": _one(rankitect.markdown_table, "rankitect"),
     "variants": render_variants,
 }

@@ -42,7 +42,7 @@ from rankmixer.runs import load_run
 from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.tune.space import format_override
 
-__all__ = ["DISTDNAS_REPORT", "day_overrides", "run_distdnas", "weights_table"]
+__all__ = ["DISTDNAS_REPORT", "day_overrides", "run_distdnas", "searches_table", "weights_table"]
 
 DISTDNAS_REPORT = "distdnas.json"
 DISTDNAS_KIND = "distdnas"  # the ownership marker of a search folder (core/files.py)

@@ -50,7 +50,7 @@ from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.train.optim import make_optimizer
 from rankmixer.tune.space import format_override
 
-__all__ = ["RANKITECT_REPORT", "Controller", "run_rankitect"]
+__all__ = ["RANKITECT_REPORT", "Controller", "markdown_table", "run_rankitect"]
 
 RANKITECT_REPORT = "rankitect.json"
 RANKITECT_KIND = "rankitect"  # the ownership marker of a search folder (core/files.py)
@@ -226,3 +226,20 @@ def _valid_ne(supernet, baseline, fm, cfg, best: list[int]) -> dict:
     y = torch.cat(labels)
     return {k: _ne(torch.cat(v), y) for k, v in logits.items()}
 
+
+
+def markdown_table(report: dict) -> str:
+    """The controller's probabilities (a row per candidate, a column per choice block, the
+    chosen path starred), then the chosen path's and the baseline's validation NE."""
+    probs, best = report["probabilities"], report["best"]["path"]
+    lines = ["| candidate | " + " | ".join(f"block {i}" for i in range(len(probs))) + " |",
+             "|---" * (len(probs) + 1) + "|"]
+    for k, name in enumerate(report["candidates"]):
+        lines.append(f"| {name} | " + " | ".join(f"{p[k]:.3f}{' *' if best[i] == k else ''}"
+                                                 for i, p in enumerate(probs)) + " |")
+    h, c = report["history"], report["context"]
+    return "\n".join(lines) + (
+        f"\n\nValidation NE with the supernet's weights: chosen path {report['valid_ne']['path']:.4f}, baseline "
+        f"({c['baseline']['name']}) {report['valid_ne']['baseline']:.4f}. {len(h)} controller updates over "
+        f"{c['steps']} steps; mean reward {h[0]['mean_reward']:+.4f} at the first, {h[-1]['mean_reward']:+.4f} at the "
+        f"last; controller entropy {h[-1]['entropy']:.3f} at the end. Wall time {c['seconds']:.0f} s.\n")

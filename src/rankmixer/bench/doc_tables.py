@@ -343,6 +343,14 @@ def render_curve(reports: list[dict], opts: dict) -> str:
     return exit_curve(rep, timed_only=points == "timed")
 
 
+def render_distdnas_weights(reports: list[dict], opts: dict) -> str:
+    """The aggregated weights of one search of a kept set (``search=N``: its index, default 0)."""
+    (rep,) = reports
+    index = int(opts.pop("search", 0))
+    _done(opts, "distdnas-weights")
+    return distdnas.weights_table(rep["searches"][index])
+
+
 def render_variants(reports: list[dict], opts: dict) -> str:
     names = _names(opts, "names")
     _done(opts, "variants")
@@ -371,8 +379,8 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "sequence-length": _one(lambda rep: sequence_length.markdown(rep["rows"]), "sequence-length"),
     "mean-sd": _one(mean_sd_rows, "mean-sd"),
     "drift-days": _one(drift_days, "drift-days"),
-    "distdnas": _many(distdnas.searches_table, "distdnas"),
-    "distdnas-weights": _one(distdnas.weights_table, "distdnas-weights"),
+    "distdnas": _one(lambda rep: distdnas.searches_table(rep["searches"]), "distdnas"),
+    "distdnas-weights": render_distdnas_weights,
     "sigeo": _one(sigeo.markdown_table, "sigeo"),
     "rankitect": _one(rankitect.markdown_table, "rankitect"),
     "variants": render_variants,

@@ -117,7 +117,7 @@ def test_rank_correlations_are_scipys():
 def test_the_proxy_benchmark_trains_every_path(tiny, tmp_path):
     report = run_sigeo_bench(tiny, space_file(tmp_path), tmp_path / "bench", warmups=[0.0, 0.5], subnets=4,
                              batches=2, log=lambda *_: None)
-    assert len(report["paths"]) == 4 and len(report["correlations"]) == 2 * 4
+    assert len(report["paths"]) == 4 and len(report["correlations"]) == 2 * 4 + 1  # and FLOPs as a proxy
     for row in report["paths"]:
         assert row["test_auc"] is not None and set(row["proxies"]) == {"0", "0.5"}
         run = tmp_path / "bench" / "scratch" / "runs" / f"{row['label']}-s0"
@@ -125,3 +125,14 @@ def test_the_proxy_benchmark_trains_every_path(tiny, tmp_path):
     c = next(c for c in report["correlations"] if c["warmup"] == 0.5 and c["proxy"] == "neg_loss")
     xs = [r["proxies"]["0.5"]["neg_loss"] for r in report["paths"]]
     assert c["spearman"] == pytest.approx(spearman(xs, [r["test_auc"] for r in report["paths"]]))
+    assert report["seed_agreement"] is None  # one seed
+
+
+def test_seed_agreement_ranks_one_seed_against_the_other():
+    from rankmixer.bench.sigeo import _seed_agreement
+
+    cells = [{"label": lab, "seed": s, "test": {"auc": auc}}
+             for lab, aucs in (("a", (0.70, 0.71)), ("b", (0.72, 0.69)), ("c", (0.74, 0.75)))
+             for s, auc in zip((0, 1), aucs)]
+    got = _seed_agreement(cells, ["a", "b", "c"], [0, 1])
+    assert got == {"seeds": [0, 1], "spearman": pytest.approx(0.5), "kendall": pytest.approx(1 / 3)}

@@ -109,7 +109,11 @@ def run_sigeo_bench(
             xs, ys = [values[i] for i in finite], [auc[i] for i in finite]
             correlations.append({"warmup": share, "proxy": proxy, "subnets": len(finite),
                                  "spearman": spearman(xs, ys), "kendall": kendall_tau(xs, ys)})
+    flops = [r["flops_per_sample"] for r in rows]  # the cost alone, as a proxy to beat
+    correlations.append({"warmup": None, "proxy": "flops", "subnets": len(rows),
+                         "spearman": spearman(flops, auc), "kendall": kendall_tau(flops, auc)})
     report = {
+        "seed_agreement": _seed_agreement(acc["cells"], [c.label for c in cells], list(seeds)),
         "context": {"config": str(config), "space": str(space), "overrides": overrides, "warmups": list(warmups),
                     "subnets": len(paths), "seeds": list(seeds), "proxy_batches": batches, "search_seed": search_seed,
                     "machine": acc["machine"],
@@ -122,9 +126,25 @@ def run_sigeo_bench(
     return report
 
 
+def _seed_agreement(cells: list[dict], labels: list[str], seeds: list[int]) -> dict | None:
+    """Rank correlation between the test AUCs of the first two seeds of the same subnets: how
+    well one training run ranks them, the most a proxy can be asked for."""
+    if len(seeds) < 2:
+        return None
+    auc = {(c["label"], c["seed"]): c["test"]["auc"] for c in cells}
+    a, b = [auc[(lab, seeds[0])] for lab in labels], [auc[(lab, seeds[1])] for lab in labels]
+    return {"seeds": seeds[:2], "spearman": spearman(a, b), "kendall": kendall_tau(a, b)}
+
+
 def markdown_table(report: dict) -> str:
-    """Rank correlation of each proxy with the from-scratch test AUC, a row per warm-up."""
+    """Rank correlation of each proxy with the from-scratch test AUC, a row per warm-up, then
+    FLOPs as a proxy and the agreement of two training seeds."""
     lines = ["| warm-up (share of train rows) | proxy | subnets | Spearman | Kendall tau-b |", "|---|---|---|---|---|"]
     for c in report["correlations"]:
-        lines.append(f"| {c['warmup']:g} | {c['proxy']} | {c['subnets']} | {c['spearman']:+.3f} | {c['kendall']:+.3f} |")
-    return "\n".join(lines)
+        share = "-" if c["warmup"] is None else f"{c['warmup']:g}"
+        lines.append(f"| {share} | {c['proxy']} | {c['subnets']} | {c['spearman']:+.3f} | {c['kendall']:+.3f} |")
+    agree = report.get("seed_agreement")
+    if agree:
+        lines.append(f"\nSeed {agree['seeds'][0]} against seed {agree['seeds'][1]} of the same subnets (each trained "
+                     f"from scratch): Spearman {agree['spearman']:+.3f}, Kendall tau-b {agree['kendall']:+.3f}.")
+    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import yaml
 
 from rankmixer import experiment
 from rankmixer.config import ConfigError, load_config
-from rankmixer.search.rankitect import Controller, markdown_table, run_rankitect
+from rankmixer.search.rankitect import Controller, probabilities_table, run_rankitect, searches_table
 from rankmixer.tune.space import format_override
 from tests.factories import tiny_config_file
 
@@ -60,7 +60,8 @@ def test_a_tiny_search_end_to_end(tmp_path):
     assert all(abs(sum(p) - 1) < 1e-9 for p in report["probabilities"])
     assert report["valid_ne"]["path"] > 0 and report["valid_ne"]["baseline"] > 0
     assert json.loads((tmp_path / "out" / "rankitect.json").read_text())["best"] == report["best"]
-    assert markdown_table(report).count(" *") == 2  # the chosen candidate of each choice block
+    assert probabilities_table(report).count(" *") == 2  # the chosen candidate of each choice block
+    assert f"`{report['best']['architecture']}`" in searches_table([report])
     cfg = load_config(config, [format_override("model", report["best"]["model"]), f"run_dir={tmp_path / 're'}"])
     assert experiment.train(cfg, log=lambda *_: None)["test"]["auc"] > 0
     with pytest.raises(ConfigError, match="baseline"):

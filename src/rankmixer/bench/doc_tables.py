@@ -382,6 +382,8 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "distdnas": _one(lambda rep: distdnas.searches_table(rep["searches"]), "distdnas"),
     "distdnas-weights": render_distdnas_weights,
     "sigeo": _one(sigeo.markdown_table, "sigeo"),
-    "rankitect": _one(rankitect.markdown_table, "rankitect"),
+    "rankitect": _one(lambda rep: rankitect.searches_table(rep["searches"]), "rankitect"),
+    "rankitect-probabilities": _one(lambda rep: rankitect.probabilities_table(rep["searches"][0]),
+                                    "rankitect-probabilities"),
     "variants": render_variants,
 }

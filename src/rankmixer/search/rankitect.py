@@ -50,7 +50,7 @@ from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.train.optim import make_optimizer
 from rankmixer.tune.space import format_override
 
-__all__ = ["RANKITECT_REPORT", "Controller", "markdown_table", "run_rankitect"]
+__all__ = ["RANKITECT_REPORT", "Controller", "probabilities_table", "run_rankitect", "searches_table"]
 
 RANKITECT_REPORT = "rankitect.json"
 RANKITECT_KIND = "rankitect"  # the ownership marker of a search folder (core/files.py)
@@ -228,18 +228,28 @@ def _valid_ne(supernet, baseline, fm, cfg, best: list[int]) -> dict:
 
 
 
-def markdown_table(report: dict) -> str:
-    """The controller's probabilities (a row per candidate, a column per choice block, the
-    chosen path starred), then the chosen path's and the baseline's validation NE."""
+def probabilities_table(report: dict) -> str:
+    """The controller's probabilities: a row per candidate, a column per choice block, the
+    chosen path starred."""
     probs, best = report["probabilities"], report["best"]["path"]
     lines = ["| candidate | " + " | ".join(f"block {i}" for i in range(len(probs))) + " |",
              "|---" * (len(probs) + 1) + "|"]
     for k, name in enumerate(report["candidates"]):
         lines.append(f"| {name} | " + " | ".join(f"{p[k]:.3f}{' *' if best[i] == k else ''}"
                                                  for i, p in enumerate(probs)) + " |")
-    h, c = report["history"], report["context"]
-    return "\n".join(lines) + (
-        f"\n\nValidation NE with the supernet's weights: chosen path {report['valid_ne']['path']:.4f}, baseline "
-        f"({c['baseline']['name']}) {report['valid_ne']['baseline']:.4f}. {len(h)} controller updates over "
-        f"{c['steps']} steps; mean reward {h[0]['mean_reward']:+.4f} at the first, {h[-1]['mean_reward']:+.4f} at the "
-        f"last; controller entropy {h[-1]['entropy']:.3f} at the end. Wall time {c['seconds']:.0f} s.\n")
+    return "\n".join(lines) + "\n"
+
+
+def searches_table(reports: list[dict]) -> str:
+    """One row per search: seed, controller updates, mean reward at the first and last update,
+    the controller's final entropy, validation NE of the chosen path (supernet weights) and of
+    the baseline, the chosen architecture and the wall time."""
+    lines = ["| seed | updates | mean reward, first / last | entropy at the end | valid NE, path / baseline "
+             "| chosen architecture | wall time |", "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        c, h = r["context"], r["history"]
+        seed = next((o.split("=", 1)[1] for o in c["overrides"] if o.startswith("seed=")), "config's")
+        lines.append(f"| {seed} | {len(h)} | {h[0]['mean_reward']:+.4f} / {h[-1]['mean_reward']:+.4f} | "
+                     f"{h[-1]['entropy']:.3f} | {r['valid_ne']['path']:.4f} / {r['valid_ne']['baseline']:.4f} | "
+                     f"`{r['best']['architecture']}` | {c['seconds']:.0f} s |")
+    return "\n".join(lines) + "\n"

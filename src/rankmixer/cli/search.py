@@ -12,6 +12,13 @@ from rankmixer.cli.common import console, user_errors
 __all__ = ["search"]
 
 
+def _found(what: str, model: dict, report: Path) -> None:
+    """A one-shot search's result: its architecture, the command that retrains it, its report."""
+    console.print(f"{what}: {model['architecture']}", markup=False, soft_wrap=True)
+    console.print(f"  {model['train_command']}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {report}")
+
+
 def search(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment whose data and training recipe every trial "
                                 "uses: a packaged name (movielens_dcnv2) or a YAML file; the search draws its model."),
@@ -67,9 +74,7 @@ def search(
             console.print(f"day {day['day']}: supernet valid auc {day['valid_auc']:.5f}, "
                           f"expected FLOPs/sample {day['expected_flops']:,.0f}")
         console.print(weights_table(found), markup=False, soft_wrap=True)
-        console.print(f"derived: {found['derived']['architecture']}", markup=False, soft_wrap=True)
-        console.print(f"  {found['derived']['train_command']}", markup=False, highlight=False, soft_wrap=True)
-        console.print(f"wrote {out / DISTDNAS_REPORT}")
+        _found("derived", found["derived"], out / DISTDNAS_REPORT)
         return
     if strategy == "rankitect":
         from rankmixer.search.rankitect import RANKITECT_REPORT, run_rankitect
@@ -79,9 +84,7 @@ def search(
                                   update_every=update_every, controller_lr=controller_lr, cost_weight=cost_weight or 0.0,
                                   log=console.print)
         console.print(f"valid NE: chosen path {found['valid_ne']['path']:.5f}, baseline {found['valid_ne']['baseline']:.5f}")
-        console.print(f"chosen: {found['best']['architecture']}", markup=False, soft_wrap=True)
-        console.print(f"  {found['best']['train_command']}", markup=False, highlight=False, soft_wrap=True)
-        console.print(f"wrote {out / RANKITECT_REPORT}")
+        _found("chosen", found["best"], out / RANKITECT_REPORT)
         return
     if strategy == "sigeo":
         from rankmixer.search.sigeo import SIGEO_REPORT, run_sigeo
@@ -94,8 +97,7 @@ def search(
         for i, p in enumerate(found["paths"][:10], start=1):
             console.print(f"| {i} | {p['sigeo']:.3f} | {p['zico']:.3f} | {p['fisher_rao']:.3f} | {p['neg_loss']:.4f} "
                           f"| {p['architecture']} |", markup=False, soft_wrap=True)
-        console.print(f"  {found['best']['train_command']}", markup=False, highlight=False, soft_wrap=True)
-        console.print(f"wrote {out / SIGEO_REPORT}")
+        _found("best", found["best"], out / SIGEO_REPORT)
         return
     if budget is None:
         raise typer.BadParameter("random and tpe need --budget (the number of complete trials)", param_hint="--budget")

@@ -32,13 +32,14 @@ import numpy as np
 
 from rankmixer import experiment
 from rankmixer.config import ConfigError, config_path, load_config
-from rankmixer.core.files import check_output, check_replaceable, write_json, write_marker
+from rankmixer.core.files import write_json
 from rankmixer.core.hardware import machine_info
 from rankmixer.core.processes import run_in_processes
 from rankmixer.core.rundir import CONFIG_FILE, METRICS_FILE
 from rankmixer.models.searched import describe_blocks
 from rankmixer.models.supernet import SupernetConfig, candidate_label, derive_blocks, selection
 from rankmixer.runs import load_run
+from rankmixer.search.folder import SUPERNET_SETS_MODEL, open_folder, refuse_model_overrides
 from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.tune.space import format_override
 
@@ -91,8 +92,7 @@ def run_distdnas(
     space = space if isinstance(space, ArchitectureSpace) else load_architecture_space(space)
     out_dir = Path(out_dir)
     overrides = list(overrides or [])
-    if any(o.partition("=")[0].strip().split(".")[0] == "model" for o in overrides):
-        raise ConfigError("the search sets the model (the space's supernet); put fixed model keys under the space's model:")
+    refuse_model_overrides(overrides, SUPERNET_SETS_MODEL)
     if workers < 1 or keep < 1 or epochs < 1:
         raise ValueError(f"workers, keep and epochs must be at least 1, got {workers}, {keep}, {epochs}")
     supernet = dict(space.supernet or {})
@@ -102,10 +102,7 @@ def run_distdnas(
     path = config_path(config)
     base = load_config(path, overrides)
     days = _days_of(base)
-    check_output(out_dir, [path, *([space.file] if space.file else []), base.data.prepared_path()], "search folder")
-    check_replaceable(out_dir, DISTDNAS_KIND, overwrite=True)  # new, empty or ours: continue it
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(out_dir, DISTDNAS_KIND)
+    open_folder(out_dir, DISTDNAS_KIND, [path, space.file, base.data.prepared_path()])
     model = format_override("model", supernet)
     cfgs = [load_config(path, [*overrides, model, f"train.epochs={epochs}", *day_overrides(out_dir, d)])
             for d in range(days)]

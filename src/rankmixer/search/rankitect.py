@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 
 from rankmixer import experiment
-from rankmixer.config import ConfigError, config_path, load_config
-from rankmixer.core.files import check_output, check_replaceable, write_json, write_marker
+from rankmixer.config import config_path, load_config
+from rankmixer.core.files import write_json
 from rankmixer.core.hardware import machine_info
 from rankmixer.core.metrics import normalized_entropy
 from rankmixer.data.loader import ParquetBatches
@@ -46,6 +46,7 @@ from rankmixer.models.searched import describe_blocks
 from rankmixer.models.supernet import candidate_label
 from rankmixer.nn.embedding import split_parameters
 from rankmixer.search.sigeo import path_model
+from rankmixer.search.folder import open_folder, refuse_model_overrides
 from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.train.optim import make_optimizer
 from rankmixer.tune.space import format_override
@@ -135,19 +136,14 @@ def run_rankitect(
     baseline is the experiment's own model."""
     space = space if isinstance(space, ArchitectureSpace) else load_architecture_space(space)
     out_dir, overrides = Path(out_dir), list(overrides or [])
-    if any(o.partition("=")[0].strip().split(".")[0] == "model" for o in overrides):
-        raise ConfigError("the search keeps the experiment's model as its baseline; change it in the config, "
-                          "not by an override")
+    refuse_model_overrides(overrides, "the search keeps the experiment's model as its baseline; change it in the config")
     if epochs < 1 or samples < 2 or update_every < 1 or warmup_steps < 0 or controller_lr <= 0 or cost_weight < 0:
         raise ValueError("epochs >= 1, samples >= 2, update_every >= 1, warmup_steps >= 0, controller_lr > 0 and "
                          f"cost_weight >= 0; got {epochs}, {samples}, {update_every}, {warmup_steps}, "
                          f"{controller_lr}, {cost_weight}")
     path = config_path(config)
     cfg = load_config(path, overrides)
-    check_output(out_dir, [path, *([space.file] if space.file else []), cfg.data.prepared_path()], "search folder")
-    check_replaceable(out_dir, RANKITECT_KIND, overwrite=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(out_dir, RANKITECT_KIND)
+    open_folder(out_dir, RANKITECT_KIND, [path, space.file, cfg.data.prepared_path()])
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     fm = experiment.prepare_data(cfg.data, log=log)

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from rankmixer import experiment
-from rankmixer.config import ConfigError, config_path, load_config
-from rankmixer.core.files import check_output, check_replaceable, write_json, write_marker
+from rankmixer.config import config_path, load_config
+from rankmixer.core.files import write_json
 from rankmixer.core.hardware import machine_info
 from rankmixer.core.rundir import METRICS_FILE
 from rankmixer.data.loader import ParquetBatches
@@ -51,6 +51,7 @@ from rankmixer.models import registry
 from rankmixer.models.searched import describe_blocks
 from rankmixer.models.supernet import SupernetConfig, candidate_label, derive_blocks
 from rankmixer.runs import load_run
+from rankmixer.search.folder import SUPERNET_SETS_MODEL, open_folder, refuse_model_overrides
 from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.tune.space import format_override
 
@@ -172,16 +173,12 @@ def run_sigeo(
     """Warm up, score ``subnets`` paths, rank them; write and return ``sigeo.json``."""
     space = space if isinstance(space, ArchitectureSpace) else load_architecture_space(space)
     out_dir, overrides = Path(out_dir), list(overrides or [])
-    if any(o.partition("=")[0].strip().split(".")[0] == "model" for o in overrides):
-        raise ConfigError("the search sets the model (the space's supernet); put fixed model keys under the space's model:")
+    refuse_model_overrides(overrides, SUPERNET_SETS_MODEL)
     if not 0 <= warmup <= 1 or subnets < 1 or batches < 2:
         raise ValueError(f"warmup must lie in [0, 1], subnets >= 1 and batches >= 2; got {warmup}, {subnets}, {batches}")
     path = config_path(config)
     base = load_config(path, overrides)
-    check_output(out_dir, [path, *([space.file] if space.file else []), base.data.prepared_path()], "search folder")
-    check_replaceable(out_dir, SIGEO_KIND, overwrite=True)  # new, empty or ours: continue it
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(out_dir, SIGEO_KIND)
+    open_folder(out_dir, SIGEO_KIND, [path, space.file, base.data.prepared_path()])
     supernet = dict(space.supernet or {})
     net = SupernetConfig.model_validate({k: v for k, v in supernet.items() if k != "name"})
     t0 = time.time()

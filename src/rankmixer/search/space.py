@@ -61,6 +61,7 @@ from rankmixer.config import ConfigError, config_path, load_config
 from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
 from rankmixer.models.searched import BLOCK_PARAMS, SOURCE, BlockSpec, SearchedConfig, describe_blocks
 from rankmixer.models.supernet import ZERO, SupernetConfig
+from rankmixer.search.folder import model_overrides
 from rankmixer.tune.space import (Objective, Param, SamplerConfig, SpaceError, format_override, parse_distribution,
                                   parse_section, parse_seeds)
 
@@ -153,7 +154,7 @@ class ArchitectureSpace:
     def check_against(self, config: str | Path, overrides: list[str]) -> None:
         """The probe architectures give a valid config with ``config`` plus ``overrides``;
         an override of the model (which the search sets) is refused."""
-        clash = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] == "model"]
+        clash = model_overrides(overrides)
         if clash:
             raise SpaceError(f"{self.where}: the override(s) {clash} set the model, which the search draws; "
                              "put fixed model keys under the space's model:")

@@ -211,6 +211,17 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
             lock.release()
 
 
+def train_to_end(cfg: ExperimentConfig, log: Callable[[str], None] = lambda *_: None) -> None:
+    """Finish the run in ``cfg``'s run directory, as the searches do with their own runs: nothing
+    if its final metrics are there, continued if it got as far as its config, started (over)
+    otherwise."""
+    run_dir = cfg.resolved_run_dir()
+    if (run_dir / METRICS_FILE).is_file():
+        return
+    resume = (run_dir / CONFIG_FILE).is_file()
+    train(cfg, resume=resume, overwrite=not resume, log=log)
+
+
 def _prediction_report(predictions: dict, fm: FeatureMap, log: Callable[[str], None]) -> dict:
     """``positives`` per split and task, with a warning for each under ``MIN_POSITIVES``, and
     ``pooled``: the metrics of valid and test together. Pooled is for reporting on tiny real

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from rankmixer import experiment
 from rankmixer.bench.sigeo import kendall_tau, run_sigeo_bench, spearman
 from rankmixer.config import load_config
 from rankmixer.models import registry
@@ -84,9 +85,11 @@ def test_a_paths_model_drops_zero_blocks():
 
 def test_warm_up_trains_the_share_of_rows_it_is_given(tiny, tmp_path):
     supernet = {"name": "supernet", "embedding_dim": 4, "choice_blocks": 2, "set_size": 3, "candidates": CANDIDATES}
-    cold = warm_up(tiny, supernet, 0.0, tmp_path, [], log=lambda *_: None)
+    base = load_config(tiny, ["train.max_steps=null"])
+    fm = experiment.prepare_data(base.data, log=lambda *_: None)
+    cold = warm_up(tiny, supernet, 0.0, tmp_path, [], base, fm, log=lambda *_: None)
     assert not any(tmp_path.iterdir())  # no run for no warm-up
-    warm = warm_up(tiny, supernet, 0.5, tmp_path, ["train.max_steps=null"], log=lambda *_: None)
+    warm = warm_up(tiny, supernet, 0.5, tmp_path, ["train.max_steps=null"], base, fm, log=lambda *_: None)
     cfg = yaml.safe_load((tmp_path / "warmup-0.5" / "config.yaml").read_text())
     assert cfg["model"]["training"] == "sampled_path"
     assert cfg["train"]["max_steps"] == math.ceil(0.5 * 400 / 64)  # 400 train rows, batches of 64

@@ -35,7 +35,7 @@ from rankmixer.config import ConfigError, config_path, load_config
 from rankmixer.core.files import write_json
 from rankmixer.core.hardware import machine_info
 from rankmixer.core.processes import run_in_processes
-from rankmixer.core.rundir import CONFIG_FILE, METRICS_FILE
+from rankmixer.core.rundir import METRICS_FILE
 from rankmixer.models.searched import describe_blocks
 from rankmixer.models.supernet import SupernetConfig, candidate_label, derive_blocks, selection
 from rankmixer.runs import load_run
@@ -68,10 +68,7 @@ def _days_of(cfg) -> int:
 def _train_day(cfg) -> float:
     """One day's supernet run (resumed if it got as far as its config); the seconds it took."""
     t0 = time.time()
-    run_dir = cfg.resolved_run_dir()
-    if not (run_dir / METRICS_FILE).is_file():
-        resume = (run_dir / CONFIG_FILE).is_file()
-        experiment.train(cfg, resume=resume, overwrite=not resume, log=lambda *_: None)
+    experiment.train_to_end(cfg)
     return time.time() - t0
 
 
@@ -108,7 +105,7 @@ def run_distdnas(
             for d in range(days)]
 
     todo = [c for c in cfgs if not (c.resolved_run_dir() / METRICS_FILE).is_file()]
-    log(f"DistDNAS: {days} days, {len(space.supernet['candidates'])} candidates x {net_cfg.choice_blocks} choice "
+    log(f"DistDNAS: {days} days, {len(net_cfg.candidates)} candidates x {net_cfg.choice_blocks} choice "
         f"blocks, lambda {net_cfg.cost_weight}; {days - len(todo)} day(s) searched before")
     for c in todo:  # each day's data once, before any worker starts
         experiment.prepare_data(c.data, log=log)

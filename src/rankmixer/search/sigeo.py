@@ -42,10 +42,11 @@ import numpy as np
 import torch
 
 from rankmixer import experiment
-from rankmixer.config import config_path, load_config
+from rankmixer.config import ExperimentConfig, config_path, load_config
 from rankmixer.core.files import write_json
 from rankmixer.core.hardware import machine_info
 from rankmixer.core.rundir import METRICS_FILE
+from rankmixer.data.feature_map import FeatureMap
 from rankmixer.data.loader import ParquetBatches
 from rankmixer.models import registry
 from rankmixer.models.searched import describe_blocks
@@ -87,17 +88,15 @@ def path_model(net: SupernetConfig, path: list[int]) -> dict[str, Any]:
 
 
 def warm_up(config: Path, supernet: dict[str, Any], share: float, out_dir: Path, overrides: list[str],
-            log: Callable[[str], None]) -> torch.nn.Module:
+            base: ExperimentConfig, fm: FeatureMap, log: Callable[[str], None]) -> torch.nn.Module:
     """The supernet after single-path training on ``share`` of the training rows (0: as built,
-    seeded by the config's seed); resumed or read if its run exists."""
+    seeded by the config's seed); resumed or read if its run exists. ``base`` and ``fm``: the
+    experiment (``config`` with ``overrides``) and its prepared data."""
     section = {**supernet, "training": "sampled_path"}
     if share == 0:
-        cfg = load_config(config, overrides)
-        fm = experiment.prepare_data(cfg.data, log=log)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(base.seed)
         return registry.build_model("supernet", fm, {k: v for k, v in section.items() if k != "name"})
-    base = load_config(config, overrides)
-    rows = experiment.prepare_data(base.data, log=log).splits["train"].rows
+    rows = fm.splits["train"].rows
     steps = max(1, math.ceil(share * rows / base.train.batch_size))
     run_dir = out_dir / f"warmup-{share:g}"
     cfg = load_config(config, [*overrides, format_override("model", section), f"train.max_steps={steps}",
@@ -105,8 +104,7 @@ def warm_up(config: Path, supernet: dict[str, Any], share: float, out_dir: Path,
                                "train.lr_plateau=null", f"run_dir={run_dir}", "train.progress=false"])
     if not (run_dir / METRICS_FILE).is_file():
         log(f"warm-up on {share:g} of the {rows:,} training rows: {steps} steps")
-        resume = (run_dir / "config.yaml").is_file()
-        experiment.train(cfg, resume=resume, overwrite=not resume, log=lambda *_: None)
+    experiment.train_to_end(cfg)
     return load_run(run_dir).model
 
 
@@ -145,12 +143,10 @@ def proxies(model: torch.nn.Module, batches: list, path: list[int], weights: Pro
             "sigeo": weights.zico * zico + weights.fisher_rao * fisher_rao - weights.loss * loss}
 
 
-def proxy_batches(config: Path, overrides: list[str], count: int) -> list:
-    """The first ``count`` training batches (the config's batch size, in file order)."""
-    cfg = load_config(config, overrides)
-    fm = experiment.prepare_data(cfg.data, log=lambda *_: None)
+def proxy_batches(fm: FeatureMap, batch_size: int, count: int) -> list:
+    """The first ``count`` training batches of ``batch_size`` rows, in file order."""
     out = []
-    for batch in ParquetBatches(fm, "train", cfg.train.batch_size, shuffle=False):
+    for batch in ParquetBatches(fm, "train", batch_size, shuffle=False):
         out.append(batch)
         if len(out) == count:
             break
@@ -181,11 +177,12 @@ def run_sigeo(
     open_folder(out_dir, SIGEO_KIND, [path, space.file, base.data.prepared_path()])
     supernet = dict(space.supernet or {})
     net = SupernetConfig.model_validate({k: v for k, v in supernet.items() if k != "name"})
+    fm = experiment.prepare_data(base.data, log=log)
     t0 = time.time()
-    model = warm_up(path, supernet, warmup, out_dir, overrides, log)
+    model = warm_up(path, supernet, warmup, out_dir, overrides, base, fm, log)
     warm_seconds = time.time() - t0
     drawn = sample_paths(model.paths(), subnets, seed)
-    data = proxy_batches(path, overrides, batches)
+    data = proxy_batches(fm, base.train.batch_size, batches)
     t1 = time.time()
     scored = []
     for p in drawn:

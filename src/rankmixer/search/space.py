@@ -30,21 +30,9 @@ always builds (the model's combination rules make any inputs fit).
 The class offers the methods of :class:`rankmixer.tune.SearchSpace`, so a search runs as a
 tuning study (storage, resume, retries, report).
 
-The ``supernet`` section (optional) gives the one-shot strategies (DistDNAS) their supernet
-(``rankmixer.models.supernet``) over the same space::
-
-    supernet:
-      choice_blocks: 3        # each reads emb and every choice block before it
-      set_size: 8             # a choice block's output: set_size entities of embedding_dim
-      cost_weight: 0.1        # lambda of the expected-FLOPs loss
-      zero: true              # offer the zero op (drops a choice block)
-      candidates:             # per type of `types`, the sizes of its candidate ops
-        mlp: [{width: 64}, {width: 256}]
-        dot: [{}]
-
-Every candidate size must lie in its type's range under ``types``. Without ``candidates``, each
-type of ``types`` offers its sizes at their lower and at their upper bounds (one candidate for
-a type without sizes).
+The ``supernet`` section (optional; :func:`parse_supernet`, docs/search.md) gives the one-shot
+strategies their supernet (``rankmixer.models.supernet``) over the same space: its choice blocks,
+set size, cost weight and candidates, each candidate inside its type's range under ``types``.
 """
 
 from __future__ import annotations
@@ -167,7 +155,10 @@ class ArchitectureSpace:
 
 
 def parse_supernet(tree: Any, types: dict[str, dict[str, Param]], model: dict[str, Any], where: str) -> dict[str, Any]:
-    """The ``supernet`` section as a ``supernet`` model section (see the module docstring)."""
+    """The ``supernet`` section as a ``supernet`` model section. Keys: ``choice_blocks``,
+    ``set_size``, ``cost_weight``, ``temperature``, ``arch_lr_multiplier``, ``zero`` (offer the
+    zero op, default true) and ``candidates`` (per type of ``types``, a list of sizes inside its
+    range; default: each type at its lower, then at its upper bounds)."""
     here = f"{where}: supernet"
     tree = tree or {}
     if not isinstance(tree, dict):

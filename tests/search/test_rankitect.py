@@ -12,7 +12,8 @@ import yaml
 
 from rankmixer import experiment
 from rankmixer.config import ConfigError, load_config
-from rankmixer.search.rankitect import Controller, probabilities_table, run_rankitect, searches_table
+from rankmixer.search.controller import Controller
+from rankmixer.search.rankitect import probabilities_table, run_rankitect, searches_table
 from rankmixer.tune.space import format_override
 from tests.factories import tiny_config_file
 

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from rankmixer import experiment
-from rankmixer.bench.sigeo import kendall_tau, run_sigeo_bench, spearman
+from rankmixer.bench.sigeo import run_sigeo_bench
+from rankmixer.core.rank_correlation import kendall_tau, spearman
 from rankmixer.config import load_config
 from rankmixer.models import registry
 from rankmixer.models.supernet import SupernetConfig

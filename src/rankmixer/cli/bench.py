@@ -173,6 +173,29 @@ def sigeo(
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
 
 
+def search_budget(
+    root: Path = typer.Option(..., "--root", help="Folder of rankmixer search outputs named <strategy>-s<seed>."),
+    out: Path = typer.Option(Path("bench_out/search_budget_report"), help="Output directory (JSON, Markdown, PNG)."),
+    name: str = typer.Option("search_budget", help="Stem of the report files."),
+    checkpoints: str = typer.Option("10,25,50,100", help="Comma-separated trial counts to compare at."),
+    flops_target: Optional[float] = typer.Option(None, min=0.0, help="FLOPs per sample: also compare the best "
+                                                 "trial at or below it."),
+    baseline: str = typer.Option("random", help="The strategy every other one is compared with."),
+    folds: int = typer.Option(5, min=2, help="Folds of the predictor's cross-validation."),
+) -> None:
+    """Search strategies at an equal trial budget: best-so-far over search seeds, the difference to
+    random search against the seed spread, the AutoML predictor's held-out Kendall tau and its
+    ablations, and NE against FLOPs of every trial (plot)."""
+    from rankmixer.bench.search_budget import markdown_tables, run_search_budget
+
+    with user_errors():
+        ks = [int(x) for x in checkpoints.split(",") if x.strip()]
+        report = run_search_budget(root, out, name, checkpoints=ks, flops_target=flops_target, baseline=baseline,
+                                   folds=folds, log=console.print)
+    console.print(markdown_tables(report), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} and {out / (name + '.png')}")
+
+
 def sequence_length(
     spec: Path = typer.Option(Path("sequence_length"), help="Spec (lengths, batch size, models): a packaged name or a YAML file."),
     out: Path = typer.Option(Path("bench_out/sequence_length.json"), help="Report JSON (a PNG plot is written beside it)."),

@@ -24,13 +24,21 @@ def search(
                                 "uses: a packaged name (movielens_dcnv2) or a YAML file; the search draws its model."),
     space: Path = typer.Option(Path("default"), "--space", help="Architecture space: a YAML file or a packaged space "
                                "(docs/search.md)."),
-    strategy: str = typer.Option("tpe", help="random (random search), tpe (Optuna's TPE), distdnas (the space's "
+    strategy: str = typer.Option("tpe", help="random (random search), tpe (Optuna's TPE), automl (a predictor of the "
+                                 "finished trials and a REINFORCE policy against it), distdnas (the space's "
                                  "supernet searched on each day's data, weights aggregated) or sigeo (the supernet "
                                  "warmed up on a share of the data, subnets ranked by a proxy) or rankitect (a "
                                  "REINFORCE controller over the supernet's paths, rewards against a co-trained "
                                  "baseline); docs/search.md."),
-    budget: Optional[int] = typer.Option(None, "--budget", min=1, help="random, tpe: complete trials the study should "
-                                         "hold in total (a study that has some already runs only the rest)."),
+    budget: Optional[int] = typer.Option(None, "--budget", min=1, help="random, tpe, automl: complete trials the "
+                                         "study should hold in total (a study that has some already runs only the "
+                                         "rest)."),
+    startup_trials: int = typer.Option(20, min=2, help="automl: random trials before the predictor proposes."),
+    round_size: int = typer.Option(10, min=1, help="automl: trials proposed per predictor fit."),
+    flops_target: Optional[float] = typer.Option(None, min=0.0, help="automl: FLOPs per sample above which the "
+                                                 "policy's reward is penalized (default: no budget)."),
+    horizon_steps: Optional[int] = typer.Option(None, min=1, help="automl: steps each trial's validation curve is "
+                                                "extrapolated to (default: a full run of the experiment)."),
     keep: int = typer.Option(1, min=1, help="distdnas: candidates kept per choice block."),
     epochs_per_day: int = typer.Option(1, min=1, help="distdnas: passes over each day's rows; rankitect: passes over "
                                        "the training split."),
@@ -100,16 +108,25 @@ def search(
         _found("best", found["best"], out / SIGEO_REPORT)
         return
     if budget is None:
-        raise typer.BadParameter("random and tpe need --budget (the number of complete trials)", param_hint="--budget")
+        raise typer.BadParameter("random, tpe and automl need --budget (the number of complete trials)",
+                                 param_hint="--budget")
+    automl = None
+    if strategy == "automl":
+        automl = {"startup_trials": startup_trials, "round_size": round_size, "flops_target": flops_target,
+                  "horizon_steps": horizon_steps}
     with user_errors(MissingExtra, TuneError):
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         report = run_search(config, space, strategy, budget, out, list(overrides or []), storage, study, seed,
-                            log=console.print, heartbeat_s=heartbeat, workers=workers)
+                            log=console.print, heartbeat_s=heartbeat, workers=workers, automl=automl)
     console.print(markdown_table(report), markup=False, soft_wrap=True)
     best = report["best"]
     if best:
         console.print(f"best: trial {best['number']}, valid {report['objective']['metric']} {best['value']:.5f}: "
                       f"{best['architecture']}", markup=False, soft_wrap=True)
         console.print(f"  {best['train_command']}", markup=False, highlight=False, soft_wrap=True)
+    cv = (report.get("automl") or {}).get("predictor")
+    if cv:
+        console.print(f"predictor: Kendall tau {cv['kendall']:+.3f} on held-out trials ({cv['folds']}-fold, "
+                      f"{cv['trials']} trials); FLOPs head {cv['flops_kendall']:+.3f}")
     console.print(f"wrote {out / 'search.json'}")

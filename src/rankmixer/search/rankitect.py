@@ -45,55 +45,17 @@ from rankmixer.models import registry
 from rankmixer.models.searched import describe_blocks
 from rankmixer.models.supernet import candidate_label
 from rankmixer.nn.embedding import split_parameters
+from rankmixer.search.controller import Controller
 from rankmixer.search.sigeo import path_model
 from rankmixer.search.folder import open_folder, refuse_model_overrides
 from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.train.optim import make_optimizer
 from rankmixer.tune.space import format_override
 
-__all__ = ["RANKITECT_REPORT", "Controller", "probabilities_table", "run_rankitect", "searches_table"]
+__all__ = ["RANKITECT_REPORT", "probabilities_table", "run_rankitect", "searches_table"]
 
 RANKITECT_REPORT = "rankitect.json"
 RANKITECT_KIND = "rankitect"  # the ownership marker of a search folder (core/files.py)
-
-
-class Controller:
-    """Independent categorical choices, one per choice block: ``softmax(theta[i])`` over the
-    candidates the block allows (the others masked)."""
-
-    def __init__(self, allowed: list[list[int]], candidates: int, lr: float, generator: torch.Generator) -> None:
-        self.mask = torch.ones(len(allowed), candidates, dtype=torch.bool)
-        for i, ks in enumerate(allowed):
-            self.mask[i, ks] = False
-        self.theta = torch.zeros(len(allowed), candidates, dtype=torch.float64)
-        self.lr, self.generator = lr, generator
-
-    def probs(self) -> Tensor:
-        return torch.softmax(self.theta.masked_fill(self.mask, float("-inf")), dim=1)
-
-    def sample(self, n: int) -> list[list[int]]:
-        p = self.probs()
-        return [[int(torch.multinomial(p[i], 1, generator=self.generator)) for i in range(len(p))] for _ in range(n)]
-
-    def best(self) -> list[int]:
-        return [int(k) for k in self.probs().argmax(dim=1)]
-
-    def entropy(self) -> float:
-        p = self.probs()
-        return float(-(p[p > 0] * p[p > 0].log()).sum())
-
-    def step(self, paths: list[list[int]], rewards: list[float]) -> None:
-        """One REINFORCE ascent step; the gradient of log pi(path) for block i is
-        ``onehot(path[i]) - softmax(theta[i])``."""
-        r = np.asarray(rewards, dtype=np.float64)
-        advantage = r - r.mean()
-        p = self.probs()
-        grad = torch.zeros_like(self.theta)
-        for path, a in zip(paths, advantage):
-            for i, k in enumerate(path):
-                grad[i] -= a * p[i]
-                grad[i, k] += a
-        self.theta += self.lr * grad.masked_fill(self.mask, 0.0)
 
 
 def _ne(logits: Tensor, labels: Tensor) -> float:

@@ -123,6 +123,7 @@ def run_tune(
     heartbeat_s: int = 60,
     catch_errors: bool = False,
     max_failures_in_a_row: int = MAX_FAILURES_IN_A_ROW,
+    sampler_factory: Callable | None = None,
 ) -> dict:
     """Run trials until the study holds ``trials`` complete ones (0: only create or open the
     study); write and return the report.
@@ -133,7 +134,8 @@ def run_tune(
     ``storage`` an Optuna RDB URL or journal file (default ``sqlite:///OUT/study.db``).
     ``catch_errors``: a trial whose training raises is recorded as failed with the error (its
     ``error`` attribute) and the study goes on, until ``max_failures_in_a_row`` trials in a row
-    have failed."""
+    have failed. ``sampler_factory(trials_before)`` builds the study's sampler instead of the
+    space's (rankmixer.tune.study.open_study)."""
     optuna = import_optuna()
     if trials < 0:
         raise ValueError(f"trials must be at least 0 (0: open the study and report it), got {trials}")
@@ -151,7 +153,7 @@ def run_tune(
 
     url = storage_url(out_dir, storage)
     study = open_study(open_storage(url, heartbeat_s), study_name, space,
-                       {k: v for k, v in base.model_dump(mode="json").items() if k != "run_dir"})
+                       {k: v for k, v in base.model_dump(mode="json").items() if k != "run_dir"}, sampler_factory)
     for number in retry_interrupted(study):
         log(f"trial {number} was interrupted: queued again with the same parameters")
     seeds = list(space.seeds or [base.seed])

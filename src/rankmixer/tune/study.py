@@ -105,10 +105,11 @@ def _differences(saved: Any, now: Any, key: str = "") -> list[str]:
     return [] if saved == now else [key or "(all)"]
 
 
-def open_study(storage, name: str, space: SearchSpace, base_config: dict):
+def open_study(storage, name: str, space: SearchSpace, base_config: dict, sampler_factory=None):
     """The study ``name`` in ``storage``, created if new; an existing one must have been created
     with the same space (sampler aside) and base config, else a :class:`SpaceError` names the
-    keys that differ."""
+    keys that differ. ``sampler_factory(trials_before)``, when given, builds the sampler instead
+    of the space's (a search strategy of its own, such as rankmixer.search.automl)."""
     optuna = import_optuna()
     study = optuna.create_study(storage=storage, study_name=name, direction=space.objective.direction,
                                 load_if_exists=True)
@@ -121,8 +122,9 @@ def open_study(storage, name: str, space: SearchSpace, base_config: dict):
         if diff:
             raise SpaceError(f"study {name!r} was created with another {what}: {', '.join(diff[:8])} differ; "
                              "continue it with the same one, or start another study (--study NAME or another --out)")
-    return optuna.load_study(study_name=name, storage=storage,
-                             sampler=make_sampler(space.sampler, len(study.get_trials(deepcopy=False))))
+    before = len(study.get_trials(deepcopy=False))
+    sampler = make_sampler(space.sampler, before) if sampler_factory is None else sampler_factory(before)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
 
 def retry_interrupted(study) -> list[int]:

@@ -1,0 +1,323 @@
+"""The AutoML searcher (Yin et al. 2023, "AutoML for Large Capacity Modeling of Meta's Ranking
+Systems", arXiv 2311.07870): a predictor learned from the finished trials, and a REINFORCE
+policy that explores the space against that predictor under a FLOPs budget, so that each of the
+~100 real trials goes to an architecture the predictor ranks high.
+
+It is an Optuna sampler (:class:`AutoMLSampler`), so a search with it is an ordinary study:
+its storage, resume, retries, parallel workers and report are the tuning study's. Per trial:
+
+1. **Start-up.** The first ``startup_trials`` complete trials are drawn at random (Optuna's
+   random sampler), to give the predictor its first labels.
+2. **Labels.** Every complete trial is a short training run. Its label is the learning-curve
+   extrapolation of its validation metric to ``horizon_steps`` (rankmixer.search.curve),
+   averaged over its seeds; without a horizon, the trial's value. Its FLOPs per sample are
+   those its run measured.
+3. **A round** (every ``round_size`` newly complete trials): the ensemble predictor
+   (rankmixer.search.predictor: pairwise ranking loss, multi-task with log FLOPs) is fitted to
+   all labels; then a policy (rankmixer.search.controller: one softmax per named draw of the
+   space, numbers on a grid of at most ``GRID`` values) takes ``policy_steps`` REINFORCE steps
+   of ``policy_samples`` architectures each, with the reward
+
+       reward(a) = z(a) - flops_penalty * max(0, log2(FLOPs_hat(a) / flops_target))
+
+   where ``z`` is the predicted score standardized over the trials' own predictions and
+   ``FLOPs_hat`` the predicted FLOPs (no penalty without a target). The ``round_size``
+   architectures with the highest reward among those the policy drew in its second half, and
+   that no trial of the study has drawn yet, are queued.
+4. Each trial takes the next queued architecture: the sampler answers each of the space's
+   draws with the architecture's value.
+
+What the paper leaves open, we chose: the extrapolation formula, the reward's penalty form,
+the grid, the network sizes and the round size. A process keeps its own queue; several workers
+on one study each fit their own predictor to the shared trials, and a queued architecture that
+another worker has meanwhile drawn is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from rankmixer.core.rundir import METRICS_FILE
+from rankmixer.models.searched import SOURCE
+from rankmixer.search.controller import Controller
+from rankmixer.search.curve import extrapolate, read_curve
+from rankmixer.search.predictor import Decision, Encoder, Predictor, cross_validate
+from rankmixer.search.space import ArchitectureSpace
+from rankmixer.tune.space import Param
+
+__all__ = ["GRID", "AutoMLOptions", "AutoMLSampler", "automl_report", "decisions", "propose", "study_labels",
+           "trial_labels"]
+
+GRID = 8  # the most values the policy offers for a number (a smaller integer range: all of it)
+
+
+def _grid(p: Param) -> tuple:
+    if p.kind == "choice":
+        return p.encoded
+    step = p.step or (1 if p.kind == "int" else None)
+    if p.kind == "int" and (p.high - p.low) // step + 1 <= 2 * GRID:
+        return tuple(range(p.low, p.high + 1, step))
+    points = np.geomspace(p.low, p.high, GRID) if p.log else np.linspace(p.low, p.high, GRID)
+    if p.kind == "int":
+        points = [p.low + round((v - p.low) / step) * step for v in points]
+    elif step:
+        points = [p.decode(p.low + round((v - p.low) / step) * step) for v in points]
+    return tuple(dict.fromkeys(int(v) if p.kind == "int" else float(v) for v in points))
+
+
+def decisions(space: ArchitectureSpace) -> list[Decision]:
+    """Every named draw the space can make (rankmixer.search.space: ``blocks``, ``b{i}.type``,
+    ``b{i}.{type}.{size}``, ``b{i}.inputs``, ``b{i}.in{s}``), with the policy's options."""
+    out = []
+
+    def add(p: Param, name: str) -> None:
+        if p.kind == "fixed":
+            return
+        numeric = p.kind in ("int", "float")
+        out.append(Decision(name, _grid(p), numeric, p.low if numeric else 0.0, p.high if numeric else 1.0,
+                            p.log))
+
+    add(space.blocks, space.blocks.key)
+    most = space.blocks.high if space.blocks.kind == "int" else space.blocks.value
+    types = list(space.types)
+    for i in range(most):
+        if len(types) > 1:
+            out.append(Decision(f"b{i}.type", tuple(types)))
+        for t, sizes in space.types.items():
+            for k, p in sizes.items():
+                add(p, f"b{i}.{t}.{k}")
+        sources = (SOURCE, *(f"b{j}" for j in range(i)))
+        inputs = min(space.max_inputs, len(sources))
+        if inputs > 1:
+            out.append(Decision(f"b{i}.inputs", tuple(range(1, inputs + 1)), True, 1, inputs))
+        if len(sources) > 1:
+            out.extend(Decision(f"b{i}.in{s}", sources) for s in range(inputs))
+    return out
+
+
+class _PolicyTrial:
+    """What ``space.suggest`` draws from: each draw answered by the controller's decision of
+    that name, recorded as Optuna params and as the option index taken."""
+
+    def __init__(self, controller: Controller, index: dict[str, int], table: list[Decision]) -> None:
+        self.controller, self.index, self.table = controller, index, table
+        self.params: dict[str, Any] = {}
+        self.taken: list[int | None] = [None] * len(table)
+
+    def _draw(self, name: str, allowed: Any = None) -> Any:
+        i = self.index[name]
+        k = self.controller.draw(i)
+        value = self.table[i].options[k]
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"the policy's option {value!r} for {name} lies outside {allowed}")
+        self.params[name], self.taken[i] = value, k
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False, step: int = 1) -> int:
+        return self._draw(name, range(low, high + 1))
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False, step: float | None = None) -> float:
+        return self._draw(name)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._draw(name, choices)
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predictor, reference: np.ndarray, *,
+            count: int, seen: set[str], steps: int = 200, samples: int = 32, lr: float = 0.2,
+            flops_target: float | None = None, flops_penalty: float = 1.0, seed: int = 0) -> list[dict]:
+    """The REINFORCE policy against ``predictor`` (module docstring, step 3): up to ``count``
+    architectures, not in ``seen`` (parameter keys), with the highest reward among those drawn in
+    the second half of the steps; each ``{"params", "reward", "score", "flops"}``.
+    ``reference``: the encoded trials, whose predicted scores standardize the reward."""
+    encoder = Encoder(table)
+    ref = predictor.predict(reference)["score"]
+    mean, sd = float(ref.mean()), float(ref.std()) or 1.0
+    index = {d.name: i for i, d in enumerate(table)}
+    widest = max(len(d.options) for d in table)
+    controller = Controller([list(range(len(d.options))) for d in table], widest, lr,
+                            torch.Generator().manual_seed(seed))
+    found: dict[str, dict] = {}
+    for step in range(steps):
+        draws = []
+        for _ in range(samples):
+            trial = _PolicyTrial(controller, index, table)
+            space.suggest(trial)
+            draws.append(trial)
+        pred = predictor.predict(encoder.encode_all([t.params for t in draws]))
+        z = (pred["score"] - mean) / sd
+        over = np.zeros_like(z) if flops_target is None else np.maximum(0.0, np.log2(pred["flops"] / flops_target))
+        reward = z - flops_penalty * over
+        controller.step([t.taken for t in draws], reward.tolist())
+        if step >= steps // 2:
+            for t, r, s, f in zip(draws, reward, pred["score"], pred["flops"]):
+                key = _key(t.params)
+                if key not in seen:
+                    found[key] = {"params": t.params, "reward": float(r), "score": float(s), "flops": float(f)}
+    return sorted(found.values(), key=lambda c: -c["reward"])[:count]
+
+
+def trial_labels(trials: list, out_dir: Path, metric: str, maximize: bool,
+                 horizon_steps: int | None) -> tuple[list, np.ndarray, np.ndarray]:
+    """The complete trials with a finite value and a measured FLOPs count, their labels (higher
+    = better: the extrapolated metric at ``horizon_steps``, seed mean, or the value) and their
+    FLOPs per sample."""
+    kept, labels, flops = [], [], []
+    for t in trials:
+        if t.value is None or not math.isfinite(t.value):
+            continue
+        runs = [Path(out_dir) / r for r in t.user_attrs.get("run_dirs", [])]
+        if not runs or not (runs[0] / METRICS_FILE).is_file():
+            continue
+        f = json.loads((runs[0] / METRICS_FILE).read_text()).get("flops_per_sample")
+        if f is None:
+            continue
+        value = t.value
+        if horizon_steps:
+            curves = [read_curve(r, metric) for r in runs]
+            ends = [extrapolate(s, v, horizon_steps) for s, v in curves if s]
+            value = float(np.mean(ends)) if ends else t.value
+        kept.append(t)
+        labels.append(value if maximize else -value)
+        flops.append(float(f))
+    return kept, np.asarray(labels), np.asarray(flops)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoMLOptions:
+    """The searcher's settings; called with the number of trials a study holds, it builds the
+    sampler (in each worker process: the options travel, the sampler does not)."""
+
+    space: ArchitectureSpace
+    out_dir: str
+    seed: int | None = None
+    startup_trials: int = 20
+    round_size: int = 10
+    horizon_steps: int | None = None
+    flops_target: float | None = None
+    flops_penalty: float = 1.0
+    members: int = 5
+    policy_steps: int = 200
+    policy_samples: int = 32
+
+    def __post_init__(self) -> None:
+        if self.startup_trials < 2 or self.round_size < 1 or self.members < 1:
+            raise ValueError(f"startup_trials >= 2, round_size >= 1 and members >= 1; got {self.startup_trials}, "
+                             f"{self.round_size}, {self.members}")
+        if self.flops_target is not None and self.flops_target <= 0:
+            raise ValueError(f"flops_target must be positive, got {self.flops_target}")
+
+    def __call__(self, trials_before: int) -> "AutoMLSampler":
+        return AutoMLSampler(self, trials_before)
+
+
+class AutoMLSampler(optuna.samplers.BaseSampler):
+    """The Optuna sampler of the AutoML searcher (module docstring). Draws outside a queued
+    architecture (start-up trials, a parameter the queue does not hold) are Optuna's random
+    sampler's."""
+
+    def __init__(self, options: AutoMLOptions, trials_before: int = 0) -> None:
+        self.options = options
+        seed = options.seed
+        if seed is not None and trials_before:
+            seed = int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
+        self.seed = seed or 0
+        self.random = optuna.samplers.RandomSampler(seed=seed)
+        self.table = decisions(options.space)
+        self.encoder = Encoder(self.table)
+        self.queue: list[dict] = []
+        self.fitted_on = -1  # complete trials at the last round
+        self.plans: dict[int, dict[str, Any]] = {}
+        self.rounds = 0
+
+    # Optuna's sampler interface --------------------------------------------------------------
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, name: str, distribution) -> Any:
+        plan = self.plans.get(trial.number)
+        if plan is not None and name in plan:
+            return plan[name]
+        return self.random.sample_independent(study, trial, name, distribution)
+
+    def before_trial(self, study, trial) -> None:
+        if trial.system_attrs.get("fixed_params"):  # a retry: it draws what it drew before
+            return
+        every = study.get_trials(deepcopy=False)
+        complete = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(complete) < self.options.startup_trials:
+            return
+        seen = {_key(t.params) for t in every if t.number != trial.number}
+        if not self.queue or len(complete) >= self.fitted_on + self.options.round_size:
+            self._round(complete, seen, study.direction == optuna.study.StudyDirection.MAXIMIZE)
+        while self.queue:
+            nxt = self.queue.pop(0)
+            if _key(nxt["params"]) not in seen:
+                self.plans[trial.number] = nxt["params"]
+                return
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.plans.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        self.random.reseed_rng()
+
+    # the round -------------------------------------------------------------------------------
+    def _round(self, complete: list, seen: set[str], maximize: bool) -> None:
+        o = self.options
+        kept, labels, flops = trial_labels(complete, Path(o.out_dir), o.space.objective.metric, maximize,
+                                           o.horizon_steps)
+        self.fitted_on = len(complete)
+        if len(kept) < 2:
+            return
+        x = self.encoder.encode_all([t.params for t in kept])
+        predictor = Predictor(members=o.members, seed=self.seed + self.rounds).fit(x, labels, flops)
+        self.queue = propose(o.space, self.table, predictor, x, count=o.round_size, seen=seen, steps=o.policy_steps,
+                             samples=o.policy_samples, flops_target=o.flops_target, flops_penalty=o.flops_penalty,
+                             seed=self.seed + self.rounds)
+        self.rounds += 1
+
+
+def study_labels(options: AutoMLOptions, study) -> dict:
+    """The study's labelled trials: ``numbers``, ``x`` (encoded), ``labels`` and ``flops``."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    kept, labels, flops = trial_labels(complete, Path(options.out_dir), options.space.objective.metric, maximize,
+                                       options.horizon_steps)
+    x = Encoder(decisions(options.space)).encode_all([t.params for t in kept])
+    return {"numbers": [t.number for t in kept], "values": [t.value for t in kept], "x": x, "labels": labels,
+            "flops": flops}
+
+
+def automl_report(options: AutoMLOptions, storage: str, study_name: str, folds: int = 5) -> dict:
+    """What ``search.json`` adds for an automl search: its options, every labelled trial (value,
+    label, FLOPs) and the predictor's ``folds``-fold cross-validated Kendall tau on them
+    (rankmixer.search.predictor.cross_validate; None with fewer than ``2 * folds`` trials)."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    got = study_labels(options, study)
+    cv = None
+    if len(got["labels"]) >= 2 * folds:
+        cv = cross_validate(got["x"], got["labels"], got["flops"], folds=folds, seed=options.seed or 0,
+                            members=options.members)
+    return {
+        "options": {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "space"},
+        "trials": [{"number": n, "value": v, "label": float(lab), "flops_per_sample": float(f)}
+                   for n, v, lab, f in zip(got["numbers"], got["values"], got["labels"], got["flops"])],
+        "predictor": cv,
+    }
+

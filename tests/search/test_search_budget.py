@@ -1,0 +1,88 @@
+"""``rankmixer bench search-budget`` over real (tiny) searches: best-so-far against a brute-force
+pass over prefixes, the seed statistics and the comparison recomputed from the searches' own
+reports, NE read from each trial's run, the predictor's ablations present, and an output inside a
+search's folder refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rankmixer.bench.search_budget import PREDICTOR_VARIANTS, best_so_far, run_search_budget
+from rankmixer.core.files import OutputError
+from tests.factories import tiny_config_file
+
+optuna = pytest.importorskip("optuna", reason="rankmixer search needs the 'tune' extra (optuna)")
+
+from rankmixer.search.run import run_search  # noqa: E402
+
+SPACE = {
+    "model": {"embedding_dim": 4},
+    "blocks": {"int": [1, 2]},
+    "types": {"mlp": {"width": {"int": [4, 16]}}, "cross": {"depth": {"int": [1, 2]}}, "fm": {}},
+}
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_best_so_far_is_the_best_of_each_prefix(maximize):
+    rng = random.Random(3)
+    values = [rng.random() for _ in range(30)]
+    flops = [rng.choice([1e3, 1e4, 1e5]) for _ in range(30)]
+    for target in (None, 1e4, 1.0):
+        got = best_so_far(values, flops, maximize, target)
+        for k in range(30):
+            ok = [v for v, f in zip(values[:k + 1], flops[:k + 1]) if target is None or f <= target]
+            want = (max(ok) if maximize else min(ok)) if ok else math.nan
+            assert got[k] == want or (math.isnan(want) and math.isnan(got[k]))
+
+
+@pytest.fixture(scope="module")
+def searches(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("budget")
+    tiny = tiny_config_file(root)
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    for strategy, seed in (("random", 1), ("random", 2), ("automl", 1)):
+        run_search(tiny, space, strategy, 5, root / "searches" / f"{strategy}-s{seed}", seed=seed,
+                   log=lambda *_: None, automl={"startup_trials": 3, "round_size": 1} if strategy == "automl" else None)
+    return root / "searches"
+
+
+def test_the_report_follows_the_searches(searches, tmp_path):
+    report = run_search_budget(searches, tmp_path / "out", checkpoints=(2, 5), flops_target=2e3, folds=2,
+                               log=lambda *_: None)
+    per = {}
+    for folder in sorted(searches.iterdir()):
+        rep = json.loads((folder / "search.json").read_text())
+        done = sorted((t for t in rep["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["number"])
+        per[folder.name] = done
+        for t in done:  # NE comes from the trial's own run
+            row = next(r for r in report["trials"] if f"{r['strategy']}-s{r['seed']}" == folder.name
+                       and r["number"] == t["number"])
+            assert row["ne"] == json.loads((folder / t["run_dirs"][0] / "metrics.json").read_text())["valid"]["ne"]
+    for s in report["summary"]:
+        bests = [max(t["value"] for t in done[:s["trials"]]) for name, done in per.items()
+                 if name.startswith(s["strategy"] + "-")]
+        assert s["best_mean"] == pytest.approx(np.mean(bests))
+        assert s["best_sd"] == pytest.approx(np.std(bests, ddof=1) if len(bests) > 1 else 0.0)
+    (cmp,) = [c for c in report["comparison"] if c["trials"] == 5 and c["what"] == "best"]
+    a = next(s for s in report["summary"] if s["strategy"] == "automl" and s["trials"] == 5)
+    b = next(s for s in report["summary"] if s["strategy"] == "random" and s["trials"] == 5)
+    assert cmp["strategy"] == "automl" and cmp["difference"] == pytest.approx(a["best_mean"] - b["best_mean"])
+    assert cmp["beyond_spread"] == (abs(cmp["difference"]) > max(a["best_sd"], b["best_sd"]))
+    for row in report["searches"]:
+        assert set(row["predictor"]) == set(PREDICTOR_VARIANTS)
+        assert all(-1 <= v["kendall"] <= 1 for v in row["predictor"].values())
+    out = tmp_path / "out"
+    assert (out / "search_budget.png").stat().st_size > 0 and "| automl |" in (out / "search_budget.md").read_text()
+
+
+def test_an_output_inside_a_search_is_refused(searches):
+    with pytest.raises(OutputError):
+        run_search_budget(searches, searches / "random-s1", log=lambda *_: None)

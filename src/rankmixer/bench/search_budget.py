@@ -196,9 +196,13 @@ def plot(report: dict, path: Path) -> None:
     target = report["context"]["flops_target"]
     if target:
         ax.axvline(target, color="grey", linestyle=":", linewidth=1)
+    nes = np.array([t["ne"] for t in report["trials"] if t["ne"] is not None])
+    if len(nes):  # a few diverged trials (NE far above 1) would flatten the rest: they lie above the frame
+        low, high = float(nes.min()), float(np.percentile(nes, 98))
+        ax.set_ylim(low - 0.005, high + 0.01)
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs per sample")
-    ax.set_ylabel("validation NE (short run; lower is better)")
+    ax.set_ylabel("validation NE (short run; lower is better; top 2% cut)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"every trial, {len({(t['strategy'], t['seed']) for t in report['trials']})} searches", fontsize=10)

@@ -23,7 +23,7 @@ from tests.factories import tiny_config_file
 
 optuna = pytest.importorskip("optuna", reason="the automl strategy needs the 'tune' extra (optuna)")
 
-from rankmixer.search.automl import AutoMLOptions, _PolicyTrial, decisions, propose  # noqa: E402
+from rankmixer.search.automl import AutoMLOptions, PolicyTrial, decisions, propose  # noqa: E402
 from rankmixer.search.controller import Controller  # noqa: E402
 from rankmixer.search.run import run_search  # noqa: E402
 
@@ -111,7 +111,7 @@ def test_policy_draws_are_architectures_optuna_replays():
                             torch.Generator().manual_seed(0))
     kinds = set()
     for _ in range(200):
-        trial = _PolicyTrial(controller, index, table)
+        trial = PolicyTrial(controller, index, table)
         drawn = space.suggest(trial)
         assert space.values(trial.params) == drawn  # Optuna's FixedTrial replays the same model
         assert all(k is None or trial.params[table[i].name] == table[i].options[k] for i, k in enumerate(trial.taken))

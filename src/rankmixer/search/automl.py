@@ -53,8 +53,8 @@ from rankmixer.search.predictor import Decision, Encoder, Predictor, cross_valid
 from rankmixer.search.space import ArchitectureSpace
 from rankmixer.tune.space import Param
 
-__all__ = ["GRID", "AutoMLOptions", "AutoMLSampler", "automl_report", "decisions", "propose", "study_labels",
-           "trial_labels"]
+__all__ = ["GRID", "AutoMLOptions", "AutoMLSampler", "PolicyTrial", "automl_report", "decisions", "propose",
+           "study_labels", "trial_labels"]
 
 GRID = 8  # the most values the policy offers for a number (a smaller integer range: all of it)
 
@@ -103,7 +103,7 @@ def decisions(space: ArchitectureSpace) -> list[Decision]:
     return out
 
 
-class _PolicyTrial:
+class PolicyTrial:
     """What ``space.suggest`` draws from: each draw answered by the controller's decision of
     that name, recorded as Optuna params and as the option index taken."""
 
@@ -153,7 +153,7 @@ def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predicto
     for step in range(steps):
         draws = []
         for _ in range(samples):
-            trial = _PolicyTrial(controller, index, table)
+            trial = PolicyTrial(controller, index, table)
             space.suggest(trial)
             draws.append(trial)
         pred = predictor.predict(encoder.encode_all([t.params for t in draws]))

@@ -474,6 +474,15 @@ def tiny_config(root: Path, run: str = "run", *extra: str):
     ])
 
 
+# An architecture search space small enough for the tiny config's searches (tests/search).
+TINY_SEARCH_SPACE = {
+    "sampler": {"name": "tpe", "seed": 0},
+    "model": {"embedding_dim": 4},
+    "blocks": {"int": [1, 2]},
+    "types": {"mlp": {"width": {"int": [4, 16]}}, "cross": {"depth": {"int": [1, 2]}}, "fm": {}, "dot": {}},
+}
+
+
 def tiny_config_file(root: Path) -> Path:
     """:func:`tiny_config` written as ``root/tiny.yaml`` (for commands that take a config file)."""
     from rankmixer.config import dump_config

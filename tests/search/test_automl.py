@@ -19,7 +19,7 @@ from rankmixer.core.rank_correlation import kendall_tau
 from rankmixer.search.curve import extrapolate, read_curve
 from rankmixer.search.predictor import Encoder, Predictor, cross_validate, pairwise_loss
 from rankmixer.search.space import load_architecture_space, parse_architecture_space
-from tests.factories import tiny_config_file
+from tests.factories import TINY_SEARCH_SPACE, tiny_config_file
 
 optuna = pytest.importorskip("optuna", reason="the automl strategy needs the 'tune' extra (optuna)")
 
@@ -27,12 +27,7 @@ from rankmixer.search.automl import AutoMLOptions, PolicyTrial, decisions, propo
 from rankmixer.search.controller import Controller  # noqa: E402
 from rankmixer.search.run import run_search  # noqa: E402
 
-SPACE = {
-    "sampler": {"name": "tpe", "seed": 0},
-    "model": {"embedding_dim": 4},
-    "blocks": {"int": [1, 2]},
-    "types": {"mlp": {"width": {"int": [4, 16]}}, "cross": {"depth": {"int": [1, 2]}}, "fm": {}, "dot": {}},
-}
+SPACE = TINY_SEARCH_SPACE
 
 
 def test_extrapolation_is_the_log_fit_of_the_later_half():

@@ -17,16 +17,11 @@ from rankmixer import experiment
 from rankmixer.cli import app
 from rankmixer.search import pareto_front, run_search
 from rankmixer.tune import SpaceError
-from tests.factories import tiny_config_file
+from tests.factories import TINY_SEARCH_SPACE, tiny_config_file
 
 optuna = pytest.importorskip("optuna", reason="rankmixer search needs the 'tune' extra (optuna)")
 
-SPACE = {
-    "sampler": {"name": "tpe", "seed": 0},
-    "model": {"embedding_dim": 4},
-    "blocks": {"int": [1, 2]},
-    "types": {"mlp": {"width": {"int": [4, 16]}}, "cross": {"depth": {"int": [1, 2]}}, "fm": {}, "dot": {}},
-}
+SPACE = TINY_SEARCH_SPACE
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import numpy as np
 
 from rankmixer.core.files import check_output, write_json, write_text_atomic
 from rankmixer.core.hardware import machine_info
-from rankmixer.search.report import pareto_front
+from rankmixer.search.report import first_metrics, pareto_front
 from rankmixer.search.space import load_architecture_space
 
 __all__ = ["PREDICTOR_VARIANTS", "best_so_far", "comparison_table", "markdown_tables", "predictor_table",
@@ -61,11 +61,7 @@ def _searches(root: Path) -> list[dict]:
 
 
 def _ne(folder: Path, trial: dict) -> float | None:
-    for run in trial.get("run_dirs") or []:
-        path = folder / run / "metrics.json"
-        if path.is_file():
-            return (json.loads(path.read_text()).get("valid") or {}).get("ne")
-    return None
+    return ((first_metrics(folder, trial.get("run_dirs")) or {}).get("valid") or {}).get("ne")
 
 
 def best_so_far(values: Sequence[float], flops: Sequence[float], maximize: bool,

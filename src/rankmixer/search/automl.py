@@ -45,13 +45,14 @@ import numpy as np
 import optuna
 import torch
 
-from rankmixer.core.rundir import METRICS_FILE
 from rankmixer.models.searched import SOURCE
 from rankmixer.search.controller import Controller
 from rankmixer.search.curve import extrapolate, read_curve
 from rankmixer.search.predictor import Decision, Encoder, Predictor, cross_validate
+from rankmixer.search.report import first_metrics
 from rankmixer.search.space import ArchitectureSpace
 from rankmixer.tune.space import Param
+from rankmixer.tune.study import continued_seed
 
 __all__ = ["GRID", "AutoMLOptions", "AutoMLSampler", "PolicyTrial", "automl_report", "decisions", "propose",
            "study_labels", "trial_labels"]
@@ -178,15 +179,13 @@ def trial_labels(trials: list, out_dir: Path, metric: str, maximize: bool,
     for t in trials:
         if t.value is None or not math.isfinite(t.value):
             continue
-        runs = [Path(out_dir) / r for r in t.user_attrs.get("run_dirs", [])]
-        if not runs or not (runs[0] / METRICS_FILE).is_file():
-            continue
-        f = json.loads((runs[0] / METRICS_FILE).read_text()).get("flops_per_sample")
+        run_dirs = t.user_attrs.get("run_dirs", [])
+        f = (first_metrics(Path(out_dir), run_dirs) or {}).get("flops_per_sample")
         if f is None:
             continue
         value = t.value
         if horizon_steps:
-            curves = [read_curve(r, metric) for r in runs]
+            curves = [read_curve(Path(out_dir) / r, metric) for r in run_dirs]
             ends = [extrapolate(s, v, horizon_steps) for s, v in curves if s]
             value = float(np.mean(ends)) if ends else t.value
         kept.append(t)
@@ -230,13 +229,10 @@ class AutoMLSampler(optuna.samplers.BaseSampler):
 
     def __init__(self, options: AutoMLOptions, trials_before: int = 0) -> None:
         self.options = options
-        seed = options.seed
-        if seed is not None and trials_before:
-            seed = int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
+        seed = continued_seed(options.seed, trials_before)
         self.seed = seed or 0
         self.random = optuna.samplers.RandomSampler(seed=seed)
         self.table = decisions(options.space)
-        self.encoder = Encoder(self.table)
         self.queue: list[dict] = []
         self.fitted_on = -1  # complete trials at the last round
         self.plans: dict[int, dict[str, Any]] = {}
@@ -264,7 +260,8 @@ class AutoMLSampler(optuna.samplers.BaseSampler):
             return
         seen = {_key(t.params) for t in every if t.number != trial.number}
         if not self.queue or len(complete) >= self.fitted_on + self.options.round_size:
-            self._round(complete, seen, study.direction == optuna.study.StudyDirection.MAXIMIZE)
+            self.fitted_on = len(complete)
+            self._round(study, seen)
         while self.queue:
             nxt = self.queue.pop(0)
             if _key(nxt["params"]) not in seen:
@@ -278,18 +275,15 @@ class AutoMLSampler(optuna.samplers.BaseSampler):
         self.random.reseed_rng()
 
     # the round -------------------------------------------------------------------------------
-    def _round(self, complete: list, seen: set[str], maximize: bool) -> None:
+    def _round(self, study, seen: set[str]) -> None:
         o = self.options
-        kept, labels, flops = trial_labels(complete, Path(o.out_dir), o.space.objective.metric, maximize,
-                                           o.horizon_steps)
-        self.fitted_on = len(complete)
-        if len(kept) < 2:
+        got = study_labels(o, study)
+        if len(got["labels"]) < 2:
             return
-        x = self.encoder.encode_all([t.params for t in kept])
-        predictor = Predictor(members=o.members, seed=self.seed + self.rounds).fit(x, labels, flops)
-        self.queue = propose(o.space, self.table, predictor, x, count=o.round_size, seen=seen, steps=o.policy_steps,
-                             samples=o.policy_samples, flops_target=o.flops_target, flops_penalty=o.flops_penalty,
-                             seed=self.seed + self.rounds)
+        predictor = Predictor(members=o.members, seed=self.seed + self.rounds).fit(got["x"], got["labels"], got["flops"])
+        self.queue = propose(o.space, self.table, predictor, got["x"], count=o.round_size, seen=seen,
+                             steps=o.policy_steps, samples=o.policy_samples, flops_target=o.flops_target,
+                             flops_penalty=o.flops_penalty, seed=self.seed + self.rounds)
         self.rounds += 1
 
 

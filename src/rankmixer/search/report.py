@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rankmixer.core.rundir import METRICS_FILE
 from rankmixer.models.searched import describe_blocks
 
-__all__ = ["markdown_table", "pareto_front", "search_report"]
+__all__ = ["first_metrics", "markdown_table", "pareto_front", "search_report"]
 
 
 def pareto_front(points: list[tuple[int, float, float]], maximize: bool = True) -> list[int]:
@@ -25,13 +26,19 @@ def pareto_front(points: list[tuple[int, float, float]], maximize: bool = True) 
     return [i for _, i in sorted(front)]
 
 
-def _run_numbers(out_dir: Path, run_dirs: list[str] | None) -> dict:
+def first_metrics(out_dir: Path, run_dirs: list[str] | None) -> dict | None:
+    """The ``metrics.json`` of a trial's first run (of ``run_dirs``, relative to ``out_dir``)
+    that has one; None when none has."""
     for run in run_dirs or []:
-        path = out_dir / run / "metrics.json"
+        path = Path(out_dir) / run / METRICS_FILE
         if path.is_file():
-            m = json.loads(path.read_text())
-            return {"flops_per_sample": m.get("flops_per_sample"), "dense_parameters": m.get("dense_parameters")}
-    return {"flops_per_sample": None, "dense_parameters": None}
+            return json.loads(path.read_text())
+    return None
+
+
+def _run_numbers(out_dir: Path, run_dirs: list[str] | None) -> dict:
+    m = first_metrics(out_dir, run_dirs) or {}
+    return {"flops_per_sample": m.get("flops_per_sample"), "dense_parameters": m.get("dense_parameters")}
 
 
 def search_report(tune: dict, out_dir: Path, strategy: str) -> dict:

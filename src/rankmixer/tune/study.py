@@ -28,7 +28,7 @@ import numpy as np
 
 from rankmixer.tune.space import SamplerConfig, SearchSpace, SpaceError
 
-__all__ = ["MAX_RETRIES", "MissingExtra", "import_optuna", "open_storage", "open_study", "public_url",
+__all__ = ["MAX_RETRIES", "MissingExtra", "continued_seed", "import_optuna", "open_storage", "open_study", "public_url",
            "retry_interrupted", "storage_url"]
 
 MAX_RETRIES = 2
@@ -84,14 +84,19 @@ def open_storage(url: str, heartbeat_s: int = 60):
                                           **{name: _retry_callback(optuna)})
 
 
+def continued_seed(seed: int | None, trials_before: int) -> int | None:
+    """The seed of a sampler continuing a study: ``seed`` itself for a fresh study (the same
+    first trials for the same seed), else one derived from (seed, trials so far), so a second run
+    does not replay the first one's random draws."""
+    if seed is None or not trials_before:
+        return seed
+    return int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
+
+
 def make_sampler(cfg: SamplerConfig, trials_before: int):
-    """The space's sampler. A seeded sampler continuing a study is seeded from (seed, trials so
-    far): a fresh study draws the same first trials for the same seed, and a second run does not
-    replay the first one's random draws."""
+    """The space's sampler, seeded by :func:`continued_seed`."""
     optuna = import_optuna()
-    seed = cfg.seed
-    if seed is not None and trials_before:
-        seed = int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
+    seed = continued_seed(cfg.seed, trials_before)
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     extra = {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}

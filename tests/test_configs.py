@@ -25,7 +25,7 @@ NAMES = [p.stem for p in EXPERIMENTS]
 PAIRS = [(n.replace("_fuxictr_", "_"), n) for n in NAMES if "_fuxictr_" in n and n.replace("_fuxictr_", "_") in NAMES]
 SCALING_SPECS = ("scaling", "scaling_10m")
 SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml")
-                if p.stem not in (*SCALING_SPECS, "sequence_length", "gts"))  # gts: tests/text/test_gts_bench.py
+                if p.stem not in (*SCALING_SPECS, "sequence_length", "gts", "pareto"))  # gts: tests/text/test_gts_bench.py
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -67,6 +67,15 @@ def test_packaged_suite_cells_validate(suite):
     assert cells
     for cell in cells:
         load_config(cell.config, list(cell.overrides))
+
+
+def test_packaged_pareto_studies_validate():
+    from rankmixer.bench.pareto import load_study
+
+    for name in ("multitask", "taobao"):
+        study = load_study(name)
+        cfg = load_config(study["config"], [*study["overrides"], "train.bilevel={preference: [0.5, 0.5]}"])
+        assert cfg.train.early_stopping is None and cfg.train.lr_plateau is None
 
 
 def test_packaged_sequence_length_spec_models_validate():

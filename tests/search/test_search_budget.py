@@ -54,7 +54,13 @@ def searches(tmp_path_factory) -> Path:
     return root / "searches"
 
 
-def test_the_report_follows_the_searches(searches, tmp_path):
+def test_the_report_follows_the_searches(searches, tmp_path, monkeypatch):
+    # The report's bookkeeping is under test, not the predictor's fit (tests/search/test_automl.py):
+    # a few epochs per member keep it quick.
+    import rankmixer.search.predictor as predictor
+
+    full = predictor.cross_validate
+    monkeypatch.setattr(predictor, "cross_validate", lambda *a, **k: full(*a, **{**k, "epochs": 20}))
     report = run_search_budget(searches, tmp_path / "out", checkpoints=(2, 5), flops_target=2e3, folds=2,
                                log=lambda *_: None)
     per = {}

@@ -81,6 +81,16 @@ def test_trials_are_runs_of_the_config_with_values_from_the_space(tiny, tmp_path
     # Asking for fewer than the study holds runs nothing.
     assert run_tune(tiny, space, 2, out, log=lambda *_: None)["trials"] == again["trials"]
     assert sorted(p.name for p in (out / "trials").iterdir()) == ["0-s42", "1-s42", "2-s42", "3-s42"]
+    # A finished trial keeps what retraining or export needs, not its checkpoints.
+    for run in (out / "trials").iterdir():
+        assert not (run / "checkpoints").exists()
+        assert {"config.yaml", "metrics.json", "metrics.jsonl", "best.safetensors"} <= {f.name for f in run.iterdir()}
+
+
+def test_finished_trials_keep_their_checkpoints_when_asked(tiny, tmp_path):
+    out = tmp_path / "out"
+    run_tune(tiny, load_space(space_file(tmp_path)), 1, out, log=lambda *_: None, keep_checkpoints=True)
+    assert any((out / "trials" / "0-s42" / "checkpoints").iterdir())
 
 
 def test_a_seeded_sampler_draws_the_same_first_trial(tiny, tmp_path):

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankmixer.bench import (
-    accuracy, distributed, fuxictr_dcnv2, gts, intervals, moe, scaling, search_budget, sequence_length, serve, sigeo,
-    speed_table,
+    accuracy, distributed, fuxictr_dcnv2, gts, intervals, moe, pareto, scaling, search_budget, sequence_length, serve,
+    sigeo, speed_table,
 )
 from rankmixer.bench.doc_renderers import (
     ablation_deltas,
@@ -386,6 +386,8 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "rankitect": _one(lambda rep: rankitect.searches_table(rep["searches"]), "rankitect"),
     "rankitect-probabilities": _one(lambda rep: rankitect.probabilities_table(rep["searches"][0]),
                                     "rankitect-probabilities"),
+    "pareto-points": _one(pareto.points_table, "pareto-points"),
+    "pareto-hypervolume": _one(pareto.hypervolume_table, "pareto-hypervolume"),
     "search-budget": _one(search_budget.summary_table, "search-budget"),
     "search-budget-comparison": _one(search_budget.comparison_table, "search-budget-comparison"),
     "search-budget-predictor": _one(search_budget.predictor_table, "search-budget-predictor"),

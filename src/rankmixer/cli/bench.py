@@ -196,6 +196,25 @@ def search_budget(
     console.print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} and {out / (name + '.png')}")
 
 
+def pareto(
+    study: str = typer.Option("multitask", help="A study of the suite (configs/bench/pareto.yaml)."),
+    suite: Path = typer.Option(Path("pareto"), help="Suite of studies: a packaged name or a YAML file."),
+    seeds: int = typer.Option(3, min=1, help="Seeds 1..N for every setting."),
+    out: Path = typer.Option(Path("bench_out/pareto"), help="Output directory (runs, JSON, Markdown, PNG)."),
+    name: str = typer.Option("pareto", help="Stem of the report files."),
+    processes: int = typer.Option(1, min=1, help="Runs trained at once."),
+) -> None:
+    """Pareto front of per-task test NE: WC-MHGD (learned task weights under each preference)
+    against a grid of fixed linear scalarisations and equal weights, with hypervolumes."""
+    from rankmixer.bench.pareto import markdown_tables, run_pareto
+
+    with user_errors():
+        report = run_pareto(study, out, list(range(1, seeds + 1)), suite=suite,
+                            processes=processes, name=name, log=console.print)
+    console.print(markdown_tables(report), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} and {out / (name + '.png')}")
+
+
 def sequence_length(
     spec: Path = typer.Option(Path("sequence_length"), help="Spec (lengths, batch size, models): a packaged name or a YAML file."),
     out: Path = typer.Option(Path("bench_out/sequence_length.json"), help="Report JSON (a PNG plot is written beside it)."),

@@ -83,6 +83,54 @@ class LRPlateau(StrictModel):
     min_lr: float = Field(1e-6, ge=0)
 
 
+def _simplex(key: str, values: list[float]) -> list[float]:
+    """``values`` as a preference vector: finite, none negative, summing to 1 (within 1e-6)."""
+    for v in values:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{key} {values}: {v} is not a non-negative number")
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise ValueError(f"{key} {values} sums to {sum(values):.6g}, not 1")
+    return values
+
+
+class BilevelConfig(StrictModel):
+    """WC-MHGD over the task loss weights (train/bilevel.py, docs/pareto.md): every
+    ``every_steps`` steps the weights take one step on the weighted Chebyshev
+    ``max_s preference_s (NE_s - ideal_s)`` of the tasks' validation NE."""
+
+    preference: list[float] = Field(min_length=1)  # one per task, non-negative, summing to 1
+    ideal: list[float] | None = None  # the ideal point z per task (NE); None = 0
+    every_steps: int = Field(20, ge=1)
+    start_step: int = Field(0, ge=0)  # no upper step before this trainer step
+    lr: float = Field(0.1, gt=0)  # step on the weight logits
+    # normalized: every step moves the logits by lr (the direction's length divided out); plain:
+    # lr times the direction, the paper's rule, whose length shrinks with the hypergradients.
+    step: Literal["normalized", "plain"] = "normalized"
+    # sqrt: the k-th upper step (from 0) uses lr / sqrt(k + 1), the subgradient method's
+    # diminishing step, so the weights settle instead of swinging around the balance.
+    lr_decay: Literal["none", "sqrt"] = "none"
+    solver: Literal["cg", "neumann"] = "cg"
+    iterations: int = Field(10, ge=1)  # CG products or Neumann terms
+    damping: float = Field(0.01, ge=0)  # added to the Hessian's diagonal
+    neumann_alpha: float = Field(0.1, gt=0)
+    # The upper objectives' rows: the first valid_rows of the validation split; None = all of it
+    # (an ideal point measured on the whole split is then on the same rows).
+    valid_rows: int | None = Field(None, ge=2)
+    parameters: Literal["dense", "all"] = "dense"  # what the implicit differentiation covers
+
+    @field_validator("preference")
+    @classmethod
+    def _preference(cls, v: list[float]) -> list[float]:
+        return _simplex("train.bilevel.preference", v)
+
+    @field_validator("ideal")
+    @classmethod
+    def _ideal(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError(f"train.bilevel.ideal {v} has a value that is not a finite number")
+        return v
+
+
 class DistributedConfig(StrictModel):
     """Used only under ``torchrun`` with more than one process (see docs/distributed.md)."""
 
@@ -131,9 +179,31 @@ class TrainConfig(StrictModel):
     tensorboard: bool = True
     progress: bool = True
     distributed: DistributedConfig = DistributedConfig()
+    # Multi-task loss (1/T) sum_t w_t BCE_t; None = every w_t = 1 (the plain mean).
+    task_weights: list[float] | None = None
+    # Learn task_weights (their start, equal if not given) by WC-MHGD; None = fixed.
+    bilevel: BilevelConfig | None = None
+
+    @field_validator("task_weights")
+    @classmethod
+    def _task_weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        bad = [w for w in v if not math.isfinite(w) or w < 0]
+        if bad:
+            raise ValueError(f"train.task_weights {v}: {bad[0]} is not a non-negative number")
+        if not any(v):
+            raise ValueError(f"train.task_weights {v}: at least one weight must be positive")
+        return v
 
     @model_validator(mode="after")
     def _table_penalty_is_dense(self) -> "TrainConfig":
+        if self.bilevel is not None and self.bilevel.parameters == "all" and self.sparse_gradients:
+            raise ValueError("train.bilevel.parameters=all differentiates the embedding tables twice; "
+                             "it needs sparse_gradients: false (or parameters: dense)")
+        if self.bilevel is not None and self.task_weights is not None and not all(self.task_weights):
+            raise ValueError(f"train.bilevel starts from train.task_weights {self.task_weights}: "
+                             "a zero weight has no logit (use small positive weights)")
         reg = self.regularization
         if reg.embedding_l2 and reg.embedding_scope == "table" and self.sparse_gradients:
             raise ValueError("regularization.embedding_scope=table gives every table row a gradient on every step; "

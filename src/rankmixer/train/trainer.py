@@ -4,10 +4,12 @@ What it owns: two optimizers (dense parameters; embedding tables, which see few 
 and do better with Adagrad-style per-row steps), the LR schedule and reduce-on-plateau, L2
 penalties (train/regularization.py), bf16 autocast, gradient clipping, periodic evaluation with
 early stopping, checkpoints, and the logs (console with samples/s, ``metrics.jsonl``,
-TensorBoard).
+TensorBoard). Multi-task losses are weighted per task, by fixed ``task_weights`` or by weights
+that ``train.bilevel`` learns every few steps (train/bilevel.py).
 
 Exact resume: a checkpoint holds the model, both optimizers, the scheduler, every RNG, the
-trainer's state (best value, evaluations without improvement, learning-rate reductions) and the
+trainer's state (best value, evaluations without improvement, learning-rate reductions, learned
+task weights) and the
 data position (epoch, batches consumed in it); a corrupted newest checkpoint is reported and the
 newest intact one is used (train/checkpoint.py). The loader's order is a pure function of
 (seed, epoch), so a resumed run re-reads the epoch, drops the consumed batches and continues
@@ -39,6 +41,7 @@ from rankmixer.data.loader import ParquetBatches, make_loader
 from rankmixer.models.base import ModelOutput
 from rankmixer.nn.embedding import set_sparse_gradients, split_parameters
 from rankmixer.train import checkpoint as ckpt
+from rankmixer.train.bilevel import TaskWeightLearner, weights_of
 from rankmixer.train.config import EarlyStopping, TrainConfig
 from rankmixer.train.optim import apply_scheduled_lr, lr_lambda, make_optimizer, make_schedulers
 from rankmixer.train.regularization import Regularizer
@@ -53,14 +56,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def task_loss(out: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
+def _bce(logits: torch.Tensor, labels: torch.Tensor, task_weights: torch.Tensor | None) -> torch.Tensor:
+    if task_weights is None:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels)
+    per_task = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none").mean(0)
+    return (task_weights * per_task).mean()
+
+
+def task_loss(out: ModelOutput, labels: torch.Tensor, task_weights: torch.Tensor | None = None) -> torch.Tensor:
     """BCE of the logits; for a multi-exit model the weighted sum of every exit's BCE (the last
-    exit is ``logits``; no weights given = equal weights summing to 1)."""
+    exit is ``logits``; no weights given = equal weights summing to 1). ``task_weights`` ``[T]``:
+    the loss is ``(1/T) sum_t w_t BCE_t`` (None: every ``w_t`` = 1, the plain mean)."""
     if out.exit_logits is None:
-        return F.binary_cross_entropy_with_logits(out.logits.float(), labels)
+        return _bce(out.logits, labels, task_weights)
     weights = out.exit_loss_weights or [1.0 / len(out.exit_logits)] * len(out.exit_logits)
-    return sum(w * F.binary_cross_entropy_with_logits(z.float(), labels)
-               for w, z in zip(weights, out.exit_logits, strict=True))
+    return sum(w * _bce(z, labels, task_weights) for w, z in zip(weights, out.exit_logits, strict=True))
 
 
 class Trainer:
@@ -151,6 +161,19 @@ class Trainer:
         # The plateau count is read from self.state at every step, so a resumed state counts.
         self.schedulers = make_schedulers(self.optimizers, fn, cfg.lr_plateau,
                                           lambda: self.state.get("lr_reductions", 0))
+        # Task loss weights: fixed (train.task_weights) or learned (train.bilevel, whose logits
+        # live in self.state so that a checkpoint resumes them).
+        if cfg.task_weights is not None and len(cfg.task_weights) != feature_map.num_tasks:
+            raise ValueError(f"train.task_weights has {len(cfg.task_weights)} values for the "
+                             f"{feature_map.num_tasks} tasks {list(feature_map.labels)}")
+        self.weight_learner: TaskWeightLearner | None = None
+        if cfg.bilevel is not None:
+            if dist is not None:
+                raise ValueError("train.bilevel runs in one process; it is not supported under torchrun")
+            self.weight_learner = TaskWeightLearner(self.model, feature_map, cfg.bilevel, self.device,
+                                                    dense_l2=cfg.regularization.dense_l2)
+            start = cfg.task_weights or [1.0] * feature_map.num_tasks
+            self.state["task_logits"] = [math.log(w) for w in start]
         self._tb = None
         # split -> (labels, probs, group) of the best model, set by finish() for the caller to save.
         self.final_predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
@@ -172,9 +195,28 @@ class Trainer:
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         with self._autocast():
             out = self.model(batch)
-        loss = task_loss(out, batch.labels)
+        loss = task_loss(out, batch.labels, self.task_weights())
         loss = loss if out.aux_loss is None else loss + out.aux_loss.float()
         return loss, out.metrics
+
+    def task_weights(self) -> torch.Tensor | None:
+        """The current task loss weights ``[T]`` (None: plain mean)."""
+        if self.weight_learner is not None:
+            return weights_of(torch.tensor(self.state["task_logits"], dtype=torch.float64)).float().to(self.device)
+        if self.cfg.task_weights is not None:
+            return torch.tensor(self.cfg.task_weights, dtype=torch.float32, device=self.device)
+        return None
+
+    def _upper_step(self, batch: Batch) -> None:
+        """One WC-MHGD step on the task weights (train/bilevel.py), logged as a ``bilevel`` record."""
+        assert self.weight_learner is not None
+        t0 = time.time()
+        up = self.cfg.bilevel
+        first = max(1, -(-up.start_step // up.every_steps)) * up.every_steps  # the first upper step's trainer step
+        k = (self.state["step"] - first) // up.every_steps  # upper steps before this one
+        self.state["task_logits"], rec = self.weight_learner.step(self.model, batch, self.state["task_logits"], k)
+        self._write({"split": "bilevel", "step": self.state["step"], "epoch": self.state["epoch"], **rec,
+                     "seconds": round(time.time() - t0, 3)})
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         self.model.train()
@@ -395,6 +437,9 @@ class Trainer:
                     if progress is not None:
                         progress.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.0f}")
                     window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros((), device=self.device), 0
+                up = cfg.bilevel
+                if up is not None and st["step"] >= up.start_step and st["step"] % up.every_steps == 0:
+                    self._upper_step(batch)
                 every = cfg.eval_every_steps
                 if (every and st["step"] % every == 0) or st["step"] in self.eval_points:
                     if self._validate():

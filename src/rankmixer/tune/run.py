@@ -9,7 +9,11 @@ is the study's total, not this process's). Two processes that both start the las
 finish a few more than asked; none fewer.
 
 A retried trial (see :mod:`rankmixer.tune.study`) keeps the first attempt's run directories and
-resumes each from its last checkpoint; a seed that had finished is read, not retrained.
+resumes each from its last checkpoint; a seed that had finished is read, not retrained. A
+finished run's checkpoints are only good for resuming it, so they are removed once its
+``metrics.json`` is written (``keep_checkpoints`` keeps them): a run directory keeps its config,
+logs, metrics, predictions and best weights (enough to export or retrain the trial), and a
+100-trial search of 100M-parameter models does not hold 100 sets of optimizer state.
 
 ``OUT`` is new, empty or a tuning folder of ours (marker kind ``tune``): it holds the default
 SQLite storage ``study.db``, the trials' run directories and ``tune.json``, rewritten after
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +34,7 @@ from rankmixer import experiment
 from rankmixer.config import ConfigError, config_path, load_config
 from rankmixer.core.files import check_output, check_replaceable, write_json, write_marker
 from rankmixer.core.hardware import machine_info, pick_device
-from rankmixer.core.rundir import CONFIG_FILE, METRICS_FILE
+from rankmixer.core.rundir import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE
 from rankmixer.tune.report import build_report
 from rankmixer.tune.space import SearchSpace, load_space
 from rankmixer.tune.study import import_optuna, open_storage, open_study, public_url, retry_interrupted, storage_url
@@ -49,9 +54,10 @@ class TrialRunner:
     """The objective Optuna calls: one trial's training runs and its value."""
 
     def __init__(self, config: Path, overrides: list[str], space: SearchSpace, seeds: list[int], out_dir: Path,
-                 log: Callable[[str], None], catch_errors: bool = False):
+                 log: Callable[[str], None], catch_errors: bool = False, keep_checkpoints: bool = False):
         self.config, self.overrides, self.space, self.seeds = config, overrides, space, seeds
         self.out_dir, self.log, self.catch_errors = out_dir, log, catch_errors
+        self.keep_checkpoints = keep_checkpoints
         self.failures_in_a_row = 0
         self.progress = ""  # "3/20": this trial's place in the study's target, for the log
 
@@ -70,6 +76,9 @@ class TrialRunner:
                 cfg = load_config(self.config, [*self.overrides, *self.space.overrides(values), f"seed={seed}",
                                                 f"run_dir={run_dir}", "train.progress=false"])
                 scores.append(self._value(self._train(cfg, run_dir, retry=origin != trial.number), run_dir))
+                if not self.keep_checkpoints:
+                    # Written by this trial's training, into the run directory this command owns.
+                    shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)
                 runs.append(str(run_dir.relative_to(self.out_dir)))
                 trial.set_user_attr("values", scores)
                 trial.set_user_attr("run_dirs", runs)
@@ -124,6 +133,7 @@ def run_tune(
     catch_errors: bool = False,
     max_failures_in_a_row: int = MAX_FAILURES_IN_A_ROW,
     sampler_factory: Callable | None = None,
+    keep_checkpoints: bool = False,
 ) -> dict:
     """Run trials until the study holds ``trials`` complete ones (0: only create or open the
     study); write and return the report.
@@ -135,7 +145,8 @@ def run_tune(
     ``catch_errors``: a trial whose training raises is recorded as failed with the error (its
     ``error`` attribute) and the study goes on, until ``max_failures_in_a_row`` trials in a row
     have failed. ``sampler_factory(trials_before)`` builds the study's sampler instead of the
-    space's (rankmixer.tune.study.open_study)."""
+    space's (rankmixer.tune.study.open_study). ``keep_checkpoints``: keep finished trial runs'
+    checkpoints (removed by default; see the module docstring)."""
     optuna = import_optuna()
     if trials < 0:
         raise ValueError(f"trials must be at least 0 (0: open the study and report it), got {trials}")
@@ -157,7 +168,7 @@ def run_tune(
     for number in retry_interrupted(study):
         log(f"trial {number} was interrupted: queued again with the same parameters")
     seeds = list(space.seeds or [base.seed])
-    runner = TrialRunner(config_file, overrides, space, seeds, out_dir, log, catch_errors)
+    runner = TrialRunner(config_file, overrides, space, seeds, out_dir, log, catch_errors, keep_checkpoints)
     context = {"config": str(config), "overrides": overrides, "space_file": str(space.file) if space.file else None,
                "storage": public_url(url), "study": study_name, "trials_target": trials, "seeds": seeds,
                "base_config": base.model_dump(mode="json"), "machine": machine_info(pick_device(base.train.device))}

@@ -1,6 +1,6 @@
 """The planted models' logistic link and the bias that sets their mean click rate.
 
-Shared by the synthetic generators (``synthetic``, ``behaviour``): each standardises its
+Shared by the synthetic generators (``synthetic``, ``behaviour``, ``multitask``): each standardises its
 logit terms on a calibration sample and solves the bias so that the mean of the true
 probability on that sample is the configured ``target_ctr``.
 """

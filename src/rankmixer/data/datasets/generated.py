@@ -1,5 +1,5 @@
 """Writing a generated data set: seeded blocks streamed into Parquet, with exact Bayes-optimal
-metrics. Shared by the synthetic generators (``synthetic``, ``behaviour``): :func:`write_dataset`
+metrics. Shared by the synthetic generators (``synthetic``, ``behaviour``, ``multitask``): :func:`write_dataset`
 writes a whole set (schema, splits, meta), :func:`read_meta` reads its meta back, and
 :class:`GeneratedPreset` is the dataset preset both put in front of their generator.
 
@@ -11,8 +11,10 @@ under its final name only when complete (written as ``.<name>.tmp``, then rename
 :func:`write_split` consumes ``(record batch, p, label)`` blocks and returns the split's meta:
 files, rows, label mean, mean of the true probability and the Bayes AUC / logloss of the true
 probability against the realised labels. The AUC is exact over the whole split: it keeps p as
-float32 and the labels (about 9 bytes per row with the AUC's sorted copy), so the meta's AUC
-ranks float32 p (ties count 1/2).
+float32 and the labels (about 9 bytes per row and task with the AUC's sorted copy), so the
+meta's AUC ranks float32 p (ties count 1/2). A multi-task set's blocks carry ``p`` and
+``label`` as ``[n, T]``: the split's plain keys are then the first task's, and ``tasks`` holds
+every task's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +39,13 @@ SPLITS = ("train", "valid", "test")
 
 MAX_ROW_GROUP = 100_000
 Compression = Literal["zstd", "snappy", "none"]
+
+
+def blocks(split_rows: int, block_rows: int) -> Iterator[tuple[int, int]]:
+    """(block index, rows in the block) covering ``split_rows`` rows in blocks of ``block_rows``:
+    a generator draws block ``index`` of a split from a random stream of its own."""
+    for index, start in enumerate(range(0, split_rows, block_rows)):
+        yield index, min(block_rows, split_rows - start)
 
 
 def split_file_names(split: str, rows: int, rows_per_file: int) -> list[str]:
@@ -133,25 +142,30 @@ def write_split(
     rows_per_file: int,
     compression: Compression,
     bar=None,
+    tasks: list[str] | None = None,
 ) -> dict:
     """Write ``blocks`` (record batch, float64 p, 0/1 label; ``rows`` rows in all, in order)
     as the files of ``split`` and return the split's meta (see the module docstring). ``bar``:
-    an optional tqdm bar, advanced by each block's rows."""
+    an optional tqdm bar, advanced by each block's rows. ``tasks``: the label names of a
+    multi-task set, whose blocks carry ``p`` and ``label`` as ``[n, len(tasks)]``."""
     remove_split_files(out_dir, split)
-    p32 = np.empty(rows, dtype=np.float32)
-    labels = np.empty(rows, dtype=bool)
-    ll_sum = p_sum = 0.0
-    n_pos = start = 0
+    n_tasks = len(tasks) if tasks else 1
+    p32 = np.empty((rows, n_tasks), dtype=np.float32)
+    labels = np.empty((rows, n_tasks), dtype=bool)
+    ll_sum, p_sum, n_pos = np.zeros(n_tasks), np.zeros(n_tasks), np.zeros(n_tasks, dtype=np.int64)
+    start = 0
     writer = SplitWriter(out_dir, split_file_names(split, rows, rows_per_file), schema,
                          chunk_rows=chunk_rows, rows_per_file=rows_per_file, compression=compression)
     try:
         for batch, p, y in blocks:
             n = batch.num_rows
+            p, y = p.reshape(n, n_tasks), y.reshape(n, n_tasks)
             p32[start : start + n] = p
             labels[start : start + n] = y
-            ll_sum += logloss(y, p) * n  # float64 p, the metrics module's clipping
-            p_sum += float(p.sum())
-            n_pos += int(y.sum())
+            for t in range(n_tasks):
+                ll_sum[t] += logloss(y[:, t], p[:, t]) * n  # float64 p, the metrics module's clipping
+                p_sum[t] += float(p[:, t].sum())
+                n_pos[t] += int(y[:, t].sum())
             writer.add(batch)
             start += n
             if bar is not None:
@@ -163,15 +177,19 @@ def write_split(
         writer.abort()
         raise ValueError(f"split {split}: the blocks held {start} rows, expected {rows}")
     writer.close()
-    bayes_auc = auc(labels, p32)
-    return {
-        "files": writer.names,
-        "rows": rows,
-        "label_mean": n_pos / rows,
-        "bayes_p_mean": p_sum / rows,
-        "bayes_auc": None if math.isnan(bayes_auc) else bayes_auc,
-        "bayes_logloss": ll_sum / rows,
-    }
+    per_task = []
+    for t in range(n_tasks):
+        bayes_auc = auc(labels[:, t], p32[:, t])
+        per_task.append({
+            "label_mean": float(n_pos[t]) / rows,
+            "bayes_p_mean": float(p_sum[t]) / rows,
+            "bayes_auc": None if math.isnan(bayes_auc) else bayes_auc,
+            "bayes_logloss": float(ll_sum[t]) / rows,
+        })
+    meta = {"files": writer.names, "rows": rows, **per_task[0]}
+    if tasks:
+        meta["tasks"] = dict(zip(tasks, per_task, strict=True))
+    return meta
 
 
 Block = tuple[pa.RecordBatch, np.ndarray, np.ndarray]
@@ -191,13 +209,15 @@ def write_dataset(
     write_schema: Callable[[], None],
     legacy: Callable[[Path], bool] | None = None,
     progress: bool = True,
+    tasks: list[str] | None = None,
 ) -> dict:
     """Write a generated set into ``out_dir`` and return its meta: the schema
     (``write_schema()``), every split's files (``blocks_of(generator, split)``, sized by
     ``cfg.rows(split)`` and ``cfg``'s ``chunk_rows`` / ``rows_per_file`` / ``compression``) and,
     last, ``meta_file``, whose presence marks a complete set. ``out_dir`` is new, empty or an
     earlier output of this generator (marker ``kind``; ``legacy``: how to recognise one written
-    before markers existed); anything else is refused with an OutputError."""
+    before markers existed); anything else is refused with an OutputError. ``tasks``: the label
+    names of a multi-task set (see :func:`write_split`); None = the one label ``click``."""
     check_replaceable(out_dir, kind, overwrite=True, legacy=legacy)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir, kind)
@@ -220,7 +240,7 @@ def write_dataset(
                 bar.set_description(f"{name} {split}", refresh=False)
             splits[split] = write_split(out_dir, split, cfg.rows(split), blocks_of(gen, split), schema,
                                         chunk_rows=cfg.chunk_rows, rows_per_file=cfg.rows_per_file,
-                                        compression=cfg.compression, bar=bar)
+                                        compression=cfg.compression, bar=bar, tasks=tasks)
     finally:
         if bar is not None:
             bar.close()
@@ -231,7 +251,8 @@ def write_dataset(
         "format_version": 1,
         "config": cfg.model_dump(mode="json"),
         "columns": columns,
-        "label": "click",
+        "label": tasks[0] if tasks else "click",
+        **({"labels": list(tasks)} if tasks else {}),
         "prob_column": "bayes_p",
         "splits": splits,
         "planted_model": gen.summary(),
@@ -301,6 +322,13 @@ class GeneratedPreset(DatasetPreset):
         return self.extras_from(self.load_meta(path))
 
     def extras_from(self, meta: dict) -> dict:
-        """The feature map's extras from the set's meta: the Bayes-optimal metrics per split."""
-        return {"bayes": {s: {"auc": meta["splits"][s]["bayes_auc"], "logloss": meta["splits"][s]["bayes_logloss"]}
-                          for s in SPLITS}}
+        """The feature map's extras from the set's meta: the Bayes-optimal metrics per split
+        (the first task's as ``auc`` / ``logloss``, and ``<task>/auc``, ``<task>/logloss`` for
+        every task of a multi-task set)."""
+        bayes = {}
+        for s in SPLITS:
+            split = meta["splits"][s]
+            bayes[s] = {"auc": split["bayes_auc"], "logloss": split["bayes_logloss"]}
+            for task, m in split.get("tasks", {}).items():
+                bayes[s].update({f"{task}/auc": m["bayes_auc"], f"{task}/logloss": m["bayes_logloss"]})
+        return {"bayes": bayes}

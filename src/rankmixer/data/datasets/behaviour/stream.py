@@ -16,13 +16,8 @@ import pyarrow.compute as pc
 from rankmixer.data.datasets.behaviour.columns import arrow_schema
 from rankmixer.data.datasets.behaviour.config import BLOCK_ROWS, BehaviourConfig
 from rankmixer.data.datasets.behaviour.generator import Generator, Rows
+from rankmixer.data.datasets.generated import blocks
 from rankmixer.data.datasets.synthetic.sampling import SPLIT_KEY, seeded_rng
-
-
-def blocks(split_rows: int) -> Iterator[tuple[int, int]]:
-    """(block index, rows in the block) covering ``split_rows`` rows."""
-    for index, start in enumerate(range(0, split_rows, BLOCK_ROWS)):
-        yield index, min(BLOCK_ROWS, split_rows - start)
 
 
 def block(gen: Generator, split: str, index: int, n: int) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray]:
@@ -65,5 +60,5 @@ def iter_batches(cfg: BehaviourConfig, split: str) -> Iterator[pa.RecordBatch]:
     Exactly the rows ``generate`` writes (same columns, same order).
     """
     gen = Generator(cfg)
-    for index, n in blocks(cfg.rows(split)):
+    for index, n in blocks(cfg.rows(split), BLOCK_ROWS):
         yield block(gen, split, index, n)[0]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from rankmixer.core.files import write_text_atomic
 from rankmixer.data.datasets.behaviour.columns import arrow_schema, column_names, schema_yaml
-from rankmixer.data.datasets.behaviour.config import META_FILE, SCHEMA_FILE, BehaviourConfig
+from rankmixer.data.datasets.behaviour.config import BLOCK_ROWS, META_FILE, SCHEMA_FILE, BehaviourConfig
 from rankmixer.data.datasets.behaviour.generator import Generator
-from rankmixer.data.datasets.behaviour.stream import block, blocks
-from rankmixer.data.datasets.generated import read_meta, split_file_names, write_dataset
+from rankmixer.data.datasets.behaviour.stream import block
+from rankmixer.data.datasets.generated import blocks, read_meta, split_file_names, write_dataset
 
 OUTPUT_KIND = "behaviour-data"  # the marker kind of a folder this generator wrote
 
@@ -47,7 +47,8 @@ def generate(cfg: BehaviourConfig | dict | None, out_dir: str | Path, progress: 
     return write_dataset(
         out_dir, cfg, name="behaviour", kind=OUTPUT_KIND, meta_file=META_FILE, columns=column_names(),
         schema=arrow_schema(), make_generator=lambda: Generator(cfg),
-        blocks_of=lambda gen, split: (block(gen, split, index, n) for index, n in blocks(cfg.rows(split))),
+        blocks_of=lambda gen, split: (block(gen, split, index, n)
+                                      for index, n in blocks(cfg.rows(split), BLOCK_ROWS)),
         write_schema=lambda: write_text_atomic(out_dir / SCHEMA_FILE, schema_yaml(cfg)), progress=progress,
     )
 

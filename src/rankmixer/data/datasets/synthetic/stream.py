@@ -15,15 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rankmixer.data.datasets.generated import blocks
 from rankmixer.data.datasets.synthetic.config import BLOCK_ROWS, SyntheticConfig
 from rankmixer.data.datasets.synthetic.generator import Generator, Rows
 from rankmixer.data.datasets.synthetic.sampling import DAY_SHARD_KEY, SPLIT_KEY, seeded_rng, single_thread_blas
-
-
-def blocks(split_rows: int) -> Iterator[tuple[int, int]]:
-    """(block index, rows in the block) covering ``split_rows`` rows."""
-    for index, start in enumerate(range(0, split_rows, BLOCK_ROWS)):
-        yield index, min(BLOCK_ROWS, split_rows - start)
 
 
 def block(gen: Generator, split: str, index: int, n: int) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray]:
@@ -73,5 +68,5 @@ def iter_batches(cfg: SyntheticConfig, split: str) -> Iterator[pa.RecordBatch]:
     Exactly the rows ``generate`` writes (same columns, same order).
     """
     gen = Generator(cfg)
-    for index, n in blocks(cfg.rows(split)):
+    for index, n in blocks(cfg.rows(split), BLOCK_ROWS):
         yield block(gen, split, index, n)[0]

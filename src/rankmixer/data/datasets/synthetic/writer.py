@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rankmixer.data.datasets.generated import read_meta, split_file_names, write_dataset
+from rankmixer.data.datasets.generated import blocks, read_meta, split_file_names, write_dataset
 from rankmixer.data.datasets.synthetic.columns import arrow_schema, column_names, schema
-from rankmixer.data.datasets.synthetic.config import META_FILE, SCHEMA_FILE, SyntheticConfig
+from rankmixer.data.datasets.synthetic.config import BLOCK_ROWS, META_FILE, SCHEMA_FILE, SyntheticConfig
 from rankmixer.data.datasets.synthetic.generator import Generator
-from rankmixer.data.datasets.synthetic.stream import block, blocks
+from rankmixer.data.datasets.synthetic.stream import block
 from rankmixer.data.schema import dump_schema
 
 OUTPUT_KIND = "synthetic-data"  # the marker kind of a folder this generator wrote
@@ -51,7 +51,8 @@ def generate(cfg: SyntheticConfig | dict | None, out_dir: str | Path, progress: 
     return write_dataset(
         out_dir, cfg, name="synthetic", kind=OUTPUT_KIND, meta_file=META_FILE, columns=column_names(cfg),
         schema=arrow_schema(cfg), make_generator=lambda: Generator(cfg),
-        blocks_of=lambda gen, split: (block(gen, split, index, n) for index, n in blocks(cfg.rows(split))),
+        blocks_of=lambda gen, split: (block(gen, split, index, n)
+                                      for index, n in blocks(cfg.rows(split), BLOCK_ROWS)),
         write_schema=lambda: dump_schema(schema(cfg), out_dir / SCHEMA_FILE),
         legacy=lambda p: (p / META_FILE).exists(), progress=progress,
     )

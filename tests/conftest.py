@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from rankmixer.data.feature_map import FeatureMap
 from tests.factories import make_feature_map
+
+
+@pytest.fixture(autouse=True, scope="session")
+def system_history(tmp_path_factory):
+    """Measured-auto timings (rankmixer.system.auto) go to a history of the test session, never
+    to the user's ~/.cache."""
+    before = os.environ.get("RANKMIXER_SYSTEM_HISTORY")
+    path = tmp_path_factory.mktemp("system") / "history.parquet"
+    os.environ["RANKMIXER_SYSTEM_HISTORY"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("RANKMIXER_SYSTEM_HISTORY", None)
+    else:
+        os.environ["RANKMIXER_SYSTEM_HISTORY"] = before
 
 
 @pytest.fixture

@@ -27,9 +27,11 @@ LAYERS: list[list[str]] = [
     ["rankmixer.text"],  # reads its own data; may use core and nn, nothing of ranking above
     ["rankmixer.models"],
     ["rankmixer.train", "rankmixer.runs"],
+    ["rankmixer.system.history"],  # the tune-system history: read by the measured auto choices
+    ["rankmixer.system.auto"],  # measured auto kernels, applied by the experiment
     ["rankmixer.config"],
     ["rankmixer.experiment", "rankmixer.serve", "rankmixer.early_exit"],
-    ["rankmixer.tune"],
+    ["rankmixer.tune", "rankmixer.system"],
     ["rankmixer.search"],  # an architecture search runs as a tuning study
     ["rankmixer.bench"],
     ["rankmixer.cli"],

@@ -33,6 +33,7 @@ from rankmixer.core.files import (
 from rankmixer.core.rundir import (
     CONFIG_FILE,
     FEATURE_MAP_FILE,
+    MEASURED_AUTO_FILE,
     METRICS_FILE,
     RUN_KIND,
     TEST_PREDICTIONS,
@@ -43,7 +44,7 @@ from rankmixer.core.rundir import (
     foreign_entries,
     run_entries,
 )
-from rankmixer.core.hardware import machine_info, pick_device
+from rankmixer.core.hardware import autocast, machine_info, pick_device
 from rankmixer.core.metrics import compute_metrics
 from rankmixer.core.predictions import count_positives, few_positives, save_predictions
 from rankmixer.data.config import DataConfig
@@ -57,7 +58,8 @@ from rankmixer.nn.embedding import split_parameters
 from rankmixer.models.flops import forward_flops_per_sample
 from rankmixer.train.distributed import Distributed, init_distributed
 from rankmixer.runs import incomplete_reason, load_run
-from rankmixer.train.trainer import Trainer, seed_everything
+from rankmixer.system.auto import apply_ffn_choices, measured_ffn_impls, measured_optimizer_impl
+from rankmixer.train.trainer import Trainer, seed_everything, task_loss
 
 
 def _data_inputs(data: DataConfig) -> list[Path]:
@@ -181,7 +183,16 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         model = registry.build_model(cfg.model_name, fm, cfg.model_params)
         n_params = sum(p.numel() for p in model.parameters())
         log(f"model {cfg.model_name}: {n_params:,} parameters; train rows {fm.splits['train'].rows:,}; run dir {run_dir}")
-        trainer = Trainer(model, fm, cfg.train, run_dir, seed=cfg.seed, num_workers=cfg.data.num_workers,
+        train_cfg, measured = cfg.train, []
+        if cfg.train.measured_auto and dist_ is None:
+            saved = run_dir / MEASURED_AUTO_FILE
+            if resume:  # the kernels the checkpoints were written under (none: a run from before)
+                measured = json.loads(saved.read_text()) if saved.is_file() else []
+                train_cfg = apply_auto(model, cfg.train, measured)
+            else:
+                train_cfg, measured = measure_auto(model, fm, cfg.train, log)
+                write_text_atomic(saved, json.dumps(measured, indent=1))
+        trainer = Trainer(model, fm, train_cfg, run_dir, seed=cfg.seed, num_workers=cfg.data.num_workers,
                           shuffle_buffer=cfg.data.shuffle_buffer, log=log, dist=dist_)
         if dist_ is not None and is_main:
             _write_sharding_plan(run_dir, dist_)
@@ -191,6 +202,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         # Counted in one process only: under torchrun every forward of sharded tables is a collective.
         result["flops_per_sample"] = _flops_per_sample(model, fm) if dist_ is None else None
         result["bayes"] = fm.extras.get("bayes")
+        result["measured_auto"] = measured
         # Where it trained: a benchmark report may be made on another machine.
         result["machine"] = machine_info(next(model.parameters()).device)
         if dist_ is not None:
@@ -287,6 +299,47 @@ def _write_sharding_plan(run_dir: Path, d: Distributed) -> None:
     info = {"world_size": d.world_size, "embeddings": d.mode, "placement": d.placement}
     write_text_atomic(run_dir / "sharding_plan.json", json.dumps(info, indent=2))
     write_text_atomic(run_dir / "sharding_plan.txt", d.plan_text or f"{d.mode}: every rank holds every table\n")
+
+
+def measure_auto(model: torch.nn.Module, fm: FeatureMap, train_cfg, log: Callable[[str], None]) -> tuple[Any, list[dict]]:
+    """The ``auto`` kernels of this run timed on this machine (:mod:`rankmixer.system.auto`):
+    per-token FFN implementations set on the model (timed on the run's training step over its
+    first training batch), the dense optimizer's kernel set in the returned train config.
+    Returns (train config, the choices)."""
+    device = pick_device(train_cfg.device)
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)  # time with the threads the run will use
+    batch = next(iter(ParquetBatches(fm, "train", train_cfg.batch_size, shuffle=False))).to(device)
+
+    def train_step(m: torch.nn.Module) -> None:
+        with autocast(train_cfg.precision, device):
+            out = m(batch)
+        loss = task_loss(out, batch.labels)
+        (loss if out.aux_loss is None else loss + out.aux_loss.float()).backward()
+
+    choices = measured_ffn_impls(model, train_cfg.batch_size, train_cfg.precision, device, train_step, log=log)
+    opt = train_cfg.dense_optimizer
+    if opt.impl == "auto":
+        dense = split_parameters(model)[1] if train_cfg.sparse_optimizer is not None else list(model.parameters())
+        kernel = measured_optimizer_impl(opt, [p.to(device) for p in dense], device, log=log)
+        if kernel is not None:
+            choices.append({"component": "optimizer", "name": opt.name, "choice": kernel})
+    return _with_optimizer_kernel(train_cfg, choices), choices
+
+
+def apply_auto(model: torch.nn.Module, train_cfg, choices: list[dict]):
+    """Apply recorded ``auto`` choices (of :func:`measure_auto`) to the model; return the train
+    config with the optimizer kernel chosen."""
+    apply_ffn_choices(model, choices, train_cfg.precision)
+    return _with_optimizer_kernel(train_cfg, choices)
+
+
+def _with_optimizer_kernel(train_cfg, choices: list[dict]):
+    opt = train_cfg.dense_optimizer
+    kernel = next((c["choice"] for c in choices if c.get("component") == "optimizer"), None)
+    if opt.impl != "auto" or kernel is None:
+        return train_cfg
+    return train_cfg.model_copy(update={"dense_optimizer": opt.model_copy(update={"impl": kernel})})
 
 
 def _flops_per_sample(model: torch.nn.Module, fm: FeatureMap, rows: int = 256) -> float:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankmixer.bench import (
-    accuracy, distributed, fuxictr_dcnv2, gts, intervals, moe, pareto, scaling, search_budget, sequence_length, serve,
+    accuracy, cubicml, distributed, fuxictr_dcnv2, gts, intervals, moe, pareto, scaling, search_budget, sequence_length, serve,
     sigeo, speed_table,
 )
 from rankmixer.bench.doc_renderers import (
@@ -386,6 +386,10 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "rankitect": _one(lambda rep: rankitect.searches_table(rep["searches"]), "rankitect"),
     "rankitect-probabilities": _one(lambda rep: rankitect.probabilities_table(rep["searches"][0]),
                                     "rankitect-probabilities"),
+    "cubicml-history": _one(cubicml.history_table, "cubicml-history"),
+    "cubicml-predictor": _one(cubicml.predictor_table, "cubicml-predictor"),
+    "cubicml-comparison": _one(cubicml.comparison_table, "cubicml-comparison"),
+    "cubicml-auto": _one(cubicml.auto_table, "cubicml-auto"),
     "pareto-points": _one(pareto.points_table, "pareto-points"),
     "pareto-hypervolume": _one(pareto.hypervolume_table, "pareto-hypervolume"),
     "search-budget": _one(search_budget.summary_table, "search-budget"),

@@ -215,6 +215,48 @@ def pareto(
     console.print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} and {out / (name + '.png')}")
 
 
+def cubicml(
+    history: Path = typer.Option(Path("bench_out/cubicml/history.parquet"), help="History file (Parquet): measured "
+                                 "settings are kept there and reused by a rerun."),
+    out: Path = typer.Option(Path("bench_out/cubicml.json"), help="Report JSON."),
+    space: str = typer.Option("cpu", help="Space: a packaged name under configs/system or a YAML file."),
+    random_settings: int = typer.Option(120, min=10, help="Random settings in the history."),
+    model_size: str = typer.Option("large", help="The model size the search speeds up."),
+    budget: int = typer.Option(5, min=1, help="Real runs for the search and for random search each."),
+    rounds: int = typer.Option(1, min=1, help="Predict-measure-refit rounds of the search."),
+    seeds: int = typer.Option(3, min=1, help="Seeds 0..N-1."),
+    confirm: int = typer.Option(2, min=1, help="Interleaved re-measurements of each winner."),
+    memory_limit_mb: Optional[float] = typer.Option(None, help="Memory limit of the search and of every run."),
+) -> None:
+    """CubicML: predictor Spearman on held-out settings; the searcher's pick vs the default vs the
+    best of random settings at equal real runs; the runs it saved."""
+    from rankmixer.bench.cubicml import run_cubicml_bench
+
+    with user_errors():
+        check_output(out, [history], "--out")
+        run_cubicml_bench(history, space, random_settings, model_size, budget, rounds, tuple(range(seeds)),
+                          confirm=confirm, memory_limit_mb=memory_limit_mb, out=out, log=console.print)
+
+
+def auto_kernels(
+    history: Path = typer.Option(Path("bench_out/cubicml/history.parquet"), help="History file (Parquet) where the "
+                                 "runs keep their auto timings."),
+    out: Path = typer.Option(Path("bench_out/cubicml_auto.json"), help="Report JSON."),
+    space: str = typer.Option("cpu", help="Space: a packaged name under configs/system or a YAML file."),
+    model_sizes: str = typer.Option("large", help="Comma-separated model sizes of the space."),
+    precisions: str = typer.Option("fp32", help="Comma-separated precisions."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds."),
+) -> None:
+    """Whole training runs with the measured `auto` kernels (per-token FFN implementation,
+    optimizer kernel) against each alternative we ship, interleaved; auto over the best one."""
+    from rankmixer.bench.cubicml import run_auto_bench
+
+    with user_errors():
+        check_output(out, [history], "--out")
+        run_auto_bench(history, space, tuple(_names(model_sizes)), tuple(_names(precisions)), rounds, out=out,
+                       log=console.print)
+
+
 def sequence_length(
     spec: Path = typer.Option(Path("sequence_length"), help="Spec (lengths, batch size, models): a packaged name or a YAML file."),
     out: Path = typer.Option(Path("bench_out/sequence_length.json"), help="Report JSON (a PNG plot is written beside it)."),

@@ -48,6 +48,8 @@ def tune(
                                   "trial silent for twice as long is failed and run again."),
     print_best_overrides: bool = typer.Option(False, help="At the end print only the best trial's overrides, "
                                               "one per line (for a config or `rankmixer train`)."),
+    keep_checkpoints: bool = typer.Option(False, help="Keep finished trials' checkpoints/ (by default a finished "
+                                          "trial keeps its config, logs, metrics, predictions and best weights)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every trial, e.g. train.epochs=3"),
 ) -> None:
     """Tune an experiment's hyperparameters on the validation split: Optuna trials until the study
@@ -59,7 +61,8 @@ def tune(
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one line per trial instead
         report = run_tune(config, space, trials, out, list(overrides or []), storage, study,
-                          log=(lambda *_: None) if quiet else console.print, heartbeat_s=heartbeat)
+                          log=(lambda *_: None) if quiet else console.print, heartbeat_s=heartbeat,
+                          keep_checkpoints=keep_checkpoints)
     if quiet:
         print("\n".join(report["best_overrides"]))
         return

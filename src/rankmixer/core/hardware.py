@@ -9,6 +9,7 @@ machine.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 from contextlib import nullcontext
@@ -19,8 +20,8 @@ from typing import ContextManager
 import torch
 
 __all__ = [
-    "PRECISIONS", "autocast", "cpu_flags", "device_name", "machine_info", "native_low_precision",
-    "pick_device", "precision_warning",
+    "PRECISIONS", "autocast", "cpu_flags", "device_name", "hardware_features", "hardware_fingerprint", "machine_info",
+    "native_low_precision", "pick_device", "precision_warning",
 ]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -123,3 +124,20 @@ def machine_info(device: torch.device | None = None) -> dict:
         "torch": torch.__version__,
         "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
+
+
+def hardware_features(device: torch.device | None = None) -> dict:
+    """What decides a training step's speed on this machine, as predictor inputs: the device
+    name, core count, the speed-relevant CPU flags (one 0/1 entry each) and the torch version."""
+    device = device or torch.device("cpu")
+    flags = set(cpu_flags())
+    return {"device_name": device_name(device), "cpus": os.cpu_count() or 1, "torch": torch.__version__,
+            **{f"flag_{f}": int(f in flags) for f in _SPEED_FLAGS}}
+
+
+def hardware_fingerprint(device: torch.device | None = None) -> str:
+    """A short stable id of :func:`hardware_features`: measurements cached under one fingerprint
+    are reused only on a machine that has the same one."""
+    feats = hardware_features(device)
+    text = "|".join(f"{k}={feats[k]}" for k in sorted(feats))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -20,10 +20,14 @@ like ``nn.Linear``, token by token. Three implementations of the same function (
     ``W[t]`` of one stacked parameter in a loop makes autograd materialise a full-size gradient
     per slice.
 ``auto``
-    The implementation measured faster (``AUTO_IMPL``): on CPU ``fused`` when autograd records
-    (training), ``bmm`` in inference; on other devices ``bmm`` (one kernel instead of several
-    per token; not yet measured on a GPU). ``bmm`` and ``fused`` share their storage, so the
-    choice is made per call and a checkpoint loads into either.
+    The implementation timed fastest on this machine for this shape, batch and dtype where
+    :mod:`rankmixer.system.auto` has measured it (``rankmixer train`` does): ``bmm`` or
+    ``fused`` per call (``measured_impl``; they share their storage), or ``split``, for which
+    the module switches its storage once, before training (:meth:`PerTokenFFN.set_storage`).
+    Unmeasured, the fixed rule ``AUTO_IMPL``: on CPU ``fused`` when autograd records
+    (training), ``bmm`` in inference; on other devices ``bmm``. A checkpoint is saved in the
+    requested impl's layout (stacked unless ``split`` was asked for) and loads into either
+    storage.
 
 Inference under autocast reuses low-precision copies of the stacked weights while they are
 unchanged (:meth:`PerTokenFFN.compute_weights`); ``docs/performance.md`` has the measurements.
@@ -202,9 +206,17 @@ class PerTokenFFN(nn.Module):
         # Inference under autocast: low-precision copies of the stacked weights, reused while
         # the weights are unchanged (see compute_weights). Not in the state_dict.
         self.cache_autocast_weights = True
+        # auto: the implementation timed fastest on this machine per (autograd?, compute dtype),
+        # set by rankmixer.system.auto; where it has no entry the fixed rule (AUTO_IMPL) decides.
+        self.measured_impl: dict[tuple[bool, torch.dtype], str] = {}
         self._cast_key: tuple | None = None
         self._cast: tuple[Tensor, ...] = ()
         self.reset_parameters()
+        # The saved layout follows the requested impl, not the storage: stacked keys (w1, b1,
+        # w2, b2) unless ``split`` was asked for, so a checkpoint of an ``auto`` module whose
+        # storage was switched (set_storage) loads into any build of the same config.
+        self._register_state_dict_hook(_save_in_requested_layout)
+        self._register_load_state_dict_pre_hook(self._load_any_layout)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -213,6 +225,45 @@ class PerTokenFFN(nn.Module):
             _init_uniform_(self.b1[t], self.dim)
             _init_uniform_(self.w2[t], self.hidden)
             _init_uniform_(self.b2[t], self.hidden)
+
+    # ---- storage -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_storage(self, storage: str) -> None:
+        """Keep the weights ``stacked`` (one tensor per weight: ``bmm`` and ``fused``) or
+        ``split`` (T tensors per weight), values unchanged. The parameters are new objects:
+        switch before an optimizer holds them (:mod:`rankmixer.system.auto` does, when ``split``
+        measured fastest for an ``auto`` module)."""
+        if storage not in ("stacked", "split"):
+            raise ValueError(f"storage must be stacked or split, not {storage!r}")
+        want = "split" if storage == "split" else "bmm"
+        if want == self.impl:
+            return
+        stacked = [t.detach().clone() for t in self.stacked_weights()]
+        for name in ("w1", "b1", "w2", "b2"):
+            delattr(self, name)
+        for name, t in zip(("w1", "b1", "w2", "b2"), stacked):
+            if want == "bmm":
+                setattr(self, name, nn.Parameter(t))
+            else:
+                setattr(self, name, nn.ParameterList(nn.Parameter(t[i].clone()) for i in range(self.num_tokens)))
+        self.impl = want
+        self._cast_key, self._cast = None, ()
+
+    def _load_any_layout(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                         error_msgs) -> None:
+        """Before loading: a saved layout that is not this module's storage is converted to it."""
+        for name in ("w1", "b1", "w2", "b2"):
+            key, first = prefix + name, f"{prefix}{name}.0"
+            if self.impl == "split" and key in state_dict:
+                whole = state_dict.pop(key)
+                for t in range(whole.shape[0]):
+                    state_dict[f"{key}.{t}"] = whole[t]
+            elif self.impl == "bmm" and key not in state_dict and first in state_dict:
+                parts, t = [], 0
+                while f"{key}.{t}" in state_dict:
+                    parts.append(state_dict.pop(f"{key}.{t}"))
+                    t += 1
+                state_dict[key] = torch.stack(parts)
 
     # ---- weights in one layout, whatever the storage -----------------------------------------
     def stacked_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -269,10 +320,13 @@ class PerTokenFFN(nn.Module):
             return "bmm"
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        if self.requested_impl == "auto" and dev != "cpu":
-            return "bmm"  # one batched GEMM kernel, not 4T launches (not measured: no GPU here yet)
         grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        impl = resolve_impl(self.requested_impl, dtype, grad)
+        if self.requested_impl == "auto" and (grad, dtype) in self.measured_impl:
+            impl = self.measured_impl[(grad, dtype)]  # timed on this machine (rankmixer.system.auto)
+        elif self.requested_impl == "auto" and dev != "cpu":
+            return "bmm"  # one batched GEMM kernel, not 4T launches
+        else:
+            impl = resolve_impl(self.requested_impl, dtype, grad)
         if impl == "fused" and (self.activation not in _FUSED_ACTS or (self.training and isinstance(self.dropout, nn.Dropout))):
             return "bmm"
         return impl
@@ -302,6 +356,15 @@ class PerTokenFFN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tokens={self.num_tokens}, dim={self.dim}, hidden={self.hidden}, impl={self.requested_impl}"
+
+
+def _save_in_requested_layout(module: PerTokenFFN, state_dict, prefix, local_metadata) -> None:
+    """State-dict hook: split storage of a module that did not ask for ``split`` is saved stacked."""
+    if module.impl != "split" or module.requested_impl == "split":
+        return
+    for name in ("w1", "b1", "w2", "b2"):
+        key = prefix + name
+        state_dict[key] = torch.stack([state_dict.pop(f"{key}.{t}") for t in range(module.num_tokens)])
 
 
 class SharedFFN(nn.Module):

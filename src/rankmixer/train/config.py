@@ -175,6 +175,9 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every_steps: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch default
+    # auto kernels (per-token FFN implementation, dense optimizer kernel) timed on this machine
+    # once per shape and reused (rankmixer.system.auto); false: the fixed rules.
+    measured_auto: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = True
     progress: bool = True

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from rankmixer.core.extras import MissingExtra
 from rankmixer.tune.space import SamplerConfig, SearchSpace, SpaceError
 
 __all__ = ["MAX_RETRIES", "MissingExtra", "continued_seed", "import_optuna", "open_storage", "open_study", "public_url",
@@ -33,10 +34,6 @@ __all__ = ["MAX_RETRIES", "MissingExtra", "continued_seed", "import_optuna", "op
 
 MAX_RETRIES = 2
 SPACE_ATTR, CONFIG_ATTR = "rankmixer_space", "rankmixer_config"  # what a study was created with
-
-
-class MissingExtra(ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
 
 
 def import_optuna():

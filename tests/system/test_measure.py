@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ctypes.util
+import json
 
 import pytest
 import yaml
 
 from rankmixer.config import load_config
 from rankmixer.experiment import prepare_data
-from rankmixer.system.measure import MeasureOptions, allocator_env, measure_setting
+from rankmixer.system import worker
+from rankmixer.system.measure import MeasureOptions, allocator_env, measure_setting, record_of
 from rankmixer.system.space import parse_system_space
 
 
@@ -45,8 +47,14 @@ def test_a_setting_is_measured_in_its_own_process(tiny_space):
     assert rec["setting"] == s and "allocator=glibc-tuned" in rec["key"]
 
 
-def test_an_unsupported_precision_fails_with_the_reason(tiny_space):
-    rec = measure_setting(tiny_space, {**tiny_space.default_setting("small"), "precision": "fp16"}, FAST)
+def test_an_unsupported_precision_fails_with_the_reason(tiny_space, tmp_path):
+    # the worker's own error path, run in this process (the spawn is tested above)
+    s = {**tiny_space.default_setting("small"), "precision": "fp16"}
+    spec, out = tmp_path / "spec.json", tmp_path / "out.json"
+    spec.write_text(json.dumps({"base": tiny_space.base, "overrides": tiny_space.overrides(s), "compile": "none"}))
+    assert worker.main([str(spec), str(out)]) == 0
+    result = json.loads(out.read_text())
+    rec = record_of(s, result, "test", 0.1)
     assert rec["status"] == "failed" and rec["samples_per_s"] is None
     assert "train.precision" in rec["reason"] and rec["setting"]["precision"] == "fp16"
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from rankmixer.core.hardware import PRECISIONS, native_low_precision, precision_warning
+from rankmixer.core.processes import process_memory_mb
 
 __all__ = [
     "DEFAULT_PRECISIONS", "MFU_DEFINITION", "Variant", "best_peaks", "choose_precisions", "interleaved_times",
@@ -125,7 +126,7 @@ def run_interleaved(
     """Warm every variant up (measuring its peak memory), then ``rounds`` rounds in each of
     which every variant runs ``calls`` times back to back. Fills ``times`` and ``memory``."""
     for v in variants:
-        before = _rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
+        before = process_memory_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
         ok = _reset_peak_memory(device)
         t = 0.0
         for _ in range(max(1, v.warmup)):
@@ -144,16 +145,6 @@ def run_interleaved(
 # ------------------------------------------------------------------------------------------
 # memory (CPU: the process's peak RSS, reset through /proc/self/clear_refs; CUDA: allocator)
 # ------------------------------------------------------------------------------------------
-def _rss_mb(key: str = "VmRSS") -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def _reset_peak_memory(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -168,7 +159,7 @@ def _reset_peak_memory(device: torch.device) -> bool:
 def _peak_memory_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    hwm = _rss_mb("VmHWM")
+    hwm = process_memory_mb("VmHWM")
     if hwm is not None:
         return hwm
     import resource

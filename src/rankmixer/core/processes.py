@@ -1,13 +1,26 @@
 """Jobs in spawned worker processes (``concurrent.futures``): the one way benchmarks and searches
-run independent trainings at once."""
+run independent trainings at once; and a process's memory as Linux reports it."""
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
-__all__ = ["run_in_processes"]
+__all__ = ["process_memory_mb", "run_in_processes"]
+
+
+def process_memory_mb(key: str = "VmRSS", pid: int | str = "self") -> float | None:
+    """A memory line of ``/proc/PID/status`` in MB (``VmRSS``: resident now, ``VmHWM``: its
+    peak); None where it cannot be read (not Linux, or the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def run_in_processes(jobs: list[tuple[str, Callable[..., float], tuple]], processes: int,

@@ -13,13 +13,15 @@ import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 
 from rankmixer.core.files import atomic_file
+from rankmixer.core.hardware import hardware_features, hardware_fingerprint
 
-__all__ = ["HistoryError", "append_records", "read_history"]
+__all__ = ["HistoryError", "append_records", "new_record", "read_history"]
 
 _JSON_COLUMNS = ("setting", "hardware")
 _SCHEMA = {
@@ -27,6 +29,18 @@ _SCHEMA = {
     "samples_per_s": pl.Float64, "peak_rss_mb": pl.Float64, "step_ms_median": pl.Float64, "params": pl.Int64,
     "timed_steps": pl.Int64, "wall_seconds": pl.Float64, "fingerprint": pl.Utf8, "hardware": pl.Utf8, "time": pl.Utf8,
 }
+
+
+def new_record(key: str, setting: dict, origin: str, kind: str, result: dict, wall_seconds: float | None = None) -> dict:
+    """One history row: what was run (``setting``, under ``key``), what came of it (``result``:
+    ``status``, ``reason`` and the measured columns it has), on this machine's hardware, now."""
+    return {
+        "key": key, "setting": setting, "origin": origin, "kind": kind,
+        "status": result.get("status", "failed"), "reason": result.get("reason"),
+        **{c: result.get(c) for c in ("samples_per_s", "peak_rss_mb", "step_ms_median", "params", "timed_steps")},
+        "wall_seconds": wall_seconds, "fingerprint": hardware_fingerprint(), "hardware": hardware_features(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 class HistoryError(ValueError):

@@ -18,11 +18,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rankmixer.core.hardware import hardware_features, hardware_fingerprint
+from rankmixer.core.processes import process_memory_mb
+from rankmixer.system.history import new_record
 from rankmixer.system.space import Setting, SystemSpace, resolve_threads, setting_key
 
 __all__ = ["MeasureOptions", "allocator_env", "measure_many", "measure_setting", "record_of"]
@@ -59,16 +59,6 @@ def allocator_env(allocator: str) -> tuple[dict[str, str], str | None]:
     return {"LD_PRELOAD": lib}, None
 
 
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def _run_worker(spec: dict, env: dict[str, str], timeout_s: float, memory_limit_mb: float | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="rankmixer-measure-") as tmp:
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
@@ -79,7 +69,7 @@ def _run_worker(spec: dict, env: dict[str, str], timeout_s: float, memory_limit_
         while proc.poll() is None:
             if time.monotonic() - t0 > timeout_s:
                 killed = f"timeout: still running after {timeout_s:.0f} s"
-            rss = _rss_mb(proc.pid) if memory_limit_mb is not None else None
+            rss = process_memory_mb("VmRSS", proc.pid) if memory_limit_mb is not None else None
             if rss is not None and rss > memory_limit_mb:
                 killed = f"memory: resident {rss:.0f} MB passed the limit of {memory_limit_mb:.0f} MB"
             if killed:
@@ -114,16 +104,8 @@ def measure_setting(space: SystemSpace, setting: Setting, options: MeasureOption
 
 
 def record_of(setting: Setting, result: dict, origin: str, wall_s: float) -> dict:
-    """A history record: the setting, the result, the hardware and when."""
-    return {
-        "key": setting_key(setting), "setting": dict(setting), "origin": origin, "kind": "train",
-        "status": result.get("status", "failed"), "reason": result.get("reason"),
-        "samples_per_s": result.get("samples_per_s"), "peak_rss_mb": result.get("peak_rss_mb"),
-        "step_ms_median": result.get("step_ms_median"), "params": result.get("params"),
-        "timed_steps": result.get("timed_steps"), "wall_seconds": round(wall_s, 2),
-        "fingerprint": hardware_fingerprint(), "hardware": hardware_features(),
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    """The history record of one measurement of ``setting``."""
+    return new_record(setting_key(setting), dict(setting), origin, "train", result, round(wall_s, 2))
 
 
 def measure_many(space: SystemSpace, settings: list[Setting], options: MeasureOptions | None = None,

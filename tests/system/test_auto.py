@@ -90,6 +90,18 @@ def test_the_real_timing_leaves_the_model_untouched(single_thread):
     assert [f.requested_impl for f in model] == ["auto", "auto", "fused"]
 
 
+def test_the_real_timing_runs_every_implementation(single_thread, monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(PerTokenFFN(4, 8, 2), PerTokenFFN(4, 8, 2))
+    ran = []
+    real = PerTokenFFN.forward_impl
+    monkeypatch.setattr(PerTokenFFN, "forward_impl", lambda self, x: ran.append(real(self, x)) or ran[-1])
+    auto._time_training(model, _step, torch.device("cpu"))
+    counts = {impl: ran.count(impl) for impl in auto.FFN_CHOICES}
+    # warm-up and 3 rounds, 2 layers each: every implementation ran at least 8 times
+    assert set(ran) == set(auto.FFN_CHOICES) and min(counts.values()) >= 8, counts
+
+
 @pytest.mark.parametrize("choice", ["bmm", "fused"])
 def test_the_measured_choice_is_what_runs_and_computes_the_same(choice, single_thread):
     ffn = PerTokenFFN(4, 8, 2)

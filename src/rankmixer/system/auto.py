@@ -26,15 +26,14 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rankmixer.core.hardware import PRECISIONS, autocast, hardware_features, hardware_fingerprint
+from rankmixer.core.hardware import PRECISIONS, autocast, hardware_fingerprint
 from rankmixer.nn.per_token_ffn import PerTokenFFN
-from rankmixer.system.history import append_records, read_history
+from rankmixer.system.history import append_records, new_record, read_history
 from rankmixer.train import optim
 from rankmixer.train.config import OptimizerConfig
 
@@ -88,11 +87,9 @@ def _cached(history: list[dict], key: str, fingerprint: str) -> dict | None:
 
 
 def _record(key: str, info: dict, seconds: dict[str, float], choice: str, batch: int) -> dict:
-    return {"key": key, "setting": {**info, "seconds": seconds, "choice": choice}, "origin": "auto", "kind": "auto",
-            "status": "ok", "reason": None, "samples_per_s": batch / seconds[choice] if batch else None,
-            "peak_rss_mb": None, "step_ms_median": 1e3 * seconds[choice], "params": None, "timed_steps": None,
-            "wall_seconds": None, "fingerprint": hardware_fingerprint(), "hardware": hardware_features(),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    result = {"status": "ok", "samples_per_s": batch / seconds[choice] if batch else None,
+              "step_ms_median": 1e3 * seconds[choice]}
+    return new_record(key, {**info, "seconds": seconds, "choice": choice}, "auto", "auto", result)
 
 
 def _auto_ffns(model: nn.Module) -> list[PerTokenFFN]:
@@ -102,28 +99,27 @@ def _auto_ffns(model: nn.Module) -> list[PerTokenFFN]:
 def _time_training(model: nn.Module, train_step: Callable[[nn.Module], object], device: torch.device) -> dict[str, float]:
     """Seconds of ``train_step`` on copies of ``model`` with every auto FFN on each implementation."""
     stacked = copy.deepcopy(model).to(device)
+    switch = _auto_ffns(stacked)  # found once: setting requested_impl takes them off "auto"
+    for f in switch:
+        f.measured_impl = {}
     split = copy.deepcopy(stacked)
     for f in _auto_ffns(split):
-        f.set_storage("split")
+        f.set_storage("split")  # split storage runs split, whatever is requested
 
     def run(impl: str) -> Callable[[], object]:
         work = split if impl == "split" else stacked
 
         def fn() -> object:
-            for f in _auto_ffns(work):
-                f.measured_impl = {}
-                f.requested_impl = impl
+            if work is stacked:
+                for f in switch:
+                    f.requested_impl = impl
             work.train()
             train_step(work)
             work.zero_grad(set_to_none=True)
             return None
         return fn
 
-    try:
-        return time_choices({impl: run(impl) for impl in FFN_CHOICES}, device)
-    finally:
-        for f in _auto_ffns(stacked):
-            f.requested_impl = "auto"
+    return time_choices({impl: run(impl) for impl in FFN_CHOICES}, device)
 
 
 def _time_inference(ffn: PerTokenFFN, batch: int, precision: str, device: torch.device) -> dict[str, float]:
@@ -227,7 +223,7 @@ def measured_optimizer_impl(cfg: OptimizerConfig, params: list[nn.Parameter], de
         total += p.numel()
     info = {"component": "optimizer", "name": cfg.name, "tensors": len(taken), "elements": total,
             "device": device.type, "dtype": str(params[0].dtype).replace("torch.", "")}
-    key = "optimizer:" + ",".join(f"{k}={v}" for k, v in info.items() if k != "component")
+    key = _key("optimizer", info)
     history_path = history_path or default_history_path()
     hit = _cached(read_history(history_path), key, hardware_fingerprint())
     if hit is not None:

@@ -31,7 +31,7 @@ from rankmixer.core.files import write_json
 from rankmixer.core.hardware import hardware_fingerprint, machine_info
 from rankmixer.system.history import append_records, read_history
 from rankmixer.system.measure import MeasureOptions, measure_many
-from rankmixer.system.predictor import cross_validated_spearman
+from rankmixer.system.predictor import cross_validated_spearman, fastest
 from rankmixer.system.searcher import search
 from rankmixer.system.space import load_system_space, setting_key
 
@@ -42,11 +42,6 @@ __all__ = ["AUTO_VARIANTS", "auto_table", "comparison_table", "format_cubicml", 
 def _median_sps(records: list[dict]) -> float | None:
     ok = [r["samples_per_s"] for r in records if r["status"] == "ok"]
     return statistics.median(ok) if ok else None
-
-
-def _best(records: list[dict]) -> dict | None:
-    ok = [r for r in records if r["status"] == "ok"]
-    return max(ok, key=lambda r: r["samples_per_s"]) if ok else None
 
 
 def _mean_sd(xs: list[float]) -> dict:
@@ -108,9 +103,9 @@ def run_cubicml_bench(
     # 3. search vs random vs default at equal budget
     fixed = {"model_size": model_size}
     per_seed = []
+    seen = sorted(history, key=lambda r: r["key"])
     for seed in seeds:
         rng = random.Random(seed)
-        seen = sorted(history, key=lambda r: r["key"])
         sub = rng.sample(seen, max(8, round(train_fraction * len(seen)))) if train_fraction < 1 else seen
         log(f"seed {seed}: search ({budget} runs, predictor on {len(sub)} history rows) ...")
         found = search(space, sub, fixed, budget, rounds, memory_limit_mb, options, seed=seed, on_record=save, log=log,
@@ -121,7 +116,8 @@ def run_cubicml_bench(
         default = space.default_setting(model_size)
         log(f"seed {seed}: default ...")
         first_default = measure(space, [default], options, origin="default", on_record=save, log=log)
-        winners = {"default": default, "search": (found.best or {}).get("setting"), "random": (_best(rand) or {}).get("setting")}
+        best_random = fastest(rand) or {}
+        winners = {"default": default, "search": (found.best or {}).get("setting"), "random": best_random.get("setting")}
         confirm_recs: dict[str, list[dict]] = {k: [] for k in winners}
         log(f"seed {seed}: confirming the winners, {confirm} interleaved measurement(s) each ...")
         for _ in range(confirm):
@@ -138,7 +134,7 @@ def run_cubicml_bench(
                                        "log_sps_std": c.log_sps_std, "predicted_peak_mb": c.predicted_peak_mb}
                                       for c in found.ranked[:budget]],
                        "measured": found.measured},
-            "random": {"setting": winners["random"], "first_samples_per_s": (_best(rand) or {}).get("samples_per_s"),
+            "random": {"setting": winners["random"], "first_samples_per_s": best_random.get("samples_per_s"),
                        "confirmed_samples_per_s": med["random"], "measured": rand},
             "default": {"setting": default, "first_samples_per_s": _median_sps(first_default),
                         "confirmed_samples_per_s": med["default"]},
@@ -162,12 +158,13 @@ def run_cubicml_bench(
         saved.append({"seed": row["seed"], "share_of_random_at_least_as_fast": p, "random_runs_expected": expected,
                       "random_runs_lower_bound": None if p > 0 else len(pool) + 1, "search_runs": budget})
     grid_size = len(list(space.grid(fixed)))
+    machine = machine_info()
     report = {
         "setup": {"space": space_name, "model_size": model_size, "budget": budget, "rounds": rounds,
                   "seeds": list(seeds), "train_fraction": train_fraction, "confirm": confirm,
                   "random_settings": random_settings, "memory_limit_mb": memory_limit_mb, "options": dict(options),
                   "space_size": space.size(), "settings_at_model_size": grid_size, "fingerprint": fingerprint,
-                  "history": str(history_path), "machine": machine_info(), "cpu_flags": machine_info()["cpu_flags"]},
+                  "history": str(history_path), "machine": machine, "cpu_flags": machine["cpu_flags"]},
         "history": {"measured": len(history), "failed": len(failed),
                     "failed_reasons": sorted({r["reason"] for r in failed if r["reason"]}),
                     "records": history},
@@ -311,9 +308,10 @@ def run_auto_bench(
                            "auto_over_best_alternative": (med["auto (measured)"] / alts[best_alt])
                            if best_alt and med["auto (measured)"] else None})
     choices = [r for r in read_history(history_path) if r["kind"] == "auto" and r["fingerprint"] == hardware_fingerprint()]
+    machine = machine_info()
     report = {"setup": {"space": space_name, "model_sizes": list(model_sizes), "precisions": list(precisions),
-                        "rounds": rounds, "options": dict(options), "machine": machine_info(),
-                        "cpu_flags": machine_info()["cpu_flags"], "fingerprint": hardware_fingerprint()},
+                        "rounds": rounds, "options": dict(options), "machine": machine,
+                        "cpu_flags": machine["cpu_flags"], "fingerprint": hardware_fingerprint()},
               "groups": groups, "auto_choices": [r["setting"] for r in choices]}
     log(auto_table(report))
     if out is not None:

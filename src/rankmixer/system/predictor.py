@@ -25,7 +25,7 @@ from rankmixer.core.extras import MissingExtra
 from rankmixer.core.rank_correlation import spearman
 from rankmixer.system.space import Setting, SystemSpace, resolve_threads
 
-__all__ = ["Prediction", "SpeedPredictor", "cross_validated_spearman", "encode", "usable"]
+__all__ = ["Prediction", "SpeedPredictor", "cross_validated_spearman", "encode", "fastest", "usable"]
 
 _NAMED = ("model_size", "precision", "optimizer_impl", "ffn_impl", "allocator", "compile")
 
@@ -43,6 +43,11 @@ def import_sklearn():
 def usable(records: list[dict]) -> list[dict]:
     """The successful training measurements (failed ones never enter a fit)."""
     return [r for r in records if r.get("kind") == "train" and r.get("status") == "ok" and (r.get("samples_per_s") or 0) > 0]
+
+
+def fastest(records: list[dict]) -> dict | None:
+    """The successful measurement with the most samples/s (None: none succeeded)."""
+    return max(usable(records), key=lambda r: r["samples_per_s"], default=None)
 
 
 def _feature_names(space: SystemSpace, hardware: dict) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from rankmixer.core.hardware import hardware_features, hardware_fingerprint
 from rankmixer.system.measure import MeasureOptions, measure_many
-from rankmixer.system.predictor import SpeedPredictor, usable
+from rankmixer.system.predictor import SpeedPredictor, fastest, usable
 from rankmixer.system.space import Setting, SystemSpace, setting_key
 
 __all__ = ["Candidate", "SearchResult", "rank_candidates", "search"]
@@ -93,6 +93,5 @@ def search(space: SystemSpace, history: list[dict], fixed: Setting, budget: int,
         history += recs
         result.measured += recs
         left -= take
-    ok = [m for m in result.measured if m["status"] == "ok"]
-    result.best = max(ok, key=lambda m: m["samples_per_s"]) if ok else None
+    result.best = fastest(result.measured)
     return result

@@ -89,6 +89,11 @@ def train(
         cfg = load_config(config, list(overrides or []) + extra)
         result = experiment.train(cfg, resume=resume, overwrite=overwrite, log=console.print)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        if "streaming" in result:  # progressive validation: each day before training on it
+            stream = result["streaming"]
+            rows = {f"day {r['day']}": r for r in stream["days"]}
+            rows.update({"mean": stream["mean"], "mean after day 1": stream["mean_after_first"]})
+            console.print(metrics_table(f"{cfg.model_name}: progressive validation", rows))
         console.print(metrics_table(f"{cfg.model_name} (best step {result['best_step']})",
                                     {"valid": result["valid"], "test": result["test"]}))
 

@@ -42,9 +42,8 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BEST_WEIGHTS", "CHECKPOINTS_DIR", "CONFIG_FILE", "FEATURE_MAP_FILE", "LOCK_FILE", "MEASURED_AUTO_FILE", "METRICS_FILE",
-    "METRICS_LOG",
-    "RUN_KIND", "RUN_OUTPUTS", "RunDirError", "RunLock", "TEST_PREDICTIONS", "TRAIN_LOG", "clear_run", "foreign_entries",
+    "BEST_WEIGHTS", "CHECKPOINTS_DIR", "CONFIG_FILE", "DAY_WEIGHTS_DIR", "FEATURE_MAP_FILE", "LOCK_FILE",
+    "MEASURED_AUTO_FILE", "METRICS_FILE", "METRICS_LOG", "RUN_KIND", "RUN_OUTPUTS", "RunDirError", "RunLock", "TEST_PREDICTIONS", "TRAIN_LOG", "clear_run", "foreign_entries",
     "lock_holder", "read_run_config", "run_entries",
 ]
 
@@ -56,12 +55,13 @@ METRICS_LOG = "metrics.jsonl"
 TEST_PREDICTIONS = "test_predictions.npz"
 TRAIN_LOG = "train.log"
 MEASURED_AUTO_FILE = "measured_auto.json"  # the auto kernels the run's checkpoints were written under
+DAY_WEIGHTS_DIR = "day_weights"  # streaming: the model after each day (train.streaming.keep_day_weights)
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 RUN_KIND = "run"  # the ownership marker's kind (core/files.py)
 # Everything training writes: what --overwrite removes (and nothing else).
 RUN_OUTPUTS = (CONFIG_FILE, FEATURE_MAP_FILE, CHECKPOINTS_DIR, BEST_WEIGHTS, METRICS_FILE, METRICS_LOG, TRAIN_LOG,
-               TEST_PREDICTIONS, MEASURED_AUTO_FILE, "tensorboard", "sharding_plan.json", "sharding_plan.txt",
+               TEST_PREDICTIONS, MEASURED_AUTO_FILE, DAY_WEIGHTS_DIR, "tensorboard", "sharding_plan.json", "sharding_plan.txt",
                "early_exit.json", "early_exit_curve.json")  # calibrate-exit (early_exit.py)
 
 

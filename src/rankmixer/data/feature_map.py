@@ -90,6 +90,17 @@ class SplitInfo:
 
 
 @dataclass
+class DayInfo:
+    """One day partition of the training split (schema ``days``): its day number, files (in
+    time order) and rows."""
+
+    day: int
+    files: list[str]  # relative to the feature map's directory
+    rows: int
+    label_means: list[float]
+
+
+@dataclass
 class FeatureMap:
     dataset: str
     schema_hash: str
@@ -99,6 +110,9 @@ class FeatureMap:
     has_group: bool = False
     has_time: bool = False
     splits: dict[str, SplitInfo] = field(default_factory=dict)
+    # The training split by day, in day order (empty: not prepared by day); the train split's
+    # files are these days' files in this order.
+    days: list[DayInfo] = field(default_factory=list)
     # Counts of rows skipped or values mapped to OOV during preparation, by reason.
     report: dict = field(default_factory=dict)
     # Anything a dataset preset wants carried along (e.g. the synthetic set's Bayes metrics).
@@ -156,6 +170,18 @@ class FeatureMap:
         base = self.root or Path(".")
         return [base / p for p in self.splits[split].files]
 
+    def day(self, day: int) -> DayInfo:
+        """The training split's partition of ``day`` (data prepared with schema ``days``)."""
+        for info in self.days:
+            if info.day == day:
+                return info
+        have = f"days {self.days[0].day} .. {self.days[-1].day}" if self.days else "no day partitions (schema days)"
+        raise KeyError(f"day {day} is not in the prepared training split; it has {have}")
+
+    def day_files(self, day: int) -> list[Path]:
+        base = self.root or Path(".")
+        return [base / p for p in self.day(day).files]
+
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -171,6 +197,7 @@ class FeatureMap:
         d["features"] = [FeatureInfo(**{**f, "fields": [BehaviourFieldInfo(**b) for b in f.get("fields", [])]})
                          for f in d["features"]]
         d["splits"] = {k: SplitInfo(**v) for k, v in d.get("splits", {}).items()}
+        d["days"] = [DayInfo(**v) for v in d.get("days", [])]
         return cls(**d, root=root)
 
     @classmethod

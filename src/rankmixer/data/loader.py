@@ -61,13 +61,17 @@ class ParquetBatches(IterableDataset):
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        day: int | None = None,
     ):
+        # day: only that day's rows of the training split (data prepared by day, schema days).
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.files = [Path(p) for p in feature_map.split_files(split)]
+        if day is not None and split != "train":
+            raise ValueError(f"day partitions are of the train split, not {split!r}")
+        self.files = [Path(p) for p in (feature_map.split_files(split) if day is None else feature_map.day_files(day))]
         self.cols = Columns.from_feature_map(feature_map)
-        self.rows = feature_map.splits[split].rows
+        self.rows = feature_map.splits[split].rows if day is None else feature_map.day(day).rows
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed

@@ -14,6 +14,7 @@ written over the inputs nor over a folder rankmixer did not write, see core/file
     schema.yaml             the schema that produced it
     vocab/<feature>.parquet value -> id, for scoring raw values later
     train/part-00000.parquet, valid/..., test/...
+    train/day-<d>/part-00000.parquet   instead, with schema ``days``: the training rows by day
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from rankmixer.core.files import OutputError, atomic_directory, check_output, wr
 from rankmixer.data.behaviour import check_behaviours
 from rankmixer.data.datasets.base import DatasetPreset, RawFiles, TransformContext
 from rankmixer.data.encode import encode_features, fit_statistics, fnv1a64, load_fitted, split_lists
-from rankmixer.data.feature_map import GROUP_COLUMN, FeatureInfo, FeatureMap, SplitInfo
+from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, DayInfo, FeatureInfo, FeatureMap, SplitInfo
 from rankmixer.data.reader import FILE_COL, ROW_COL, BadInputError, BadRowReport, OnBadRow, read_raw, read_table
-from rankmixer.data.schema import OOV_ID, Schema, dump_schema
+from rankmixer.data.schema import OOV_ID, DaySpec, Schema, dump_schema
 
 SPLITS = ("train", "valid", "test")
 SPLIT_COL = "__split"
@@ -290,9 +291,15 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
             enc = _group_ids(enc)
         split_dir = out_dir / split
         split_dir.mkdir()
-        tmp = work / f"{split}.parquet"
-        enc.sink_parquet(tmp, row_group_size=ROW_GROUP_SIZE)
-        files = _reshard(tmp, split_dir, rows_per_shard)
+        if split == "train" and schema.days is not None:
+            days = _write_days(enc, schema.days, split_dir, work, rows_per_shard, [lab.name for lab in schema.labels])
+            files = [f for d in days for f in d.files]
+            log(f"train: {len(days)} days ({days[0].day} .. {days[-1].day}), "
+                f"{min(d.rows for d in days):,} .. {max(d.rows for d in days):,} rows a day")
+        else:
+            tmp = work / f"{split}.parquet"
+            enc.sink_parquet(tmp, row_group_size=ROW_GROUP_SIZE)
+            files = _reshard(tmp, split_dir, rows_per_shard)
         scan = pl.scan_parquet([split_dir / f for f in files])
         # OOV rates: of sparse ids per row, of behaviour field ids per position.
         oov_cols = [i.name for i in infos if i.kind == "sparse"]
@@ -306,6 +313,9 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
         ).collect().row(0, named=True)
         if stats["rows"] == 0:
             raise BadInputError(f"split {split!r} is empty after preparation")
+        if split == "train" and schema.days is not None:
+            for d in days:
+                d.files = [f"{split}/{f}" for f in d.files]
         splits[split] = SplitInfo(files=[f"{split}/{f}" for f in files], rows=int(stats["rows"]),
                                   label_means=[float(stats[lab.name]) for lab in schema.labels])
         oov[split] = {c: round(float(stats[c]), 6) for c in oov_cols + beh_cols}
@@ -320,6 +330,7 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
         has_group=schema.group_key is not None,
         has_time=schema.time_column is not None,
         splits=splits,
+        days=days if schema.days is not None else [],
         report={"bad_rows": report.to_dict(), "oov_rate": oov, "seconds": round(time.time() - t0, 2)},
         extras=_extras(key, preset, raw_path),
         root=out_dir,
@@ -328,6 +339,39 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
     dump_schema(schema, out_dir / "schema.yaml")
     fm.save(out_dir / "feature_map.json")
     return fm
+
+
+def _write_days(enc: pl.LazyFrame, spec: DaySpec, split_dir: Path, work: Path, rows_per_shard: int,
+                labels: list[str]) -> list[DayInfo]:
+    """The training rows one folder per day (``day-<d>/part-*.parquet``, ``d`` =
+    ``floor((time + offset) / seconds)``), each day sorted by time (rows of equal time keep
+    their order). A row without a time has no day: an error naming how many."""
+    day_col = "__day"
+    tmp = work / "train-by-day.parquet"
+    (enc.with_columns(((pl.col(TIME_COLUMN) + spec.offset) // spec.seconds).alias(day_col))
+     .sort([day_col, TIME_COLUMN], maintain_order=True, nulls_last=True)
+     .sink_parquet(tmp, row_group_size=ROW_GROUP_SIZE))
+    scan = pl.scan_parquet(tmp)
+    missing = scan.select(pl.col(TIME_COLUMN).null_count()).collect().item()
+    if missing:
+        raise BadInputError(f"train split: {missing:,} row(s) without a value in the time column; "
+                            "day partitions (schema days) need a time on every row")
+    per_day = (scan.group_by(day_col).agg([pl.len().alias("rows"), *(pl.col(t).mean() for t in labels)])
+               .sort(day_col).collect())
+    days = []
+    for row in per_day.iter_rows(named=True):
+        d = int(row[day_col])
+        name = f"day-{d}"
+        part = work / f"{name}.parquet"
+        scan.filter(pl.col(day_col) == d).drop(day_col).sink_parquet(part, row_group_size=ROW_GROUP_SIZE)
+        (split_dir / name).mkdir()
+        files = _reshard(part, split_dir / name, rows_per_shard)
+        part.unlink()
+        days.append(DayInfo(day=d, files=[f"{name}/{f}" for f in files], rows=int(row["rows"]),
+                            label_means=[float(row[t]) for t in labels]))
+    if not days:
+        raise BadInputError("split 'train' is empty after preparation")
+    return days
 
 
 def _reshard(src: Path, dest: Path, rows_per_shard: int) -> list[str]:

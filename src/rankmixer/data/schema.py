@@ -284,6 +284,19 @@ class SplitSpec(_Strict):
         return self
 
 
+class DaySpec(_Strict):
+    """Day partitions of the training split, for streaming training (``train.streaming``).
+
+    A row's day is ``floor((time + offset) / seconds)`` of the schema's ``time_column`` (an
+    integer, e.g. unix seconds; ``offset`` moves the day boundary, e.g. 28800 for midnight at
+    UTC+8). Preparation writes the training rows one folder per day, each sorted by time, so
+    rows that arrive out of time order in the raw files land in their day all the same.
+    """
+
+    seconds: int = Field(86_400, ge=1)
+    offset: int = 0
+
+
 class Schema(_Strict):
     name: str
     source: SourceSpec
@@ -293,6 +306,7 @@ class Schema(_Strict):
     time_column: str | None = None  # column used by the time split and carried as Batch.timestamp
     feature_groups: dict[str, list[str]] = Field(default_factory=dict)
     split: SplitSpec = SplitSpec()
+    days: DaySpec | None = None  # day partitions of the training split (needs time_column)
 
     @model_validator(mode="after")
     def _check_names(self) -> "Schema":
@@ -324,6 +338,8 @@ class Schema(_Strict):
                 raise ValueError(f"feature_groups.{group}: unknown features {unknown}")
         if self.split.method == "time" and not self.time_column:
             raise ValueError("split.method 'time' needs time_column")
+        if self.days is not None and not self.time_column:
+            raise ValueError("days (day partitions of the training split) needs time_column")
         return self
 
     # ---- convenience views -------------------------------------------------------------

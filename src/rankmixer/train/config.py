@@ -147,6 +147,31 @@ class DistributedConfig(StrictModel):
     timeout_s: int = Field(300, ge=1)
 
 
+class StreamingConfig(StrictModel):
+    """Train day by day over data prepared by day (schema ``days``; train/streaming.py).
+
+    Each day, in day order: the model is first evaluated on the day's rows (progressive
+    validation: every row is scored before the model has trained on it), then trains one pass
+    over them; a checkpoint ends every day, so a killed run resumes inside the day it was in.
+    The result is the model after the last day (no early stopping, no best-weights selection:
+    in a stream the newest model is the one served)."""
+
+    # A day with no rows between the first and the last: error (named), or skip (listed in the
+    # report as skipped_days).
+    missing_days: Literal["error", "skip"] = "error"
+    first_day: int | None = None  # None: the first prepared day
+    last_day: int | None = None  # None: the last prepared day
+    # Write the model after each day to day_weights/day-<d>.safetensors (a teacher's snapshots:
+    # the model trained up to day d).
+    keep_day_weights: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> "StreamingConfig":
+        if self.first_day is not None and self.last_day is not None and self.last_day < self.first_day:
+            raise ValueError(f"train.streaming.last_day {self.last_day} is before first_day {self.first_day}")
+        return self
+
+
 class TrainConfig(StrictModel):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps
@@ -186,6 +211,8 @@ class TrainConfig(StrictModel):
     task_weights: list[float] | None = None
     # Learn task_weights (their start, equal if not given) by WC-MHGD; None = fixed.
     bilevel: BilevelConfig | None = None
+    # Day-by-day training with progressive validation; None = passes over the whole train split.
+    streaming: StreamingConfig | None = None
 
     @field_validator("task_weights")
     @classmethod
@@ -207,6 +234,8 @@ class TrainConfig(StrictModel):
         if self.bilevel is not None and self.task_weights is not None and not all(self.task_weights):
             raise ValueError(f"train.bilevel starts from train.task_weights {self.task_weights}: "
                              "a zero weight has no logit (use small positive weights)")
+        if self.streaming is not None and self.epochs != 1:
+            raise ValueError(f"train.streaming trains one pass a day; train.epochs must be 1, not {self.epochs}")
         reg = self.regularization
         if reg.embedding_l2 and reg.embedding_scope == "table" and self.sparse_gradients:
             raise ValueError("regularization.embedding_scope=table gives every table row a gradient on every step; "

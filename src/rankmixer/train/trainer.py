@@ -7,6 +7,10 @@ early stopping, checkpoints, and the logs (console with samples/s, ``metrics.jso
 TensorBoard). Multi-task losses are weighted per task, by fixed ``task_weights`` or by weights
 that ``train.bilevel`` learns every few steps (train/bilevel.py).
 
+Streaming (``train.streaming``, train/streaming.py): the passes are the days of data prepared by
+day, each evaluated on its own rows before training on them (progressive validation, kept in
+the trainer's state, so a resumed run reports the same days); the result is the last model.
+
 Exact resume: a checkpoint holds the model, both optimizers, the scheduler, every RNG, the
 trainer's state (best value, evaluations without improvement, learning-rate reductions, learned
 task weights) and the
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankmixer.core.hardware import autocast, pick_device, precision_warning
+from rankmixer.core.rundir import DAY_WEIGHTS_DIR
 from rankmixer.core.metrics import StreamingMetrics, compute_metrics
 from rankmixer.core.weights import load_weights, save_weights
 from rankmixer.data.batch import Batch
@@ -45,6 +50,7 @@ from rankmixer.train.bilevel import TaskWeightLearner, weights_of
 from rankmixer.train.config import EarlyStopping, TrainConfig
 from rankmixer.train.optim import apply_scheduled_lr, lr_lambda, make_optimizer, make_schedulers
 from rankmixer.train.regularization import Regularizer
+from rankmixer.train.streaming import progressive_report, stream_days
 
 if TYPE_CHECKING:
     from rankmixer.train.distributed import Distributed
@@ -144,6 +150,17 @@ class Trainer:
         )
         steps_per_epoch = self.train_data.batches_per_epoch() if dist is None else self._epoch_steps()
         self.total_steps = steps_per_epoch * cfg.epochs
+        # Streaming: one pass per day; the day data of pass i is self.days[i].
+        self.days, self.skipped_days = [], []
+        if cfg.streaming is not None:
+            if dist is not None:
+                raise ValueError("train.streaming runs in one process; it is not supported under torchrun")
+            self.days, self.skipped_days = stream_days(feature_map, cfg.streaming)
+            self.total_steps = sum(-(-d.rows // self.local_batch_size) for d in self.days)
+            steps_per_epoch = 0  # no validations inside a pass: one ends each day
+            if cfg.early_stopping is not None:
+                log("train.streaming: no early stopping or best-weights selection; the model after the last day "
+                    "is the result")
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         # When to validate (TrainConfig.eval_every_steps): every eval_every_steps steps; else at
@@ -158,6 +175,8 @@ class Trainer:
             "epoch": 0, "batch_in_epoch": 0, "step": 0, "samples": 0,
             "best": None, "best_step": None, "bad_evals": 0, "stopped_early": False, "lr_reductions": 0,
         }
+        if self.days:
+            self.state["progressive"] = []  # one record per streamed day, in order
         # The plateau count is read from self.state at every step, so a resumed state counts.
         self.schedulers = make_schedulers(self.optimizers, fn, cfg.lr_plateau,
                                           lambda: self.state.get("lr_reductions", 0))
@@ -333,7 +352,8 @@ class Trainer:
         monitor = es or EarlyStopping()  # without early stopping the best weights are still kept, on AUC
         value, higher = monitor.monitored(m)
         best = self.state["best"]
-        improved = best is None or (1 if higher else -1) * (value - best) > monitor.min_delta
+        # Streaming keeps the newest model: every evaluation counts as the best so far.
+        improved = bool(self.days) or best is None or (1 if higher else -1) * (value - best) > monitor.min_delta
         if improved:
             self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
             self._save_best()
@@ -349,7 +369,7 @@ class Trainer:
                 apply_scheduled_lr(sch)
             self.log(f"learning rate reduced on plateau ({self.state['lr_reductions']}x): "
                      + ", ".join(f"{k} {o.param_groups[0]['lr']:.3g}" for k, o in self.optimizers.items()))
-        return bool(es and self.state["bad_evals"] >= es.patience)
+        return bool(es and not self.days and self.state["bad_evals"] >= es.patience)
 
     def _save_best(self) -> None:
         if self.dist is None:
@@ -402,9 +422,12 @@ class Trainer:
                             disable=None, leave=False)
         # The loss is summed on the device: reading it every step would be a host sync.
         window_t, window_n, loss_sum, loss_n = time.time(), 0, torch.zeros((), device=self.device), 0
-        while not stop and st["epoch"] < cfg.epochs:
-            self.train_data.set_epoch(st["epoch"])
-            batches = iter(make_loader(self.train_data, num_workers=self.num_workers))
+        passes = len(self.days) if self.days else cfg.epochs
+        while not stop and st["epoch"] < passes:
+            data = self._pass_data(st["epoch"])
+            if self.days and len(st["progressive"]) <= st["epoch"]:
+                self._progressive(st["epoch"])
+            batches = iter(make_loader(data, num_workers=self.num_workers))
             if self.dist is not None:
                 steps = self._epoch_steps()
                 batches = itertools.islice(batches, steps)
@@ -455,6 +478,8 @@ class Trainer:
                 st["batch_in_epoch"] = 0
                 if not (cfg.eval_every_steps or self.eval_points) and self._validate():
                     st["stopped_early"] = stop = True
+                if self.days:
+                    self._end_of_day(self.days[st["epoch"] - 1].day)
                 self._checkpoint()
         if progress is not None:
             progress.close()
@@ -462,6 +487,43 @@ class Trainer:
             self._validate()
             self._checkpoint()
         return self.finish()
+
+    def _pass_data(self, epoch: int) -> ParquetBatches:
+        """The rows of pass ``epoch`` in that pass's shuffled order: the whole train split, or
+        (streaming) the day of that pass."""
+        if not self.days:
+            self.train_data.set_epoch(epoch)
+            return self.train_data
+        data = ParquetBatches(self.fm, "train", self.local_batch_size, shuffle=True, seed=self.seed,
+                              shuffle_buffer=self.train_data.shuffle_buffer, day=self.days[epoch].day)
+        data.set_epoch(epoch)
+        return data
+
+    @torch.no_grad()
+    def _progressive(self, index: int) -> None:
+        """Progressive validation of streamed day ``index``: its rows scored by the model
+        trained on the days before it, recorded (state and log) before it trains on them."""
+        day = self.days[index]
+        t0 = time.time()
+        self.model.eval()
+        metrics = StreamingMetrics(self.fm.labels)
+        data = ParquetBatches(self.fm, "train", self.cfg.eval_batch_size, shuffle=False, day=day.day)
+        for batch in make_loader(data, num_workers=0):
+            metrics.update(*self._score(self.model, batch))
+        m = metrics.compute()
+        rec = {"day": day.day, "rows": day.rows, "step": self.state["step"], **m}
+        self.state["progressive"].append(rec)
+        self._write({"split": "progressive", "epoch": self.state["epoch"], **rec,
+                     "eval_seconds": round(time.time() - t0, 2)})
+        self.log(f"day {day.day} ({day.rows:,} rows) before training on it: "
+                 + " ".join(f"{k}={m[k]:.5f}" for k in ("auc", "logloss", "ne") if k in m))
+
+    def _end_of_day(self, day: int) -> None:
+        """After a streamed day: the day's model kept as day_weights/day-<d> when asked."""
+        if self.cfg.streaming.keep_day_weights:
+            folder = self.run_dir / DAY_WEIGHTS_DIR
+            folder.mkdir(exist_ok=True)
+            save_weights(folder / f"day-{day}.safetensors", self.model)
 
     def _mean(self, x: float) -> float:
         return x if self.dist is None else self.dist.mean(x)
@@ -478,6 +540,8 @@ class Trainer:
             "stopped_early": self.state["stopped_early"],
             **{s: compute_metrics(*p, self.fm.labels) for s, p in self.final_predictions.items()},
         }
+        if self.days:
+            result["streaming"] = progressive_report(self.state["progressive"], self.skipped_days)
         if self._tb is not None:
             self._tb.close()
         return result

@@ -37,6 +37,7 @@ from rankmixer.data.schema import (
     BehaviourField,
     Bucketize,
     CategoricalFeature,
+    DaySpec,
     LabelSpec,
     RawColumn,
     Schema,
@@ -71,7 +72,8 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
     to the end of the log), ``drop_censored`` (default True), ``drop_bad_timestamps``
     (default True), ``max_len`` (history length, default 20), ``min_count`` (for the id
     vocabularies, default 1), ``behaviours`` (default False: add the behaviour sequence
-    ``hist``, below) and ``behaviour_max_len`` (its length, default 50).
+    ``hist``, below), ``behaviour_max_len`` (its length, default 50) and ``days`` (default
+    False: the training split prepared by China-time day, for ``train.streaming``).
 
     Right-censoring: a view less than ``horizon_s`` before the end of the log cannot see its whole
     window, so its labels would be biased towards 0 -- and a time split puts exactly those views in
@@ -143,6 +145,7 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
         behaviours: bool = False,
         behaviour_max_len: int = 50,
         session_gap: float | None = None,
+        days: bool = False,
     ) -> None:
         if horizon_s is not None and horizon_s <= 0:
             raise ValueError(f"horizon_s must be positive or None, got {horizon_s}")
@@ -153,6 +156,7 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
         if session_gap is not None and session_gap <= 0:
             raise ValueError(f"session_gap must be positive seconds, got {session_gap}")
         self.session_gap = session_gap
+        self.days = days
         self.horizon_s = horizon_s
         self.drop_censored = drop_censored
         self.drop_bad_timestamps = drop_bad_timestamps
@@ -200,6 +204,8 @@ class TaobaoUserBehaviorPreset(DatasetPreset):
                 "context": ["hour", "weekday"],
             },
             split=SplitSpec(method="time", ratios=(0.8, 0.1, 0.1)),
+            # days=True: the training split by China-time day, for streaming training.
+            **({"days": DaySpec(seconds=86_400, offset=CHINA_UTC_OFFSET_S)} if self.days else {}),
         )
 
     def raw_files(self, path: Path) -> RawFiles:

@@ -28,10 +28,11 @@ from typing import Literal
 
 import pyarrow as pa
 
-from rankmixer.data.datasets.synthetic.config import SyntheticConfig
+from rankmixer.data.datasets.synthetic.config import DAY_SECONDS, SyntheticConfig
 from rankmixer.data.schema import (
     Bucketize,
     CategoricalFeature,
+    DaySpec,
     LabelSpec,
     MultiCategoricalFeature,
     NumericalFeature,
@@ -86,6 +87,7 @@ def column_names(cfg: SyntheticConfig) -> list[str]:
         + [f.name for f in fields(cfg)]
         + dense_names(cfg)
         + ["tags", "hist_items", "bayes_p"]
+        + (["ts"] if cfg.timestamps else [])
     )
 
 
@@ -97,6 +99,8 @@ def arrow_schema(cfg: SyntheticConfig) -> pa.Schema:
     cols += [pa.field(n, pa.int64()) for n in dense_names(cfg)]
     cols += [pa.field("tags", pa.string(), nullable=False), pa.field("hist_items", pa.string())]
     cols += [pa.field("bayes_p", pa.float64(), nullable=False)]
+    if cfg.timestamps:
+        cols.append(pa.field("ts", pa.int64(), nullable=False))
     return pa.schema(cols)
 
 
@@ -121,6 +125,8 @@ def schema(cfg: SyntheticConfig | None = None) -> Schema:
     columns += [RawColumn(name=f.name, type=id_raw, required=True) for f in layout]
     columns += [RawColumn(name=n, type="int") for n in dense]
     columns += [RawColumn(name="tags", type="str"), RawColumn(name="hist_items", type="str")]
+    if cfg.timestamps:
+        columns.append(RawColumn(name="ts", type="int", required=True))
 
     features: list = []
     for f in layout:
@@ -151,4 +157,5 @@ def schema(cfg: SyntheticConfig | None = None) -> Schema:
         group_key="user",
         feature_groups={k: v for k, v in groups.items() if v},
         split=SplitSpec(method="files"),
+        **({"time_column": "ts", "days": DaySpec(seconds=DAY_SECONDS)} if cfg.timestamps else {}),
     )

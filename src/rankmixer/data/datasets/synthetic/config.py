@@ -22,6 +22,7 @@ SCHEMA_FILE = "schema.yaml"
 # Rows per independent random stream. Fixed (not a config field) so that the chunk size never
 # changes the data.
 BLOCK_ROWS = 32_768
+DAY_SECONDS = 86_400
 
 
 class SyntheticConfig(StrictModel):
@@ -92,6 +93,10 @@ class SyntheticConfig(StrictModel):
     # Only this day's rows in the train split (rows_train // days of them, from streams of
     # their own): the shard of one day, for searches run day by day (DistDNAS). None: all days.
     train_day: int | None = Field(None, ge=0)
+    # A ``ts`` column (seconds): the rows of each day spread evenly over its 86,400 seconds in
+    # row order (day d starts at d * 86400), declared as the time column with day partitions, so
+    # ``train.streaming`` trains day by day. False: no time column (the sets written before it).
+    timestamps: bool = False
 
     # ---- schema --------------------------------------------------------------------------
     # Fields with a larger vocabulary are hashed in the schema (None: never).
@@ -135,3 +140,12 @@ class SyntheticConfig(StrictModel):
         if self.days == 1:
             return 0
         return (np.arange(start, start + n, dtype=np.int64) * self.days) // self.rows_train
+
+    def row_times(self, split: str, start: int, n: int) -> np.ndarray:
+        """The ``ts`` of rows ``start .. start + n`` of ``split`` (see ``timestamps``); its day
+        (``ts // 86400``) is :meth:`row_days`'."""
+        rows = np.arange(start, start + n, dtype=np.int64)
+        if split == "train" and self.train_day is None:
+            return rows * self.days * DAY_SECONDS // self.rows_train
+        day = self.row_days(split, start, n)
+        return day * DAY_SECONDS + rows * DAY_SECONDS // self.rows(split)

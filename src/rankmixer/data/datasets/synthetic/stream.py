@@ -33,11 +33,14 @@ def block(gen: Generator, split: str, index: int, n: int) -> tuple[pa.RecordBatc
         rows = gen.sample(rng, n)
         p = gen.prob(rows, cfg.row_days(split, index * BLOCK_ROWS, n))
         label = (rng.random(n) < p).astype(np.uint8)
-        return record_batch(gen, rows, p, label), p, label
+        ts = cfg.row_times(split, index * BLOCK_ROWS, n) if cfg.timestamps else None
+        return record_batch(gen, rows, p, label, ts), p, label
 
 
-def record_batch(gen: Generator, rows: Rows, p: np.ndarray, label: np.ndarray) -> pa.RecordBatch:
-    """The columns of :mod:`.columns` for sampled rows, their probabilities and labels."""
+def record_batch(gen: Generator, rows: Rows, p: np.ndarray, label: np.ndarray,
+                 ts: np.ndarray | None = None) -> pa.RecordBatch:
+    """The columns of :mod:`.columns` for sampled rows, their probabilities and labels (and
+    times, when the config writes them)."""
     cfg = gen.cfg
     arrays: list[pa.Array] = [pa.array(label.astype(np.int8))]
     for f in gen.fields:
@@ -59,6 +62,8 @@ def record_batch(gen: Generator, rows: Rows, p: np.ndarray, label: np.ndarray) -
     )
     arrays.append(pc.binary_join(hist, "|"))
     arrays.append(pa.array(p))
+    if ts is not None:
+        arrays.append(pa.array(ts))
     return pa.RecordBatch.from_arrays(arrays, schema=gen.arrow_schema)
 
 

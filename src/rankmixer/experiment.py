@@ -26,6 +26,7 @@ from rankmixer.core.files import (
     check_output,
     marker_kind,
     output_format,
+    parquet_key_values,
     unique_suffix,
     write_marker,
     write_text_atomic,
@@ -390,9 +391,8 @@ def _is_our_predictions(path: Path, fmt: str, fm: FeatureMap) -> bool:
     whose header is exactly the prediction columns of this run's tasks."""
     try:
         if fmt == "parquet":
-            meta = pq.read_schema(path).metadata or {}
             key, value = (x.encode() for x in PREDICTIONS_META)
-            return meta.get(key) == value
+            return parquet_key_values(path).get(key) == value
         with open(path, "rb") as f:
             header = f.readline(4096).rstrip(b"\r\n")
         return header == ",".join(_prediction_columns(fm)).encode()
@@ -421,6 +421,7 @@ def predict(
     on_bad_row: str = "fail",
     *,
     overwrite: bool = False,
+    weights: str | Path | None = None,
 ) -> int:
     """Batch scoring. The input is either raw rows in the dataset's source format (CSV/TSV/
     Parquet; encoded with the training vocabularies, unseen values -> OOV) or a file in the
@@ -429,7 +430,8 @@ def predict(
     Writes ``<task>_prob`` per task, plus the labels, as Parquet or CSV (by suffix; any other
     suffix is an error). The output may not be the input nor lie in the run or prepared-data
     directory; an existing prediction file is replaced only with ``overwrite``, and the new one
-    appears whole (written beside it, then renamed)."""
+    appears whole (written beside it, then renamed). ``weights``: score with these weights of the
+    run's model (e.g. a day snapshot of a streamed run) instead of its best ones."""
     input_path, output_path = Path(input_path), Path(output_path)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
@@ -438,7 +440,7 @@ def predict(
         raise ValueError(f"input_format must be auto, raw or prepared, not {input_format!r}")
     if not input_path.exists():
         raise FileNotFoundError(f"input not found: {input_path}")
-    run = load_run(run_dir)
+    run = load_run(run_dir, weights)
     fm, model, data = run.feature_map, run.model, run.data
     check_output(output_path, [input_path, Path(run_dir), fm.root], "--output")
     _check_prediction_output(output_path, fmt, fm, overwrite)

@@ -48,9 +48,9 @@ class TrainedRun:
     model: nn.Module
 
 
-def load_run(run_dir: str | Path) -> TrainedRun:
-    """Read a run directory and build its best model; errors name the file that is missing
-    or does not match."""
+def load_run(run_dir: str | Path, weights: str | Path | None = None) -> TrainedRun:
+    """Read a run directory and build its best model (or the model in ``weights``, e.g. one of a
+    streamed run's day snapshots); errors name the file that is missing or does not match."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     try:
@@ -63,7 +63,10 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         raise RunDirError(f"{run_dir / CONFIG_FILE} names no model (model.name)")
     if not (run_dir / FEATURE_MAP_FILE).is_file():
         raise RunDirError(f"{run_dir} has no {FEATURE_MAP_FILE}: the run stopped before its data was prepared")
-    if not (run_dir / BEST_WEIGHTS).is_file():
+    weights = run_dir / BEST_WEIGHTS if weights is None else Path(weights)
+    if weights != run_dir / BEST_WEIGHTS and not weights.is_file():
+        raise RunDirError(f"weights file {weights} does not exist")
+    if not weights.is_file():
         raise RunDirError(f"{run_dir} has no {BEST_WEIGHTS}: the run stopped before its first evaluation "
                           "(continue it with `rankmixer train --resume`)")
     try:
@@ -76,7 +79,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         raise RunDirError(f"prepared data in {prepared} no longer matches the run's feature map")
     model = registry.build_model(name, saved, model_section)
     try:
-        load_weights(run_dir / BEST_WEIGHTS, model)
+        load_weights(weights, model)
     except WeightsError as e:
         raise RunDirError(str(e)) from None
     model.eval()

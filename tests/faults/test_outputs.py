@@ -134,6 +134,12 @@ def test_predict_never_overwrites_its_input_and_format_follows_the_suffix(tiny_c
         predict(run, inp, out)
     assert predict(run, inp, out, overwrite=True) == 200
 
+    ours = tiny_copy / "scores.parquet"  # Parquet predictions: recognised as ours by their metadata
+    assert predict(run, inp, ours) == 200
+    with pytest.raises(ValueError, match="--overwrite"):
+        predict(run, inp, ours)
+    assert predict(run, inp, ours, overwrite=True) == 200
+
     mine = tiny_copy / "notes.parquet"  # a Parquet file rankmixer did not write
     pl.DataFrame({"a": [1]}).write_parquet(mine)
     with pytest.raises(ValueError, match="not a prediction file"):

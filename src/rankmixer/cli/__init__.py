@@ -1,6 +1,6 @@
 """The ``rankmixer`` command line: a thin Typer app. Each command parses its options, calls one
 library function and prints; the commands live by group in this package (``train``, ``tune``,
-``search``, ``tune-system``, ``data``, ``models``, ``bench``, ``serve``, ``text``,
+``search``, ``tune-system``, ``distill``, ``data``, ``models``, ``bench``, ``serve``, ``text``,
 ``features``) and are all registered here, in the order ``--help`` lists them.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from rankmixer.cli import bench, data, features, models, search, serve, text, train, tune
+from rankmixer.cli.distill import distill_app
 from rankmixer.cli.system import system_app
 
 __all__ = ["app"]
@@ -27,6 +28,7 @@ app.command("calibrate-exit")(train.calibrate_exit)
 app.command()(tune.tune)
 app.command()(search.search)
 app.add_typer(system_app, name="tune-system")
+app.add_typer(distill_app, name="distill")
 app.command()(models.models)
 app.command()(serve.export)
 app.command()(serve.serve)
@@ -45,6 +47,7 @@ bench_app.command("gts")(bench.gts)
 bench_app.command("sigeo")(bench.sigeo)
 bench_app.command("search-budget")(bench.search_budget)
 bench_app.command("pareto")(bench.pareto)
+bench_app.command("exfm")(bench.exfm)
 bench_app.command("cubicml")(bench.cubicml)
 bench_app.command("auto-kernels")(bench.auto_kernels)
 bench_app.command("scaling")(bench.scaling)

@@ -215,6 +215,25 @@ def pareto(
     console.print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} and {out / (name + '.png')}")
 
 
+def exfm(
+    study: Path = typer.Option(Path("exfm"), help="The study: a packaged name (configs/bench/exfm.yaml) or a YAML file."),
+    seeds: int = typer.Option(3, min=1, help="Seeds 1..N (a teacher and every student per seed)."),
+    out: Path = typer.Option(Path("bench_out/exfm"), help="Output directory (runs, logs, data, JSON, Markdown)."),
+    name: str = typer.Option("exfm", help="Stem of the report files."),
+    processes: int = typer.Option(1, min=1, help="Runs trained at once."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides for the teacher and every student."),
+) -> None:
+    """ExFM: students alone, with plain distillation, with the auxiliary head and with the student
+    adapter, under a teacher 0 or more days stale; progressive NE and AUC per day."""
+    from rankmixer.bench.exfm import markdown, run_exfm
+
+    with user_errors():
+        report = run_exfm(out, list(range(1, seeds + 1)), study=study, processes=processes, name=name,
+                          overrides=list(overrides or []), log=console.print)
+    console.print(markdown(report), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
 def cubicml(
     history: Path = typer.Option(Path("bench_out/cubicml/history.parquet"), help="History file (Parquet): measured "
                                  "settings are kept there and reused by a rerun."),

@@ -176,6 +176,17 @@ def check_replaceable(
     return True
 
 
+def parquet_key_values(path: Path | str) -> dict[bytes, bytes]:
+    """The file-level key-value metadata of a Parquet file (where Polars' and pyarrow's
+    ``metadata=`` land; the Arrow schema's own metadata may not carry them), {} if unreadable."""
+    import pyarrow.parquet as pq
+
+    try:
+        return dict(pq.ParquetFile(path).metadata.metadata or {})
+    except (OSError, ValueError):
+        return {}
+
+
 # ---- atomic writes ----------------------------------------------------------------------------
 
 

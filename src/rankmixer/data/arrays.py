@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, FeatureMap
+from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, FeatureMap, teacher_column
 
 
 def pad_lists(col: pa.Array | pa.ChunkedArray, max_len: int) -> np.ndarray:
@@ -44,6 +44,8 @@ class Columns:
     time: bool
     # behaviour name -> (max_len, its field columns in tensor order)
     behaviours: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    # Labels with a teacher prediction column (the others read as NaN in ``teacher``).
+    teacher: list[str] = field(default_factory=list)
 
     @classmethod
     def from_feature_map(cls, fm: FeatureMap) -> "Columns":
@@ -56,11 +58,13 @@ class Columns:
             group=fm.has_group,
             time=fm.has_time,
             behaviours={f.name: (f.max_len, f.columns[:-1]) for f in fm.behaviours},
+            teacher=list(fm.teacher_labels),
         )
 
     def names(self) -> list[str]:
         cols = self.sparse + self.dense + list(self.bags) + list(self.sequences) + self.labels
         cols += [c for _, fields in self.behaviours.values() for c in fields]
+        cols += [teacher_column(t) for t in self.teacher]
         return cols + ([GROUP_COLUMN] if self.group else []) + ([TIME_COLUMN] if self.time else [])
 
 
@@ -89,4 +93,8 @@ def table_to_arrays(table: pa.Table, cols: Columns) -> dict[str, np.ndarray]:
         arrays["group"] = table.column(GROUP_COLUMN).to_numpy().astype(np.int64, copy=False)
     if cols.time:
         arrays["timestamp"] = table.column(TIME_COLUMN).to_numpy().astype(np.int64, copy=False)
+    if cols.teacher:  # [n, n_tasks], NaN where a row (or a task) has no teacher prediction
+        arrays["teacher"] = np.stack([table.column(teacher_column(t)).to_numpy().astype(np.float32, copy=False)
+                                      if t in cols.teacher else np.full(table.num_rows, np.nan, np.float32)
+                                      for t in cols.labels], axis=1)
     return arrays

@@ -19,6 +19,8 @@ class Batch:
     labels:    [B, n_tasks] float32 in {0, 1}
     group:     [B] int64 group ids for gAUC, or None
     timestamp: [B] int64, or None
+    teacher:   [B, n_tasks] float32 a teacher's predicted probabilities (external distillation),
+               NaN where a row has none; None when the data has no teacher columns
     behaviours: name -> [B, max_len, n_fields] int64 ids of each behaviour's per-position fields
                (fields in the feature map's order), oldest first, padded with 0 at the end:
                position i holds a behaviour iff i < its length (every field of a real position
@@ -33,6 +35,7 @@ class Batch:
     group: Tensor | None = None
     timestamp: Tensor | None = None
     behaviours: dict[str, Tensor] = field(default_factory=dict)
+    teacher: Tensor | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]

@@ -31,6 +31,7 @@ from rankmixer.data.feature_map import (
     FeatureInfo,
     FeatureMap,
     behaviour_column,
+    teacher_column,
 )
 from rankmixer.data.reader import BadInputError
 from rankmixer.data.schema import (
@@ -370,6 +371,14 @@ def encode_features(lf: pl.LazyFrame, schema: Schema, fitted: Fitted) -> tuple[p
         exprs.append(g.alias(GROUP_COLUMN))
     if schema.time_column:
         exprs.append(pl.col(schema.time_column).cast(pl.Int64).alias(TIME_COLUMN))
+    # Teacher predictions: training rows carry them (preparation requires the columns); rows
+    # scored later (predict, serving) have none, which reads as NaN.
+    have = set(lf.collect_schema().names()) if schema.teacher_columns else set()
+    for lab in schema.labels:
+        if lab.name in schema.teacher_columns:
+            col = schema.teacher_columns[lab.name]
+            value = pl.col(col).cast(pl.Float32).fill_null(float("nan")) if col in have else pl.lit(float("nan"), pl.Float32)
+            exprs.append(value.alias(teacher_column(lab.name)))
     return lf.select(exprs), sparse + dense + bags + seqs + behaviours
 
 

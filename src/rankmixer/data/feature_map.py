@@ -16,6 +16,8 @@ Prepared Parquet layout (one row per example):
 * labels: float32 columns named after the label
 * ``__group``: int64 group id for gAUC (if the schema has a group key)
 * ``__ts``: int64 timestamp (if the schema has a time column)
+* ``__teacher__<label>``: float32 teacher probability, NaN where the row has none (schema
+  ``teacher_columns``)
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ Kind = Literal["sparse", "dense", "bag", "sequence", "behaviour"]
 
 GROUP_COLUMN = "__group"
 TIME_COLUMN = "__ts"
+
+
+def teacher_column(label: str) -> str:
+    """The prepared column of a teacher's predicted probability for ``label`` (NaN: none)."""
+    return f"__teacher__{label}"
 
 
 def behaviour_column(behaviour: str, field: str) -> str:
@@ -113,6 +120,8 @@ class FeatureMap:
     # The training split by day, in day order (empty: not prepared by day); the train split's
     # files are these days' files in this order.
     days: list[DayInfo] = field(default_factory=list)
+    # Labels with a teacher prediction column (schema teacher_columns), in label order.
+    teacher_labels: list[str] = field(default_factory=list)
     # Counts of rows skipped or values mapped to OOV during preparation, by reason.
     report: dict = field(default_factory=dict)
     # Anything a dataset preset wants carried along (e.g. the synthetic set's Bayes metrics).

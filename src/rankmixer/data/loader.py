@@ -42,6 +42,7 @@ def _arrays_to_batch(a: dict[str, np.ndarray]) -> Batch:
         group=t(a["group"]) if "group" in a else None,
         timestamp=t(a["timestamp"]) if "timestamp" in a else None,
         behaviours={k[4:]: t(v) for k, v in a.items() if k.startswith("beh:")},
+        teacher=t(a["teacher"]) if "teacher" in a else None,
     )
 
 

@@ -34,7 +34,15 @@ from rankmixer.core.files import OutputError, atomic_directory, check_output, wr
 from rankmixer.data.behaviour import check_behaviours
 from rankmixer.data.datasets.base import DatasetPreset, RawFiles, TransformContext
 from rankmixer.data.encode import encode_features, fit_statistics, fnv1a64, load_fitted, split_lists
-from rankmixer.data.feature_map import GROUP_COLUMN, TIME_COLUMN, DayInfo, FeatureInfo, FeatureMap, SplitInfo
+from rankmixer.data.feature_map import (
+    GROUP_COLUMN,
+    TIME_COLUMN,
+    DayInfo,
+    FeatureInfo,
+    FeatureMap,
+    SplitInfo,
+    teacher_column,
+)
 from rankmixer.data.reader import FILE_COL, ROW_COL, BadInputError, BadRowReport, OnBadRow, read_raw, read_table
 from rankmixer.data.schema import OOV_ID, DaySpec, Schema, dump_schema
 
@@ -100,6 +108,30 @@ def _check_labels(lf: pl.LazyFrame, schema: Schema, on_bad_row: OnBadRow, raw_na
     return lf.filter(~bad)
 
 
+def _check_teacher(lf: pl.LazyFrame, schema: Schema, on_bad_row: OnBadRow, raw_names: list[str],
+                   report: BadRowReport) -> pl.LazyFrame:
+    """A teacher prediction (schema ``teacher_columns``) is empty or a probability in [0, 1]:
+    anything else fails naming the row, or (skip) drops the row and counts it."""
+    if not schema.teacher_columns:
+        return lf
+    cols = list(schema.teacher_columns.values())
+    bad = pl.lit(False)
+    for c in cols:
+        v = pl.col(c).cast(pl.Float64, strict=False)
+        bad = bad | (pl.col(c).is_not_null() & (v.is_null() | v.is_nan() | (v < 0) | (v > 1)))
+    offenders = lf.filter(bad).select([FILE_COL, ROW_COL] + cols)
+    first = offenders.head(1).collect()
+    if not first.height:
+        return lf
+    r = first.row(0, named=True)
+    where = f"{raw_names[r[FILE_COL]]}: line/row {r[ROW_COL]}"
+    if on_bad_row == "fail":
+        raise BadInputError(f"{where}: teacher predictions {({c: r[c] for c in cols})} are not probabilities "
+                            "in [0, 1] (use --on-bad-row skip to skip such rows)")
+    report.add("teacher prediction not in [0,1]", offenders.select(pl.len()).collect().item(), f"{where}: {r}")
+    return lf.filter(~bad)
+
+
 def canonical_rows(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPreset | None, raw_path: Path | None,
                    on_bad_row: OnBadRow) -> tuple[pl.LazyFrame, BadRowReport, list[str]]:
     """Read and type-check the raw files, apply the preset's transform, check the canonical
@@ -130,6 +162,7 @@ def canonical_rows(schema: Schema, raw: RawFiles, work: Path, preset: DatasetPre
     if missing:
         raise BadInputError(f"columns named in the schema are missing from the data: {missing} (have {sorted(have)})")
     lf = _check_labels(lf, schema, on_bad_row, raw_names, report)
+    lf = _check_teacher(lf, schema, on_bad_row, raw_names, report)
     lf = check_behaviours(split_lists(lf, schema), schema, on_bad_row, raw_names, report)
     return lf, report, raw_names
 
@@ -285,6 +318,7 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
     splits: dict[str, SplitInfo] = {}
     infos: list[FeatureInfo] = []
     oov: dict[str, dict[str, float]] = {}
+    teacher_missing: dict[str, dict[str, int]] = {}
     for split in SPLITS:
         enc, infos = encode_features(parts[split], schema, fitted)
         if schema.group_key:
@@ -304,8 +338,10 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
         # OOV rates: of sparse ids per row, of behaviour field ids per position.
         oov_cols = [i.name for i in infos if i.kind == "sparse"]
         beh_cols = [c for i in infos if i.kind == "behaviour" for c in i.columns[:-1]]
+        teacher_cols = [teacher_column(t) for t in schema.teacher_columns]
         stats = scan.select(
             [pl.len().alias("rows")]
+            + [pl.col(c).is_nan().sum().alias(c) for c in teacher_cols]
             + [pl.col(lab.name).mean().alias(lab.name) for lab in schema.labels]
             + [(pl.col(c) == OOV_ID).mean().alias(c) for c in oov_cols]
             + [((pl.col(c).list.eval(pl.element() == OOV_ID).list.sum().sum())
@@ -319,6 +355,9 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
         splits[split] = SplitInfo(files=[f"{split}/{f}" for f in files], rows=int(stats["rows"]),
                                   label_means=[float(stats[lab.name]) for lab in schema.labels])
         oov[split] = {c: round(float(stats[c]), 6) for c in oov_cols + beh_cols}
+        if teacher_cols:  # rows without a teacher prediction: the hard label stands in for it
+            teacher_missing[split] = {t: int(stats[teacher_column(t)]) for t in schema.teacher_columns}
+            log(f"{split}: rows without a teacher prediction {teacher_missing[split]}")
         log(f"{split}: {stats['rows']:,} rows, label means {splits[split].label_means}")
 
     fm = FeatureMap(
@@ -331,7 +370,9 @@ def _prepare_into(out_dir: Path, schema: Schema, raw: RawFiles, *, preset: Datas
         has_time=schema.time_column is not None,
         splits=splits,
         days=days if schema.days is not None else [],
-        report={"bad_rows": report.to_dict(), "oov_rate": oov, "seconds": round(time.time() - t0, 2)},
+        teacher_labels=[lab.name for lab in schema.labels if lab.name in schema.teacher_columns],
+        report={"bad_rows": report.to_dict(), "oov_rate": oov, "seconds": round(time.time() - t0, 2),
+                **({"teacher_missing": teacher_missing} if teacher_missing else {})},
         extras=_extras(key, preset, raw_path),
         root=out_dir,
     )

@@ -307,6 +307,10 @@ class Schema(_Strict):
     feature_groups: dict[str, list[str]] = Field(default_factory=dict)
     split: SplitSpec = SplitSpec()
     days: DaySpec | None = None  # day partitions of the training split (needs time_column)
+    # label -> column of a teacher's predicted probability for it (external distillation, ExFM:
+    # logged teacher predictions joined to the rows). Empty cells are rows without a teacher
+    # prediction (counted per split); a value must be a probability in [0, 1].
+    teacher_columns: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_names(self) -> "Schema":
@@ -340,6 +344,9 @@ class Schema(_Strict):
             raise ValueError("split.method 'time' needs time_column")
         if self.days is not None and not self.time_column:
             raise ValueError("days (day partitions of the training split) needs time_column")
+        unknown = [k for k in self.teacher_columns if k not in label_names]
+        if unknown:
+            raise ValueError(f"teacher_columns: {unknown} are not labels (labels: {label_names})")
         return self
 
     # ---- convenience views -------------------------------------------------------------
@@ -356,7 +363,7 @@ class Schema(_Strict):
             cols += f.columns if isinstance(f, BehaviourFeature) else [f.column]
             if isinstance(f, SequenceFeature) and f.timestamps:
                 cols.append(f.timestamps)
-        for extra in (self.group_key, self.time_column):
+        for extra in (self.group_key, self.time_column, *self.teacher_columns.values()):
             if extra:
                 cols.append(extra)
         return list(dict.fromkeys(cols))

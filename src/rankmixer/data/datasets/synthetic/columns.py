@@ -87,7 +87,7 @@ def column_names(cfg: SyntheticConfig) -> list[str]:
         + [f.name for f in fields(cfg)]
         + dense_names(cfg)
         + ["tags", "hist_items", "bayes_p"]
-        + (["ts"] if cfg.timestamps else [])
+        + (["ts", "request_id"] if cfg.timestamps else [])
     )
 
 
@@ -100,7 +100,7 @@ def arrow_schema(cfg: SyntheticConfig) -> pa.Schema:
     cols += [pa.field("tags", pa.string(), nullable=False), pa.field("hist_items", pa.string())]
     cols += [pa.field("bayes_p", pa.float64(), nullable=False)]
     if cfg.timestamps:
-        cols.append(pa.field("ts", pa.int64(), nullable=False))
+        cols += [pa.field("ts", pa.int64(), nullable=False), pa.field("request_id", pa.int64(), nullable=False)]
     return pa.schema(cols)
 
 
@@ -126,7 +126,7 @@ def schema(cfg: SyntheticConfig | None = None) -> Schema:
     columns += [RawColumn(name=n, type="int") for n in dense]
     columns += [RawColumn(name="tags", type="str"), RawColumn(name="hist_items", type="str")]
     if cfg.timestamps:
-        columns.append(RawColumn(name="ts", type="int", required=True))
+        columns += [RawColumn(name="ts", type="int", required=True), RawColumn(name="request_id", type="int", required=True)]
 
     features: list = []
     for f in layout:

@@ -23,6 +23,7 @@ SCHEMA_FILE = "schema.yaml"
 # changes the data.
 BLOCK_ROWS = 32_768
 DAY_SECONDS = 86_400
+REQUEST_ID_OFFSET = {"train": 0, "valid": 10**12, "test": 2 * 10**12}
 
 
 class SyntheticConfig(StrictModel):
@@ -95,7 +96,9 @@ class SyntheticConfig(StrictModel):
     train_day: int | None = Field(None, ge=0)
     # A ``ts`` column (seconds): the rows of each day spread evenly over its 86,400 seconds in
     # row order (day d starts at d * 86400), declared as the time column with day partitions, so
-    # ``train.streaming`` trains day by day. False: no time column (the sets written before it).
+    # ``train.streaming`` trains day by day; and a ``request_id`` column, unique over the splits
+    # (the key that joins logged predictions to rows, see :meth:`request_ids`). False: neither
+    # (the sets written before them).
     timestamps: bool = False
 
     # ---- schema --------------------------------------------------------------------------
@@ -140,6 +143,11 @@ class SyntheticConfig(StrictModel):
         if self.days == 1:
             return 0
         return (np.arange(start, start + n, dtype=np.int64) * self.days) // self.rows_train
+
+    def request_ids(self, split: str, start: int, n: int) -> np.ndarray:
+        """The ``request_id`` of rows ``start .. start + n`` of ``split``: the row number, plus
+        10^12 in valid and 2 * 10^12 in test."""
+        return np.arange(start, start + n, dtype=np.int64) + REQUEST_ID_OFFSET[split]
 
     def row_times(self, split: str, start: int, n: int) -> np.ndarray:
         """The ``ts`` of rows ``start .. start + n`` of ``split`` (see ``timestamps``); its day

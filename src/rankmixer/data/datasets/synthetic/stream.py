@@ -33,14 +33,15 @@ def block(gen: Generator, split: str, index: int, n: int) -> tuple[pa.RecordBatc
         rows = gen.sample(rng, n)
         p = gen.prob(rows, cfg.row_days(split, index * BLOCK_ROWS, n))
         label = (rng.random(n) < p).astype(np.uint8)
-        ts = cfg.row_times(split, index * BLOCK_ROWS, n) if cfg.timestamps else None
-        return record_batch(gen, rows, p, label, ts), p, label
+        start = index * BLOCK_ROWS
+        stamps = (cfg.row_times(split, start, n), cfg.request_ids(split, start, n)) if cfg.timestamps else None
+        return record_batch(gen, rows, p, label, stamps), p, label
 
 
 def record_batch(gen: Generator, rows: Rows, p: np.ndarray, label: np.ndarray,
-                 ts: np.ndarray | None = None) -> pa.RecordBatch:
+                 stamps: tuple[np.ndarray, np.ndarray] | None = None) -> pa.RecordBatch:
     """The columns of :mod:`.columns` for sampled rows, their probabilities and labels (and
-    times, when the config writes them)."""
+    (times, request ids), when the config writes them)."""
     cfg = gen.cfg
     arrays: list[pa.Array] = [pa.array(label.astype(np.int8))]
     for f in gen.fields:
@@ -62,8 +63,8 @@ def record_batch(gen: Generator, rows: Rows, p: np.ndarray, label: np.ndarray,
     )
     arrays.append(pc.binary_join(hist, "|"))
     arrays.append(pa.array(p))
-    if ts is not None:
-        arrays.append(pa.array(ts))
+    if stamps is not None:
+        arrays += [pa.array(stamps[0]), pa.array(stamps[1])]
     return pa.RecordBatch.from_arrays(arrays, schema=gen.arrow_schema)
 
 

@@ -358,3 +358,15 @@ def test_train_throughput_is_the_median_of_the_logged_windows(tmp_path):
     row = summarise(results)[0]
     assert row["train_samples_per_s"] == 150.0
     assert "| 150 |" in markdown_table([row], ["model", "sps"])
+
+
+def test_streamed_rows_report_progressive_validation_over_seeds():
+    prog = [{"auc": 0.70, "ne": 0.91}, {"auc": 0.72, "ne": 0.90}, {"auc": 0.71, "ne": 0.95}]
+    results = [{**_result("streamed", s, 1000.0, 0.7), "progressive": p} for s, p in enumerate(prog)]
+    results += [_result("offline", s, 1000.0, 0.7) for s in range(3)]
+    rows = {r["label"]: r for r in summarise(results)}
+    assert rows["streamed"]["progressive_auc"] == pytest.approx(0.71)
+    assert rows["streamed"]["progressive_ne_std"] == pytest.approx(np.std([0.91, 0.90, 0.95], ddof=1))
+    assert rows["offline"]["progressive_auc"] is None
+    table = markdown_table(list(rows.values()))
+    assert "progressive AUC" in table and "| 0.7100 ± 0.0100 |" in table

@@ -277,6 +277,8 @@ def run_accuracy(
             "train_samples_per_s": train_throughput(run_dir),
             "steps": result["steps"], "best_step": result["best_step"],
             "test": result["test"], "valid": result["valid"], "bayes": result.get("bayes"),
+            # streamed runs: progressive validation, the mean over the days after the first
+            "progressive": (result.get("streaming") or {}).get("mean_after_first"),
         })
     summary = summarise(results, out_dir / "runs")
     report = {"machine": _machine(results, machines), "seeds": seeds,
@@ -386,6 +388,10 @@ def summarise(results: list[dict], runs_dir: Path | None = None, stored: Sequenc
             vals = np.array([r["test"].get(m, np.nan) for r in group], dtype=float)
             row[m] = float(np.mean(vals))
             row[m + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        for m in ("auc", "ne"):  # progressive validation of streamed runs (None: not streamed)
+            prog = [r["progressive"][m] for r in group if r.get("progressive")]
+            row[f"progressive_{m}"] = float(np.mean(prog)) if len(prog) == len(group) else None
+            row[f"progressive_{m}_std"] = float(np.std(prog, ddof=1)) if len(prog) == len(group) > 1 else None
         bayes = first.get("bayes") or {}
         row["bayes_auc"] = (bayes.get("test") or {}).get("auc")
         row.update(seed_mean_interval(group, runs_dir))
@@ -463,10 +469,19 @@ COLUMNS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     "logloss": ("test logloss", "---", lambda r: _metric_cell(r, "logloss")),
     "ne": ("NE", "---", lambda r: _metric_cell(r, "ne")),
     "steps": ("best step / steps (per seed)", "---", _steps_cell),
+    "progressive_auc": ("progressive AUC (days after the first)", "---", lambda r: _progressive_cell(r, "auc")),
+    "progressive_ne": ("progressive NE", "---", lambda r: _progressive_cell(r, "ne")),
     "sps": ("train samples/s", "---:", lambda r: "-" if r.get("train_samples_per_s") is None
             else f"{r['train_samples_per_s']:,.0f}"),
 }
 DEFAULT_COLUMNS = ("dataset", "model", "params", "dense", "flops", "seeds", "auc", "gauc", "logloss", "ne")
+
+
+def _progressive_cell(row: dict, m: str) -> str:
+    if row.get(f"progressive_{m}") is None:
+        return "-"
+    sd = row.get(f"progressive_{m}_std")
+    return f"{row[f'progressive_{m}']:.4f}" + ("" if sd is None else f" ± {sd:.4f}")
 
 
 def _bayes_cells(row: dict, columns: Sequence[str]) -> list[str]:
@@ -497,6 +512,8 @@ def markdown_table(rows: list[dict], columns: Sequence[str] | None = None, bayes
         columns = list(DEFAULT_COLUMNS)
         if any(r.get("auc_ci_low") is not None for r in rows):
             columns.insert(columns.index("auc") + 1, "auc_ci")
+        if any(r.get("progressive_auc") is not None for r in rows):
+            columns += ["progressive_auc", "progressive_ne"]
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise ValueError(f"unknown column(s) {unknown}; expected some of {', '.join(COLUMNS)}")

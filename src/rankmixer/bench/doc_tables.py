@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankmixer.bench import (
-    accuracy, cubicml, distributed, fuxictr_dcnv2, gts, intervals, moe, pareto, scaling, search_budget, sequence_length, serve,
+    accuracy, cubicml, distributed, exfm, fuxictr_dcnv2, gts, intervals, moe, pareto, scaling, search_budget, sequence_length, serve,
     sigeo, speed_table,
 )
 from rankmixer.bench.doc_renderers import (
@@ -397,4 +397,7 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "search-budget-predictor": _one(search_budget.predictor_table, "search-budget-predictor"),
     "search-budget-searches": _one(search_budget.searches_table, "search-budget-searches"),
     "variants": render_variants,
+    "exfm": _one(exfm.summary_table, "exfm"),
+    "exfm-differences": _one(exfm.differences_table, "exfm-differences"),
+    "exfm-days": _one(exfm.days_table, "exfm-days"),
 }

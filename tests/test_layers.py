@@ -26,12 +26,13 @@ LAYERS: list[list[str]] = [
     ["rankmixer.nn"],
     ["rankmixer.text"],  # reads its own data; may use core and nn, nothing of ranking above
     ["rankmixer.models"],
+    ["rankmixer.conversion"],  # delay rates and interpolation: maths on logs and probabilities (serve may use it)
     ["rankmixer.train", "rankmixer.runs"],
     ["rankmixer.system.history"],  # the tune-system history: read by the measured auto choices
     ["rankmixer.system.auto"],  # measured auto kernels, applied by the experiment
     ["rankmixer.config"],
     ["rankmixer.experiment", "rankmixer.serve", "rankmixer.early_exit"],
-    ["rankmixer.tune", "rankmixer.system"],
+    ["rankmixer.tune", "rankmixer.system", "rankmixer.conversion.scoring"],
     ["rankmixer.search"],  # an architecture search runs as a tuning study
     ["rankmixer.bench"],
     ["rankmixer.cli"],

@@ -31,7 +31,7 @@ def check_windows(short_days: float, long_days: float, window_days) -> np.ndarra
     t = np.asarray(window_days, dtype=np.float64)
     bad = ~((t >= short_days) & (t <= long_days))
     if bad.any():
-        raise WindowOutOfRange(f"conversion window {t[bad].ravel()[0]!r} days is outside the trained windows "
+        raise WindowOutOfRange(f"conversion window {float(t[bad].ravel()[0]):g} days is outside the trained windows "
                                f"[{short_days}, {long_days}] days ({int(bad.sum())} value(s))")
     return t
 

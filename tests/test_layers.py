@@ -32,7 +32,7 @@ LAYERS: list[list[str]] = [
     ["rankmixer.system.auto"],  # measured auto kernels, applied by the experiment
     ["rankmixer.config"],
     ["rankmixer.experiment", "rankmixer.serve", "rankmixer.early_exit"],
-    ["rankmixer.tune", "rankmixer.system", "rankmixer.conversion.scoring"],
+    ["rankmixer.tune", "rankmixer.system"],
     ["rankmixer.search"],  # an architecture search runs as a tuning study
     ["rankmixer.bench"],
     ["rankmixer.cli"],

@@ -146,3 +146,32 @@ def test_generated_meta_has_planted_rates(tmp_path):
                     progress=False)
     rates = meta["planted_model"]["delay_rate_per_day"]
     assert len(rates) == 5 and all(1 / 6.0 <= r <= 4.0 for r in rates)
+
+
+def test_prepared_window_holds_the_uncensored_rows_with_their_labels(tmp_path):
+    """Through the real preparation: the prepared training split of a 5-day window has exactly
+    the clicks the log followed for 5 days, and their labels."""
+    from rankmixer.data.prepare import prepare
+
+    preset = get_preset("conversions", rows_train=3_000, rows_valid=500, rows_test=500, window_days=5, seed=2)
+    raw = tmp_path / "raw"
+    fm = prepare(preset.schema(), preset.raw_files(raw), tmp_path / "prepared", preset=preset, raw_path=raw,
+                 log=lambda *_: None)
+    kept = preset.window_frame(raw, "train")
+    assert fm.splits["train"].rows == kept.height < 3_000
+    assert fm.splits["test"].rows == 500  # followed 7 days: nothing censored
+    train = pl.read_parquet(tmp_path / "prepared" / "train")
+    assert train["conversion"].sum() == kept["conversion"].sum()
+    assert fm.extras["censored"]["train"]["censored"] == 3_000 - kept.height
+
+
+def test_preset_transform_names_a_bad_row(tmp_path):
+    from rankmixer.data.datasets.base import TransformContext
+
+    preset = get_preset("conversions", window_days=1)
+    lf = _log([(0, 10), (100, 50)], 10 * DAY).with_columns(pl.Series("__row", [1, 2]), pl.lit(0).alias("__file"))
+    ctx = TransformContext(raw_path=tmp_path / "raw", read_side_table=lambda *a: None)
+    with pytest.raises(ConversionLogError, match=r"line/row 2: conversion before its click"):
+        preset.transform(lf.lazy(), ctx)
+    ok = preset.transform(lf.head(1).lazy(), ctx).collect()
+    assert ok["conversion"].to_list() == [1] and ok["__row"].to_list() == [1]

@@ -5,7 +5,7 @@
   ``p(T_f) = p_s + alpha (p_l - p_s)``;
 * :mod:`.delays`: delay rates per advertiser by censored maximum likelihood (Chapelle 2014),
   shrunk toward the global rate; saved and read as JSON;
-* :mod:`.scoring`: scoring a file of clicks for a window with two trained runs (orchestration).
+* :mod:`.files`: the same on files (a log in, rates out; two prediction files in, each click's window out).
 
 docs/production.md ("Personalized Interpolation of conversion windows") describes the method,
 the choices and the benchmark.

@@ -56,8 +56,8 @@ class ConversionsPreset(GeneratedPreset):
     def window_frame(self, path: Path, split: str, window_days: float | None = None) -> pl.DataFrame:
         """The raw rows of ``split`` (in file order) whose label for ``window_days`` (default: the
         preset's window) is known, with that label (``conversion``) and the planted probability
-        of a conversion within the window (``bayes_p``); ``rows_read`` in the frame's height
-        plus the censored rows is the split's size (see :meth:`extras`)."""
+        of a conversion within the window (``bayes_p``). The split's other rows are censored for
+        that window (counted by :meth:`extras`)."""
         window_s = self.window_s if window_days is None else window_seconds(window_days)
         files = [Path(path) / f for f in self.split_files(split)]
         kept = window_rows(pl.scan_parquet(files), window_s, LABEL).collect()

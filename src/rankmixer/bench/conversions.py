@@ -84,7 +84,8 @@ def _train_window(config: str, overrides: Sequence[str], options: dict, raw: Pat
     fm = json.loads((cfg.data.prepared_path() / "feature_map.json").read_text())
     return {"probs": preds.probs[:, 0].astype(np.float64), "labels": preds.labels[:, 0],
             "censored": fm["extras"]["censored"], "train_rows": fm["splits"]["train"]["rows"],
-            "best_step": metrics.get("best_step"), "steps": metrics.get("steps"), "seconds": round(seconds, 1), "run_dir": str(run_dir)}
+            "best_step": metrics.get("best_step"), "steps": metrics.get("steps"), "seconds": round(seconds, 1),
+            "run_dir": str(run_dir)}
 
 
 def beta_recovery(fitted: dict, planted: np.ndarray) -> dict:
@@ -153,11 +154,12 @@ def run_seed(seed: int, work: Path, *, short: float, long: float, windows: Seque
         }
         results[f"{t_f:g}"] = {"rows": len(y), "label_mean": float(y.mean()),
                                "methods": {m: _metrics(y, p, adv_ids) for m, p in preds.items()}}
+    kept = ("train_rows", "censored", "best_step", "steps", "seconds", "run_dir")
     return {
         "seed": seed,
         "windows": results,
         "fixed_windows": {f"{d:g}": {"test": {"logloss": logloss(runs[d]["labels"], runs[d]["probs"])},
-                                     **{k: runs[d][k] for k in ("train_rows", "censored", "best_step", "steps", "seconds", "run_dir")}}
+                                     **{k: runs[d][k] for k in kept}}
                           for d in runs},
         "beta": beta_recovery(fitted, planted),
         "delay_fit_seconds": round(fit_seconds, 2),
@@ -228,8 +230,8 @@ def markdown_table(report: dict) -> str:
     """Per window and method: test logloss, its difference to the oracle's (paired by seed),
     calibration (mean predicted / mean observed), ECE over probability bins and over advertisers,
     AUC; mean ± sd over seeds."""
-    lines = [f"| T_f (days) | method | test logloss | minus the oracle's | calibration | ECE ({report['ece_bins']} bins) | "
-             "ECE over advertisers | AUC |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| T_f (days) | method | test logloss | minus the oracle's | calibration | "
+             f"ECE ({report['ece_bins']} bins) | ECE over advertisers | AUC |", "|---|---|---|---|---|---|---|---|"]
     for key, methods in report["table"].items():
         for m in METHODS:
             s = methods[m]

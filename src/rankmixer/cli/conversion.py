@@ -58,3 +58,21 @@ def interpolate(
                                 short_days=short_days, long_days=long_days, window_days=window_days,
                                 personalised=not global_rate, overwrite=overwrite)
     console.print(f"wrote {output} ({out.height:,} clicks, mean conversion_prob {out['conversion_prob'].mean():.4f})")
+
+
+def export(
+    short: Path = typer.Option(..., help="Exported artifact of the T_s run (rankmixer export)."),
+    long: Path = typer.Option(..., help="Exported artifact of the T_l run."),
+    rates: Path = typer.Option(..., help="Delay rates JSON (rankmixer conversion fit-delays)."),
+    short_days: float = typer.Option(..., help="T_s, days."),
+    long_days: float = typer.Option(..., help="T_l, days."),
+    out: Path = typer.Option(..., "--out", help="The interpolating artifact directory to write."),
+    overwrite: bool = typer.Option(False, help="Replace an interpolating artifact already there."),
+) -> None:
+    """Bundle two exported window models and the delay rates into one artifact that
+    `rankmixer serve` serves with a `window_days` request field."""
+    from rankmixer.serve.interpolation import export_interpolation
+
+    with user_errors():
+        export_interpolation(short, long, rates, out, short_days=short_days, long_days=long_days, overwrite=overwrite)
+    console.print(f"wrote {out}")

@@ -26,6 +26,7 @@ LAYERS: list[list[str]] = [
     ["rankmixer.nn"],
     ["rankmixer.text"],  # reads its own data; may use core and nn, nothing of ranking above
     ["rankmixer.models"],
+    ["rankmixer.conversion"],  # delay rates and interpolation: maths on logs and probabilities (serve may use it)
     ["rankmixer.train", "rankmixer.runs"],
     ["rankmixer.system.history"],  # the tune-system history: read by the measured auto choices
     ["rankmixer.system.auto"],  # measured auto kernels, applied by the experiment

@@ -272,3 +272,28 @@ def test_higher_is_better():
         higher_is_better("calibration")
     with pytest.raises(ValueError):
         higher_is_better("accuracy")
+
+
+def test_expected_calibration_error_by_hand():
+    from rankmixer.core.metrics import expected_calibration_error
+
+    # two equal-count bins: {0.1, 0.2} with labels {0, 0} and {0.6, 0.9} with labels {1, 0}
+    y, p = [0, 0, 1, 0], [0.2, 0.1, 0.9, 0.6]
+    want = 0.5 * abs(0.15 - 0.0) + 0.5 * abs(0.75 - 0.5)
+    assert expected_calibration_error(y, p, bins=2) == pytest.approx(want)
+    # one bin: |mean p - mean y|; more bins than rows: one row per bin, mean |p - y|
+    assert expected_calibration_error(y, p, bins=1) == pytest.approx(abs(np.mean(p) - 0.25))
+    assert expected_calibration_error(y, p, bins=10) == pytest.approx(np.mean(np.abs(np.array(p) - y)))
+    assert math.isnan(expected_calibration_error([], [], bins=3))
+    with pytest.raises(ValueError, match="bins must be a positive integer"):
+        expected_calibration_error(y, p, bins=0)
+
+
+def test_group_calibration_error_by_hand():
+    from rankmixer.core.metrics import group_calibration_error
+
+    # group a: mean p 0.3, mean y 0.5 (2 rows); group b: mean p 0.2, mean y 0 (3 rows)
+    y, p, g = [1, 0, 0, 0, 0], [0.4, 0.2, 0.1, 0.2, 0.3], ["a", "a", "b", "b", "b"]
+    assert group_calibration_error(y, p, g) == pytest.approx(2 / 5 * 0.2 + 3 / 5 * 0.2)
+    # one group: |mean p - mean y|
+    assert group_calibration_error(y, p, [0] * 5) == pytest.approx(abs(np.mean(p) - 0.2))

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankmixer.bench import (
-    accuracy, cubicml, distributed, exfm, fuxictr_dcnv2, gts, intervals, moe, pareto, scaling, search_budget, sequence_length, serve,
-    sigeo, speed_table,
+    accuracy, conversions, cubicml, distributed, exfm, fuxictr_dcnv2, gts, intervals, moe, pareto, scaling, search_budget,
+    sequence_length, serve, sigeo, speed_table,
 )
 from rankmixer.bench.doc_renderers import (
     ablation_deltas,
@@ -392,6 +392,9 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "cubicml-auto": _one(cubicml.auto_table, "cubicml-auto"),
     "pareto-points": _one(pareto.points_table, "pareto-points"),
     "pareto-hypervolume": _one(pareto.hypervolume_table, "pareto-hypervolume"),
+    "conversions": _one(conversions.markdown_table, "conversions"),
+    "conversions-beta": _one(conversions.beta_table, "conversions-beta"),
+    "conversions-windows": _one(conversions.windows_table, "conversions-windows"),
     "search-budget": _one(search_budget.summary_table, "search-budget"),
     "search-budget-comparison": _one(search_budget.comparison_table, "search-budget-comparison"),
     "search-budget-predictor": _one(search_budget.predictor_table, "search-budget-predictor"),

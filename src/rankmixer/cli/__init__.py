@@ -1,14 +1,14 @@
 """The ``rankmixer`` command line: a thin Typer app. Each command parses its options, calls one
 library function and prints; the commands live by group in this package (``train``, ``tune``,
 ``search``, ``tune-system``, ``distill``, ``data``, ``models``, ``bench``, ``serve``, ``text``,
-``features``) and are all registered here, in the order ``--help`` lists them.
+``features``, ``conversion``) and are all registered here, in the order ``--help`` lists them.
 """
 
 from __future__ import annotations
 
 import typer
 
-from rankmixer.cli import bench, data, features, models, search, serve, text, train, tune
+from rankmixer.cli import bench, conversion, data, features, models, search, serve, text, train, tune
 from rankmixer.cli.distill import distill_app
 from rankmixer.cli.system import system_app
 
@@ -19,6 +19,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table and write JSON.")
 text_app = typer.Typer(no_args_is_help=True, help="Aspect-sentiment triplets from review text (GTS).")
 features_app = typer.Typer(no_args_is_help=True, help="Build feature tables to join into a dataset.")
+conversion_app = typer.Typer(no_args_is_help=True, help="Personalized Interpolation of conversion windows.")
 
 app.command()(train.quickstart)
 app.command()(train.train)
@@ -48,6 +49,7 @@ bench_app.command("sigeo")(bench.sigeo)
 bench_app.command("search-budget")(bench.search_budget)
 bench_app.command("pareto")(bench.pareto)
 bench_app.command("exfm")(bench.exfm)
+bench_app.command("conversions")(bench.conversions)
 bench_app.command("cubicml")(bench.cubicml)
 bench_app.command("auto-kernels")(bench.auto_kernels)
 bench_app.command("scaling")(bench.scaling)
@@ -64,3 +66,8 @@ text_app.command("extract")(text.extract)
 app.add_typer(features_app, name="features")
 features_app.command("reviews")(features.reviews)
 features_app.command("amazon-reviews")(features.amazon_reviews)
+
+app.add_typer(conversion_app, name="conversion")
+conversion_app.command("fit-delays")(conversion.fit_delays)
+conversion_app.command("interpolate")(conversion.interpolate)
+conversion_app.command("export")(conversion.export)

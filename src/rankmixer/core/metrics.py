@@ -425,3 +425,35 @@ class StreamingMetrics:
         if g is not None:
             self._groups = [g]
         return compute_metrics(y, p, g, self.task_names, eps=self.eps)
+
+
+def expected_calibration_error(labels: Any, probs: Any, bins: int = 20) -> float:
+    """ECE over ``bins`` equal-count bins of the predicted probability (rows sorted by it, split
+    into ``bins`` nearly equal runs): ``sum_b n_b / N * |mean p_b - mean y_b|``. Equal-count bins
+    keep every bin's mean label estimable where predictions crowd near 0. ``nan`` on no rows."""
+    y = _labels_1d(labels)
+    p = _probs_1d(probs, y.shape[0]).astype(np.float64, copy=False)
+    n = y.shape[0]
+    if n == 0:
+        return math.nan
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    order = np.argsort(p, kind="stable")
+    total = 0.0
+    for part in np.array_split(order, min(bins, n)):
+        total += len(part) * abs(float(p[part].mean()) - float(y[part].mean()))
+    return total / n
+
+
+def group_calibration_error(labels: Any, probs: Any, groups: Any) -> float:
+    """ECE with the groups as bins: ``sum_g n_g / N * |mean p_g - mean y_g|``, e.g. how far each
+    advertiser's predicted conversions are from its observed ones, weighted by its rows (an
+    overall calibration of 1.0 can hide groups over- and under-predicted). ``nan`` on no rows."""
+    y = _labels_1d(labels)
+    p = _probs_1d(probs, y.shape[0]).astype(np.float64, copy=False)
+    g = _groups_1d(groups, y.shape[0])
+    if y.shape[0] == 0:
+        return math.nan
+    _, inverse = np.unique(g, return_inverse=True)
+    gap = np.bincount(inverse, weights=p - y)  # per group: sum p - sum y
+    return float(np.abs(gap).sum() / y.shape[0])

@@ -17,7 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
+from rankmixer.conversion.interpolate import check_windows
 from rankmixer.serve.artifact import Artifact
+from rankmixer.serve.interpolation import WINDOW_KEY
 from rankmixer.serve.preprocess import RowError, field_name, show_value
 from rankmixer.serve.settings import ServeSettings
 
@@ -34,6 +36,8 @@ class ScoreRequest(BaseModel):
     model_version: str | None = Field(None, description="refused (404) if another version is served")
     context: dict[str, Any] = Field(default_factory=dict, description="features shared by every candidate")
     candidates: list[dict[str, Any]] = Field(min_length=1, description="one object of feature values per candidate")
+    window_days: float | None = Field(None, strict=True, description="conversion window in days, for an interpolating "
+                                      "artifact (required there, within its two trained windows; refused elsewhere)")
 
 
 class ScoreResponse(BaseModel):
@@ -101,6 +105,24 @@ def field_of(e: RowError, where: str, context: dict[str, Any]) -> str:
     return e.field
 
 
+def _window(req: ScoreRequest, artifact: Artifact) -> float | None:
+    """The request's conversion window, checked against an interpolating artifact's trained
+    windows (None for any other artifact, which refuses a window)."""
+    windows = getattr(artifact, "windows", None)
+    if windows is None:
+        if req.window_days is not None:
+            raise HTTPError(422, "window_days: this model does not interpolate conversion windows", "window_days")
+        return None
+    if req.window_days is None:
+        raise HTTPError(422, f"window_days: required by this model (a conversion window in days, within "
+                             f"[{windows[0]:g}, {windows[1]:g}])", "window_days")
+    try:
+        check_windows(*windows, req.window_days)
+    except ValueError as e:
+        raise HTTPError(422, f"window_days: {e}", "window_days") from None
+    return float(req.window_days)
+
+
 def parse_request(body: bytes, artifact: Artifact,
                   settings: ServeSettings) -> tuple[ScoreRequest, list[dict[str, Any]]]:
     """Body -> (the request, its checked rows), or an HTTPError naming the field."""
@@ -132,6 +154,7 @@ def parse_request(body: bytes, artifact: Artifact,
     if req.model_version is not None and req.model_version != artifact.version:
         raise HTTPError(404, f"{show_value(req.model_version)} is not served here (serving "
                              f"{artifact.version!r})", "model_version")
+    window = _window(req, artifact)
     pre = artifact.preprocessor
     rows = []
     for i, cand in enumerate(req.candidates):
@@ -141,7 +164,8 @@ def parse_request(body: bytes, artifact: Artifact,
             field = f"{where}.{field_name(clash[0])}"
             raise HTTPError(422, f"{field}: also given in context (give it in one place)", field)
         try:
-            rows.append(pre.check_row({**req.context, **cand}, where))
+            row = pre.check_row({**req.context, **cand}, where)
+            rows.append(row if window is None else {**row, WINDOW_KEY: window})
         except RowError as e:
             field = field_of(e, where, req.context)
             raise HTTPError(422, f"{field}: {e.message}", field) from None

@@ -11,6 +11,8 @@ error); every input column of the artifact must be in one of them (``null`` = un
 behaviour field may be left out: no positions).
 Response: ``{"model", "model_version", "tasks", "scores": {task: [p per candidate]}, "oov":
 {feature: values mapped to OOV in this request}}``.
+An interpolating artifact (two conversion-window models, ``interpolation.py``) also takes
+``"window_days"``, the conversion window its scores are for.
 
 How a request flows: the handler reads the body (refusing it past ``max_body_bytes`` or
 ``body_timeout_s``), parses and checks every value (request.py: a 4xx naming the field, never a
@@ -34,7 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rankmixer.serve.artifact import Artifact
+from rankmixer.serve.interpolation import InterpolatingArtifact, load_artifact
 from rankmixer.serve.batcher import MicroBatcher
 from rankmixer.serve.connections import timed_protocol
 from rankmixer.serve.metrics import Metrics
@@ -76,10 +78,11 @@ def create_app(artifact_dir: str, settings: ServeSettings | None = None) -> Fast
 
     def load() -> None:
         try:
-            art = Artifact(artifact_dir, threads=settings.threads)
+            art = load_artifact(artifact_dir, threads=settings.threads)
             # Warm-up: one real call, so the first request does not pay for lazy initialisation.
             dummy = {i.name: None for i in art.preprocessor.inputs}
-            art.score([art.preprocessor.check_row(dummy, "warmup")])
+            row = art.preprocessor.check_row(dummy, "warmup")
+            art.score([art.warmup_row(row) if isinstance(art, InterpolatingArtifact) else row])
             state["artifact"] = art
         except Exception as e:  # noqa: BLE001 (reported by /readyz and the log)
             state["error"] = f"{type(e).__name__}: {e}"

@@ -15,13 +15,14 @@ representation. What learns the teacher (``distill``):
   sees true labels alone, so the teacher's bias reaches it only through the shared
   representation (the paper's Auxiliary Head).
 
-**Student adapter** (``adapter: true``, the paper's Student Adapter): the teacher's logit ``t``
-goes through a small residual MLP ``a(t) = t + MLP(t)`` per task, whose output layer starts at
-zero (the identity). It is trained on the true labels, ``BCE(a(t), y)``, with ``t`` fixed, and
-the distillation target is ``sigmoid(a(t))`` held fixed. A stale teacher's predictions are so
+**Student adapter** (``adapter: true``, the paper's Student Adapter): per task, the teacher's
+logit ``t`` is mapped by ``a(t) = w t + b + MLP(t)``, an affine recalibration (w = 1, b = 0 at
+first) plus a small MLP whose output layer starts at zero, so the adapter starts as the
+identity. It is trained on the true labels, ``BCE(a(t), y)``, with ``t`` fixed, and the
+distillation target is ``sigmoid(a(t))`` held fixed. A stale teacher's predictions are so
 mapped onto today's label distribution before they teach the student. The paper gives the
-adapter's role, not its form; this residual MLP on the logit alone is our choice
-(docs/production.md).
+adapter's role, not its form; this form is our choice: the affine part learns a shift or a
+change of confidence at once, the MLP any other monotone or not (docs/production.md).
 
 A row without a teacher prediction (NaN) takes its true label as the target; the share of rows
 with one is logged as ``teacher_coverage``.
@@ -67,10 +68,13 @@ class ExFMConfig(ModelConfig):
 
 
 class StudentAdapter(nn.Module):
-    """Per task, ``a(t) = t + MLP(t)`` on the teacher's logit; the identity at initialisation."""
+    """Per task, ``a(t) = w t + b + MLP(t)`` on the teacher's logit; the identity at
+    initialisation."""
 
     def __init__(self, num_tasks: int, hidden: int) -> None:
         super().__init__()
+        self.scale = nn.Parameter(torch.ones(num_tasks))
+        self.shift = nn.Parameter(torch.zeros(num_tasks))
         self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
                                   for _ in range(num_tasks))
         for mlp in self.mlps:
@@ -78,7 +82,8 @@ class StudentAdapter(nn.Module):
             nn.init.zeros_(mlp[2].bias)
 
     def forward(self, t: Tensor) -> Tensor:  # [B, T] -> [B, T]
-        return t + torch.cat([mlp(t[:, i : i + 1]) for i, mlp in enumerate(self.mlps)], dim=1)
+        residual = torch.cat([mlp(t[:, i : i + 1]) for i, mlp in enumerate(self.mlps)], dim=1)
+        return self.scale * t + self.shift + residual
 
 
 @register("exfm", ExFMConfig, needs="teacher predictions in the data (schema teacher_columns)")

@@ -268,7 +268,7 @@ _SEQUENCE_MODELS = {
     pytest.param("pyramid_mixer", marks=pytest.mark.slow),
     pytest.param("fuxictr-din", marks=NEEDS_FUXICTR),
     pytest.param("mos", marks=pytest.mark.slow),
-    "cetnet",
+    pytest.param("cetnet", marks=pytest.mark.slow),  # ~5 s: three members trained and exported
 ])
 def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
     """A sequence model trained on behaviour sequences, exported to ONNX: raw histories in

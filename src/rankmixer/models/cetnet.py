@@ -9,7 +9,8 @@ What the paper gives and what we chose (docs/production.md, "CETNet"):
 
 * Confidence of member k on a binary prediction ``p_k``: the negative entropy ``-H(p_k)``;
   fusion weights ``w_k = softmax_k(-H(p_k) / tau)`` per sample (and per task). ``tau`` is a
-  learned positive parameter (``log tau`` is learned) or fixed.
+  learned positive parameter (``log tau`` is learned, as a dense parameter: the recipe's
+  optimizer and ``dense_l2`` apply to it) or fixed.
 * Fusion happens in probability space, ``p = sum_k w_k p_k`` (a mixture of the members'
   predictions, as the paper's weighted sum of predictions), computed exactly in log space:
   ``logit(p) = LSE_k(log w_k + log sigma(z_k)) - LSE_k(log w_k + log sigma(-z_k))``. No clamp:

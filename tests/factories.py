@@ -201,6 +201,11 @@ SMALL: dict[str, dict] = {
     "supernet": {"embedding_dim": 8, "choice_blocks": 2, "set_size": 3, "cost_weight": 0.1, "candidates": [
         {"type": "mlp", "width": 8}, {"type": "cross", "rank": 2}, {"type": "dot"},
         {"type": "attention", "width": 4, "heads": 2}, {"type": "zero"}]},
+    # three heterogeneous members at their own test sizes; confidence fusion and the collab loss on
+    "cetnet": {"embedding_dim": 8, "members": [
+        {"name": "dcnv2", "params": {"dnn_hidden": [32, 16], "num_cross_layers": 2}},
+        {"name": "finalmlp", "params": {"mlp1_hidden": [32, 16], "mlp2_hidden": [16], "num_heads": 2}},
+        {"name": "rankmixer", "params": {"num_tokens": 4, "hidden_dim": 16}}]},
     "fuxictr-lr": {},
     "fuxictr-dcnv2": {"embedding_dim": 8, "dnn_hidden": [16], "num_cross_layers": 2},
     "fuxictr-deepfm": {"embedding_dim": 8, "dnn_hidden": [16]},

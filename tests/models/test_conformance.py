@@ -51,8 +51,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 # FeatureEmbedding owns them all (DeepFM has a second one, its first-order weights). FuxiCTR: one
 # nn.Embedding per table (5), plus, in each LogisticRegression layer (fuxictr-lr: one per task,
 # 2 here; DeepFM's first order; AutoInt's wide term), a 1-dim table per feature (7: it does not
-# share tables).
-TABLES = {"deepfm": 2, "fuxictr-lr": 2 * 7, "fuxictr-deepfm": 5 + 7, "fuxictr-autoint": 5 + 7}
+# share tables). CETNet at test size: one FeatureEmbedding per member (3).
+TABLES = {"deepfm": 2, "cetnet": 3, "fuxictr-lr": 2 * 7, "fuxictr-deepfm": 5 + 7, "fuxictr-autoint": 5 + 7}
 FUXICTR_TABLES = 5
 
 # Parameters whose gradient is zero at initialisation by design: a FinalMLP gate without context
@@ -62,6 +62,7 @@ FUXICTR_TABLES = 5
 # layer's weight get none, only the output bias learns (test_fuxictr.py shows it).
 ZERO_GRAD_AT_INIT = {
     "finalmlp": ("gates.0.mlp.layers.0.weight", "gates.1.mlp.layers.0.weight"),
+    "cetnet": ("members.1.gates.0.mlp.layers.0.weight", "members.1.gates.1.mlp.layers.0.weight"),  # its FinalMLP
     "fuxictr-finalmlp": tuple(f"fs_module.{p}" for s in "01" for p in (
         f"ctx_bias.{s}", f"gates.{s}.mlp.0.weight", f"gates.{s}.mlp.0.bias", f"gates.{s}.mlp.2.weight")),
 }

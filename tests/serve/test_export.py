@@ -249,6 +249,12 @@ _SEQUENCE_MODELS = {
     # FuxiCTR's masked mean divides by (n + 1e-12): an empty history must not score NaN
     "fuxictr-din": ["model.name=fuxictr-din", "model.embedding_dim=4", "model.attention_hidden=[8]",
                     "model.dnn_hidden=[16]"],
+    # CETNet: three members (DIN reads the histories), each with its own tables, fused by
+    # confidence with a learned tau: one artifact scores the fused prediction
+    "cetnet": ["model.name=cetnet", "model.embedding_dim=4", "model.members=" + json.dumps([
+        {"name": "din", "params": {"attention_hidden": [8], "dnn_hidden": [16]}},
+        {"name": "dcnv2", "params": {"dnn_hidden": [16], "num_cross_layers": 1}},
+        {"name": "rankmixer", "params": {"num_tokens": 4, "hidden_dim": 8, "num_layers": 1}}])],
     # MoS with hard routing: sessions cut from the request's gaps at serving, as in preparation
     "mos": ["model.name=mos", "model.embedding_dim=4", "model.dnn_hidden=[16]",
             'model.mos={"backbone": "din", "themes": 2, "short_term": 3, "routing": "hard"}'],
@@ -262,6 +268,7 @@ _SEQUENCE_MODELS = {
     pytest.param("pyramid_mixer", marks=pytest.mark.slow),
     pytest.param("fuxictr-din", marks=NEEDS_FUXICTR),
     pytest.param("mos", marks=pytest.mark.slow),
+    pytest.param("cetnet", marks=pytest.mark.slow),  # ~5 s: three members trained and exported
 ])
 def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
     """A sequence model trained on behaviour sequences, exported to ONNX: raw histories in

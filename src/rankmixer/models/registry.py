@@ -32,7 +32,7 @@ from rankmixer.models.base import ModelConfig
 # name is a full module path (the peers: their optional library is imported only when built).
 _MODEL_MODULES = ["lr", "dlrm", "deepfm", "dcnv2", "rankmixer", "concat_mlp",
                   "autoint", "hiformer", "dhen", "wukong", "moe", "finalmlp", "din", "dien", "pyramid_mixer",
-                  "interformer", "mos", "racp", "searched", "supernet", "fuxictr", "planted", "exfm"]
+                  "interformer", "mos", "racp", "searched", "supernet", "fuxictr", "planted", "exfm", "cetnet"]
 
 
 @dataclass(frozen=True)

@@ -136,13 +136,29 @@ def _progressive(cfg) -> dict:
 
 
 def run_exfm(out_dir: Path, seeds: list[int], *, study: Path | str = "exfm", processes: int = 1, name: str = "exfm",
-             overrides: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
+             overrides: list[str] | None = None, verticals: int | None = None,
+             log: Callable[[str], None] = print) -> dict:
     """Run (or read) every step of the study; write ``<name>.json`` and ``<name>.md`` into
-    ``out_dir`` (runs, logs and data under it)."""
+    ``out_dir`` (runs, logs and data under it). ``verticals``: the number of verticals instead of
+    the study's (the runs of one ``out_dir`` belong to one count)."""
     plan = load_study(study)
+    if verticals is not None:
+        if verticals < 2:
+            raise ConfigError(f"--verticals must be at least 2, got {verticals}")
+        plan["vertical"] = {**plan["vertical"], "count": verticals}
     check_replaceable(out_dir, BENCH_KIND, overwrite=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir, BENCH_KIND)
+    # The runs and data in out_dir are named by index only: one plan per folder.
+    saved = out_dir / "plan.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        changed = [k for k in ("teacher", "student", "vertical", "staleness", "variants") if before.get(k) != plan[k]]
+        if changed:
+            raise ConfigError(f"{out_dir} holds runs of another plan (it differs in {', '.join(changed)}); "
+                              "give a new --out")
+    else:
+        write_text_atomic(saved, json.dumps(plan, indent=1))
     extra = [*plan["overrides"], *(overrides or []), "train.progress=false"]
     ks = [int(k) for k in plan["staleness"]]
     field, count = plan["vertical"]["field"], int(plan["vertical"]["count"])

@@ -221,6 +221,7 @@ def exfm(
     out: Path = typer.Option(Path("bench_out/exfm"), help="Output directory (runs, logs, data, JSON, Markdown)."),
     name: str = typer.Option("exfm", help="Stem of the report files."),
     processes: int = typer.Option(1, min=1, help="Runs trained at once."),
+    verticals: Optional[int] = typer.Option(None, help="Verticals instead of the study's count (a new --out)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides for the teacher and every student."),
 ) -> None:
     """ExFM: students alone, with plain distillation, with the auxiliary head and with the student
@@ -229,7 +230,7 @@ def exfm(
 
     with user_errors():
         report = run_exfm(out, list(range(1, seeds + 1)), study=study, processes=processes, name=name,
-                          overrides=list(overrides or []), log=console.print)
+                          overrides=list(overrides or []), verticals=verticals, log=console.print)
     console.print(markdown(report), markup=False, soft_wrap=True)
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
 

@@ -276,10 +276,11 @@ class Trainer:
             return self._predictions_distributed(split, max_batches)
         return self._concat(list(self._scored(split, max_batches, num_workers=0)))
 
-    def _scored(self, split: str, max_batches: int | None, num_workers: int):
-        """(labels, probs, group) of each batch of ``split``, scored in eval mode, one process."""
+    def _scored(self, split: str, max_batches: int | None, num_workers: int, day: int | None = None):
+        """(labels, probs, group) of each batch of ``split`` (or of one ``day`` of the train
+        split), scored in eval mode, one process."""
         self.model.eval()
-        data = ParquetBatches(self.fm, split, self.cfg.eval_batch_size, shuffle=False)
+        data = ParquetBatches(self.fm, split, self.cfg.eval_batch_size, shuffle=False, day=day)
         for batch in itertools.islice(make_loader(data, num_workers=num_workers), max_batches):
             yield self._score(self.model, batch)
 
@@ -505,11 +506,9 @@ class Trainer:
         trained on the days before it, recorded (state and log) before it trains on them."""
         day = self.days[index]
         t0 = time.time()
-        self.model.eval()
         metrics = StreamingMetrics(self.fm.labels)
-        data = ParquetBatches(self.fm, "train", self.cfg.eval_batch_size, shuffle=False, day=day.day)
-        for batch in make_loader(data, num_workers=0):
-            metrics.update(*self._score(self.model, batch))
+        for labels, probs, group in self._scored("train", None, num_workers=0, day=day.day):
+            metrics.update(labels, probs, group)
         m = metrics.compute()
         rec = {"day": day.day, "rows": day.rows, "step": self.state["step"], **m}
         self.state["progressive"].append(rec)

@@ -25,12 +25,12 @@ SMALL_SYNTHETIC = {"rows_train": 6000, "rows_valid": 1500, "rows_test": 1500, "n
                    "vocab_max": 500, "n_tags": 50, "seq_len": 8}
 
 
-def _config(tmp: Path, **train) -> Path:
+def _config(tmp: Path, data: dict | None = None, **train) -> Path:
     cfg = {
         "seed": 7,
         "run_dir": str(tmp / "run"),
-        "data": {"dataset": "synthetic", "preset_options": SMALL_SYNTHETIC,
-                 "prepared_dir": str(tmp.parent / "prepared_small")},
+        "data": data or {"dataset": "synthetic", "preset_options": SMALL_SYNTHETIC,
+                         "prepared_dir": str(tmp.parent / "prepared_small")},
         "model": {"name": "dcnv2", "embedding_dim": 8, "dnn_hidden": [64, 64], "dropout": 0.1},
         "train": {"epochs": 2, "batch_size": 64, "eval_batch_size": 1024, "checkpoint_every_steps": 20,
                   "log_every_steps": 10, "threads": 1, "progress": False, "tensorboard": False,
@@ -67,15 +67,25 @@ def test_cli_reports_config_error_without_traceback(tmp_path):
 
 
 # ---- kill and resume --------------------------------------------------------------------------
-@pytest.mark.slow  # ~20 s (three CLI trainings); tests/train/test_checkpoint.py::test_resume_is_bit_identical stays by default
-def test_kill_mid_run_then_resume_gives_same_final_metrics(tmp_path):
+def _stream_config(tmp: Path) -> Path:
+    """Streaming over 3 days of the small synthetic set (progressive validation each day)."""
+    data = {"dataset": "synthetic", "preset_options": {**SMALL_SYNTHETIC, "days": 3, "drift": 0.3, "timestamps": True},
+            "prepared_dir": str(tmp.parent / "prepared_stream")}
+    return _config(tmp, data, epochs=1, early_stopping=None, streaming={})
+
+
+# Slow: ~20 s each (three CLI trainings); by default tests/train/test_checkpoint.py::test_resume_is_bit_identical
+# and tests/train/test_streaming.py (checkpoints removed after a step inside a day) cover resume.
+@pytest.mark.slow
+@pytest.mark.parametrize("make_config", [_config, _stream_config], ids=["epochs", "streaming"])
+def test_kill_mid_run_then_resume_gives_same_final_metrics(tmp_path, make_config):
     ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
     ref_dir.mkdir(), killed_dir.mkdir()
-    r = _cli("train", "-c", str(_config(ref_dir)), cwd=ref_dir)
+    r = _cli("train", "-c", str(make_config(ref_dir)), cwd=ref_dir)
     assert r.returncode == 0, r.stderr[-3000:]
     reference = json.loads((ref_dir / "run" / "metrics.json").read_text())
 
-    cfg = _config(killed_dir)
+    cfg = make_config(killed_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rankmixer", "train", "-c", str(cfg)], cwd=killed_dir, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -98,6 +108,7 @@ def test_kill_mid_run_then_resume_gives_same_final_metrics(tmp_path):
     for split in ("valid", "test"):
         for key in ("auc", "logloss", "gauc"):
             assert resumed[split][key] == pytest.approx(reference[split][key], abs=1e-9), (split, key)
+    assert resumed.get("streaming") == reference.get("streaming")  # the same days, scored the same
 
 
 @pytest.mark.slow  # ~11 s; tests/faults/ check corrupted checkpoints by default

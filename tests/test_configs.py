@@ -25,7 +25,7 @@ NAMES = [p.stem for p in EXPERIMENTS]
 PAIRS = [(n.replace("_fuxictr_", "_"), n) for n in NAMES if "_fuxictr_" in n and n.replace("_fuxictr_", "_") in NAMES]
 SCALING_SPECS = ("scaling", "scaling_10m")
 SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml")
-                if p.stem not in (*SCALING_SPECS, "sequence_length", "gts", "pareto"))  # gts: tests/text/test_gts_bench.py
+                if p.stem not in (*SCALING_SPECS, "sequence_length", "gts", "pareto", "exfm"))  # gts: tests/text/test_gts_bench.py
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -67,6 +67,17 @@ def test_packaged_suite_cells_validate(suite):
     assert cells
     for cell in cells:
         load_config(cell.config, list(cell.overrides))
+
+
+def test_packaged_exfm_study_validates():
+    from rankmixer.bench.exfm import load_study
+
+    study = load_study("exfm")
+    teacher = load_config(study["teacher"], study["overrides"])
+    assert teacher.train.streaming is not None and teacher.train.streaming.keep_day_weights
+    for variant in study["variants"].values():
+        student = load_config(study["student"], [*study["overrides"], *(f"model.{k}={v}" for k, v in variant.items())])
+        assert student.train.streaming is not None and student.model_name == "exfm"
 
 
 def test_packaged_pareto_studies_validate():

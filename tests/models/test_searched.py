@@ -41,6 +41,16 @@ def test_a_bad_spec_names_the_block_and_key(blocks, message):
         registry.parse_config("searched", {"blocks": blocks})
 
 
+def test_an_architecture_with_an_empty_output_is_refused():
+    """A dot block over one entity (here the FM block's vector) has no pairs: its output would be
+    empty and the task head a Linear(0, n) whose bias initialises to NaN. Building it fails,
+    naming the block; over two entities it builds."""
+    with pytest.raises(ValueError, match="block 'd': a dot block over its inputs \\(f\\) gives an empty output"):
+        build([{"name": "f", "type": "fm"}, {"name": "d", "type": "dot", "inputs": ["f"]}])
+    model, _ = build([{"name": "f", "type": "fm"}, {"name": "g", "type": "fm"}, {"name": "d", "type": "dot", "inputs": ["f", "g"]}])
+    assert model.blocks[-1].out_shape == (1,)
+
+
 def test_a_vector_block_reads_every_input_flattened():
     model, fm = build([{"name": "f", "type": "fm"}, {"name": "m", "type": "mlp", "inputs": ["emb", "f"], "width": 5}])
     fields = len(model.embedding.field_names)

@@ -49,8 +49,9 @@ BENCH_KIND = "bench-exfm"
 SPLITS = ("train", "valid", "test")
 METRICS = ("ne", "auc")
 # Paired comparisons reported: (A, B) means A minus B.
+# Pairs whose variants a study does not have are left out.
 COMPARISONS = [("serving", "alone"), ("auxiliary", "alone"), ("auxiliary", "serving"),
-               ("auxiliary+adapter", "auxiliary"), ("auxiliary+adapter", "alone")]
+               ("serving+adapter", "serving"), ("auxiliary+adapter", "auxiliary"), ("auxiliary+adapter", "alone")]
 
 
 def load_study(path: Path | str = "exfm") -> dict:

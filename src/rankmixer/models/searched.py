@@ -219,6 +219,9 @@ class Block(nn.Module):
             cfg = DHENConfig(embedding_dim=w, attention_heads=heads)
             self.op = nn.Sequential(*[DHENLayer(n, w, cfg) for _ in range(spec.depth)])
             self.out_shape = (n, w)
+        if math.prod(self.out_shape) == 0:  # dot over one entity: no pairs, so an empty output
+            raise ValueError(f"block {spec.name!r}: a {t} block over its inputs ({', '.join(s for s, _ in sources)}) "
+                             "gives an empty output: a dot block needs at least 2 entities")
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         if not self.reads_set:

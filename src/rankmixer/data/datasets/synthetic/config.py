@@ -91,6 +91,10 @@ class SyntheticConfig(StrictModel):
     # which interactions matter shifts from day to day. drift 0: one law for every day.
     days: int = Field(1, ge=1)
     drift: float = Field(0.0, ge=0.0)
+    # Logits added to the bias per day (day d: + bias_drift * d): the base rate moves over the
+    # days, on top of (or without) the drift of the interactions. 0: the mean CTR stays at
+    # target_ctr every day.
+    bias_drift: float = 0.0
     # Only this day's rows in the train split (rows_train // days of them, from streams of
     # their own): the shard of one day, for searches run day by day (DistDNAS). None: all days.
     train_day: int | None = Field(None, ge=0)

@@ -19,6 +19,7 @@ Days and drift (``days``, ``drift``): on day d the scale of component g is
 ``scale_g * max(0, 1 + drift * d * u_g)``, u_g fixed in [-1, 1] per component (its own random
 stream), and the bias is solved again on the calibration sample, so the mean CTR stays
 ``target_ctr`` while the mix of interactions shifts. Day 0 is the law without drift.
+``bias_drift`` then adds ``bias_drift * d`` logits on day d: the base rate moves too.
 
 Items belong to ``n_item_clusters`` clusters; every user has a home cluster, and targets and
 history items come from it with probability ``cluster_affinity``, so history, user and item
@@ -352,10 +353,11 @@ class Generator:
         return {g: base[g] * max(0.0, 1.0 + cfg.drift * day * float(u)) for g, u in zip(_GROUPS, self.drift_direction)}
 
     def day_bias(self, day: int) -> float:
-        """The bias that keeps the mean CTR at ``target_ctr`` on ``day`` (solved once per day)."""
+        """The bias of ``day``: the one that keeps the mean CTR at ``target_ctr`` (solved once per
+        day), moved by ``bias_drift * day`` logits (a base rate that shifts over the days)."""
         if day not in self._day_bias:
             self._day_bias[day] = solve_bias(self._logit_no_bias(self._calib_values, day), self.cfg.target_ctr)
-        return self._day_bias[day]
+        return self._day_bias[day] + self.cfg.bias_drift * day
 
     def _logit_no_bias(self, values: dict[str, np.ndarray], day: int) -> np.ndarray:
         scale = self.scales(day)
@@ -420,6 +422,6 @@ class Generator:
             "dense_missing_rate": [float(v) for v in self.dense_missing],
             "structure": self.structure(),
             **({"days": [{"day": d, "scales": self.scales(d), "bias": self.day_bias(d)}
-                         for d in range(self.cfg.days + 1)]} if self.cfg.drift else {}),
+                         for d in range(self.cfg.days + 1)]} if self.cfg.drift or self.cfg.bias_drift else {}),
         }
 

@@ -25,7 +25,7 @@ NAMES = [p.stem for p in EXPERIMENTS]
 PAIRS = [(n.replace("_fuxictr_", "_"), n) for n in NAMES if "_fuxictr_" in n and n.replace("_fuxictr_", "_") in NAMES]
 SCALING_SPECS = ("scaling", "scaling_10m")
 SUITES = sorted(p.stem for p in (PACKAGED / "bench").glob("*.yaml")
-                if p.stem not in (*SCALING_SPECS, "sequence_length", "gts", "pareto", "exfm"))  # gts: tests/text/test_gts_bench.py
+                if p.stem not in (*SCALING_SPECS, "sequence_length", "gts", "pareto", "exfm", "exfm_shift"))  # gts: tests/text/test_gts_bench.py
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -69,10 +69,11 @@ def test_packaged_suite_cells_validate(suite):
         load_config(cell.config, list(cell.overrides))
 
 
-def test_packaged_exfm_study_validates():
+@pytest.mark.parametrize("name", ["exfm", "exfm_shift"])
+def test_packaged_exfm_study_validates(name):
     from rankmixer.bench.exfm import load_study
 
-    study = load_study("exfm")
+    study = load_study(name)
     teacher = load_config(study["teacher"], study["overrides"])
     assert teacher.train.streaming is not None and teacher.train.streaming.keep_day_weights
     for variant in study["variants"].values():

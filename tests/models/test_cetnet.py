@@ -178,7 +178,7 @@ def test_fixed_tau_and_independent_members(fm, generator):
     ({"members": [{"name": "dcnv2", "params": {"dnn_hiden": [8]}}, {"name": "lr"}]}, r"members\[0\]\.params: .*dnn_hiden"),
     ({"members": [{"name": "dcnv2"}], "collab_weight": 0.0}, r"members: fusion 'confidence' weighs several members"),
     ({"members": [{"name": "dcnv2"}], "fusion": "mean"}, r"collab_weight: .*at least 2 members"),
-    ({"members": [{"name": "dcnv2"}, {"name": "cetnet"}]}, r"members\[1\]\.name: .*cannot be a CETNet"),
+    ({"members": [{"name": "dcnv2"}, {"name": "cetnet"}]}, r"members\[1\]\.name: a cetnet model cannot hold another cetnet"),
     ({"tau": 0.0}, r"tau: Input should be greater than 0"),
     ({"tau": -1.0}, r"tau: Input should be greater than 0"),
     ({"members": []}, r"members: List should have at least 1 item"),

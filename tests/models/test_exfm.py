@@ -14,7 +14,7 @@ from rankmixer.models import registry
 from rankmixer.models.exfm import ExFMConfig
 from tests.factories import SMALL, check_output_and_gradients, make_feature_map, random_batch
 
-STUDENT = {"name": "dcnv2", **SMALL["dcnv2"]}
+STUDENT = {"name": "dcnv2", "params": SMALL["dcnv2"]}
 
 
 def _fm():
@@ -121,8 +121,12 @@ def test_config_errors_name_the_key():
         registry.build_model("exfm", make_feature_map(num_tasks=2), {"student": STUDENT})
     with pytest.raises(ValueError, match="adapter"):
         ExFMConfig(distill="none", adapter=True)
-    with pytest.raises(ValueError, match="student needs a name"):
-        ExFMConfig(student={"dnn_hidden": [4]})
-    with pytest.raises(ValueError, match="dnn_hidde"):
-        registry.build_model("exfm", _fm(), {"student": {"name": "dcnv2", "dnn_hidde": [4]}})
+    with pytest.raises(ValueError, match="name"):
+        ExFMConfig(student={"params": {"dnn_hidden": [4]}})
+    with pytest.raises(ValueError, match="student.params: .*dnn_hidde"):
+        registry.build_model("exfm", _fm(), {"student": {"name": "dcnv2", "params": {"dnn_hidde": [4]}}})
+    with pytest.raises(ValueError, match="student.name: a exfm model cannot hold another exfm"):
+        ExFMConfig(student={"name": "exfm"})
+    with pytest.raises(ValueError, match="student.name: unknown model 'dcnv3'"):
+        ExFMConfig(student={"name": "dcnv3"})
     assert math.isfinite(ExFMConfig().distill_weight)

@@ -31,26 +31,17 @@ losses (the trainer adds it to the fused BCE); ``metrics`` carries per-member di
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from rankmixer.core.strict import StrictModel
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models import registry
 from rankmixer.models.base import ModelConfig, ModelOutput, add_losses
-
-
-class MemberSpec(StrictModel):
-    """One member: a registered model (or variant) and its config values."""
-
-    name: str = Field(description="registered model name, e.g. dcnv2")
-    params: dict[str, Any] = Field(default={}, description="the member's config (its embedding_dim "
-                                   "defaults to the ensemble's)")
 
 
 # Members of the default ensemble: the sizes of the model parts configs/model/{dcnv2,finalmlp,
@@ -66,8 +57,8 @@ DEFAULT_MEMBERS = [
 
 
 class CETNetConfig(ModelConfig):
-    members: list[MemberSpec] = Field(
-        default=[MemberSpec(**m) for m in DEFAULT_MEMBERS], min_length=1,
+    members: list[registry.SubModelSpec] = Field(
+        default=[registry.SubModelSpec(**m) for m in DEFAULT_MEMBERS], min_length=1,
         description="the K member models; each is built by the registry with its own embedding tables")
     fusion: Literal["confidence", "mean", "learned"] = Field(
         default="confidence", description="confidence: per-sample softmax(-entropy / tau); mean: equal "
@@ -100,17 +91,7 @@ class CETNetConfig(ModelConfig):
     def member_configs(self) -> list[ModelConfig]:
         """Each member's validated config: the ensemble's ``embedding_dim`` unless the member's
         ``params`` set their own."""
-        out = []
-        for i, m in enumerate(self.members):
-            if m.name == "cetnet" or (m.name in registry.available() and registry.get(m.name).base == "cetnet"):
-                raise ValueError(f"members[{i}].name: a CETNet member cannot be a CETNet")
-            try:
-                out.append(registry.parse_config(m.name, {"embedding_dim": self.embedding_dim, **m.params}))
-            except KeyError as e:
-                raise ValueError(f"members[{i}].name: {e.args[0]}") from None
-            except ValueError as e:
-                raise ValueError(f"members[{i}].params: {e}") from None
-        return out
+        return [m.parse(self.embedding_dim, f"members[{i}]", "cetnet") for i, m in enumerate(self.members)]
 
 
 def bernoulli_entropy(z: Tensor) -> Tensor:

@@ -41,15 +41,15 @@ from torch import Tensor, nn
 from rankmixer.data.batch import Batch
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig, ModelOutput, add_losses
-from rankmixer.models.registry import build_model, register
+from rankmixer.models.registry import SubModelSpec, build_model, register
 
 _EPS = 1e-6  # teacher probabilities are clamped to [eps, 1 - eps] before their logit
 
 
 class ExFMConfig(ModelConfig):
-    # The student: a registered model and its config, e.g. {name: dcnv2, dnn_hidden: [64, 64]};
-    # its embedding_dim defaults to this config's.
-    student: dict = Field(default_factory=lambda: {"name": "dcnv2"})
+    # The student: a registered model and its config, e.g. {name: dcnv2, params: {dnn_hidden:
+    # [64, 64]}}; its embedding_dim defaults to this config's.
+    student: SubModelSpec = SubModelSpec(name="dcnv2")
     distill: Literal["none", "serving", "auxiliary"] = "auxiliary"
     adapter: bool = False
     distill_weight: float = Field(1.0, ge=0.0)  # w above
@@ -57,10 +57,7 @@ class ExFMConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "ExFMConfig":
-        if not isinstance(self.student.get("name"), str):
-            raise ValueError("student needs a name: a registered model, e.g. {name: dcnv2}")
-        if self.student["name"] == "exfm":
-            raise ValueError("student: an ExFM student cannot wrap another ExFM student")
+        self.student.parse(self.embedding_dim, "student", "exfm")  # a bad student names its key here
         if self.adapter and self.distill == "none":
             raise ValueError("adapter: the student adapter maps teacher predictions for distillation; "
                              "it needs distill serving or auxiliary")
@@ -95,12 +92,12 @@ class ExFMStudent(nn.Module):
                              "(schema teacher_columns; rankmixer distill augment joins them to the rows)")
         self.cfg = cfg
         self.num_tasks = feature_map.num_tasks
-        params = {"embedding_dim": cfg.embedding_dim, **{k: v for k, v in cfg.student.items() if k != "name"}}
+        params = cfg.student.parse(cfg.embedding_dim, "student", "exfm")
         heads = feature_map
         if cfg.distill == "auxiliary":  # one more task tower per task: the auxiliary head
             heads = dataclasses.replace(feature_map, labels=[*feature_map.labels,
                                                              *(f"{t}__aux" for t in feature_map.labels)])
-        self.student = build_model(cfg.student["name"], heads, params)
+        self.student = build_model(cfg.student.name, heads, params)
         self.adapter = StudentAdapter(self.num_tasks, cfg.adapter_hidden) if cfg.adapter else None
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -21,9 +21,10 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from torch import nn
 
+from rankmixer.core.strict import StrictModel
 from rankmixer.core.yamlio import deep_merge, validation_messages
 from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.base import ModelConfig
@@ -109,6 +110,27 @@ def parse_config(name: str, params: dict) -> ModelConfig:
         return entry.config_cls.model_validate(deep_merge(entry.defaults, params))
     except ValidationError as e:
         raise ValueError(f"invalid config for model {name!r}: " + "; ".join(validation_messages(e))) from None
+
+
+class SubModelSpec(StrictModel):
+    """A model inside another (an ensemble's member, a student's backbone): a registered model
+    (or variant) and its config values."""
+
+    name: str = Field(description="registered model name, e.g. dcnv2")
+    params: dict[str, Any] = Field(default={}, description="its config (embedding_dim defaults to the outer model's)")
+
+    def parse(self, embedding_dim: int, key: str, outer: str) -> ModelConfig:
+        """The validated config, with the outer model's ``embedding_dim`` unless ``params`` set
+        one; errors name ``key`` (e.g. ``members[1]``). A model of the ``outer`` kind (or one of
+        its variants) is refused: it would nest itself."""
+        if self.name == outer or (self.name in available() and get(self.name).base == outer):
+            raise ValueError(f"{key}.name: a {outer} model cannot hold another {outer}")
+        try:
+            return parse_config(self.name, {"embedding_dim": embedding_dim, **self.params})
+        except KeyError as e:
+            raise ValueError(f"{key}.name: {e.args[0]}") from None
+        except ValueError as e:
+            raise ValueError(f"{key}.params: {e}") from None
 
 
 def build_model(name: str, feature_map: FeatureMap, params: dict | ModelConfig | None = None) -> nn.Module:

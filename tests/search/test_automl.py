@@ -181,13 +181,18 @@ def test_an_automl_search_runs_its_queued_proposals(tiny, tmp_path, monkeypatch)
     out = tmp_path / "out"
     report = run_search(tiny, space, "automl", 7, out, seed=1, log=lambda *_: None,
                         automl={"startup_trials": 4, "round_size": 2})
-    assert report["strategy"] == "automl" and report["states"] == {"COMPLETE": 7}
+    assert report["strategy"] == "automl" and report["states"]["COMPLETE"] == 7  # the budget counts complete trials
     study = optuna.load_study(study_name="automl", storage=f"sqlite:///{(out / 'study.db').resolve()}")
     trials = sorted(study.get_trials(), key=lambda t: t.number)
+    # The only failures allowed: architectures the model refuses (a dot block over one entity).
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) <= 2 and all("gives an empty output" in t.user_attrs["error"] for t in failed)
     keys = [json.dumps(t.params, sort_keys=True) for t in trials]
     assert len(set(keys)) == len(keys)  # no architecture twice
-    later = [t.params for t in trials[4:]]
-    assert later and all(p in queued for p in later)  # after the start-up, every trial is a proposal
+    # After the start-up (4 complete random trials), every trial is a proposal.
+    done = [i for i, t in enumerate(trials) if t.state == optuna.trial.TrialState.COMPLETE]
+    later = [t.params for t in trials[done[3] + 1:]]
+    assert later and all(p in queued for p in later)
     labels = report["automl"]["trials"]
     assert len(labels) == 7 and report["automl"]["options"]["horizon_steps"] > 0
     for entry in labels:  # each label: the trial's curve extrapolated to the horizon

@@ -403,4 +403,5 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "exfm": _one(exfm.summary_table, "exfm"),
     "exfm-differences": _one(exfm.differences_table, "exfm-differences"),
     "exfm-days": _one(exfm.days_table, "exfm-days"),
+    "exfm-days-auc": _one(lambda rep: exfm.days_table(rep, "auc"), "exfm-days-auc"),
 }

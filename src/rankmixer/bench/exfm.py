@@ -305,14 +305,14 @@ def differences_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def days_table(report: dict) -> str:
-    """Progressive NE per day (mean over seeds and verticals) of every student row."""
+def days_table(report: dict, metric: str = "ne") -> str:
+    """Progressive NE (or AUC) per day, the mean over seeds and verticals, of every student row."""
     rows = report["summary"]
     days = sorted({d["day"] for r in rows for d in r["days"]})
     head = "| student | staleness | " + " | ".join(f"day {d}" for d in days) + " |"
     lines = [head, "|---|---|" + "---|" * len(days)]
     for r in rows:
-        by_day = {d["day"]: d["ne"] for d in r["days"]}
+        by_day = {d["day"]: d[metric] for d in r["days"]}
         k = "-" if r["staleness"] is None else str(r["staleness"])
         lines.append(f"| {r['variant']} | {k} | " + " | ".join(f"{by_day[d]:.4f}" if d in by_day else "-" for d in days) + " |")
     return "\n".join(lines) + "\n"

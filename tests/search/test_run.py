@@ -127,3 +127,17 @@ def test_worker_processes_share_one_study(tiny, tmp_path):
     assert len(complete) >= 4  # two processes starting the last trials may finish one more
     dirs = [t["run_dirs"][0] for t in complete]
     assert len(set(dirs)) == len(dirs) and all((out / d / "metrics.json").is_file() for d in dirs)
+
+
+def test_a_search_keeps_trial_checkpoints_only_when_asked(tiny, tmp_path):
+    """By default a finished trial keeps its metrics and best weights, not its checkpoints (a
+    100-trial search once filled the disk); ``keep_checkpoints`` keeps them."""
+    kept = run_search(tiny, space_file(tmp_path), "random", 1, tmp_path / "kept", seed=1, log=lambda *_: None,
+                      keep_checkpoints=True)
+    dropped = run_search(tiny, space_file(tmp_path), "random", 1, tmp_path / "dropped", seed=1, log=lambda *_: None)
+    kept_runs = list((tmp_path / "kept" / "trials").iterdir())
+    dropped_runs = list((tmp_path / "dropped" / "trials").iterdir())
+    assert kept_runs and all(any((r / "checkpoints").iterdir()) for r in kept_runs)
+    assert dropped_runs and not any((r / "checkpoints").exists() for r in dropped_runs)
+    assert all((r / "best.safetensors").is_file() for r in dropped_runs)
+    assert dropped["trials"][0]["architecture"] == kept["trials"][0]["architecture"]  # the same draw

@@ -62,6 +62,8 @@ def search(
     heartbeat: int = typer.Option(60, min=1, help="Seconds between a running trial's heartbeats (RDB storages)."),
     workers: int = typer.Option(1, min=1, help="Processes working on the study at once (each trial with "
                                 "cores/workers threads unless train.threads is given)."),
+    keep_checkpoints: bool = typer.Option(False, help="random, tpe, automl: keep finished trials' checkpoints/ "
+                                          "(by default a finished trial keeps its metrics and best weights only)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every trial (not model.*)."),
 ) -> None:
     """Search ranking architectures on the validation split: each trial trains a drawn architecture;
@@ -118,7 +120,8 @@ def search(
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         report = run_search(config, space, strategy, budget, out, list(overrides or []), storage, study, seed,
-                            log=console.print, heartbeat_s=heartbeat, workers=workers, automl=automl)
+                            log=console.print, heartbeat_s=heartbeat, workers=workers, automl=automl,
+                            keep_checkpoints=keep_checkpoints)
     console.print(markdown_table(report), markup=False, soft_wrap=True)
     best = report["best"]
     if best:

@@ -44,14 +44,14 @@ SEARCH_REPORT = "search.json"
 MAX_FAILED_IN_A_ROW = 10
 
 
-def _worker(threads: int, args: tuple, heartbeat_s: int, sampler_factory) -> None:
+def _worker(threads: int, args: tuple, heartbeat_s: int, sampler_factory, keep_checkpoints: bool) -> None:
     """One worker process: its trials at ``threads`` torch threads (the trainer sets its own only
     when ``train.threads`` is given), the study's other arguments unchanged."""
     import torch
 
     torch.set_num_threads(threads)
     run_tune(*args, log=print, heartbeat_s=heartbeat_s, catch_errors=True, max_failures_in_a_row=MAX_FAILED_IN_A_ROW,
-             sampler_factory=sampler_factory)
+             sampler_factory=sampler_factory, keep_checkpoints=keep_checkpoints)
 
 
 def full_run_steps(config: str | Path, overrides: list[str], log: Callable[[str], None]) -> int:
@@ -77,12 +77,14 @@ def run_search(
     heartbeat_s: int = 60,
     workers: int = 1,
     automl: dict | None = None,
+    keep_checkpoints: bool = False,
 ) -> dict:
     """Run the study until it holds ``budget`` complete trials; write and return ``search.json``.
     ``seed`` seeds the strategy's sampler (default: the space's); ``study`` defaults to the
     strategy's name; ``workers`` processes share the study. ``automl``: the automl strategy's
     options (rankmixer.search.automl.AutoMLOptions: startup_trials, round_size, flops_target,
-    horizon_steps; default horizon: :func:`full_run_steps`)."""
+    horizon_steps; default horizon: :func:`full_run_steps`). ``keep_checkpoints``: keep finished
+    trials' checkpoints (by default only their metrics and best weights stay)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     if workers < 1:
@@ -112,12 +114,12 @@ def run_search(
         run_tune(*args[:2], 0, *args[3:], log=log, heartbeat_s=heartbeat_s)  # the storage and study, once
         # spawn, not fork: torch's thread pools do not survive a fork
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for fut in as_completed([pool.submit(_worker, threads, args, heartbeat_s, factory)
+            for fut in as_completed([pool.submit(_worker, threads, args, heartbeat_s, factory, keep_checkpoints)
                                      for _ in range(workers)]):
                 fut.result()  # a worker's error (TuneError ...) ends the search here
         log("the workers are done")
     tune = run_tune(*args, log=log, heartbeat_s=heartbeat_s, catch_errors=True,
-                    max_failures_in_a_row=MAX_FAILED_IN_A_ROW, sampler_factory=factory)
+                    max_failures_in_a_row=MAX_FAILED_IN_A_ROW, sampler_factory=factory, keep_checkpoints=keep_checkpoints)
     report = search_report(tune, out_dir, strategy)
     if factory is not None:
         from rankmixer.search.automl import automl_report

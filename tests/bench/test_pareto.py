@@ -57,6 +57,7 @@ def test_unknown_study_and_keys_are_errors(tmp_path):
         load_study("a", suite)
 
 
+@pytest.mark.slow  # ~9 s; the grid, hypervolume, front and study checks above stay in the default suite
 def test_tiny_study_end_to_end(tmp_path):
     pytest.importorskip("pymoo", reason="the pareto extra (pymoo) is not installed")
     from tests.train.test_bilevel import _mt_config

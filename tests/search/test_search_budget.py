@@ -54,6 +54,7 @@ def searches(tmp_path_factory) -> Path:
     return root / "searches"
 
 
+@pytest.mark.slow  # ~10 s with its three searches; best-so-far stays in the default suite
 def test_the_report_follows_the_searches(searches, tmp_path, monkeypatch):
     # The report's bookkeeping is under test, not the predictor's fit (tests/search/test_automl.py):
     # a few epochs per member keep it quick.
@@ -89,6 +90,7 @@ def test_the_report_follows_the_searches(searches, tmp_path, monkeypatch):
     assert (out / "search_budget.png").stat().st_size > 0 and "| automl |" in (out / "search_budget.md").read_text()
 
 
+@pytest.mark.slow  # needs the three searches above
 def test_an_output_inside_a_search_is_refused(searches):
     with pytest.raises(OutputError):
         run_search_budget(searches, searches / "random-s1", log=lambda *_: None)

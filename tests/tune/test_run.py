@@ -148,7 +148,8 @@ def test_trials_without_a_finite_value_stop_the_study(tiny, tmp_path, monkeypatc
     assert report["states"] == {"FAIL": 3} and report["best"] is None
 
 
-@pytest.mark.parametrize("how", ["killed", "ctrl-c"])
+# "killed" waits out the heartbeat's grace period (5 s of wall time): slow; ctrl-c stays by default.
+@pytest.mark.parametrize("how", [pytest.param("killed", marks=pytest.mark.slow), "ctrl-c"])
 def test_a_cut_short_trial_runs_again_with_its_values_and_resumes(how, tiny, tmp_path, monkeypatch):
     out, logs = tmp_path / "out", []
     space = load_space(space_file(tmp_path))

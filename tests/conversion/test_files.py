@@ -72,6 +72,23 @@ def test_interpolate_files_by_hand(tmp_path):
                           tmp_path / "out.csv", short_days=1, long_days=3)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_interpolate_replaces_only_its_own_output(tmp_path, suffix):
+    """With --overwrite an earlier output is replaced; a file the command did not write is not,
+    even with --overwrite (its first line, or its Parquet metadata, says whose it is)."""
+    _files(tmp_path, windows=[2.0, 3.0])
+    args = (tmp_path / "s.parquet", tmp_path / "l.parquet", tmp_path / "clicks.csv", RATES)
+    ours = tmp_path / f"ours{suffix}"
+    interpolate_files(*args, ours, short_days=1, long_days=3)
+    interpolate_files(*args, ours, short_days=1, long_days=3, overwrite=True)
+    foreign = tmp_path / f"notes{suffix}"
+    frame = pl.DataFrame({"a": [1]})
+    frame.write_csv(foreign) if suffix == ".csv" else frame.write_parquet(foreign)
+    with pytest.raises(ValueError, match="not written by rankmixer"):
+        interpolate_files(*args, foreign, short_days=1, long_days=3, overwrite=True)
+    assert (pl.read_csv(foreign) if suffix == ".csv" else pl.read_parquet(foreign))["a"].to_list() == [1]
+
+
 def test_interpolate_refuses_windows_outside_the_trained_ones(tmp_path):
     _files(tmp_path, windows=[2.0, 9.0])
     with pytest.raises(WindowOutOfRange, match=r"window 9 days is outside the trained windows \[1, 3\]"):

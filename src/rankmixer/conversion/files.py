@@ -21,12 +21,14 @@ import polars as pl
 
 from rankmixer.conversion.delays import rates_for
 from rankmixer.conversion.interpolate import interpolate, interpolation_weight
-from rankmixer.core.files import OutputError, atomic_file, check_output, output_format
+from rankmixer.core.files import TABLE_KEY, atomic_file, check_table_output, output_format
 from rankmixer.data.datasets.conversions.criteo import read_criteo_conversion_log
 from rankmixer.data.datasets.conversions.log import ADVERTISER, LOG_COLUMNS, check_log
 
 TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv"}
 WINDOW_COLUMN = "window_days"
+OUTPUT_KIND = "interpolated conversions"
+OUTPUT_COLUMNS = (ADVERTISER, WINDOW_COLUMN, "alpha", "conversion_prob")
 
 
 def _read_table(path: Path, what: str) -> pl.DataFrame:
@@ -88,17 +90,17 @@ def interpolate_files(short_predictions: Path, long_predictions: Path, clicks: P
     p_l = _probabilities(long_predictions, clicks_df.height, "long-window predictions").to_numpy()
     adv = clicks_df[ADVERTISER].cast(pl.Utf8).to_list()
     beta = rates_for(rates, adv, personalised=personalised)
-    out = pl.DataFrame({
-        ADVERTISER: adv,
-        WINDOW_COLUMN: pl.Series([float(windows)] * len(adv)) if window_days is not None else windows,
-        "alpha": interpolation_weight(beta, short_days, long_days, windows),
-        "conversion_prob": interpolate(p_s, p_l, beta, short_days, long_days, windows),
-    })
+    out = pl.DataFrame(dict(zip(OUTPUT_COLUMNS, (
+        adv,
+        pl.Series([float(windows)] * len(adv)) if window_days is not None else windows,
+        interpolation_weight(beta, short_days, long_days, windows),
+        interpolate(p_s, p_l, beta, short_days, long_days, windows),
+    ))))
     fmt = output_format(output, TABLE_FORMATS, "--output")
-    check_output(output, [short_predictions, long_predictions, clicks], "--output")
-    if output.exists() and not overwrite:
-        raise OutputError(f"--output {output} exists; pass --overwrite to replace it")
+    # An existing file is replaced only with overwrite, and only if it is this command's output.
+    check_table_output(output, OUTPUT_KIND, [short_predictions, long_predictions, clicks], overwrite,
+                       csv_header=OUTPUT_COLUMNS)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(output) as tmp:
-        out.write_csv(tmp) if fmt == "csv" else out.write_parquet(tmp)
+        out.write_csv(tmp) if fmt == "csv" else out.write_parquet(tmp, metadata={TABLE_KEY: OUTPUT_KIND})
     return out

@@ -28,7 +28,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
     "MARKER_FILE", "OutputError", "atomic_directory", "atomic_file", "check_output", "check_replaceable",
@@ -185,6 +185,35 @@ def parquet_key_values(path: Path | str) -> dict[bytes, bytes]:
         return dict(pq.ParquetFile(path).metadata.metadata or {})
     except (OSError, ValueError):
         return {}
+
+
+TABLE_KEY = "rankmixer"  # the Parquet metadata key that tags a table file as one kind of our output
+
+
+def check_table_output(path: Path | str, kind: str, inputs: Iterable[Path | str | None], overwrite: bool,
+                       csv_header: Sequence[str] = ()) -> None:
+    """Refuse to write the table file ``path`` (Parquet, or CSV by suffix) where it is one of
+    ``inputs``, a directory, a file rankmixer did not write as ``kind`` (Parquet: its
+    ``TABLE_KEY`` metadata; CSV: its first line is exactly ``csv_header``), or, without
+    ``overwrite``, an earlier output of the same kind."""
+    path = Path(path)
+    check_output(path, inputs, f"{kind} output")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_file():
+        raise OutputError(f"{path} exists and is not a file; refusing to replace it")
+    if path.suffix == ".csv":
+        try:
+            with open(path, "rb") as f:
+                ours = bool(csv_header) and f.readline(4096).rstrip(b"\r\n") == ",".join(csv_header).encode()
+        except OSError:
+            ours = False
+    else:
+        ours = parquet_key_values(path).get(TABLE_KEY.encode()) == kind.encode()
+    if not ours:
+        raise OutputError(f"{path} exists and was not written by rankmixer as a {kind!r}; refusing to replace it")
+    if not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it (a {kind} rankmixer wrote)")
 
 
 # ---- atomic writes ----------------------------------------------------------------------------

@@ -25,7 +25,6 @@ variants over the (seed, vertical) pairs with a t interval. Every number comes f
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ from rankmixer.bench.accuracy import read_yaml_keys
 from rankmixer.config import ConfigError, config_path, load_config
 from rankmixer.core.files import check_replaceable, write_json, write_marker, write_text_atomic
 from rankmixer.core.hardware import machine_info
-from rankmixer.core.processes import run_in_processes
+from rankmixer.bench.runs import train_unfinished
 from rankmixer.data.encode import fnv1a64
 from rankmixer.data.schema import RawColumn, dump_schema
 from rankmixer.distill.augment import augment, teacher_columns
@@ -85,29 +84,6 @@ def split_verticals(raw: dict[str, list[Path]], field: str, count: int, out_dir:
             files[v][split].parent.mkdir(parents=True, exist_ok=True)
             frame.filter(pl.Series(ids == v)).write_parquet(files[v][split])
     return files
-
-
-def _train(cfg) -> float:
-    t0 = time.time()
-    experiment.train_to_end(cfg)
-    return time.time() - t0
-
-
-def _train_all(cfgs: list[tuple[str, object]], processes: int, log: Callable[[str], None]) -> None:
-    todo = [(label, cfg) for label, cfg in cfgs if not (cfg.resolved_run_dir() / "metrics.json").is_file()]
-    log(f"{len(cfgs) - len(todo)} of {len(cfgs)} runs done before; training {len(todo)}")
-    if not todo:
-        return
-    for _, cfg in todo:  # each data set prepared once, before any worker
-        experiment.prepare_data(cfg.data, log=lambda *_: None)
-    if processes <= 1:
-        for i, (label, cfg) in enumerate(todo, start=1):
-            log(f"[{i}/{len(todo)}] {label}: {_train(cfg):.0f}s")
-        return
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    todo = [(label, cfg if cfg.train.threads else cfg.model_copy(
-        update={"train": cfg.train.model_copy(update={"threads": threads})})) for label, cfg in todo]
-    run_in_processes([(label, _train, (cfg,)) for label, cfg in todo], processes, log)
 
 
 def _student_data(files: dict[str, Path], schema_path: Path, prepared: Path) -> list[str]:
@@ -170,7 +146,7 @@ def run_exfm(out_dir: Path, seeds: list[int], *, study: Path | str = "exfm", pro
                 for s in seeds}
     if not all(t.train.streaming and t.train.streaming.keep_day_weights for t in teachers.values()):
         raise ConfigError(f"the teacher experiment {plan['teacher']} must stream with keep_day_weights")
-    _train_all([(f"teacher seed {s}", cfg) for s, cfg in teachers.items()], processes, log)
+    train_unfinished([(f"teacher seed {s}", cfg) for s, cfg in teachers.items()], processes, log)
 
     # 2-3. Logs, verticals, augmented rows.
     base = teachers[seeds[0]]
@@ -211,7 +187,7 @@ def run_exfm(out_dir: Path, seeds: list[int], *, study: Path | str = "exfm", pro
                     cfg = load_config(plan["student"], [*extra, *data, *model_over, f"seed={s}",
                                                         f"run_dir={out_dir / 'runs' / tag}"])
                     runs.append({"variant": variant, "staleness": k, "vertical": v, "seed": s, "cfg": cfg})
-    _train_all([(f"{r['variant']} k={r['staleness']} v{r['vertical']} seed {r['seed']}", r["cfg"]) for r in runs],
+    train_unfinished([(f"{r['variant']} k={r['staleness']} v{r['vertical']} seed {r['seed']}", r["cfg"]) for r in runs],
                processes, log)
     for r in runs:
         r.update(_progressive(r.pop("cfg")))

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from rankmixer.bench.accuracy import read_yaml_keys
 from rankmixer.config import ConfigError, config_path, load_config
 from rankmixer.core.files import check_replaceable, write_json, write_marker, write_text_atomic
 from rankmixer.core.hardware import machine_info
-from rankmixer.core.processes import run_in_processes
+from rankmixer.bench.runs import train_unfinished
 
 BENCH_KIND = "bench-pareto"
 METHODS = ("linear", "wc-mhgd", "equal")
@@ -89,28 +87,8 @@ def load_study(name: str, suite: Path | str = "pareto") -> dict:
     return study
 
 
-def _train(cfg) -> float:
-    t0 = time.time()
-    experiment.train_to_end(cfg)
-    return time.time() - t0
-
-
 def _bilevel_override(options: dict) -> str:
     return "train.bilevel=" + json.dumps(options)
-
-
-def _run_all(jobs: list[tuple[str, object]], processes: int, log: Callable[[str], None]) -> None:
-    """Train the unfinished runs, ``processes`` at a time, each with ``cores // processes``
-    threads unless its config sets ``train.threads`` (more threads than cores stall every run)."""
-    todo = [(label, cfg) for label, cfg in jobs if not (cfg.resolved_run_dir() / "metrics.json").is_file()]
-    log(f"{len(jobs) - len(todo)} of {len(jobs)} runs done before; training {len(todo)}")
-    if not todo:
-        return
-    experiment.prepare_data(todo[0][1].data, log=lambda *_: None)  # once, before any worker
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    todo = [(label, cfg if cfg.train.threads else cfg.model_copy(
-        update={"train": cfg.train.model_copy(update={"threads": threads})})) for label, cfg in todo]
-    run_in_processes([(label, _train, (cfg,)) for label, cfg in todo], processes, log)
 
 
 def _read(cfg, tasks: list[str]) -> dict:
@@ -162,7 +140,7 @@ def run_pareto(study_name: str, out_dir: Path, seeds: list[int], *, suite: Path 
 
     linear = [(w, seed, cfg_for(tag("linear", w), seed, [f"train.task_weights={[T * x for x in w]}"]))
               for w in grid for seed in seeds]
-    _run_all([(f"linear {w} seed {s}", c) for w, s, c in linear], processes, log)
+    train_unfinished([(f"linear {w} seed {s}", c) for w, s, c in linear], processes, log)
     tasks_valid = [[_read(c, tasks)["valid"][f"{t}/ne"] for t in tasks] for _, _, c in linear]
     by_w = {}
     for (w, _, _), ne in zip(linear, tasks_valid, strict=True):
@@ -173,7 +151,7 @@ def run_pareto(study_name: str, out_dir: Path, seeds: list[int], *, suite: Path 
 
     bilevel = [(r, seed, cfg_for(tag("wc-mhgd", r), seed, [_bilevel_override(
         {**study["bilevel"], "preference": r, "ideal": ideal})])) for r in grid for seed in seeds]
-    _run_all([(f"wc-mhgd {r} seed {s}", c) for r, s, c in bilevel], processes, log)
+    train_unfinished([(f"wc-mhgd {r} seed {s}", c) for r, s, c in bilevel], processes, log)
 
     runs = []
     for method, items in (("linear", linear), ("wc-mhgd", bilevel)):

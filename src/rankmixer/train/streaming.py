@@ -42,7 +42,7 @@ def stream_days(fm: FeatureMap, cfg: StreamingConfig) -> tuple[list[DayInfo], li
 
 
 def _means(records: list[dict]) -> dict[str, float]:
-    keys = [k for k, v in records[0].items() if isinstance(v, float) and k not in ("day", "step", "rows")] if records else []
+    keys = [k for k, v in records[0].items() if isinstance(v, float)] if records else []  # the metrics, not day/rows/step
     out = {}
     for k in keys:
         vals = [r[k] for r in records if isinstance(r.get(k), float) and math.isfinite(r[k])]

@@ -23,7 +23,8 @@ from tests.factories import TINY_SEARCH_SPACE, tiny_config_file
 
 optuna = pytest.importorskip("optuna", reason="the automl strategy needs the 'tune' extra (optuna)")
 
-from rankmixer.search.automl import AutoMLOptions, PolicyTrial, decisions, propose  # noqa: E402
+from rankmixer.search.automl import AutoMLOptions, propose  # noqa: E402
+from rankmixer.search.policy import PolicyTrial, decisions  # noqa: E402
 from rankmixer.search.controller import Controller  # noqa: E402
 from rankmixer.search.run import run_search  # noqa: E402
 
@@ -180,7 +181,7 @@ def test_an_automl_search_runs_its_queued_proposals(tiny, tmp_path, monkeypatch)
     space.write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "out"
     report = run_search(tiny, space, "automl", 7, out, seed=1, log=lambda *_: None,
-                        automl={"startup_trials": 4, "round_size": 2})
+                        options={"startup_trials": 4, "round_size": 2})
     assert report["strategy"] == "automl" and report["states"]["COMPLETE"] == 7  # the budget counts complete trials
     study = optuna.load_study(study_name="automl", storage=f"sqlite:///{(out / 'study.db').resolve()}")
     trials = sorted(study.get_trials(), key=lambda t: t.number)

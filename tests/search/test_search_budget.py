@@ -50,7 +50,7 @@ def searches(tmp_path_factory) -> Path:
     space.write_text(yaml.safe_dump(SPACE))
     for strategy, seed in (("random", 1), ("random", 2), ("automl", 1)):
         run_search(tiny, space, strategy, 5, root / "searches" / f"{strategy}-s{seed}", seed=seed,
-                   log=lambda *_: None, automl={"startup_trials": 3, "round_size": 1} if strategy == "automl" else None)
+                   log=lambda *_: None, options={"startup_trials": 3, "round_size": 1} if strategy == "automl" else None)
     return root / "searches"
 
 
@@ -94,3 +94,31 @@ def test_the_report_follows_the_searches(searches, tmp_path, monkeypatch):
 def test_an_output_inside_a_search_is_refused(searches):
     with pytest.raises(OutputError):
         run_search_budget(searches, searches / "random-s1", log=lambda *_: None)
+
+
+@pytest.mark.slow  # needs the three searches above
+def test_searches_of_an_earlier_report_join_as_if_their_folders_were_here(searches, tmp_path, monkeypatch):
+    import shutil
+
+    import rankmixer.search.predictor as predictor
+
+    full = predictor.cross_validate
+    monkeypatch.setattr(predictor, "cross_validate", lambda *a, **k: full(*a, **{**k, "epochs": 20}))
+    kw = {"checkpoints": (2, 5), "flops_target": 2e3, "folds": 2, "log": lambda *_: None}
+    whole = run_search_budget(searches, tmp_path / "whole", **kw)
+    old, new = tmp_path / "old", tmp_path / "new"
+    for name in ("random-s1", "random-s2"):
+        shutil.copytree(searches / name, old / name)
+    shutil.copytree(searches / "automl-s1", new / "automl-s1")
+    run_search_budget(old, tmp_path / "old_report", **kw)
+    earlier = tmp_path / "old_report" / "search_budget.json"
+    shutil.rmtree(old)  # the earlier searches' folders are gone; their report carries them
+    joined = run_search_budget(new, tmp_path / "joined", earlier=[earlier], **kw)
+    key = lambda r: (r["strategy"], r.get("seed"), r.get("trials"), r.get("what"))  # noqa: E731
+    for part in ("summary", "comparison"):
+        assert sorted(joined[part], key=key) == sorted(whole[part], key=key)
+    assert len(joined["trials"]) == len(whole["trials"])
+    with pytest.raises(ValueError, match="flops_target"):
+        run_search_budget(new, tmp_path / "other", earlier=[earlier], **{**kw, "flops_target": 1e3})
+    with pytest.raises(ValueError, match="random"):
+        run_search_budget(searches, tmp_path / "twice", earlier=[earlier], **kw)

@@ -17,6 +17,10 @@ search seed, the same experiment, space and overrides). For every search it read
 * every trial's validation NE and FLOPs, and a plot of NE against FLOPs with each strategy's
   Pareto front (``NAME.png``).
 
+Searches reported earlier by this command (``earlier``: its JSON reports) join the comparison
+with their rows and trials as reported, so a new strategy is compared with searches whose
+folders are gone; they must share the experiment, overrides, metric and FLOPs target.
+
 ``OUT/NAME.json`` holds it all, with the machine; ``OUT/NAME.md`` the tables.
 """
 
@@ -38,7 +42,7 @@ from rankmixer.search.space import load_architecture_space
 __all__ = ["PREDICTOR_VARIANTS", "best_so_far", "comparison_table", "markdown_tables", "predictor_table",
            "run_search_budget", "searches_table", "summary_table"]
 
-FOLDER = re.compile(r"(?P<strategy>[a-z]+)-s(?P<seed>\d+)")
+FOLDER = re.compile(r"(?P<strategy>[a-z][a-z-]*)-s(?P<seed>\d+)")
 # name -> (Predictor options, extrapolate the labels)
 PREDICTOR_VARIANTS: dict[str, tuple[dict, bool]] = {
     "ensemble of 5, pairwise, extrapolated labels": ({"members": 5, "loss": "pairwise"}, True),
@@ -104,15 +108,18 @@ def _predictor_quality(search: dict, horizon: int | None, folds: int) -> dict:
 
 def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
                       checkpoints: Sequence[int] = (10, 25, 50, 100), flops_target: float | None = None,
-                      baseline: str = "random", folds: int = 5, log: Callable[[str], None] = print) -> dict:
-    """Compare the searches under ``root`` (module docstring); write and return the report."""
+                      baseline: str = "random", folds: int = 5, earlier: Sequence[Path] = (),
+                      log: Callable[[str], None] = print) -> dict:
+    """Compare the searches under ``root`` and those of the ``earlier`` reports (module
+    docstring); write and return the report."""
     root, out_dir = Path(root), Path(out_dir)
     searches = _searches(root)
     files = [out_dir / f"{name}{ext}" for ext in (".json", ".md", ".png")]
-    for f in files:  # never into a search's own folder
-        check_output(f, [s["folder"] for s in searches], "--out")
-    horizons = {s["report"].get("automl", {}).get("options", {}).get("horizon_steps") for s in searches} - {None}
-    horizon = max(horizons) if horizons else None
+    for f in files:  # never into a search's own folder, nor over a report it reads
+        check_output(f, [s["folder"] for s in searches] + [Path(e) for e in earlier], "--out")
+    reports = [json.loads(Path(e).read_text()) for e in earlier]
+    horizons = {s["report"].get("automl", {}).get("options", {}).get("horizon_steps") for s in searches}
+    horizon = max((horizons | {r["context"]["horizon_steps"] for r in reports}) - {None}, default=None)
     rows, trials = [], []
     for s in searches:
         rep = s["report"]
@@ -138,6 +145,18 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
             {k: best_under[k] for k in ("number", "value", "flops_per_sample", "architecture", "model")},
             "predictor": _predictor_quality(s, horizon, folds) if len(done) >= 2 * folds else None,
         })
+    context = {"config": searches[0]["report"]["config"], "overrides": searches[0]["report"]["overrides"],
+               "metric": searches[0]["report"]["objective"]["metric"], "flops_target": flops_target}
+    for path, old in zip(earlier, reports):
+        differs = [k for k, v in context.items() if old["context"].get(k) != v]
+        if differs:
+            raise ValueError(f"{path}: its searches differ from those under {root} in {', '.join(differs)}")
+        clash = {(r["strategy"], r["seed"]) for r in old["searches"]} & {(r["strategy"], r["seed"]) for r in rows}
+        if clash:
+            raise ValueError(f"{path}: reports searches also given, or in another report: {sorted(clash)}")
+        rows.extend(old["searches"])
+        trials.extend(old["trials"])
+        log(f"{path}: {len(old['searches'])} searches reported earlier")
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     summary = []
     for strategy in strategies:
@@ -162,10 +181,8 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
                                    "difference": diff, "spread": spread,
                                    "beyond_spread": bool(math.isfinite(diff) and abs(diff) > spread)})
     report = {
-        "context": {"root": str(root), "machine": machine_info(), "flops_target": flops_target,
-                    "checkpoints": list(checkpoints), "horizon_steps": horizon, "folds": folds,
-                    "config": searches[0]["report"]["config"], "overrides": searches[0]["report"]["overrides"],
-                    "metric": searches[0]["report"]["objective"]["metric"]},
+        "context": {**context, "root": str(root), "earlier": [str(e) for e in earlier], "machine": machine_info(),
+                    "checkpoints": list(checkpoints), "horizon_steps": horizon, "folds": folds},
         "searches": rows, "summary": summary, "comparison": comparison, "trials": trials,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

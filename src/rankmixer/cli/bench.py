@@ -182,6 +182,8 @@ def search_budget(
                                                  "trial at or below it."),
     baseline: str = typer.Option("random", help="The strategy every other one is compared with."),
     folds: int = typer.Option(5, min=2, help="Folds of the predictor's cross-validation."),
+    earlier: Optional[List[Path]] = typer.Option(None, "--earlier", help="An earlier report of this command (its "
+                                                 "JSON) whose searches join the comparison; repeatable."),
 ) -> None:
     """Search strategies at an equal trial budget: best-so-far over search seeds, the difference to
     random search against the seed spread, the AutoML predictor's held-out Kendall tau and its
@@ -191,7 +193,7 @@ def search_budget(
     with user_errors():
         ks = [int(x) for x in checkpoints.split(",") if x.strip()]
         report = run_search_budget(root, out, name, checkpoints=ks, flops_target=flops_target, baseline=baseline,
-                                   folds=folds, log=console.print)
+                                   folds=folds, earlier=earlier or [], log=console.print)
     console.print(markdown_tables(report), markup=False, soft_wrap=True)
     console.print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} and {out / (name + '.png')}")
 

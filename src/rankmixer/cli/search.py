@@ -25,18 +25,21 @@ def search(
     space: Path = typer.Option(Path("default"), "--space", help="Architecture space: a YAML file or a packaged space "
                                "(docs/search.md)."),
     strategy: str = typer.Option("tpe", help="random (random search), tpe (Optuna's TPE), automl (a predictor of the "
-                                 "finished trials and a REINFORCE policy against it), distdnas (the space's "
-                                 "supernet searched on each day's data, weights aggregated) or sigeo (the supernet "
+                                 "finished trials and a REINFORCE policy against it), rankitect-sampling (Rankitect's "
+                                 "sampling-based search: a REINFORCE controller whose every draw is trained as a "
+                                 "trial), distdnas (the space's supernet searched on each day's data, weights "
+                                 "aggregated) or sigeo (the supernet "
                                  "warmed up on a share of the data, subnets ranked by a proxy) or rankitect (a "
                                  "REINFORCE controller over the supernet's paths, rewards against a co-trained "
                                  "baseline); docs/search.md."),
-    budget: Optional[int] = typer.Option(None, "--budget", min=1, help="random, tpe, automl: complete trials the "
-                                         "study should hold in total (a study that has some already runs only the "
-                                         "rest)."),
+    budget: Optional[int] = typer.Option(None, "--budget", min=1, help="random, tpe, automl, rankitect-sampling: "
+                                         "complete trials the study should hold in total (a study that has some "
+                                         "already runs only the rest)."),
     startup_trials: int = typer.Option(20, min=2, help="automl: random trials before the predictor proposes."),
     round_size: int = typer.Option(10, min=1, help="automl: trials proposed per predictor fit."),
-    flops_target: Optional[float] = typer.Option(None, min=0.0, help="automl: FLOPs per sample above which the "
-                                                 "policy's reward is penalized (default: no budget)."),
+    flops_target: Optional[float] = typer.Option(None, min=0.0, help="automl, rankitect-sampling: FLOPs per "
+                                                 "sample above which the policy's reward is penalized (default: no "
+                                                 "budget)."),
     horizon_steps: Optional[int] = typer.Option(None, min=1, help="automl: steps each trial's validation curve is "
                                                 "extrapolated to (default: a full run of the experiment)."),
     keep: int = typer.Option(1, min=1, help="distdnas: candidates kept per choice block."),
@@ -49,9 +52,11 @@ def search(
                                  "warms up on (0: none)."),
     subnets: int = typer.Option(32, min=1, help="sigeo: paths of the supernet scored."),
     proxy_batches: int = typer.Option(8, min=2, help="sigeo: training batches the proxies are computed on."),
-    samples: int = typer.Option(8, min=2, help="rankitect: paths scored per controller update."),
+    samples: int = typer.Option(8, min=2, help="rankitect: paths scored per controller update; "
+                                "rankitect-sampling: complete trials per controller update."),
     update_every: int = typer.Option(5, min=1, help="rankitect: training steps between controller updates."),
-    controller_lr: float = typer.Option(0.5, min=0.0, help="rankitect: the controller's step size."),
+    controller_lr: float = typer.Option(0.5, min=0.0, help="rankitect, rankitect-sampling: the "
+                                          "controller's step size."),
     out: Optional[Path] = typer.Option(None, "--out", help="Search folder: new, empty or one of ours (trials' run "
                                        "directories, search.json, tune.json, the default storage study.db). "
                                        "Default: runs/search-STRATEGY."),
@@ -62,8 +67,9 @@ def search(
     heartbeat: int = typer.Option(60, min=1, help="Seconds between a running trial's heartbeats (RDB storages)."),
     workers: int = typer.Option(1, min=1, help="Processes working on the study at once (each trial with "
                                 "cores/workers threads unless train.threads is given)."),
-    keep_checkpoints: bool = typer.Option(False, help="random, tpe, automl: keep finished trials' checkpoints/ "
-                                          "(by default a finished trial keeps its metrics and best weights only)."),
+    keep_checkpoints: bool = typer.Option(False, help="random, tpe, automl, rankitect-sampling: keep "
+                                          "finished trials' checkpoints/ (by default a finished trial keeps its "
+                                          "metrics and best weights only)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every trial (not model.*)."),
 ) -> None:
     """Search ranking architectures on the validation split: each trial trains a drawn architecture;
@@ -110,17 +116,19 @@ def search(
         _found("best", found["best"], out / SIGEO_REPORT)
         return
     if budget is None:
-        raise typer.BadParameter("random, tpe and automl need --budget (the number of complete trials)",
-                                 param_hint="--budget")
-    automl = None
+        raise typer.BadParameter("random, tpe, automl and rankitect-sampling need --budget (the number of "
+                                 "complete trials)", param_hint="--budget")
+    options = None
     if strategy == "automl":
-        automl = {"startup_trials": startup_trials, "round_size": round_size, "flops_target": flops_target,
-                  "horizon_steps": horizon_steps}
+        options = {"startup_trials": startup_trials, "round_size": round_size, "flops_target": flops_target,
+                   "horizon_steps": horizon_steps}
+    elif strategy == "rankitect-sampling":
+        options = {"batch": samples, "controller_lr": controller_lr, "flops_target": flops_target}
     with user_errors(MissingExtra, TuneError):
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         report = run_search(config, space, strategy, budget, out, list(overrides or []), storage, study, seed,
-                            log=console.print, heartbeat_s=heartbeat, workers=workers, automl=automl,
+                            log=console.print, heartbeat_s=heartbeat, workers=workers, options=options,
                             keep_checkpoints=keep_checkpoints)
     console.print(markdown_table(report), markup=False, soft_wrap=True)
     best = report["best"]
@@ -132,4 +140,9 @@ def search(
     if cv:
         console.print(f"predictor: Kendall tau {cv['kendall']:+.3f} on held-out trials ({cv['folds']}-fold, "
                       f"{cv['trials']} trials); FLOPs head {cv['flops_kendall']:+.3f}")
+    sampling = report.get("sampling")
+    if sampling:
+        updates = sampling["updates"]
+        entropy = f", entropy after the last {updates[-1]['entropy']:.3f}" if updates else ""
+        console.print(f"controller: {len(updates)} update(s){entropy}")
     console.print(f"wrote {out / 'search.json'}")

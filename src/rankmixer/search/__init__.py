@@ -1,8 +1,8 @@
 """Architecture search (``rankmixer search``): a declarative space of ranking architectures
 (``space.py``) whose drawn architectures are ordinary ``searched`` models
 (rankmixer.models.searched), searched as a tuning study (``run.py``: Optuna storage, resume,
-retries; random search and TPE), reported with FLOPs, parameters and the Pareto front
-(``report.py``)."""
+retries; random search, TPE, the AutoML searcher and Rankitect's sampling-based search),
+reported with FLOPs, parameters and the Pareto front (``report.py``)."""
 
 from rankmixer.search.report import pareto_front, search_report
 from rankmixer.search.run import SEARCH_REPORT, STRATEGIES, run_search

@@ -15,7 +15,7 @@ its storage, resume, retries, parallel workers and report are the tuning study's
 3. **A round** (every ``round_size`` newly complete trials): the ensemble predictor
    (rankmixer.search.predictor: pairwise ranking loss, multi-task with log FLOPs) is fitted to
    all labels; then a policy (rankmixer.search.controller: one softmax per named draw of the
-   space, numbers on a grid of at most ``GRID`` values) takes ``policy_steps`` REINFORCE steps
+   space, rankmixer.search.policy) takes ``policy_steps`` REINFORCE steps
    of ``policy_samples`` architectures each, with the reward
 
        reward(a) = z(a) - flops_penalty * max(0, log2(FLOPs_hat(a) / flops_target))
@@ -45,91 +45,15 @@ import numpy as np
 import optuna
 import torch
 
-from rankmixer.models.searched import SOURCE
 from rankmixer.search.controller import Controller
 from rankmixer.search.curve import extrapolate, read_curve
+from rankmixer.search.policy import PolicyTrial, decisions
 from rankmixer.search.predictor import Decision, Encoder, Predictor, cross_validate
 from rankmixer.search.report import first_metrics
 from rankmixer.search.space import ArchitectureSpace
-from rankmixer.tune.space import Param
 from rankmixer.tune.study import continued_seed
 
-__all__ = ["GRID", "AutoMLOptions", "AutoMLSampler", "PolicyTrial", "automl_report", "decisions", "propose",
-           "study_labels", "trial_labels"]
-
-GRID = 8  # the most values the policy offers for a number (a smaller integer range: all of it)
-
-
-def _grid(p: Param) -> tuple:
-    if p.kind == "choice":
-        return p.encoded
-    step = p.step or (1 if p.kind == "int" else None)
-    if p.kind == "int" and (p.high - p.low) // step + 1 <= 2 * GRID:
-        return tuple(range(p.low, p.high + 1, step))
-    points = np.geomspace(p.low, p.high, GRID) if p.log else np.linspace(p.low, p.high, GRID)
-    if p.kind == "int":
-        points = [p.low + round((v - p.low) / step) * step for v in points]
-    elif step:
-        points = [p.decode(p.low + round((v - p.low) / step) * step) for v in points]
-    return tuple(dict.fromkeys(int(v) if p.kind == "int" else float(v) for v in points))
-
-
-def decisions(space: ArchitectureSpace) -> list[Decision]:
-    """Every named draw the space can make (rankmixer.search.space: ``blocks``, ``b{i}.type``,
-    ``b{i}.{type}.{size}``, ``b{i}.inputs``, ``b{i}.in{s}``), with the policy's options."""
-    out = []
-
-    def add(p: Param, name: str) -> None:
-        if p.kind == "fixed":
-            return
-        numeric = p.kind in ("int", "float")
-        out.append(Decision(name, _grid(p), numeric, p.low if numeric else 0.0, p.high if numeric else 1.0,
-                            p.log))
-
-    add(space.blocks, space.blocks.key)
-    most = space.blocks.high if space.blocks.kind == "int" else space.blocks.value
-    types = list(space.types)
-    for i in range(most):
-        if len(types) > 1:
-            out.append(Decision(f"b{i}.type", tuple(types)))
-        for t, sizes in space.types.items():
-            for k, p in sizes.items():
-                add(p, f"b{i}.{t}.{k}")
-        sources = (SOURCE, *(f"b{j}" for j in range(i)))
-        inputs = min(space.max_inputs, len(sources))
-        if inputs > 1:
-            out.append(Decision(f"b{i}.inputs", tuple(range(1, inputs + 1)), True, 1, inputs))
-        if len(sources) > 1:
-            out.extend(Decision(f"b{i}.in{s}", sources) for s in range(inputs))
-    return out
-
-
-class PolicyTrial:
-    """What ``space.suggest`` draws from: each draw answered by the controller's decision of
-    that name, recorded as Optuna params and as the option index taken."""
-
-    def __init__(self, controller: Controller, index: dict[str, int], table: list[Decision]) -> None:
-        self.controller, self.index, self.table = controller, index, table
-        self.params: dict[str, Any] = {}
-        self.taken: list[int | None] = [None] * len(table)
-
-    def _draw(self, name: str, allowed: Any = None) -> Any:
-        i = self.index[name]
-        k = self.controller.draw(i)
-        value = self.table[i].options[k]
-        if allowed is not None and value not in allowed:
-            raise ValueError(f"the policy's option {value!r} for {name} lies outside {allowed}")
-        self.params[name], self.taken[i] = value, k
-        return value
-
-    def suggest_int(self, name: str, low: int, high: int, log: bool = False, step: int = 1) -> int:
-        return self._draw(name, range(low, high + 1))
-
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False, step: float | None = None) -> float:
-        return self._draw(name)
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        return self._draw(name, choices)
+__all__ = ["AutoMLOptions", "AutoMLSampler", "automl_report", "propose", "study_labels", "trial_labels"]
 
 
 def _key(params: dict[str, Any]) -> str:

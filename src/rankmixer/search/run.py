@@ -8,10 +8,13 @@ killed search continues where it stopped and `optuna-dashboard` shows it. A tria
 its error and the search goes on, unless :data:`MAX_FAILED_IN_A_ROW` fail in a row.
 
 Strategies: ``random`` (Optuna's random sampler), ``tpe`` (its tree-structured Parzen
-estimator, define-by-run over the conditional space) and ``automl`` (a predictor of the finished
-trials and a REINFORCE policy against it under a FLOPs budget, rankmixer.search.automl), at the
-same trial budget. An automl search's report adds its labels (the trials' learning curves
-extrapolated to the full run) and its predictor's cross-validated ranking quality.
+estimator, define-by-run over the conditional space), ``automl`` (a predictor of the finished
+trials and a REINFORCE policy against it under a FLOPs budget, rankmixer.search.automl) and
+``rankitect-sampling`` (Rankitect's sampling-based search: a REINFORCE controller moved by the
+trials' own validation results, rankmixer.search.sampling), at the same trial budget. An automl
+search's report adds its labels (the trials' learning curves extrapolated to the full run) and
+its predictor's cross-validated ranking quality; a rankitect-sampling search's report adds the
+controller's updates and its most likely architecture.
 
 ``workers`` > 1 runs the trials in that many processes working on the one study (Optuna's own
 way to parallelise: every process asks the shared storage for its next trial; no scheduler of
@@ -39,7 +42,8 @@ from rankmixer.tune.study import storage_url
 
 __all__ = ["MAX_FAILED_IN_A_ROW", "SEARCH_REPORT", "STRATEGIES", "run_search"]
 
-STRATEGIES = ("random", "tpe", "automl")
+STRATEGIES = ("random", "tpe", "automl", "rankitect-sampling")
+POLICY_STRATEGIES = ("automl", "rankitect-sampling")  # strategies with their own sampler and options
 SEARCH_REPORT = "search.json"
 MAX_FAILED_IN_A_ROW = 10
 
@@ -76,15 +80,17 @@ def run_search(
     log: Callable[[str], None] = print,
     heartbeat_s: int = 60,
     workers: int = 1,
-    automl: dict | None = None,
+    options: dict | None = None,
     keep_checkpoints: bool = False,
 ) -> dict:
     """Run the study until it holds ``budget`` complete trials; write and return ``search.json``.
     ``seed`` seeds the strategy's sampler (default: the space's); ``study`` defaults to the
-    strategy's name; ``workers`` processes share the study. ``automl``: the automl strategy's
-    options (rankmixer.search.automl.AutoMLOptions: startup_trials, round_size, flops_target,
-    horizon_steps; default horizon: :func:`full_run_steps`). ``keep_checkpoints``: keep finished
-    trials' checkpoints (by default only their metrics and best weights stay)."""
+    strategy's name; ``workers`` processes share the study. ``options``: the automl or
+    rankitect-sampling strategy's settings (rankmixer.search.automl.AutoMLOptions: startup_trials,
+    round_size, flops_target, horizon_steps, default horizon :func:`full_run_steps`;
+    rankmixer.search.sampling.SamplingOptions: batch, controller_lr, flops_target).
+    ``keep_checkpoints``: keep finished trials' checkpoints (by default only their metrics and
+    best weights stay)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     if workers < 1:
@@ -94,16 +100,22 @@ def run_search(
     out_dir = Path(out_dir)
     overrides = list(overrides or [])
     factory = None
-    if strategy == "automl":
-        from rankmixer.search.automl import AutoMLOptions
-
-        options = dict(automl or {})
-        if options.get("horizon_steps") is None:
-            options["horizon_steps"] = full_run_steps(config, overrides, log)
+    if strategy in POLICY_STRATEGIES:
+        # draws outside the strategy's own plan (start-up trials, a retry) are random
         space = dataclasses.replace(space, sampler=SamplerConfig(name="random", seed=seed))
-        factory = AutoMLOptions(space, str(out_dir), seed, **options)
-    elif automl:
-        raise ValueError(f"automl options given to the {strategy} strategy")
+        settings = dict(options or {})
+        if strategy == "automl":
+            from rankmixer.search.automl import AutoMLOptions
+
+            if settings.get("horizon_steps") is None:
+                settings["horizon_steps"] = full_run_steps(config, overrides, log)
+            factory = AutoMLOptions(space, str(out_dir), seed, **settings)
+        else:
+            from rankmixer.search.sampling import SamplingOptions
+
+            factory = SamplingOptions(space, str(out_dir), seed, **settings)
+    elif options:
+        raise ValueError(f"strategy options given to the {strategy} strategy")
     else:
         space = dataclasses.replace(space, sampler=SamplerConfig(name=strategy, seed=seed))  # type: ignore[arg-type]
     args = (config, space, budget, out_dir, overrides, storage, study or strategy)
@@ -121,9 +133,13 @@ def run_search(
     tune = run_tune(*args, log=log, heartbeat_s=heartbeat_s, catch_errors=True,
                     max_failures_in_a_row=MAX_FAILED_IN_A_ROW, sampler_factory=factory, keep_checkpoints=keep_checkpoints)
     report = search_report(tune, out_dir, strategy)
-    if factory is not None:
+    if strategy == "automl":
         from rankmixer.search.automl import automl_report
 
         report["automl"] = automl_report(factory, storage_url(out_dir, storage), study or strategy)
+    elif strategy == "rankitect-sampling":
+        from rankmixer.search.sampling import sampling_report
+
+        report["sampling"] = sampling_report(factory, storage_url(out_dir, storage), study or strategy)
     write_json(out_dir / SEARCH_REPORT, report, [space.file], "search report")
     return report

@@ -1,0 +1,107 @@
+"""A policy over a search space's draws: every named draw the space can make (``blocks``,
+``b{i}.type``, ``b{i}.{type}.{size}``, ``b{i}.inputs``, ``b{i}.in{s}``) as one categorical
+decision of a REINFORCE controller (rankmixer.search.controller), numbers on a grid of at most
+:data:`GRID` values. The AutoML searcher's policy (against its predictor) and Rankitect's
+sampling-based search (against trained trials) both draw architectures through it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rankmixer.models.searched import SOURCE
+from rankmixer.search.controller import Controller
+from rankmixer.search.predictor import Decision
+from rankmixer.search.space import ArchitectureSpace
+from rankmixer.tune.space import Param
+
+__all__ = ["GRID", "PolicyTrial", "decisions", "taken_options"]
+
+GRID = 8  # the most values the policy offers for a number (a smaller integer range: all of it)
+
+
+def _grid(p: Param) -> tuple:
+    if p.kind == "choice":
+        return p.encoded
+    step = p.step or (1 if p.kind == "int" else None)
+    if p.kind == "int" and (p.high - p.low) // step + 1 <= 2 * GRID:
+        return tuple(range(p.low, p.high + 1, step))
+    points = np.geomspace(p.low, p.high, GRID) if p.log else np.linspace(p.low, p.high, GRID)
+    if p.kind == "int":
+        points = [p.low + round((v - p.low) / step) * step for v in points]
+    elif step:
+        points = [p.decode(p.low + round((v - p.low) / step) * step) for v in points]
+    return tuple(dict.fromkeys(int(v) if p.kind == "int" else float(v) for v in points))
+
+
+def decisions(space: ArchitectureSpace) -> list[Decision]:
+    """Every named draw the space can make (rankmixer.search.space: ``blocks``, ``b{i}.type``,
+    ``b{i}.{type}.{size}``, ``b{i}.inputs``, ``b{i}.in{s}``), with the policy's options."""
+    out = []
+
+    def add(p: Param, name: str) -> None:
+        if p.kind == "fixed":
+            return
+        numeric = p.kind in ("int", "float")
+        out.append(Decision(name, _grid(p), numeric, p.low if numeric else 0.0, p.high if numeric else 1.0,
+                            p.log))
+
+    add(space.blocks, space.blocks.key)
+    most = space.blocks.high if space.blocks.kind == "int" else space.blocks.value
+    types = list(space.types)
+    for i in range(most):
+        if len(types) > 1:
+            out.append(Decision(f"b{i}.type", tuple(types)))
+        for t, sizes in space.types.items():
+            for k, p in sizes.items():
+                add(p, f"b{i}.{t}.{k}")
+        sources = (SOURCE, *(f"b{j}" for j in range(i)))
+        inputs = min(space.max_inputs, len(sources))
+        if inputs > 1:
+            out.append(Decision(f"b{i}.inputs", tuple(range(1, inputs + 1)), True, 1, inputs))
+        if len(sources) > 1:
+            out.extend(Decision(f"b{i}.in{s}", sources) for s in range(inputs))
+    return out
+
+
+class PolicyTrial:
+    """What ``space.suggest`` draws from: each draw answered by the controller's decision of
+    that name, recorded as Optuna params and as the option index taken."""
+
+    def __init__(self, controller: Controller, index: dict[str, int], table: list[Decision]) -> None:
+        self.controller, self.index, self.table = controller, index, table
+        self.params: dict[str, Any] = {}
+        self.taken: list[int | None] = [None] * len(table)
+
+    def _draw(self, name: str, allowed: Any = None) -> Any:
+        i = self.index[name]
+        k = self.controller.draw(i)
+        value = self.table[i].options[k]
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"the policy's option {value!r} for {name} lies outside {allowed}")
+        self.params[name], self.taken[i] = value, k
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False, step: int = 1) -> int:
+        return self._draw(name, range(low, high + 1))
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False, step: float | None = None) -> float:
+        return self._draw(name)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._draw(name, choices)
+
+
+def taken_options(table: list[Decision], params: dict[str, Any]) -> list[int | None] | None:
+    """The option index of each decision in a trial's ``params`` (None: a draw it did not make);
+    None when a value is not one of its decision's options (a trial drawn off the grid)."""
+    taken: list[int | None] = []
+    for d in table:
+        if d.name not in params:
+            taken.append(None)
+        elif params[d.name] in d.options:
+            taken.append(d.options.index(params[d.name]))
+        else:
+            return None
+    return taken

@@ -1,0 +1,180 @@
+"""Rankitect's sampling-based search (Wen et al. 2023, arXiv 2311.08430): a REINFORCE controller
+draws architectures from the search space, every drawn architecture is trained on its own as a
+trial, and the trials' validation results move the controller.
+
+It is an Optuna sampler (:class:`SamplingSampler`), so a search with it is an ordinary study:
+storage, resume, retries, parallel workers and report are the tuning study's.
+
+* **The policy** is one softmax per named draw of the space (rankmixer.search.policy: the block
+  count, each block's type, sizes and inputs; numbers on a grid), all uniform at the start.
+* **The reward** of a complete trial is its validation metric (negated where lower is better)
+  minus ``flops_penalty * max(0, log2(FLOPs / flops_target))``, FLOPs per sample as its run
+  measured them (no penalty without a target): the soft cost constraint the AutoML searcher
+  also uses.
+* **An update** is one REINFORCE step on a batch of ``batch`` complete trials:
+  ``theta += lr * sum_j z_j * grad log pi(a_j)``, with ``z`` the rewards standardized within the
+  batch (their mean is the baseline; dividing by their spread makes ``lr`` independent of the
+  metric's scale, which for AUC differences is a few thousandths).
+
+The controller is not stored: before each trial the sampler replays every update from the
+study's complete trials, in trial-number order, from the uniform start. A resumed search, or
+another worker on the same storage, therefore holds the same controller, and a trial's draw is
+seeded by (seed, trial number), so a search replays. With several workers a batch may hold
+trials another worker drew from a slightly earlier controller (mildly off-policy).
+
+What the paper leaves open, we chose: the batch size, the standardized advantage, the penalty's
+form and the redraw of an architecture the study already ran (up to ``redraws`` times, so that
+the budget goes to new architectures; this conditions the draw on novelty).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from rankmixer.search.controller import Controller
+from rankmixer.search.policy import PolicyTrial, decisions, taken_options
+from rankmixer.search.report import first_metrics
+from rankmixer.search.space import ArchitectureSpace
+
+__all__ = ["SamplingOptions", "SamplingSampler", "replay", "sampling_report", "trial_reward"]
+
+
+def trial_reward(value: float, flops: float | None, maximize: bool, flops_target: float | None,
+                 flops_penalty: float) -> float:
+    """A complete trial's reward: its metric, higher better, less the FLOPs penalty."""
+    reward = value if maximize else -value
+    if flops_target is not None and flops is not None and flops > flops_target:
+        reward -= flops_penalty * math.log2(flops / flops_target)
+    return reward
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """The search's settings; called with the number of trials a study holds, it builds the
+    sampler (in each worker process: the options travel, the sampler does not)."""
+
+    space: ArchitectureSpace
+    out_dir: str
+    seed: int | None = None
+    batch: int = 8
+    controller_lr: float = 0.5
+    flops_target: float | None = None
+    flops_penalty: float = 1.0
+    redraws: int = 20
+
+    def __post_init__(self) -> None:
+        if self.batch < 2 or self.controller_lr <= 0 or self.redraws < 0 or self.flops_penalty < 0:
+            raise ValueError(f"batch >= 2, controller_lr > 0, redraws >= 0 and flops_penalty >= 0; got {self.batch}, "
+                             f"{self.controller_lr}, {self.redraws}, {self.flops_penalty}")
+        if self.flops_target is not None and self.flops_target <= 0:
+            raise ValueError(f"flops_target must be positive, got {self.flops_target}")
+
+    def __call__(self, trials_before: int) -> "SamplingSampler":
+        return SamplingSampler(self)
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _controller(table, lr: float, generator: torch.Generator) -> Controller:
+    return Controller([list(range(len(d.options))) for d in table], max(len(d.options) for d in table), lr, generator)
+
+
+def replay(options: SamplingOptions, study, generator: torch.Generator | None = None) -> tuple[Controller, list[dict]]:
+    """The controller after every update the study's complete trials make (module docstring),
+    and one record per update: its trial numbers, rewards and the controller's entropy after it.
+    Trials drawn off the policy's grid, or without a measured FLOPs count under a target, are
+    left out."""
+    table = decisions(options.space)
+    controller = _controller(table, options.controller_lr, generator or torch.Generator().manual_seed(0))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    pending: list[tuple[int, list[int | None], float]] = []
+    updates = []
+    complete = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                      key=lambda t: t.number)
+    for t in complete:
+        taken = taken_options(table, t.params)
+        if taken is None or t.value is None or not math.isfinite(t.value):
+            continue
+        flops = None
+        if options.flops_target is not None:
+            flops = (first_metrics(Path(options.out_dir), t.user_attrs.get("run_dirs", [])) or {}).get("flops_per_sample")
+            if flops is None:
+                continue
+        pending.append((t.number, taken, trial_reward(t.value, flops, maximize, options.flops_target,
+                                                      options.flops_penalty)))
+        if len(pending) == options.batch:
+            rewards = np.array([r for *_, r in pending])
+            z = (rewards - rewards.mean()) / (rewards.std() or 1.0)
+            controller.step([taken for _, taken, _ in pending], z.tolist())
+            updates.append({"trials": [n for n, *_ in pending], "rewards": rewards.tolist(),
+                            "entropy": controller.entropy()})
+            pending = []
+    return controller, updates
+
+
+class SamplingSampler(optuna.samplers.BaseSampler):
+    """The Optuna sampler of Rankitect's sampling-based search (module docstring): each trial's
+    whole architecture is drawn from the replayed controller in ``before_trial``."""
+
+    def __init__(self, options: SamplingOptions) -> None:
+        self.options = options
+        self.table = decisions(options.space)
+        self.index = {d.name: i for i, d in enumerate(self.table)}
+        self.random = optuna.samplers.RandomSampler(seed=options.seed)
+        self.plans: dict[int, dict[str, Any]] = {}
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, name: str, distribution) -> Any:
+        plan = self.plans.get(trial.number)
+        if plan is not None and name in plan:
+            return plan[name]
+        return self.random.sample_independent(study, trial, name, distribution)
+
+    def before_trial(self, study, trial) -> None:
+        if trial.system_attrs.get("fixed_params"):  # a retry: it draws what it drew before
+            return
+        seed = np.random.SeedSequence([self.options.seed or 0, trial.number]).generate_state(1)[0]
+        controller, _ = replay(self.options, study, torch.Generator().manual_seed(int(seed)))
+        seen = {_key(t.params) for t in study.get_trials(deepcopy=False) if t.number != trial.number}
+        for _ in range(self.options.redraws + 1):
+            draw = PolicyTrial(controller, self.index, self.table)
+            self.options.space.suggest(draw)
+            if _key(draw.params) not in seen:
+                break
+        self.plans[trial.number] = draw.params
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.plans.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        self.random.reseed_rng()
+
+
+def sampling_report(options: SamplingOptions, storage: str, study_name: str) -> dict:
+    """What ``search.json`` adds for a rankitect-sampling search: its options, every controller
+    update (trials, rewards, entropy after it) and the controller's most likely architecture's
+    draws (``mode``)."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    controller, updates = replay(options, study)
+    table = decisions(options.space)
+    best = controller.best()
+    return {
+        "options": {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "space"},
+        "updates": updates,
+        "mode": {d.name: d.options[k] for d, k in zip(table, best)},
+    }

@@ -36,28 +36,21 @@ another worker has meanwhile drawn is skipped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
 import torch
 
-from rankmixer.search.controller import Controller
 from rankmixer.search.curve import extrapolate, read_curve
-from rankmixer.search.policy import PolicyTrial, decisions
+from rankmixer.search.policy import PlanSampler, PolicyTrial, decisions, params_key, policy_controller
 from rankmixer.search.predictor import Decision, Encoder, Predictor, cross_validate
 from rankmixer.search.report import first_metrics
 from rankmixer.search.space import ArchitectureSpace
 from rankmixer.tune.study import continued_seed
 
 __all__ = ["AutoMLOptions", "AutoMLSampler", "automl_report", "propose", "study_labels", "trial_labels"]
-
-
-def _key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
 
 
 def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predictor, reference: np.ndarray, *,
@@ -71,9 +64,7 @@ def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predicto
     ref = predictor.predict(reference)["score"]
     mean, sd = float(ref.mean()), float(ref.std()) or 1.0
     index = {d.name: i for i, d in enumerate(table)}
-    widest = max(len(d.options) for d in table)
-    controller = Controller([list(range(len(d.options))) for d in table], widest, lr,
-                            torch.Generator().manual_seed(seed))
+    controller = policy_controller(table, lr, torch.Generator().manual_seed(seed))
     found: dict[str, dict] = {}
     for step in range(steps):
         draws = []
@@ -88,7 +79,7 @@ def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predicto
         controller.step([t.taken for t in draws], reward.tolist())
         if step >= steps // 2:
             for t, r, s, f in zip(draws, reward, pred["score"], pred["flops"]):
-                key = _key(t.params)
+                key = params_key(t.params)
                 if key not in seen:
                     found[key] = {"params": t.params, "reward": float(r), "score": float(s), "flops": float(f)}
     return sorted(found.values(), key=lambda c: -c["reward"])[:count]
@@ -146,34 +137,20 @@ class AutoMLOptions:
         return AutoMLSampler(self, trials_before)
 
 
-class AutoMLSampler(optuna.samplers.BaseSampler):
+class AutoMLSampler(PlanSampler):
     """The Optuna sampler of the AutoML searcher (module docstring). Draws outside a queued
     architecture (start-up trials, a parameter the queue does not hold) are Optuna's random
     sampler's."""
 
     def __init__(self, options: AutoMLOptions, trials_before: int = 0) -> None:
-        self.options = options
         seed = continued_seed(options.seed, trials_before)
+        super().__init__(seed)
+        self.options = options
         self.seed = seed or 0
-        self.random = optuna.samplers.RandomSampler(seed=seed)
         self.table = decisions(options.space)
         self.queue: list[dict] = []
         self.fitted_on = -1  # complete trials at the last round
-        self.plans: dict[int, dict[str, Any]] = {}
         self.rounds = 0
-
-    # Optuna's sampler interface --------------------------------------------------------------
-    def infer_relative_search_space(self, study, trial) -> dict:
-        return {}
-
-    def sample_relative(self, study, trial, search_space) -> dict:
-        return {}
-
-    def sample_independent(self, study, trial, name: str, distribution) -> Any:
-        plan = self.plans.get(trial.number)
-        if plan is not None and name in plan:
-            return plan[name]
-        return self.random.sample_independent(study, trial, name, distribution)
 
     def before_trial(self, study, trial) -> None:
         if trial.system_attrs.get("fixed_params"):  # a retry: it draws what it drew before
@@ -182,21 +159,15 @@ class AutoMLSampler(optuna.samplers.BaseSampler):
         complete = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < self.options.startup_trials:
             return
-        seen = {_key(t.params) for t in every if t.number != trial.number}
+        seen = {params_key(t.params) for t in every if t.number != trial.number}
         if not self.queue or len(complete) >= self.fitted_on + self.options.round_size:
             self.fitted_on = len(complete)
             self._round(study, seen)
         while self.queue:
             nxt = self.queue.pop(0)
-            if _key(nxt["params"]) not in seen:
+            if params_key(nxt["params"]) not in seen:
                 self.plans[trial.number] = nxt["params"]
                 return
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self.plans.pop(trial.number, None)
-
-    def reseed_rng(self) -> None:
-        self.random.reseed_rng()
 
     # the round -------------------------------------------------------------------------------
     def _round(self, study, seen: set[str]) -> None:

@@ -2,13 +2,18 @@
 ``b{i}.type``, ``b{i}.{type}.{size}``, ``b{i}.inputs``, ``b{i}.in{s}``) as one categorical
 decision of a REINFORCE controller (rankmixer.search.controller), numbers on a grid of at most
 :data:`GRID` values. The AutoML searcher's policy (against its predictor) and Rankitect's
-sampling-based search (against trained trials) both draw architectures through it."""
+sampling-based search (against trained trials) both draw architectures through it, and both
+are Optuna samplers that hand a trial the architecture drawn for it (:class:`PlanSampler`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import json
+
 import numpy as np
+import optuna
+import torch
 
 from rankmixer.models.searched import SOURCE
 from rankmixer.search.controller import Controller
@@ -16,7 +21,7 @@ from rankmixer.search.predictor import Decision
 from rankmixer.search.space import ArchitectureSpace
 from rankmixer.tune.space import Param
 
-__all__ = ["GRID", "PolicyTrial", "decisions", "taken_options"]
+__all__ = ["GRID", "PlanSampler", "PolicyTrial", "decisions", "params_key", "policy_controller", "taken_options"]
 
 GRID = 8  # the most values the policy offers for a number (a smaller integer range: all of it)
 
@@ -65,6 +70,16 @@ def decisions(space: ArchitectureSpace) -> list[Decision]:
     return out
 
 
+def policy_controller(table: list[Decision], lr: float, generator: torch.Generator) -> Controller:
+    """A uniform controller with one softmax per decision of ``table`` over its options."""
+    return Controller([list(range(len(d.options))) for d in table], max(len(d.options) for d in table), lr, generator)
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """An architecture's draws as one string: equal draws, equal keys (the "run already" test)."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
 class PolicyTrial:
     """What ``space.suggest`` draws from: each draw answered by the controller's decision of
     that name, recorded as Optuna params and as the option index taken."""
@@ -105,3 +120,31 @@ def taken_options(table: list[Decision], params: dict[str, Any]) -> list[int | N
         else:
             return None
     return taken
+
+
+class PlanSampler(optuna.samplers.BaseSampler):
+    """An Optuna sampler that answers each draw of a trial from the architecture planned for it
+    (``plans[trial.number]``, set by a subclass's ``before_trial``); a draw outside the plan
+    (no plan yet, a retry) is Optuna's random sampler's."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.random = optuna.samplers.RandomSampler(seed=seed)
+        self.plans: dict[int, dict[str, Any]] = {}
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, name: str, distribution) -> Any:
+        plan = self.plans.get(trial.number)
+        if plan is not None and name in plan:
+            return plan[name]
+        return self.random.sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.plans.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        self.random.reseed_rng()

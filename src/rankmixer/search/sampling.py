@@ -30,17 +30,16 @@ the budget goes to new architectures; this conditions the draw on novelty).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
 import torch
 
 from rankmixer.search.controller import Controller
-from rankmixer.search.policy import PolicyTrial, decisions, taken_options
+from rankmixer.search.policy import (PlanSampler, PolicyTrial, decisions, params_key, policy_controller,
+                                     taken_options)
 from rankmixer.search.report import first_metrics
 from rankmixer.search.space import ArchitectureSpace
 
@@ -81,21 +80,13 @@ class SamplingOptions:
         return SamplingSampler(self)
 
 
-def _key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
-
-
-def _controller(table, lr: float, generator: torch.Generator) -> Controller:
-    return Controller([list(range(len(d.options))) for d in table], max(len(d.options) for d in table), lr, generator)
-
-
 def replay(options: SamplingOptions, study, generator: torch.Generator | None = None) -> tuple[Controller, list[dict]]:
     """The controller after every update the study's complete trials make (module docstring),
     and one record per update: its trial numbers, rewards and the controller's entropy after it.
     Trials drawn off the policy's grid, or without a measured FLOPs count under a target, are
     left out."""
     table = decisions(options.space)
-    controller = _controller(table, options.controller_lr, generator or torch.Generator().manual_seed(0))
+    controller = policy_controller(table, options.controller_lr, generator or torch.Generator().manual_seed(0))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     pending: list[tuple[int, list[int | None], float]] = []
     updates = []
@@ -122,47 +113,28 @@ def replay(options: SamplingOptions, study, generator: torch.Generator | None = 
     return controller, updates
 
 
-class SamplingSampler(optuna.samplers.BaseSampler):
+class SamplingSampler(PlanSampler):
     """The Optuna sampler of Rankitect's sampling-based search (module docstring): each trial's
     whole architecture is drawn from the replayed controller in ``before_trial``."""
 
     def __init__(self, options: SamplingOptions) -> None:
+        super().__init__(options.seed)
         self.options = options
         self.table = decisions(options.space)
         self.index = {d.name: i for i, d in enumerate(self.table)}
-        self.random = optuna.samplers.RandomSampler(seed=options.seed)
-        self.plans: dict[int, dict[str, Any]] = {}
-
-    def infer_relative_search_space(self, study, trial) -> dict:
-        return {}
-
-    def sample_relative(self, study, trial, search_space) -> dict:
-        return {}
-
-    def sample_independent(self, study, trial, name: str, distribution) -> Any:
-        plan = self.plans.get(trial.number)
-        if plan is not None and name in plan:
-            return plan[name]
-        return self.random.sample_independent(study, trial, name, distribution)
 
     def before_trial(self, study, trial) -> None:
         if trial.system_attrs.get("fixed_params"):  # a retry: it draws what it drew before
             return
         seed = np.random.SeedSequence([self.options.seed or 0, trial.number]).generate_state(1)[0]
         controller, _ = replay(self.options, study, torch.Generator().manual_seed(int(seed)))
-        seen = {_key(t.params) for t in study.get_trials(deepcopy=False) if t.number != trial.number}
+        seen = {params_key(t.params) for t in study.get_trials(deepcopy=False) if t.number != trial.number}
         for _ in range(self.options.redraws + 1):
             draw = PolicyTrial(controller, self.index, self.table)
             self.options.space.suggest(draw)
-            if _key(draw.params) not in seen:
+            if params_key(draw.params) not in seen:
                 break
         self.plans[trial.number] = draw.params
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self.plans.pop(trial.number, None)
-
-    def reseed_rng(self) -> None:
-        self.random.reseed_rng()
 
 
 def sampling_report(options: SamplingOptions, storage: str, study_name: str) -> dict:

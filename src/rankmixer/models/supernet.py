@@ -16,6 +16,11 @@ choice block, which the task heads read, never offers it.
 a subnet with the supernet's weights; with ``training: sampled_path`` every training step draws
 such a path uniformly (single-path training, the warm-up of SiGeo's sub-one-shot search).
 
+**Width slicing** (``share_widths: true``): candidates of one type that differ only in their
+width (an MLP's, a gating block's, a compress block's) or a cross block's rank share the weights
+of the largest, each running on their leading slice (rankmixer.models.width_slicing), and so
+does the linear map P_k after them. Without it every candidate has weights of its own.
+
 **Cost-aware loss** (DistDNAS): ``aux_loss = cost_weight * E[FLOPs] / F_max`` with
 ``E[FLOPs] = sum_i sum_k w_ik FLOPs_ik``, FLOPs_ik the op's forward matmul FLOPs per sample
 counted by the one FLOP counter on the supernet's input shapes (the maps P_k are not counted:
@@ -43,6 +48,7 @@ from rankmixer.models.base import ModelConfig, ModelOutput
 from rankmixer.models.flops import count_flops
 from rankmixer.models.registry import register
 from rankmixer.models.searched import SOURCE, Block, BlockSpec
+from rankmixer.models.width_slicing import LeadingSlice, meta_copy, slice_owners
 from rankmixer.nn.embedding import field_embedding
 from rankmixer.nn.heads import TaskHeads
 
@@ -78,6 +84,8 @@ class SupernetConfig(ModelConfig):
     # warm-up of sub-one-shot search, SiGeo), alpha unused.
     training: Literal["mixture", "sampled_path"] = "mixture"
     head_hidden: list[int] = Field(default=[], description="hidden widths of each task's tower")
+    share_widths: bool = Field(False, description="candidates differing only in width (or a cross block's rank) "
+                                                  "share the widest one's weights, each on its leading slice")
 
     @field_validator("candidates")
     @classmethod
@@ -144,20 +152,33 @@ class SupernetModel(nn.Module):
         self.projections = nn.ModuleList()
         flops = [[0.0] * len(cfg.candidates) for _ in range(cfg.choice_blocks)]
         mask = [[False] * len(cfg.candidates) for _ in range(cfg.choice_blocks)]
+        # candidate k runs on the weights of candidate owners[k] (itself unless widths are shared)
+        self.owners = slice_owners(cfg.candidates) if cfg.share_widths else list(range(len(cfg.candidates)))
+        self.sliced: list[dict[int, tuple[LeadingSlice, LeadingSlice]]] = []
         for i in range(cfg.choice_blocks):
             ops, projections = nn.ModuleList(), nn.ModuleList()
             sources = [(SOURCE if j == 0 else f"c{j - 1}", s) for j, s in enumerate(shapes)]
+            specs = {k: BlockSpec.model_validate({"name": f"c{i}_{k}", **c})
+                     for k, c in enumerate(cfg.candidates) if c["type"] != ZERO}
             for k, c in enumerate(cfg.candidates):
-                if c["type"] == ZERO:
-                    ops.append(nn.Identity())  # never called: its output is zero
+                if c["type"] == ZERO or self.owners[k] != k:
+                    ops.append(nn.Identity())  # never called: zero, or run on its owner's weights
                     projections.append(nn.Identity())
-                    mask[i][k] = i == cfg.choice_blocks - 1  # the heads' input is never zero
+                    mask[i][k] = c["type"] == ZERO and i == cfg.choice_blocks - 1  # the heads' input is never zero
                     continue
-                spec = BlockSpec.model_validate({"name": f"c{i}_{k}", **c})
-                block = Block(spec, sources, d)
-                flops[i][k] = _flops_per_sample(spec, sources, d)
+                block = Block(specs[k], sources, d)
                 ops.append(block)
                 projections.append(Projection(math.prod(block.out_shape), cfg.set_size, d))
+            sliced = {}
+            for k, spec in specs.items():
+                flops[i][k] = _flops_per_sample(spec, sources, d)
+                own = self.owners[k]
+                if own != k:
+                    block = meta_copy(lambda: Block(spec, sources, d))
+                    proj = meta_copy(lambda: Projection(math.prod(block.out_shape), cfg.set_size, d))
+                    where = f"choice block {i}, candidate {candidate_label(cfg.candidates[k])}"
+                    sliced[k] = (LeadingSlice(block, ops[own], where), LeadingSlice(proj, projections[own], where))
+            self.sliced.append(sliced)
             self.ops.append(ops)
             self.projections.append(projections)
             shapes.append((cfg.set_size, d))
@@ -199,6 +220,14 @@ class SupernetModel(nn.Module):
 
     path: list[int] | None = None
 
+    def candidate(self, i: int, k: int, values: list[Tensor]) -> Tensor:
+        """Candidate k of choice block i on ``values`` (emb and the blocks before), mapped to the
+        choice block's shape: by its own weights, or by a leading slice of its owner's."""
+        if k in self.sliced[i]:
+            op, proj = self.sliced[i][k]
+            return proj(op(values))
+        return self.projections[i][k](self.ops[i][k](values))
+
     def forward(self, batch: Batch) -> ModelOutput:
         path = self.path
         if path is None and self.training and self.cfg.training == "sampled_path":
@@ -209,15 +238,15 @@ class SupernetModel(nn.Module):
                 if self.cfg.candidates[k]["type"] == ZERO:
                     values.append(values[0].new_zeros(values[0].shape[0], self.cfg.set_size, self.cfg.embedding_dim))
                 else:
-                    values.append(self.projections[i][k](self.ops[i][k](values)))
+                    values.append(self.candidate(i, k, values))
             return ModelOutput(logits=self.heads(values[-1].flatten(1)))
         weights = self.architecture_weights()
-        for i, (ops, projections) in enumerate(zip(self.ops, self.projections)):
+        for i in range(self.cfg.choice_blocks):
             mixed = None
-            for k, (c, op, proj) in enumerate(zip(self.cfg.candidates, ops, projections)):
+            for k, c in enumerate(self.cfg.candidates):
                 if c["type"] == ZERO:
                     continue
-                term = weights[i, k] * proj(op(values))
+                term = weights[i, k] * self.candidate(i, k, values)
                 mixed = term if mixed is None else mixed + term
             values.append(mixed)  # type: ignore[arg-type]
         expected = self.expected_flops(weights)

@@ -56,7 +56,8 @@ from rankmixer.tune.space import (Objective, Param, SamplerConfig, SpaceError, f
 __all__ = ["SPACE_PARAMS", "ArchitectureSpace", "load_architecture_space", "parse_architecture_space", "parse_supernet"]
 
 KEYS = ("objective", "seeds", "sampler", "model", "blocks", "max_inputs", "types", "supernet")
-SUPERNET_KEYS = ("choice_blocks", "set_size", "cost_weight", "temperature", "arch_lr_multiplier", "zero", "candidates")
+SUPERNET_KEYS = ("choice_blocks", "set_size", "cost_weight", "temperature", "arch_lr_multiplier", "share_widths",
+                 "zero", "candidates")
 # The sizes a space may draw per block type (attention and rankmixer draw factors of the width).
 SPACE_PARAMS: dict[str, tuple[str, ...]] = {
     **BLOCK_PARAMS, "attention": ("head_width", "heads", "depth"), "rankmixer": ("tokens", "token_width", "depth"),
@@ -156,7 +157,7 @@ class ArchitectureSpace:
 
 def parse_supernet(tree: Any, types: dict[str, dict[str, Param]], model: dict[str, Any], where: str) -> dict[str, Any]:
     """The ``supernet`` section as a ``supernet`` model section. Keys: ``choice_blocks``,
-    ``set_size``, ``cost_weight``, ``temperature``, ``arch_lr_multiplier``, ``zero`` (offer the
+    ``set_size``, ``cost_weight``, ``temperature``, ``arch_lr_multiplier``, ``share_widths``, ``zero`` (offer the
     zero op, default true) and ``candidates`` (per type of ``types``, a list of sizes inside its
     range; default: each type at its lower, then at its upper bounds)."""
     here = f"{where}: supernet"

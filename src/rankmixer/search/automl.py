@@ -44,7 +44,7 @@ import optuna
 import torch
 
 from rankmixer.search.curve import extrapolate, read_curve
-from rankmixer.search.policy import PlanSampler, PolicyTrial, decisions, params_key, policy_controller
+from rankmixer.search.policy import PlanSampler, PolicyOptions, PolicyTrial, decisions, params_key, policy_controller
 from rankmixer.search.predictor import Decision, Encoder, Predictor, cross_validate
 from rankmixer.search.report import first_metrics
 from rankmixer.search.space import ArchitectureSpace
@@ -110,28 +110,23 @@ def trial_labels(trials: list, out_dir: Path, metric: str, maximize: bool,
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoMLOptions:
-    """The searcher's settings; called with the number of trials a study holds, it builds the
-    sampler (in each worker process: the options travel, the sampler does not)."""
+class AutoMLOptions(PolicyOptions):
+    """The searcher's settings (and the shared ones of rankmixer.search.policy.PolicyOptions);
+    called with the number of trials a study holds, it builds the sampler (in each worker
+    process: the options travel, the sampler does not)."""
 
-    space: ArchitectureSpace
-    out_dir: str
-    seed: int | None = None
     startup_trials: int = 20
     round_size: int = 10
     horizon_steps: int | None = None
-    flops_target: float | None = None
-    flops_penalty: float = 1.0
     members: int = 5
     policy_steps: int = 200
     policy_samples: int = 32
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.startup_trials < 2 or self.round_size < 1 or self.members < 1:
             raise ValueError(f"startup_trials >= 2, round_size >= 1 and members >= 1; got {self.startup_trials}, "
                              f"{self.round_size}, {self.members}")
-        if self.flops_target is not None and self.flops_target <= 0:
-            raise ValueError(f"flops_target must be positive, got {self.flops_target}")
 
     def __call__(self, trials_before: int) -> "AutoMLSampler":
         return AutoMLSampler(self, trials_before)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
 import json
 
 import numpy as np
@@ -21,9 +22,30 @@ from rankmixer.search.predictor import Decision
 from rankmixer.search.space import ArchitectureSpace
 from rankmixer.tune.space import Param
 
-__all__ = ["GRID", "PlanSampler", "PolicyTrial", "decisions", "params_key", "policy_controller", "taken_options"]
+__all__ = ["GRID", "PlanSampler", "PolicyOptions", "PolicyTrial", "decisions", "params_key", "policy_controller",
+           "taken_options"]
 
 GRID = 8  # the most values the policy offers for a number (a smaller integer range: all of it)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyOptions:
+    """What the searches that draw through the policy share: the space, the search folder (the
+    trials' runs, whose measured FLOPs the cost term reads), the seed and the soft FLOPs budget
+    (a reward less ``flops_penalty * max(0, log2(FLOPs / flops_target))``; none without a
+    target)."""
+
+    space: ArchitectureSpace
+    out_dir: str
+    seed: int | None = None
+    flops_target: float | None = None
+    flops_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.flops_target is not None and self.flops_target <= 0:
+            raise ValueError(f"flops_target must be positive, got {self.flops_target}")
+        if self.flops_penalty < 0:
+            raise ValueError(f"flops_penalty must be >= 0, got {self.flops_penalty}")
 
 
 def _grid(p: Param) -> tuple:

@@ -38,10 +38,9 @@ import optuna
 import torch
 
 from rankmixer.search.controller import Controller
-from rankmixer.search.policy import (PlanSampler, PolicyTrial, decisions, params_key, policy_controller,
-                                     taken_options)
+from rankmixer.search.policy import (PlanSampler, PolicyOptions, PolicyTrial, decisions, params_key,
+                                     policy_controller, taken_options)
 from rankmixer.search.report import first_metrics
-from rankmixer.search.space import ArchitectureSpace
 
 __all__ = ["SamplingOptions", "SamplingSampler", "replay", "sampling_report", "trial_reward"]
 
@@ -56,25 +55,20 @@ def trial_reward(value: float, flops: float | None, maximize: bool, flops_target
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingOptions:
-    """The search's settings; called with the number of trials a study holds, it builds the
-    sampler (in each worker process: the options travel, the sampler does not)."""
+class SamplingOptions(PolicyOptions):
+    """The search's settings (and the shared ones of rankmixer.search.policy.PolicyOptions);
+    called with the number of trials a study holds, it builds the sampler (in each worker
+    process: the options travel, the sampler does not)."""
 
-    space: ArchitectureSpace
-    out_dir: str
-    seed: int | None = None
     batch: int = 8
     controller_lr: float = 0.5
-    flops_target: float | None = None
-    flops_penalty: float = 1.0
     redraws: int = 20
 
     def __post_init__(self) -> None:
-        if self.batch < 2 or self.controller_lr <= 0 or self.redraws < 0 or self.flops_penalty < 0:
-            raise ValueError(f"batch >= 2, controller_lr > 0, redraws >= 0 and flops_penalty >= 0; got {self.batch}, "
-                             f"{self.controller_lr}, {self.redraws}, {self.flops_penalty}")
-        if self.flops_target is not None and self.flops_target <= 0:
-            raise ValueError(f"flops_target must be positive, got {self.flops_target}")
+        super().__post_init__()
+        if self.batch < 2 or self.controller_lr <= 0 or self.redraws < 0:
+            raise ValueError(f"batch >= 2, controller_lr > 0 and redraws >= 0; got {self.batch}, "
+                             f"{self.controller_lr}, {self.redraws}")
 
     def __call__(self, trials_before: int) -> "SamplingSampler":
         return SamplingSampler(self)

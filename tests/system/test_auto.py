@@ -162,6 +162,13 @@ def test_optimizer_kernel_is_measured_and_cached(tmp_path, single_thread):
     assert set(read_history(path)[-1]["setting"]["seconds"]) == {"foreach", "forloop"}
     assert auto.measured_optimizer_impl(OptimizerConfig(name="sparse_adam", lr=1e-3), params, torch.device("cpu"),
                                         path) is None
+    # a frozen parameter (FuxiCTR's DLRM keeps its boolean triangle mask as one) is not timed
+    mask = torch.nn.Parameter(torch.ones(4, 4, dtype=torch.bool), requires_grad=False)
+    fresh = tmp_path / "fresh.parquet"
+    assert auto.measured_optimizer_impl(cfg, [mask, *params], torch.device("cpu"), fresh,
+                                        log=lambda *_: None) in auto.OPTIM_CHOICES
+    assert read_history(fresh)[-1]["setting"]["tensors"] == 3
+    assert auto.measured_optimizer_impl(cfg, [mask], torch.device("cpu"), fresh) is None  # nothing it updates
 
 
 def test_training_applies_the_measured_choices(tmp_path, monkeypatch):

@@ -211,7 +211,10 @@ def apply_ffn_choices(model: nn.Module, choices: list[dict], precision: str) -> 
 def measured_optimizer_impl(cfg: OptimizerConfig, params: list[nn.Parameter], device: torch.device,
                             history_path: Path | None = None, log: Callable[[str], None] = print) -> str | None:
     """The fastest of the optimizer kernels this optimizer has, for these parameters on this
-    machine (None: nothing to choose, e.g. an optimizer with one kernel or no parameters)."""
+    machine (None: nothing to choose, e.g. an optimizer with one kernel or no parameters). Only
+    the parameters the optimizer updates are timed: those that require gradients (a model may
+    hold a constant as a frozen parameter, an integer mask for instance)."""
+    params = [p for p in params if p.requires_grad]
     kernels = [k for k in OPTIM_CHOICES if _has_kernel(cfg, k)]
     if len(kernels) < 2 or not params:
         return None

@@ -104,6 +104,23 @@ def test_plateau_composes_with_the_schedule():
     assert lrs() == pytest.approx((1e-6 / 4, 1e-6 / 4), rel=1e-12)
 
 
+def test_one_pass_validations_choose_weights_but_cut_no_learning_rate(root):
+    """A one-pass run's automatic in-pass validations (no eval_every_steps): with a min_delta no
+    validation after the first can beat, early stopping counts them and stops the run, and the
+    learning rate of every logged step stays the configured one."""
+    trainer = _trainer(root, "one_pass", "train.epochs=1", "train.one_pass_evals=6", "train.log_every_steps=1",
+                       "train.lr_plateau={factor: 0.5, min_lr: 1.0e-4}",
+                       "train.early_stopping={metric: auc, patience: 3, min_delta: 1.0}")
+    assert trainer.eval_points  # the automatic in-pass validations
+    trainer.fit()
+    records = [json.loads(line) for line in (root / "one_pass" / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["split"] == "valid" and "auc" in r]
+    assert len(valid) == 4 and trainer.state["stopped_early"]  # the first, then 3 without improvement
+    assert {r["lr"] for r in records if r["split"] == "train"} == {1e-3}
+    assert trainer.state["lr_reductions"] == 0
+    assert trainer.optimizers["dense"].param_groups[0]["lr"] == pytest.approx(1e-3, rel=1e-12)
+
+
 def test_lr_drops_by_the_factor_after_each_non_improving_validation(root):
     """The logged lr of each step against the rule applied to the logged validations, and the
     lr of both optimizers right after the last (non-improving) validation."""

@@ -77,7 +77,10 @@ class RegularizationConfig(StrictModel):
 
 class LRPlateau(StrictModel):
     """Reduce-LR-on-plateau as FuxiCTR's: every validation that does not improve the monitored
-    value multiplies each optimizer's learning rate by ``factor``, floored at ``min_lr``."""
+    value multiplies each optimizer's learning rate by ``factor``, floored at ``min_lr``. The
+    automatic validations inside a one-pass run (``one_pass_evals``) cut nothing: they choose the
+    best weights and may stop early, but a cut is per epoch (per validation where
+    ``eval_every_steps`` is set)."""
 
     factor: float = Field(0.1, gt=0, le=1)
     min_lr: float = Field(1e-6, ge=0)

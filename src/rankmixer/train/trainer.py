@@ -364,7 +364,10 @@ class Trainer:
             f"valid step {self.state['step']}: " + " ".join(f"{k}={m[k]:.5f}" for k in ("auc", "logloss", "gauc") if k in m)
             + ("  (best)" if improved else f"  (no improvement {self.state['bad_evals']}/{es.patience if es else '-'})")
         )
-        if not improved and self.cfg.lr_plateau is not None:
+        # The automatic validations inside a one-pass run (eval_points) pick the best weights and
+        # may stop early, but cut no learning rate: a plateau cut is per epoch, as FuxiCTR's with
+        # its per-epoch validation, and ten in-pass validations would cut it up to ten times.
+        if not improved and self.cfg.lr_plateau is not None and not self.eval_points:
             self.state["lr_reductions"] = self.state.get("lr_reductions", 0) + 1
             for sch in self.schedulers.values():
                 apply_scheduled_lr(sch)

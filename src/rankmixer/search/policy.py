@@ -7,10 +7,9 @@ are Optuna samplers that hand a trial the architecture drawn for it (:class:`Pla
 
 from __future__ import annotations
 
-from typing import Any
-
 import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 import optuna

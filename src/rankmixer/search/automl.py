@@ -44,7 +44,8 @@ import optuna
 import torch
 
 from rankmixer.search.curve import extrapolate, read_curve
-from rankmixer.search.policy import PlanSampler, PolicyOptions, PolicyTrial, decisions, params_key, policy_controller
+from rankmixer.search.policy import (PlanSampler, PolicyOptions, PolicyTrial, decisions, over_budget, params_key,
+                                     policy_controller)
 from rankmixer.search.predictor import Decision, Encoder, Predictor, cross_validate
 from rankmixer.search.report import first_metrics
 from rankmixer.search.space import ArchitectureSpace
@@ -74,8 +75,7 @@ def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predicto
             draws.append(trial)
         pred = predictor.predict(encoder.encode_all([t.params for t in draws]))
         z = (pred["score"] - mean) / sd
-        over = np.zeros_like(z) if flops_target is None else np.maximum(0.0, np.log2(pred["flops"] / flops_target))
-        reward = z - flops_penalty * over
+        reward = z - flops_penalty * over_budget(pred["flops"], flops_target)
         controller.step([t.taken for t in draws], reward.tolist())
         if step >= steps // 2:
             for t, r, s, f in zip(draws, reward, pred["score"], pred["flops"]):

@@ -21,8 +21,8 @@ from rankmixer.search.predictor import Decision
 from rankmixer.search.space import ArchitectureSpace
 from rankmixer.tune.space import Param
 
-__all__ = ["GRID", "PlanSampler", "PolicyOptions", "PolicyTrial", "decisions", "params_key", "policy_controller",
-           "taken_options"]
+__all__ = ["GRID", "PlanSampler", "PolicyOptions", "PolicyTrial", "decisions", "over_budget", "params_key",
+           "policy_controller", "taken_options"]
 
 GRID = 8  # the most values the policy offers for a number (a smaller integer range: all of it)
 
@@ -45,6 +45,14 @@ class PolicyOptions:
             raise ValueError(f"flops_target must be positive, got {self.flops_target}")
         if self.flops_penalty < 0:
             raise ValueError(f"flops_penalty must be >= 0, got {self.flops_penalty}")
+
+
+def over_budget(flops, flops_target: float | None):
+    """``max(0, log2(FLOPs / flops_target))``, elementwise for an array: the doublings above the
+    budget that the reward's cost term counts (0 without a target)."""
+    if flops_target is None:
+        return np.zeros_like(np.asarray(flops, dtype=float))
+    return np.maximum(0.0, np.log2(np.asarray(flops, dtype=float) / flops_target))
 
 
 def _grid(p: Param) -> tuple:

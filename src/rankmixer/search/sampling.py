@@ -38,7 +38,7 @@ import optuna
 import torch
 
 from rankmixer.search.controller import Controller
-from rankmixer.search.policy import (PlanSampler, PolicyOptions, PolicyTrial, decisions, params_key,
+from rankmixer.search.policy import (PlanSampler, PolicyOptions, PolicyTrial, decisions, over_budget, params_key,
                                      policy_controller, taken_options)
 from rankmixer.search.report import first_metrics
 
@@ -49,8 +49,8 @@ def trial_reward(value: float, flops: float | None, maximize: bool, flops_target
                  flops_penalty: float) -> float:
     """A complete trial's reward: its metric, higher better, less the FLOPs penalty."""
     reward = value if maximize else -value
-    if flops_target is not None and flops is not None and flops > flops_target:
-        reward -= flops_penalty * math.log2(flops / flops_target)
+    if flops is not None:
+        reward -= flops_penalty * float(over_budget(flops, flops_target))
     return reward
 
 

@@ -162,3 +162,22 @@ def test_a_sampling_search_end_to_end(tmp_path):
     assert set(sampling["mode"]) == {d.name for d in decisions(SPACE)}
     with pytest.raises(ValueError, match="strategy options"):
         run_search(tiny, space, "random", 1, tmp_path / "r", options={"batch": 2}, log=lambda *_: None)
+
+
+def test_the_search_budget_report_carries_the_controller(tmp_path):
+    """bench search-budget reads a sampling search's updates: mean reward and entropy per update."""
+    from rankmixer.bench.search_budget import run_search_budget
+
+    tiny = tiny_config_file(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(TINY_SEARCH_SPACE))
+    out = tmp_path / "searches" / "rankitect-sampling-s1"
+    report = run_search(tiny, space, "rankitect-sampling", 4, out, seed=1, log=lambda *_: None, options={"batch": 2})
+    got = run_search_budget(tmp_path / "searches", tmp_path / "report", checkpoints=(2, 4), folds=3,
+                            log=lambda *_: None)
+    (row,) = got["searches"]
+    updates = report["sampling"]["updates"]
+    assert len(row["controller"]) == len(updates) == 2
+    for c, u in zip(row["controller"], updates):
+        assert c["mean_reward"] == pytest.approx(sum(u["rewards"]) / len(u["rewards"]))
+        assert c["entropy"] == u["entropy"]

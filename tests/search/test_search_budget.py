@@ -84,6 +84,7 @@ def test_the_report_follows_the_searches(searches, tmp_path, monkeypatch):
     assert cmp["strategy"] == "automl" and cmp["difference"] == pytest.approx(a["best_mean"] - b["best_mean"])
     assert cmp["beyond_spread"] == (abs(cmp["difference"]) > max(a["best_sd"], b["best_sd"]))
     for row in report["searches"]:
+        assert row["controller"] is None  # no rankitect-sampling search here
         assert set(row["predictor"]) == set(PREDICTOR_VARIANTS)
         assert all(-1 <= v["kendall"] <= 1 for v in row["predictor"].values())
     out = tmp_path / "out"

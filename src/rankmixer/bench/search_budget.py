@@ -16,6 +16,7 @@ search seed, the same experiment, space and overrides). For every search it read
   labels without learning-curve extrapolation); mean and sd over the searches;
 * every trial's validation NE and FLOPs, and a plot of NE against FLOPs with each strategy's
   Pareto front (``NAME.png``).
+* for a rankitect-sampling search, its controller's mean reward and entropy after each update.
 
 Searches reported earlier by this command (``earlier``: its JSON reports) join the comparison
 with their rows and trials as reported, so a new strategy is compared with searches whose
@@ -144,6 +145,9 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
             "best_under": None if best_under is None else
             {k: best_under[k] for k in ("number", "value", "flops_per_sample", "architecture", "model")},
             "predictor": _predictor_quality(s, horizon, folds) if len(done) >= 2 * folds else None,
+            # a rankitect-sampling search's controller, update by update (None for other strategies)
+            "controller": [{"mean_reward": float(np.mean(u["rewards"])), "entropy": u["entropy"]}
+                           for u in rep["sampling"]["updates"]] if "sampling" in rep else None,
         })
     context = {"config": searches[0]["report"]["config"], "overrides": searches[0]["report"]["overrides"],
                "metric": searches[0]["report"]["objective"]["metric"], "flops_target": flops_target}

@@ -283,13 +283,60 @@ def test_scaling_study_small(tmp_path):
             idx = resample_indices(len(y), b, BOOTSTRAP["seed"])
             slopes.append(np.polyfit(lx, [roc_auc_score(y[idx], p.probs[idx, 0]) for p in preds], 1)[0])
         low, high = report["slopes"][family]["auc_per_doubling_flops_ci"]
-        assert (low, high) == pytest.approx(tuple(np.quantile(slopes, [0.025, 0.975])), abs=1e-9)
+        # the report keeps each run's draws rounded to 1e-6 (scaling.DRAW_DECIMALS)
+        assert (low, high) == pytest.approx(tuple(np.quantile(slopes, [0.025, 0.975])), abs=1e-6)
         assert low <= report["slopes"][family]["auc_per_doubling_flops"] <= high
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "scaling.json").read_text())["slopes"] == report["slopes"]
     md = (out / "scaling.md").read_text()
     # two sizes + the slope row + the two rows of differences
     assert md.count("| rm |") == 2 + 1 + 2 and "| model-class oracle |" in md and "| size 1 | rm | mlp |" in md
+
+
+@pytest.mark.slow  # trains a small scaling study in two parts; run with -m slow
+def test_scaling_study_in_two_parts_joined_by_earlier(tmp_path):
+    """One family trained in one folder, the other in a second with ``earlier`` pointing at the
+    first report, whose runs' folders are then gone: the joined report equals the paired
+    bootstrap of the predictions (the draws the first report kept)."""
+    pytest.importorskip("matplotlib", reason="the bench extra (pip install -e '.[bench]') draws the plot")
+    import shutil
+
+    from rankmixer.bench.intervals import BOOTSTRAP, paired_difference
+    from rankmixer.bench.scaling import run_scaling
+
+    spec = {
+        "dataset": {"config": str(_base_config(tmp_path)), "overrides": ["train.batch_size=500"]},
+        "budget": "samples=1000",
+        "families": {"mlp": [{"name": "concat-mlp", "embedding_dim": 8, "dnn_hidden": [8]},
+                             {"name": "concat-mlp", "embedding_dim": 8, "dnn_hidden": [32, 32]}],
+                     "rm": [{**RANKMIXER, "hidden_dim": 8}, {**RANKMIXER, "hidden_dim": 16}]},
+        "differences": [["rm", "mlp"]],
+    }
+    path = tmp_path / "scaling.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    first = run_scaling(path, [0], tmp_path / "one", families=["mlp"], log=lambda m: None)
+    shutil.copy(tmp_path / "one" / "scaling.json", tmp_path / "earlier.json")
+    # The reference: both parts' predictions side by side.
+    both = run_scaling(path, [0], tmp_path / "one", families=["rm"], log=lambda m: None)
+    ref = {d["dataset"]: paired_difference({"cells": first["cells"] + both["cells"]}, d["a"], d["b"], tmp_path / "one" / "runs",
+                                           **BOOTSTRAP) for d in [{"dataset": f"size {i}", "a": f"scaling-rm-{i}",
+                                                                   "b": f"scaling-mlp-{i}"} for i in (0, 1)]}
+    shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs", ignore=shutil.ignore_patterns("scaling-mlp-*"))
+    shutil.rmtree(tmp_path / "one" / "runs")
+    joined = run_scaling(path, [0], tmp_path / "two", families=["rm"], report_only=True,
+                         earlier=tmp_path / "earlier.json", log=lambda m: None)
+    assert [r["label"] for r in joined["summary"]] == ["scaling-mlp-0", "scaling-mlp-1", "scaling-rm-0", "scaling-rm-1"]
+    assert joined["earlier"]["labels"] == ["scaling-mlp-0", "scaling-mlp-1"]
+    assert joined["slopes"]["mlp"] == first["slopes"]["mlp"]
+    for d in joined["differences"]:
+        assert d["paired"] is True
+        assert (d["estimate"], d["low"], d["high"]) == pytest.approx(
+            (ref[d["dataset"]]["estimate"], ref[d["dataset"]]["low"], ref[d["dataset"]]["high"]), abs=2e-6)
+    # The carried rows keep their own intervals (from the first report's summary).
+    first_rows = {r["label"]: r for r in first["summary"]}
+    for r in joined["summary"][:2]:
+        assert (r["auc_ci_low"], r["auc_ci_high"]) == (first_rows[r["label"]]["auc_ci_low"],
+                                                       first_rows[r["label"]]["auc_ci_high"])
 
 
 def test_scaling_spec_rejects_typos_and_single_sizes(tmp_path):

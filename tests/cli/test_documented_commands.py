@@ -251,7 +251,7 @@ def _run_scaling(path, rest, params, monkeypatch):
     from rankmixer.bench import scaling
 
     def run_scaling(spec, seeds, out, overrides=None, log=print, budget=None, families=None, processes=1,
-                    report_only=False):
+                    report_only=False, earlier=None):
         cells, spec_budget = scaling.load_spec(spec)
         if families:
             cells = scaling.pick_families(cells, families)

@@ -29,6 +29,19 @@ architecture, and what is not learnable from the budget at all. The spec's ``dif
 compare two families size by size (size i of every family is FLOP-matched in the specs we
 ship): family A minus family B with a paired bootstrap interval over the same test rows.
 
+Kept draws: a study outlives its runs. Its points train on different machines and sessions (a
+GPU call trains some, a CPU others), and a run's folder, with the test predictions the
+intervals need, does not always survive. So each run in ``scaling.json`` keeps its test AUC on
+every resample (``auc_draws``: the resamples of :data:`BOOTSTRAP`, and a fingerprint of the
+test labels they were drawn from). ``earlier=`` (``--earlier REPORT.json``) carries an earlier
+report's runs into this one where no run of the same label is here; slopes and paired
+differences are then computed from kept draws, exactly as from predictions (the same
+resamples). A run kept without draws (reports from before they were kept) still gives its point
+and its own interval; a family or a pair that needs its draws takes the earlier report's slope or
+difference where nothing of it changed, else a slope without interval, and an unpaired
+difference (``paired: false``: the two rows' own intervals combined as independent normals,
+wider than the paired one, since the test-set noise the rows share no longer cancels).
+
 Outputs in ``out``: ``scaling.json`` (every run, the per-family summary, the fitted slopes and
 the gaps), ``scaling.md`` (the table) and ``scaling.png`` (the two plots, with the dataset's
 Bayes-optimal AUC as the ceiling when it is known).
@@ -36,21 +49,26 @@ Bayes-optimal AUC as the ceiling when it is known).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from rankmixer.bench.accuracy import Cell, format_si, model_section, read_yaml_keys, run_accuracy
-from rankmixer.bench.intervals import BOOTSTRAP, differences_table, paired_difference, run_predictions
+from rankmixer.bench.accuracy import Cell, format_si, model_section, read_yaml_keys, run_accuracy, summarise
+from rankmixer.bench.intervals import BOOTSTRAP, differences_table, run_predictions
 from rankmixer.config import ConfigError, config_path
-from rankmixer.core.bootstrap import bootstrap_distribution
+from rankmixer.core.bootstrap import bootstrap_distribution, percentile_interval
 from rankmixer.core.files import write_json, write_text_atomic
 
 ORACLE = "model-class oracle"  # the model column of the spec's ``oracle`` run
 SPEC_KEYS = ("dataset", "budget", "families", "oracle", "differences")
 SLOPE_KEYS = {"flops_per_sample": "auc_per_doubling_flops", "dense_parameters": "auc_per_doubling_params"}
+DRAW_DECIMALS = 6  # kept draws, rounded: far below the resampling noise (about 1e-3)
+# Overrides that change where and how fast a run trains, not what it learns: an earlier report
+# made with other values of these is still the same study.
+PLACEMENT_OVERRIDES = ("train.threads=", "train.device=", "train.progress=")
 
 
 def cell_label(family: str, size: int | str) -> str:
@@ -98,20 +116,46 @@ def spec_differences(path: Path | str) -> list[tuple[str, str]]:
     return [(str(a), str(b)) for a, b in pairs]
 
 
-def size_differences(report: dict, pairs: list[tuple[str, str]], runs_dir: Path | None) -> list[dict]:
+def size_differences(rows: list[dict], pairs: list[tuple[str, str]], draws: dict[str, np.ndarray | None],
+                     earlier: list[dict] = (), fresh: set[str] = frozenset()) -> list[dict]:
     """Family A minus family B at each size both have (size i of one spec is FLOP-matched
-    across families): the paired bootstrap difference of test AUC (``paired_difference``),
-    labelled ``size i``."""
-    rows = {r["label"]: r for r in report["summary"]}
+    across families), labelled ``size i``: the paired bootstrap difference of the seed-mean test
+    AUC from both rows' draws (``draws``: :func:`row_draws`). Without draws on both sides:
+    ``earlier``'s difference of the pair when neither row is in ``fresh`` (the labels trained
+    or read here), else an unpaired one from the rows' intervals (see the module docstring)."""
+    by_label = {r["label"]: r for r in rows}
+    kept = {(d["a"], d["b"]): d for d in earlier}
     out = []
     for a, b in pairs:
-        for label_a in (lab for lab, r in rows.items() if r["model"] == a):
+        for label_a in (lab for lab, r in by_label.items() if r["model"] == a):
             size = label_a.rsplit("-", 1)[1]
             label_b = cell_label(b, size)
-            if label_b in rows:
-                diff = paired_difference(report, label_a, label_b, runs_dir, **BOOTSTRAP)
-                out.append({"dataset": f"size {size}", "model_a": a, "model_b": b, **diff})
+            if label_b not in by_label:
+                continue
+            ra, rb = by_label[label_a], by_label[label_b]
+            head = {"dataset": f"size {size}", "model_a": a, "model_b": b, "a": label_a, "b": label_b,
+                    "metric": "auc", "seeds_a": ra["seeds"], "seeds_b": rb["seeds"]}
+            if draws.get(label_a) is not None and draws.get(label_b) is not None:
+                with np.errstate(invalid="ignore"):
+                    ci = percentile_interval(ra["auc"] - rb["auc"], draws[label_a] - draws[label_b],
+                                             BOOTSTRAP["level"])
+                out.append({**head, **ci.as_dict(), "paired": True})
+            elif (label_a, label_b) in kept and not {label_a, label_b} & fresh:
+                out.append(kept[(label_a, label_b)])
+            elif all(r.get("auc_ci_low") is not None for r in (ra, rb)):
+                out.append({**head, **unpaired_difference(ra, rb)})
     return out
+
+
+def unpaired_difference(ra: dict, rb: dict) -> dict:
+    """Row A minus row B from their own 95% intervals, as independent normals: half-widths
+    combined in quadrature. Conservative beside the paired difference (the shared test-set noise
+    is not cancelled); for rows whose draws are gone."""
+    z = 1.959963984540054
+    half = float(np.hypot(*((r["auc_ci_high"] - r["auc_ci_low"]) / 2 for r in (ra, rb))))
+    est = ra["auc"] - rb["auc"]
+    return {"estimate": est, "low": est - half, "high": est + half, "level": BOOTSTRAP["level"],
+            "n_boot": None, "n_valid": None, "unit": "rows", "paired": False, "se": half / z}
 
 
 def _slopes(log2x: np.ndarray, auc: np.ndarray) -> np.ndarray:
@@ -120,17 +164,24 @@ def _slopes(log2x: np.ndarray, auc: np.ndarray) -> np.ndarray:
     return ((auc - auc.mean(axis=-1, keepdims=True)) * dx).sum(axis=-1) / (dx * dx).sum()
 
 
-def fit_slopes(rows: list[dict], cells: list[dict] | None = None, runs_dir: Path | None = None) -> dict[str, dict]:
+def fit_slopes(rows: list[dict], draws: dict[str, np.ndarray | None] | None = None, earlier: dict | None = None,
+               fresh: set[str] = frozenset()) -> dict[str, dict]:
     """Per family (the oracle is none): AUC gained per doubling of FLOPs and of dense parameters
     (least squares on log2 x), the best AUC and that of its largest size. One number per curve,
-    to compare families. Given the report's ``cells`` and where their runs' test predictions
-    are, each slope also gets a bootstrap interval (``<slope>_ci``: [low, high], see the module
-    docstring); None where a run saved none."""
+    to compare families. With every size's ``draws`` (:func:`row_draws`), each slope also gets a
+    bootstrap interval (``<slope>_ci``: [low, high], see the module docstring). Without them, a
+    family none of whose rows is in ``fresh`` takes its ``earlier`` entry (the slopes of the same
+    runs, with the interval computed when their predictions were there); else no interval."""
     out = {}
     for family in dict.fromkeys(r["model"] for r in rows if r["model"] != ORACLE):
         group = [r for r in rows if r["model"] == family]
         auc = np.array([r["auc"] for r in group])
-        draws = _auc_draws(group, cells, runs_dir) if cells is not None else None
+        sizes = [draws.get(r["label"]) for r in group] if draws is not None else [None]
+        stacked = np.stack(sizes, axis=1) if all(d is not None for d in sizes) else None
+        before = (earlier or {}).get(family)
+        if stacked is None and before is not None and not {r["label"] for r in group} & fresh:
+            out[family] = before
+            continue
         fit: dict = {"best_auc": float(auc.max()), "largest_auc": float(auc[-1])}
         for key, name in SLOPE_KEYS.items():
             x = np.array([r[key] or np.nan for r in group], dtype=float)
@@ -138,26 +189,47 @@ def fit_slopes(rows: list[dict], cells: list[dict] | None = None, runs_dir: Path
             fit[name] = fit[name + "_ci"] = None
             if ok.sum() >= 2 and np.ptp(np.log2(x[ok])) > 0:
                 fit[name] = float(_slopes(np.log2(x[ok]), auc[ok]))
-                if draws is not None:
-                    values = _slopes(np.log2(x[ok]), draws[:, ok])
+                if stacked is not None:
+                    values = _slopes(np.log2(x[ok]), stacked[:, ok])
                     level = BOOTSTRAP["level"]
                     fit[name + "_ci"] = [float(q) for q in np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])]
         out[family] = fit
     return out
 
 
-def _auc_draws(group: list[dict], cells: list[dict], runs_dir: Path | None) -> np.ndarray | None:
-    """[n_boot, sizes]: every size's seed-mean test AUC on each bootstrap draw of the test rows
-    (the same draws for all), or None if a run saved no predictions or the test rows differ."""
-    runs = [[c for c in cells if c["label"] == r["label"]] for r in group]
-    preds = [[run_predictions(c, runs_dir) for c in size] for size in runs]
-    flat = [p for size in preds for p in size]
-    if not flat or any(p is None for p in flat) or not all(np.array_equal(p.labels, flat[0].labels) for p in flat):
-        return None
-    values = bootstrap_distribution(flat[0].labels, [p.probs for p in flat], "auc",
-                                    n_boot=BOOTSTRAP["n_boot"], seed=BOOTSTRAP["seed"])
-    bounds = np.cumsum([0] + [len(size) for size in preds])
-    return np.stack([values[:, a:b].mean(axis=1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+def labels_fingerprint(labels: np.ndarray) -> str:
+    """Which test rows draws were taken from: a hash of the labels in their order (float32)."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+def run_draws(cell: dict, runs_dir: Path | None) -> dict | None:
+    """A run's test AUC on each resample of :data:`BOOTSTRAP`, from its saved predictions (the
+    first task): ``{"n_boot", "seed", "test_rows", "values"}``; the draws the cell already keeps
+    where its predictions are gone; None where it has neither."""
+    preds = run_predictions(cell, runs_dir)
+    if preds is None:
+        return cell.get("auc_draws")
+    values = bootstrap_distribution(preds.labels, [preds.probs], "auc", n_boot=BOOTSTRAP["n_boot"],
+                                    seed=BOOTSTRAP["seed"])[:, 0]
+    return {"n_boot": BOOTSTRAP["n_boot"], "seed": BOOTSTRAP["seed"], "test_rows": labels_fingerprint(preds.labels[:, 0]),
+            "values": [None if not np.isfinite(v) else round(float(v), DRAW_DECIMALS) for v in values]}
+
+
+def row_draws(rows: list[dict], cells: list[dict]) -> dict[str, np.ndarray | None]:
+    """Label -> [n_boot] seed-mean test AUC of the row on each resample, from its runs' kept
+    ``auc_draws``; None where a run kept none. All rows' draws must come from the same resamples
+    of the same test rows, or none is given (a ValueError would hide a mixed study less well
+    than a missing interval does: the caller reports without intervals)."""
+    kept = [c.get("auc_draws") for c in cells]
+    keys = {(d["n_boot"], d["seed"], d["test_rows"]) for d in kept if d}
+    if len(keys) > 1:
+        return dict.fromkeys((r["label"] for r in rows), None)
+    out: dict[str, np.ndarray | None] = {}
+    for r in rows:
+        runs = [c.get("auc_draws") for c in cells if c["label"] == r["label"]]
+        out[r["label"]] = (np.mean([np.array(d["values"], dtype=float) for d in runs], axis=0)
+                           if runs and all(runs) else None)
+    return out
 
 
 def gaps(rows: list[dict], bayes_auc: float | None) -> dict | None:
@@ -247,23 +319,89 @@ def pick_families(cells: list[Cell], families: list[str]) -> list[Cell]:
 
 def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: list[str] | None = None,
                 log: Callable[[str], None] = print, budget: str | None = None, families: list[str] | None = None,
-                processes: int = 1, report_only: bool = False) -> dict:
+                processes: int = 1, report_only: bool = False, earlier: Path | None = None) -> dict:
     """Train (or read) the spec's runs, all of them or those of ``families``, ``processes`` at
-    a time (``report_only``: the finished ones only, nothing trained); write the report files
-    into ``out_dir`` (see the module docstring)."""
-    cells, spec_budget = load_spec(spec)
-    if families:
-        cells = pick_families(cells, families)
+    a time (``report_only``: the finished ones only, nothing trained), with ``earlier``'s runs
+    (a ``scaling.json`` of the same spec) where none of the label is here; write the report
+    files into ``out_dir`` (see the module docstring)."""
+    all_cells, spec_budget = load_spec(spec)
+    cells = pick_families(all_cells, families) if families else all_cells
     budget = budget or spec_budget
     report = run_accuracy(cells, seeds, out_dir, overrides, log=log, name="scaling_runs", budget=budget,
                           processes=processes, report_only=report_only)
+    runs_dir = out_dir / "runs"
+    for cell in report["cells"]:
+        cell["auc_draws"] = run_draws(cell, runs_dir)
+    fresh = {c["label"] for c in report["cells"]}
+    before: dict = {}
+    if earlier is not None:
+        before = read_earlier(earlier, spec, all_cells, budget, overrides or [], report["cells"])
+        carried = [c for c in before["cells"] if c["label"] not in fresh]
+        order = {c.label: i for i, c in enumerate(all_cells)}
+        report["cells"] = sorted(report["cells"] + carried, key=lambda c: (order[c["label"]], c["seed"]))
+        report["summary"] = summarise(report["cells"], runs_dir, stored=before.get("summary") or ())
+        report["earlier"] = {"report": str(earlier), "labels": list(dict.fromkeys(c["label"] for c in carried))}
+        report["machine"]["run_machines"] = run_machines([report["machine"], before.get("machine")])
+        log(f"carried {len(carried)} runs from {earlier}: {', '.join(report['earlier']['labels']) or 'none'}")
     rows = report["summary"]
+    draws = row_draws(rows, report["cells"])
     bayes = next((r["bayes_auc"] for r in rows if r.get("bayes_auc")), None)
-    slopes = fit_slopes(rows, report["cells"], out_dir / "runs")
+    slopes = fit_slopes(rows, draws, before.get("slopes"), fresh)
     report.update({"spec": str(spec), "slopes": slopes, "bayes_auc": bayes, "gaps": gaps(rows, bayes),
-                   "differences": size_differences(report, spec_differences(spec), out_dir / "runs")})
+                   "differences": size_differences(rows, spec_differences(spec), draws,
+                                                   before.get("differences") or [], fresh)})
     write_json(out_dir / "scaling.json", report)
     write_text_atomic(out_dir / "scaling.md", markdown(rows, slopes, bayes, report["differences"]))
     plot(rows, bayes, out_dir / "scaling.png",
          f"{Path(spec).name}: budget {budget or 'per config'}, {len(seeds)} seed(s) per point")
     return report
+
+
+def run_machines(machines: list[dict | None]) -> list[dict]:
+    """The distinct machines that trained a report's runs, from reports' ``machine`` sections
+    (each the machine itself, or one that lists ``run_machines``)."""
+    out: list[dict] = []
+    for m in machines:
+        for one in (m or {}).get("run_machines") or ([m] if m else []):
+            kind = {k: one.get(k) for k in ("cpu_flags", "cpus", "device_name", "torch")}
+            if kind not in out:
+                out.append(kind)
+    return out
+
+
+def read_earlier(path: Path, spec: Path | str, cells: list[Cell], budget: str | None, overrides: list[str],
+                 fresh: list[dict]) -> dict:
+    """An earlier ``scaling.json`` to carry runs from, checked against this study: the same
+    spec, budget and overrides (those of :data:`PLACEMENT_OVERRIDES` aside), every run one of
+    the spec's points with the model and data it has now, and the same test rows as the runs
+    here (their Bayes-optimal test AUC, where the data has one). A ConfigError names the first
+    difference."""
+    try:
+        rep = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--earlier {path}: not a readable JSON report ({e})") from e
+    if not isinstance(rep, dict) or not isinstance(rep.get("cells"), list) or "slopes" not in rep:
+        raise ConfigError(f"--earlier {path}: not a `bench scaling` report (no cells and slopes)")
+    if Path(str(rep.get("spec"))).stem != Path(str(spec)).stem:
+        raise ConfigError(f"--earlier {path}: a report of spec {rep.get('spec')!r}, not {str(spec)!r}")
+    if rep.get("budget") != budget:
+        raise ConfigError(f"--earlier {path}: budget {rep.get('budget')!r}, here {budget!r}")
+    def recipe(o: list[str]) -> list[str]:  # noqa: E306
+        return sorted(x for x in o if not x.startswith(PLACEMENT_OVERRIDES))
+    if recipe(rep.get("overrides") or []) != recipe(overrides):
+        raise ConfigError(f"--earlier {path}: overrides {rep.get('overrides')}, here {overrides}")
+    spec_cells = {c.label: c for c in cells}
+    for c in rep["cells"]:
+        cell = spec_cells.get(c.get("label"))
+        if cell is None:
+            raise ConfigError(f"--earlier {path}: run {c.get('label')!r} is not a point of {spec}")
+        if list(c.get("overrides") or []) != list(cell.overrides):
+            raise ConfigError(f"--earlier {path}: run {cell.label} trained {c.get('overrides')}, the spec now "
+                              f"says {list(cell.overrides)}")
+    bayes = {round(b, 12) for c in [*rep["cells"], *fresh] if (b := ((c.get("bayes") or {}).get("test") or {}).get("auc"))}
+    if len(bayes) > 1:
+        raise ConfigError(f"--earlier {path}: its runs and these were tested on different rows "
+                          f"(Bayes-optimal test AUCs {sorted(bayes)})")
+    return rep
+
+

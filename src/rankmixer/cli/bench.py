@@ -109,6 +109,9 @@ def scaling(
                                            "(`oracle` for the spec's oracle; default: all, in the spec's order)."),
     processes: int = typer.Option(1, min=1, help="Runs trained at once, each in its own process."),
     report_only: bool = typer.Option(False, help="Train nothing: report the runs finished so far."),
+    earlier: Optional[Path] = typer.Option(None, help="An earlier scaling.json of the same spec: its runs join the "
+                                           "report where no run of the same point is here (points trained on "
+                                           "another machine or in another session)."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every run."),
 ) -> None:
     """Test AUC against dense parameters and FLOPs per sample, per model family. Resumable."""
@@ -116,7 +119,7 @@ def scaling(
 
     with user_errors():
         run_scaling(spec, list(range(seeds)), out, list(overrides or []), log=console.print, budget=budget,
-                    families=_names(families), processes=processes, report_only=report_only)
+                    families=_names(families), processes=processes, report_only=report_only, earlier=earlier)
     console.print((out / "scaling.md").read_text(), markup=False)
     console.print(f"wrote {out / 'scaling.json'}, {out / 'scaling.md'} and {out / 'scaling.png'}")
 

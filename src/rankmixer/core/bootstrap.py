@@ -45,6 +45,7 @@ __all__ = [
     "bootstrap_difference_ci",
     "bootstrap_distribution",
     "bootstrap_mean_ci",
+    "percentile_interval",
     "resample_indices",
 ]
 
@@ -284,6 +285,17 @@ def bootstrap_ci(
 ) -> Interval:
     """Percentile interval of one run's metric on its test predictions."""
     return bootstrap_mean_ci(labels, [probs], metric, n_boot=n_boot, level=level, seed=seed, group=group, task=task)
+
+
+def percentile_interval(estimate: float, values: Any, level: float = 0.95, unit: str = "rows") -> Interval:
+    """The percentile interval of ``values``, a statistic's values on the resamples (``nan``
+    where undefined, left out), around ``estimate``, its value on the whole test set. For draws
+    kept from an earlier computation: two rows' kept draws of the same resamples, subtracted,
+    give the paired difference's interval as :func:`bootstrap_difference_ci` does."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"values must be a non-empty 1-d array, got shape {values.shape}")
+    return _interval(estimate, values, level, unit)
 
 
 def bootstrap_difference_ci(

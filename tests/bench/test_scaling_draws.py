@@ -13,7 +13,7 @@ import pytest
 
 from rankmixer.bench.intervals import BOOTSTRAP
 from rankmixer.bench.scaling import (PLACEMENT_OVERRIDES, fit_slopes, load_spec, read_earlier, row_draws, run_draws,
-                                     run_machines, size_differences)
+                                     run_machines, run_scaling, size_differences)
 from rankmixer.config import ConfigError
 from rankmixer.core.bootstrap import bootstrap_difference_ci, bootstrap_distribution
 from rankmixer.core.metrics import auc
@@ -142,3 +142,10 @@ def test_run_machines_lists_each_machine_once():
     cpu = {"cpu_flags": ["avx2"], "cpus": 2, "device_name": "EPYC", "torch": "2.13"}
     kinds = run_machines([{**cpu, "run_machines": [gpu, cpu]}, cpu, None])
     assert kinds == [{k: gpu[k] for k in ("cpu_flags", "cpus", "device_name", "torch")}, cpu]
+
+
+def test_an_earlier_report_is_never_the_one_being_written(tmp_path):
+    (tmp_path / "scaling.json").write_text("{}")
+    with pytest.raises(ConfigError, match="another --out"):
+        run_scaling("scaling_10m", [0], tmp_path, report_only=True, earlier=tmp_path / "scaling.json")
+    assert (tmp_path / "scaling.json").read_text() == "{}"

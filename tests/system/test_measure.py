@@ -6,7 +6,6 @@ import ctypes.util
 import json
 
 import pytest
-import yaml
 
 from rankmixer.config import load_config
 from rankmixer.experiment import prepare_data

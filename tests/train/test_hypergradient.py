@@ -1,7 +1,6 @@
 """Implicit-differentiation hypergradients against explicit linear algebra and finite
 differences (float64 throughout)."""
 
-import pytest
 import torch
 
 from rankmixer.train.hypergradient import hvp_operator, loss_weight_hypergradients, solve_cg, solve_neumann

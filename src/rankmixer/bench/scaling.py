@@ -324,6 +324,8 @@ def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: li
     a time (``report_only``: the finished ones only, nothing trained), with ``earlier``'s runs
     (a ``scaling.json`` of the same spec) where none of the label is here; write the report
     files into ``out_dir`` (see the module docstring)."""
+    if earlier is not None and Path(earlier).resolve() == (out_dir / "scaling.json").resolve():
+        raise ConfigError(f"--earlier {earlier} is the report this run writes; give another --out")
     all_cells, spec_budget = load_spec(spec)
     cells = pick_families(all_cells, families) if families else all_cells
     budget = budget or spec_budget

@@ -29,9 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 
 from rankmixer.bench.harness import percentile
 from rankmixer.bench.serve_requests import payload_stats, real_requests

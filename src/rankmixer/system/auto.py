@@ -160,7 +160,9 @@ def measured_ffn_impls(model: nn.Module, batch: int, precision: str, device: tor
     if not ffns:
         return []
     history_path = history_path or default_history_path()
-    history, fingerprint, dtype = read_history(history_path), hardware_fingerprint(), PRECISIONS[precision]
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    history, fingerprint = read_history(history_path), hardware_fingerprint()
     shapes = sorted({(f.num_tokens, f.dim, f.hidden, f.activation) for f in ffns})
     info = {"component": "per_token_ffn", "training": True, "shapes": "/".join("x".join(map(str, s)) for s in shapes),
             "layers": len(ffns), "params": sum(p.numel() for p in model.parameters()), "batch": batch,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 from rankmixer.core.strict import StrictModel
 from rankmixer.nn.mlp import MLP

@@ -5,8 +5,9 @@
 # start, families in priority order. Runs are resumable: a second call on the same machine
 # finishes what the first left (each run from its last checkpoint). After each stage the runs
 # finished so far in this call and the logs are packed into $OUT (see pack below); the report
-# (bootstrap intervals: minutes of CPU) is made where they are unpacked into DIR/runs:
-#   rankmixer bench scaling --spec scaling_10m --report-only --out DIR
+# (bootstrap intervals: minutes of CPU) is made where they are unpacked into DIR/runs, joined
+# with the points of the kept report (EARLIER, whose points are not trained again here):
+#   rankmixer bench scaling --spec scaling_10m --report-only --earlier docs/results/scaling_10m.json --out DIR
 #
 #   OUT=/tmp/gpu bash scripts/gpu_scaling.sh                     # on a CUDA machine
 #   SMALL=1 PROCS=2 OUT=/tmp/gpu bash scripts/gpu_scaling.sh     # tiny data and budget, any machine
@@ -19,6 +20,7 @@ DEADLINE=${DEADLINE:-540}
 SMALL=${SMALL:-0}
 FAMILIES=${FAMILIES:-rankmixer-post,dcnv2,wukong,tokenmixer-large,rankmixer-none,oracle,rankmixer-pre,dlrm-mlp,hiformer}
 RESULTS=${RESULTS:-/tmp/scaling_10m_logs}  # logs; packed into $OUT/logs.tgz
+EARLIER=${EARLIER:-docs/results/scaling_10m.json}  # points already reported; empty: train every point
 mkdir -p "$RESULTS" "$OUT"
 export PYTHONUNBUFFERED=1
 
@@ -76,8 +78,10 @@ print('prepared', fm.splits['train'].rows, 'training rows in', round(time.time()
 " "${DATA[@]}"
 left=$((DEADLINE - SECONDS))
 if [ "$left" -gt 30 ]; then
+  HELD=()
+  if [ -n "$EARLIER" ] && [ -f "$EARLIER" ] && [ "$SMALL" != "1" ]; then HELD=(--earlier "$EARLIER"); fi
   stage train "$left" "$PY" -m rankmixer bench scaling --spec scaling_10m --families "$FAMILIES" \
-    --processes "$PROCS" --out "$BENCH" "${BUDGET[@]}" "${DATA[@]}"
+    --processes "$PROCS" --out "$BENCH" "${HELD[@]}" "${BUDGET[@]}" "${DATA[@]}"
 fi
 ls "$BENCH/runs" 2>/dev/null | while read -r r; do
   [ -f "$BENCH/runs/$r/metrics.json" ] && echo "finished $r" || echo "unfinished $r"

@@ -333,6 +333,11 @@ def test_scaling_study_in_two_parts_joined_by_earlier(tmp_path):
         assert (d["estimate"], d["low"], d["high"]) == pytest.approx(
             (ref[d["dataset"]]["estimate"], ref[d["dataset"]]["low"], ref[d["dataset"]]["high"]), abs=2e-6)
     # The carried rows keep their own intervals (from the first report's summary).
+    # Continuing the study with the earlier report trains only what it does not hold.
+    seen: list[str] = []
+    with pytest.raises(ConfigError, match="nothing to train"):
+        run_scaling(path, [0], tmp_path / "three", families=["mlp"], earlier=tmp_path / "earlier.json", log=seen.append)
+    assert seen == ["not trained, held by " + str(tmp_path / "earlier.json") + ": scaling-mlp-0, scaling-mlp-1"]
     first_rows = {r["label"]: r for r in first["summary"]}
     for r in joined["summary"][:2]:
         assert (r["auc_ci_low"], r["auc_ci_high"]) == (first_rows[r["label"]]["auc_ci_low"],

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from rankmixer.bench.intervals import BOOTSTRAP
-from rankmixer.bench.scaling import (PLACEMENT_OVERRIDES, fit_slopes, load_spec, read_earlier, row_draws, run_draws,
-                                     run_machines, run_scaling, size_differences)
+from rankmixer.bench.scaling import (PLACEMENT_OVERRIDES, check_same_test_rows, fit_slopes, load_spec, read_earlier,
+                                     row_draws, run_draws, run_machines, run_scaling, size_differences)
 from rankmixer.config import ConfigError
 from rankmixer.core.bootstrap import bootstrap_difference_ci, bootstrap_distribution
 from rankmixer.core.metrics import auc
@@ -116,25 +116,25 @@ def _earlier_report(tmp_path, **changes):
 
 def test_an_earlier_report_must_be_the_same_study(tmp_path):
     path, cells, budget = _earlier_report(tmp_path)
-    fresh = [{"label": "x", "bayes": {"test": {"auc": 0.8462}}}]
-    assert read_earlier(path, "scaling_10m", cells, budget, ["train.threads=1"], fresh)["spec"] == "scaling_10m"
-    assert "train.threads=" in PLACEMENT_OVERRIDES
-    with pytest.raises(ConfigError, match="budget"):
-        read_earlier(path, "scaling_10m", cells, "samples=5", [], fresh)
-    with pytest.raises(ConfigError, match="overrides"):
-        read_earlier(path, "scaling_10m", cells, budget, ["train.dense_optimizer.lr=0.01"], fresh)
+    rep = read_earlier(path, "scaling_10m", cells, budget, ["train.threads=1"])
+    assert rep["spec"] == "scaling_10m" and "train.threads=" in PLACEMENT_OVERRIDES
+    check_same_test_rows(path, rep["cells"], [{"label": "x", "bayes": {"test": {"auc": 0.8462}}}])
     with pytest.raises(ConfigError, match="different rows"):
-        read_earlier(path, "scaling_10m", cells, budget, [], [{"label": "x", "bayes": {"test": {"auc": 0.9}}}])
+        check_same_test_rows(path, rep["cells"], [{"label": "x", "bayes": {"test": {"auc": 0.9}}}])
+    with pytest.raises(ConfigError, match="budget"):
+        read_earlier(path, "scaling_10m", cells, "samples=5", [])
+    with pytest.raises(ConfigError, match="overrides"):
+        read_earlier(path, "scaling_10m", cells, budget, ["train.dense_optimizer.lr=0.01"])
     with pytest.raises(ConfigError, match="spec"):
-        read_earlier(path, "scaling", cells, budget, [], fresh)
+        read_earlier(path, "scaling", cells, budget, [])
     changed = {**json.loads(path.read_text())}
     changed["cells"][0]["overrides"] = ["model={}", "data=synthetic_10m"]
     path.write_text(json.dumps(changed))
     with pytest.raises(ConfigError, match=f"run {cells[0].label} trained"):
-        read_earlier(path, "scaling_10m", cells, budget, [], fresh)
+        read_earlier(path, "scaling_10m", cells, budget, [])
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not a readable JSON"):
-        read_earlier(path, "scaling_10m", cells, budget, [], fresh)
+        read_earlier(path, "scaling_10m", cells, budget, [])
 
 
 def test_run_machines_lists_each_machine_once():

@@ -321,23 +321,36 @@ def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: li
                 log: Callable[[str], None] = print, budget: str | None = None, families: list[str] | None = None,
                 processes: int = 1, report_only: bool = False, earlier: Path | None = None) -> dict:
     """Train (or read) the spec's runs, all of them or those of ``families``, ``processes`` at
-    a time (``report_only``: the finished ones only, nothing trained), with ``earlier``'s runs
-    (a ``scaling.json`` of the same spec) where none of the label is here; write the report
-    files into ``out_dir`` (see the module docstring)."""
+    a time (``report_only``: the finished ones only, nothing trained); write the report files
+    into ``out_dir`` (see the module docstring).
+
+    ``earlier``: a ``scaling.json`` of the same study. Its runs join the report where no run of
+    the same point is here, and the points it holds are not trained again (unless a run of the
+    point is already in ``out_dir``, which is then read or resumed as usual): a machine that
+    continues the study trains only what is still missing."""
     if earlier is not None and Path(earlier).resolve() == (out_dir / "scaling.json").resolve():
         raise ConfigError(f"--earlier {earlier} is the report this run writes; give another --out")
     all_cells, spec_budget = load_spec(spec)
     cells = pick_families(all_cells, families) if families else all_cells
     budget = budget or spec_budget
+    before = read_earlier(earlier, spec, all_cells, budget, overrides or []) if earlier is not None else {}
+    if before and not report_only:
+        held = {c["label"] for c in before["cells"]}
+        started = {c.label for c in cells for s in seeds if (out_dir / "runs" / f"{c.label}-s{s}").is_dir()}
+        skip = [c.label for c in cells if c.label in held and c.label not in started]
+        cells = [c for c in cells if c.label not in skip]
+        if skip:
+            log(f"not trained, held by {earlier}: {', '.join(skip)}")
+        if not cells:
+            raise ConfigError(f"every point asked for is held by {earlier}; nothing to train (--report-only reports)")
     report = run_accuracy(cells, seeds, out_dir, overrides, log=log, name="scaling_runs", budget=budget,
                           processes=processes, report_only=report_only)
     runs_dir = out_dir / "runs"
     for cell in report["cells"]:
         cell["auc_draws"] = run_draws(cell, runs_dir)
     fresh = {c["label"] for c in report["cells"]}
-    before: dict = {}
-    if earlier is not None:
-        before = read_earlier(earlier, spec, all_cells, budget, overrides or [], report["cells"])
+    if before:
+        check_same_test_rows(earlier, before["cells"], report["cells"])
         carried = [c for c in before["cells"] if c["label"] not in fresh]
         order = {c.label: i for i, c in enumerate(all_cells)}
         report["cells"] = sorted(report["cells"] + carried, key=lambda c: (order[c["label"]], c["seed"]))
@@ -371,12 +384,10 @@ def run_machines(machines: list[dict | None]) -> list[dict]:
     return out
 
 
-def read_earlier(path: Path, spec: Path | str, cells: list[Cell], budget: str | None, overrides: list[str],
-                 fresh: list[dict]) -> dict:
+def read_earlier(path: Path, spec: Path | str, cells: list[Cell], budget: str | None, overrides: list[str]) -> dict:
     """An earlier ``scaling.json`` to carry runs from, checked against this study: the same
-    spec, budget and overrides (those of :data:`PLACEMENT_OVERRIDES` aside), every run one of
-    the spec's points with the model and data it has now, and the same test rows as the runs
-    here (their Bayes-optimal test AUC, where the data has one). A ConfigError names the first
+    spec, budget and overrides (those of :data:`PLACEMENT_OVERRIDES` aside), and every run one
+    of the spec's points with the model and data it has now. A ConfigError names the first
     difference."""
     try:
         rep = json.loads(Path(path).read_text())
@@ -400,10 +411,13 @@ def read_earlier(path: Path, spec: Path | str, cells: list[Cell], budget: str | 
         if list(c.get("overrides") or []) != list(cell.overrides):
             raise ConfigError(f"--earlier {path}: run {cell.label} trained {c.get('overrides')}, the spec now "
                               f"says {list(cell.overrides)}")
-    bayes = {round(b, 12) for c in [*rep["cells"], *fresh] if (b := ((c.get("bayes") or {}).get("test") or {}).get("auc"))}
-    if len(bayes) > 1:
-        raise ConfigError(f"--earlier {path}: its runs and these were tested on different rows "
-                          f"(Bayes-optimal test AUCs {sorted(bayes)})")
     return rep
 
 
+def check_same_test_rows(path: Path, earlier: list[dict], fresh: list[dict]) -> None:
+    """The earlier report's runs and these were tested on the same rows: the same Bayes-optimal
+    test AUC, where the data has one (a synthetic set drawn with other options has another)."""
+    bayes = {round(b, 12) for c in [*earlier, *fresh] if (b := ((c.get("bayes") or {}).get("test") or {}).get("auc"))}
+    if len(bayes) > 1:
+        raise ConfigError(f"--earlier {path}: its runs and these were tested on different rows "
+                          f"(Bayes-optimal test AUCs {sorted(bayes)})")

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from rankmixer.bench.intervals import BOOTSTRAP
+from rankmixer.bench.intervals import BOOTSTRAP, differences_table
 from rankmixer.bench.scaling import (PLACEMENT_OVERRIDES, check_same_test_rows, fit_slopes, load_spec, read_earlier,
                                      row_draws, run_draws, run_machines, run_scaling, size_differences)
 from rankmixer.config import ConfigError
@@ -85,6 +85,9 @@ def test_without_draws_earlier_entries_then_unpaired_differences(tmp_path):
     half = np.hypot(0.015, 0.01)
     assert diffs[1]["paired"] is False
     assert (diffs[1]["low"], diffs[1]["high"]) == pytest.approx((ra["auc"] - rb["auc"] - half, ra["auc"] - rb["auc"] + half))
+    table = differences_table(diffs, first="size")
+    assert f"[{diffs[1]['low']:+.4f}, {diffs[1]['high']:+.4f}] unpaired |" in table
+    assert f"[{earlier_diff['low']:+.4f}, {earlier_diff['high']:+.4f}] | A higher |" in table
 
     # A retrained row makes the earlier entries stale: recomputed (unpaired; no interval for the slope).
     fresh = {"scaling-a-0"}

@@ -113,7 +113,9 @@ def dataset_differences(report: dict, pairs: Sequence[tuple[str, str]], runs_dir
 
 def differences_table(diffs: list[dict], first: str = "dataset") -> str:
     """Markdown: one row per difference, its estimate and 95% interval, and whether the interval
-    holds 0 (within test-set noise) or which side wins. ``first``: the first column's header."""
+    holds 0 (within test-set noise) or which side wins. ``first``: the first column's header.
+    An interval not from a paired bootstrap (``paired: false``, e.g. the scaling study's rows
+    whose draws are gone) says so."""
     lines = [f"| {first} | A | B | A - B (test AUC) | 95% CI | reading |", "|---|---|---|---:|---|---|"]
     for d in diffs:
         if d["low"] > 0:
@@ -122,6 +124,7 @@ def differences_table(diffs: list[dict], first: str = "dataset") -> str:
             reading = "B higher"
         else:
             reading = "within noise"
+        kind = " unpaired" if d.get("paired") is False else ""
         lines.append(f"| {d['dataset']} | {d['model_a']} | {d['model_b']} | {d['estimate']:+.4f} | "
-                     f"[{d['low']:+.4f}, {d['high']:+.4f}] | {reading} |")
+                     f"[{d['low']:+.4f}, {d['high']:+.4f}]{kind} | {reading} |")
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ against hand computations."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from rankmixer.bench.intervals import BOOTSTRAP, differences_table
 from rankmixer.bench.scaling import (PLACEMENT_OVERRIDES, check_same_test_rows, fit_slopes, load_spec, read_earlier,
                                      row_draws, run_draws, run_machines, run_scaling, size_differences)
 from rankmixer.config import ConfigError
+from rankmixer.core.files import OutputError
 from rankmixer.core.bootstrap import bootstrap_difference_ci, bootstrap_distribution
 from rankmixer.core.metrics import auc
 from rankmixer.core.predictions import save_predictions
@@ -56,7 +58,7 @@ def test_kept_draws_give_the_paired_difference_and_slope_of_the_predictions(tmp_
     ref = bootstrap_difference_ci(y, [scores["scaling-a-1"]], [scores["scaling-b-1"]], "auc", **BOOTSTRAP)
     assert diff["paired"] is True
     assert diff["estimate"] == pytest.approx(ref.estimate, abs=1e-12)
-    assert (diff["low"], diff["high"]) == pytest.approx((ref.low, ref.high), abs=2e-6)  # draws rounded to 1e-6
+    assert (diff["low"], diff["high"]) == pytest.approx((ref.low, ref.high), abs=1e-6)  # draws kept as float32
 
     slopes = fit_slopes(rows, draws)
     per_draw = bootstrap_distribution(y, [scores["scaling-a-0"], scores["scaling-a-1"]], "auc",
@@ -98,10 +100,11 @@ def test_without_draws_earlier_entries_then_unpaired_differences(tmp_path):
 
 def test_draws_of_different_test_rows_are_not_mixed():
     rows = [{"label": "p"}, {"label": "q"}]
-    cells = [{"label": lab, "seed": 0, "auc_draws": {"n_boot": 2, "seed": 0, "test_rows": rows_id, "values": [0.6, None]}}
+    packed = base64.b64encode(np.array([0.625, np.nan], dtype="<f4").tobytes()).decode("ascii")
+    cells = [{"label": lab, "seed": 0, "auc_draws": {"n_boot": 2, "seed": 0, "test_rows": rows_id, "float32_base64": packed}}
              for lab, rows_id in (("p", "aaaa"), ("q", "aaaa"))]
     draws = row_draws(rows, cells)
-    assert draws["p"][0] == 0.6 and np.isnan(draws["p"][1])  # an undefined resample stays undefined
+    assert draws["p"][0] == 0.625 and np.isnan(draws["p"][1])  # an undefined resample stays undefined
     cells[1]["auc_draws"] = {**cells[1]["auc_draws"], "test_rows": "bbbb"}
     assert all(v is None for v in row_draws(rows, cells).values())
 
@@ -149,6 +152,6 @@ def test_run_machines_lists_each_machine_once():
 
 def test_an_earlier_report_is_never_the_one_being_written(tmp_path):
     (tmp_path / "scaling.json").write_text("{}")
-    with pytest.raises(ConfigError, match="another --out"):
+    with pytest.raises(OutputError, match="also an input"):
         run_scaling("scaling_10m", [0], tmp_path, report_only=True, earlier=tmp_path / "scaling.json")
     assert (tmp_path / "scaling.json").read_text() == "{}"

@@ -32,8 +32,9 @@ ship): family A minus family B with a paired bootstrap interval over the same te
 Kept draws: a study outlives its runs. Its points train on different machines and sessions (a
 GPU call trains some, a CPU others), and a run's folder, with the test predictions the
 intervals need, does not always survive. So each run in ``scaling.json`` keeps its test AUC on
-every resample (``auc_draws``: the resamples of :data:`BOOTSTRAP`, and a fingerprint of the
-test labels they were drawn from). ``earlier=`` (``--earlier REPORT.json``) carries an earlier
+every resample (``auc_draws``: the resamples of :data:`BOOTSTRAP`, a fingerprint of the test
+labels they were drawn from, and the values as little-endian float32 in base64, about 5 kB a
+run). ``earlier=`` (``--earlier REPORT.json``) carries an earlier
 report's runs into this one where no run of the same label is here; slopes and paired
 differences are then computed from kept draws, exactly as from predictions (the same
 resamples). A run kept without draws (reports from before they were kept) still gives its point
@@ -49,6 +50,7 @@ Bayes-optimal AUC as the ceiling when it is known).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -60,12 +62,11 @@ from rankmixer.bench.accuracy import Cell, format_si, model_section, read_yaml_k
 from rankmixer.bench.intervals import BOOTSTRAP, differences_table, run_predictions
 from rankmixer.config import ConfigError, config_path
 from rankmixer.core.bootstrap import bootstrap_distribution, percentile_interval
-from rankmixer.core.files import write_json, write_text_atomic
+from rankmixer.core.files import check_output, write_json, write_text_atomic
 
 ORACLE = "model-class oracle"  # the model column of the spec's ``oracle`` run
 SPEC_KEYS = ("dataset", "budget", "families", "oracle", "differences")
 SLOPE_KEYS = {"flops_per_sample": "auc_per_doubling_flops", "dense_parameters": "auc_per_doubling_params"}
-DRAW_DECIMALS = 6  # kept draws, rounded: far below the resampling noise (about 1e-3)
 # Overrides that change where and how fast a run trains, not what it learns: an earlier report
 # made with other values of these is still the same study.
 PLACEMENT_OVERRIDES = ("train.threads=", "train.device=", "train.progress=")
@@ -204,15 +205,21 @@ def labels_fingerprint(labels: np.ndarray) -> str:
 
 def run_draws(cell: dict, runs_dir: Path | None) -> dict | None:
     """A run's test AUC on each resample of :data:`BOOTSTRAP`, from its saved predictions (the
-    first task): ``{"n_boot", "seed", "test_rows", "values"}``; the draws the cell already keeps
-    where its predictions are gone; None where it has neither."""
+    first task): ``{"n_boot", "seed", "test_rows", "float32_base64"}`` (``nan`` where the AUC is
+    undefined); the draws the cell already keeps where its predictions are gone; None where it
+    has neither."""
     preds = run_predictions(cell, runs_dir)
     if preds is None:
         return cell.get("auc_draws")
     values = bootstrap_distribution(preds.labels, [preds.probs], "auc", n_boot=BOOTSTRAP["n_boot"],
                                     seed=BOOTSTRAP["seed"])[:, 0]
     return {"n_boot": BOOTSTRAP["n_boot"], "seed": BOOTSTRAP["seed"], "test_rows": labels_fingerprint(preds.labels[:, 0]),
-            "values": [None if not np.isfinite(v) else round(float(v), DRAW_DECIMALS) for v in values]}
+            "float32_base64": base64.b64encode(values.astype("<f4").tobytes()).decode("ascii")}
+
+
+def draw_values(kept: dict) -> np.ndarray:
+    """The [n_boot] values of a run's kept draws (:func:`run_draws`), as float64."""
+    return np.frombuffer(base64.b64decode(kept["float32_base64"]), dtype="<f4").astype(np.float64)
 
 
 def row_draws(rows: list[dict], cells: list[dict]) -> dict[str, np.ndarray | None]:
@@ -227,8 +234,7 @@ def row_draws(rows: list[dict], cells: list[dict]) -> dict[str, np.ndarray | Non
     out: dict[str, np.ndarray | None] = {}
     for r in rows:
         runs = [c.get("auc_draws") for c in cells if c["label"] == r["label"]]
-        out[r["label"]] = (np.mean([np.array(d["values"], dtype=float) for d in runs], axis=0)
-                           if runs and all(runs) else None)
+        out[r["label"]] = np.mean([draw_values(d) for d in runs], axis=0) if runs and all(runs) else None
     return out
 
 
@@ -328,8 +334,7 @@ def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: li
     the same point is here, and the points it holds are not trained again (unless a run of the
     point is already in ``out_dir``, which is then read or resumed as usual): a machine that
     continues the study trains only what is still missing."""
-    if earlier is not None and Path(earlier).resolve() == (out_dir / "scaling.json").resolve():
-        raise ConfigError(f"--earlier {earlier} is the report this run writes; give another --out")
+    check_output(out_dir / "scaling.json", [earlier], "scaling report")  # before any training
     all_cells, spec_budget = load_spec(spec)
     cells = pick_families(all_cells, families) if families else all_cells
     budget = budget or spec_budget
@@ -365,7 +370,7 @@ def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: li
     report.update({"spec": str(spec), "slopes": slopes, "bayes_auc": bayes, "gaps": gaps(rows, bayes),
                    "differences": size_differences(rows, spec_differences(spec), draws,
                                                    before.get("differences") or [], fresh)})
-    write_json(out_dir / "scaling.json", report)
+    write_json(out_dir / "scaling.json", report, inputs=[earlier], what="scaling report")
     write_text_atomic(out_dir / "scaling.md", markdown(rows, slopes, bayes, report["differences"]))
     plot(rows, bayes, out_dir / "scaling.png",
          f"{Path(spec).name}: budget {budget or 'per config'}, {len(seeds)} seed(s) per point")

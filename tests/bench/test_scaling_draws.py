@@ -106,7 +106,8 @@ def test_draws_of_different_test_rows_are_not_mixed():
     draws = row_draws(rows, cells)
     assert draws["p"][0] == 0.625 and np.isnan(draws["p"][1])  # an undefined resample stays undefined
     cells[1]["auc_draws"] = {**cells[1]["auc_draws"], "test_rows": "bbbb"}
-    assert all(v is None for v in row_draws(rows, cells).values())
+    with pytest.raises(ConfigError, match="different test sets.*aaaa.*p seed 0.*bbbb.*q seed 0"):
+        row_draws(rows, cells)
 
 
 def _earlier_report(tmp_path, **changes):

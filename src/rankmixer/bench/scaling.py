@@ -224,13 +224,15 @@ def draw_values(kept: dict) -> np.ndarray:
 
 def row_draws(rows: list[dict], cells: list[dict]) -> dict[str, np.ndarray | None]:
     """Label -> [n_boot] seed-mean test AUC of the row on each resample, from its runs' kept
-    ``auc_draws``; None where a run kept none. All rows' draws must come from the same resamples
-    of the same test rows, or none is given (a ValueError would hide a mixed study less well
-    than a missing interval does: the caller reports without intervals)."""
-    kept = [c.get("auc_draws") for c in cells]
-    keys = {(d["n_boot"], d["seed"], d["test_rows"]) for d in kept if d}
-    if len(keys) > 1:
-        return dict.fromkeys((r["label"] for r in rows), None)
+    ``auc_draws``; None where a run kept none. Draws of other resamples or other test rows than
+    the rest are a ConfigError naming the runs: such a study mixes test sets."""
+    kinds: dict[tuple, list[str]] = {}
+    for c in cells:
+        if d := c.get("auc_draws"):
+            kinds.setdefault((d["n_boot"], d["seed"], d["test_rows"]), []).append(f"{c['label']} seed {c['seed']}")
+    if len(kinds) > 1:
+        groups = "; ".join(f"test rows {k[2]} ({k[0]} resamples, seed {k[1]}): {', '.join(v)}" for k, v in kinds.items())
+        raise ConfigError(f"the runs' bootstrap draws come from different test sets or resamples: {groups}")
     out: dict[str, np.ndarray | None] = {}
     for r in rows:
         runs = [c.get("auc_draws") for c in cells if c["label"] == r["label"]]

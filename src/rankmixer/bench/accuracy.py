@@ -290,12 +290,19 @@ def run_accuracy(
     return report
 
 
+MACHINE_KIND_KEYS = ("device_name", "cpu_flags", "cpus", "torch")  # what tells two machines apart
+
+
+def machine_kind(machine: dict) -> dict:
+    """The part of a machine record (``machine_info``) that tells two machines apart."""
+    return {k: machine.get(k) for k in MACHINE_KIND_KEYS}
+
+
 def _machine(results: list[dict], recorded: list[dict | None]) -> dict:
     """Where the runs trained: the machine their ``metrics.json`` records (``recorded``, one per
     result) when they all name the same device and CPU, else this machine with the runs'
     training device (and ``run_machines``: each distinct one the runs record)."""
-    kinds = {json.dumps({k: m[k] for k in ("device_name", "cpu_flags", "cpus", "torch")}, sort_keys=True)
-             for m in recorded if m}
+    kinds = {json.dumps(machine_kind(m), sort_keys=True) for m in recorded if m}
     if len(kinds) == 1 and all(recorded):
         return recorded[-1]
     devices = sorted({r["device"] for r in results})

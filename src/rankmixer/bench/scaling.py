@@ -29,19 +29,11 @@ architecture, and what is not learnable from the budget at all. The spec's ``dif
 compare two families size by size (size i of every family is FLOP-matched in the specs we
 ship): family A minus family B with a paired bootstrap interval over the same test rows.
 
-Kept draws: a study outlives its runs. Its points train on different machines and sessions (a
-GPU call trains some, a CPU others), and a run's folder, with the test predictions the
-intervals need, does not always survive. So each run in ``scaling.json`` keeps its test AUC on
-every resample (``auc_draws``: the resamples of :data:`BOOTSTRAP`, a fingerprint of the test
-labels they were drawn from, and the values as little-endian float32 in base64, about 5 kB a
-run). ``earlier=`` (``--earlier REPORT.json``) carries an earlier
-report's runs into this one where no run of the same label is here; slopes and paired
-differences are then computed from kept draws, exactly as from predictions (the same
-resamples). A run kept without draws (reports from before they were kept) still gives its point
-and its own interval; a family or a pair that needs its draws takes the earlier report's slope or
-difference where nothing of it changed, else a slope without interval, and an unpaired
-difference (``paired: false``: the two rows' own intervals combined as independent normals,
-wider than the paired one, since the test-set noise the rows share no longer cancels).
+Kept draws: each run in ``scaling.json`` keeps its test AUC on every resample of
+:data:`BOOTSTRAP` (``auc_draws``), so that slopes and paired differences outlive the runs'
+folders; ``earlier=`` (``--earlier``) joins an earlier report's runs to these
+(:func:`run_scaling`; the rules, and the fallbacks for runs kept without draws, in
+``docs/scaling.md``).
 
 Outputs in ``out``: ``scaling.json`` (every run, the per-family summary, the fitted slopes and
 the gaps), ``scaling.md`` (the table) and ``scaling.png`` (the two plots, with the dataset's
@@ -58,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rankmixer.bench.accuracy import Cell, format_si, model_section, read_yaml_keys, run_accuracy, summarise
+from rankmixer.bench.accuracy import (Cell, format_si, machine_kind, model_section, read_yaml_keys, run_accuracy,
+                                      summarise)
 from rankmixer.bench.intervals import BOOTSTRAP, differences_table, run_predictions
 from rankmixer.config import ConfigError, config_path
 from rankmixer.core.bootstrap import bootstrap_distribution, percentile_interval
@@ -177,7 +170,7 @@ def fit_slopes(rows: list[dict], draws: dict[str, np.ndarray | None] | None = No
     for family in dict.fromkeys(r["model"] for r in rows if r["model"] != ORACLE):
         group = [r for r in rows if r["model"] == family]
         auc = np.array([r["auc"] for r in group])
-        sizes = [draws.get(r["label"]) for r in group] if draws is not None else [None]
+        sizes = [(draws or {}).get(r["label"]) for r in group]
         stacked = np.stack(sizes, axis=1) if all(d is not None for d in sizes) else None
         before = (earlier or {}).get(family)
         if stacked is None and before is not None and not {r["label"] for r in group} & fresh:
@@ -361,7 +354,9 @@ def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: li
         carried = [c for c in before["cells"] if c["label"] not in fresh]
         order = {c.label: i for i, c in enumerate(all_cells)}
         report["cells"] = sorted(report["cells"] + carried, key=lambda c: (order[c["label"]], c["seed"]))
-        report["summary"] = summarise(report["cells"], runs_dir, stored=before.get("summary") or ())
+        # The fresh rows are summarised already; the carried ones keep their stored intervals.
+        report["summary"] = sorted(report["summary"] + summarise(carried, None, stored=before.get("summary") or ()),
+                                   key=lambda r: order[r["label"]])
         report["earlier"] = {"report": str(earlier), "labels": list(dict.fromkeys(c["label"] for c in carried))}
         report["machine"]["run_machines"] = run_machines([report["machine"], before.get("machine")])
         log(f"carried {len(carried)} runs from {earlier}: {', '.join(report['earlier']['labels']) or 'none'}")
@@ -385,7 +380,7 @@ def run_machines(machines: list[dict | None]) -> list[dict]:
     out: list[dict] = []
     for m in machines:
         for one in (m or {}).get("run_machines") or ([m] if m else []):
-            kind = {k: one.get(k) for k in ("cpu_flags", "cpus", "device_name", "torch")}
+            kind = machine_kind(one)
             if kind not in out:
                 out.append(kind)
     return out
@@ -406,9 +401,9 @@ def read_earlier(path: Path, spec: Path | str, cells: list[Cell], budget: str | 
         raise ConfigError(f"--earlier {path}: a report of spec {rep.get('spec')!r}, not {str(spec)!r}")
     if rep.get("budget") != budget:
         raise ConfigError(f"--earlier {path}: budget {rep.get('budget')!r}, here {budget!r}")
-    def recipe(o: list[str]) -> list[str]:  # noqa: E306
-        return sorted(x for x in o if not x.startswith(PLACEMENT_OVERRIDES))
-    if recipe(rep.get("overrides") or []) != recipe(overrides):
+    theirs, ours = (sorted(x for x in o if not x.startswith(PLACEMENT_OVERRIDES))
+                    for o in (rep.get("overrides") or [], overrides))
+    if theirs != ours:
         raise ConfigError(f"--earlier {path}: overrides {rep.get('overrides')}, here {overrides}")
     spec_cells = {c.label: c for c in cells}
     for c in rep["cells"]:

@@ -57,7 +57,7 @@ from rankmixer.core.predictions import MIN_POSITIVES
 from rankmixer.core.processes import run_in_processes
 from rankmixer.core.rundir import CONFIG_FILE
 from rankmixer.core.yamlio import YamlError, read_yaml_mapping
-from rankmixer.bench.intervals import dataset_differences, differences_table
+from rankmixer.bench.intervals import dataset_differences, differences_table, run_dir_name
 
 METRICS = ("auc", "gauc", "logloss", "ne")
 BENCH_KIND = "benchmark"  # the ownership marker of an output folder (core/files.py)
@@ -234,7 +234,7 @@ def run_accuracy(
         raise ValueError("benchmark cells must have distinct labels (two configs with the same file name?)")
     jobs = []
     for cell, seed in ((c, s) for c in cells for s in seeds):
-        run_dir = out_dir / "runs" / f"{cell.label}-s{seed}"
+        run_dir = out_dir / "runs" / run_dir_name(cell.label, seed)
         extra = [*cell.overrides, *(overrides or []), f"seed={seed}", f"run_dir={run_dir}", "train.progress=false"]
         if budget:
             extra += budget_overrides(budget, load_config(cell.config, extra).train.batch_size)

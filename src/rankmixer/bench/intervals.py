@@ -19,12 +19,17 @@ from rankmixer.core.predictions import Predictions, load_predictions
 from rankmixer.core.rundir import TEST_PREDICTIONS
 
 __all__ = ["BOOTSTRAP", "INTERVAL_KEYS", "dataset_differences", "differences_table", "paired_difference",
-           "run_predictions", "seed_mean_interval"]
+           "run_dir_name", "run_predictions", "seed_mean_interval"]
 
 # 95% percentile bootstrap over test rows, 1000 resamples, fixed draws (the same every time).
 BOOTSTRAP = {"n_boot": 1000, "level": 0.95, "seed": 0}
 # What a summary row gains from the predictions.
 INTERVAL_KEYS = ("auc_ci_low", "auc_ci_high", "positives")
+
+
+def run_dir_name(label: str, seed: int) -> str:
+    """The folder of a (cell, seed) run under a benchmark's ``runs/``."""
+    return f"{label}-s{seed}"
 
 
 def run_predictions(result: dict, runs_dir: Path | None) -> Predictions | None:
@@ -33,7 +38,7 @@ def run_predictions(result: dict, runs_dir: Path | None) -> Predictions | None:
     None when there is none."""
     path = result.get("predictions")
     if path is None and runs_dir is not None:
-        path = Path(runs_dir) / f"{result['label']}-s{result['seed']}" / TEST_PREDICTIONS
+        path = Path(runs_dir) / run_dir_name(result["label"], result["seed"]) / TEST_PREDICTIONS
     return load_predictions(path) if path is not None and Path(path).is_file() else None
 
 

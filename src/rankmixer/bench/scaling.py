@@ -52,7 +52,7 @@ import numpy as np
 
 from rankmixer.bench.accuracy import (Cell, format_si, machine_kind, model_section, read_yaml_keys, run_accuracy,
                                       summarise)
-from rankmixer.bench.intervals import BOOTSTRAP, differences_table, run_predictions
+from rankmixer.bench.intervals import BOOTSTRAP, differences_table, run_dir_name, run_predictions
 from rankmixer.config import ConfigError, config_path
 from rankmixer.core.bootstrap import bootstrap_distribution, percentile_interval
 from rankmixer.core.files import check_output, write_json, write_text_atomic
@@ -336,7 +336,7 @@ def run_scaling(spec: Path | str, seeds: list[int], out_dir: Path, overrides: li
     before = read_earlier(earlier, spec, all_cells, budget, overrides or []) if earlier is not None else {}
     if before and not report_only:
         held = {c["label"] for c in before["cells"]}
-        started = {c.label for c in cells for s in seeds if (out_dir / "runs" / f"{c.label}-s{s}").is_dir()}
+        started = {c.label for c in cells for s in seeds if (out_dir / "runs" / run_dir_name(c.label, s)).is_dir()}
         skip = [c.label for c in cells if c.label in held and c.label not in started]
         cells = [c for c in cells if c.label not in skip]
         if skip:

@@ -123,3 +123,31 @@ def test_searches_of_an_earlier_report_join_as_if_their_folders_were_here(search
         run_search_budget(new, tmp_path / "other", earlier=[earlier], **{**kw, "flops_target": 1e3})
     with pytest.raises(ValueError, match="random"):
         run_search_budget(searches, tmp_path / "twice", earlier=[earlier], **kw)
+
+    # The trainer renamed an override: the earlier searches' spelling is read through the map.
+    old_report = json.loads(earlier.read_text())
+    old_report["context"]["overrides"] = ["train.old_spelling=5"]
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps(old_report))
+    here = json.loads((new / "automl-s1" / "search.json").read_text())
+    (new / "automl-s1" / "search.json").write_text(json.dumps({**here, "overrides": ["train.new_spelling=12"]}))
+    with pytest.raises(ValueError, match="overrides"):
+        run_search_budget(new, tmp_path / "unmapped", earlier=[renamed], **kw)
+    with pytest.raises(ValueError, match="did not use"):
+        run_search_budget(new, tmp_path / "typo", earlier=[renamed],
+                          earlier_overrides={"train.old_spelling=6": "train.new_spelling=12"}, **kw)
+    mapped = run_search_budget(new, tmp_path / "mapped", earlier=[renamed],
+                               earlier_overrides={"train.old_spelling=5": "train.new_spelling=12"}, **kw)
+    assert sorted(mapped["summary"], key=key) == sorted(whole["summary"], key=key)
+    assert mapped["context"]["earlier_overrides"] == {"train.old_spelling=5": "train.new_spelling=12"}
+
+
+@pytest.mark.parametrize("pair", ["train.one_pass_evals=5", "a=1 b=2 c=3", "a=1 b"])
+def test_a_malformed_earlier_override_is_named(tmp_path, pair):
+    from typer.testing import CliRunner
+
+    from rankmixer.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "search-budget", "--root", str(tmp_path), "--earlier-override", pair],
+                                terminal_width=300)
+    assert result.exit_code != 0 and "--earlier-override" in result.output and "two key=value" in result.output

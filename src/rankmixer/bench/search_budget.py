@@ -20,7 +20,12 @@ search seed, the same experiment, space and overrides). For every search it read
 
 Searches reported earlier by this command (``earlier``: its JSON reports) join the comparison
 with their rows and trials as reported, so a new strategy is compared with searches whose
-folders are gone; they must share the experiment, overrides, metric and FLOPs target.
+folders are gone; they must share the experiment, overrides, metric and FLOPs target. Where the
+trainer changed what an override means, ``earlier_overrides`` maps an earlier report's override
+to the one that trains the same trials today (``OLD -> NEW``, each OLD present in every earlier
+report); the earlier overrides are read through it and the map is kept in the report's context.
+Whether the two give the same trials is the caller's claim to check (``docs/search.md`` shows the
+check: a random search's first trials, whose draws do not depend on the values, retrained).
 
 ``OUT/NAME.json`` holds it all, with the machine; ``OUT/NAME.md`` the tables.
 """
@@ -30,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +115,7 @@ def _predictor_quality(search: dict, horizon: int | None, folds: int) -> dict:
 def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
                       checkpoints: Sequence[int] = (10, 25, 50, 100), flops_target: float | None = None,
                       baseline: str = "random", folds: int = 5, earlier: Sequence[Path] = (),
-                      log: Callable[[str], None] = print) -> dict:
+                      earlier_overrides: Mapping[str, str] | None = None, log: Callable[[str], None] = print) -> dict:
     """Compare the searches under ``root`` and those of the ``earlier`` reports (module
     docstring); write and return the report."""
     root, out_dir = Path(root), Path(out_dir)
@@ -151,10 +156,15 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
         })
     context = {"config": searches[0]["report"]["config"], "overrides": searches[0]["report"]["overrides"],
                "metric": searches[0]["report"]["objective"]["metric"], "flops_target": flops_target}
+    renamed = dict(earlier_overrides or {})
     for path, old in zip(earlier, reports):
-        differs = [k for k, v in context.items() if old["context"].get(k) != v]
+        missing = [o for o in renamed if o not in old["context"]["overrides"]]
+        if missing:
+            raise ValueError(f"{path}: --earlier-override names overrides its searches did not use: {missing}")
+        theirs = {**old["context"], "overrides": [renamed.get(o, o) for o in old["context"]["overrides"]]}
+        differs = [f"{k} ({theirs.get(k)} against {v})" for k, v in context.items() if theirs.get(k) != v]
         if differs:
-            raise ValueError(f"{path}: its searches differ from those under {root} in {', '.join(differs)}")
+            raise ValueError(f"{path}: its searches differ from those under {root} in {'; '.join(differs)}")
         clash = {(r["strategy"], r["seed"]) for r in old["searches"]} & {(r["strategy"], r["seed"]) for r in rows}
         if clash:
             raise ValueError(f"{path}: reports searches also given, or in another report: {sorted(clash)}")
@@ -185,7 +195,8 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
                                    "difference": diff, "spread": spread,
                                    "beyond_spread": bool(math.isfinite(diff) and abs(diff) > spread)})
     report = {
-        "context": {**context, "root": str(root), "earlier": [str(e) for e in earlier], "machine": machine_info(),
+        "context": {**context, "root": str(root), "earlier": [str(e) for e in earlier],
+                    "earlier_overrides": renamed, "machine": machine_info(),
                     "checkpoints": list(checkpoints), "horizon_steps": horizon, "folds": folds},
         "searches": rows, "summary": summary, "comparison": comparison, "trials": trials,
     }

@@ -3,6 +3,7 @@ JSON. Suites and specs are packaged names (``peers``, ``scaling``) or YAML files
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -187,6 +188,10 @@ def search_budget(
     folds: int = typer.Option(5, min=2, help="Folds of the predictor's cross-validation."),
     earlier: Optional[List[Path]] = typer.Option(None, "--earlier", help="An earlier report of this command (its "
                                                  "JSON) whose searches join the comparison; repeatable."),
+    earlier_override: Optional[List[str]] = typer.Option(
+        None, "--earlier-override", help="'OLD NEW' (two overrides, shell-quoted as one argument): an override of "
+        "the earlier reports' searches and the one that trains the same trials with today's trainer, read for OLD "
+        "when comparing them; repeatable."),
 ) -> None:
     """Search strategies at an equal trial budget: best-so-far over search seeds, the difference to
     random search against the seed spread, the AutoML predictor's held-out Kendall tau and its
@@ -195,8 +200,15 @@ def search_budget(
 
     with user_errors():
         ks = [int(x) for x in checkpoints.split(",") if x.strip()]
+        renamed = {}
+        for pair in earlier_override or []:
+            words = shlex.split(pair)
+            if len(words) != 2 or not all("=" in w for w in words):
+                raise ValueError(f"--earlier-override {pair!r}: expected two key=value overrides, OLD then NEW "
+                                 "(e.g. 'train.one_pass_evals=5 train.eval_every_steps=12')")
+            renamed[words[0]] = words[1]
         report = run_search_budget(root, out, name, checkpoints=ks, flops_target=flops_target, baseline=baseline,
-                                   folds=folds, earlier=earlier or [], log=console.print)
+                                   folds=folds, earlier=earlier or [], earlier_overrides=renamed, log=console.print)
     console.print(markdown_tables(report), markup=False, soft_wrap=True)
     console.print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} and {out / (name + '.png')}")
 

@@ -5,6 +5,7 @@ that draws what an uninterrupted one draws, and a search end to end."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -18,7 +19,7 @@ optuna = pytest.importorskip("optuna", reason="the rankitect-sampling strategy n
 
 from rankmixer.search.policy import decisions, taken_options  # noqa: E402
 from rankmixer.search.run import run_search  # noqa: E402
-from rankmixer.search.sampling import SamplingOptions, SamplingSampler, replay, trial_reward  # noqa: E402
+from rankmixer.search.sampling import SamplingOptions, SamplingSampler, batch_rewards, replay  # noqa: E402
 
 SPACE = parse_architecture_space(TINY_SEARCH_SPACE, "space", None)
 
@@ -96,10 +97,49 @@ def test_replay_is_reinforce_on_standardized_rewards_in_trial_order():
 
 
 def test_the_reward_is_the_metric_less_the_flops_penalty():
-    assert trial_reward(0.7, 4e6, True, 1e6, 1.0) == pytest.approx(0.7 - 2.0)  # log2(4) over the target
-    assert trial_reward(0.7, 5e5, True, 1e6, 1.0) == pytest.approx(0.7)  # under the target: none
-    assert trial_reward(0.45, 8e6, False, 1e6, 0.5) == pytest.approx(-0.45 - 1.5)  # lower is better: negated
-    assert trial_reward(0.7, 4e6, True, None, 1.0) == pytest.approx(0.7)  # no target, no penalty
+    metrics = np.array([0.70, 0.70, 0.72, 0.66])
+    over = np.array([2.0, 0.0, 0.0, 1.0])  # doublings above the target: log2(4), under it, under it, log2(2)
+    assert batch_rewards(metrics, over, 1.0, "metric") == pytest.approx([0.70 - 2.0, 0.70, 0.72, 0.66 - 1.0])
+    assert batch_rewards(metrics, over, 0.5, "metric") == pytest.approx([0.70 - 1.0, 0.70, 0.72, 0.66 - 0.5])
+    # in the metric's spread: mean 0.695, population sd 0.0217945 (by hand)
+    z = [0.005 / 0.0217945, 0.005 / 0.0217945, 0.025 / 0.0217945, -0.035 / 0.0217945]
+    assert batch_rewards(metrics, over, 1.0, "spread") == pytest.approx(np.subtract(z, over), abs=1e-5)
+    assert batch_rewards(np.full(3, 0.7), np.zeros(3), 1.0, "spread") == pytest.approx([0.0, 0.0, 0.0])  # no spread
+
+
+@pytest.mark.parametrize("unit", ["metric", "spread"])
+def test_replay_takes_the_penalty_in_its_unit(tmp_path, unit):
+    """One update of four trials under a FLOPs target of 1e6, FLOPs read from each trial's run;
+    the rewards recomputed by hand."""
+    table = decisions(SPACE)
+    params = [t.params for t in run_study(SamplingSampler(SamplingOptions(SPACE, "out", seed=2)), 4).trials]
+    values, flops = [0.70, 0.71, 0.69, 0.72], [5e5, 2e6, 1e6, 8e6]
+    study = run_study(optuna.samplers.RandomSampler(seed=5), 0)
+    for n, (p, v, f) in enumerate(zip(params, values, flops)):
+        (tmp_path / f"t{n}").mkdir()
+        (tmp_path / f"t{n}" / "metrics.json").write_text(json.dumps({"flops_per_sample": f}))
+        dists = {k: optuna.distributions.CategoricalDistribution(table[[d.name for d in table].index(k)].options)
+                 for k in p}
+        study.add_trial(optuna.trial.create_trial(params=p, distributions=dists, value=v,
+                                                  user_attrs={"run_dirs": [f"t{n}"]}))
+    options = SamplingOptions(SPACE, str(tmp_path), seed=0, batch=4, flops_target=1e6, penalty_unit=unit)
+    _, (update,) = replay(options, study)
+    over = [0.0, 1.0, 0.0, 3.0]  # log2(FLOPs / 1e6), floored at 0
+    metric = np.array(values)
+    if unit == "spread":
+        metric = (metric - 0.705) / math.sqrt((0.005**2 + 0.005**2 + 0.015**2 + 0.015**2) / 4)
+    assert update["rewards"] == pytest.approx(list(metric - over))
+
+
+def test_a_penalty_in_the_metric_unit_swamps_auc_and_one_in_its_spread_does_not():
+    """A batch whose most accurate trials are over the FLOPs target: with the penalty in AUC units
+    their advantage is the cost alone, in units of the spread the accuracy still counts."""
+    metrics = np.array([0.690, 0.692, 0.700, 0.702])
+    over = np.array([0.0, 0.0, 0.3, 0.3])
+    raw = batch_rewards(metrics, over, 1.0, "metric")
+    spread = batch_rewards(metrics, over, 1.0, "spread")
+    assert raw.argmax() in (0, 1)  # 0.3 doublings (23% over) outweigh +0.01 AUC
+    assert spread.argmax() == 3
 
 
 def fm_share(study, first: int, last: int) -> float:
@@ -158,7 +198,7 @@ def test_a_sampling_search_end_to_end(tmp_path):
     for u in sampling["updates"]:
         for n, r in zip(u["trials"], u["rewards"]):
             t = by_number[n]
-            assert r == pytest.approx(trial_reward(t["value"], t["flops_per_sample"], True, 1e3, 1.0))
+            assert r == pytest.approx(t["value"] - max(0.0, math.log2(t["flops_per_sample"] / 1e3)))
     assert set(sampling["mode"]) == {d.name for d in decisions(SPACE)}
     with pytest.raises(ValueError, match="strategy options"):
         run_search(tiny, space, "random", 1, tmp_path / "r", options={"batch": 2}, log=lambda *_: None)

@@ -57,6 +57,9 @@ def search(
     update_every: int = typer.Option(5, min=1, help="rankitect: training steps between controller updates."),
     controller_lr: float = typer.Option(0.5, min=0.0, help="rankitect, rankitect-sampling: the "
                                           "controller's step size."),
+    penalty_unit: str = typer.Option("metric", help="rankitect-sampling: the unit of the FLOPs penalty, one "
+                                     "per doubling above --flops-target: metric (one unit of the metric) or spread "
+                                     "(one standard deviation of the metric within the controller's batch)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Search folder: new, empty or one of ours (trials' run "
                                        "directories, search.json, tune.json, the default storage study.db). "
                                        "Default: runs/search-STRATEGY."),
@@ -123,7 +126,8 @@ def search(
         options = {"startup_trials": startup_trials, "round_size": round_size, "flops_target": flops_target,
                    "horizon_steps": horizon_steps}
     elif strategy == "rankitect-sampling":
-        options = {"batch": samples, "controller_lr": controller_lr, "flops_target": flops_target}
+        options = {"batch": samples, "controller_lr": controller_lr, "flops_target": flops_target,
+                   "penalty_unit": penalty_unit}
     with user_errors(MissingExtra, TuneError):
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -45,7 +45,7 @@ import torch
 
 from rankmixer.search.curve import extrapolate, read_curve
 from rankmixer.search.policy import (PlanSampler, PolicyOptions, PolicyTrial, decisions, over_budget, params_key,
-                                     policy_controller)
+                                     policy_controller, standardized)
 from rankmixer.search.predictor import Decision, Encoder, Predictor, cross_validate
 from rankmixer.search.report import first_metrics
 from rankmixer.search.space import ArchitectureSpace
@@ -63,7 +63,6 @@ def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predicto
     ``reference``: the encoded trials, whose predicted scores standardize the reward."""
     encoder = Encoder(table)
     ref = predictor.predict(reference)["score"]
-    mean, sd = float(ref.mean()), float(ref.std()) or 1.0
     index = {d.name: i for i, d in enumerate(table)}
     controller = policy_controller(table, lr, torch.Generator().manual_seed(seed))
     found: dict[str, dict] = {}
@@ -74,7 +73,7 @@ def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predicto
             space.suggest(trial)
             draws.append(trial)
         pred = predictor.predict(encoder.encode_all([t.params for t in draws]))
-        z = (pred["score"] - mean) / sd
+        z = standardized(pred["score"], ref)
         reward = z - flops_penalty * over_budget(pred["flops"], flops_target)
         controller.step([t.taken for t in draws], reward.tolist())
         if step >= steps // 2:

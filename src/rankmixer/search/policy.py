@@ -22,7 +22,7 @@ from rankmixer.search.space import ArchitectureSpace
 from rankmixer.tune.space import Param
 
 __all__ = ["GRID", "PlanSampler", "PolicyOptions", "PolicyTrial", "decisions", "over_budget", "params_key",
-           "policy_controller", "taken_options"]
+           "policy_controller", "standardized", "taken_options"]
 
 GRID = 8  # the most values the policy offers for a number (a smaller integer range: all of it)
 
@@ -45,6 +45,15 @@ class PolicyOptions:
             raise ValueError(f"flops_target must be positive, got {self.flops_target}")
         if self.flops_penalty < 0:
             raise ValueError(f"flops_penalty must be >= 0, got {self.flops_penalty}")
+
+
+def standardized(values: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """``(values - mean) / sd`` of ``reference`` (default: ``values``). A reference without
+    spread (its sd at the level of float rounding, as for equal values) only centres: dividing
+    by rounding noise would turn equal rewards into +-1."""
+    ref = np.asarray(values if reference is None else reference, dtype=float)
+    mean, sd = float(ref.mean()), float(ref.std())
+    return (np.asarray(values, dtype=float) - mean) / (sd if sd > 1e-9 * max(1.0, abs(mean)) else 1.0)
 
 
 def over_budget(flops, flops_target: float | None):

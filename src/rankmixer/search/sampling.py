@@ -10,7 +10,11 @@ storage, resume, retries, parallel workers and report are the tuning study's.
 * **The reward** of a complete trial is its validation metric (negated where lower is better)
   minus ``flops_penalty * max(0, log2(FLOPs / flops_target))``, FLOPs per sample as its run
   measured them (no penalty without a target): the soft cost constraint the AutoML searcher
-  also uses.
+  also uses. The penalty's unit (``penalty_unit``) is either the metric's own (``metric``: a
+  doubling above the target costs ``flops_penalty`` AUC, far more than the few thousandths
+  between architectures) or its spread (``spread``: the batch's metrics are standardized before
+  the penalty is taken, so a doubling costs ``flops_penalty`` standard deviations of the metric,
+  as the AutoML policy's standardized predicted score does).
 * **An update** is one REINFORCE step on a batch of ``batch`` complete trials:
   ``theta += lr * sum_j z_j * grad log pi(a_j)``, with ``z`` the rewards standardized within the
   batch (their mean is the baseline; dividing by their spread makes ``lr`` independent of the
@@ -39,19 +43,22 @@ import torch
 
 from rankmixer.search.controller import Controller
 from rankmixer.search.policy import (PlanSampler, PolicyOptions, PolicyTrial, decisions, over_budget, params_key,
-                                     policy_controller, taken_options)
+                                     policy_controller, standardized, taken_options)
 from rankmixer.search.report import first_metrics
 
-__all__ = ["SamplingOptions", "SamplingSampler", "replay", "sampling_report", "trial_reward"]
+__all__ = ["PENALTY_UNITS", "SamplingOptions", "SamplingSampler", "batch_rewards", "replay", "sampling_report"]
 
 
-def trial_reward(value: float, flops: float | None, maximize: bool, flops_target: float | None,
-                 flops_penalty: float) -> float:
-    """A complete trial's reward: its metric, higher better, less the FLOPs penalty."""
-    reward = value if maximize else -value
-    if flops is not None:
-        reward -= flops_penalty * float(over_budget(flops, flops_target))
-    return reward
+PENALTY_UNITS = ("metric", "spread")
+
+
+def batch_rewards(metrics: np.ndarray, over: np.ndarray, flops_penalty: float, penalty_unit: str) -> np.ndarray:
+    """The rewards of one update's trials from their metrics (higher better) and doublings above
+    the FLOPs target (``over``): with ``penalty_unit`` ``spread`` the metrics are standardized
+    within the batch first (module docstring)."""
+    if penalty_unit == "spread":
+        metrics = standardized(metrics)
+    return metrics - flops_penalty * over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +70,15 @@ class SamplingOptions(PolicyOptions):
     batch: int = 8
     controller_lr: float = 0.5
     redraws: int = 20
+    penalty_unit: str = "metric"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch < 2 or self.controller_lr <= 0 or self.redraws < 0:
             raise ValueError(f"batch >= 2, controller_lr > 0 and redraws >= 0; got {self.batch}, "
                              f"{self.controller_lr}, {self.redraws}")
+        if self.penalty_unit not in PENALTY_UNITS:
+            raise ValueError(f"penalty_unit must be one of {PENALTY_UNITS}, got {self.penalty_unit!r}")
 
     def __call__(self, trials_before: int) -> "SamplingSampler":
         return SamplingSampler(self)
@@ -82,7 +92,7 @@ def replay(options: SamplingOptions, study, generator: torch.Generator | None = 
     table = decisions(options.space)
     controller = policy_controller(table, options.controller_lr, generator or torch.Generator().manual_seed(0))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    pending: list[tuple[int, list[int | None], float]] = []
+    pending: list[tuple[int, list[int | None], float, float]] = []  # number, draws, metric, doublings over
     updates = []
     complete = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                       key=lambda t: t.number)
@@ -95,12 +105,12 @@ def replay(options: SamplingOptions, study, generator: torch.Generator | None = 
             flops = (first_metrics(Path(options.out_dir), t.user_attrs.get("run_dirs", [])) or {}).get("flops_per_sample")
             if flops is None:
                 continue
-        pending.append((t.number, taken, trial_reward(t.value, flops, maximize, options.flops_target,
-                                                      options.flops_penalty)))
+        over = 0.0 if flops is None else float(over_budget(flops, options.flops_target))
+        pending.append((t.number, taken, t.value if maximize else -t.value, over))
         if len(pending) == options.batch:
-            rewards = np.array([r for *_, r in pending])
-            z = (rewards - rewards.mean()) / (rewards.std() or 1.0)
-            controller.step([taken for _, taken, _ in pending], z.tolist())
+            _, draws, metrics, overs = (list(x) for x in zip(*pending))
+            rewards = batch_rewards(np.array(metrics), np.array(overs), options.flops_penalty, options.penalty_unit)
+            controller.step(draws, standardized(rewards).tolist())
             updates.append({"trials": [n for n, *_ in pending], "rewards": rewards.tolist(),
                             "entropy": controller.entropy()})
             pending = []

@@ -152,12 +152,46 @@ def test_the_policy_finds_what_the_predictor_prefers_within_the_budget(tmp_path)
     assert all("mlp" not in {c["params"].get("b0.type"), c["params"].get("b1.type")} for c in cheap)
 
 
+class PlantedPredictor:
+    """Scores 1 where the first block is an fm (else 0), an ensemble spread of 2 where it is a
+    cross (else 0), the same FLOPs everywhere."""
+
+    def __init__(self, encoder: Encoder, table) -> None:
+        b0 = [d.name for d in table].index("b0.type")
+        options = table[b0].options
+        self.fm = encoder.offsets[b0] + options.index("fm")
+        self.cross = encoder.offsets[b0] + options.index("cross")
+
+    def predict(self, x):
+        return {"score": x[:, self.fm].astype(float), "spread": 2.0 * x[:, self.cross],
+                "flops": np.full(len(x), 1e4)}
+
+
+def test_exploration_goes_where_the_members_disagree(tmp_path):
+    space = space_object(tmp_path)
+    table = decisions(space)
+    encoder = Encoder(table)
+    x = encoder.encode_all(random_architectures(space, 60, 0))
+    predictor = PlantedPredictor(encoder, table)
+    # by the mean alone the fm blocks win; with explore 1 a cross block's bound (a score of 0 plus
+    # a spread of 2) beats an fm's (1 plus 0)
+    mean = propose(space, table, predictor, x, count=5, seen=set(), steps=40, samples=16)
+    bound = propose(space, table, predictor, x, count=5, seen=set(), steps=40, samples=16, explore=1.0)
+    assert all(c["params"]["b0.type"] == "fm" for c in mean)
+    assert all(c["params"]["b0.type"] == "cross" for c in bound)
+    ref = x[:, predictor.fm]
+    for c in bound:  # reward = (score + spread - mean(ref)) / sd(ref), no penalty without a target
+        assert c["reward"] == pytest.approx((0.0 + 2.0 - ref.mean()) / ref.std())
+
+
 def test_options_are_checked():
     space = space_object(None)
     with pytest.raises(ValueError, match="startup_trials"):
         AutoMLOptions(space, "out", startup_trials=1)
     with pytest.raises(ValueError, match="flops_target"):
         AutoMLOptions(space, "out", flops_target=0.0)
+    with pytest.raises(ValueError, match="explore"):
+        AutoMLOptions(space, "out", explore=-1.0)
 
 
 @pytest.fixture(scope="module")

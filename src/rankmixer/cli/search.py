@@ -42,6 +42,8 @@ def search(
                                                  "budget)."),
     horizon_steps: Optional[int] = typer.Option(None, min=1, help="automl: steps each trial's validation curve is "
                                                 "extrapolated to (default: a full run of the experiment)."),
+    explore: float = typer.Option(0.0, min=0.0, help="automl: the policy scores the predictor's mean plus this "
+                                  "many times its ensemble's spread (an upper confidence bound; 0: the mean)."),
     keep: int = typer.Option(1, min=1, help="distdnas: candidates kept per choice block."),
     epochs_per_day: int = typer.Option(1, min=1, help="distdnas: passes over each day's rows; rankitect: passes over "
                                        "the training split."),
@@ -124,7 +126,7 @@ def search(
     options = None
     if strategy == "automl":
         options = {"startup_trials": startup_trials, "round_size": round_size, "flops_target": flops_target,
-                   "horizon_steps": horizon_steps}
+                   "horizon_steps": horizon_steps, "explore": explore}
     elif strategy == "rankitect-sampling":
         options = {"batch": samples, "controller_lr": controller_lr, "flops_target": flops_target,
                    "penalty_unit": penalty_unit}

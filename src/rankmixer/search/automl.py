@@ -21,7 +21,10 @@ its storage, resume, retries, parallel workers and report are the tuning study's
        reward(a) = z(a) - flops_penalty * max(0, log2(FLOPs_hat(a) / flops_target))
 
    where ``z`` is the predicted score standardized over the trials' own predictions and
-   ``FLOPs_hat`` the predicted FLOPs (no penalty without a target). The ``round_size``
+   ``FLOPs_hat`` the predicted FLOPs (no penalty without a target). With ``explore`` > 0 the
+   score is an upper confidence bound, the ensemble's mean plus ``explore`` times its members'
+   standard deviation, standardized the same way: architectures the members disagree on are
+   worth a trial, since a trial there teaches the predictor most. The ``round_size``
    architectures with the highest reward among those the policy drew in its second half, and
    that no trial of the study has drawn yet, are queued.
 4. Each trial takes the next queued architecture: the sampler answers each of the space's
@@ -56,7 +59,8 @@ __all__ = ["AutoMLOptions", "AutoMLSampler", "automl_report", "propose", "study_
 
 def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predictor, reference: np.ndarray, *,
             count: int, seen: set[str], steps: int = 200, samples: int = 32, lr: float = 0.2,
-            flops_target: float | None = None, flops_penalty: float = 1.0, seed: int = 0) -> list[dict]:
+            flops_target: float | None = None, flops_penalty: float = 1.0, explore: float = 0.0,
+            seed: int = 0) -> list[dict]:
     """The REINFORCE policy against ``predictor`` (module docstring, step 3): up to ``count``
     architectures, not in ``seen`` (parameter keys), with the highest reward among those drawn in
     the second half of the steps; each ``{"params", "reward", "score", "flops"}``.
@@ -73,7 +77,7 @@ def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predicto
             space.suggest(trial)
             draws.append(trial)
         pred = predictor.predict(encoder.encode_all([t.params for t in draws]))
-        z = standardized(pred["score"], ref)
+        z = standardized(pred["score"] + explore * pred["spread"], ref)
         reward = z - flops_penalty * over_budget(pred["flops"], flops_target)
         controller.step([t.taken for t in draws], reward.tolist())
         if step >= steps // 2:
@@ -120,12 +124,15 @@ class AutoMLOptions(PolicyOptions):
     members: int = 5
     policy_steps: int = 200
     policy_samples: int = 32
+    explore: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.startup_trials < 2 or self.round_size < 1 or self.members < 1:
             raise ValueError(f"startup_trials >= 2, round_size >= 1 and members >= 1; got {self.startup_trials}, "
                              f"{self.round_size}, {self.members}")
+        if self.explore < 0:
+            raise ValueError(f"explore must be >= 0, got {self.explore}")
 
     def __call__(self, trials_before: int) -> "AutoMLSampler":
         return AutoMLSampler(self, trials_before)
@@ -172,7 +179,7 @@ class AutoMLSampler(PlanSampler):
         predictor = Predictor(members=o.members, seed=self.seed + self.rounds).fit(got["x"], got["labels"], got["flops"])
         self.queue = propose(o.space, self.table, predictor, got["x"], count=o.round_size, seen=seen,
                              steps=o.policy_steps, samples=o.policy_samples, flops_target=o.flops_target,
-                             flops_penalty=o.flops_penalty, seed=self.seed + self.rounds)
+                             flops_penalty=o.flops_penalty, explore=o.explore, seed=self.seed + self.rounds)
         self.rounds += 1
 
 

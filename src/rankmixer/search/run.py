@@ -87,7 +87,7 @@ def run_search(
     ``seed`` seeds the strategy's sampler (default: the space's); ``study`` defaults to the
     strategy's name; ``workers`` processes share the study. ``options``: the automl or
     rankitect-sampling strategy's settings (rankmixer.search.automl.AutoMLOptions: startup_trials,
-    round_size, flops_target, horizon_steps, default horizon :func:`full_run_steps`;
+    round_size, flops_target, horizon_steps, explore, default horizon :func:`full_run_steps`;
     rankmixer.search.sampling.SamplingOptions: batch, controller_lr, flops_target, penalty_unit).
     ``keep_checkpoints``: keep finished trials' checkpoints (by default only their metrics and
     best weights stay)."""

@@ -107,14 +107,15 @@ def test_the_reward_is_the_metric_less_the_flops_penalty():
     assert batch_rewards(np.full(3, 0.7), np.zeros(3), 1.0, "spread") == pytest.approx([0.0, 0.0, 0.0])  # no spread
 
 
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
 @pytest.mark.parametrize("unit", ["metric", "spread"])
-def test_replay_takes_the_penalty_in_its_unit(tmp_path, unit):
+def test_replay_takes_the_penalty_in_its_unit(tmp_path, unit, direction):
     """One update of four trials under a FLOPs target of 1e6, FLOPs read from each trial's run;
-    the rewards recomputed by hand."""
+    the rewards recomputed by hand (a metric to minimize is negated)."""
     table = decisions(SPACE)
     params = [t.params for t in run_study(SamplingSampler(SamplingOptions(SPACE, "out", seed=2)), 4).trials]
     values, flops = [0.70, 0.71, 0.69, 0.72], [5e5, 2e6, 1e6, 8e6]
-    study = run_study(optuna.samplers.RandomSampler(seed=5), 0)
+    study = optuna.create_study(direction=direction)
     for n, (p, v, f) in enumerate(zip(params, values, flops)):
         (tmp_path / f"t{n}").mkdir()
         (tmp_path / f"t{n}" / "metrics.json").write_text(json.dumps({"flops_per_sample": f}))
@@ -125,9 +126,9 @@ def test_replay_takes_the_penalty_in_its_unit(tmp_path, unit):
     options = SamplingOptions(SPACE, str(tmp_path), seed=0, batch=4, flops_target=1e6, penalty_unit=unit)
     _, (update,) = replay(options, study)
     over = [0.0, 1.0, 0.0, 3.0]  # log2(FLOPs / 1e6), floored at 0
-    metric = np.array(values)
+    metric = np.array(values) if direction == "maximize" else -np.array(values)
     if unit == "spread":
-        metric = (metric - 0.705) / math.sqrt((0.005**2 + 0.005**2 + 0.015**2 + 0.015**2) / 4)
+        metric = (metric - metric.mean()) / math.sqrt((0.005**2 + 0.005**2 + 0.015**2 + 0.015**2) / 4)
     assert update["rewards"] == pytest.approx(list(metric - over))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rankmixer.bench.search_budget import PREDICTOR_VARIANTS, best_so_far, run_search_budget
+from rankmixer.bench.search_budget import PREDICTOR_VARIANTS, best_so_far, longest_run, run_search_budget
 from rankmixer.core.files import OutputError
 from tests.factories import tiny_config_file
 
@@ -40,6 +40,15 @@ def test_best_so_far_is_the_best_of_each_prefix(maximize):
             ok = [v for v, f in zip(values[:k + 1], flops[:k + 1]) if target is None or f <= target]
             want = (max(ok) if maximize else min(ok)) if ok else math.nan
             assert got[k] == want or (math.isnan(want) and math.isnan(got[k]))
+
+
+def test_longest_run_of_failures_against_a_scan_of_every_window():
+    rng = random.Random(5)
+    for _ in range(50):
+        flags = [rng.random() < 0.4 for _ in range(rng.randint(0, 20))]
+        want = max((j - i for i in range(len(flags) + 1) for j in range(i, len(flags) + 1) if all(flags[i:j])),
+                   default=0)
+        assert longest_run(flags) == want
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +94,9 @@ def test_the_report_follows_the_searches(searches, tmp_path, monkeypatch):
     assert cmp["beyond_spread"] == (abs(cmp["difference"]) > max(a["best_sd"], b["best_sd"]))
     for row in report["searches"]:
         assert row["controller"] is None  # no rankitect-sampling search here
+        states = [t["state"] for t in json.loads((searches / f"{row['strategy']}-s{row['seed']}" / "search.json")
+                                                  .read_text())["trials"]]
+        assert row["failed"] == states.count("FAIL") and 0 <= row["failed_in_a_row"] <= row["failed"]
         assert set(row["predictor"]) == set(PREDICTOR_VARIANTS)
         assert all(-1 <= v["kendall"] <= 1 for v in row["predictor"].values())
     out = tmp_path / "out"

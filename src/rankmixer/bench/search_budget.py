@@ -16,7 +16,9 @@ search seed, the same experiment, space and overrides). For every search it read
   labels without learning-curve extrapolation); mean and sd over the searches;
 * every trial's validation NE and FLOPs, and a plot of NE against FLOPs with each strategy's
   Pareto front (``NAME.png``).
-* for a rankitect-sampling search, its controller's mean reward and entropy after each update.
+* for a rankitect-sampling search, its controller's mean reward and entropy after each update;
+* each search's failed trials (``failed``) and the most of them in a row (``failed_in_a_row``:
+  a search stops after 10).
 
 Searches reported earlier by this command (``earlier``: its JSON reports) join the comparison
 with their rows and trials as reported, so a new strategy is compared with searches whose
@@ -45,8 +47,8 @@ from rankmixer.core.hardware import machine_info
 from rankmixer.search.report import first_metrics, pareto_front
 from rankmixer.search.space import load_architecture_space
 
-__all__ = ["PREDICTOR_VARIANTS", "best_so_far", "comparison_table", "markdown_tables", "predictor_table",
-           "run_search_budget", "searches_table", "summary_table"]
+__all__ = ["PREDICTOR_VARIANTS", "best_so_far", "comparison_table", "longest_run", "markdown_tables",
+           "predictor_table", "run_search_budget", "searches_table", "summary_table"]
 
 FOLDER = re.compile(r"(?P<strategy>[a-z][a-z-]*)-s(?P<seed>\d+)")
 # name -> (Predictor options, extrapolate the labels)
@@ -72,6 +74,15 @@ def _searches(root: Path) -> list[dict]:
 
 def _ne(folder: Path, trial: dict) -> float | None:
     return ((first_metrics(folder, trial.get("run_dirs")) or {}).get("valid") or {}).get("ne")
+
+
+def longest_run(flags: Sequence[bool]) -> int:
+    """The most consecutive true flags."""
+    best = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best
 
 
 def best_so_far(values: Sequence[float], flops: Sequence[float], maximize: bool,
@@ -146,6 +157,8 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
         rows.append({
             "strategy": s["strategy"], "seed": s["seed"], "complete": len(done), "curve": curve, "curve_under": under,
             "search_seconds": float(sum(t["duration_s"] or 0.0 for t in rep["trials"])),
+            "failed": sum(t["state"] == "FAIL" for t in rep["trials"]),
+            "failed_in_a_row": longest_run([t["state"] == "FAIL" for t in sorted(rep["trials"], key=lambda t: t["number"])]),
             "best": {k: best[k] for k in ("number", "value", "flops_per_sample", "architecture", "model")},
             "best_under": None if best_under is None else
             {k: best_under[k] for k in ("number", "value", "flops_per_sample", "architecture", "model")},

@@ -27,6 +27,10 @@ CASES = {
     "plain": {},
     "towers": {"head_hidden": [16], "early_exit": {"head_hidden": [8], "loss_weights": "uniform"}},
     "moe": {"moe": {"num_experts": 4, "routing": "relu_dtsi", "target_active_ratio": 0.5}},
+    # pre-norm's final norm, inter-layer residuals and the first-order term are in every exit
+    "pre_norm_rmsnorm": {"norm_placement": "pre", "norm": "rmsnorm"},
+    "inter_residual": {"inter_residual": 2, "block": "mix_revert", "norm_placement": "pre"},
+    "first_order": {"first_order": True},
 }
 
 

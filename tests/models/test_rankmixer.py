@@ -210,3 +210,32 @@ def test_learns_planted_token_interaction():
     without = _fit(fm, batch, {"token_mixing": "none"})
     assert with_mixing > 0.98, with_mixing
     assert without < 0.75, without
+
+
+def test_first_order_term_is_one_weight_per_feature_value_added_to_every_logit():
+    """``first_order``: the logits move by, per row, the sum over sparse features of the weight
+    of (feature, id) (0 for the pad id) plus, per numerical feature, its weight times its value,
+    the same for every task; written out here as a loop over rows and features."""
+    fm = make_feature_map(num_tasks=2, bags=False, sequences=False)
+    torch.manual_seed(0)
+    model = registry.build_model("rankmixer-tiny", fm, {"first_order": True}).eval()
+    fo = model.first_order
+    with torch.no_grad():
+        fo.weight.normal_()
+        fo.weight[0].zero_()  # the pad row
+    batch = random_batch(fm, 32, torch.Generator().manual_seed(1))
+    batch.sparse[0, 0] = 0  # one pad id
+    with torch.no_grad():
+        with_term = model(batch).logits
+        w = fo.weight.detach().clone()
+        fo.weight.zero_()
+        without = model(batch).logits
+    expected = torch.zeros(32)
+    for r in range(32):
+        for j, f in enumerate(fm.sparse):
+            i = int(batch.sparse[r, j])
+            expected[r] += 0.0 if i == 0 else w[fo.table_offsets[f.table] + i, 0]
+        for j in range(len(fm.dense)):
+            expected[r] += w[fo.numeric_offset + j, 0] * batch.dense[r, j]
+    torch.testing.assert_close(with_term - without, expected[:, None].expand(32, 2), atol=1e-5, rtol=1e-5)
+    assert registry.build_model("rankmixer-tiny", fm, {}).first_order is None

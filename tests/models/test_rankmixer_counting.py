@@ -65,6 +65,7 @@ FLOP_CASES = {
     "self_attention": {"token_mixing": "self_attention"},
     "pre_rmsnorm": {"norm_placement": "pre", "norm": "rmsnorm"},
     "mix_revert_aux": {"block": "mix_revert", "inter_residual": 1, "aux_loss_weight": 0.1},
+    "first_order": {"first_order": True},  # 1-dim tables: parameters, no matmul FLOPs
 }
 
 

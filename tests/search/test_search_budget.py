@@ -163,3 +163,13 @@ def test_a_malformed_earlier_override_is_named(tmp_path, pair):
     result = CliRunner().invoke(app, ["bench", "search-budget", "--root", str(tmp_path), "--earlier-override", pair],
                                 terminal_width=300)
     assert result.exit_code != 0 and "--earlier-override" in result.output and "two key=value" in result.output
+
+
+def test_an_earlier_override_without_an_earlier_report_is_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from rankmixer.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "search-budget", "--root", str(tmp_path), "--earlier-override",
+                                      "a=1 b=2"], terminal_width=300)
+    assert result.exit_code != 0 and "no --earlier" in result.output

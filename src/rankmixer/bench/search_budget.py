@@ -130,6 +130,9 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
     """Compare the searches under ``root`` and those of the ``earlier`` reports (module
     docstring); write and return the report."""
     root, out_dir = Path(root), Path(out_dir)
+    if earlier_overrides and not earlier:
+        raise ValueError(f"--earlier-override {dict(earlier_overrides)} reads earlier reports' overrides, "
+                         "but no --earlier was given")
     searches = _searches(root)
     files = [out_dir / f"{name}{ext}" for ext in (".json", ".md", ".png")]
     for f in files:  # never into a search's own folder, nor over a report it reads

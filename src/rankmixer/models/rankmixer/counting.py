@@ -60,7 +60,8 @@ def _moe_parts(cfg: RankMixerConfig) -> tuple[int, int, int]:
 
 
 def _inputs(cfg: RankMixerConfig, inputs: FeatureMap | Sequence[int] | None, num_tasks: int | None):
-    """(token input widths, embedding params, attention units [(params, flops)], tasks)."""
+    """(token input widths, embedding params, attention units [(params, flops)], tasks). The
+    embedding params include the ``first_order`` term's 1-dim tables (one weight per row)."""
     if inputs is None:
         return [], 0, [], num_tasks or 1
     if isinstance(inputs, FeatureMap):
@@ -77,7 +78,8 @@ def _inputs(cfg: RankMixerConfig, inputs: FeatureMap | Sequence[int] | None, num
                 L = inputs.feature(s).max_len
                 units.append((attention_unit_params(cfg.embedding_dim, cfg.attention_hidden),
                               attention_unit_flops(cfg.embedding_dim, cfg.attention_hidden, L)))
-        return widths, rows * cfg.embedding_dim, units, num_tasks or inputs.num_tasks
+        emb = rows * (cfg.embedding_dim + (1 if cfg.first_order else 0))
+        return widths, emb, units, num_tasks or inputs.num_tasks
     widths = list(inputs)
     if len(widths) != cfg.num_tokens:
         raise ValueError(f"got {len(widths)} token input widths for {cfg.num_tokens} tokens")

@@ -80,28 +80,40 @@ def forward_early_exit(model: nn.Module, batch: Batch, thresholds: Sequence[floa
         raise ValueError(f"need {n_inner} thresholds (one per exit before the final head), got {len(thresholds)}")
     task = model.cfg.early_exit.confidence_task
     x = model.tokens(batch)
+    linear = model.linear_term(batch)
     B = x.shape[0]
     logits = x.new_empty(B, model.heads.num_tasks)
     exit_index = torch.full((B,), n_inner, dtype=torch.long, device=x.device)
     rows = torch.arange(B, device=x.device)  # original index of each row still in flight
     rows_per_block: list[int] = []
-    blocks = model.backbone.blocks
+    backbone = model.backbone
+    blocks, k, points = backbone.blocks, backbone.inter_residual, backbone.aux_points
+    recent = [x]  # the inter-layer residual's X_{j-k} .. X_{j-1}, as in RankMixerBackbone.forward
+
+    def head(h: nn.Module, x: Tensor) -> Tensor:
+        z = h(backbone.final_norm(x).mean(dim=1))
+        return z + (linear[rows] if isinstance(linear, Tensor) else linear)
+
     for i, block in enumerate(blocks):
         rows_per_block.append(int(rows.numel()))
         x = block(x)[0]
+        if i + 1 in points:
+            x = x + recent[-k]
+        if k:
+            recent = [*recent, x][-k:]
         t = thresholds[i] if i < n_inner else None
         if t is None or math.isinf(t):
             continue
-        z = model.exit_heads[i](x.mean(dim=1))
+        z = head(model.exit_heads[i], x)
         done = z[:, task].abs() >= t
         if bool(done.any()):
             logits[rows[done]] = z[done].to(logits.dtype)
             exit_index[rows[done]] = i
             keep = ~done
-            rows, x = rows[keep], x[keep]
+            rows, x, recent = rows[keep], x[keep], [r[keep] for r in recent]
             if rows.numel() == 0:
                 break
     rows_per_block += [0] * (len(blocks) - len(rows_per_block))
     if rows.numel():
-        logits[rows] = model.heads(x.mean(dim=1)).to(logits.dtype)
+        logits[rows] = head(model.heads, x).to(logits.dtype)
     return EarlyExitOutput(logits=logits, exit_index=exit_index, rows_per_block=rows_per_block)

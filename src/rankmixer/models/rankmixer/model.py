@@ -14,6 +14,8 @@ LayerNorm or RMSNorm (``nn/norm.py``). ``layer_norm=False`` is the old spelling 
 ``norm_placement=none``. ``block="mix_revert"`` swaps the block for TokenMixer-Large's
 mixing-and-reverting block (``mix_revert.py``); ``inter_residual`` and ``aux_loss_weight`` add
 its inter-layer residuals and deep supervision (the ``tokenmixer-large`` variants).
+``first_order`` (not in the paper) adds DeepFM's per-feature linear term to every logit: an
+isolating ablation for data whose signal is mostly first-order (``docs/benchmarks.md``).
 
 Where the paper is silent, each choice is a config switch (``docs/rankmixer.md`` gives the
 reasons): the tokenizer (``semantic``: one projection per feature group; ``auto``: concat, pad,
@@ -98,6 +100,10 @@ class RankMixerConfig(ModelConfig):
         default=0.0, ge=0.0, description="deep supervision: weight of an extra head's BCE at each inter-residual"
     )
     head_hidden: list[int] = Field(default=[], description="hidden widths of each task's tower")
+    first_order: bool = Field(
+        default=False, description="add a per-feature linear term (1-dim embeddings, DeepFM's) to every logit; "
+        "not in the paper: an isolating ablation for first-order data"
+    )
     early_exit: EarlyExitConfig | None = Field(default=None, description="exit heads after every block")
 
     @field_validator("moe", mode="before")
@@ -300,6 +306,8 @@ class RankMixer(nn.Module):
                                    groups)
         self.backbone = RankMixerBackbone(cfg)
         self.heads = TaskHeads(cfg.hidden_dim, feature_map.num_tasks, cfg.head_hidden)
+        # first_order: one learned weight per feature value, summed into every logit (as in DeepFM).
+        self.first_order = FeatureEmbedding(feature_map, 1, numeric_as_field=True) if cfg.first_order else None
         # Early exit: heads after blocks 1 .. L-1; after block L the final head is the last exit.
         self.exit_heads: nn.ModuleList | None = None
         if cfg.early_exit is not None:
@@ -336,22 +344,28 @@ class RankMixer(nn.Module):
         extra, aux = self.sequence(self.embedding, batch, emb.fields)
         return self.tokenizer(emb, extra), aux
 
+    def linear_term(self, batch: Batch) -> Tensor | float:
+        """The ``first_order`` term ``[B, 1]`` added to every logit (0.0 without it)."""
+        return 0.0 if self.first_order is None else self.first_order(batch).fields.sum(dim=1)
+
     def forward(self, batch: Batch) -> ModelOutput:
         if self.aux_heads is not None:
             return self.forward_deep_supervision(batch)
         x0, seq_aux = self.encode(batch)
+        linear = self.linear_term(batch)
         if self.exit_heads is None:
             x, aux, metrics = self.backbone(x0)
-            return ModelOutput(logits=self.heads(x.mean(dim=1)), aux_loss=add_losses(aux, seq_aux), metrics=metrics)
+            return ModelOutput(logits=self.heads(x.mean(dim=1)) + linear, aux_loss=add_losses(aux, seq_aux),
+                               metrics=metrics)
         exits: list[Tensor] = []
         heads = self.exit_heads
 
         def exit_head(i: int, h: Tensor) -> None:
             if i < len(heads):
-                exits.append(heads[i](h.mean(dim=1)))
+                exits.append(heads[i](h.mean(dim=1)) + linear)
 
         x, aux, metrics = self.backbone(x0, after_block=exit_head)
-        logits = self.heads(x.mean(dim=1))
+        logits = self.heads(x.mean(dim=1)) + linear
         exits.append(logits)
         return ModelOutput(logits=logits, aux_loss=add_losses(aux, seq_aux), metrics=metrics, exit_logits=exits,
                            exit_loss_weights=self.cfg.early_exit.weights(len(exits)))
@@ -363,14 +377,15 @@ class RankMixer(nn.Module):
         assert self.aux_heads is not None
         heads, points = self.aux_heads, self.cfg.aux_points
         exits: list[Tensor] = []
+        linear = self.linear_term(batch)
 
         def aux_head(i: int, h: Tensor) -> None:
             if i + 1 in points:
-                exits.append(heads[points.index(i + 1)](h.mean(dim=1)))
+                exits.append(heads[points.index(i + 1)](h.mean(dim=1)) + linear)
 
         x0, seq_aux = self.encode(batch)
         x, aux, metrics = self.backbone(x0, after_block=aux_head)
-        logits = self.heads(x.mean(dim=1))
+        logits = self.heads(x.mean(dim=1)) + linear
         weights = [self.cfg.aux_loss_weight] * len(exits) + [1.0]
         return ModelOutput(logits=logits, aux_loss=add_losses(aux, seq_aux), metrics=metrics,
                            exit_logits=[*exits, logits],

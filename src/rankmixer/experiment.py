@@ -183,7 +183,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         seed_everything(cfg.seed)  # model initialisation depends on it (the same on every rank)
         model = registry.build_model(cfg.model_name, fm, cfg.model_params)
         n_params = sum(p.numel() for p in model.parameters())
-        log(f"model {cfg.model_name}: {n_params:,} parameters; train rows {fm.splits['train'].rows:,}; run dir {run_dir}")
+        day = cfg.train.day
+        rows = (f"train rows {fm.splits['train'].rows:,}" if day is None or day not in {d.day for d in fm.days}
+                else f"train rows {fm.day(day).rows:,} (day {day})")
+        log(f"model {cfg.model_name}: {n_params:,} parameters; {rows}; run dir {run_dir}")
         train_cfg, measured = cfg.train, []
         if cfg.train.measured_auto and dist_ is None:
             saved = run_dir / MEASURED_AUTO_FILE

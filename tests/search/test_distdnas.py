@@ -18,6 +18,7 @@ from rankmixer import experiment
 from rankmixer.cli import app
 from rankmixer.config import ConfigError, load_config
 from rankmixer.core.files import OutputError
+from rankmixer.data.feature_map import FeatureMap
 from rankmixer.models.supernet import SupernetConfig, selection
 from rankmixer.search.distdnas import run_distdnas
 from rankmixer.search.space import parse_architecture_space
@@ -82,6 +83,28 @@ def test_one_search_per_day_aggregated_and_derived(tmp_path):
     again = run_distdnas(config, space_file(tmp_path), out, log=lambda *_: None)
     assert again["weights"] == report["weights"]
     assert again["context"]["search_seconds"] - report["context"]["search_seconds"] < 5  # nothing trained again
+
+
+def test_data_prepared_by_day_is_searched_one_partition_per_day(tmp_path):
+    """Data whose training split is prepared by day (here the synthetic set with timestamps;
+    Taobao's ``days: true`` on real data): one prepared folder, each day's supernet run reading
+    its own partition (``train.day``) for the set number of passes."""
+    config = days_config(tmp_path, days=3)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["preset_options"].update(timestamps=True, rows_train=600)
+    cfg["train"].update(max_steps=None, batch_size=64)
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    report = run_distdnas(config, space_file(tmp_path), out, epochs=2, log=lambda *_: None)
+    fm = FeatureMap.load(Path(cfg["data"]["prepared_dir"]) / "feature_map.json")
+    assert [d.rows for d in fm.days] == [200, 200, 200]
+    assert [d["day"] for d in report["days"]] == report["context"]["day_ids"] == [0, 1, 2]
+    for d in report["days"]:
+        run = Path(d["run_dir"])
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        assert saved["train"]["day"] == d["day"] and saved["data"]["prepared_dir"] == cfg["data"]["prepared_dir"]
+        assert json.loads((run / "metrics.json").read_text())["steps"] == 2 * 4  # 2 passes of 200 rows in 64s
+    assert not (out / "data").exists()  # no per-day data of its own
 
 
 def test_distdnas_needs_days_and_its_own_folder(tmp_path):

@@ -122,3 +122,20 @@ def test_streaming_config_errors(root):
     cfg = tiny_config(root, "plain-data", "train.streaming={}", "train.epochs=1")
     with pytest.raises(ValueError, match="needs the training split prepared by day"):
         experiment.train(cfg, log=lambda *_: None)
+
+
+def test_train_day_trains_every_epoch_on_that_day_alone(root):
+    """``train.day``: every pass reads one day's partition (400 of the 1200 rows: 7 steps of 64
+    a pass, not 19)."""
+    plain = [o for o in STREAM if not o.startswith("train.streaming")]
+    one = tiny_config(root, "day-1", *plain, "train.day=1", "train.epochs=2")
+    result = experiment.train(one, log=lambda *_: None)  # prepares the 3 days (the folder is shared)
+    fm = FeatureMap.load(Path(one.data.prepared_path()) / "feature_map.json")
+    assert fm.day(1).rows == 400 and fm.splits["train"].rows == 1200
+    assert result["steps"] == 2 * 7
+    with pytest.raises(ValueError, match=r"train.day: day 5 is not in the prepared training split; it has days 0 .. 2"):
+        experiment.train(tiny_config(root, "day-5", *plain, "train.day=5"), log=lambda *_: None)
+    with pytest.raises(ConfigError, match="give one of them"):
+        tiny_config(root, "both", *STREAM, "train.day=1")
+    with pytest.raises(ValueError, match="no day partitions"):
+        experiment.train(tiny_config(root, "no-days", "train.day=0"), log=lambda *_: None)

@@ -4,7 +4,9 @@ data, the architecture weights aggregated, the top operators kept and retrained 
 1. **One supernet search per day.** The space's supernet (``rankmixer.models.supernet``: choice
    blocks mixing every candidate block by softmax(alpha), loss = BCE + lambda x expected FLOPs)
    trains on one day's shard of the experiment's data: the synthetic preset's ``train_day``, in
-   a data folder of the search's own (``OUT/data/day-D``). The recipe is the experiment's, the
+   a data folder of the search's own (``OUT/data/day-D``), or, for data whose training split is
+   prepared by day (schema ``days``, e.g. ``data/taobao_days``), that day's partition
+   (``train.day``). The recipe is the experiment's, the
    model weights and alpha trained together on the day's rows (single-level, as a streaming
    trainer sees each day once): ``epochs`` passes (default one). The days run in parallel
    worker processes (``workers``), each a normal, resumable training run (``OUT/days/day-D``).
@@ -43,26 +45,43 @@ from rankmixer.search.folder import SUPERNET_SETS_MODEL, open_folder, refuse_mod
 from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.tune.space import format_override
 
-__all__ = ["DISTDNAS_REPORT", "day_overrides", "run_distdnas", "searches_table", "weights_table"]
+__all__ = ["DISTDNAS_REPORT", "day_overrides", "prepared_day_overrides", "run_distdnas", "searches_table", "weights_table"]
 
 DISTDNAS_REPORT = "distdnas.json"
 DISTDNAS_KIND = "distdnas"  # the ownership marker of a search folder (core/files.py)
 
 
 def day_overrides(out_dir: Path, day: int) -> list[str]:
-    """The overrides that make an experiment train on one day's shard, in the search's folder."""
+    """The overrides that make an experiment train on one day's shard of the synthetic preset, in
+    the search's folder."""
     return [f"data.preset_options.train_day={day}", f"data.prepared_dir={out_dir / 'data' / f'day-{day}'}",
             f"run_dir={out_dir / 'days' / f'day-{day}'}", "train.progress=false"]
 
 
-def _days_of(cfg) -> int:
+def prepared_day_overrides(out_dir: Path, day: int) -> list[str]:
+    """The overrides that make an experiment train on one day's partition of data prepared by day."""
+    return [f"train.day={day}", f"run_dir={out_dir / 'days' / f'day-{day}'}", "train.progress=false"]
+
+
+def _day_plan(cfg, log: Callable[[str], None]) -> tuple[list[int], Callable[[Path, int], list[str]]]:
+    """(the days to search, the overrides that train on one of them): the synthetic preset's days
+    (drawn day by day), or the days of a training split prepared by day (schema ``days``, Taobao's
+    ``days: true``, the synthetic set's ``timestamps: true``; prepared here if it is not yet)."""
     data = cfg.data
-    days = int(data.preset_options.get("days", 1)) if data.dataset == "synthetic" and not data.schema_file else 0
-    if days < 2:
-        raise ConfigError("DistDNAS searches day by day: the experiment's data must be the synthetic preset over "
-                          f"several days (preset_options.days >= 2, e.g. -c synthetic_drift_dcnv2); {data.name} "
-                          f"has {days or 'no'} days")
-    return days
+    options = data.preset_options
+    if data.dataset == "synthetic" and not data.schema_file and not options.get("timestamps"):
+        days = int(options.get("days", 1))
+        if days >= 2:
+            return list(range(days)), day_overrides
+        found = f"{days} day"
+    else:
+        fm = experiment.prepare_data(data, log=log)
+        if len(fm.days) >= 2:
+            return [d.day for d in fm.days], prepared_day_overrides
+        found = f"{len(fm.days) or 'no'} prepared day{'' if len(fm.days) == 1 else 's'}"
+    raise ConfigError("DistDNAS searches day by day: the experiment's data must be the synthetic preset over several "
+                      "days (preset_options.days >= 2, e.g. -c synthetic_drift_dcnv2) or a training split prepared "
+                      f"by day with at least 2 days (schema days, e.g. data/taobao_days); {data.name} has {found}")
 
 
 def _train_day(cfg) -> float:
@@ -98,34 +117,33 @@ def run_distdnas(
     net_cfg = SupernetConfig.model_validate({k: v for k, v in supernet.items() if k != "name"})
     path = config_path(config)
     base = load_config(path, overrides)
-    days = _days_of(base)
+    days, overrides_of = _day_plan(base, log)
     open_folder(out_dir, DISTDNAS_KIND, [path, space.file, base.data.prepared_path()])
     model = format_override("model", supernet)
-    cfgs = [load_config(path, [*overrides, model, f"train.epochs={epochs}", *day_overrides(out_dir, d)])
-            for d in range(days)]
+    cfgs = {d: load_config(path, [*overrides, model, f"train.epochs={epochs}", *overrides_of(out_dir, d)])
+            for d in days}
 
-    todo = [c for c in cfgs if not (c.resolved_run_dir() / METRICS_FILE).is_file()]
-    log(f"DistDNAS: {days} days, {len(net_cfg.candidates)} candidates x {net_cfg.choice_blocks} choice "
-        f"blocks, lambda {net_cfg.cost_weight}; {days - len(todo)} day(s) searched before")
-    for c in todo:  # each day's data once, before any worker starts
-        experiment.prepare_data(c.data, log=log)
+    todo = {d: c for d, c in cfgs.items() if not (c.resolved_run_dir() / METRICS_FILE).is_file()}
+    log(f"DistDNAS: {len(days)} days, {len(net_cfg.candidates)} candidates x {net_cfg.choice_blocks} choice "
+        f"blocks, lambda {net_cfg.cost_weight}; {len(days) - len(todo)} day(s) searched before")
+    for data in {str(c.data.prepared_path()): c.data for c in todo.values()}.values():  # once, before any worker
+        experiment.prepare_data(data, log=log)
     threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(todo))))
-    todo = [c if c.train.threads else c.model_copy(update={"train": c.train.model_copy(update={"threads": threads})})
-            for c in todo]
+    todo = {d: c if c.train.threads else c.model_copy(update={"train": c.train.model_copy(update={"threads": threads})})
+            for d, c in todo.items()}
     t0 = time.time()
     if workers > 1 and len(todo) > 1:
-        run_in_processes([(f"day {c.data.preset_options['train_day']}", _train_day, (c,)) for c in todo],
-                         workers, log)
+        run_in_processes([(f"day {d}", _train_day, (c,)) for d, c in todo.items()], workers, log)
     else:
-        for c in todo:
-            log(f"day {c.data.preset_options['train_day']}: finished in {_train_day(c):.0f}s")
+        for d, c in todo.items():
+            log(f"day {d}: finished in {_train_day(c):.0f}s")
     seconds = time.time() - t0
     before = out_dir / DISTDNAS_REPORT  # an earlier call's searching time counts too
     if before.is_file():
         seconds += json.loads(before.read_text())["context"].get("search_seconds", 0.0)
 
     per_day, weights = [], []
-    for d, c in enumerate(cfgs):
+    for d, c in cfgs.items():
         run = load_run(c.resolved_run_dir())
         w = run.model.architecture_weights().detach().double()
         metrics = json.loads((c.resolved_run_dir() / METRICS_FILE).read_text())
@@ -138,7 +156,7 @@ def run_distdnas(
                **({"head_hidden": net_cfg.head_hidden} if net_cfg.head_hidden else {})}
     report = {
         "context": {"config": str(path), "overrides": overrides, "space": str(space.file or space.where),
-                    "machine": machine_info(), "days": days, "epochs_per_day": epochs, "keep": keep,
+                    "machine": machine_info(), "days": len(days), "day_ids": days, "epochs_per_day": epochs, "keep": keep,
                     "workers": workers, "supernet": supernet, "search_seconds": seconds},
         "candidates": [candidate_label(c) for c in net_cfg.candidates],
         "days": per_day,

@@ -216,6 +216,9 @@ class TrainConfig(StrictModel):
     bilevel: BilevelConfig | None = None
     # Day-by-day training with progressive validation; None = passes over the whole train split.
     streaming: StreamingConfig | None = None
+    # Train on one day of a training split prepared by day (schema days), every epoch: one
+    # day's shard, as DistDNAS searches on (docs/search.md). None: the whole split.
+    day: int | None = None
 
     @field_validator("task_weights")
     @classmethod
@@ -239,6 +242,9 @@ class TrainConfig(StrictModel):
                              "a zero weight has no logit (use small positive weights)")
         if self.streaming is not None and self.epochs != 1:
             raise ValueError(f"train.streaming trains one pass a day; train.epochs must be 1, not {self.epochs}")
+        if self.streaming is not None and self.day is not None:
+            raise ValueError(f"train.day={self.day} trains on one day; train.streaming streams a range of days "
+                             "(its first_day/last_day): give one of them")
         reg = self.regularization
         if reg.embedding_l2 and reg.embedding_scope == "table" and self.sparse_gradients:
             raise ValueError("regularization.embedding_scope=table gives every table row a gradient on every step; "

@@ -144,9 +144,16 @@ class Trainer:
         if cfg.batch_size % self.world_size:
             raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by the {self.world_size} processes")
         self.local_batch_size = cfg.batch_size // self.world_size
+        # train.day: that day's partition of the training split only (feature_map.day names the
+        # prepared days when it is not one of them).
+        if cfg.day is not None:
+            try:
+                feature_map.day(cfg.day)
+            except KeyError as e:
+                raise ValueError(f"train.day: {e.args[0]}") from None
         self.train_data = ParquetBatches(
             feature_map, "train", self.local_batch_size, shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer,
-            rank=0 if dist is None else dist.rank, world_size=self.world_size,
+            rank=0 if dist is None else dist.rank, world_size=self.world_size, day=cfg.day,
         )
         steps_per_epoch = self.train_data.batches_per_epoch() if dist is None else self._epoch_steps()
         self.total_steps = steps_per_epoch * cfg.epochs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 import torch
@@ -14,11 +13,21 @@ from rankmixer.system.history import read_history
 from rankmixer.train.config import OptimizerConfig
 
 
-def test_time_choices_picks_the_fastest_function():
-    seconds = auto.time_choices({"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.0005)},
-                                torch.device("cpu"), rounds=3, min_seconds=0.005)
+def test_time_choices_picks_the_fastest_function(monkeypatch):
+    """On a fake clock that each call advances by its own cost (no wall-clock timing, which a
+    loaded machine makes noisy): the median seconds per call of each function, interleaved."""
+    now = [0.0]
+    monkeypatch.setattr(auto.time, "perf_counter", lambda: now[0])
+
+    def costs(seconds: float):
+        def call() -> None:
+            now[0] += seconds
+        return call
+
+    seconds = auto.time_choices({"slow": costs(0.004), "fast": costs(0.0005)}, torch.device("cpu"), rounds=3,
+                                min_seconds=0.005)
+    assert seconds == pytest.approx({"slow": 0.004, "fast": 0.0005})
     assert min(seconds, key=seconds.get) == "fast"
-    assert seconds["slow"] > 2 * seconds["fast"]
 
 
 def _model() -> torch.nn.Module:

@@ -45,7 +45,8 @@ from rankmixer.search.folder import SUPERNET_SETS_MODEL, open_folder, refuse_mod
 from rankmixer.search.space import ArchitectureSpace, load_architecture_space
 from rankmixer.tune.space import format_override
 
-__all__ = ["DISTDNAS_REPORT", "day_overrides", "prepared_day_overrides", "run_distdnas", "searches_table", "weights_table"]
+__all__ = ["DISTDNAS_REPORT", "day_overrides", "prepared_day_overrides", "run_distdnas", "searches_table",
+           "weights_table"]
 
 DISTDNAS_REPORT = "distdnas.json"
 DISTDNAS_KIND = "distdnas"  # the ownership marker of a search folder (core/files.py)
@@ -156,8 +157,8 @@ def run_distdnas(
                **({"head_hidden": net_cfg.head_hidden} if net_cfg.head_hidden else {})}
     report = {
         "context": {"config": str(path), "overrides": overrides, "space": str(space.file or space.where),
-                    "machine": machine_info(), "days": len(days), "day_ids": days, "epochs_per_day": epochs, "keep": keep,
-                    "workers": workers, "supernet": supernet, "search_seconds": seconds},
+                    "machine": machine_info(), "days": len(days), "day_ids": days, "epochs_per_day": epochs,
+                    "keep": keep, "workers": workers, "supernet": supernet, "search_seconds": seconds},
         "candidates": [candidate_label(c) for c in net_cfg.candidates],
         "days": per_day,
         "weights": mean.tolist(),

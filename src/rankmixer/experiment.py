@@ -60,7 +60,7 @@ from rankmixer.models.flops import forward_flops_per_sample
 from rankmixer.train.distributed import Distributed, init_distributed
 from rankmixer.runs import incomplete_reason, load_run
 from rankmixer.system.auto import apply_ffn_choices, measured_ffn_impls, measured_optimizer_impl
-from rankmixer.train.trainer import Trainer, seed_everything, task_loss
+from rankmixer.train.trainer import Trainer, seed_everything, task_loss, train_rows
 
 
 def _data_inputs(data: DataConfig) -> list[Path]:
@@ -183,10 +183,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, log: Callable[[str], None
         seed_everything(cfg.seed)  # model initialisation depends on it (the same on every rank)
         model = registry.build_model(cfg.model_name, fm, cfg.model_params)
         n_params = sum(p.numel() for p in model.parameters())
-        day = cfg.train.day
-        rows = (f"train rows {fm.splits['train'].rows:,}" if day is None or day not in {d.day for d in fm.days}
-                else f"train rows {fm.day(day).rows:,} (day {day})")
-        log(f"model {cfg.model_name}: {n_params:,} parameters; {rows}; run dir {run_dir}")
+        day = "" if cfg.train.day is None else f" (day {cfg.train.day})"
+        log(f"model {cfg.model_name}: {n_params:,} parameters; train rows {train_rows(fm, cfg.train.day):,}{day}; "
+            f"run dir {run_dir}")
         train_cfg, measured = cfg.train, []
         if cfg.train.measured_auto and dist_ is None:
             saved = run_dir / MEASURED_AUTO_FILE

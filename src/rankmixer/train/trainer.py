@@ -62,6 +62,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def train_rows(feature_map: FeatureMap, day: int | None) -> int:
+    """Rows a training pass reads: the whole training split, or with ``train.day`` that day's
+    partition (a ValueError naming the prepared days when it is not one of them)."""
+    if day is None:
+        return feature_map.splits["train"].rows
+    try:
+        return feature_map.day(day).rows
+    except KeyError as e:
+        raise ValueError(f"train.day: {e.args[0]}") from None
+
+
 def _bce(logits: torch.Tensor, labels: torch.Tensor, task_weights: torch.Tensor | None) -> torch.Tensor:
     if task_weights is None:
         return F.binary_cross_entropy_with_logits(logits.float(), labels)
@@ -144,13 +155,7 @@ class Trainer:
         if cfg.batch_size % self.world_size:
             raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by the {self.world_size} processes")
         self.local_batch_size = cfg.batch_size // self.world_size
-        # train.day: that day's partition of the training split only (feature_map.day names the
-        # prepared days when it is not one of them).
-        if cfg.day is not None:
-            try:
-                feature_map.day(cfg.day)
-            except KeyError as e:
-                raise ValueError(f"train.day: {e.args[0]}") from None
+        train_rows(feature_map, cfg.day)  # train.day: an error naming the prepared days if not one
         self.train_data = ParquetBatches(
             feature_map, "train", self.local_batch_size, shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer,
             rank=0 if dist is None else dist.rank, world_size=self.world_size, day=cfg.day,

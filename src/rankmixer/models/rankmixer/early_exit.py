@@ -87,20 +87,15 @@ def forward_early_exit(model: nn.Module, batch: Batch, thresholds: Sequence[floa
     rows = torch.arange(B, device=x.device)  # original index of each row still in flight
     rows_per_block: list[int] = []
     backbone = model.backbone
-    blocks, k, points = backbone.blocks, backbone.inter_residual, backbone.aux_points
-    recent = [x]  # the inter-layer residual's X_{j-k} .. X_{j-1}, as in RankMixerBackbone.forward
+    blocks, recent = backbone.blocks, [x]
 
     def head(h: nn.Module, x: Tensor) -> Tensor:
         z = h(backbone.final_norm(x).mean(dim=1))
         return z + (linear[rows] if isinstance(linear, Tensor) else linear)
 
-    for i, block in enumerate(blocks):
+    for i in range(len(blocks)):
         rows_per_block.append(int(rows.numel()))
-        x = block(x)[0]
-        if i + 1 in points:
-            x = x + recent[-k]
-        if k:
-            recent = [*recent, x][-k:]
+        x, recent = backbone.step(i, x, recent)[:2]
         t = thresholds[i] if i < n_inner else None
         if t is None or math.isinf(t):
             continue

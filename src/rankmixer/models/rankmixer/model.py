@@ -251,6 +251,16 @@ class RankMixerBackbone(nn.Module):
         self.aux_points = set(cfg.aux_points)
         self.is_moe = cfg.moe is not None
 
+    def step(self, i: int, x: Tensor, recent: list[Tensor]) -> tuple[Tensor, list[Tensor], Tensor | None, dict]:
+        """Block ``i`` on ``x`` with its inter-layer residual: ``(x', recent', aux, metrics)``.
+        ``recent`` holds ``X_{j-k} .. X_{j-1}``, what an inter-layer residual may add (``[X_0]``
+        before the first block); early exit drops rows from ``x`` and ``recent`` alike."""
+        x, aux, metrics = self.blocks[i](x)
+        k = self.inter_residual
+        if i + 1 in self.aux_points:
+            x = x + recent[-k]
+        return x, ([*recent, x][-k:] if k else recent), aux, metrics
+
     def forward(
         self, x: Tensor, after_block: Callable[[int, Tensor], None] | None = None
     ) -> tuple[Tensor, Tensor | None, dict[str, float]]:
@@ -258,14 +268,9 @@ class RankMixerBackbone(nn.Module):
         aux: Tensor | None = None
         metrics: dict[str, float] = {}
         ratios = []
-        k = self.inter_residual
-        recent = [x]  # X_{j-k} .. X_{j-1}: what an inter-layer residual may add
-        for i, block in enumerate(self.blocks):
-            x, a, m = block(x)
-            if i + 1 in self.aux_points:
-                x = x + recent[-k]
-            if k:
-                recent = [*recent, x][-k:]
+        recent = [x]
+        for i in range(len(self.blocks)):
+            x, recent, a, m = self.step(i, x, recent)
             if after_block is not None:
                 after_block(i, self.final_norm(x))
             aux = add_losses(aux, a)

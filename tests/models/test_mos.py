@@ -56,7 +56,8 @@ def test_router_matches_a_float64_loop():
     enc = build_encoder("mos", {"themes": 3, "temperature": 0.7}, 5, SPEC, 2).double()
     x = inputs()
     x = BehaviourInput(x.hist.double(), x.mask, x.query.double(), x.context.double(), x.sessions)
-    onehot, assign = enc.route(x)
+    onehot, means, present = enc.session_means(x)
+    assign = enc.route(means)
     W, b = enc.session_proj.weight.detach().numpy(), enc.session_proj.bias.detach().numpy()
     gamma, beta = enc.session_norm.weight.detach().numpy(), enc.session_norm.bias.detach().numpy()
     P = enc.prototypes.detach().numpy()
@@ -64,6 +65,7 @@ def test_router_matches_a_float64_loop():
         for s in range(5):
             pos = [i for i in range(7) if int(x.sessions[r, i]) == s]
             assert onehot[r, :, s].sum().item() == len(pos)
+            assert bool(present[r, s]) == bool(pos)
             if not pos:
                 continue
             e = np.mean([x.hist[r, i].reshape(-1).numpy() for i in pos], axis=0)
@@ -114,8 +116,7 @@ def test_hard_routing_filters_sessions():
     seen = []
     mos.theme_expert.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     mos(x)
-    _, assign = mos.route(x)
-    theme = assign.argmax(-1)  # [B, S]
+    theme = mos.route(mos.session_means(x)[1]).argmax(-1)  # [B, S]
     stacked = seen[0]
     for k in range(2):
         for r in range(4):
@@ -126,6 +127,40 @@ def test_hard_routing_filters_sessions():
                 torch.testing.assert_close(stacked.hist[k * 4 + r, j], x.hist[r, i])
 
 
+@pytest.mark.parametrize("routing", ["soft", "hard"])
+def test_session_tokens_are_routed_session_means(routing):
+    """theme_tokens: sessions: theme k's backbone sees one token per session (the float64 mean
+    of its positions' vectors), oldest session first, scaled by the session's weight for k
+    (soft) or only the sessions routed to k (hard)."""
+    x = inputs()
+    x = BehaviourInput(x.hist.double(), x.mask, x.query.double(), x.context.double(), x.sessions)
+    torch.manual_seed(0)
+    mos = build_encoder("mos", {"themes": 2, "routing": routing, "theme_tokens": "sessions", "global_expert": False,
+                                "short_term": 0}, 5, SPEC, 2).double()
+    seen = []
+    mos.theme_expert.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    mos(x)
+    assign = mos.route(mos.session_means(x)[1]).detach().numpy()  # [B, S, K]
+    stacked = seen[0]
+    assert stacked.hist.shape[1] == SPEC.max_sessions
+    for k in range(2):
+        for r in range(4):
+            want = []
+            for s in range(SPEC.max_sessions - 1, -1, -1):  # oldest first
+                pos = [i for i in range(7) if x.mask[r, i] and int(x.sessions[r, i]) == s]
+                if not pos:
+                    continue
+                mean = np.mean([x.hist[r, i].numpy() for i in pos], axis=0)
+                if routing == "soft":
+                    want.append(mean * assign[r, s, k])
+                elif assign[r, s].argmax() == k:
+                    want.append(mean)
+            got = stacked.mask[k * 4 + r]
+            assert got.tolist() == [True] * len(want) + [False] * (SPEC.max_sessions - len(want))
+            for j, w in enumerate(want):
+                np.testing.assert_allclose(stacked.hist[k * 4 + r, j].detach().numpy(), w, rtol=1e-10, atol=1e-12)
+
+
 def test_missing_session_field_is_a_clear_error(behaviour_data):
     with pytest.raises(ValueError, match="has no session field"):
         registry.build_model("mos", behaviour_data, SMALL["mos"])
@@ -134,7 +169,9 @@ def test_missing_session_field_is_a_clear_error(behaviour_data):
 
 
 @pytest.mark.parametrize("opts", [{"routing": "soft"}, {"routing": "hard"}, {"theme_experts": False},
-                                  {"short_term": 0}, {"backbone": "dien"}, {"backbone": "pyramid"}])
+                                  {"short_term": 0}, {"backbone": "dien"}, {"backbone": "pyramid"},
+                                  {"theme_tokens": "sessions"}, {"theme_tokens": "sessions", "routing": "hard"},
+                                  {"theme_tokens": "sessions", "backbone": "interformer"}])
 def test_trains_with_every_routing_and_ablation(session_data, opts):
     fm = session_data
     assert fm.feature("hist").fields[-1].name == "session"

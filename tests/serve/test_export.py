@@ -258,6 +258,9 @@ _SEQUENCE_MODELS = {
     # MoS with hard routing: sessions cut from the request's gaps at serving, as in preparation
     "mos": ["model.name=mos", "model.embedding_dim=4", "model.dnn_hidden=[16]",
             'model.mos={"backbone": "din", "themes": 2, "short_term": 3, "routing": "hard"}'],
+    # MoS whose theme experts read one token per session (session means, flipped and aligned)
+    "mos-sessions": ["model.name=mos", "model.embedding_dim=4", "model.dnn_hidden=[16]",
+                     'model.mos={"backbone": "din", "themes": 2, "short_term": 3, "theme_tokens": "sessions"}'],
 }
 
 
@@ -268,6 +271,7 @@ _SEQUENCE_MODELS = {
     pytest.param("pyramid_mixer", marks=pytest.mark.slow),
     pytest.param("fuxictr-din", marks=NEEDS_FUXICTR),
     pytest.param("mos", marks=pytest.mark.slow),
+    pytest.param("mos-sessions", marks=pytest.mark.slow),
     pytest.param("cetnet", marks=pytest.mark.slow),  # ~5 s: three members trained and exported
 ])
 def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
@@ -283,7 +287,7 @@ def test_behaviours_export_and_serve_like_pytorch(tmp_path, model):
 
     opts = {"rows_train": 300, "rows_valid": 100, "rows_test": 100, "n_users": 50, "n_items": 120,
             "n_categories": 8, "seq_len_max": 12, "hist_max_len": 8, "return_period": 6, "attention_window": 4,
-            **({"session_gap": 900, "max_sessions": 6} if model == "mos" else {})}
+            **({"session_gap": 900, "max_sessions": 6} if model.startswith("mos") else {})}
     cfg = load_config(None, [
         "data.dataset=behaviour", f"data.preset_options={json.dumps(opts)}", f"data.prepared_dir={tmp_path / 'prep'}",
         f"run_dir={tmp_path / 'run'}", *_SEQUENCE_MODELS[model], "train.max_steps=3",

@@ -24,6 +24,12 @@ The paper publishes neither the router nor its loss; this is our design (ablated
   to the front in their order, so backbones that read lengths see a plain shorter history),
   their vectors scaled by the straight-through weight 1 (which carries the router's gradient);
   with soft routing, every position, its vectors scaled by its session's weight for k;
+* its elements (``theme_tokens``): the sessions' behaviours (``behaviours``), or one token per
+  session, the mean of its behaviours' vectors (``sessions``; oldest session first, as a
+  history). Behaviour tokens let a long session weigh more than a short one in the backbone's
+  pooling; session tokens weigh every visit to a theme alike, so the backbone's attention
+  counts *sessions* on the candidate's theme, and the theme backbone reads at most
+  ``max_sessions`` tokens instead of ``max_len``;
 * every theme runs through one shared theme backbone in one batched call (K x B rows); the
   global and short-term experts have backbones of their own;
 * the gate is a softmax over the experts from the row's field vectors (``context``); the
@@ -40,6 +46,7 @@ the behaviour.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal
 
@@ -60,6 +67,8 @@ class MoSConfig(StrictModel):
     theme_experts: bool = Field(default=True, description="the K theme experts (false: ablation)")
     global_expert: bool = Field(default=True, description="the expert over the whole history")
     routing: Literal["soft", "hard"] = Field(default="soft", description="soft weights or top-1 (straight-through)")
+    theme_tokens: Literal["behaviours", "sessions"] = Field(
+        default="behaviours", description="a theme expert's elements: the routed behaviours, or one mean token per routed session")
     temperature: float = Field(default=1.0, gt=0.0, description="of the router's softmax")
     balance_weight: float = Field(default=0.01, ge=0.0, description="weight of the theme-usage balance term")
 
@@ -110,12 +119,13 @@ class MoSEncoder(nn.Module):
                              "(a field with sessions: {of: <time field>, gap: ...}) or set theme_experts: false")
         self.cfg, self.dim, self.max_sessions = cfg, dim, spec.max_sessions
 
-        def backbone() -> nn.Module:
+        def backbone(spec: BehaviourSpec) -> nn.Module:
             return build_encoder(cfg.backbone, cfg.backbone_options, dim, spec, num_context)
 
-        self.global_expert = backbone() if cfg.global_expert else None
-        self.short_expert = backbone() if cfg.short_term else None
-        self.theme_expert = backbone() if cfg.theme_experts else None
+        self.global_expert = backbone(spec) if cfg.global_expert else None
+        self.short_expert = backbone(spec) if cfg.short_term else None
+        theme_spec = dataclasses.replace(spec, max_len=spec.max_sessions) if cfg.theme_tokens == "sessions" else spec
+        self.theme_expert = backbone(theme_spec) if cfg.theme_experts else None
         first = next(e for e in (self.global_expert, self.short_expert, self.theme_expert) if e is not None)
         self.num_outputs, self.out_dim = first.num_outputs, first.out_dim
         K = cfg.themes if cfg.theme_experts else 0
@@ -126,42 +136,56 @@ class MoSEncoder(nn.Module):
         self.num_experts = int(cfg.global_expert) + int(bool(cfg.short_term)) + K
         self.gate = nn.Linear(num_context * dim, self.num_experts)
 
-    def route(self, x: BehaviourInput) -> tuple[Tensor, Tensor]:
-        """(session one-hot ``[B, L, S]``, soft assignment ``[B, S, K]``) of ``x``'s sessions."""
+    def session_means(self, x: BehaviourInput) -> tuple[Tensor, Tensor, Tensor]:
+        """(session one-hot ``[B, L, S]``, each session's mean vectors ``[B, S, F, d]``, the
+        sessions present ``[B, S]`` bool) of ``x``'s sessions, indexed from the newest."""
         assert x.sessions is not None, "MoS needs session indices (pass Batch.behaviours as ids)"
         B, L = x.mask.shape
-        S = self.max_sessions
-        onehot = (x.sessions.unsqueeze(-1) == torch.arange(S, device=x.mask.device)).to(x.hist.dtype)
-        values = x.hist.reshape(B, L, -1)
+        onehot = (x.sessions.unsqueeze(-1) == torch.arange(self.max_sessions, device=x.mask.device)).to(x.hist.dtype)
         count = onehot.sum(dim=1)  # [B, S]
-        sessions = onehot.transpose(1, 2) @ values / count.clamp(min=1).unsqueeze(-1)  # [B, S, F d]
-        r = self.session_norm(self.session_proj(sessions))
+        means = onehot.transpose(1, 2) @ x.hist.reshape(B, L, -1) / count.clamp(min=1).unsqueeze(-1)
+        return onehot, means.view(B, self.max_sessions, *x.hist.shape[2:]), count > 0
+
+    def route(self, means: Tensor) -> Tensor:
+        """The soft assignment ``[B, S, K]`` of sessions whose mean vectors are ``means``."""
+        r = self.session_norm(self.session_proj(means.flatten(2)))
         scores = r @ self.prototypes.t() / (math.sqrt(self.dim) * self.cfg.temperature)
-        return onehot, torch.softmax(scores, dim=-1)
+        return torch.softmax(scores, dim=-1)
 
     def themes(self, x: BehaviourInput) -> tuple[list[Tensor], Tensor | None, Tensor]:
         """The K theme experts' tokens, their auxiliary loss and the balance term."""
-        onehot, assign = self.route(x)
+        onehot, means, present = self.session_means(x)
+        assign = self.route(means)
         B = x.mask.shape[0]
         K = self.cfg.themes
         hard = self.cfg.routing == "hard"
+        # Per session: its weight for each theme, and (hard routing) whether the theme keeps it.
         if hard:
             top = F.one_hot(assign.argmax(dim=-1), K).to(assign.dtype)
-            weight = onehot @ (top + assign - assign.detach())  # [B, L, K]: 1 forward on the theme
-            keep = (onehot @ top) > 0
+            weight, keep = top + assign - assign.detach(), top > 0  # 1 forward on the theme
         else:
-            weight = onehot @ assign
+            weight, keep = assign, None
+        if self.cfg.theme_tokens == "sessions":
+            # One token per session, oldest first (index 0 is the newest), real ones first.
+            old_first = present.flip(1)
+            elems, mask = left_align(means.flip(1), old_first, old_first)
+            weight = left_align(weight.flip(1), old_first, old_first)[0]
+            keep = left_align(keep.flip(1), old_first, old_first)[0] if hard else None
+        else:
+            elems, mask = x.hist, x.mask
+            weight = onehot @ weight  # [B, L, K]
+            keep = (onehot @ keep.to(onehot.dtype)) > 0 if hard else None
         hists, masks = [], []
         for k in range(K):
-            h = x.hist * weight[:, :, k, None, None]
-            h, m = left_align(h, x.mask, keep[:, :, k]) if hard else (h, x.mask)
+            h = elems * weight[:, :, k, None, None]
+            h, m = left_align(h, mask, keep[:, :, k]) if hard else (h, mask)
             hists.append(h)
             masks.append(m)
         stacked = BehaviourInput(hist=torch.cat(hists), mask=torch.cat(masks), query=x.query.repeat(K, 1, 1),
                                  context=x.context.repeat(K, 1, 1))
         out = self.theme_expert(stacked)
         tokens = list(out.tokens.reshape(K, B, *out.tokens.shape[1:]).unbind(0))
-        real = (onehot.sum(dim=1) > 0).to(assign.dtype)  # [B, S] sessions present
+        real = present.to(assign.dtype)
         usage = (assign * real.unsqueeze(-1)).sum(dim=(0, 1)) / real.sum().clamp(min=1)
         balance = self.cfg.balance_weight * (K * (usage ** 2).sum() - 1.0)
         return tokens, out.aux_loss, balance

@@ -24,19 +24,16 @@ Feature sets (each standardised, with its square and log1p, so monotone shapes a
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from rankmixer.config import load_config
-from rankmixer.core.hardware import machine_info
+from rankmixer.bench.headroom import parse_args, run
 from rankmixer.data.datasets.behaviour.config import BehaviourConfig
 from rankmixer.data.datasets.behaviour.generator import Generator
 
@@ -87,34 +84,10 @@ def one_draw(gen: Generator, seed: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("docs/results/hopping_headroom.json"))
-    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="a behaviour config field (repeatable)")
-    args = ap.parse_args()
-    options = dict(load_config("hopping_mos", []).data.preset_options)
-    for opt in args.option:
-        key, sep, value = opt.partition("=")
-        if not sep:
-            raise SystemExit(f"--option {opt!r}: expected KEY=VALUE")
-        options[key] = yaml.safe_load(value)
-    if args.out.exists():  # replace only a report this script wrote
-        try:
-            ours = {"draws", "rows", "fit_rows"} <= set(json.loads(args.out.read_text()))
-        except (ValueError, UnicodeDecodeError, TypeError):
-            ours = False
-        if not ours:
-            raise SystemExit(f"{args.out}: exists and is not a report of this script; refusing to overwrite it")
-    cfg = BehaviourConfig.model_validate(options)
+    out, options = parse_args(__doc__, Path("docs/results/hopping_headroom.json"))
+    cfg = BehaviourConfig.model_validate({**load_config("hopping_mos", []).data.preset_options, **options})
     gen = Generator(cfg)
-    draws = [one_draw(gen, seed) for seed in (11, 12, 13)]
-    rows = [{"features": k, "auc_mean": float(np.mean([d[k] for d in draws])), "auc_sd": float(np.std([d[k] for d in draws], ddof=1))}
-            for k in draws[0]]
-    for r in rows:
-        print(f"{r['features']:32s} {r['auc_mean']:.4f} +- {r['auc_sd']:.4f}")
-    args.out.write_text(json.dumps({"machine": machine_info(), "config": cfg.model_dump(mode="json"), "fit_rows": FIT,
-                                    "score_rows": SCORE, "draws": draws, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    run(out, cfg, lambda seed: one_draw(gen, seed), {"fit_rows": FIT, "score_rows": SCORE})
 
 
 if __name__ == "__main__":

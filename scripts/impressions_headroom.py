@@ -21,16 +21,13 @@ Feature sets (each with its squares and log1p, so monotone shapes are reachable)
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from rankmixer.core.hardware import machine_info
+from rankmixer.bench.headroom import parse_args, run
 from rankmixer.data.datasets.impressions.config import ImpressionConfig
 from rankmixer.data.datasets.impressions.simulate import Simulator
 
@@ -40,7 +37,7 @@ USERS = 8_000
 def one_draw(sim: Simulator, seed: int) -> dict[str, float]:
     cfg = sim.cfg
     out = sim.simulate(np.random.default_rng(seed), USERS)
-    T, I, P = cfg.requests_per_user, cfg.page_size, cfg.max_pages
+    T, P = cfg.requests_per_user, cfg.max_pages
     cat, click = out["cat"], out["click"]
     clicked = np.zeros(cat.shape)
     unclicked = np.zeros(cat.shape)
@@ -68,34 +65,10 @@ def one_draw(sim: Simulator, seed: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("docs/results/impressions_headroom.json"))
-    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="an impressions config field (repeatable)")
-    args = ap.parse_args()
-    options = {}
-    for opt in args.option:
-        key, sep, value = opt.partition("=")
-        if not sep:
-            raise SystemExit(f"--option {opt!r}: expected KEY=VALUE")
-        options[key] = yaml.safe_load(value)
-    if args.out.exists():  # replace only a report this script wrote
-        try:
-            ours = {"draws", "rows", "users"} <= set(json.loads(args.out.read_text()))
-        except (ValueError, UnicodeDecodeError, TypeError):
-            ours = False
-        if not ours:
-            raise SystemExit(f"{args.out}: exists and is not a report of this script; refusing to overwrite it")
+    out, options = parse_args(__doc__, Path("docs/results/impressions_headroom.json"))
     cfg = ImpressionConfig.model_validate(options)
     sim = Simulator(cfg)
-    draws = [one_draw(sim, seed) for seed in (11, 12, 13)]
-    rows = [{"features": k, "auc_mean": float(np.mean([d[k] for d in draws])), "auc_sd": float(np.std([d[k] for d in draws], ddof=1))}
-            for k in draws[0]]
-    for r in rows:
-        print(f"{r['features']:40s} {r['auc_mean']:.4f} +- {r['auc_sd']:.4f}")
-    args.out.write_text(json.dumps({"machine": machine_info(), "config": cfg.model_dump(mode="json"), "users": USERS,
-                                    "draws": draws, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    run(out, cfg, lambda seed: one_draw(sim, seed), {"users": USERS})
 
 
 if __name__ == "__main__":

@@ -24,24 +24,19 @@ The paper publishes neither the router nor its loss; this is our design (ablated
   to the front in their order, so backbones that read lengths see a plain shorter history),
   their vectors scaled by the straight-through weight 1 (which carries the router's gradient);
   with soft routing, every position, its vectors scaled by its session's weight for k;
-* its elements (``theme_tokens``): the sessions' behaviours (``behaviours``), or one token per
-  session, the mean of its behaviours' vectors (``sessions``; oldest session first, as a
-  history). Behaviour tokens let a long session weigh more than a short one in the backbone's
-  pooling; session tokens weigh every visit to a theme alike, so the backbone's attention
-  counts *sessions* on the candidate's theme, and the theme backbone reads at most
-  ``max_sessions`` tokens instead of ``max_len``;
+* its elements (``theme_tokens``): the sessions' behaviours, or one token per session (the mean
+  of its behaviours' vectors, oldest session first), which weighs every visit to a theme alike
+  whatever its length, so attention counts *sessions*; at most ``max_sessions`` tokens;
 * every theme runs through one shared theme backbone in one batched call (K x B rows); the
   global and short-term experts have backbones of their own;
 * the gate is a softmax over the experts from the row's field vectors (``context``); the
   output is the gated sum of the experts' tokens, the backbone's shape;
 * a balance term ``balance_weight * (K * sum_k u_k^2 - 1)``, ``u_k`` the batch's mean
-  assignment to theme k over real sessions (0 when usage is uniform, K - 1 when one theme
-  takes every session), keeps themes from collapsing; added to the backbones' own auxiliary
-  losses.
+  assignment to theme k over real sessions (0 when uniform, K - 1 when one theme takes all),
+  keeps themes from collapsing; added to the backbones' own auxiliary losses.
 
 ``theme_experts: false``, ``short_term: 0`` and ``global_expert: false`` remove an expert kind
-(the ablations). MoS needs a behaviour with a session field; without one it is an error naming
-the behaviour.
+(the ablations). A behaviour without a session field is an error naming it.
 """
 
 from __future__ import annotations

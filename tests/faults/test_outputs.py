@@ -76,6 +76,70 @@ def test_prepare_refreshes_its_own_output_and_replaces_another_dataset_only_with
     assert marker_kind(out) == PREPARED_KIND
 
 
+def _run_while_held(target: Path, calls):
+    """Start each of ``calls`` in a thread while this thread holds ``target``'s output lock;
+    return the threads, the events they set when done, the errors they raised and the lock (held:
+    the caller releases it with ``__exit__``)."""
+    import threading
+    import time
+
+    from rankmixer.core.files import output_lock
+
+    events, errors, threads = [], [], []
+    for call in calls:
+        done = threading.Event()
+
+        def run(call=call, done=done):
+            try:
+                call()
+            except BaseException as e:  # reported by the test
+                errors.append(e)
+            done.set()
+
+        events.append(done)
+        threads.append(threading.Thread(target=run))
+    lock = output_lock(target)
+    lock.__enter__()
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    return threads, events, errors, lock
+
+
+def test_concurrent_first_uses_generate_and_prepare_a_set_once(tmp_path):
+    """Processes that first use the same generated set at once (parallel searches on a fresh
+    cache) take turns: a later one waits and reuses the files instead of writing over them (a
+    fixed temp name written by both used to break every one)."""
+    from rankmixer.data.config import DataConfig
+    from rankmixer.data.datasets.base import get_preset
+    from rankmixer.data.datasets.synthetic.config import META_FILE
+    from rankmixer.experiment import prepare_data
+
+    options = {"rows_train": 3000, "rows_valid": 500, "rows_test": 500, "n_dense": 2}
+    raw = tmp_path / "raw"
+    preset = get_preset("synthetic", **options)
+    threads, events, errors, lock = _run_while_held(raw, [lambda: preset.raw_files(raw)])
+    assert not events[0].is_set() and not raw.exists()  # the second user waits for the holder
+    preset.generate(raw)  # the holder writes the set
+    stamp = (raw / META_FILE).stat().st_mtime_ns
+    lock.__exit__(None, None, None)
+    threads[0].join(60)
+    assert events[0].is_set() and not errors
+    assert (raw / META_FILE).stat().st_mtime_ns == stamp  # reused, not written again
+
+    data = DataConfig(dataset="synthetic", preset_options=options, raw=str(raw), prepared_dir=str(tmp_path / "prep"))
+    logs: list[list[str]] = [[], []]
+    threads, events, errors, lock = _run_while_held(
+        data.prepared_path(), [lambda log=log: prepare_data(data, log=log.append) for log in logs])
+    assert not any(e.is_set() for e in events) and not data.prepared_path().exists()
+    lock.__exit__(None, None, None)
+    for thread in threads:
+        thread.join(120)
+    assert all(e.is_set() for e in events) and not errors
+    reused = [any(m.startswith("reusing prepared data") for m in log) for log in logs]
+    assert sorted(reused) == [False, True], logs  # one prepared, the other waited and reused
+
+
 # ---- export ---------------------------------------------------------------------------------
 
 

@@ -13,6 +13,9 @@ Rules (docs/reliability.md):
   and renamed onto the target, so a crash leaves either the old output or the new one, plus at
   worst a ``.tmp-*`` leftover, never a half-written output (:func:`atomic_file`,
   :func:`atomic_directory`).
+* Two processes that may build the same output (parallel searches on a fresh cache) build it one
+  at a time: :func:`output_lock` holds an OS file lock on a hidden sibling ``.<name>.lock``
+  while it builds.
 * An output's format follows its suffix; an unknown suffix is an error (:func:`output_format`).
 
 Ground floor: imports nothing of rankmixer (checkpoints, artifacts, runs and prepared data all
@@ -30,10 +33,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX: no cross-process lock
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "MARKER_FILE", "OutputError", "atomic_directory", "atomic_file", "check_output", "check_replaceable",
-    "fsync_dir", "fsync_file", "marker_kind", "output_format", "sha256_file", "unique_suffix", "write_json",
-    "write_marker", "write_text_atomic",
+    "fsync_dir", "fsync_file", "marker_kind", "output_format", "output_lock", "sha256_file", "unique_suffix",
+    "write_json", "write_marker", "write_text_atomic",
 ]
 
 # The ownership marker our writers put into every directory they create.
@@ -290,6 +298,35 @@ def atomic_directory(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def output_lock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive OS lock for building ``path``, blocking until other holders finish. The
+    lock file is the hidden sibling ``.<name>.lock``, removed by its holder on release; a waiter
+    that then wins the lock on the removed file sees that the name now points elsewhere (or
+    nowhere) and locks again, so two holders never overlap. The caller checks again, once it
+    holds the lock, whether the output is still to be built."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    lock = final.with_name(f".{final.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before unlocking: waiters on this file then lock anew
+        os.close(fd)
 
 
 # ---- formats ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from rankmixer.core.files import OutputError, atomic_directory, check_output, write_text_atomic
+from rankmixer.core.files import OutputError, atomic_directory, check_output, output_lock, write_text_atomic
 from rankmixer.data.behaviour import check_behaviours
 from rankmixer.data.datasets.base import DatasetPreset, RawFiles, TransformContext
 from rankmixer.data.encode import encode_features, fit_statistics, fnv1a64, load_fitted, split_lists
@@ -259,6 +259,9 @@ def prepare(
     ``out_dir`` may not be, contain or lie inside any input (raw files, side tables, ``raw_path``,
     ``inputs``). Existing prepared data of the same dataset is refreshed when stale; of another
     dataset it is replaced only with ``force``; a folder rankmixer did not write is refused.
+    Processes preparing the same ``out_dir`` at once take turns (:func:`output_lock`, not taken
+    when the data is reused, so a read-only cache still serves): the later ones reuse what the
+    first prepared.
     """
     out_dir = Path(out_dir)
     side = preset.side_files(Path(raw_path)) if preset is not None and raw_path is not None else []
@@ -266,26 +269,40 @@ def prepare(
                  "prepared data directory")
     key = _fingerprint(schema, raw, {"on_bad_row": on_bad_row, "preset": preset.name if preset else None}, side)
     name = preset.name if preset else schema.name
+    fm = _reusable(out_dir, key, preset, raw_path, log) if not force else None
+    if fm is not None:
+        return fm
+    with output_lock(out_dir):  # parallel first uses (searches on a fresh cache) prepare once
+        fm = _reusable(out_dir, key, preset, raw_path, log) if not force else None
+        if fm is not None:  # another process prepared it while this one waited
+            return fm
+        existing = _existing_map(out_dir)
+        if existing is not None and existing.dataset != name and not force:
+            raise OutputError(f"{out_dir} holds prepared data of {existing.dataset!r}, not {name!r}: choose another "
+                              "output (data.prepared_dir / --out) or pass --force to replace it")
+        t0 = time.time()
+        with atomic_directory(out_dir, PREPARED_KIND, overwrite=True if existing is not None else force,
+                              legacy=_legacy_prepared, flag="--force") as tmp:
+            fm = _prepare_into(tmp, schema, raw, preset=preset, raw_path=raw_path, on_bad_row=on_bad_row,
+                               rows_per_shard=rows_per_shard, key=key, log=log)
+        fm.root = out_dir
+        log(f"prepared {out_dir} in {time.time() - t0:.1f}s")
+        return fm
+
+
+def _reusable(out_dir: Path, key: str, preset: DatasetPreset | None, raw_path: Path | None, log) -> FeatureMap | None:
+    """The prepared data in ``out_dir`` when it was prepared from the same inputs (its extras
+    refreshed when the preset now carries more), else None."""
     existing = _existing_map(out_dir)
-    if existing is not None and not force and existing.extras.get("prepare_key") == key:
-        log(f"reusing prepared data in {out_dir} (same schema and raw files)")
-        extras = _extras(key, preset, raw_path)
-        if json.loads(json.dumps(extras)) != existing.extras:  # the preset now carries more
-            existing.extras = extras
-            write_text_atomic(out_dir / "feature_map.json", json.dumps(existing.to_dict(), indent=2))
-            log(f"refreshed the dataset's extras in {out_dir / 'feature_map.json'}")
-        return existing
-    if existing is not None and existing.dataset != name and not force:
-        raise OutputError(f"{out_dir} holds prepared data of {existing.dataset!r}, not {name!r}: choose another "
-                          "output (data.prepared_dir / --out) or pass --force to replace it")
-    t0 = time.time()
-    with atomic_directory(out_dir, PREPARED_KIND, overwrite=True if existing is not None else force,
-                          legacy=_legacy_prepared, flag="--force") as tmp:
-        fm = _prepare_into(tmp, schema, raw, preset=preset, raw_path=raw_path, on_bad_row=on_bad_row,
-                           rows_per_shard=rows_per_shard, key=key, log=log)
-    fm.root = out_dir
-    log(f"prepared {out_dir} in {time.time() - t0:.1f}s")
-    return fm
+    if existing is None or existing.extras.get("prepare_key") != key:
+        return None
+    log(f"reusing prepared data in {out_dir} (same schema and raw files)")
+    extras = _extras(key, preset, raw_path)
+    if json.loads(json.dumps(extras)) != existing.extras:  # the preset now carries more
+        existing.extras = extras
+        write_text_atomic(out_dir / "feature_map.json", json.dumps(existing.to_dict(), indent=2))
+        log(f"refreshed the dataset's extras in {out_dir / 'feature_map.json'}")
+    return existing
 
 
 def _extras(key: str, preset: DatasetPreset | None, raw_path: Path | None) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rankmixer.core.files import check_replaceable, write_marker, write_text_atomic
+from rankmixer.core.files import check_replaceable, output_lock, write_marker, write_text_atomic
 from rankmixer.core.metrics import auc, logloss
 from rankmixer.data.datasets.base import DatasetPreset, RawFiles
 
@@ -315,7 +315,9 @@ class GeneratedPreset(DatasetPreset):
     def raw_files(self, path: Path) -> RawFiles:
         path = Path(path)
         if not self._up_to_date(path):
-            self.generate(path)
+            with output_lock(path):  # parallel first uses (searches on a fresh cache) generate once
+                if not self._up_to_date(path):
+                    self.generate(path)
         return RawFiles(by_split={s: [path / f for f in self.split_files(s)] for s in SPLITS})
 
     def extras(self, path: Path) -> dict:

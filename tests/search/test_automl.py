@@ -193,6 +193,8 @@ def test_options_are_checked():
         AutoMLOptions(space, "out", flops_target=0.0)
     with pytest.raises(ValueError, match="explore"):
         AutoMLOptions(space, "out", explore=-1.0)
+    with pytest.raises(ValueError, match="labels must be one of extrapolated, value"):
+        AutoMLOptions(space, "out", labels="curve")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +218,7 @@ def test_an_automl_search_runs_its_queued_proposals(tiny, tmp_path, monkeypatch)
     space.write_text(yaml.safe_dump(SPACE))
     out = tmp_path / "out"
     report = run_search(tiny, space, "automl", 7, out, seed=1, log=lambda *_: None,
-                        options={"startup_trials": 4, "round_size": 2})
+                        options={"startup_trials": 4, "round_size": 2, "labels": "extrapolated"})
     assert report["strategy"] == "automl" and report["states"]["COMPLETE"] == 7  # the budget counts complete trials
     study = optuna.load_study(study_name="automl", storage=f"sqlite:///{(out / 'study.db').resolve()}")
     trials = sorted(study.get_trials(), key=lambda t: t.number)
@@ -236,3 +238,17 @@ def test_an_automl_search_runs_its_queued_proposals(tiny, tmp_path, monkeypatch)
         steps, values = read_curve(run, "auc")
         assert entry["label"] == pytest.approx(extrapolate(steps, values, report["automl"]["options"]["horizon_steps"]))
     assert report["automl"]["predictor"] is None  # 7 trials: too few for 5-fold cross-validation
+
+
+def test_value_labels_are_the_trials_values_and_need_no_horizon(tiny, tmp_path):
+    """By default (``labels: value``) the predictor learns what the study maximizes: each label
+    is the trial's value, and no full-run horizon is computed."""
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    report = run_search(tiny, space, "automl", 5, tmp_path / "out", seed=2, log=lambda *_: None,
+                        options={"startup_trials": 3, "round_size": 1})
+    assert report["automl"]["options"]["labels"] == "value" and report["automl"]["options"]["horizon_steps"] is None
+    values = {t["number"]: t["value"] for t in report["trials"] if t["state"] == "COMPLETE"}
+    assert len(report["automl"]["trials"]) == 5
+    for entry in report["automl"]["trials"]:
+        assert entry["label"] == values[entry["number"]]

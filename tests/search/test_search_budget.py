@@ -59,7 +59,8 @@ def searches(tmp_path_factory) -> Path:
     space.write_text(yaml.safe_dump(SPACE))
     for strategy, seed in (("random", 1), ("random", 2), ("automl", 1)):
         run_search(tiny, space, strategy, 5, root / "searches" / f"{strategy}-s{seed}", seed=seed,
-                   log=lambda *_: None, options={"startup_trials": 3, "round_size": 1} if strategy == "automl" else None)
+                   log=lambda *_: None, options={"startup_trials": 3, "round_size": 1, "labels": "extrapolated"}
+                   if strategy == "automl" else None)
     return root / "searches"
 
 
@@ -99,6 +100,17 @@ def test_the_report_follows_the_searches(searches, tmp_path, monkeypatch):
         assert row["failed"] == states.count("FAIL") and 0 <= row["failed_in_a_row"] <= row["failed"]
         assert set(row["predictor"]) == set(PREDICTOR_VARIANTS)
         assert all(-1 <= v["kendall"] <= 1 for v in row["predictor"].values())
+    # The labels' agreement with the values: Spearman's rho from ranks by hand, over the
+    # extrapolated labels the automl search itself recorded (its horizon is the report's).
+    automl = json.loads((searches / "automl-s1" / "search.json").read_text())["automl"]
+    assert report["context"]["horizon_steps"] == automl["options"]["horizon_steps"]
+    lab = np.array([t["label"] for t in automl["trials"]])
+    val = np.array([t["value"] for t in automl["trials"]])
+    rank = lambda x: np.argsort(np.argsort(x)).astype(float)  # noqa: E731 (no ties in real-valued AUCs)
+    n = len(lab)
+    want = 1 - 6 * np.sum((rank(lab) - rank(val)) ** 2) / (n * (n * n - 1))
+    (row,) = [r for r in report["searches"] if r["strategy"] == "automl"]
+    assert row["labels"]["trials"] == n and row["labels"]["spearman"] == pytest.approx(want)
     out = tmp_path / "out"
     assert (out / "search_budget.png").stat().st_size > 0 and "| automl |" in (out / "search_budget.md").read_text()
 

@@ -399,6 +399,7 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "search-budget-comparison": _one(search_budget.comparison_table, "search-budget-comparison"),
     "search-budget-predictor": _one(search_budget.predictor_table, "search-budget-predictor"),
     "search-budget-searches": _one(search_budget.searches_table, "search-budget-searches"),
+    "search-budget-labels": _one(search_budget.labels_table, "search-budget-labels"),
     "variants": render_variants,
     "exfm": _one(exfm.summary_table, "exfm"),
     "exfm-differences": _one(exfm.differences_table, "exfm-differences"),

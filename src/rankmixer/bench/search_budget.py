@@ -14,6 +14,9 @@ search seed, the same experiment, space and overrides). For every search it read
   cross_validate): Kendall's tau over k folds of each search's trials, for the AutoML
   predictor (ensemble, pairwise loss) and for its ablations (one member; a regression loss;
   labels without learning-curve extrapolation); mean and sd over the searches;
+* **how the extrapolated labels agree with the values** the study maximizes: Spearman's rho and
+  Kendall's tau between each trial's extrapolated label and its value, per search (a label
+  that disagrees with the value steers the AutoML predictor away from the study's objective);
 * every trial's validation NE and FLOPs, and a plot of NE against FLOPs with each strategy's
   Pareto front (``NAME.png``).
 * for a rankitect-sampling search, its controller's mean reward and entropy after each update;
@@ -44,11 +47,12 @@ import numpy as np
 
 from rankmixer.core.files import check_output, write_json, write_text_atomic
 from rankmixer.core.hardware import machine_info
+from rankmixer.core.rank_correlation import kendall_tau, spearman
 from rankmixer.search.report import first_metrics, pareto_front
 from rankmixer.search.space import load_architecture_space
 
-__all__ = ["PREDICTOR_VARIANTS", "best_so_far", "comparison_table", "longest_run", "markdown_tables",
-           "predictor_table", "run_search_budget", "searches_table", "summary_table"]
+__all__ = ["PREDICTOR_VARIANTS", "best_so_far", "comparison_table", "labels_table", "longest_run",
+           "markdown_tables", "predictor_table", "run_search_budget", "searches_table", "summary_table"]
 
 FOLDER = re.compile(r"(?P<strategy>[a-z][a-z-]*)-s(?P<seed>\d+)")
 # name -> (Predictor options, extrapolate the labels)
@@ -105,22 +109,37 @@ def _stats(xs: list[float]) -> tuple[float, float]:
     return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
-def _predictor_quality(search: dict, horizon: int | None, folds: int) -> dict:
-    """Kendall tau per predictor variant over ``folds`` folds of one search's trials."""
+def _labelled(search: dict, horizon: int | None) -> dict[bool, dict]:
+    """One search's labelled trials (rankmixer.search.automl.study_labels), keyed by whether
+    the labels are extrapolated to ``horizon`` (True) or the trials' values (False)."""
     import optuna
 
     from rankmixer.search.automl import AutoMLOptions, study_labels
-    from rankmixer.search.predictor import cross_validate
 
     rep, folder = search["report"], search["folder"]
     space = load_architecture_space(rep["space_file"])
     study = optuna.load_study(study_name=rep["study"], storage=f"sqlite:///{(folder / 'study.db').resolve()}")
+    return {extrapolated: study_labels(AutoMLOptions(space, str(folder), labels="extrapolated",
+                                                     horizon_steps=horizon if extrapolated else None), study)
+            for extrapolated in (True, False)}
+
+
+def _predictor_quality(labelled: dict[bool, dict], seed: int, folds: int) -> dict:
+    """Kendall tau per predictor variant over ``folds`` folds of one search's trials."""
+    from rankmixer.search.predictor import cross_validate
+
     out = {}
     for name, (options, extrapolated) in PREDICTOR_VARIANTS.items():
-        got = study_labels(AutoMLOptions(space, str(folder), horizon_steps=horizon if extrapolated else None), study)
-        cv = cross_validate(got["x"], got["labels"], got["flops"], folds=folds, seed=search["seed"], **options)
+        got = labelled[extrapolated]
+        cv = cross_validate(got["x"], got["labels"], got["flops"], folds=folds, seed=seed, **options)
         out[name] = {"kendall": cv["kendall"], "flops_kendall": cv["flops_kendall"], "trials": cv["trials"]}
     return out
+
+
+def _label_agreement(labelled: dict[bool, dict]) -> dict:
+    """Spearman's rho and Kendall's tau between the extrapolated labels and the values."""
+    ext, val = labelled[True]["labels"], labelled[False]["labels"]
+    return {"spearman": spearman(ext, val), "kendall": kendall_tau(ext, val), "trials": len(ext)}
 
 
 def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
@@ -157,6 +176,7 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
             trials.append({"strategy": s["strategy"], "seed": s["seed"], "number": t["number"], "value": t["value"],
                            "ne": _ne(s["folder"], t), "flops_per_sample": t["flops_per_sample"]})
         log(f"{s['folder'].name}: {len(done)} complete trials, best {best['value']:.5f}")
+        labelled = _labelled(s, horizon) if len(done) >= 2 * folds else None
         rows.append({
             "strategy": s["strategy"], "seed": s["seed"], "complete": len(done), "curve": curve, "curve_under": under,
             "search_seconds": float(sum(t["duration_s"] or 0.0 for t in rep["trials"])),
@@ -165,7 +185,8 @@ def run_search_budget(root: Path, out_dir: Path, name: str = "search_budget", *,
             "best": {k: best[k] for k in ("number", "value", "flops_per_sample", "architecture", "model")},
             "best_under": None if best_under is None else
             {k: best_under[k] for k in ("number", "value", "flops_per_sample", "architecture", "model")},
-            "predictor": _predictor_quality(s, horizon, folds) if len(done) >= 2 * folds else None,
+            "predictor": _predictor_quality(labelled, s["seed"], folds) if labelled else None,
+            "labels": _label_agreement(labelled) if labelled and horizon else None,
             # a rankitect-sampling search's controller, update by update (None for other strategies)
             "controller": [{"mean_reward": float(np.mean(u["rewards"])), "entropy": u["entropy"]}
                            for u in rep["sampling"]["updates"]] if "sampling" in rep else None,
@@ -261,7 +282,8 @@ def _pm(m: float, sd: float) -> str:
 
 def markdown_tables(report: dict) -> str:
     """The best-so-far table, the comparison with the baseline, and the predictor's quality."""
-    return "\n".join(t(report) for t in (summary_table, comparison_table, predictor_table, searches_table))
+    return "\n".join(t(report) for t in (summary_table, comparison_table, predictor_table, labels_table,
+                                         searches_table))
 
 
 def summary_table(report: dict) -> str:
@@ -317,4 +339,18 @@ def predictor_table(report: dict) -> str:
             if got:
                 lines.append(f"| {variant} | {strategy} | {len(got)} | {_pm(*_stats([g['kendall'] for g in got]))} | "
                              f"{_pm(*_stats([g['flops_kendall'] for g in got]))} |")
+    return "\n".join(lines) + "\n"
+
+
+def labels_table(report: dict) -> str:
+    """Per strategy whose trials were labelled: mean ± sd over its searches of the agreement
+    between the extrapolated labels and the trials' values (Spearman's rho, Kendall's tau)."""
+    horizon = report["context"]["horizon_steps"]
+    rho = f"Spearman rho, labels at {horizon:,} steps vs values" if horizon else "Spearman rho"
+    lines = [f"| trials of | searches | trials | {rho} | Kendall tau |", "|---|---:|---:|---|---|"]
+    rows = [r for r in report["searches"] if r.get("labels")]
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        got = [r["labels"] for r in rows if r["strategy"] == strategy]
+        lines.append(f"| {strategy} | {len(got)} | {sum(g['trials'] for g in got)} | "
+                     f"{_pm(*_stats([g['spearman'] for g in got]))} | {_pm(*_stats([g['kendall'] for g in got]))} |")
     return "\n".join(lines) + "\n"

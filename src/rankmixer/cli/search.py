@@ -40,8 +40,12 @@ def search(
     flops_target: Optional[float] = typer.Option(None, min=0.0, help="automl, rankitect-sampling: FLOPs per "
                                                  "sample above which the policy's reward is penalized (default: no "
                                                  "budget)."),
-    horizon_steps: Optional[int] = typer.Option(None, min=1, help="automl: steps each trial's validation curve is "
-                                                "extrapolated to (default: a full run of the experiment)."),
+    labels: str = typer.Option("value", help="automl: what the predictor learns from each trial: 'value' (its "
+                               "value, the metric the study maximizes) or 'extrapolated' (its validation curve "
+                               "extrapolated to --horizon-steps)."),
+    horizon_steps: Optional[int] = typer.Option(None, min=1, help="automl, --labels extrapolated: steps each trial's "
+                                                "validation curve is extrapolated to (default: a full run of the "
+                                                "experiment)."),
     explore: float = typer.Option(0.0, min=0.0, help="automl: the policy scores the predictor's mean plus this "
                                   "many times its ensemble's spread (an upper confidence bound; 0: the mean)."),
     keep: int = typer.Option(1, min=1, help="distdnas: candidates kept per choice block."),
@@ -125,8 +129,8 @@ def search(
                                  "complete trials)", param_hint="--budget")
     options = None
     if strategy == "automl":
-        options = {"startup_trials": startup_trials, "round_size": round_size, "flops_target": flops_target,
-                   "horizon_steps": horizon_steps, "explore": explore}
+        options = {"startup_trials": startup_trials, "round_size": round_size, "labels": labels,
+                   "flops_target": flops_target, "horizon_steps": horizon_steps, "explore": explore}
     elif strategy == "rankitect-sampling":
         options = {"batch": samples, "controller_lr": controller_lr, "flops_target": flops_target,
                    "penalty_unit": penalty_unit}

@@ -8,10 +8,12 @@ its storage, resume, retries, parallel workers and report are the tuning study's
 
 1. **Start-up.** The first ``startup_trials`` complete trials are drawn at random (Optuna's
    random sampler), to give the predictor its first labels.
-2. **Labels.** Every complete trial is a short training run. Its label is the learning-curve
+2. **Labels.** Every complete trial is a short training run. By default (``labels="value"``)
+   its label is the trial's value, the metric the study itself maximizes, so the predictor
+   learns the search's own objective; with ``labels="extrapolated"``, the learning-curve
    extrapolation of its validation metric to ``horizon_steps`` (rankmixer.search.curve),
-   averaged over its seeds; without a horizon, the trial's value. Its FLOPs per sample are
-   those its run measured.
+   averaged over its seeds (on the drift set these disagree with the values and lose to random
+   search, docs/search.md). Its FLOPs per sample are those its run measured.
 3. **A round** (every ``round_size`` newly complete trials): the ensemble predictor
    (rankmixer.search.predictor: pairwise ranking loss, multi-task with log FLOPs) is fitted to
    all labels; then a policy (rankmixer.search.controller: one softmax per named draw of the
@@ -54,7 +56,9 @@ from rankmixer.search.report import first_metrics
 from rankmixer.search.space import ArchitectureSpace
 from rankmixer.tune.study import continued_seed
 
-__all__ = ["AutoMLOptions", "AutoMLSampler", "automl_report", "propose", "study_labels", "trial_labels"]
+LABELS = ("extrapolated", "value")
+
+__all__ = ["LABELS", "AutoMLOptions", "AutoMLSampler", "automl_report", "propose", "study_labels", "trial_labels"]
 
 
 def propose(space: ArchitectureSpace, table: list[Decision], predictor: Predictor, reference: np.ndarray, *,
@@ -120,6 +124,7 @@ class AutoMLOptions(PolicyOptions):
 
     startup_trials: int = 20
     round_size: int = 10
+    labels: str = "value"
     horizon_steps: int | None = None
     members: int = 5
     policy_steps: int = 200
@@ -133,6 +138,8 @@ class AutoMLOptions(PolicyOptions):
                              f"{self.round_size}, {self.members}")
         if self.explore < 0:
             raise ValueError(f"explore must be >= 0, got {self.explore}")
+        if self.labels not in LABELS:
+            raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
 
     def __call__(self, trials_before: int) -> "AutoMLSampler":
         return AutoMLSampler(self, trials_before)
@@ -187,8 +194,9 @@ def study_labels(options: AutoMLOptions, study) -> dict:
     """The study's labelled trials: ``numbers``, ``x`` (encoded), ``labels`` and ``flops``."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    horizon = options.horizon_steps if options.labels == "extrapolated" else None
     kept, labels, flops = trial_labels(complete, Path(options.out_dir), options.space.objective.metric, maximize,
-                                       options.horizon_steps)
+                                       horizon)
     x = Encoder(decisions(options.space)).encode_all([t.params for t in kept])
     return {"numbers": [t.number for t in kept], "values": [t.value for t in kept], "x": x, "labels": labels,
             "flops": flops}

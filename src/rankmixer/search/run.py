@@ -87,7 +87,7 @@ def run_search(
     ``seed`` seeds the strategy's sampler (default: the space's); ``study`` defaults to the
     strategy's name; ``workers`` processes share the study. ``options``: the automl or
     rankitect-sampling strategy's settings (rankmixer.search.automl.AutoMLOptions: startup_trials,
-    round_size, flops_target, horizon_steps, explore, default horizon :func:`full_run_steps`;
+    round_size, labels, flops_target, horizon_steps, explore, default horizon :func:`full_run_steps`;
     rankmixer.search.sampling.SamplingOptions: batch, controller_lr, flops_target, penalty_unit).
     ``keep_checkpoints``: keep finished trials' checkpoints (by default only their metrics and
     best weights stay)."""
@@ -107,7 +107,7 @@ def run_search(
         if strategy == "automl":
             from rankmixer.search.automl import AutoMLOptions
 
-            if settings.get("horizon_steps") is None:
+            if settings.get("horizon_steps") is None and settings.get("labels") == "extrapolated":
                 settings["horizon_steps"] = full_run_steps(config, overrides, log)
             factory = AutoMLOptions(space, str(out_dir), seed, **settings)
         else:

@@ -287,9 +287,15 @@ def _config_diff(saved: Any, now: Any, key: str = "") -> list[str]:
     return [f"{key}: {show(saved)} in the run, {show(now)} now"]
 
 
+def config_differences(cfg: ExperimentConfig, run_dir: str | Path) -> list[str]:
+    """``key: <in the run> in the run, <in cfg> now`` for every config key where ``cfg`` differs
+    from the config a run in ``run_dir`` was trained with (both read through today's schema)."""
+    saved = load_config(Path(run_dir) / CONFIG_FILE)
+    return _config_diff(saved.model_dump(mode="json"), cfg.model_dump(mode="json"))
+
+
 def _check_resume_config(cfg: ExperimentConfig, run_dir: Path) -> None:
-    saved = load_config(run_dir / CONFIG_FILE)
-    diff = _config_diff(saved.model_dump(mode="json"), cfg.model_dump(mode="json"))
+    diff = config_differences(cfg, run_dir)
     if diff:
         raise ValueError(f"--resume with a config that differs from {run_dir / CONFIG_FILE} in "
                          f"{len(diff)} key(s):\n  " + "\n  ".join(diff)

@@ -166,6 +166,14 @@ def test_benchmark_summary_flops_and_resume(tmp_path):
     third = run_accuracy(load_suite(_suite(tmp_path)), [0, 1], out, log=logs.append)
     assert sum("training" in m for m in logs) == 1 and third["summary"] == report["summary"]
 
+    # A finished run trained with another recipe is not reused under this command's name: the
+    # error names the run and the key, and nothing in the folder changes.
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"(?s)synth-lr-s0 \(synth-lr seed 0\) finished with another config.*"
+                                         r"train\.batch_size: 500 in the run, 250 now"):
+        run_accuracy(load_suite(_suite(tmp_path)), [0, 1], out, overrides=["train.batch_size=250"], log=logs.append)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == before
+
 
 def _result(label, seed, flops, auc):
     metrics = {"auc": auc, "gauc": auc, "logloss": 0.5, "ne": 0.9}

@@ -15,7 +15,7 @@ from rankmixer import experiment
 from rankmixer.config import load_config
 from rankmixer.data.loader import ParquetBatches
 from rankmixer.models import registry
-from rankmixer.nn.sequence import BehaviourInput, BehaviourSpec, build_encoder
+from rankmixer.nn.sequence import BehaviourInput, BehaviourSpec, behaviour_inputs, build_encoder
 from rankmixer.nn.sequence.mos import left_align, recent
 from tests.factories import SMALL
 
@@ -56,11 +56,11 @@ def test_router_matches_a_float64_loop():
     enc = build_encoder("mos", {"themes": 3, "temperature": 0.7}, 5, SPEC, 2).double()
     x = inputs()
     x = BehaviourInput(x.hist.double(), x.mask, x.query.double(), x.context.double(), x.sessions)
-    onehot, means, present = enc.session_means(x)
-    assign = enc.route(means)
-    W, b = enc.session_proj.weight.detach().numpy(), enc.session_proj.bias.detach().numpy()
-    gamma, beta = enc.session_norm.weight.detach().numpy(), enc.session_norm.bias.detach().numpy()
-    P = enc.prototypes.detach().numpy()
+    onehot, means, present = enc.router.session_means(x)
+    assign = enc.router.route(means)
+    W, b = enc.router.session_proj.weight.detach().numpy(), enc.router.session_proj.bias.detach().numpy()
+    gamma, beta = enc.router.session_norm.weight.detach().numpy(), enc.router.session_norm.bias.detach().numpy()
+    P = enc.router.prototypes.detach().numpy()
     for r in range(4):
         for s in range(5):
             pos = [i for i in range(7) if int(x.sessions[r, i]) == s]
@@ -116,7 +116,7 @@ def test_hard_routing_filters_sessions():
     seen = []
     mos.theme_expert.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     mos(x)
-    theme = mos.route(mos.session_means(x)[1]).argmax(-1)  # [B, S]
+    theme = mos.router.route(mos.router.session_means(x)[1]).argmax(-1)  # [B, S]
     stacked = seen[0]
     for k in range(2):
         for r in range(4):
@@ -140,7 +140,7 @@ def test_session_tokens_are_routed_session_means(routing):
     seen = []
     mos.theme_expert.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     mos(x)
-    assign = mos.route(mos.session_means(x)[1]).detach().numpy()  # [B, S, K]
+    assign = mos.router.route(mos.router.session_means(x)[1]).detach().numpy()  # [B, S, K]
     stacked = seen[0]
     assert stacked.hist.shape[1] == SPEC.max_sessions
     for k in range(2):
@@ -189,7 +189,7 @@ def test_trains_with_every_routing_and_ablation(session_data, opts):
     loss.backward()
     enc = model.encoders["hist"]
     if enc.theme_expert is not None:  # the router learns, through soft weights or straight-through
-        assert enc.prototypes.grad is not None and enc.prototypes.grad.abs().sum() > 0
+        assert enc.router.prototypes.grad is not None and enc.router.prototypes.grad.abs().sum() > 0
 
 
 def test_rankmixer_takes_mos_tokens(session_data):
@@ -204,3 +204,76 @@ def test_rankmixer_takes_mos_tokens(session_data):
     out.logits.sum().backward()
     protos = [p for n, p in model.named_parameters() if n.endswith("prototypes")]
     assert protos and protos[0].grad is not None and protos[0].grad.abs().sum() > 0
+
+
+def mos_interformer(fm, **mos):
+    cfg = {**SMALL["interformer"], "mos": {"backbone": "interformer", "themes": 2, "short_term": 3, **mos}}
+    return registry.build_model("interformer", fm, cfg).eval()
+
+
+def test_interformer_with_only_its_global_expert_is_interformer(session_data):
+    """MoS(InterFormer) with the global expert alone: the gate's softmax over one expert is 1,
+    so the model is plain InterFormer with the same weights."""
+    torch.manual_seed(0)
+    plain = registry.build_model("interformer", session_data, SMALL["interformer"]).eval()
+    mos = mos_interformer(session_data, theme_experts=False, short_term=0)
+    missing, unexpected = mos.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("mos_gate") for k in missing)
+    batch = batch_of(session_data)
+    torch.testing.assert_close(mos(batch).logits, plain(batch).logits, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("routing", ["soft", "hard"])
+@pytest.mark.parametrize("expert", [0, 1, 2, 3])
+def test_interformer_gate_on_one_expert_is_interformer_on_its_stream(session_data, routing, expert):
+    """With the gate forced onto one expert (global, short-term, theme 1 or theme 2), the MoS
+    model is a plain InterFormer whose sequence side is that expert's own (its CLS, sequence arches
+    and summaries, the rest shared) reading that expert's input: the whole history, the last 3
+    behaviours (``recent``), or theme k's rows of the router's stacked subsequences."""
+    torch.manual_seed(0)
+    mos = mos_interformer(session_data, routing=routing, theme_tokens="sessions").double()
+    with torch.no_grad():
+        mos.mos_gate.weight.zero_()
+        mos.mos_gate.bias.copy_(torch.where(torch.arange(4) == expert, 50.0, -50.0))
+    plain = registry.build_model("interformer", session_data, SMALL["interformer"]).double().eval()
+    side = {0: "", 1: "experts.short.", 2: "experts.themes.", 3: "experts.themes."}[expert]
+    own = ("cls", "sequence.", "s_summaries.")
+    state = {k: v for k, v in mos.state_dict().items() if not k.startswith(("experts.", "routers.", "mos_gate"))}
+    state.update({k[len(side):]: v for k, v in mos.state_dict().items() if side and k.startswith(side)
+                  and k[len(side):].startswith(own)})
+    plain.load_state_dict(state)
+    batch = batch_of(session_data)
+    B = batch.labels.shape[0]
+    x = plain.embedding(batch).fields
+    inp = behaviour_inputs(plain.embedding.behaviours(batch), x, plain.specs, batch.behaviours)["hist"]
+    if expert == 1:
+        inp = recent(inp, 3)
+    elif expert >= 2:
+        themes, _ = mos.routers["hist"].themes(inp)
+        k = expert - 2
+        inp = BehaviourInput(themes.hist[k * B:(k + 1) * B], themes.mask[k * B:(k + 1) * B], inp.query, inp.context)
+    plain.streams = lambda batch, fields: ([(plain, *plain.merged({"hist": inp}))], None)
+    torch.testing.assert_close(mos(batch).logits, plain(batch).logits, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("opts", [{"routing": "soft"}, {"routing": "hard", "theme_tokens": "sessions"},
+                                  {"short_term": 0}, {"theme_experts": False}])
+def test_interformer_with_mos_trains(session_data, opts):
+    torch.manual_seed(0)
+    model = mos_interformer(session_data, **opts).train()
+    batch = batch_of(session_data)
+    out = model(batch)
+    assert torch.isfinite(out.logits).all() and out.logits.shape == (batch.labels.shape[0], 1)
+    assert (out.aux_loss is not None) == opts.get("theme_experts", True)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels.float())
+    (loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} gets no gradient"
+
+
+@pytest.mark.parametrize("mos, key", [({"backbone": "din"}, "mos.backbone"),
+                                      ({"backbone": "interformer", "backbone_options": {"seq_dim": 8}}, "mos.backbone"),
+                                      ({"backbone": "interformer", "global_expert": False}, "mos.global_expert")])
+def test_interformer_refuses_a_mos_it_cannot_wrap(session_data, mos, key):
+    with pytest.raises(ValueError, match=key):
+        registry.build_model("interformer", session_data, {**SMALL["interformer"], "mos": mos})

@@ -125,6 +125,12 @@ def test_personalised_ffn_is_a_matrix_per_row():
                 w[r, c] = ffn.generate.weight[row] @ flat + ffn.generate.bias[row]
         for pos in range(L):
             torch.testing.assert_close(got[b, pos], s[b, pos] @ w)
+        # three sequences per row, stacked copy-major: copy c of row b at c * B + b, same matrix
+        stacked = torch.randn(3 * B, L, D, dtype=torch.float64)
+        out = ffn(x_sum, stacked)
+        for c in range(3):
+            for pos in range(L):
+                torch.testing.assert_close(out[c * B + b, pos], stacked[c * B + b, pos] @ w)
 
 
 def test_gating_is_sigmoid_of_z_times_mlp_z():

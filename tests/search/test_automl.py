@@ -195,6 +195,9 @@ def test_options_are_checked():
         AutoMLOptions(space, "out", explore=-1.0)
     with pytest.raises(ValueError, match="labels must be one of extrapolated, value"):
         AutoMLOptions(space, "out", labels="curve")
+    with pytest.raises(ValueError, match="horizon_steps \\(500\\).*with labels 'value' it would be unused"):
+        AutoMLOptions(space, "out", labels="value", horizon_steps=500)
+    AutoMLOptions(space, "out", labels="extrapolated", horizon_steps=500)
 
 
 @pytest.fixture(scope="module")

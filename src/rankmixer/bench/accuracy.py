@@ -28,7 +28,8 @@ same splits (bench/fuxictr_e2e.py): its feature processing, training loop and co
 Every (dataset, model) pair is a cell; configs are packaged names or paths relative to the
 working directory, like ``rankmixer train -c``; model parts are looked up beside the suite,
 then in the package. Resumable: a (cell, seed) whose run directory already has its final
-``metrics.json`` is read, not rerun; an interrupted one resumes from its checkpoint.
+``metrics.json`` is read, not rerun, if it was trained with the config this command would train
+it with (else an error names the keys); an interrupted one resumes from its checkpoint.
 
 Intervals: each row's seed-mean test AUC gets a 95% bootstrap interval over the test rows, from
 its runs' ``test_predictions.npz`` (:mod:`rankmixer.core.bootstrap`; None for runs that saved
@@ -239,6 +240,7 @@ def run_accuracy(
         if budget:
             extra += budget_overrides(budget, load_config(cell.config, extra).train.batch_size)
         jobs.append((cell, seed, run_dir, load_config(cell.config, extra)))
+    _check_finished_runs(jobs)
     if report_only:
         finished = [j for j in jobs if _finished(j[2])]
         if not finished:
@@ -308,6 +310,17 @@ def _machine(results: list[dict], recorded: list[dict | None]) -> dict:
     devices = sorted({r["device"] for r in results})
     here = machine_info(torch.device("cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu"))
     return {**here, "run_machines": [json.loads(k) for k in sorted(kinds)]} if kinds else here
+
+
+def _check_finished_runs(jobs: list[tuple]) -> None:
+    """A run finished before is reused only if it was trained with the config this command would
+    train it with: one trained with another recipe (say another batch size, in the same
+    ``--out``) is an error naming it and the keys, never a silent row of the table."""
+    for cell, seed, run_dir, cfg in jobs:
+        if _finished(run_dir) and (run_dir / CONFIG_FILE).is_file() and (diff := experiment.config_differences(cfg, run_dir)):
+            raise ValueError(f"{run_dir} ({cell.label} seed {seed}) finished with another config than this command's, "
+                             f"in {len(diff)} key(s):\n  " + "\n  ".join(diff)
+                             + "\n(report it with the command that trained it, or pass another --out)")
 
 
 def _finished(run_dir: Path) -> bool:

@@ -120,7 +120,8 @@ def _labelled(search: dict, horizon: int | None) -> dict[bool, dict]:
     space = load_architecture_space(rep["space_file"])
     study = optuna.load_study(study_name=rep["study"], storage=f"sqlite:///{(folder / 'study.db').resolve()}")
     return {extrapolated: study_labels(AutoMLOptions(space, str(folder), labels="extrapolated" if extrapolated
-                                                     else "value", horizon_steps=horizon), study)
+                                                     else "value", horizon_steps=horizon if extrapolated else None),
+                                       study)
             for extrapolated in (True, False)}
 
 

@@ -140,6 +140,9 @@ class AutoMLOptions(PolicyOptions):
             raise ValueError(f"explore must be >= 0, got {self.explore}")
         if self.labels not in LABELS:
             raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
+        if self.horizon_steps is not None and self.labels != "extrapolated":
+            raise ValueError(f"horizon_steps ({self.horizon_steps}) is the step the extrapolated labels are read at; "
+                             f"with labels {self.labels!r} it would be unused: drop it or use labels 'extrapolated'")
 
     def __call__(self, trials_before: int) -> "AutoMLSampler":
         return AutoMLSampler(self, trials_before)

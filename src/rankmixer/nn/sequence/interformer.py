@@ -137,7 +137,9 @@ class Gating(nn.Module):
 
 class PersonalisedFFN(nn.Module):
     """``S W(X_sum)``: ``x_sum [B, n, d]`` generates one ``[D, D]`` matrix per row that
-    multiplies every position of ``s [B, L, D]``."""
+    multiplies every position of ``s [B, L, D]``. ``s`` may hold ``r`` sequences per row,
+    stacked copy-major (``[r * B, L, D]``, copy ``c``'s rows at ``c * B``, as MoS stacks its
+    themes): each copy is multiplied by its row's matrix, generated once."""
 
     def __init__(self, summary_dim: int, dim: int) -> None:
         super().__init__()
@@ -146,11 +148,14 @@ class PersonalisedFFN(nn.Module):
 
     def forward(self, x_sum: Tensor, s: Tensor) -> Tensor:
         w = self.generate(x_sum.flatten(1)).view(-1, self.dim, self.dim)
-        return torch.bmm(s, w)
+        if s.shape[0] == w.shape[0]:
+            return torch.bmm(s, w)
+        return torch.matmul(s.view(-1, *w.shape[:1], *s.shape[1:]), w).view_as(s)
 
 
 class SequenceArch(nn.Module):
-    """``U = LN(S + PFFN(X_sum, S))``, ``S' = LN(U + MHA(U))`` over the CLS tokens and positions."""
+    """``U = LN(S + PFFN(X_sum, S))``, ``S' = LN(U + MHA(U))`` over the CLS tokens and positions
+    (``S`` may stack several sequences per row of ``X_sum``: :class:`PersonalisedFFN`)."""
 
     def __init__(self, summary_dim: int, dim: int, num_heads: int, dropout: float = 0.0,
                  rope_base: float = 10000.0) -> None:

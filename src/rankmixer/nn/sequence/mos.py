@@ -37,6 +37,11 @@ The paper publishes neither the router nor its loss; this is our design (ablated
 
 ``theme_experts: false``, ``short_term: 0`` and ``global_expert: false`` remove an expert kind
 (the ablations). A behaviour without a session field is an error naming it.
+
+:class:`MoSRouter` builds what each expert reads (the router and the subsequences);
+:class:`MoSEncoder` runs them through backbone encoders and fuses them. A model whose sequence side
+is interleaved with other arches (InterFormer, ``models/interformer.py``) runs the router's
+subsequences through its own sequence side instead.
 """
 
 from __future__ import annotations
@@ -103,33 +108,39 @@ def recent(x: BehaviourInput, n: int) -> BehaviourInput:
     return BehaviourInput(hist=hist, mask=mask, query=x.query, context=x.context)
 
 
-@register_encoder("mos", MoSConfig)
-class MoSEncoder(nn.Module):
-    """See the module docstring: global, short-term and theme experts around a backbone."""
+@dataclasses.dataclass
+class ExpertInputs:
+    """What each kind of expert reads: the whole history, its recent part, and the K theme
+    subsequences stacked theme-major (``[K * B, ...]``, theme k's rows at ``k * B``); None for
+    an expert kind switched off. ``balance``: the router's balance term (None without themes)."""
 
-    def __init__(self, cfg: MoSConfig, dim: int, spec: BehaviourSpec, num_context: int) -> None:
+    whole: BehaviourInput | None
+    short: BehaviourInput | None
+    themes: BehaviourInput | None
+    balance: Tensor | None
+
+
+class MoSRouter(nn.Module):
+    """MoS's inputs for one behaviour: the theme router (session vectors scored against learned
+    prototypes) and the subsequence each expert reads, for any backbone to run (the encoder
+    below, or a model that interleaves its sequence side with other arches)."""
+
+    def __init__(self, cfg: MoSConfig, dim: int, spec: BehaviourSpec) -> None:
         super().__init__()
         if cfg.theme_experts and spec.session is None:
             raise ValueError(f"MoS: behaviour {spec.name!r} has no session field; declare one "
                              "(a field with sessions: {of: <time field>, gap: ...}) or set theme_experts: false")
         self.cfg, self.dim, self.max_sessions = cfg, dim, spec.max_sessions
-
-        def backbone(spec: BehaviourSpec) -> nn.Module:
-            return build_encoder(cfg.backbone, cfg.backbone_options, dim, spec, num_context)
-
-        self.global_expert = backbone(spec) if cfg.global_expert else None
-        self.short_expert = backbone(spec) if cfg.short_term else None
-        theme_spec = dataclasses.replace(spec, max_len=spec.max_sessions) if cfg.theme_tokens == "sessions" else spec
-        self.theme_expert = backbone(theme_spec) if cfg.theme_experts else None
-        first = next(e for e in (self.global_expert, self.short_expert, self.theme_expert) if e is not None)
-        self.num_outputs, self.out_dim = first.num_outputs, first.out_dim
         K = cfg.themes if cfg.theme_experts else 0
         if K:
             self.session_proj = nn.Linear(spec.num_fields * dim, dim)
             self.session_norm = nn.LayerNorm(dim)
             self.prototypes = nn.Parameter(torch.randn(K, dim) / math.sqrt(dim))
         self.num_experts = int(cfg.global_expert) + int(bool(cfg.short_term)) + K
-        self.gate = nn.Linear(num_context * dim, self.num_experts)
+
+    def theme_spec(self, spec: BehaviourSpec) -> BehaviourSpec:
+        """The behaviour as a theme expert sees it (at most ``max_sessions`` session tokens)."""
+        return dataclasses.replace(spec, max_len=spec.max_sessions) if self.cfg.theme_tokens == "sessions" else spec
 
     def session_means(self, x: BehaviourInput) -> tuple[Tensor, Tensor, Tensor]:
         """(session one-hot ``[B, L, S]``, each session's mean vectors ``[B, S, F, d]``, the
@@ -147,11 +158,10 @@ class MoSEncoder(nn.Module):
         scores = r @ self.prototypes.t() / (math.sqrt(self.dim) * self.cfg.temperature)
         return torch.softmax(scores, dim=-1)
 
-    def themes(self, x: BehaviourInput) -> tuple[list[Tensor], Tensor | None, Tensor]:
-        """The K theme experts' tokens, their auxiliary loss and the balance term."""
+    def themes(self, x: BehaviourInput) -> tuple[BehaviourInput, Tensor]:
+        """The K theme subsequences stacked theme-major, and the balance term."""
         onehot, means, present = self.session_means(x)
         assign = self.route(means)
-        B = x.mask.shape[0]
         K = self.cfg.themes
         hard = self.cfg.routing == "hard"
         # Per session: its weight for each theme, and (hard routing) whether the theme keeps it.
@@ -161,11 +171,14 @@ class MoSEncoder(nn.Module):
         else:
             weight, keep = assign, None
         if self.cfg.theme_tokens == "sessions":
-            # One token per session, oldest first (index 0 is the newest), real ones first.
+            # One token per session, oldest first (index 0 is the newest), real ones first: the
+            # tokens, their weights and (hard) what each theme keeps, moved by one permutation.
             old_first = present.flip(1)
-            elems, mask = left_align(means.flip(1), old_first, old_first)
-            weight = left_align(weight.flip(1), old_first, old_first)[0]
-            keep = left_align(keep.flip(1), old_first, old_first)[0] if hard else None
+            width = math.prod(means.shape[2:])
+            parts = [means.flatten(2), weight] + ([keep.to(weight.dtype)] if hard else [])
+            moved, mask = left_align(torch.cat(parts, dim=-1).flip(1), old_first, old_first)
+            elems, weight = moved[..., :width].view(means.shape), moved[..., width:width + K]
+            keep = moved[..., width + K:] > 0.5 if hard else None
         else:
             elems, mask = x.hist, x.mask
             weight = onehot @ weight  # [B, L, K]
@@ -178,26 +191,53 @@ class MoSEncoder(nn.Module):
             masks.append(m)
         stacked = BehaviourInput(hist=torch.cat(hists), mask=torch.cat(masks), query=x.query.repeat(K, 1, 1),
                                  context=x.context.repeat(K, 1, 1))
-        out = self.theme_expert(stacked)
-        tokens = list(out.tokens.reshape(K, B, *out.tokens.shape[1:]).unbind(0))
         real = present.to(assign.dtype)
         usage = (assign * real.unsqueeze(-1)).sum(dim=(0, 1)) / real.sum().clamp(min=1)
         balance = self.cfg.balance_weight * (K * (usage ** 2).sum() - 1.0)
-        return tokens, out.aux_loss, balance
+        return stacked, balance
+
+    def forward(self, x: BehaviourInput) -> ExpertInputs:
+        themes, balance = self.themes(x) if self.cfg.theme_experts else (None, None)
+        return ExpertInputs(whole=x if self.cfg.global_expert else None,
+                            short=recent(x, self.cfg.short_term) if self.cfg.short_term else None,
+                            themes=themes, balance=balance)
+
+
+def fuse(experts: list[Tensor], gate: Tensor) -> Tensor:
+    """The gated sum of the experts' outputs (each ``[B, ...]``) by ``gate [B, E]``."""
+    stacked = torch.stack(experts, dim=1)
+    return (stacked * gate.view(*gate.shape, *([1] * (stacked.dim() - 2))).to(stacked.dtype)).sum(dim=1)
+
+
+@register_encoder("mos", MoSConfig)
+class MoSEncoder(nn.Module):
+    """See the module docstring: global, short-term and theme experts around a backbone."""
+
+    def __init__(self, cfg: MoSConfig, dim: int, spec: BehaviourSpec, num_context: int) -> None:
+        super().__init__()
+        self.router = MoSRouter(cfg, dim, spec)
+
+        def backbone(spec: BehaviourSpec) -> nn.Module:
+            return build_encoder(cfg.backbone, cfg.backbone_options, dim, spec, num_context)
+
+        self.global_expert = backbone(spec) if cfg.global_expert else None
+        self.short_expert = backbone(spec) if cfg.short_term else None
+        self.theme_expert = backbone(self.router.theme_spec(spec)) if cfg.theme_experts else None
+        first = next(e for e in (self.global_expert, self.short_expert, self.theme_expert) if e is not None)
+        self.num_outputs, self.out_dim = first.num_outputs, first.out_dim
+        self.gate = nn.Linear(num_context * dim, self.router.num_experts)
 
     def forward(self, x: BehaviourInput) -> EncoderOutput:
+        inputs = self.router(x)
+        B = x.mask.shape[0]
         experts: list[Tensor] = []
-        losses: list[Tensor] = []
-        for expert, inp in ((self.global_expert, x), (self.short_expert, recent(x, self.cfg.short_term) if self.cfg.short_term else None)):
+        losses: list[Tensor] = [inputs.balance] if inputs.balance is not None else []
+        for expert, inp in ((self.global_expert, inputs.whole), (self.short_expert, inputs.short),
+                            (self.theme_expert, inputs.themes)):
             if expert is not None:
                 out = expert(inp)
-                experts.append(out.tokens)
+                experts += list(out.tokens.reshape(-1, B, *out.tokens.shape[1:]).unbind(0))
                 if out.aux_loss is not None:
                     losses.append(out.aux_loss)
-        if self.theme_expert is not None:
-            tokens, aux, balance = self.themes(x)
-            experts += tokens
-            losses += [balance] + ([aux] if aux is not None else [])
         gate = torch.softmax(self.gate(x.context.flatten(1)), dim=-1)  # [B, E]
-        fused = (torch.stack(experts, dim=1) * gate.view(*gate.shape, 1, 1).to(experts[0].dtype)).sum(dim=1)
-        return EncoderOutput(fused, sum(losses) if losses else None)
+        return EncoderOutput(fuse(experts, gate), sum(losses) if losses else None)

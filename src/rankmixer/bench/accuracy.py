@@ -317,7 +317,9 @@ def _check_finished_runs(jobs: list[tuple]) -> None:
     train it with: one trained with another recipe (say another batch size, in the same
     ``--out``) is an error naming it and the keys, never a silent row of the table."""
     for cell, seed, run_dir, cfg in jobs:
-        if _finished(run_dir) and (run_dir / CONFIG_FILE).is_file() and (diff := experiment.config_differences(cfg, run_dir)):
+        if not (_finished(run_dir) and (run_dir / CONFIG_FILE).is_file()):
+            continue
+        if diff := experiment.config_differences(cfg, run_dir):
             raise ValueError(f"{run_dir} ({cell.label} seed {seed}) finished with another config than this command's, "
                              f"in {len(diff)} key(s):\n  " + "\n  ".join(diff)
                              + "\n(report it with the command that trained it, or pass another --out)")

@@ -150,7 +150,7 @@ class PersonalisedFFN(nn.Module):
         w = self.generate(x_sum.flatten(1)).view(-1, self.dim, self.dim)
         if s.shape[0] == w.shape[0]:
             return torch.bmm(s, w)
-        return torch.matmul(s.view(-1, *w.shape[:1], *s.shape[1:]), w).view_as(s)
+        return torch.matmul(s.view(-1, w.shape[0], *s.shape[1:]), w).view_as(s)
 
 
 class SequenceArch(nn.Module):

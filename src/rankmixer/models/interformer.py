@@ -201,8 +201,8 @@ class InterFormer(nn.Module):
         gate = torch.softmax(self.mos_gate(x.flatten(1)), dim=-1) if self.cfg.mos is not None else None
         state = [(side, *with_cls(side.cls, s, mask), mask, s.shape[0] // B) for side, s, mask in streams]
 
-        def s_summary_of(layer: int, x_sum: Tensor) -> Tensor:
-            """S_sum of every stream (expert), fused by the MoS gate."""
+        def s_summary_of(layer: int, x_sum: Tensor, state: list[tuple]) -> Tensor:
+            """S_sum of every stream (expert) in ``state``, fused by the MoS gate."""
             sums = []
             for side, tokens, _, _, mask, reps in state:
                 rows = x_sum if reps == 1 else x_sum.repeat(reps, 1, 1)  # one per stacked theme
@@ -212,11 +212,11 @@ class InterFormer(nn.Module):
 
         for layer, (interaction, summarise_x) in enumerate(zip(self.interaction, self.x_summaries)):
             x_sum = summarise_x(x)
-            s_sum = s_summary_of(layer, x_sum)
+            s_sum = s_summary_of(layer, x_sum, state)
             state = [(side, side.sequence[layer](x_sum, tokens, positions, key_mask), key_mask,
                       positions, mask, reps) for side, tokens, key_mask, positions, mask, reps in state]
             x = interaction(x, s_sum)
         x_sum = self.final_x(x)
-        s_sum = s_summary_of(self.cfg.num_layers, x_sum)
+        s_sum = s_summary_of(self.cfg.num_layers, x_sum, state)
         return ModelOutput(logits=self.heads(self.mlp(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1))),
                            aux_loss=balance)

@@ -197,9 +197,8 @@ def study_labels(options: AutoMLOptions, study) -> dict:
     """The study's labelled trials: ``numbers``, ``x`` (encoded), ``labels`` and ``flops``."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    horizon = options.horizon_steps if options.labels == "extrapolated" else None
     kept, labels, flops = trial_labels(complete, Path(options.out_dir), options.space.objective.metric, maximize,
-                                       horizon)
+                                       options.horizon_steps)  # None with value labels (AutoMLOptions checks)
     x = Encoder(decisions(options.space)).encode_all([t.params for t in kept])
     return {"numbers": [t.number for t in kept], "values": [t.value for t in kept], "x": x, "labels": labels,
             "flops": flops}

@@ -20,10 +20,9 @@ The paper publishes neither the router nor its loss; this is our design (ablated
   ``s_{j,k} = <LN(W e_j), p_k> / (sqrt(dim) * temperature)``, and assigns by a softmax over
   themes (``routing: soft``), or top-1 (``hard``: the one-hot assignment forward, the softmax's
   gradient backward, a straight-through estimator);
-* theme k's subsequence: with hard routing, the positions of the sessions assigned to k (moved
-  to the front in their order, so backbones that read lengths see a plain shorter history),
-  their vectors scaled by the straight-through weight 1 (which carries the router's gradient);
-  with soft routing, every position, its vectors scaled by its session's weight for k;
+* theme k's subsequence: hard, the positions of the sessions assigned to k moved to the front
+  in order (a plain shorter history) and scaled by the straight-through weight 1 (which carries
+  the router's gradient); soft, every position scaled by its session's weight for k;
 * its elements (``theme_tokens``): the sessions' behaviours, or one token per session (the mean
   of its behaviours' vectors, oldest session first), which weighs every visit to a theme alike
   whatever its length, so attention counts *sessions*; at most ``max_sessions`` tokens;
@@ -36,12 +35,9 @@ The paper publishes neither the router nor its loss; this is our design (ablated
   keeps themes from collapsing; added to the backbones' own auxiliary losses.
 
 ``theme_experts: false``, ``short_term: 0`` and ``global_expert: false`` remove an expert kind
-(the ablations). A behaviour without a session field is an error naming it.
-
-:class:`MoSRouter` builds what each expert reads (the router and the subsequences);
-:class:`MoSEncoder` runs them through backbone encoders and fuses them. A model whose sequence side
-is interleaved with other arches (InterFormer, ``models/interformer.py``) runs the router's
-subsequences through its own sequence side instead.
+(the ablations). A behaviour without a session field is an error naming it. :class:`MoSRouter`
+builds what each expert reads; :class:`MoSEncoder` runs it through backbones and fuses them;
+InterFormer (``models/interformer.py``) runs it through its own interleaved sequence sides.
 """
 
 from __future__ import annotations

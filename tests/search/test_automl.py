@@ -225,9 +225,8 @@ def test_an_automl_search_runs_its_queued_proposals(tiny, tmp_path, monkeypatch)
     assert report["strategy"] == "automl" and report["states"]["COMPLETE"] == 7  # the budget counts complete trials
     study = optuna.load_study(study_name="automl", storage=f"sqlite:///{(out / 'study.db').resolve()}")
     trials = sorted(study.get_trials(), key=lambda t: t.number)
-    # The only failures allowed: architectures the model refuses (a dot block over one entity).
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    assert len(failed) <= 2 and all("gives an empty output" in t.user_attrs["error"] for t in failed)
+    # Every proposal builds (the space never draws a dot block over one entity): no failed trial.
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     keys = [json.dumps(t.params, sort_keys=True) for t in trials]
     assert len(set(keys)) == len(keys)  # no architecture twice
     # After the start-up (4 complete random trials), every trial is a proposal.

@@ -4,8 +4,10 @@ valid searched model), replaying a finished trial's draw from its params, and th
 from __future__ import annotations
 
 import pytest
+from tests.factories import make_feature_map
 
-from rankmixer.models.searched import SearchedConfig
+from rankmixer.models import registry
+from rankmixer.models.searched import SearchedConfig, output_entities
 from rankmixer.search.space import load_architecture_space, parse_architecture_space
 from rankmixer.tune import SpaceError
 
@@ -72,6 +74,42 @@ def test_every_draw_is_a_valid_searched_model_and_replays_from_its_params():
                 assert b.width == 4 * b.tokens
         assert space.values(trial.params) == values  # a finished trial's draw, replayed
     assert seen_types == {"mlp", "attention", "rankmixer", "dot", "cross"} and seen_multi_input
+
+
+PAIRS = {
+    "model": {"embedding_dim": 4},
+    "blocks": {"int": [2, 5]},
+    "max_inputs": 2,
+    "types": {"mlp": {"width": {"choice": [3, 5]}}, "dot": {}, "fm": {},
+              "attention": {"head_width": {"fixed": 2}}, "compress": {"width": {"choice": [1, 3]}},
+              "rankmixer": {"tokens": {"choice": [1, 2]}, "token_width": {"fixed": 2}}},
+}
+
+
+def test_every_draw_builds_and_gives_its_pairwise_blocks_a_pair():
+    """Dot and fm blocks multiply pairs of entities: drawn over one (a vector, a compress of width
+    1, a one-token rankmixer, attention over a vector) they would be empty or constant. Every draw
+    builds, each dot/fm block reads at least two entities, counted from the built blocks' shapes,
+    and ``output_entities`` gives each block's count as built."""
+    fm = make_feature_map(num_tasks=1, bags=False, sequences=False)
+    space = parse_architecture_space(PAIRS)
+    fixed = 0
+    for seed in range(150):
+        trial, values = draw(space, seed)
+        model = registry.build_model("searched", fm, {k: v for k, v in values["model"].items() if k != "name"})
+        counts = {"emb": len(model.embedding.field_names)}
+        for spec, block in zip(model.cfg.blocks, model.blocks):
+            reads = sum(counts[s] for s in spec.inputs)
+            shape = block.out_shape
+            counts[spec.name] = shape[0] if len(shape) == 2 else 1
+            assert output_entities(spec.type, spec.model_dump(), reads) == counts[spec.name]
+            if spec.type in ("dot", "fm"):
+                assert reads >= 2, (seed, values)
+                chosen = [trial.params[f"{spec.name}.in{s}"] if f"{spec.name}.in{s}" in trial.params else "emb"
+                          for s in range(trial.params.get(f"{spec.name}.inputs", 1))]
+                fixed += "emb" in spec.inputs and "emb" not in chosen
+        assert space.values(trial.params) == values
+    assert fixed >= 10  # draws that needed the embeddings added occur, and are built
 
 
 def test_overrides_summary_and_probes():

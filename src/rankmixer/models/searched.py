@@ -24,8 +24,9 @@ dhen        set          ``depth`` DHEN layers (DCN, self-attention and linear m
 Inputs combine by the reader's kind: a vector block flattens every input and concatenates them; a
 set block concatenates its set inputs along N, first bringing each to the first set's width by a
 linear map where the widths differ, and turns each vector input into one entity of that width
-(a linear map). So every spec whose inputs name ``emb`` or earlier blocks builds; naming a later
-block (a cycle) or an unknown one is an error naming the block. The blocks no other block reads
+(a linear map). So every spec whose inputs name ``emb`` or earlier blocks builds, except a dot
+block over a single entity (no pairs: an error naming the block); naming a later block (a cycle)
+or an unknown one is an error naming the block. The blocks no other block reads
 are the outputs: flattened, concatenated and fed to the task heads.
 """
 
@@ -55,7 +56,8 @@ from rankmixer.nn.mlp import MLP
 from rankmixer.nn.per_token_ffn import PerTokenFFN
 from rankmixer.nn.token_mixing import TokenMixing
 
-__all__ = ["BLOCK_PARAMS", "BlockSpec", "BlockType", "SearchedConfig", "SearchedModel", "block_kind", "describe_blocks"]
+__all__ = ["BLOCK_PARAMS", "BlockSpec", "BlockType", "SearchedConfig", "SearchedModel", "block_kind", "describe_blocks",
+           "output_entities"]
 
 BlockType = Literal["mlp", "cross", "gating", "dot", "fm", "attention", "rankmixer", "compress", "dhen"]
 # The parameters each block type reads (the others must be left out: a typo must not pass).
@@ -72,6 +74,18 @@ _NAME = re.compile(r"[A-Za-z_]\w*")
 def block_kind(block_type: str) -> str:
     """``vector`` or ``set``: what a block type gives."""
     return "vector" if block_type in ("mlp", "cross", "gating", "dot", "fm") else "set"
+
+
+def output_entities(block_type: str, sizes: dict, input_entities: int) -> int:
+    """How many entities a block's output is to a set block reading it, given how many entities its
+    inputs make together (``input_entities``): a vector is one entity, compress gives ``width``,
+    rankmixer ``tokens``, attention and dhen keep their input's. Lets a sampler see, before
+    building, whether a dot or fm block would have pairs to multiply."""
+    if block_kind(block_type) == "vector":
+        return 1
+    if block_type in ("compress", "rankmixer"):
+        return sizes["width" if block_type == "compress" else "tokens"]
+    return input_entities
 
 
 class BlockSpec(StrictModel):

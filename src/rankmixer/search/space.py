@@ -23,9 +23,10 @@ evenly. A parameter left out takes the block's default; the ones a block cannot 
 
 A trial draws, define-by-run: the number of blocks; for block i its type (``b{i}.type``), its
 sizes (``b{i}.{type}.{key}``), how many inputs (``b{i}.inputs``) and each input
-(``b{i}.in{s}``, one of ``emb`` and the blocks before it; repeats collapse). What it draws is
-one ``searched`` model section, the trial's ``model=...`` override; a drawn architecture
-always builds (the model's combination rules make any inputs fit).
+(``b{i}.in{s}``, one of ``emb`` and the blocks before it; repeats collapse). A dot or fm block
+whose inputs make a single entity (a vector, say) also reads ``emb``: a product needs a pair. What
+it draws is one ``searched`` model section, the trial's ``model=...`` override; a drawn
+architecture always builds (the model's combination rules make any inputs fit).
 
 The class offers the methods of :class:`rankmixer.tune.SearchSpace`, so a search runs as a
 tuning study (storage, resume, retries, report).
@@ -47,7 +48,8 @@ from pydantic import ValidationError
 
 from rankmixer.config import ConfigError, config_path, load_config
 from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
-from rankmixer.models.searched import BLOCK_PARAMS, SOURCE, BlockSpec, SearchedConfig, describe_blocks
+from rankmixer.models.searched import (BLOCK_PARAMS, SOURCE, BlockSpec, SearchedConfig, describe_blocks,
+                                       output_entities)
 from rankmixer.models.supernet import ZERO, SupernetConfig
 from rankmixer.search.folder import model_overrides
 from rankmixer.tune.space import (Objective, Param, SamplerConfig, SpaceError, format_override, parse_distribution,
@@ -62,6 +64,9 @@ SUPERNET_KEYS = ("choice_blocks", "set_size", "cost_weight", "temperature", "arc
 SPACE_PARAMS: dict[str, tuple[str, ...]] = {
     **BLOCK_PARAMS, "attention": ("head_width", "heads", "depth"), "rankmixer": ("tokens", "token_width", "depth"),
 }
+# Blocks of products between pairs of entities: over one entity a dot block has no output and an
+# fm block a constant zero, so a draw never gives them fewer than two.
+PAIRWISE = ("dot", "fm")
 NEEDED = {"mlp": ("width",), "compress": ("width",), "attention": ("head_width",), "rankmixer": ("tokens", "token_width")}
 
 
@@ -100,15 +105,22 @@ class ArchitectureSpace:
         n = self.blocks.suggest(trial)
         types = list(self.types)
         blocks = []
+        entities = {SOURCE: 2}  # the field embeddings: at least two entities (a lower bound)
         for i in range(n):
             t = trial.suggest_categorical(f"b{i}.type", types) if len(types) > 1 else types[0]
             sizes = {k: dataclasses.replace(p, key=f"b{i}.{t}.{k}").suggest(trial) for k, p in self.types[t].items()}
             candidates = [SOURCE] + [f"b{j}" for j in range(i)]
             most = min(self.max_inputs, len(candidates))
             count = trial.suggest_int(f"b{i}.inputs", 1, most) if most > 1 else 1
-            inputs = [trial.suggest_categorical(f"b{i}.in{s}", candidates) if len(candidates) > 1 else SOURCE
-                      for s in range(count)]
-            blocks.append(block_spec(f"b{i}", t, sizes, list(dict.fromkeys(inputs))))
+            inputs = list(dict.fromkeys(trial.suggest_categorical(f"b{i}.in{s}", candidates) if len(candidates) > 1
+                                        else SOURCE for s in range(count)))
+            reads = sum(entities[s] for s in inputs)
+            if t in PAIRWISE and reads < 2:  # one entity has no pairs: the block reads the embeddings too
+                inputs.append(SOURCE)
+                reads += entities[SOURCE]
+            spec = block_spec(f"b{i}", t, sizes, inputs)
+            entities[spec["name"]] = output_entities(t, spec, reads)
+            blocks.append(spec)
         return {"model": {"name": "searched", **self.model, "blocks": blocks}}
 
     def values(self, optuna_params: dict[str, Any]) -> dict[str, Any]:

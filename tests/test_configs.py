@@ -156,6 +156,31 @@ def test_parts_beside_the_file_override_packaged_ones(tmp_path):
     assert cfg.model == {"name": "lr"}
 
 
+def test_a_part_may_start_from_parts_of_its_group(tmp_path):
+    """``defaults`` inside a part: the base parts merged in order (nested mappings key by key),
+    then the part's own keys, through every way a part is read (an experiment's defaults, a
+    ``group=name`` override, a suite section); a cycle or a part of another group is an error."""
+    (tmp_path / "data").mkdir()
+    base = yaml.safe_load((PACKAGED / "data" / "synthetic.yaml").read_text())
+    (tmp_path / "data" / "big.yaml").write_text(
+        "defaults: data/synthetic\npreset_options: {rows_train: 777}\nprepared_dir: elsewhere\n")
+    (tmp_path / "data" / "bigger.yaml").write_text("defaults: [data/big]\npreset_options: {rows_valid: 55}\n")
+    want = {**base, "preset_options": {**base.get("preset_options", {}), "rows_train": 777, "rows_valid": 55},
+            "prepared_dir": "elsewhere"}
+    assert section("data", "bigger", [tmp_path]) == want
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("defaults: [data/bigger, model/dcnv2, train/default]\n")
+    assert compose(exp)["data"] == want
+    assert load_config(exp, ["data=big"]).data.preset_options["rows_train"] == 777
+    (tmp_path / "data" / "a.yaml").write_text("defaults: data/b\n")
+    (tmp_path / "data" / "b.yaml").write_text("defaults: data/a\n")
+    with pytest.raises(ConfigError, match="cycle: data/a -> data/b -> data/a"):
+        section("data", "a", [tmp_path])
+    (tmp_path / "data" / "odd.yaml").write_text("defaults: model/dcnv2\n")
+    with pytest.raises(ConfigError, match="data/odd.*own group"):
+        section("data", "odd", [tmp_path])
+
+
 def test_section_entries_of_suites(tmp_path):
     dcnv2 = yaml.safe_load((PACKAGED / "model" / "dcnv2.yaml").read_text())
     assert section("model", "model/dcnv2") == section("model", "dcnv2") == dcnv2

@@ -13,9 +13,10 @@ configs shipped with the package, so ``rankmixer train -c movielens_dcnv2`` work
 user's own parts override ours. Order of application: the parts in ``defaults`` order, then the
 file's own keys, then the command line's overrides (``train.epochs=3``; ``model=rankmixer_tiny``
 swaps in the part ``model/rankmixer_tiny``; ``model={name: lr}`` replaces the section).
-Benchmark suites give a model section as a part name or as ``{defaults: model/x, ...}``
-(:func:`section`). Paths inside configs (``data.raw``, ``data.prepared_dir``) stay relative to
-the working directory.
+A part may itself start from parts of its group (``defaults: data/movielens`` inside
+``data/movielens_periods.yaml``). Benchmark suites give a model section as a part name or as
+``{defaults: model/x, ...}`` (:func:`section`). Paths inside configs (``data.raw``,
+``data.prepared_dir``) stay relative to the working directory.
 
 Every section forbids unknown keys, so a typo (``train.bach_size``) is an error that names the
 key instead of a silently ignored setting. The ``model`` section is checked against the config
@@ -24,6 +25,7 @@ class of the model it names (see ``models/registry.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -143,9 +145,35 @@ def part_path(ref: str, search: list[Path]) -> Path:
 # ---- composition ----------------------------------------------------------------------------
 
 
+def with_defaults(ref: str, read: Callable[[str], dict[str, Any]], chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping ``read(ref)`` over the ones it names in ``defaults`` (a name or a list of
+    names, each read the same way and merged in order, then its own keys): how a part starts
+    from other parts of its group (``defaults: data/behaviour_hopping``) and a search space from
+    another space. A name that reaches itself again is an error naming the cycle."""
+    if ref in chain:
+        raise ConfigError(f"configs name each other in a cycle: {' -> '.join((*chain, ref))}")
+    own = dict(read(ref))
+    refs = own.pop("defaults", None) or []
+    refs = [refs] if isinstance(refs, str) else refs
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise ConfigError(f"{ref}: 'defaults' must be a name or a list of names, got {refs!r}")
+    base: dict[str, Any] = {}
+    for base_ref in refs:
+        base = deep_merge(base, with_defaults(base_ref, read, (*chain, ref)))
+    return deep_merge(base, own)
+
+
 def _read_part(ref: str, search: list[Path]) -> dict[str, Any]:
-    path = part_path(ref, search)
-    return read_yaml_mapping(path, f"config part {ref}", allow_empty=True)
+    """A part's section, over the parts of its own group it names in ``defaults``."""
+    group = ref.partition("/")[0]
+
+    def read(name: str) -> dict[str, Any]:
+        if name.partition("/")[0] != group:
+            raise ConfigError(f"config part {ref}: 'defaults' must name parts of its own group ({group}/<name>), "
+                              f"got {name!r}")
+        return read_yaml_mapping(part_path(name, search), f"config part {name}", allow_empty=True)
+
+    return with_defaults(ref, read)
 
 
 def compose(path: str | Path, search: list[Path] | None = None) -> dict[str, Any]:
@@ -175,15 +203,8 @@ def section(group: str, entry: str | dict[str, Any], search: list[Path] | None =
         return _read_part(ref, search or [])
     if not isinstance(entry, dict):
         raise ConfigError(f"a {group} section must be a part name or a mapping, got {type(entry).__name__}")
-    own = dict(entry)
-    refs = own.pop("defaults", None) or []
-    refs = [refs] if isinstance(refs, str) else refs
-    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
-        raise ConfigError(f"'defaults' of a {group} section must be a part name or a list of them")
-    base: dict[str, Any] = {}
-    for ref in refs:
-        base = deep_merge(base, section(group, ref, search))
-    return deep_merge(base, own)
+    inline = f"a {group} section"
+    return with_defaults(inline, lambda name: entry if name == inline else section(group, name, search))
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

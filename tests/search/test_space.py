@@ -4,8 +4,11 @@ valid searched model), replaying a finished trial's draw from its params, and th
 from __future__ import annotations
 
 import pytest
+import yaml
 from tests.factories import make_feature_map
 
+from rankmixer.config import ConfigError
+from rankmixer.core.yamlio import YamlError
 from rankmixer.models import registry
 from rankmixer.models.searched import SearchedConfig, output_entities
 from rankmixer.search.space import load_architecture_space, parse_architecture_space
@@ -128,3 +131,32 @@ def test_the_packaged_space_loads():
     space = load_architecture_space("default")
     assert set(space.types) == {"mlp", "cross", "gating", "dot", "fm", "attention", "rankmixer", "compress", "dhen"}
     assert space.describe()["types"]["mlp"]["width"] == {"int": [32, 512], "log": True}
+
+
+def test_a_space_may_start_from_another(tmp_path):
+    """``defaults`` in a space file: the named space, then the file's keys merged over it (the
+    packaged three_inputs is the default with max_inputs 3, and draws blocks of three inputs);
+    a typo is still refused and a cycle is an error naming it."""
+    default, three = load_architecture_space("default"), load_architecture_space("three_inputs")
+    assert (default.max_inputs, three.max_inputs) == (2, 3)
+    assert three.describe()["types"] == default.describe()["types"] and three.supernet == default.supernet
+    counts = set()
+    for seed in range(40):
+        _, values = draw(three, seed)
+        counts |= {len(b["inputs"]) for b in values["model"]["blocks"]}
+    assert 3 in counts
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"defaults": "default", "types": {"mlp": {"width": {"int": [32, 256]}}}}))
+    space = load_architecture_space(mine)
+    assert space.describe()["types"]["mlp"]["width"] == {"int": [32, 256], "log": True}  # merged key by key
+    assert space.describe()["types"]["mlp"]["depth"] == {"int": [1, 3]} and "dhen" in space.types
+    mine.write_text(yaml.safe_dump({"defaults": "default", "types": {"mlp": {"width": {"int": [8, 16]}}}}))
+    with pytest.raises(SpaceError, match=r"candidates.mlp\[0\].width: 64 lies outside"):  # checked once merged
+        load_architecture_space(mine)
+    mine.write_text(yaml.safe_dump({"defaults": "default", "max_input": 3}))
+    with pytest.raises(YamlError, match=r"unknown key\(s\) \['max_input'\]"):
+        load_architecture_space(mine)
+    (tmp_path / "a.yaml").write_text(f"defaults: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"defaults: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_architecture_space(tmp_path / "a.yaml")

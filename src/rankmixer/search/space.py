@@ -31,6 +31,8 @@ architecture always builds (the model's combination rules make any inputs fit).
 The class offers the methods of :class:`rankmixer.tune.SearchSpace`, so a search runs as a
 tuning study (storage, resume, retries, report).
 
+A space may start from another: ``defaults: default``, then only what it changes.
+
 The ``supernet`` section (optional; :func:`parse_supernet`, docs/search.md) gives the one-shot
 strategies their supernet (``rankmixer.models.supernet``) over the same space: its choice blocks,
 set size, cost weight and candidates, each candidate inside its type's range under ``types``.
@@ -46,7 +48,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rankmixer.config import ConfigError, config_path, load_config
+from rankmixer.config import ConfigError, config_path, load_config, with_defaults
 from rankmixer.core.yamlio import format_validation_error, read_yaml_mapping
 from rankmixer.models.searched import (BLOCK_PARAMS, SOURCE, BlockSpec, SearchedConfig, describe_blocks,
                                        output_entities)
@@ -221,10 +223,15 @@ def parse_supernet(tree: Any, types: dict[str, dict[str, Param]], model: dict[st
 
 
 def load_architecture_space(path: str | Path) -> ArchitectureSpace:
-    """A space file, by path or as the name of a packaged space (``configs/search/``)."""
+    """A space file, by path or as the name of a packaged space (``configs/search/``). A space
+    may start from others (``defaults: default``, then the keys it changes, merged key by key)."""
     file = config_path(path, kind="search", what="architecture search space")
-    return parse_architecture_space(read_yaml_mapping(file, "architecture search space", KEYS), f"search space {file}",
-                                    file)
+
+    def read(name: str) -> dict[str, Any]:
+        where = file if name == str(path) else config_path(name, kind="search", what="architecture search space")
+        return read_yaml_mapping(where, "architecture search space", (*KEYS, "defaults"))
+
+    return parse_architecture_space(with_defaults(str(path), read), f"search space {file}", file)
 
 
 def _int(tree: dict, key: str, where: str, low: int) -> int:

@@ -199,6 +199,20 @@ def test_summary_flops_are_the_mean_over_seeds():
     assert "| 286.89k ± 34.78k |" in table and "| 100.00k |" in table
 
 
+def test_summary_reports_the_validation_auc_next_to_the_test_auc():
+    """A searched model is chosen on validation: the row's valid AUC is the seeds' mean and sd of
+    each run's best-step validation AUC, '-' where a run has none (an older report)."""
+    valid = [0.683, 0.684, 0.6875]
+    results = [_result("m", s, 1.0, 0.71) | {"valid": {"auc": v}} for s, v in enumerate(valid)]
+    results += [_result("old", s, 1.0, 0.71) for s in range(2)]
+    rows = {r["label"]: r for r in summarise(results)}
+    assert rows["m"]["valid_auc"] == pytest.approx(np.mean(valid))
+    assert rows["m"]["valid_auc_std"] == pytest.approx(np.std(valid, ddof=1))
+    assert rows["old"]["valid_auc"] is None
+    table = markdown_table(list(rows.values()), ["model", "valid_auc", "auc"])
+    assert "| m | 0.6848 ± 0.0024 | 0.7100 ± 0.0000 |" in table and "| old | - |" in table
+
+
 def test_flops_counter_sees_self_attention():
     """The self-attention ablation runs nn.MultiheadAttention, whose fused eval kernel torch's
     counter would count as zero; the count must still equal the analytic formula."""

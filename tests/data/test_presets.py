@@ -11,6 +11,7 @@ import datetime as dt
 import random
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -518,3 +519,27 @@ def test_prepare_end_to_end(name, options, folder, tmp_path):
         assert by_name["genres"].kind == "bag"
     if name == "taobao-userbehavior":
         assert fm.extras["bad_timestamp_rows"] == 35
+
+
+def test_movielens_periods_partition_the_training_split(tmp_path):
+    """``period_days``: the training split one folder per period of that many days since the
+    epoch, checked against the ratings file's own timestamps (the split's rows are the earliest
+    80% by time, so each period holds exactly the training timestamps that fall in it)."""
+    from rankmixer.data.prepare import prepare
+
+    path = _folder("movielens-latest-small")
+    period = 1461 * 86_400
+    preset = get_preset("movielens-latest", period_days=1461)
+    fm = prepare(preset.schema(), preset.raw_files(path), tmp_path / "p", preset=preset, raw_path=path,
+                 log=lambda _: None)
+    train = pl.concat([pl.read_parquet(fm.day_files(d.day)) for d in fm.days])
+    assert train.height == fm.splits["train"].rows == sum(d.rows for d in fm.days)
+    ts = np.sort(pl.read_csv(path / "ratings.csv")["timestamp"].to_numpy())
+    cut = train["__ts"].max()
+    want = np.unique(ts[ts <= cut] // period, return_counts=True)
+    assert [d.day for d in fm.days] == want[0].tolist() and len(fm.days) >= 4
+    assert [d.rows for d in fm.days] == want[1].tolist()
+    for d in fm.days:
+        assert (pl.read_parquet(fm.day_files(d.day))["__ts"] // period == d.day).all()
+    with pytest.raises(ValueError, match="period_days"):
+        get_preset("movielens-latest", period_days=0)

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from rankmixer import experiment
-from rankmixer.bench.sigeo import run_sigeo_bench
-from rankmixer.core.rank_correlation import kendall_tau, spearman
+from rankmixer.bench.sigeo import picks, picks_table, run_sigeo_bench
+from rankmixer.core.rank_correlation import kendall_tau, partial_spearman, spearman
 from rankmixer.config import load_config
 from rankmixer.models import registry
 from rankmixer.models.supernet import SupernetConfig
@@ -118,6 +118,27 @@ def test_rank_correlations_are_scipys():
     assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
 
 
+def test_partial_spearman_is_the_correlation_of_rank_residuals():
+    """Spearman's rho with z held fixed, against its definition: the Pearson correlation of the
+    ranks of x and y (scipy's, ties averaged) after each is regressed by least squares on the
+    ranks of z. A proxy that is z plus noise knows nothing beyond z."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(4)
+    z = rng.integers(0, 8, 60).astype(float)  # ties
+    y = z + rng.normal(0, 2, 60)
+    x = 0.5 * z + y + rng.normal(0, 3, 60)
+    rz = np.column_stack([np.ones(60), stats.rankdata(z)])
+
+    def residual(v):
+        r = stats.rankdata(v)
+        return r - rz @ np.linalg.lstsq(rz, r, rcond=None)[0]
+
+    assert partial_spearman(x, y, z) == pytest.approx(stats.pearsonr(residual(x), residual(y)).statistic, abs=1e-12)
+    noise_only = z + rng.normal(0, 1e-3, 60)  # z's order, ties broken at random
+    assert abs(partial_spearman(noise_only, y, z)) < abs(spearman(noise_only, y)) / 2
+    assert math.isnan(partial_spearman(x, y, x))
+
+
 def test_the_proxy_benchmark_trains_every_path(tiny, tmp_path):
     report = run_sigeo_bench(tiny, space_file(tmp_path), tmp_path / "bench", warmups=[0.0, 0.5], subnets=4,
                              batches=2, log=lambda *_: None)
@@ -130,6 +151,14 @@ def test_the_proxy_benchmark_trains_every_path(tiny, tmp_path):
     xs = [r["proxies"]["0.5"]["neg_loss"] for r in report["paths"]]
     assert c["spearman"] == pytest.approx(spearman(xs, [r["test_auc"] for r in report["paths"]]))
     assert report["seed_agreement"] is None  # one seed
+    # another bench (here: other warm-ups) reads the same from-scratch runs instead of training them again
+    scratch = tmp_path / "bench" / "scratch"
+    before = {p: p.stat().st_mtime_ns for p in (scratch / "runs").rglob("*") if p.is_file()}
+    other = run_sigeo_bench(tiny, space_file(tmp_path), tmp_path / "other", warmups=[0.25], subnets=4, batches=2,
+                            scratch_dir=scratch, log=lambda *_: None)
+    assert [r["test_auc"] for r in other["paths"]] == [r["test_auc"] for r in report["paths"]]
+    assert {p: p.stat().st_mtime_ns for p in (scratch / "runs").rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "other" / "scratch").exists() and other["context"]["scratch"] == str(scratch)
 
 
 def test_seed_agreement_ranks_one_seed_against_the_other():
@@ -140,3 +169,21 @@ def test_seed_agreement_ranks_one_seed_against_the_other():
              for s, auc in zip((0, 1), aucs)]
     got = _seed_agreement(cells, ["a", "b", "c"], [0, 1])
     assert got == {"seeds": [0, 1], "spearman": pytest.approx(0.5), "kendall": pytest.approx(1 / 3)}
+
+
+def test_each_proxy_picks_its_top_subnet_and_its_rank_by_auc():
+    """The pick of each proxy, worked by hand on four subnets: the highest proxy value (a NaN
+    proxy never picks), its AUC and its rank by AUC; FLOPs picks the costliest."""
+    def path(label, auc, flops, sigeo, zico):
+        scores = {"sigeo": sigeo, "zico": zico, "fisher_rao": 0.0, "neg_loss": auc}
+        return {"label": label, "architecture": label.upper(), "flops_per_sample": flops, "test_auc": auc,
+                "proxies": {"0": scores}}
+
+    report = {"context": {"warmups": [0.0]},
+              "paths": [path("a", 0.70, 10.0, 1.0, float("nan")), path("b", 0.74, 30.0, 3.0, 1.0),
+                        path("c", 0.72, 20.0, 5.0, 2.0), path("d", 0.71, 40.0, 4.0, 0.5)]}
+    got = {r["proxy"]: (r["label"], r["test_auc"], r["rank"], r["subnets"]) for r in picks(report)}
+    assert got == {"sigeo": ("c", 0.72, 2, 4), "zico": ("c", 0.72, 2, 4), "fisher_rao": ("a", 0.70, 4, 4),
+                   "neg_loss": ("b", 0.74, 1, 4), "flops": ("d", 0.71, 3, 4)}
+    assert "| 0 | sigeo | `C` | 20 | 0.7200 | 2 of 4 |" in picks_table(report)
+    assert "best 0.7400, median 0.7150, worst 0.7000" in picks_table(report)

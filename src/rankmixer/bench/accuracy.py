@@ -383,7 +383,8 @@ def train_throughput(run_dir: Path) -> float | None:
 
 
 def summarise(results: list[dict], runs_dir: Path | None = None, stored: Sequence[dict] = ()) -> list[dict]:
-    """One row per cell: mean and sample std over seeds of every test metric, and of the
+    """One row per cell: mean and sample std over seeds of every test metric, of the validation
+    AUC (``valid_auc``: the best step's, the one a selection by validation compares), and of the
     forward FLOPs per sample (constant over seeds for most models; a sparse MoE's count follows
     its routing, so it varies: ``flops_per_sample`` is the mean, ``flops_per_sample_std`` the
     spread, with ``_min`` / ``_max``; None where no run counted FLOPs).
@@ -410,6 +411,9 @@ def summarise(results: list[dict], runs_dir: Path | None = None, stored: Sequenc
             vals = np.array([r["test"].get(m, np.nan) for r in group], dtype=float)
             row[m] = float(np.mean(vals))
             row[m + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        valid = [(r.get("valid") or {}).get("auc") for r in group]  # what a selection by validation sees
+        row["valid_auc"] = float(np.mean(valid)) if None not in valid else None
+        row["valid_auc_std"] = float(np.std(valid, ddof=1)) if None not in valid and len(valid) > 1 else 0.0
         for m in ("auc", "ne"):  # progressive validation of streamed runs (None: not streamed)
             prog = [r["progressive"][m] for r in group if r.get("progressive")]
             row[f"progressive_{m}"] = float(np.mean(prog)) if len(prog) == len(group) else None
@@ -486,6 +490,7 @@ COLUMNS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     "seeds": ("seeds", "---:", lambda r: str(r["seeds"])),
     "auc": ("test AUC", "---", _auc_cell),
     "auc_ci": (f"AUC {BOOTSTRAP['level']:.0%} CI", "---", _ci_cell),
+    "valid_auc": ("valid AUC", "---", lambda r: "-" if r.get("valid_auc") is None else _metric_cell(r, "valid_auc")),
     "positives": ("test positives", "---:", lambda r: "-" if r.get("positives") is None else f"{r['positives']:,}"),
     "gauc": ("test gAUC", "---", lambda r: _metric_cell(r, "gauc")),
     "logloss": ("test logloss", "---", lambda r: _metric_cell(r, "logloss")),

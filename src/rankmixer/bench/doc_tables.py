@@ -383,6 +383,7 @@ RENDERERS: dict[str, Callable[[list[dict], dict], str]] = {
     "distdnas": _one(lambda rep: distdnas.searches_table(rep["searches"]), "distdnas"),
     "distdnas-weights": render_distdnas_weights,
     "sigeo": _one(sigeo.markdown_table, "sigeo"),
+    "sigeo-picks": _one(sigeo.picks_table, "sigeo-picks"),
     "rankitect": _one(lambda rep: rankitect.searches_table(rep["searches"]), "rankitect"),
     "rankitect-probabilities": _one(lambda rep: rankitect.probabilities_table(rep["searches"][0]),
                                     "rankitect-probabilities"),

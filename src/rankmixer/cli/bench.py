@@ -162,6 +162,9 @@ def sigeo(
     out: Path = typer.Option(Path("bench_out/sigeo"), help="Output directory (searches, runs, JSON, Markdown)."),
     name: str = typer.Option("sigeo", help="Stem of the report files."),
     processes: int = typer.Option(1, min=1, help="From-scratch runs trained at once, each in its own process."),
+    scratch: Optional[Path] = typer.Option(None, help="Folder of the from-scratch runs (default OUT/scratch); "
+                                           "another bench's, to score its subnets with another space's supernet "
+                                           "without training them again."),
     overrides: List[str] = typer.Argument(None, help="key=value overrides applied to every run (not model.*)."),
 ) -> None:
     """Rank correlation (Spearman, Kendall) between SiGeo's proxy (and each of its terms) and the test
@@ -172,7 +175,7 @@ def sigeo(
         shares = [float(x) for x in warmups.split(",") if x.strip()]
         report = run_sigeo_bench(config, space, out, list(overrides or []), warmups=shares, subnets=subnets,
                                  seeds=list(range(seeds)), batches=proxy_batches, search_seed=search_seed,
-                                 processes=processes, name=name, log=console.print)
+                                 processes=processes, name=name, scratch_dir=scratch, log=console.print)
     console.print(markdown_table(report), markup=False, soft_wrap=True)
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
 

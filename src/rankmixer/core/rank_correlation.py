@@ -1,6 +1,7 @@
 """Rank correlations between two scorings of the same items (a proxy against a measured metric, a
 predictor against trials): Spearman's rho and Kendall's tau-b, both with ties handled as scipy
-does (tests compare them with scipy.stats)."""
+does (tests compare them with scipy.stats), and Spearman's rho with a third scoring held fixed
+(a proxy's agreement with the metric beyond what the cost alone explains)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["kendall_tau", "spearman"]
+__all__ = ["kendall_tau", "partial_spearman", "spearman"]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -29,6 +30,16 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = math.sqrt(float(rx @ rx) * float(ry @ ry))
     return float(rx @ ry) / den if den else math.nan
+
+
+def partial_spearman(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> float:
+    """Spearman's rho of ``x`` and ``y`` with ``z`` held fixed: the correlation of the ranks of
+    ``x`` and ``y`` left once each is regressed linearly on the ranks of ``z``,
+    (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)) with r the Spearman coefficients. NaN
+    where ``z`` orders ``x`` or ``y`` completely (nothing is left to correlate)."""
+    r_xy, r_xz, r_yz = spearman(x, y), spearman(x, z), spearman(y, z)
+    den = (1 - r_xz * r_xz) * (1 - r_yz * r_yz)
+    return (r_xy - r_xz * r_yz) / math.sqrt(den) if den > 1e-12 else math.nan
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:

@@ -40,6 +40,7 @@ from rankmixer.data.schema import (
     BehaviourField,
     Bucketize,
     CategoricalFeature,
+    DaySpec,
     LabelSpec,
     MultiCategoricalFeature,
     RawColumn,
@@ -86,8 +87,11 @@ class MovieLensLatestPreset(DatasetPreset):
     Options: ``max_len`` (history length, default 20), ``min_count`` (for user/movie ids,
     default 1), ``like_threshold`` (default 4.0), ``variant`` ("small" | "full": which zip
     ``download`` fetches and which unpacked folder ``raw_files`` prefers), ``behaviours``
-    (default False: add the behaviour sequence ``hist``, below) and ``behaviour_max_len``
-    (its length, default 50).
+    (default False: add the behaviour sequence ``hist``, below), ``behaviour_max_len``
+    (its length, default 50) and ``period_days`` (default None: the training split prepared
+    in periods of that many days since the Unix epoch, UTC, one folder each, schema ``days``:
+    the set has no natural day shards, its ratings spanning years, so DistDNAS's per-day
+    searches and streaming training read periods; e.g. 1461 gives four-year periods).
 
     Canonical frame (one row per rating; rows keep the file order; ``__file``/``__row`` kept):
 
@@ -157,6 +161,7 @@ class MovieLensLatestPreset(DatasetPreset):
         behaviours: bool = False,
         behaviour_max_len: int = 50,
         session_gap: float | None = None,
+        period_days: int | None = None,
     ) -> None:
         if variant not in _ZIP_DIRS:
             raise ValueError(f"variant must be one of {sorted(_ZIP_DIRS)}, got {variant!r}")
@@ -167,6 +172,10 @@ class MovieLensLatestPreset(DatasetPreset):
         if session_gap is not None and session_gap <= 0:
             raise ValueError(f"session_gap must be positive seconds, got {session_gap}")
         self.session_gap = session_gap
+        if period_days is not None and (isinstance(period_days, bool) or not isinstance(period_days, int)
+                                        or period_days < 1):
+            raise ValueError(f"period_days must be a whole number of days >= 1, got {period_days!r}")
+        self.period_days = period_days
         self.max_len = max_len
         self.min_count = min_count
         self.like_threshold = like_threshold
@@ -223,6 +232,7 @@ class MovieLensLatestPreset(DatasetPreset):
                 "context": ["hour", "weekday"],
             },
             split=SplitSpec(method="time", ratios=(0.8, 0.1, 0.1)),
+            **({"days": DaySpec(seconds=self.period_days * 86_400)} if self.period_days else {}),
         )
 
     # ---- files ---------------------------------------------------------------------------

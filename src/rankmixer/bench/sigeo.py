@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from statistics import median
 
 from rankmixer.bench.accuracy import Cell, run_accuracy
 from rankmixer.core.files import check_replaceable, write_json, write_marker, write_text_atomic
@@ -169,7 +170,6 @@ def picks_table(report: dict) -> str:
         share = "-" if r["warmup"] is None else f"{r['warmup']:g}"
         lines.append(f"| {share} | {r['proxy']} | `{r['architecture']}` | {r['flops_per_sample']:,.0f} | "
                      f"{r['test_auc']:.4f} | {r['rank']} of {r['subnets']} |")
-    median = (aucs[(len(aucs) - 1) // 2] + aucs[len(aucs) // 2]) / 2
-    lines.append(f"\nThe {len(aucs)} subnets trained from scratch: best {aucs[-1]:.4f}, median {median:.4f}, "
+    lines.append(f"\nThe {len(aucs)} subnets trained from scratch: best {aucs[-1]:.4f}, median {median(aucs):.4f}, "
                  f"worst {aucs[0]:.4f} (seed-mean test AUC).")
     return "\n".join(lines) + "\n"

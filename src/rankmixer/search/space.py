@@ -225,12 +225,12 @@ def parse_supernet(tree: Any, types: dict[str, dict[str, Param]], model: dict[st
 def load_architecture_space(path: str | Path) -> ArchitectureSpace:
     """A space file, by path or as the name of a packaged space (``configs/search/``). A space
     may start from others (``defaults: default``, then the keys it changes, merged key by key)."""
-    file = config_path(path, kind="search", what="architecture search space")
+    what = "architecture search space"
 
     def read(name: str) -> dict[str, Any]:
-        where = file if name == str(path) else config_path(name, kind="search", what="architecture search space")
-        return read_yaml_mapping(where, "architecture search space", (*KEYS, "defaults"))
+        return read_yaml_mapping(config_path(name, kind="search", what=what), what, (*KEYS, "defaults"))
 
+    file = config_path(path, kind="search", what=what)
     return parse_architecture_space(with_defaults(str(path), read), f"search space {file}", file)
 
 

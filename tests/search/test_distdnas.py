@@ -103,7 +103,9 @@ def test_data_prepared_by_day_is_searched_one_partition_per_day(tmp_path):
         run = Path(d["run_dir"])
         saved = yaml.safe_load((run / "config.yaml").read_text())
         assert saved["train"]["day"] == d["day"] and saved["data"]["prepared_dir"] == cfg["data"]["prepared_dir"]
-        assert json.loads((run / "metrics.json").read_text())["steps"] == 2 * 4  # 2 passes of 200 rows in 64s
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["steps"] == d["steps"] == 2 * 4  # 2 passes of 200 rows in 64s
+        assert d["best_step"] == metrics["best_step"] and d["best_step"] in (4, 8)  # read at a pass's end
     assert not (out / "data").exists()  # no per-day data of its own
 
 

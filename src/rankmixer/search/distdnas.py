@@ -17,9 +17,9 @@ data, the architecture weights aggregated, the top operators kept and retrained 
    ``searched`` model, which ``rankmixer train`` retrains from scratch on the whole data.
 
 Writes ``OUT/distdnas.json``: the context (config, overrides, machine, the supernet, the wall time
-spent training supernets over every call), per day
-its run, validation AUC, weights and expected FLOPs, the aggregated weights, the derived model
-section and its ``rankmixer train`` command.
+spent training supernets over every call), per day its run, validation AUC, best step of steps
+(the weights are read at the best), weights and expected FLOPs, the aggregated weights, the
+derived model section and its ``rankmixer train`` command.
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def run_distdnas(
         metrics = json.loads((c.resolved_run_dir() / METRICS_FILE).read_text())
         weights.append(w.numpy())
         per_day.append({"day": d, "run_dir": str(c.resolved_run_dir()), "valid_auc": metrics["valid"].get("auc"),
+                        "best_step": metrics.get("best_step"), "steps": metrics.get("steps"),
                         "weights": w.tolist(), "expected_flops": float(run.model.expected_flops(w))})
     mean = np.mean(weights, axis=0)
     blocks = derive_blocks(net_cfg, mean, keep)
